@@ -1,0 +1,113 @@
+//! The `genq` command line: argument parsing and dispatch to one module per subcommand.
+//!
+//! - [`submit`]: publish a JSONL file, optionally wait for every result.
+//! - [`results`]: `get` and `wait` for one job.
+//! - [`run`]: the embedded pipeline (in-memory source and sink, no services).
+
+mod results;
+mod run;
+mod submit;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use genq_shared::settings::Settings;
+
+/// genq: queue-driven LLM generation. Settings come from defaults < the TOML file (`--config`)
+/// < environment `GENQ__SECTION__KEY` (e.g. `GENQ__AMQP__URL`) < these flags.
+#[derive(Parser, Debug)]
+#[command(name = "genq", version, about = "genq: publish LLM generation jobs and read their results")]
+struct Cli {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Settings shared by every subcommand.
+#[derive(Args, Debug, Clone)]
+struct CommonArgs {
+    /// TOML settings file with sections [amqp], [redis], [queue], [worker], [producer].
+    #[arg(long, global = true, env = "GENQ_CONFIG")]
+    config: Option<PathBuf>,
+    /// RabbitMQ URL [amqp.url; default amqp://guest:guest@127.0.0.1:5672/%2f].
+    #[arg(long, global = true)]
+    amqp_url: Option<String>,
+    /// Redis URL [redis.url; default redis://127.0.0.1:6379].
+    #[arg(long, global = true)]
+    redis_url: Option<String>,
+    /// Prefix of every Redis key [redis.key_prefix; default genq].
+    #[arg(long, global = true)]
+    key_prefix: Option<String>,
+    /// Model of jobs that name none [producer.default_model; default smollm2-135m-instruct].
+    #[arg(long, global = true)]
+    model: Option<String>,
+    /// Confirms outstanding at once while publishing [producer.max_in_flight; default 1024].
+    #[arg(long, global = true)]
+    max_in_flight: Option<usize>,
+}
+
+impl CommonArgs {
+    fn overrides(&self) -> Vec<(String, String)> {
+        let mut o = Vec::new();
+        let mut put = |k: &str, v: Option<String>| {
+            if let Some(v) = v {
+                o.push((k.to_string(), v));
+            }
+        };
+        put("amqp.url", self.amqp_url.clone());
+        put("redis.url", self.redis_url.clone());
+        put("redis.key_prefix", self.key_prefix.clone());
+        put("producer.default_model", self.model.clone());
+        put("producer.max_in_flight", self.max_in_flight.map(|v| v.to_string()));
+        o
+    }
+
+    fn settings(&self, more: Vec<(String, String)>) -> anyhow::Result<Settings> {
+        let mut overrides = self.overrides();
+        overrides.extend(more);
+        Ok(Settings::load(self.config.as_deref(), &overrides)?)
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Publish jobs from a JSONL file (or `-` for stdin); one job object or bare prompt per line.
+    Submit(submit::SubmitArgs),
+    /// Print a job's result as it is now.
+    Get(results::GetArgs),
+    /// Wait for a job's final result and print it.
+    Wait(results::WaitArgs),
+    /// Run the whole pipeline in this process (no RabbitMQ, no Redis) and print the results.
+    Run(run::RunArgs),
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Submit(args) => submit::run(&cli.common, args).await,
+            Command::Get(args) => results::get(&cli.common, args).await,
+            Command::Wait(args) => results::wait(&cli.common, args).await,
+            Command::Run(args) => run::run(&cli.common, args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

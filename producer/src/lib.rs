@@ -1,0 +1,13 @@
+//! genq's client side: [`Producer`] publishes jobs to RabbitMQ with publisher confirms;
+//! [`ResultClient`] reads and waits for results in Redis.
+//!
+//! - [`producer`]: publishing, confirms, returned and nacked messages as errors.
+//! - [`results`]: `get` and `wait` (BLMOVE on the job's done list, never a sleep loop).
+//! - [`input`]: reading JSONL job files (a line is a job object or a bare prompt string).
+
+pub mod input;
+pub mod producer;
+pub mod results;
+
+pub use producer::{Producer, PublishError};
+pub use results::{ResultClient, ResultError};

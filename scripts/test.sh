@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The whole test suite: starts RabbitMQ and Redis if needed, fetches the default model once,
+# builds the binaries, and runs every unit and integration test against the real services.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/services.sh
+scripts/fetch-model.sh
+cargo build --workspace --bins
+cargo test --workspace "$@"

@@ -1,0 +1,61 @@
+//! The Redis key schema. The `{id}` hash tag keeps one job's keys in one Redis Cluster slot.
+
+/// Builds the Redis keys of jobs and batches under one prefix (`genq` by default; tests use
+/// their own so they never collide).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySchema {
+    prefix: String,
+}
+
+impl Default for KeySchema {
+    fn default() -> Self {
+        Self::new("genq")
+    }
+}
+
+impl KeySchema {
+    /// A schema whose keys all start with `prefix:`.
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self { prefix: prefix.into() }
+    }
+
+    /// `genq:job:{<id>}`: the result hash.
+    pub fn job(&self, id: &str) -> String {
+        format!("{}:job:{{{id}}}", self.prefix)
+    }
+
+    /// `genq:job:{<id>}:done`: one element pushed when the job reaches a final status.
+    pub fn done(&self, id: &str) -> String {
+        format!("{}:job:{{{id}}}:done", self.prefix)
+    }
+
+    /// `genq:job:{<id>}:stream`: streamed text chunks, then an end marker.
+    pub fn stream(&self, id: &str) -> String {
+        format!("{}:job:{{{id}}}:stream", self.prefix)
+    }
+
+    /// `genq:job:{<id>}:cancel`: set by `genq cancel`; the worker checks it between steps.
+    pub fn cancel(&self, id: &str) -> String {
+        format!("{}:job:{{{id}}}:cancel", self.prefix)
+    }
+
+    /// `genq:batch:{<id>}`: counts per final status for a batch.
+    pub fn batch(&self, id: &str) -> String {
+        format!("{}:batch:{{{id}}}", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_keys_share_one_cluster_hash_tag() {
+        let keys = KeySchema::default();
+        assert_eq!(keys.job("a1"), "genq:job:{a1}");
+        assert_eq!(keys.done("a1"), "genq:job:{a1}:done");
+        assert_eq!(keys.stream("a1"), "genq:job:{a1}:stream");
+        assert_eq!(keys.batch("b"), "genq:batch:{b}");
+        assert_eq!(KeySchema::new("t9").job("x"), "t9:job:{x}");
+    }
+}

@@ -1,0 +1,224 @@
+//! Job statuses, finish reasons and the result record kept in the job's Redis hash.
+
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+/// Where a job is in its life. The last four are final: written once, never overwritten.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    /// Published and confirmed, not yet picked up.
+    Queued,
+    /// A worker is on it.
+    Running,
+    /// Finished with a result.
+    Done,
+    /// Broke a rule or could not run; `error` says why.
+    Failed,
+    /// Its deadline passed; `text` holds what was generated so far.
+    Expired,
+    /// Cancelled by a client.
+    Cancelled,
+}
+
+impl JobStatus {
+    /// Every status, in life order.
+    pub const ALL: [JobStatus; 6] =
+        [JobStatus::Queued, JobStatus::Running, JobStatus::Done, JobStatus::Failed, JobStatus::Expired, JobStatus::Cancelled];
+
+    /// The name used in Redis and in metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Running => "running",
+            JobStatus::Done => "done",
+            JobStatus::Failed => "failed",
+            JobStatus::Expired => "expired",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses a Redis status string.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// True for done, failed, expired and cancelled.
+    pub fn is_final(self) -> bool {
+        !matches!(self, JobStatus::Queued | JobStatus::Running)
+    }
+}
+
+/// Why generation stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinishReason {
+    /// `max_new_tokens` (or the context length) reached.
+    Length,
+    /// A stop string matched.
+    Stop,
+    /// The model produced an end-of-sequence token.
+    Eos,
+}
+
+impl FinishReason {
+    /// The name used in Redis.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Length => "length",
+            FinishReason::Stop => "stop",
+            FinishReason::Eos => "eos",
+        }
+    }
+}
+
+/// Fixed error categories, usable as metric labels.
+pub mod error_kind {
+    /// The job broke a wire-format rule.
+    pub const INVALID: &str = "invalid";
+    /// The job is valid but this worker's model cannot run it (e.g. the prompt exceeds the context).
+    pub const UNSUPPORTED: &str = "unsupported";
+    /// The engine failed while running the job.
+    pub const ENGINE: &str = "engine";
+}
+
+/// A job's result as kept in its Redis hash. Every field but `id` and `status` is optional, since
+/// a job that failed validation has no tokens and a queued one has no text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct JobResult {
+    /// The job id.
+    pub id: String,
+    /// Current status.
+    pub status: Option<JobStatus>,
+    /// `generate` or `score`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Model name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Generated text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// Why generation stopped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finish_reason: Option<FinishReason>,
+    /// Tokens in the prompt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens: Option<u64>,
+    /// Tokens generated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completion_tokens: Option<u64>,
+    /// Score jobs: log-prob of each prompt token after the first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<Vec<f64>>,
+    /// Score jobs: `exp(-mean log-prob)`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub perplexity: Option<f64>,
+    /// What went wrong, naming the field where one is at fault.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// One of [`error_kind`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_kind: Option<String>,
+    /// Worker that wrote the result.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    /// Deliveries of this job that reached a worker.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u64>,
+    /// Publish time (Unix ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_ms: Option<u64>,
+    /// Start of work (Unix ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_ms: Option<u64>,
+    /// First generated token (Unix ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_token_ms: Option<u64>,
+    /// Final status written (Unix ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_ms: Option<u64>,
+}
+
+impl JobResult {
+    /// The hash fields this result sets, as Redis field/value pairs (absent fields are skipped).
+    pub fn to_fields(&self) -> Vec<(&'static str, String)> {
+        let mut f: Vec<(&'static str, String)> = Vec::with_capacity(16);
+        let mut put = |k: &'static str, v: Option<String>| {
+            if let Some(v) = v {
+                f.push((k, v));
+            }
+        };
+        put("status", self.status.map(|s| s.as_str().to_string()));
+        put("kind", self.kind.clone());
+        put("model", self.model.clone());
+        put("text", self.text.clone());
+        put("finish_reason", self.finish_reason.map(|r| r.as_str().to_string()));
+        put("prompt_tokens", self.prompt_tokens.map(|v| v.to_string()));
+        put("completion_tokens", self.completion_tokens.map(|v| v.to_string()));
+        put("logprobs", self.logprobs.as_ref().and_then(|v| serde_json::to_string(v).ok()));
+        put("perplexity", self.perplexity.map(|v| v.to_string()));
+        put("error", self.error.clone());
+        put("error_kind", self.error_kind.clone());
+        put("worker", self.worker.clone());
+        put("attempts", self.attempts.map(|v| v.to_string()));
+        put("created_ms", self.created_ms.map(|v| v.to_string()));
+        put("started_ms", self.started_ms.map(|v| v.to_string()));
+        put("first_token_ms", self.first_token_ms.map(|v| v.to_string()));
+        put("finished_ms", self.finished_ms.map(|v| v.to_string()));
+        f
+    }
+
+    /// Rebuilds a result from the job's Redis hash. Unparseable numbers are left out.
+    pub fn from_fields(id: &str, h: &HashMap<String, String>) -> Self {
+        let num = |k: &str| h.get(k).and_then(|v| v.parse::<u64>().ok());
+        let text = |k: &str| h.get(k).cloned();
+        JobResult {
+            id: id.to_string(),
+            status: h.get("status").and_then(|s| JobStatus::parse(s)),
+            kind: text("kind"),
+            model: text("model"),
+            text: text("text"),
+            finish_reason: h.get("finish_reason").and_then(|r| serde_json::from_value(serde_json::Value::String(r.clone())).ok()),
+            prompt_tokens: num("prompt_tokens"),
+            completion_tokens: num("completion_tokens"),
+            logprobs: h.get("logprobs").and_then(|v| serde_json::from_str(v).ok()),
+            perplexity: h.get("perplexity").and_then(|v| v.parse().ok()),
+            error: text("error"),
+            error_kind: text("error_kind"),
+            worker: text("worker"),
+            attempts: num("attempts"),
+            created_ms: num("created_ms"),
+            started_ms: num("started_ms"),
+            first_token_ms: num("first_token_ms"),
+            finished_ms: num("finished_ms"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn result_survives_a_trip_through_redis_fields() {
+        let r = JobResult {
+            id: "x".into(),
+            status: Some(JobStatus::Done),
+            text: Some("hello".into()),
+            finish_reason: Some(FinishReason::Eos),
+            completion_tokens: Some(3),
+            logprobs: Some(vec![-0.5, -1.25]),
+            perplexity: Some(2.5),
+            ..JobResult::default()
+        };
+        let map: HashMap<String, String> = r.to_fields().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        assert_eq!(JobResult::from_fields("x", &map), r);
+    }
+
+    #[test]
+    fn only_the_last_four_statuses_are_final() {
+        let finals: Vec<_> = JobStatus::ALL.into_iter().filter(|s| s.is_final()).collect();
+        assert_eq!(finals, vec![JobStatus::Done, JobStatus::Failed, JobStatus::Expired, JobStatus::Cancelled]);
+    }
+}

@@ -1,0 +1,254 @@
+//! Configuration: one struct per section, loaded in layers with the `config` crate —
+//! built-in defaults < a TOML file (`--config`) < environment `GENQ__SECTION__KEY` < command-line flags.
+
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+use crate::job::DEFAULT_MODEL;
+use crate::topology::QueueLimits;
+use crate::valid::Limits;
+
+/// Every setting of genq. Each binary reads the sections it needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// RabbitMQ connection.
+    pub amqp: AmqpSettings,
+    /// Redis connection and result keys.
+    pub redis: RedisSettings,
+    /// Job-queue arguments, used by whoever declares the topology.
+    pub queue: QueueSettings,
+    /// Worker settings.
+    pub worker: WorkerSettings,
+    /// Producer settings.
+    pub producer: ProducerSettings,
+}
+
+/// RabbitMQ connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AmqpSettings {
+    /// AMQP URL (credentials belong here or in the environment, never in logs).
+    pub url: String,
+}
+
+impl Default for AmqpSettings {
+    fn default() -> Self {
+        Self { url: "amqp://guest:guest@127.0.0.1:5672/%2f".into() }
+    }
+}
+
+/// Redis connection and result keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisSettings {
+    /// Redis URL.
+    pub url: String,
+    /// Prefix of every key (`genq` gives `genq:job:{id}`).
+    pub key_prefix: String,
+    /// Time to live of every result key, in seconds.
+    pub result_ttl_secs: u64,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self { url: "redis://127.0.0.1:6379".into(), key_prefix: "genq".into(), result_ttl_secs: 24 * 3600 }
+    }
+}
+
+/// Arguments of the per-model job queues.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueSettings {
+    /// `x-delivery-limit`: deliveries before a job is dead-lettered.
+    pub delivery_limit: u32,
+    /// `x-max-length`: ready jobs before publishes are rejected.
+    pub max_length: u32,
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        Self { delivery_limit: 5, max_length: 1_000_000 }
+    }
+}
+
+impl QueueSettings {
+    /// The limits as topology arguments.
+    pub fn limits(&self) -> QueueLimits {
+        QueueLimits { delivery_limit: self.delivery_limit, max_length: self.max_length }
+    }
+}
+
+/// Which engine a worker runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// The candle Llama engine (GGUF or safetensors).
+    #[default]
+    Llama,
+    /// A deterministic engine that echoes the prompt: for tests and overhead benchmarks.
+    Echo,
+}
+
+/// Worker settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerSettings {
+    /// Name of the model served; the worker consumes `genq.jobs.<model_name>` (and `.high`).
+    pub model_name: String,
+    /// GGUF file or safetensors folder of the model.
+    pub model_path: String,
+    /// `llama` or `echo`.
+    pub engine: EngineKind,
+    /// `cpu` (CUDA arrives with the GPU issue).
+    pub device: String,
+    /// How GGUF weights are held in memory: `auto` (the measured best for the device), `native`
+    /// (as stored), `q8_0` (re-quantized at load; SIMD kernels on CPU) or `f32` (dequantized).
+    pub weights: String,
+    /// Prompt tokens prefilled per engine step at most, so running sequences keep decoding.
+    pub max_prefill_tokens: usize,
+    /// Unacked deliveries held at once (AMQP `basic_qos`), which bounds memory.
+    pub prefetch: u16,
+    /// Most sequences in the running batch.
+    pub max_batch_size: usize,
+    /// When idle, how long the first job waits for others to join its batch, in ms.
+    pub batch_wait_ms: u64,
+    /// Results written to Redis in one pipeline at most.
+    pub write_batch_size: usize,
+    /// How long a write batch waits to fill, in ms.
+    pub write_wait_ms: u64,
+    /// Largest message body accepted, in bytes; larger ones are dead-lettered.
+    pub max_body_bytes: usize,
+    /// Largest prompt accepted, in bytes.
+    pub max_prompt_bytes: usize,
+    /// Address of `/metrics` and `/healthz` (loopback by default).
+    pub metrics_addr: String,
+    /// Name written into results and logs; empty means `<hostname>-<pid>`.
+    pub worker_id: String,
+    /// Seconds a shutdown waits for in-flight jobs before requeueing them.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            model_name: DEFAULT_MODEL.into(),
+            model_path: "models/SmolLM2-135M-Instruct.Q4_1.gguf".into(),
+            engine: EngineKind::Llama,
+            device: "cpu".into(),
+            weights: "auto".into(),
+            max_prefill_tokens: 512,
+            prefetch: 64,
+            max_batch_size: 16,
+            batch_wait_ms: 5,
+            write_batch_size: 64,
+            write_wait_ms: 2,
+            max_body_bytes: 1024 * 1024,
+            max_prompt_bytes: 256 * 1024,
+            metrics_addr: "127.0.0.1:9464".into(),
+            worker_id: String::new(),
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+impl WorkerSettings {
+    /// Validation limits for a model with `context_length` tokens.
+    pub fn limits(&self, context_length: usize) -> Limits {
+        Limits { max_new_tokens: context_length.min(u32::MAX as usize) as u32, max_prompt_bytes: self.max_prompt_bytes }
+    }
+}
+
+/// Producer settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProducerSettings {
+    /// Model of jobs that name none.
+    pub default_model: String,
+    /// Publishes awaiting a broker confirm at once.
+    pub max_in_flight: usize,
+    /// Declare the default model's queues before publishing, so jobs published before any
+    /// worker started are kept rather than returned as unroutable.
+    pub declare_default_model: bool,
+}
+
+impl Default for ProducerSettings {
+    fn default() -> Self {
+        Self { default_model: DEFAULT_MODEL.into(), max_in_flight: 1024, declare_default_model: true }
+    }
+}
+
+/// Settings could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct SettingsError(#[from] config::ConfigError);
+
+impl Settings {
+    /// Loads settings: defaults, then `file` (TOML, required when given), then environment
+    /// variables `GENQ__SECTION__KEY`, then `overrides` (`("worker.prefetch", "32")`) from flags.
+    pub fn load(file: Option<&Path>, overrides: &[(String, String)]) -> Result<Settings, SettingsError> {
+        Self::load_with_env(file, overrides, None)
+    }
+
+    /// As [`Settings::load`], reading the environment from `env` when given (for tests).
+    pub fn load_with_env(
+        file: Option<&Path>,
+        overrides: &[(String, String)],
+        env: Option<std::collections::HashMap<String, String>>,
+    ) -> Result<Settings, SettingsError> {
+        let mut builder = config::Config::builder().add_source(config::Config::try_from(&Settings::default())?);
+        if let Some(path) = file {
+            builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml).required(true));
+        }
+        let mut environment = config::Environment::with_prefix("GENQ").separator("__").try_parsing(true);
+        if let Some(env) = env {
+            environment = environment.source(Some(env));
+        }
+        builder = builder.add_source(environment);
+        for (key, value) in overrides {
+            builder = builder.set_override(key.as_str(), value.as_str())?;
+        }
+        Ok(builder.build()?.try_deserialize()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::io::Write;
+
+    #[test]
+    fn defaults_connect_to_local_services() {
+        let s = Settings::load_with_env(None, &[], Some(HashMap::new())).expect("loads");
+        assert_eq!(s.amqp.url, "amqp://guest:guest@127.0.0.1:5672/%2f");
+        assert_eq!(s.redis.url, "redis://127.0.0.1:6379");
+        assert_eq!(s.worker.metrics_addr, "127.0.0.1:9464");
+    }
+
+    #[test]
+    fn file_then_env_then_flags_each_win_over_the_last() {
+        let dir = std::env::temp_dir().join(format!("genq-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("genq.toml");
+        let mut f = std::fs::File::create(&path).expect("file");
+        writeln!(f, "[worker]\nprefetch = 8\nmax_batch_size = 3\nbatch_wait_ms = 7\n[redis]\nkey_prefix = \"file\"").expect("write");
+        let env: HashMap<String, String> =
+            [("GENQ__WORKER__MAX_BATCH_SIZE".to_string(), "4".to_string()), ("GENQ__REDIS__KEY_PREFIX".to_string(), "env".to_string())]
+                .into();
+        let flags = vec![("redis.key_prefix".to_string(), "flag".to_string())];
+        let s = Settings::load_with_env(Some(&path), &flags, Some(env)).expect("loads");
+        assert_eq!(s.worker.prefetch, 8, "file over default");
+        assert_eq!(s.worker.batch_wait_ms, 7, "file over default");
+        assert_eq!(s.worker.max_batch_size, 4, "env over file");
+        assert_eq!(s.redis.key_prefix, "flag", "flag over env");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_misspelled_setting_is_an_error() {
+        let env: HashMap<String, String> = [("GENQ__WORKER__PREFECH".to_string(), "4".to_string())].into();
+        let err = Settings::load_with_env(None, &[], Some(env)).expect_err("typo");
+        assert!(err.to_string().contains("prefech"), "{err}");
+    }
+}

@@ -1,0 +1,223 @@
+//! Helpers for genq's integration tests: unique names so tests never collide on the shared
+//! RabbitMQ and Redis, the built `genq` / `genq-worker` binaries, and worker processes that are
+//! stopped (SIGTERM, then SIGKILL) when dropped.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lapin::options::{BasicPublishOptions, QueueDeleteOptions};
+use lapin::BasicProperties;
+
+/// RabbitMQ URL used by tests (`GENQ_TEST_AMQP_URL`, else the local default).
+pub fn amqp_url() -> String {
+    std::env::var("GENQ_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// Redis URL used by tests (`GENQ_TEST_REDIS_URL`, else the local default).
+pub fn redis_url() -> String {
+    std::env::var("GENQ_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Path of a binary built by `cargo build --bins` (the test script builds them first).
+pub fn bin(name: &str) -> PathBuf {
+    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| workspace_root().join("target"));
+    let path = target.join("debug").join(name);
+    assert!(path.exists(), "{} is missing: run `cargo build --bins` first (scripts/test.sh does)", path.display());
+    path
+}
+
+/// The default model file, if it has been fetched.
+pub fn default_model() -> Option<PathBuf> {
+    let p = workspace_root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    p.exists().then_some(p)
+}
+
+/// A name unique to this test run: used as model name (so queues are private to the test)
+/// and as Redis key prefix.
+pub fn unique(tag: &str) -> String {
+    format!("t-{tag}-{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
+}
+
+/// A test's private corner of the shared services.
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    /// Model name, hence queue names `genq.jobs.<model>`.
+    pub model: String,
+    /// Redis key prefix.
+    pub prefix: String,
+}
+
+impl Sandbox {
+    /// A new sandbox named after `tag`.
+    pub fn new(tag: &str) -> Self {
+        let model = unique(tag);
+        Self { prefix: model.clone(), model }
+    }
+
+    /// Flags that point a `genq` or `genq-worker` command at this sandbox.
+    pub fn flags(&self) -> Vec<String> {
+        vec!["--amqp-url".into(), amqp_url(), "--redis-url".into(), redis_url(), "--key-prefix".into(), self.prefix.clone()]
+    }
+
+    /// Starts `genq-worker` for this sandbox with extra flags; logs go to a file under `target/`.
+    pub fn worker(&self, extra: &[&str]) -> Worker {
+        let log = workspace_root().join("target").join(format!("{}-{}.log", self.model, uuid::Uuid::new_v4().simple()));
+        let file = std::fs::File::create(&log).expect("worker log file");
+        let mut cmd = Command::new(bin("genq-worker"));
+        cmd.args(self.flags())
+            .args(["--model-name", &self.model, "--metrics-addr", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(file);
+        let child = cmd.spawn().expect("spawn genq-worker");
+        Worker { child: Some(child), log }
+    }
+
+    /// A `genq` command for this sandbox (model name set as the default model).
+    pub fn genq(&self) -> Command {
+        let mut cmd = Command::new(bin("genq"));
+        cmd.args(self.flags()).args(["--model", &self.model]);
+        cmd
+    }
+
+    /// A result client for this sandbox.
+    pub async fn results(&self) -> genq_producer::ResultClient {
+        genq_producer::ResultClient::connect(&redis_url(), &self.prefix).await.expect("redis")
+    }
+
+    /// A producer for this sandbox (declares this sandbox's queues).
+    pub async fn producer(&self) -> genq_producer::Producer {
+        let settings = genq_shared::settings::ProducerSettings {
+            default_model: self.model.clone(),
+            ..genq_shared::settings::ProducerSettings::default()
+        };
+        genq_producer::Producer::connect(&amqp_url(), &settings, &genq_shared::settings::QueueSettings::default())
+            .await
+            .expect("producer")
+    }
+
+    /// Publishes a raw body to this sandbox's normal queue, as any AMQP client could.
+    pub async fn publish_raw(&self, body: &[u8], message_id: Option<&str>) {
+        let conn = genq_worker::broker::connect(&amqp_url(), "genq-test").await.expect("amqp");
+        let ch = conn.create_channel().await.expect("channel");
+        ch.confirm_select(Default::default()).await.expect("confirms");
+        genq_worker::broker::declare_topology(&ch, &self.model, genq_shared::settings::QueueSettings::default().limits())
+            .await
+            .expect("topology");
+        let mut props = BasicProperties::default().with_delivery_mode(2);
+        if let Some(id) = message_id {
+            props = props.with_message_id(id.into());
+        }
+        let confirm = ch
+            .basic_publish(genq_shared::topology::JOBS_EXCHANGE.into(), self.model.as_str().into(), BasicPublishOptions::default(), body, props)
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        assert!(confirm.is_ack(), "broker refused the message");
+        let _ = conn.close(200, "bye".into()).await;
+    }
+
+    /// Number of messages ready in this sandbox's normal queue.
+    pub async fn ready_messages(&self) -> u32 {
+        let conn = genq_worker::broker::connect(&amqp_url(), "genq-test").await.expect("amqp");
+        let ch = conn.create_channel().await.expect("channel");
+        let q = ch
+            .queue_declare(
+                genq_shared::topology::queue_name(&self.model, genq_shared::Priority::Normal).as_str().into(),
+                lapin::options::QueueDeclareOptions { passive: true, ..Default::default() },
+                Default::default(),
+            )
+            .await
+            .expect("queue exists");
+        let n = q.message_count();
+        let _ = conn.close(200, "bye".into()).await;
+        n
+    }
+
+    /// Deletes this sandbox's queues.
+    pub async fn cleanup(&self) {
+        let Ok(conn) = genq_worker::broker::connect(&amqp_url(), "genq-test").await else { return };
+        if let Ok(ch) = conn.create_channel().await {
+            for p in [genq_shared::Priority::Normal, genq_shared::Priority::High] {
+                let q = genq_shared::topology::queue_name(&self.model, p);
+                let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+            }
+        }
+        let _ = conn.close(200, "bye".into()).await;
+    }
+}
+
+/// A running `genq-worker`; sent SIGTERM (then killed) when dropped.
+pub struct Worker {
+    child: Option<Child>,
+    /// Its log file.
+    pub log: PathBuf,
+}
+
+impl Worker {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Sends a signal (`TERM`, `KILL`) with `kill(1)`.
+    pub fn signal(&self, name: &str) {
+        let _ = Command::new("kill").args([format!("-{name}"), self.pid().to_string()]).status();
+    }
+
+    /// Waits for the process to exit; returns its exit code (None if killed by a signal or still
+    /// running after `timeout`).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<Option<i32>> {
+        let child = self.child.as_mut()?;
+        let until = Instant::now() + timeout;
+        while Instant::now() < until {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status.code());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// The worker's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle` (e.g. `worker ready`).
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        let until = Instant::now() + timeout;
+        while Instant::now() < until {
+            if self.log_text().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            self.signal("TERM");
+            let until = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < until {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! RabbitMQ plumbing shared by producers and workers: connecting (with credentials redacted in
+//! every message) and declaring the topology of DESIGN.md idempotently.
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+
+use genq_shared::job::Priority;
+use genq_shared::topology::{self, QueueLimits, DEAD_LETTER_EXCHANGE, DEAD_QUEUE, JOBS_EXCHANGE};
+
+/// A broker operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// Could not connect; the URL is shown without its password.
+    #[error("cannot connect to RabbitMQ at {url}: {source}")]
+    Connect {
+        /// Redacted URL.
+        url: String,
+        /// Cause.
+        source: lapin::Error,
+    },
+    /// A protocol operation failed.
+    #[error("RabbitMQ {what}: {source}")]
+    Protocol {
+        /// What was being done.
+        what: String,
+        /// Cause.
+        source: lapin::Error,
+    },
+}
+
+impl BrokerError {
+    /// Wraps a lapin error with what was being done.
+    pub fn protocol(what: impl Into<String>, source: lapin::Error) -> Self {
+        BrokerError::Protocol { what: what.into(), source }
+    }
+}
+
+/// `scheme://user:***@host/...`: a URL fit for logs.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else { return url.to_string() };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let userinfo = &rest[..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            let masked = if userinfo.contains(':') { format!("{user}:***") } else { "***".to_string() };
+            format!("{}{}{}", &url[..scheme_end + 3], masked, &rest[at..])
+        }
+        None => url.to_string(),
+    }
+}
+
+/// Opens a connection named `name` (shown in the RabbitMQ management UI).
+pub async fn connect(url: &str, name: &str) -> Result<Connection, BrokerError> {
+    let props = ConnectionProperties::default().with_connection_name(name.into());
+    Connection::connect(url, props).await.map_err(|source| BrokerError::Connect { url: redact_url(url), source })
+}
+
+fn short(s: &str) -> ShortString {
+    s.into()
+}
+
+/// Declares the exchanges, the dead-letter queue and `model`'s two job queues (normal and
+/// `.high`), all durable; quorum queues with the delivery limit, dead-lettering and
+/// reject-publish overflow. Safe to call any number of times with the same limits.
+pub async fn declare_topology(channel: &Channel, model: &str, limits: QueueLimits) -> Result<(), BrokerError> {
+    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    channel
+        .exchange_declare(short(JOBS_EXCHANGE), ExchangeKind::Direct, durable, FieldTable::default())
+        .await
+        .map_err(|e| BrokerError::protocol(format!("declare exchange {JOBS_EXCHANGE}"), e))?;
+    channel
+        .exchange_declare(short(DEAD_LETTER_EXCHANGE), ExchangeKind::Fanout, durable, FieldTable::default())
+        .await
+        .map_err(|e| BrokerError::protocol(format!("declare exchange {DEAD_LETTER_EXCHANGE}"), e))?;
+    let qopts = QueueDeclareOptions { durable: true, ..Default::default() };
+    let mut dead_args = FieldTable::default();
+    dead_args.insert(short("x-queue-type"), AMQPValue::LongString(LongString::from("quorum")));
+    channel
+        .queue_declare(short(DEAD_QUEUE), qopts, dead_args)
+        .await
+        .map_err(|e| BrokerError::protocol(format!("declare queue {DEAD_QUEUE}"), e))?;
+    channel
+        .queue_bind(short(DEAD_QUEUE), short(DEAD_LETTER_EXCHANGE), short(""), QueueBindOptions::default(), FieldTable::default())
+        .await
+        .map_err(|e| BrokerError::protocol(format!("bind {DEAD_QUEUE}"), e))?;
+    for priority in [Priority::Normal, Priority::High] {
+        let queue = topology::queue_name(model, priority);
+        channel
+            .queue_declare(short(&queue), qopts, job_queue_args(limits))
+            .await
+            .map_err(|e| BrokerError::protocol(format!("declare queue {queue}"), e))?;
+        let key = topology::routing_key(model, priority);
+        channel
+            .queue_bind(short(&queue), short(JOBS_EXCHANGE), short(&key), QueueBindOptions::default(), FieldTable::default())
+            .await
+            .map_err(|e| BrokerError::protocol(format!("bind {queue}"), e))?;
+    }
+    Ok(())
+}
+
+fn job_queue_args(limits: QueueLimits) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(short("x-queue-type"), AMQPValue::LongString(LongString::from("quorum")));
+    args.insert(short("x-delivery-limit"), AMQPValue::LongLongInt(i64::from(limits.delivery_limit)));
+    args.insert(short("x-dead-letter-exchange"), AMQPValue::LongString(LongString::from(DEAD_LETTER_EXCHANGE)));
+    args.insert(short("x-dead-letter-strategy"), AMQPValue::LongString(LongString::from("at-least-once")));
+    args.insert(short("x-overflow"), AMQPValue::LongString(LongString::from("reject-publish")));
+    args.insert(short("x-max-length"), AMQPValue::LongLongInt(i64::from(limits.max_length)));
+    args
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_never_reach_logs() {
+        assert_eq!(redact_url("amqp://guest:secret@host:5672/%2f"), "amqp://guest:***@host:5672/%2f");
+        assert_eq!(redact_url("redis://:pw@127.0.0.1:6379"), "redis://:***@127.0.0.1:6379");
+        assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+}

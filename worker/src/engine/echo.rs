@@ -1,0 +1,177 @@
+//! A deterministic engine with no model: sequence `i`'s n-th token is the n-th word of its prompt
+//! (cycling), so results are predictable. Used by tests and to measure genq's own overhead.
+
+use std::collections::BTreeMap;
+
+use genq_shared::job::JobKind;
+use genq_shared::valid::PromptInput;
+use genq_shared::{FinishReason, ValidJob};
+
+use super::stops::StopMatcher;
+use super::{AdmitError, Admitted, Engine, EngineError, EngineInfo, Score, SeqDone, SeqId, SeqUpdate, StepLimits};
+
+/// Context length the echo engine pretends to have.
+pub const ECHO_CONTEXT_LENGTH: usize = 8192;
+
+struct EchoSeq {
+    words: Vec<String>,
+    kind: JobKind,
+    generated: usize,
+    max_new: usize,
+    min_new: usize,
+    stops: StopMatcher,
+}
+
+/// The echo engine. Every sequence decodes one word per step, like a real model decodes a token.
+pub struct EchoEngine {
+    info: EngineInfo,
+    seqs: BTreeMap<SeqId, EchoSeq>,
+}
+
+impl EchoEngine {
+    /// An echo engine answering for `model`.
+    pub fn new(model: &str) -> Self {
+        Self {
+            info: EngineInfo { model: model.to_string(), device: "cpu".into(), context_length: ECHO_CONTEXT_LENGTH },
+            seqs: BTreeMap::new(),
+        }
+    }
+}
+
+fn prompt_words(input: &PromptInput) -> Vec<String> {
+    match input {
+        PromptInput::Text(t) => t.split_whitespace().map(str::to_string).collect(),
+        PromptInput::Chat(msgs) => msgs.iter().flat_map(|m| m.content.split_whitespace().map(str::to_string)).collect(),
+    }
+}
+
+impl Engine for EchoEngine {
+    fn info(&self) -> &EngineInfo {
+        &self.info
+    }
+
+    fn admit(&mut self, id: SeqId, job: &ValidJob, _seed: u64) -> Result<Admitted, AdmitError> {
+        let mut words = prompt_words(&job.input);
+        if words.is_empty() {
+            words.push(String::new());
+        }
+        if words.len() + job.max_new_tokens as usize > self.info.context_length {
+            return Err(AdmitError {
+                field: "max_new_tokens",
+                message: format!("plus the prompt's {} tokens exceeds the context length {}", words.len(), self.info.context_length),
+            });
+        }
+        let prompt_tokens = words.len();
+        self.seqs.insert(
+            id,
+            EchoSeq {
+                words,
+                kind: job.kind,
+                generated: 0,
+                max_new: job.max_new_tokens as usize,
+                min_new: job.min_new_tokens as usize,
+                stops: StopMatcher::new(job.stop.clone()),
+            },
+        );
+        Ok(Admitted { prompt_tokens })
+    }
+
+    fn step(&mut self, _limits: &StepLimits) -> Result<Vec<SeqUpdate>, EngineError> {
+        let mut updates = Vec::with_capacity(self.seqs.len());
+        let mut finished = Vec::new();
+        for (&id, seq) in self.seqs.iter_mut() {
+            if seq.kind == JobKind::Score {
+                let logprobs: Vec<f64> = seq.words.iter().skip(1).map(|w| -(w.chars().count() as f64) / 10.0).collect();
+                let mean = if logprobs.is_empty() { 0.0 } else { logprobs.iter().sum::<f64>() / logprobs.len() as f64 };
+                updates.push(SeqUpdate {
+                    id,
+                    text: String::new(),
+                    new_tokens: 0,
+                    done: Some(SeqDone { finish_reason: None, score: Some(Score { logprobs, perplexity: (-mean).exp() }) }),
+                });
+                finished.push(id);
+                continue;
+            }
+            let word = &seq.words[seq.generated % seq.words.len()];
+            let piece = if seq.generated == 0 { word.clone() } else { format!(" {word}") };
+            seq.generated += 1;
+            let check = seq.stops.push(&piece, seq.generated >= seq.min_new);
+            let mut text = check.emit;
+            let done = if check.stopped {
+                Some(FinishReason::Stop)
+            } else if seq.generated >= seq.max_new {
+                text.push_str(&seq.stops.flush());
+                Some(FinishReason::Length)
+            } else {
+                None
+            };
+            if done.is_some() {
+                finished.push(id);
+            }
+            updates.push(SeqUpdate {
+                id,
+                text,
+                new_tokens: 1,
+                done: done.map(|r| SeqDone { finish_reason: Some(r), score: None }),
+            });
+        }
+        for id in finished {
+            self.seqs.remove(&id);
+        }
+        Ok(updates)
+    }
+
+    fn release(&mut self, id: SeqId) {
+        self.seqs.remove(&id);
+    }
+
+    fn active(&self) -> usize {
+        self.seqs.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use genq_shared::valid::{validate, Limits};
+    use genq_shared::JobRequest;
+
+    fn job(json: &str) -> ValidJob {
+        let req: JobRequest = serde_json::from_str(json).expect("json");
+        validate(&req, &Limits::default()).expect("valid")
+    }
+
+    fn run_to_end(engine: &mut EchoEngine) -> BTreeMap<SeqId, (String, Option<SeqDone>)> {
+        let mut out: BTreeMap<SeqId, (String, Option<SeqDone>)> = BTreeMap::new();
+        while engine.active() > 0 {
+            for u in engine.step(&StepLimits { max_prefill_tokens: 512 }).expect("step") {
+                let e = out.entry(u.id).or_default();
+                e.0.push_str(&u.text);
+                if u.done.is_some() {
+                    e.1 = u.done;
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn echo_cycles_prompt_words_up_to_max_new_tokens() {
+        let mut e = EchoEngine::new("m");
+        e.admit(1, &job(r#"{"id":"a","prompt":"one two","max_new_tokens":5}"#), 0).expect("admit");
+        e.admit(2, &job(r#"{"id":"b","prompt":"x y z","max_new_tokens":2}"#), 0).expect("admit");
+        let out = run_to_end(&mut e);
+        assert_eq!(out[&1].0, "one two one two one");
+        assert_eq!(out[&2].0, "x y");
+        assert_eq!(out[&1].1.as_ref().and_then(|d| d.finish_reason), Some(FinishReason::Length));
+    }
+
+    #[test]
+    fn echo_honours_stop_strings() {
+        let mut e = EchoEngine::new("m");
+        e.admit(1, &job(r#"{"id":"a","prompt":"a b STOP c","max_new_tokens":9,"stop":["STOP"]}"#), 0).expect("admit");
+        let out = run_to_end(&mut e);
+        assert_eq!(out[&1].0, "a b ");
+        assert_eq!(out[&1].1.as_ref().and_then(|d| d.finish_reason), Some(FinishReason::Stop));
+    }
+}

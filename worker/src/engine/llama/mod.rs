@@ -1,0 +1,474 @@
+//! The candle engine for Llama-family models: [`LlamaEngine`] loads a GGUF file or a Hugging Face
+//! safetensors folder and runs continuous batching on the CPU, one packed forward per step.
+//!
+//! - [`model`]: weights, the packed forward pass and the per-sequence KV cache.
+//! - [`sampler`]: per-sequence sampling with a seeded RNG.
+//! - [`detok`]: streaming detokenization that never splits a character.
+//! - [`tokenizer`]: tokenizers from GGUF metadata or `tokenizer.json`, special token ids.
+//! - [`chat`]: chat templates.
+//!
+//! This module owns the sequences' life: admission (rendering, tokenizing, context checks), the
+//! step plan (prefill chunks under the token budget plus one token per decoding sequence),
+//! sampling, stops and scoring. The scheduler decides which jobs are admitted and when.
+
+pub mod chat;
+pub mod detok;
+pub mod model;
+pub mod sampler;
+pub mod tokenizer;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::gguf_file;
+use genq_shared::job::JobKind;
+use genq_shared::valid::PromptInput;
+use genq_shared::{FinishReason, ValidJob};
+use tokenizers::Tokenizer;
+
+use self::chat::ChatTemplate;
+use self::detok::Detokenizer;
+use self::model::{HfConfig, KvCache, LlamaModel, SeqInput};
+pub use self::model::WeightFormat;
+use self::sampler::Sampler;
+use self::tokenizer::SpecialIds;
+use super::stops::StopMatcher;
+use super::{AdmitError, Admitted, Engine, EngineError, EngineInfo, Score, SeqDone, SeqId, SeqUpdate, StepLimits};
+
+/// What to load and how.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlamaSettings {
+    /// A `.gguf` file, or a folder with `config.json`, `tokenizer.json` and `*.safetensors`.
+    pub model_path: PathBuf,
+    /// The name jobs route to (`smollm2-135m-instruct`).
+    pub model_name: String,
+    /// Only `cpu` is supported.
+    pub device: String,
+    /// How projection weights are held in memory.
+    pub weights: WeightFormat,
+}
+
+/// The model could not be loaded; the worker cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The model file or folder (or a file it needs) is not there.
+    #[error("model not found at {}: run scripts/fetch-model.sh", path.display())]
+    NotFound {
+        /// The missing path.
+        path: PathBuf,
+    },
+    /// A device this build cannot use.
+    #[error("device `{0}` is not supported (only `cpu`)")]
+    Device(String),
+    /// A file could not be read.
+    #[error("reading {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The weights or the GGUF header are unusable.
+    #[error("loading model weights from {}: {source}", path.display())]
+    Weights {
+        /// The file or folder.
+        path: PathBuf,
+        /// The underlying error.
+        source: candle_core::Error,
+    },
+    /// `config.json` or `tokenizer_config.json` is unusable.
+    #[error("reading {}: {message}", path.display())]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The tokenizer could not be built.
+    #[error("loading the tokenizer: {0}")]
+    Tokenizer(#[from] tokenizer::TokenizerError),
+    /// The model's chat template could not be compiled.
+    #[error("compiling the chat template: {0}")]
+    ChatTemplate(String),
+}
+
+/// One admitted job.
+struct Sequence {
+    kind: JobKind,
+    prompt: Vec<u32>,
+    /// Prompt tokens already in the cache.
+    prefilled: usize,
+    cache: KvCache,
+    /// The last sampled token, fed at the next step.
+    pending: Option<u32>,
+    generated: usize,
+    max_new: usize,
+    min_new: usize,
+    sampler: Sampler,
+    detok: Detokenizer,
+    stops: StopMatcher,
+    /// Score jobs: log-probs gathered so far.
+    logprobs: Vec<f64>,
+}
+
+/// The candle Llama engine. Runs on one thread; every sequence owns its cache and sampler.
+pub struct LlamaEngine {
+    info: EngineInfo,
+    model: LlamaModel,
+    tokenizer: Tokenizer,
+    special: SpecialIds,
+    template: ChatTemplate,
+    seqs: BTreeMap<SeqId, Sequence>,
+}
+
+fn weights_err(path: &Path) -> impl FnOnce(candle_core::Error) -> LoadError + '_ {
+    move |source| LoadError::Weights { path: path.to_owned(), source }
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Value, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io { path: path.to_owned(), source })?;
+    serde_json::from_str(&text).map_err(|e| LoadError::Config { path: path.to_owned(), message: e.to_string() })
+}
+
+/// The first id of a `config.json` entry that may be a number or a list of numbers.
+fn json_ids(v: Option<&serde_json::Value>) -> Vec<u32> {
+    match v {
+        Some(serde_json::Value::Number(n)) => n.as_u64().and_then(|n| u32::try_from(n).ok()).into_iter().collect(),
+        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|n| n.as_u64().and_then(|n| u32::try_from(n).ok())).collect(),
+        _ => Vec::new(),
+    }
+}
+
+impl LlamaEngine {
+    /// Loads the model, its tokenizer and chat template.
+    pub fn load(settings: &LlamaSettings) -> Result<Self, LoadError> {
+        if settings.device != "cpu" {
+            return Err(LoadError::Device(settings.device.clone()));
+        }
+        let path = &settings.model_path;
+        if !path.exists() {
+            return Err(LoadError::NotFound { path: path.clone() });
+        }
+        let (model, tokenizer, special, template) = if path.is_dir() {
+            Self::load_safetensors(path, settings.weights)?
+        } else {
+            Self::load_gguf(path, settings.weights)?
+        };
+        let info = EngineInfo {
+            model: settings.model_name.clone(),
+            device: "cpu".into(),
+            context_length: model.config().context_length,
+        };
+        tracing::info!(
+            model = %settings.model_name,
+            path = %path.display(),
+            weights = ?settings.weights,
+            layers = model.config().layers,
+            context_length = info.context_length,
+            "llama engine loaded"
+        );
+        Ok(Self { info, model, tokenizer, special, template, seqs: BTreeMap::new() })
+    }
+
+    fn load_gguf(
+        path: &Path,
+        format: WeightFormat,
+    ) -> Result<(LlamaModel, Tokenizer, SpecialIds, ChatTemplate), LoadError> {
+        let mut file = File::open(path).map_err(|source| LoadError::Io { path: path.to_owned(), source })?;
+        let content = gguf_file::Content::read(&mut file).map_err(weights_err(path))?;
+        let tokenizer = tokenizer::tokenizer_from_gguf(&content)?;
+        let special = tokenizer::special_ids(&content, &tokenizer);
+        let template = match chat::chat_template_from_gguf(&content, &tokenizer) {
+            Some(t) => t.map_err(|e| LoadError::ChatTemplate(e.to_string()))?,
+            None => ChatTemplate::chatml(),
+        };
+        let model = LlamaModel::from_gguf(&content, &mut file, format).map_err(weights_err(path))?;
+        Ok((model, tokenizer, special, template))
+    }
+
+    fn load_safetensors(
+        dir: &Path,
+        format: WeightFormat,
+    ) -> Result<(LlamaModel, Tokenizer, SpecialIds, ChatTemplate), LoadError> {
+        let need = |name: &str| {
+            let p = dir.join(name);
+            if p.exists() {
+                Ok(p)
+            } else {
+                Err(LoadError::NotFound { path: p })
+            }
+        };
+        let config_path = need("config.json")?;
+        let config_json = read_json(&config_path)?;
+        let config: HfConfig = serde_json::from_value(config_json.clone())
+            .map_err(|e| LoadError::Config { path: config_path.clone(), message: e.to_string() })?;
+        let tokenizer = tokenizer::tokenizer_from_file(&need("tokenizer.json")?)?;
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|source| LoadError::Io { path: dir.to_owned(), source })?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(LoadError::NotFound { path: dir.join("*.safetensors") });
+        }
+
+        // Special ids: config.json, then tokenizer_config.json for BOS and the template.
+        let tok_config_path = dir.join("tokenizer_config.json");
+        let tok_config = if tok_config_path.exists() { Some(read_json(&tok_config_path)?) } else { None };
+        let eos_ids = json_ids(config_json.get("eos_token_id"));
+        let eos = eos_ids
+            .first()
+            .copied()
+            .or_else(|| ["<|im_end|>", "<|endoftext|>", "</s>"].iter().find_map(|t| tokenizer.token_to_id(t)))
+            .unwrap_or(0);
+        let mut extra_stops: Vec<u32> = eos_ids.iter().skip(1).copied().collect();
+        for t in ["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"] {
+            if let Some(id) = tokenizer.token_to_id(t) {
+                if id != eos && !extra_stops.contains(&id) {
+                    extra_stops.push(id);
+                }
+            }
+        }
+        let add_bos = tok_config.as_ref().and_then(|c| c.get("add_bos_token")).and_then(|v| v.as_bool()).unwrap_or(false);
+        let bos = if add_bos { json_ids(config_json.get("bos_token_id")).first().copied() } else { None };
+        let special = SpecialIds { bos, eos, extra_stops };
+        let template = match tok_config.as_ref().and_then(|c| c.get("chat_template")).and_then(|v| v.as_str()) {
+            Some(src) => {
+                let name = |id: Option<u32>| id.and_then(|id| tokenizer.id_to_token(id)).unwrap_or_default();
+                let bos_name = name(json_ids(config_json.get("bos_token_id")).first().copied());
+                ChatTemplate::new(src.to_string(), bos_name, name(Some(eos)))
+                    .map_err(|e| LoadError::ChatTemplate(e.to_string()))?
+            }
+            None => ChatTemplate::chatml(),
+        };
+        let model = LlamaModel::from_safetensors(&config, &files, format).map_err(weights_err(dir))?;
+        Ok((model, tokenizer, special, template))
+    }
+
+    /// Renders and tokenizes a job's input (BOS first when the model asks for it).
+    fn prompt_tokens(&self, input: &PromptInput) -> Result<Vec<u32>, AdmitError> {
+        let (text, field) = match input {
+            PromptInput::Text(t) => (t.clone(), "prompt"),
+            PromptInput::Chat(messages) => {
+                let text = self.template.render(messages, true).map_err(|e| AdmitError {
+                    field: "messages",
+                    message: format!("cannot be rendered with the chat template: {e}"),
+                })?;
+                (text, "messages")
+            }
+        };
+        let enc = self
+            .tokenizer
+            .encode(text.as_str(), false)
+            .map_err(|e| AdmitError { field, message: format!("cannot be tokenized: {e}") })?;
+        let mut ids = Vec::with_capacity(enc.len() + 1);
+        ids.extend(self.special.bos);
+        ids.extend_from_slice(enc.get_ids());
+        if enc.get_ids().is_empty() {
+            return Err(AdmitError { field, message: "is empty after tokenization".into() });
+        }
+        let vocab = self.model.config().vocab;
+        if let Some(&bad) = ids.iter().find(|&&t| t as usize >= vocab) {
+            return Err(AdmitError { field, message: format!("holds token {bad}, outside the model's vocabulary of {vocab}") });
+        }
+        Ok(ids)
+    }
+
+    /// Samples from one logits row and advances the sequence's text; returns the update.
+    fn accept_logits(
+        tokenizer: &Tokenizer,
+        special: &SpecialIds,
+        id: SeqId,
+        seq: &mut Sequence,
+        logits: &[f32],
+    ) -> Result<SeqUpdate, EngineError> {
+        let fail = |what: &str, e: &dyn std::fmt::Display| EngineError(format!("sequence {id}: {what}: {e}"));
+        // EOS and end-of-turn tokens cannot be drawn until min_new_tokens exist.
+        let banned: Vec<u32> = if seq.generated < seq.min_new {
+            std::iter::once(special.eos).chain(special.extra_stops.iter().copied()).collect()
+        } else {
+            Vec::new()
+        };
+        let token = seq.sampler.sample(logits.to_vec(), &banned).map_err(|e| fail("sampling", &e))?;
+        seq.sampler.observe(token);
+        seq.generated += 1;
+        let armed = seq.generated >= seq.min_new;
+        let end_token = special.is_stop(token);
+        let length = seq.generated >= seq.max_new;
+        let mut piece = if end_token { String::new() } else { seq.detok.push(tokenizer, token).map_err(|e| fail("detokenizing", &e))? };
+        if end_token || length {
+            piece.push_str(&seq.detok.flush(tokenizer).map_err(|e| fail("detokenizing", &e))?);
+        }
+        let check = seq.stops.push(&piece, armed);
+        let mut text = check.emit;
+        let reason = if check.stopped {
+            Some(FinishReason::Stop)
+        } else if end_token || length {
+            text.push_str(&seq.stops.flush());
+            Some(if end_token { FinishReason::Stop } else { FinishReason::Length })
+        } else {
+            seq.pending = Some(token);
+            None
+        };
+        Ok(SeqUpdate {
+            id,
+            text,
+            new_tokens: 1,
+            done: reason.map(|r| SeqDone { finish_reason: Some(r), score: None }),
+        })
+    }
+}
+
+/// `log p(target)` under one row of logits, in f64.
+fn log_prob(logits: &[f32], target: u32) -> f64 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let sum: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
+    let t = logits.get(target as usize).copied().unwrap_or(f32::NEG_INFINITY) as f64;
+    t - max - sum.ln()
+}
+
+impl Engine for LlamaEngine {
+    fn info(&self) -> &EngineInfo {
+        &self.info
+    }
+
+    fn admit(&mut self, id: SeqId, job: &ValidJob, seed: u64) -> Result<Admitted, AdmitError> {
+        let prompt = self.prompt_tokens(&job.input)?;
+        let ctx = self.info.context_length;
+        let field = if matches!(job.input, PromptInput::Chat(_)) { "messages" } else { "prompt" };
+        if prompt.len() > ctx || (job.kind == JobKind::Generate && prompt.len() >= ctx) {
+            return Err(AdmitError {
+                field,
+                message: format!("has {} tokens, the context length is {ctx}", prompt.len()),
+            });
+        }
+        let max_new = job.max_new_tokens as usize;
+        if job.kind == JobKind::Generate && prompt.len() + max_new > ctx {
+            return Err(AdmitError {
+                field: "max_new_tokens",
+                message: format!(
+                    "({max_new}) plus the prompt's {} tokens exceeds the context length {ctx}",
+                    prompt.len()
+                ),
+            });
+        }
+        if self.seqs.contains_key(&id) {
+            return Err(AdmitError { field: "id", message: format!("sequence {id} is already running") });
+        }
+        let mut sampler = Sampler::new(&job.sampling, seed);
+        for &t in &prompt {
+            sampler.observe(t);
+        }
+        let positions = match job.kind {
+            JobKind::Generate => prompt.len() + max_new.min(256),
+            JobKind::Score => prompt.len(),
+        };
+        let prompt_tokens = prompt.len();
+        self.seqs.insert(
+            id,
+            Sequence {
+                kind: job.kind,
+                cache: KvCache::new(self.model.config(), positions),
+                detok: Detokenizer::new(&prompt),
+                prompt,
+                prefilled: 0,
+                pending: None,
+                generated: 0,
+                max_new,
+                min_new: job.min_new_tokens as usize,
+                sampler,
+                stops: StopMatcher::new(job.stop.clone()),
+                logprobs: Vec::new(),
+            },
+        );
+        Ok(Admitted { prompt_tokens })
+    }
+
+    fn step(&mut self, limits: &StepLimits) -> Result<Vec<SeqUpdate>, EngineError> {
+        // Plan: one token for each decoding sequence, prompt chunks (oldest first) under the budget.
+        let mut budget = limits.max_prefill_tokens.max(1);
+        let mut in_step: Vec<(SeqId, usize)> = Vec::new();
+        let mut inputs: Vec<SeqInput<'_>> = Vec::new();
+        for (&id, seq) in self.seqs.iter_mut() {
+            let tokens: &[u32] = match &seq.pending {
+                Some(t) => std::slice::from_ref(t),
+                None => {
+                    let n = (seq.prompt.len() - seq.prefilled).min(budget);
+                    if n == 0 {
+                        continue;
+                    }
+                    budget -= n;
+                    &seq.prompt[seq.prefilled..seq.prefilled + n]
+                }
+            };
+            in_step.push((id, tokens.len()));
+            inputs.push(SeqInput { cache: &mut seq.cache, tokens, all_logits: seq.kind == JobKind::Score });
+        }
+        if inputs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let logits = self.model.forward(&mut inputs).map_err(|e| EngineError(format!("forward: {e}")))?;
+        drop(inputs);
+        let vocab = self.model.config().vocab;
+        let logits = logits
+            .flatten_all()
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(|e| EngineError(format!("reading logits: {e}")))?;
+        let mut rows = logits.chunks_exact(vocab);
+
+        let mut updates = Vec::with_capacity(in_step.len());
+        for (id, n) in in_step {
+            let Some(seq) = self.seqs.get_mut(&id) else { continue };
+            let update = if seq.pending.is_some() {
+                let row = rows.next().ok_or_else(|| EngineError("missing logits row".into()))?;
+                Self::accept_logits(&self.tokenizer, &self.special, id, seq, row)?
+            } else {
+                let start = seq.prefilled;
+                seq.prefilled += n;
+                let prompt_done = seq.prefilled == seq.prompt.len();
+                match seq.kind {
+                    JobKind::Score => {
+                        for i in 0..n {
+                            let row = rows.next().ok_or_else(|| EngineError("missing logits row".into()))?;
+                            if let Some(&target) = seq.prompt.get(start + i + 1) {
+                                seq.logprobs.push(log_prob(row, target));
+                            }
+                        }
+                        let done = prompt_done.then(|| {
+                            let logprobs = std::mem::take(&mut seq.logprobs);
+                            let mean =
+                                if logprobs.is_empty() { 0.0 } else { logprobs.iter().sum::<f64>() / logprobs.len() as f64 };
+                            SeqDone { finish_reason: None, score: Some(Score { logprobs, perplexity: (-mean).exp() }) }
+                        });
+                        SeqUpdate { id, text: String::new(), new_tokens: 0, done }
+                    }
+                    JobKind::Generate => {
+                        let row = rows.next().ok_or_else(|| EngineError("missing logits row".into()))?;
+                        if prompt_done {
+                            Self::accept_logits(&self.tokenizer, &self.special, id, seq, row)?
+                        } else {
+                            SeqUpdate { id, text: String::new(), new_tokens: 0, done: None }
+                        }
+                    }
+                }
+            };
+            if update.done.is_some() {
+                self.seqs.remove(&id);
+            }
+            updates.push(update);
+        }
+        Ok(updates)
+    }
+
+    fn release(&mut self, id: SeqId) {
+        self.seqs.remove(&id);
+    }
+
+    fn active(&self) -> usize {
+        self.seqs.len()
+    }
+}

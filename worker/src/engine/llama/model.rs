@@ -1,0 +1,714 @@
+//! Llama weights and the packed forward pass. Owns the tensors (GGUF or HF safetensors), the
+//! RoPE tables and the per-sequence KV cache type; knows nothing of jobs, tokens' text or sampling.
+//!
+//! One [`LlamaModel::forward`] call runs every new token of a step as one `[T, hidden]` batch
+//! through the projections and the MLP; attention runs per sequence against that sequence's own
+//! [`KvCache`] with a fixed summation order, so a row's numbers never depend on the other rows.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::Path;
+
+use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
+use candle_core::{bail, DType, Device, Module, Result, Tensor};
+
+/// How the projection weights are held in memory.
+///
+/// The default is the fastest measured on CPU (see the `decode_throughput` bench in `llama`):
+/// candle's Q4_1 dot product is scalar, Q8_0's uses AVX2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightFormat {
+    /// As stored: GGUF quantization kept, safetensors as f32.
+    Native,
+    /// Quantized tensors re-quantized to Q8_0 at load (dense ones too, when rows allow).
+    #[default]
+    Q8_0,
+    /// Everything dequantized to f32.
+    F32,
+}
+
+/// How rotary embeddings pair the dimensions of a head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Pairs `(2i, 2i+1)`: GGUF llama, whose q/k weights are permuted for it.
+    Interleaved,
+    /// Pairs `(i, i + d/2)`: Hugging Face safetensors.
+    Halves,
+}
+
+/// Shape of the network.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    /// Transformer blocks.
+    pub layers: usize,
+    /// Width of the residual stream.
+    pub hidden: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads (grouped-query attention when fewer than `heads`).
+    pub kv_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// Width of the MLP.
+    pub ffn: usize,
+    /// Rows of the output head.
+    pub vocab: usize,
+    /// RoPE base frequency.
+    pub rope_base: f64,
+    /// RMSNorm epsilon.
+    pub eps: f64,
+    /// Most positions one sequence may use.
+    pub context_length: usize,
+    /// RoPE pairing.
+    pub rope: RopeStyle,
+}
+
+/// One sequence's keys and values for every layer, post-RoPE, laid out `[position, kv_head, dim]`.
+/// Owned by the sequence, so sequences join and leave the batch freely.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<LayerCache>,
+    len: usize,
+}
+
+#[derive(Debug, Clone, Default)]
+struct LayerCache {
+    k: Vec<f32>,
+    v: Vec<f32>,
+}
+
+impl KvCache {
+    /// An empty cache for `cfg`, with room reserved for `positions` (it grows past that if needed).
+    pub fn new(cfg: &ModelConfig, positions: usize) -> Self {
+        let row = cfg.kv_heads * cfg.head_dim;
+        let layers = (0..cfg.layers)
+            .map(|_| LayerCache { k: Vec::with_capacity(positions * row), v: Vec::with_capacity(positions * row) })
+            .collect();
+        Self { layers, len: 0 }
+    }
+
+    /// Positions cached so far (the position of the next token).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True before the first token.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Drops layers written past `len` (after a failed forward).
+    fn rollback(&mut self, row: usize) {
+        for l in &mut self.layers {
+            l.k.truncate(self.len * row);
+            l.v.truncate(self.len * row);
+        }
+    }
+}
+
+/// One sequence's share of a packed step.
+pub struct SeqInput<'a> {
+    /// The sequence's cache; its new tokens are appended.
+    pub cache: &'a mut KvCache,
+    /// Tokens fed this step, at positions `cache.len()..`.
+    pub tokens: &'a [u32],
+    /// Return logits for every fed token (score jobs), not only the last.
+    pub all_logits: bool,
+}
+
+/// A weight before it becomes a matmul: quantized blocks or a dense f32 matrix `[out, in]`.
+enum Weight {
+    Quant(QTensor),
+    Dense(Tensor),
+}
+
+impl Weight {
+    fn cols(&self) -> Result<usize> {
+        match self {
+            Weight::Quant(q) => Ok(q.shape().dims2()?.1),
+            Weight::Dense(t) => Ok(t.dims2()?.1),
+        }
+    }
+
+    fn rows(&self) -> Result<usize> {
+        match self {
+            Weight::Quant(q) => Ok(q.shape().dims2()?.0),
+            Weight::Dense(t) => Ok(t.dims2()?.0),
+        }
+    }
+
+    fn dense(self) -> Result<Tensor> {
+        match self {
+            Weight::Quant(q) => q.dequantize(&Device::Cpu),
+            Weight::Dense(t) => Ok(t),
+        }
+    }
+
+    /// Converts to `format`.
+    fn convert(self, format: WeightFormat) -> Result<Weight> {
+        let w = match self {
+            Weight::Quant(q) if matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) => {
+                Weight::Dense(q.dequantize(&Device::Cpu)?)
+            }
+            Weight::Dense(t) => Weight::Dense(t.to_dtype(DType::F32)?.contiguous()?),
+            w => w,
+        };
+        let q8_fits = w.cols()? % GgmlDType::Q8_0.block_size() == 0;
+        Ok(match (format, w) {
+            (WeightFormat::F32, w) => Weight::Dense(w.dense()?),
+            (WeightFormat::Q8_0, Weight::Quant(q)) if q.dtype() != GgmlDType::Q8_0 && q8_fits => {
+                Weight::Quant(QTensor::quantize(&q.dequantize(&Device::Cpu)?, GgmlDType::Q8_0)?)
+            }
+            (WeightFormat::Q8_0, Weight::Dense(t)) if q8_fits => Weight::Quant(QTensor::quantize(&t, GgmlDType::Q8_0)?),
+            (_, w) => w,
+        })
+    }
+
+    fn into_matmul(self) -> Result<QMatMul> {
+        match self {
+            Weight::Quant(q) => Ok(QMatMul::QTensor(std::sync::Arc::new(q))),
+            Weight::Dense(t) => Ok(QMatMul::Tensor(t)),
+        }
+    }
+}
+
+/// Several projections of the same input fused into one matmul (q/k/v, gate/up), so the input is
+/// read (and quantized) once.
+struct Fused {
+    mm: QMatMul,
+    widths: Vec<usize>,
+}
+
+impl Fused {
+    /// Stacks `parts` along the output dimension. Quantized parts of one type are concatenated
+    /// block for block (exact); anything else is stacked dense.
+    fn new(parts: Vec<Weight>) -> Result<Self> {
+        let widths = parts.iter().map(Weight::rows).collect::<Result<Vec<_>>>()?;
+        let cols = match parts.first() {
+            Some(p) => p.cols()?,
+            None => bail!("nothing to fuse"),
+        };
+        let rows: usize = widths.iter().sum();
+        let same_quant = match parts.first() {
+            Some(Weight::Quant(first)) => {
+                let dtype = first.dtype();
+                parts.iter().all(|p| matches!(p, Weight::Quant(q) if q.dtype() == dtype)).then_some(dtype)
+            }
+            _ => None,
+        };
+        let mm = match same_quant {
+            Some(dtype) => {
+                let mut bytes = Vec::new();
+                for p in &parts {
+                    if let Weight::Quant(q) = p {
+                        bytes.extend_from_slice(&q.data()?);
+                    }
+                }
+                let storage = QStorage::from_data(Cow::Owned(bytes), &Device::Cpu, dtype)?;
+                Weight::Quant(QTensor::new(storage, (rows, cols))?).into_matmul()?
+            }
+            None => {
+                let dense = parts.into_iter().map(Weight::dense).collect::<Result<Vec<_>>>()?;
+                QMatMul::Tensor(Tensor::cat(&dense, 0)?.contiguous()?)
+            }
+        };
+        Ok(Self { mm, widths })
+    }
+
+    /// `[T, in]` -> one `[T, width]` tensor per part (views into one result).
+    fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        let y = self.mm.forward(x)?;
+        let mut at = 0;
+        let mut out = Vec::with_capacity(self.widths.len());
+        for &w in &self.widths {
+            out.push(y.narrow(1, at, w)?);
+            at += w;
+        }
+        Ok(out)
+    }
+}
+
+struct Layer {
+    attn_norm: Tensor,
+    qkv: Fused,
+    o: QMatMul,
+    ffn_norm: Tensor,
+    gate_up: Fused,
+    down: QMatMul,
+}
+
+/// A Llama-family decoder ready to run packed steps on the CPU.
+pub struct LlamaModel {
+    cfg: ModelConfig,
+    embed: QMatMul,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    lm_head: QMatMul,
+    cos: Tensor,
+    sin: Tensor,
+}
+
+/// Where the weights of one model come from, by llama.cpp's or Hugging Face's names.
+trait WeightSource {
+    fn weight(&mut self, name: &str) -> Result<Weight>;
+    fn has(&self, name: &str) -> bool;
+}
+
+struct GgufSource<'a> {
+    content: &'a gguf_file::Content,
+    file: &'a mut File,
+}
+
+impl WeightSource for GgufSource<'_> {
+    fn weight(&mut self, name: &str) -> Result<Weight> {
+        Ok(Weight::Quant(self.content.tensor(self.file, name, &Device::Cpu)?))
+    }
+    fn has(&self, name: &str) -> bool {
+        self.content.tensor_infos.contains_key(name)
+    }
+}
+
+struct SafetensorsSource {
+    tensors: HashMap<String, Tensor>,
+}
+
+impl WeightSource for SafetensorsSource {
+    fn weight(&mut self, name: &str) -> Result<Weight> {
+        match self.tensors.remove(name) {
+            Some(t) => Ok(Weight::Dense(t.to_dtype(DType::F32)?)),
+            None => bail!("safetensors: no tensor named {name}"),
+        }
+    }
+    fn has(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+}
+
+/// Tensor names of one checkpoint layout.
+struct Names {
+    embed: &'static str,
+    norm: &'static str,
+    lm_head: &'static str,
+    layer: fn(usize, &str) -> String,
+}
+
+const GGUF_NAMES: Names = Names {
+    embed: "token_embd.weight",
+    norm: "output_norm.weight",
+    lm_head: "output.weight",
+    layer: |i, part| {
+        let p = match part {
+            "q" => "attn_q",
+            "k" => "attn_k",
+            "v" => "attn_v",
+            "o" => "attn_output",
+            "gate" => "ffn_gate",
+            "up" => "ffn_up",
+            "down" => "ffn_down",
+            "attn_norm" => "attn_norm",
+            _ => "ffn_norm",
+        };
+        format!("blk.{i}.{p}.weight")
+    },
+};
+
+const HF_NAMES: Names = Names {
+    embed: "model.embed_tokens.weight",
+    norm: "model.norm.weight",
+    lm_head: "lm_head.weight",
+    layer: |i, part| {
+        let p = match part {
+            "q" => "self_attn.q_proj",
+            "k" => "self_attn.k_proj",
+            "v" => "self_attn.v_proj",
+            "o" => "self_attn.o_proj",
+            "gate" => "mlp.gate_proj",
+            "up" => "mlp.up_proj",
+            "down" => "mlp.down_proj",
+            "attn_norm" => "input_layernorm",
+            _ => "post_attention_layernorm",
+        };
+        format!("model.layers.{i}.{p}.weight")
+    },
+};
+
+/// The subset of a Hugging Face `config.json` a Llama needs.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct HfConfig {
+    /// Width of the residual stream.
+    pub hidden_size: usize,
+    /// Width of the MLP.
+    pub intermediate_size: usize,
+    /// Transformer blocks.
+    pub num_hidden_layers: usize,
+    /// Query heads.
+    pub num_attention_heads: usize,
+    /// Key/value heads (defaults to the query heads).
+    pub num_key_value_heads: Option<usize>,
+    /// Width of one head (defaults to hidden / heads).
+    pub head_dim: Option<usize>,
+    /// RMSNorm epsilon.
+    pub rms_norm_eps: f64,
+    /// RoPE base (default 10000).
+    pub rope_theta: Option<f64>,
+    /// Context length.
+    pub max_position_embeddings: usize,
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Output head shares the embedding.
+    pub tie_word_embeddings: Option<bool>,
+}
+
+fn md_usize(content: &gguf_file::Content, key: &str) -> Result<usize> {
+    use gguf_file::Value as V;
+    let v = match content.metadata.get(key) {
+        Some(v) => v,
+        None => bail!("gguf: missing metadata {key}"),
+    };
+    let n: i128 = match v {
+        V::U8(x) => (*x).into(),
+        V::I8(x) => (*x).into(),
+        V::U16(x) => (*x).into(),
+        V::I16(x) => (*x).into(),
+        V::U32(x) => (*x).into(),
+        V::I32(x) => (*x).into(),
+        V::U64(x) => (*x).into(),
+        V::I64(x) => (*x).into(),
+        other => bail!("gguf: metadata {key} is not an integer: {other:?}"),
+    };
+    usize::try_from(n).map_err(|_| candle_core::Error::Msg(format!("gguf: metadata {key} = {n} out of range")))
+}
+
+fn md_f64(content: &gguf_file::Content, key: &str) -> Option<f64> {
+    match content.metadata.get(key)? {
+        gguf_file::Value::F32(x) => Some(f64::from(*x)),
+        gguf_file::Value::F64(x) => Some(*x),
+        _ => None,
+    }
+}
+
+impl LlamaModel {
+    /// Loads a GGUF llama from `file` (whose header is `content`).
+    pub fn from_gguf(content: &gguf_file::Content, file: &mut File, format: WeightFormat) -> Result<Self> {
+        let arch = match content.metadata.get("general.architecture") {
+            Some(gguf_file::Value::String(s)) => s.clone(),
+            _ => "llama".to_string(),
+        };
+        let key = |k: &str| format!("{arch}.{k}");
+        let hidden = md_usize(content, &key("embedding_length"))?;
+        let heads = md_usize(content, &key("attention.head_count"))?;
+        let kv_heads = md_usize(content, &key("attention.head_count_kv")).unwrap_or(heads);
+        let head_dim = md_usize(content, &key("attention.key_length")).unwrap_or(hidden / heads.max(1));
+        let vocab = match content.tensor_infos.get(GGUF_NAMES.embed) {
+            Some(info) => info.shape.dims2()?.0,
+            None => bail!("gguf: no tensor {}", GGUF_NAMES.embed),
+        };
+        let cfg = ModelConfig {
+            layers: md_usize(content, &key("block_count"))?,
+            hidden,
+            heads,
+            kv_heads,
+            head_dim,
+            ffn: md_usize(content, &key("feed_forward_length"))?,
+            vocab,
+            rope_base: md_f64(content, &key("rope.freq_base")).unwrap_or(10_000.0),
+            eps: md_f64(content, &key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5),
+            context_length: md_usize(content, &key("context_length"))?,
+            rope: RopeStyle::Interleaved,
+        };
+        Self::build(cfg, &mut GgufSource { content, file }, &GGUF_NAMES, format)
+    }
+
+    /// Loads a Hugging Face Llama: `config` plus the tensors of every `*.safetensors` in `files`.
+    pub fn from_safetensors(config: &HfConfig, files: &[impl AsRef<Path>], format: WeightFormat) -> Result<Self> {
+        let mut tensors = HashMap::new();
+        for f in files {
+            tensors.extend(candle_core::safetensors::load(f, &Device::Cpu)?);
+        }
+        let heads = config.num_attention_heads;
+        let cfg = ModelConfig {
+            layers: config.num_hidden_layers,
+            hidden: config.hidden_size,
+            heads,
+            kv_heads: config.num_key_value_heads.unwrap_or(heads),
+            head_dim: config.head_dim.unwrap_or(config.hidden_size / heads.max(1)),
+            ffn: config.intermediate_size,
+            vocab: config.vocab_size,
+            rope_base: config.rope_theta.unwrap_or(10_000.0),
+            eps: config.rms_norm_eps,
+            context_length: config.max_position_embeddings,
+            rope: RopeStyle::Halves,
+        };
+        let mut src = SafetensorsSource { tensors };
+        if config.tie_word_embeddings == Some(true) {
+            src.tensors.remove(HF_NAMES.lm_head);
+        }
+        Self::build(cfg, &mut src, &HF_NAMES, format)
+    }
+
+    fn build(cfg: ModelConfig, src: &mut dyn WeightSource, names: &Names, format: WeightFormat) -> Result<Self> {
+        if cfg.heads == 0 || cfg.kv_heads == 0 || cfg.heads % cfg.kv_heads != 0 || cfg.head_dim % 2 != 0 {
+            bail!("unsupported head layout: {} heads, {} kv heads, head dim {}", cfg.heads, cfg.kv_heads, cfg.head_dim);
+        }
+        let norm_vec = |w: Weight, what: &str| -> Result<Tensor> {
+            let t = w.dense()?.to_dtype(DType::F32)?;
+            if t.dims1()? != cfg.hidden {
+                bail!("{what}: expected {} values, found {:?}", cfg.hidden, t.shape());
+            }
+            Ok(t)
+        };
+        let mut layers = Vec::with_capacity(cfg.layers);
+        for i in 0..cfg.layers {
+            let mut w = |part: &str| -> Result<Weight> { src.weight(&(names.layer)(i, part))?.convert(format) };
+            let qkv = Fused::new(vec![w("q")?, w("k")?, w("v")?])?;
+            let o = w("o")?.into_matmul()?;
+            let gate_up = Fused::new(vec![w("gate")?, w("up")?])?;
+            let down = w("down")?.into_matmul()?;
+            let expect = [cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim];
+            if qkv.widths != expect || gate_up.widths != [cfg.ffn, cfg.ffn] {
+                bail!("layer {i}: projection shapes {:?} / {:?} do not match the config", qkv.widths, gate_up.widths);
+            }
+            let attn_norm = norm_vec(src.weight(&(names.layer)(i, "attn_norm"))?, "attn_norm")?;
+            let ffn_norm = norm_vec(src.weight(&(names.layer)(i, "ffn_norm"))?, "ffn_norm")?;
+            layers.push(Layer { attn_norm, qkv, o, ffn_norm, gate_up, down });
+        }
+        let norm = norm_vec(src.weight(names.norm)?, "output norm")?;
+        // The embedding is only gathered from, never multiplied: keep it compact unless f32 asked.
+        let embed_w = src.weight(names.embed)?;
+        let embed = match format {
+            WeightFormat::F32 => embed_w.convert(WeightFormat::F32)?,
+            _ => embed_w.convert(WeightFormat::Native)?,
+        };
+        if embed.rows()? != cfg.vocab || embed.cols()? != cfg.hidden {
+            bail!("embedding is {}x{}, expected {}x{}", embed.rows()?, embed.cols()?, cfg.vocab, cfg.hidden);
+        }
+        let (embed, lm_head) = if src.has(names.lm_head) {
+            (embed.into_matmul()?, src.weight(names.lm_head)?.convert(format)?.into_matmul()?)
+        } else {
+            // Tied: the output head is the embedding matrix, in the requested format.
+            let head = match (&embed, format) {
+                (Weight::Quant(q), WeightFormat::Q8_0) if q.dtype() != GgmlDType::Q8_0 => {
+                    Some(Weight::Quant(QTensor::quantize(&q.dequantize(&Device::Cpu)?, GgmlDType::Q8_0)?).into_matmul()?)
+                }
+                (Weight::Dense(t), WeightFormat::Q8_0) => Some(Weight::Dense(t.clone()).convert(format)?.into_matmul()?),
+                _ => None,
+            };
+            let embed = embed.into_matmul()?;
+            let head = head.unwrap_or_else(|| embed.clone());
+            (embed, head)
+        };
+        let (cos, sin) = rope_tables(&cfg)?;
+        Ok(Self { cfg, embed, layers, norm, lm_head, cos, sin })
+    }
+}
+
+/// `cos`/`sin` of every (position, frequency) pair for the whole context: `[context, head_dim/2]`.
+fn rope_tables(cfg: &ModelConfig) -> Result<(Tensor, Tensor)> {
+    let half = cfg.head_dim / 2;
+    let mut cos = Vec::with_capacity(cfg.context_length * half);
+    let mut sin = Vec::with_capacity(cfg.context_length * half);
+    for pos in 0..cfg.context_length {
+        for i in 0..half {
+            let freq = cfg.rope_base.powf(-2.0 * i as f64 / cfg.head_dim as f64);
+            let angle = pos as f64 * freq;
+            cos.push(angle.cos() as f32);
+            sin.push(angle.sin() as f32);
+        }
+    }
+    Ok((
+        Tensor::from_vec(cos, (cfg.context_length, half), &Device::Cpu)?,
+        Tensor::from_vec(sin, (cfg.context_length, half), &Device::Cpu)?,
+    ))
+}
+
+impl LlamaModel {
+    /// The network's shape.
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    /// Runs one packed step: every sequence's `tokens` at its next positions. Returns the logits
+    /// `[rows, vocab]`: for each sequence in order, one row for its last token, or one per token
+    /// when `all_logits`. On error every cache is left as it was.
+    pub fn forward(&self, seqs: &mut [SeqInput<'_>]) -> Result<Tensor> {
+        let row = self.cfg.kv_heads * self.cfg.head_dim;
+        let out = self.forward_inner(seqs);
+        match out {
+            Ok(logits) => {
+                for s in seqs.iter_mut() {
+                    s.cache.len += s.tokens.len();
+                }
+                Ok(logits)
+            }
+            Err(e) => {
+                for s in seqs.iter_mut() {
+                    s.cache.rollback(row);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn forward_inner(&self, seqs: &mut [SeqInput<'_>]) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let dev = Device::Cpu;
+        let total: usize = seqs.iter().map(|s| s.tokens.len()).sum();
+        if total == 0 {
+            bail!("forward: no tokens");
+        }
+        let mut ids = Vec::with_capacity(total);
+        let mut pos = Vec::with_capacity(total);
+        let mut rows = Vec::new();
+        for s in seqs.iter() {
+            if s.tokens.is_empty() {
+                bail!("forward: a sequence with no tokens");
+            }
+            if s.cache.layers.len() != cfg.layers {
+                bail!("forward: cache built for another model");
+            }
+            let end = s.cache.len + s.tokens.len();
+            if end > cfg.context_length {
+                bail!("forward: position {end} past the context length {}", cfg.context_length);
+            }
+            let first_row = ids.len();
+            for (i, &t) in s.tokens.iter().enumerate() {
+                if t as usize >= cfg.vocab {
+                    bail!("forward: token {t} outside the vocabulary of {}", cfg.vocab);
+                }
+                ids.push(t);
+                pos.push((s.cache.len + i) as u32);
+            }
+            if s.all_logits {
+                rows.extend((first_row..ids.len()).map(|r| r as u32));
+            } else {
+                rows.push((ids.len() - 1) as u32);
+            }
+        }
+        let ids = Tensor::new(ids.as_slice(), &dev)?;
+        let pos = Tensor::new(pos.as_slice(), &dev)?;
+        let half = cfg.head_dim / 2;
+        let cos = self.cos.index_select(&pos, 0)?.reshape((total, 1, half))?;
+        let sin = self.sin.index_select(&pos, 0)?.reshape((total, 1, half))?;
+        let rope = |x: &Tensor, heads: usize| -> Result<Tensor> {
+            let x = x.contiguous()?.reshape((total, heads, 1, cfg.head_dim))?;
+            match cfg.rope {
+                RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&x, &cos, &sin),
+                RopeStyle::Halves => candle_nn::rotary_emb::rope(&x, &cos, &sin),
+            }
+        };
+        let eps = cfg.eps as f32;
+        let q_width = cfg.heads * cfg.head_dim;
+        let mut x = self.embed.embedding(&ids)?;
+        let mut scratch = AttnScratch::default();
+        for (li, layer) in self.layers.iter().enumerate() {
+            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?;
+            let [q, k, v]: [Tensor; 3] = match layer.qkv.forward(&h)?.try_into() {
+                Ok(parts) => parts,
+                Err(_) => bail!("qkv: expected three parts"),
+            };
+            let q = rope(&q, cfg.heads)?.flatten_all()?.to_vec1::<f32>()?;
+            let k = rope(&k, cfg.kv_heads)?.flatten_all()?.to_vec1::<f32>()?;
+            let v = v.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+            let attn = attention(cfg, seqs, li, &q, &k, &v, &mut scratch);
+            let attn = Tensor::from_vec(attn, (total, q_width), &dev)?;
+            x = (x + layer.o.forward(&attn)?)?;
+            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
+            let [gate, up]: [Tensor; 2] = match layer.gate_up.forward(&h)?.try_into() {
+                Ok(parts) => parts,
+                Err(_) => bail!("gate/up: expected two parts"),
+            };
+            let m = (candle_nn::ops::silu(&gate)? * up)?.contiguous()?;
+            x = (x + layer.down.forward(&m)?)?;
+        }
+        let rows = Tensor::new(rows.as_slice(), &dev)?;
+        let last = x.index_select(&rows, 0)?;
+        let last = candle_nn::ops::rms_norm(&last, &self.norm, eps)?;
+        self.lm_head.forward(&last)
+    }
+}
+
+#[derive(Default)]
+struct AttnScratch {
+    scores: Vec<f32>,
+}
+
+/// Appends each sequence's new keys/values (rows of `k`, `v`) to its cache for `layer`, then
+/// computes causal attention of its new queries against its whole cache. Returns `[T, heads*dim]`.
+///
+/// Plain loops with a fixed order of summation: a row's result depends only on its own
+/// sequence, whatever else shares the step and however the prompt was chunked.
+fn attention(
+    cfg: &ModelConfig,
+    seqs: &mut [SeqInput<'_>],
+    layer: usize,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    scratch: &mut AttnScratch,
+) -> Vec<f32> {
+    let d = cfg.head_dim;
+    let q_row = cfg.heads * d;
+    let kv_row = cfg.kv_heads * d;
+    let group = cfg.heads / cfg.kv_heads;
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut out = vec![0f32; q.len()];
+    let mut start = 0;
+    for s in seqs.iter_mut() {
+        let n = s.tokens.len();
+        let past = s.cache.len;
+        let cache = &mut s.cache.layers[layer];
+        cache.k.extend_from_slice(&k[start * kv_row..(start + n) * kv_row]);
+        cache.v.extend_from_slice(&v[start * kv_row..(start + n) * kv_row]);
+        for i in 0..n {
+            let len = past + i + 1;
+            let t = start + i;
+            for head in 0..cfg.heads {
+                let g = head / group;
+                let qh = &q[t * q_row + head * d..t * q_row + (head + 1) * d];
+                let scores = &mut scratch.scores;
+                scores.clear();
+                let mut max = f32::NEG_INFINITY;
+                for j in 0..len {
+                    let kh = &cache.k[j * kv_row + g * d..j * kv_row + (g + 1) * d];
+                    let s = dot(qh, kh) * scale;
+                    max = max.max(s);
+                    scores.push(s);
+                }
+                let mut sum = 0f32;
+                for s in scores.iter_mut() {
+                    *s = (*s - max).exp();
+                    sum += *s;
+                }
+                let o = &mut out[t * q_row + head * d..t * q_row + (head + 1) * d];
+                for (j, &p) in scores.iter().enumerate() {
+                    let vh = &cache.v[j * kv_row + g * d..j * kv_row + (g + 1) * d];
+                    for (oo, &vv) in o.iter_mut().zip(vh) {
+                        *oo += p * vv;
+                    }
+                }
+                let inv = 1.0 / sum;
+                for oo in o.iter_mut() {
+                    *oo *= inv;
+                }
+            }
+        }
+        start += n;
+    }
+    out
+}
+
+/// Dot product with eight independent accumulators (vectorizes; fixed order).
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let ca = a.chunks_exact(8);
+    let cb = b.chunks_exact(8);
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    (acc[0] + acc[4]) + (acc[1] + acc[5]) + (acc[2] + acc[6]) + (acc[3] + acc[7]) + tail
+}

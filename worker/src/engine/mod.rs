@@ -1,0 +1,109 @@
+//! The model seam: the [`Engine`] trait the scheduler drives, and its implementations.
+//!
+//! - [`echo`]: a deterministic engine that echoes the prompt, for tests and overhead benchmarks.
+//! - [`llama`]: the candle engine for Llama-family models (GGUF and safetensors).
+//! - [`stops`]: text-level stop strings, shared by every engine.
+//!
+//! The scheduler decides *which* jobs run and when; an engine decides *how* one step of all
+//! its admitted sequences is computed. Engines are synchronous and live on one OS thread.
+
+pub mod echo;
+pub mod llama;
+pub mod stops;
+
+use genq_shared::{FinishReason, ValidJob};
+
+/// Identifies one admitted sequence inside one engine.
+pub type SeqId = u64;
+
+/// What an engine serves, for metrics and validation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineInfo {
+    /// Model name as routed (`smollm2-135m-instruct`).
+    pub model: String,
+    /// Device it runs on (`cpu`, `cuda:0`).
+    pub device: String,
+    /// Most tokens (prompt + generated) one sequence may hold.
+    pub context_length: usize,
+}
+
+/// A sequence was admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admitted {
+    /// Tokens in the (rendered) prompt.
+    pub prompt_tokens: usize,
+}
+
+/// A job cannot run on this engine; it ends `failed` and is not retried.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("`{field}` {message}")]
+pub struct AdmitError {
+    /// The field at fault (`prompt`, `max_new_tokens`, `messages`).
+    pub field: &'static str,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// A step failed as a whole (a bug or a device error); the jobs in it are retried elsewhere.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("engine step failed: {0}")]
+pub struct EngineError(pub String);
+
+/// Result of a score job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Score {
+    /// Log-prob of each prompt token after the first, given the tokens before it.
+    pub logprobs: Vec<f64>,
+    /// `exp(-mean log-prob)`.
+    pub perplexity: f64,
+}
+
+/// A sequence finished this step; the engine has already dropped it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeqDone {
+    /// Why generation stopped (`None` for score jobs).
+    pub finish_reason: Option<FinishReason>,
+    /// Score jobs only.
+    pub score: Option<Score>,
+}
+
+/// What happened to one sequence in one step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeqUpdate {
+    /// The sequence.
+    pub id: SeqId,
+    /// Text that became final this step (may be empty while a stop string could still match).
+    pub text: String,
+    /// Tokens generated this step (0 while the prompt is still being prefilled).
+    pub new_tokens: usize,
+    /// Set on the step the sequence finished.
+    pub done: Option<SeqDone>,
+}
+
+/// Bounds on one step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepLimits {
+    /// Prompt tokens prefilled in one step at most, so running sequences keep decoding.
+    pub max_prefill_tokens: usize,
+}
+
+/// A model that advances all its admitted sequences one step at a time.
+pub trait Engine: Send {
+    /// What this engine serves.
+    fn info(&self) -> &EngineInfo;
+
+    /// Tokenizes `job` and adds it to the running batch; it joins at the next step.
+    /// `seed` is the job's seed, or one drawn by the caller when the job gave none.
+    fn admit(&mut self, id: SeqId, job: &ValidJob, seed: u64) -> Result<Admitted, AdmitError>;
+
+    /// Runs one step over every admitted sequence: prefills pending prompt tokens (within
+    /// `limits`) and decodes one token for each sequence whose prompt is in. Finished sequences
+    /// are reported once with `done` set and dropped.
+    fn step(&mut self, limits: &StepLimits) -> Result<Vec<SeqUpdate>, EngineError>;
+
+    /// Drops a sequence early (cancelled or expired), freeing its state. Unknown ids are ignored.
+    fn release(&mut self, id: SeqId);
+
+    /// Sequences admitted and not yet finished.
+    fn active(&self) -> usize;
+}

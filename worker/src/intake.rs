@@ -1,0 +1,138 @@
+//! The edge of the worker: turns a raw message body into a decision. A body that is not a job
+//! at all is dead-lettered; a job that breaks a rule fails with an error naming the field; a
+//! valid job runs. Pure logic, no I/O.
+
+use genq_shared::result::error_kind;
+use genq_shared::valid::{self, Limits};
+use genq_shared::{JobRequest, ValidJob};
+
+/// What to do with one delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Intake {
+    /// Not a job at all: reject without requeue so it lands in `genq.dead`.
+    DeadLetter {
+        /// Why, for the log.
+        reason: String,
+    },
+    /// A job that breaks a rule: store a `failed` result and ack.
+    Fail(RejectedJob),
+    /// A valid job.
+    Run(Box<ValidJob>),
+}
+
+/// A job that will end `failed` without running.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RejectedJob {
+    /// Job id.
+    pub id: String,
+    /// Error naming the field.
+    pub error: String,
+    /// Fixed error category.
+    pub error_kind: &'static str,
+    /// Batch id, when it could be read.
+    pub batch: Option<String>,
+}
+
+/// Limits applied at the edge.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IntakeRules {
+    /// Field limits.
+    pub limits: Limits,
+    /// Largest body, bytes.
+    pub max_body_bytes: usize,
+    /// The model this worker serves; jobs for another model fail.
+    pub model: String,
+}
+
+/// Decides what to do with `body` (its AMQP `message_id` used as the id when the body has none).
+pub fn inspect(body: &[u8], message_id: Option<&str>, rules: &IntakeRules) -> Intake {
+    if body.len() > rules.max_body_bytes {
+        return Intake::DeadLetter { reason: format!("body is {} bytes, over the limit of {}", body.len(), rules.max_body_bytes) };
+    }
+    let Ok(text) = std::str::from_utf8(body) else {
+        return Intake::DeadLetter { reason: "body is not valid UTF-8".into() };
+    };
+    let value: serde_json::Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(e) => return Intake::DeadLetter { reason: format!("body is not JSON: {e}") },
+    };
+    let Some(object) = value.as_object() else {
+        return Intake::DeadLetter { reason: "body is not a JSON object".into() };
+    };
+    let id = match object.get("id") {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(_) => return Intake::DeadLetter { reason: "`id` is not a string".into() },
+        None => match message_id {
+            Some(m) => m.to_string(),
+            None => return Intake::DeadLetter { reason: "job has no `id` and the message no message_id".into() },
+        },
+    };
+    if let Err(e) = valid::check_job_id(&id) {
+        return Intake::DeadLetter { reason: e.to_string() };
+    }
+    let batch = object.get("batch").and_then(|b| b.as_str()).map(str::to_string);
+    let fail = |error: String, kind: &'static str| Intake::Fail(RejectedJob { id: id.clone(), error, error_kind: kind, batch: batch.clone() });
+    let mut request: JobRequest = match serde_path_to_error::deserialize(&value) {
+        Ok(r) => r,
+        Err(e) => {
+            let path = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            let msg = if path == "." { inner } else { format!("`{path}`: {inner}") };
+            return fail(msg, error_kind::INVALID);
+        }
+    };
+    request.id.get_or_insert_with(|| id.clone());
+    match valid::validate(&request, &rules.limits) {
+        Ok(job) if job.model != rules.model => fail(
+            format!("`model` is {:?}, but this queue's worker serves {:?}", job.model, rules.model),
+            error_kind::UNSUPPORTED,
+        ),
+        Ok(job) => Intake::Run(Box::new(job)),
+        Err(e) => fail(e.to_string(), error_kind::INVALID),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules() -> IntakeRules {
+        IntakeRules { limits: Limits::default(), max_body_bytes: 1000, model: "smollm2-135m-instruct".into() }
+    }
+
+    fn dead(body: &[u8]) -> bool {
+        matches!(inspect(body, None, &rules()), Intake::DeadLetter { .. })
+    }
+
+    fn failed_field(body: &str) -> String {
+        match inspect(body.as_bytes(), None, &rules()) {
+            Intake::Fail(r) => r.error,
+            other => panic!("expected failure for {body}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bodies_that_are_not_jobs_are_dead_lettered() {
+        assert!(dead(b"not json"));
+        assert!(dead(&[0xff, 0xfe, b'{']));
+        assert!(dead(b"[1,2]"));
+        assert!(dead(b"{\"prompt\":\"no id\"}"));
+        assert!(dead(&vec![b' '; 2000]));
+    }
+
+    #[test]
+    fn broken_fields_fail_with_their_name() {
+        assert!(failed_field(r#"{"id":"a","prompt":"x","max_tokens":3}"#).contains("max_tokens"));
+        assert!(failed_field(r#"{"id":"a","prompt":"x","temperature":"hot"}"#).contains("temperature"));
+        assert!(failed_field(r#"{"id":"a","prompt":"x","top_p":2}"#).contains("top_p"));
+        assert!(failed_field(r#"{"id":"a","prompt":"x","model":"other"}"#).contains("model"));
+    }
+
+    #[test]
+    fn message_id_stands_in_for_a_missing_id() {
+        match inspect(br#"{"prompt":"x"}"#, Some("m-1"), &rules()) {
+            Intake::Run(job) => assert_eq!(job.id, "m-1"),
+            other => panic!("{other:?}"),
+        }
+    }
+}

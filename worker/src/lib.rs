@@ -1,0 +1,23 @@
+//! genq's worker: takes jobs from a [`source`], runs them through the [`scheduler`] and an
+//! [`engine`], stores results in a [`sink`], and settles deliveries only after the write.
+//!
+//! - [`broker`]: RabbitMQ connection and topology declaration.
+//! - [`source`]: `JobSource` (AMQP, in-memory).
+//! - [`intake`]: raw body -> dead-letter / failed / valid job.
+//! - [`scheduler`]: continuous batching on the engine thread.
+//! - [`engine`]: the `Engine` trait, the candle Llama engine, the echo engine.
+//! - [`sink`]: `ResultSink` (Redis, in-memory).
+//! - [`pipeline`]: the stages wired together, with shutdown and drain.
+//! - [`metrics`], [`http`]: Prometheus metrics and the `/metrics` + `/healthz` listener.
+//! - [`runner`]: builds a worker from settings (used by `genq-worker` and `genq run`).
+
+pub mod broker;
+pub mod engine;
+pub mod http;
+pub mod intake;
+pub mod metrics;
+pub mod pipeline;
+pub mod runner;
+pub mod scheduler;
+pub mod sink;
+pub mod source;

@@ -1,0 +1,217 @@
+//! `genq-worker`: consumes a model's job queues from RabbitMQ, runs the jobs with continuous
+//! batching, writes results to Redis, and serves `/metrics` and `/healthz`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+
+use genq_shared::settings::Settings;
+use genq_worker::broker::redact_url;
+use genq_worker::metrics::WorkerMetrics;
+use genq_worker::sink::redis::{RedisSink, RedisSinkSettings};
+use genq_worker::source::amqp::{AmqpSource, AmqpSourceSettings};
+use genq_worker::{http, pipeline, runner};
+
+/// genq worker. Every setting can come from the TOML file (`--config`), from the environment as
+/// `GENQ__SECTION__KEY` (e.g. `GENQ__WORKER__PREFETCH=32`), or from the flags below; flags win
+/// over the environment, which wins over the file, which wins over the defaults.
+#[derive(Parser, Debug)]
+#[command(name = "genq-worker", version, about = "genq worker: RabbitMQ jobs -> candle -> Redis results")]
+struct Cli {
+    /// TOML settings file with sections [amqp], [redis], [queue], [worker].
+    #[arg(long, env = "GENQ_CONFIG")]
+    config: Option<PathBuf>,
+    /// RabbitMQ URL [amqp.url; default amqp://guest:guest@127.0.0.1:5672/%2f].
+    #[arg(long)]
+    amqp_url: Option<String>,
+    /// Redis URL [redis.url; default redis://127.0.0.1:6379].
+    #[arg(long)]
+    redis_url: Option<String>,
+    /// Prefix of every Redis key [redis.key_prefix; default genq].
+    #[arg(long)]
+    key_prefix: Option<String>,
+    /// TTL of result keys in seconds [redis.result_ttl_secs; default 86400].
+    #[arg(long)]
+    result_ttl_secs: Option<u64>,
+    /// Deliveries before a job is dead-lettered [queue.delivery_limit; default 5].
+    #[arg(long)]
+    delivery_limit: Option<u32>,
+    /// Ready jobs before publishes are rejected [queue.max_length; default 1000000].
+    #[arg(long)]
+    max_queue_length: Option<u32>,
+    /// Model name served; consumes genq.jobs.<name> and .high [worker.model_name; default smollm2-135m-instruct].
+    #[arg(long)]
+    model_name: Option<String>,
+    /// GGUF file or safetensors folder [worker.model_path; default models/SmolLM2-135M-Instruct.Q4_1.gguf].
+    #[arg(long)]
+    model_path: Option<String>,
+    /// Engine: llama or echo [worker.engine; default llama].
+    #[arg(long)]
+    engine: Option<String>,
+    /// Device: cpu [worker.device; default cpu].
+    #[arg(long)]
+    device: Option<String>,
+    /// Weights in memory: auto, native, q8_0, f32 [worker.weights; default auto].
+    #[arg(long)]
+    weights: Option<String>,
+    /// Unacked deliveries per queue [worker.prefetch; default 64].
+    #[arg(long)]
+    prefetch: Option<u16>,
+    /// Most sequences in the running batch [worker.max_batch_size; default 16].
+    #[arg(long)]
+    max_batch_size: Option<usize>,
+    /// When idle, ms the first job waits for others [worker.batch_wait_ms; default 5].
+    #[arg(long)]
+    batch_wait_ms: Option<u64>,
+    /// Prompt tokens prefilled per step at most [worker.max_prefill_tokens; default 512].
+    #[arg(long)]
+    max_prefill_tokens: Option<usize>,
+    /// Results per Redis round trip [worker.write_batch_size; default 64].
+    #[arg(long)]
+    write_batch_size: Option<usize>,
+    /// Ms a write batch waits to fill [worker.write_wait_ms; default 2].
+    #[arg(long)]
+    write_wait_ms: Option<u64>,
+    /// Largest message body in bytes [worker.max_body_bytes; default 1048576].
+    #[arg(long)]
+    max_body_bytes: Option<usize>,
+    /// Largest prompt in bytes [worker.max_prompt_bytes; default 262144].
+    #[arg(long)]
+    max_prompt_bytes: Option<usize>,
+    /// Address of /metrics and /healthz [worker.metrics_addr; default 127.0.0.1:9464].
+    #[arg(long)]
+    metrics_addr: Option<String>,
+    /// Worker name in results [worker.worker_id; default <hostname>-<pid>].
+    #[arg(long)]
+    worker_id: Option<String>,
+    /// Seconds shutdown waits for in-flight jobs [worker.shutdown_grace_secs; default 30].
+    #[arg(long)]
+    shutdown_grace_secs: Option<u64>,
+    /// Log as JSON lines.
+    #[arg(long)]
+    log_json: bool,
+}
+
+impl Cli {
+    fn overrides(&self) -> Vec<(String, String)> {
+        let mut o = Vec::new();
+        let mut put = |k: &str, v: Option<String>| {
+            if let Some(v) = v {
+                o.push((k.to_string(), v));
+            }
+        };
+        put("amqp.url", self.amqp_url.clone());
+        put("redis.url", self.redis_url.clone());
+        put("redis.key_prefix", self.key_prefix.clone());
+        put("redis.result_ttl_secs", self.result_ttl_secs.map(|v| v.to_string()));
+        put("queue.delivery_limit", self.delivery_limit.map(|v| v.to_string()));
+        put("queue.max_length", self.max_queue_length.map(|v| v.to_string()));
+        put("worker.model_name", self.model_name.clone());
+        put("worker.model_path", self.model_path.clone());
+        put("worker.engine", self.engine.clone());
+        put("worker.device", self.device.clone());
+        put("worker.weights", self.weights.clone());
+        put("worker.prefetch", self.prefetch.map(|v| v.to_string()));
+        put("worker.max_batch_size", self.max_batch_size.map(|v| v.to_string()));
+        put("worker.batch_wait_ms", self.batch_wait_ms.map(|v| v.to_string()));
+        put("worker.max_prefill_tokens", self.max_prefill_tokens.map(|v| v.to_string()));
+        put("worker.write_batch_size", self.write_batch_size.map(|v| v.to_string()));
+        put("worker.write_wait_ms", self.write_wait_ms.map(|v| v.to_string()));
+        put("worker.max_body_bytes", self.max_body_bytes.map(|v| v.to_string()));
+        put("worker.max_prompt_bytes", self.max_prompt_bytes.map(|v| v.to_string()));
+        put("worker.metrics_addr", self.metrics_addr.clone());
+        put("worker.worker_id", self.worker_id.clone());
+        put("worker.shutdown_grace_secs", self.shutdown_grace_secs.map(|v| v.to_string()));
+        o
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+fn init_logs(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logs(cli.log_json);
+    let settings = Settings::load(cli.config.as_deref(), &cli.overrides())?;
+    let w = &settings.worker;
+    let engine = tokio::task::block_in_place(|| runner::build_engine(w))?;
+    let info = engine.info().clone();
+    let pipeline_settings = runner::pipeline_settings(&settings, info.context_length);
+    let metrics = WorkerMetrics::new().context("metrics registry")?;
+    metrics.set_info(&info.model, &info.device);
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut http_stop = stop_rx.clone();
+    let addr = http::serve(&w.metrics_addr, metrics.clone(), async move {
+        let _ = http_stop.wait_for(|s| *s).await;
+    })
+    .await
+    .with_context(|| format!("bind metrics listener {}", w.metrics_addr))?;
+
+    let sink = RedisSink::connect(&RedisSinkSettings {
+        url: settings.redis.url.clone(),
+        key_prefix: settings.redis.key_prefix.clone(),
+        ttl_secs: settings.redis.result_ttl_secs,
+    })
+    .await?;
+    let source = AmqpSource::connect(&AmqpSourceSettings {
+        url: settings.amqp.url.clone(),
+        model: w.model_name.clone(),
+        prefetch: w.prefetch,
+        limits: settings.queue.limits(),
+        name: pipeline_settings.worker_id.clone(),
+    })
+    .await?;
+    tracing::info!(
+        worker = %pipeline_settings.worker_id,
+        model = %info.model,
+        device = %info.device,
+        amqp = %redact_url(&settings.amqp.url),
+        redis = %redact_url(&settings.redis.url),
+        metrics = %addr,
+        "worker ready"
+    );
+    let report = pipeline::run(source, sink, engine, pipeline_settings, metrics, shutdown_signal()).await?;
+    let _ = stop_tx.send(true);
+    tracing::info!(
+        received = report.received,
+        finished = ?report.finished,
+        duplicates = report.duplicates,
+        dead_lettered = report.dead_lettered,
+        requeued = report.requeued,
+        "worker stopped"
+    );
+    Ok(())
+}

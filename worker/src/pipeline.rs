@@ -1,0 +1,369 @@
+//! The worker pipeline: source -> intake -> engine thread -> result writer -> settle.
+//!
+//! Three stages joined by bounded channels: the intake task validates deliveries and hands jobs
+//! to the engine thread; the engine thread runs the scheduler; the writer task stores results in
+//! batches and settles each delivery only after its result is stored. Shutdown stops intake,
+//! lets in-flight jobs finish within the grace period, and requeues whatever is left.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use genq_shared::{now_ms, JobResult, JobStatus};
+
+use crate::engine::Engine;
+use crate::intake::{self, Intake, IntakeRules};
+use crate::metrics::WorkerMetrics;
+use crate::scheduler::{self, EngineEvent, JobOutcome, ScheduledJob, SchedulerSettings, Ticket};
+use crate::sink::{FinalResult, JobStart, ResultSink};
+use crate::source::{JobSource, Settle, Settlement};
+
+/// Pipeline settings.
+#[derive(Debug, Clone)]
+pub struct PipelineSettings {
+    /// Name written into results.
+    pub worker_id: String,
+    /// Edge rules.
+    pub rules: IntakeRules,
+    /// Batching.
+    pub scheduler: SchedulerSettings,
+    /// Bound of the channel into the engine thread.
+    pub engine_queue: usize,
+    /// Results per Redis round trip at most.
+    pub write_batch_size: usize,
+    /// How long a write batch waits to fill.
+    pub write_wait: Duration,
+    /// How long shutdown waits for in-flight jobs.
+    pub shutdown_grace: Duration,
+}
+
+/// Counts of what the pipeline did, returned when it stops.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PipelineReport {
+    /// Deliveries taken from the source.
+    pub received: u64,
+    /// Final results stored, by status.
+    pub finished: HashMap<&'static str, u64>,
+    /// Deliveries that were duplicates of an already-final job.
+    pub duplicates: u64,
+    /// Bodies dead-lettered.
+    pub dead_lettered: u64,
+    /// Deliveries put back for another try.
+    pub requeued: u64,
+    /// Tokens generated.
+    pub generated_tokens: u64,
+}
+
+struct Pending {
+    settler: Box<dyn Settle>,
+    start: JobStart,
+    batch: Option<String>,
+    stream: bool,
+}
+
+/// In-flight deliveries by ticket. A `std::sync::Mutex`: no `.await` happens while it is held.
+type PendingMap = Arc<Mutex<HashMap<Ticket, Pending>>>;
+
+fn take(pending: &PendingMap, ticket: Ticket) -> Option<Pending> {
+    pending.lock().ok()?.remove(&ticket)
+}
+
+fn put(pending: &PendingMap, ticket: Ticket, p: Pending) {
+    if let Ok(mut map) = pending.lock() {
+        map.insert(ticket, p);
+    }
+}
+
+async fn settle(settler: Box<dyn Settle>, how: Settlement) {
+    if let Err(e) = settler.settle(how).await {
+        tracing::warn!(error = %e, "could not settle a delivery; the broker will redeliver it");
+    }
+}
+
+/// Runs the pipeline until the source ends or `shutdown` resolves, then drains.
+pub async fn run<S, K>(
+    mut source: S,
+    sink: K,
+    engine: Box<dyn Engine>,
+    settings: PipelineSettings,
+    metrics: WorkerMetrics,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> std::io::Result<PipelineReport>
+where
+    S: JobSource + 'static,
+    K: ResultSink + Clone,
+{
+    let sink = Arc::new(sink);
+    let pending: PendingMap = Arc::default();
+    let (events_tx, events_rx) = mpsc::channel::<EngineEvent>(settings.write_batch_size.max(1) * 4);
+    let engine_handle = scheduler::spawn_engine_thread(
+        engine,
+        settings.scheduler,
+        settings.engine_queue,
+        events_tx.clone(),
+        Some(metrics.clone()),
+        tokio::runtime::Handle::current(),
+    )?;
+    let writer = tokio::spawn(write_results(events_rx, sink.clone(), pending.clone(), settings.clone(), metrics.clone()));
+
+    let mut report = PipelineReport::default();
+    let mut next_ticket: Ticket = 0;
+    tokio::pin!(shutdown);
+    loop {
+        let delivery = tokio::select! {
+            _ = &mut shutdown => {
+                tracing::info!("shutdown requested: no new jobs are taken; finishing in-flight work");
+                break;
+            }
+            d = source.next() => d,
+        };
+        let delivery = match delivery {
+            Ok(Some(d)) => d,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::error!(error = %e, "job source failed");
+                break;
+            }
+        };
+        report.received += 1;
+        next_ticket += 1;
+        let ticket = next_ticket;
+        match intake::inspect(&delivery.body, delivery.message_id.as_deref(), &settings.rules) {
+            Intake::DeadLetter { reason } => {
+                tracing::warn!(reason, message_id = ?delivery.message_id, "message is not a job; dead-lettering it");
+                metrics.dead_lettered.inc();
+                report.dead_lettered += 1;
+                settle(delivery.settler, Settlement::DeadLetter).await;
+            }
+            Intake::Fail(rejected) => {
+                tracing::info!(job = %rejected.id, error = %rejected.error, "job failed validation");
+                let start = JobStart {
+                    id: rejected.id.clone(),
+                    kind: String::new(),
+                    model: settings.rules.model.clone(),
+                    worker: settings.worker_id.clone(),
+                    created_ms: delivery.created_ms,
+                    started_ms: now_ms(),
+                };
+                put(&pending, ticket, Pending { settler: delivery.settler, start, batch: rejected.batch, stream: false });
+                let mut outcome = failed_outcome(rejected.error);
+                outcome.error_kind = Some(rejected.error_kind);
+                if events_tx.send(EngineEvent::Finished { ticket, outcome }).await.is_err() {
+                    break;
+                }
+            }
+            Intake::Run(job) => {
+                let start = JobStart {
+                    id: job.id.clone(),
+                    kind: job.kind.as_str().to_string(),
+                    model: job.model.clone(),
+                    worker: settings.worker_id.clone(),
+                    created_ms: delivery.created_ms,
+                    started_ms: now_ms(),
+                };
+                match sink.begin(&start).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::info!(job = %job.id, "duplicate delivery of a finished job; acking it");
+                        report.duplicates += 1;
+                        settle(delivery.settler, Settlement::Ack).await;
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::error!(job = %job.id, error = %e, "cannot mark job running; requeueing it");
+                        report.requeued += 1;
+                        settle(delivery.settler, Settlement::Requeue).await;
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                }
+                if let Some(created) = delivery.created_ms {
+                    metrics.queue_wait.observe(start.started_ms.saturating_sub(created) as f64 / 1000.0);
+                }
+                tracing::debug!(job = %job.id, attempt = delivery.attempt, "job admitted to the engine queue");
+                let started_ms = start.started_ms;
+                put(&pending, ticket, Pending { settler: delivery.settler, start, batch: job.batch.clone(), stream: job.stream });
+                if engine_handle.jobs.send(ScheduledJob { ticket, job: *job, started_ms }).await.is_err() {
+                    tracing::error!("engine thread stopped");
+                    break;
+                }
+            }
+        }
+        metrics.inflight_deliveries.set(pending.lock().map(|m| m.len() as i64).unwrap_or(0));
+    }
+    source.stop().await;
+    drop(events_tx);
+    drop(engine_handle.jobs);
+
+    let grace = settings.shutdown_grace;
+    let written = match tokio::time::timeout(grace, writer).await {
+        Ok(Ok(r)) => Some(r),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "result writer panicked");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(grace_secs = grace.as_secs(), "grace period over; requeueing unfinished jobs");
+            None
+        }
+    };
+    let leftovers: Vec<Pending> = pending.lock().map(|mut m| m.drain().map(|(_, p)| p).collect()).unwrap_or_default();
+    for p in leftovers {
+        report.requeued += 1;
+        settle(p.settler, Settlement::Requeue).await;
+    }
+    metrics.inflight_deliveries.set(0);
+    source.close().await;
+    if let Some(w) = written {
+        report.finished = w.finished;
+        report.requeued += w.requeued;
+        report.generated_tokens = w.generated_tokens;
+    }
+    Ok(report)
+}
+
+fn failed_outcome(error: String) -> JobOutcome {
+    JobOutcome {
+        status: JobStatus::Failed,
+        text: String::new(),
+        finish_reason: None,
+        prompt_tokens: 0,
+        completion_tokens: 0,
+        score: None,
+        error: Some(error),
+        error_kind: None,
+        first_token_ms: None,
+        finished_ms: now_ms(),
+    }
+}
+
+#[derive(Default)]
+struct WriterReport {
+    finished: HashMap<&'static str, u64>,
+    requeued: u64,
+    generated_tokens: u64,
+}
+
+fn final_result(p: &Pending, o: JobOutcome) -> FinalResult {
+    let (logprobs, perplexity) = match o.score {
+        Some(s) => (Some(s.logprobs), Some(s.perplexity)),
+        None => (None, None),
+    };
+    FinalResult {
+        result: JobResult {
+            id: p.start.id.clone(),
+            status: Some(o.status),
+            kind: Some(p.start.kind.clone()).filter(|k| !k.is_empty()),
+            model: Some(p.start.model.clone()),
+            text: Some(o.text),
+            finish_reason: o.finish_reason,
+            prompt_tokens: Some(o.prompt_tokens),
+            completion_tokens: Some(o.completion_tokens),
+            logprobs,
+            perplexity,
+            error: o.error,
+            error_kind: o.error_kind.map(str::to_string),
+            worker: Some(p.start.worker.clone()),
+            attempts: None,
+            created_ms: p.start.created_ms,
+            started_ms: Some(p.start.started_ms),
+            first_token_ms: o.first_token_ms,
+            finished_ms: Some(o.finished_ms),
+        },
+        batch: p.batch.clone(),
+        stream: p.stream,
+    }
+}
+
+/// Gathers events into batches (up to `write_batch_size`, or `write_wait` after the first) and
+/// writes each batch in one round trip; settles deliveries only after their result is stored.
+async fn write_results<K: ResultSink>(
+    mut events: mpsc::Receiver<EngineEvent>,
+    sink: Arc<K>,
+    pending: PendingMap,
+    settings: PipelineSettings,
+    metrics: WorkerMetrics,
+) -> WriterReport {
+    let mut report = WriterReport::default();
+    let mut batch: Vec<EngineEvent> = Vec::with_capacity(settings.write_batch_size);
+    while let Some(first) = events.recv().await {
+        batch.push(first);
+        let until = Instant::now() + settings.write_wait;
+        while batch.len() < settings.write_batch_size {
+            match events.try_recv() {
+                Ok(ev) => batch.push(ev),
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    let left = until.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    match tokio::time::timeout(left, events.recv()).await {
+                        Ok(Some(ev)) => batch.push(ev),
+                        _ => break,
+                    }
+                }
+            }
+        }
+        let mut chunks = Vec::new();
+        let mut finals = Vec::new();
+        let mut settlers = Vec::new();
+        for ev in batch.drain(..) {
+            match ev {
+                EngineEvent::Chunk { ticket, text } => {
+                    if let Ok(map) = pending.lock() {
+                        if let Some(p) = map.get(&ticket) {
+                            chunks.push((p.start.id.clone(), text));
+                        }
+                    }
+                }
+                EngineEvent::Finished { ticket, outcome } => {
+                    if let Some(p) = take(&pending, ticket) {
+                        let duration = outcome.finished_ms.saturating_sub(p.start.started_ms) as f64 / 1000.0;
+                        metrics.job_duration.observe(duration);
+                        metrics.prompt_tokens.inc_by(outcome.prompt_tokens);
+                        report.generated_tokens += outcome.completion_tokens;
+                        tracing::debug!(job = %p.start.id, status = outcome.status.as_str(), tokens = outcome.completion_tokens, "job finished");
+                        finals.push(final_result(&p, outcome));
+                        settlers.push(p.settler);
+                    }
+                }
+                EngineEvent::Retry { ticket, reason } => {
+                    if let Some(p) = take(&pending, ticket) {
+                        tracing::warn!(job = %p.start.id, reason, "requeueing job");
+                        report.requeued += 1;
+                        settle(p.settler, Settlement::Requeue).await;
+                    }
+                }
+            }
+        }
+        if let Err(e) = sink.append_chunks(&chunks).await {
+            tracing::warn!(error = %e, "could not append stream chunks");
+        }
+        let mut backoff = Duration::from_millis(100);
+        let written = loop {
+            match sink.finish(&finals).await {
+                Ok(w) => break Some(w),
+                Err(e) => {
+                    tracing::error!(error = %e, results = finals.len(), retry_in_ms = backoff.as_millis() as u64, "cannot store results; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        if let Some(written) = written {
+            for ((f, settler), fresh) in finals.iter().zip(settlers).zip(written) {
+                if fresh {
+                    let status = f.result.status.map(|s| s.as_str()).unwrap_or("failed");
+                    metrics.jobs.with_label_values(&[status]).inc();
+                    *report.finished.entry(status).or_default() += 1;
+                }
+                settle(settler, Settlement::Ack).await;
+            }
+        }
+        metrics.inflight_deliveries.set(pending.lock().map(|m| m.len() as i64).unwrap_or(0));
+    }
+    report
+}

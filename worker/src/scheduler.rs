@@ -1,0 +1,439 @@
+//! The engine thread and its scheduler: continuous batching at the token level. Between steps it
+//! retires finished and expired sequences and admits waiting jobs (high priority first, then age)
+//! under the sequence cap; each step advances every running sequence by one token.
+//!
+//! [`Scheduler`] is the pure state (unit-tested without a runtime); [`spawn_engine_thread`] is
+//! the thin loop that feeds it from a channel and reports [`EngineEvent`]s.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use genq_shared::job::Priority;
+use genq_shared::result::error_kind;
+use genq_shared::{now_ms, FinishReason, JobStatus, ValidJob};
+
+use crate::engine::{Engine, Score, SeqId, StepLimits};
+use crate::metrics::WorkerMetrics;
+
+/// Identifies a job between the pipeline and the engine thread.
+pub type Ticket = u64;
+
+/// A job handed to the engine thread.
+#[derive(Debug, Clone)]
+pub struct ScheduledJob {
+    /// Pipeline ticket.
+    pub ticket: Ticket,
+    /// The validated job.
+    pub job: ValidJob,
+    /// When the worker started on it (Unix ms).
+    pub started_ms: u64,
+}
+
+/// How a job ended on the engine thread.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobOutcome {
+    /// Final status.
+    pub status: JobStatus,
+    /// Generated text (partial for expired jobs).
+    pub text: String,
+    /// Why generation stopped.
+    pub finish_reason: Option<FinishReason>,
+    /// Prompt tokens.
+    pub prompt_tokens: u64,
+    /// Generated tokens.
+    pub completion_tokens: u64,
+    /// Score jobs.
+    pub score: Option<Score>,
+    /// Error message naming the field, for failed jobs.
+    pub error: Option<String>,
+    /// Fixed error category.
+    pub error_kind: Option<&'static str>,
+    /// First generated token (Unix ms).
+    pub first_token_ms: Option<u64>,
+    /// Final status reached (Unix ms).
+    pub finished_ms: u64,
+}
+
+/// What the engine thread reports.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EngineEvent {
+    /// New text of a streaming job.
+    Chunk {
+        /// Job ticket.
+        ticket: Ticket,
+        /// Text.
+        text: String,
+    },
+    /// The job reached a final status.
+    Finished {
+        /// Job ticket.
+        ticket: Ticket,
+        /// How it ended.
+        outcome: JobOutcome,
+    },
+    /// The engine failed with this job in the batch: put it back for another try.
+    Retry {
+        /// Job ticket.
+        ticket: Ticket,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Scheduling settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchedulerSettings {
+    /// Most sequences running at once.
+    pub max_batch_size: usize,
+    /// When idle, how long a first job waits for others before the first step.
+    pub batch_wait: Duration,
+    /// Prompt tokens prefilled per step at most.
+    pub max_prefill_tokens: usize,
+}
+
+struct Running {
+    ticket: Ticket,
+    stream: bool,
+    deadline_ms: Option<u64>,
+    prompt_tokens: u64,
+    text: String,
+    tokens: u64,
+    first_token_ms: Option<u64>,
+    last_token: Option<Instant>,
+    started_ms: u64,
+}
+
+/// Waiting and running jobs, and the decisions between steps.
+pub struct Scheduler {
+    settings: SchedulerSettings,
+    high: VecDeque<ScheduledJob>,
+    normal: VecDeque<ScheduledJob>,
+    running: HashMap<SeqId, Running>,
+    next_seq: SeqId,
+}
+
+fn outcome(status: JobStatus, text: String, error: Option<(String, &'static str)>) -> JobOutcome {
+    JobOutcome {
+        status,
+        text,
+        finish_reason: None,
+        prompt_tokens: 0,
+        completion_tokens: 0,
+        score: None,
+        error: error.as_ref().map(|e| e.0.clone()),
+        error_kind: error.map(|e| e.1),
+        first_token_ms: None,
+        finished_ms: now_ms(),
+    }
+}
+
+impl Scheduler {
+    /// An empty scheduler.
+    pub fn new(settings: SchedulerSettings) -> Self {
+        Self { settings, high: VecDeque::new(), normal: VecDeque::new(), running: HashMap::new(), next_seq: 1 }
+    }
+
+    /// Queues a job for admission.
+    pub fn enqueue(&mut self, job: ScheduledJob) {
+        match job.job.priority {
+            Priority::High => self.high.push_back(job),
+            Priority::Normal => self.normal.push_back(job),
+        }
+    }
+
+    /// Jobs waiting for admission.
+    pub fn waiting(&self) -> usize {
+        self.high.len() + self.normal.len()
+    }
+
+    /// Sequences running.
+    pub fn running(&self) -> usize {
+        self.running.len()
+    }
+
+    /// True when nothing is waiting or running.
+    pub fn is_idle(&self) -> bool {
+        self.waiting() == 0 && self.running.is_empty()
+    }
+
+    /// Admits waiting jobs (high first, then oldest) while the batch has room. Jobs already past
+    /// their deadline end `expired`; jobs the engine refuses end `failed`.
+    pub fn admit(&mut self, engine: &mut dyn Engine, events: &mut Vec<EngineEvent>) {
+        let now = now_ms();
+        while self.running.len() < self.settings.max_batch_size {
+            let Some(next) = self.high.pop_front().or_else(|| self.normal.pop_front()) else { break };
+            if next.job.deadline_ms.is_some_and(|d| d <= now) {
+                events.push(EngineEvent::Finished { ticket: next.ticket, outcome: outcome(JobStatus::Expired, String::new(), None) });
+                continue;
+            }
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            let seed = next.job.sampling.seed.unwrap_or_else(rand::random);
+            match engine.admit(seq, &next.job, seed) {
+                Ok(admitted) => {
+                    self.running.insert(
+                        seq,
+                        Running {
+                            ticket: next.ticket,
+                            stream: next.job.stream,
+                            deadline_ms: next.job.deadline_ms,
+                            prompt_tokens: admitted.prompt_tokens as u64,
+                            text: String::new(),
+                            tokens: 0,
+                            first_token_ms: None,
+                            last_token: None,
+                            started_ms: next.started_ms,
+                        },
+                    );
+                }
+                Err(e) => events.push(EngineEvent::Finished {
+                    ticket: next.ticket,
+                    outcome: outcome(JobStatus::Failed, String::new(), Some((e.to_string(), error_kind::UNSUPPORTED))),
+                }),
+            }
+        }
+    }
+
+    /// Ends running sequences whose deadline has passed, keeping what they generated.
+    pub fn expire(&mut self, engine: &mut dyn Engine, events: &mut Vec<EngineEvent>) {
+        let now = now_ms();
+        let expired: Vec<SeqId> =
+            self.running.iter().filter(|(_, r)| r.deadline_ms.is_some_and(|d| d <= now)).map(|(&id, _)| id).collect();
+        for id in expired {
+            engine.release(id);
+            if let Some(r) = self.running.remove(&id) {
+                let mut o = outcome(JobStatus::Expired, r.text, None);
+                o.prompt_tokens = r.prompt_tokens;
+                o.completion_tokens = r.tokens;
+                o.first_token_ms = r.first_token_ms;
+                events.push(EngineEvent::Finished { ticket: r.ticket, outcome: o });
+            }
+        }
+    }
+
+    /// Runs one engine step and turns its updates into events. A failed step puts every running
+    /// job back for another try.
+    pub fn step(&mut self, engine: &mut dyn Engine, metrics: Option<&WorkerMetrics>, events: &mut Vec<EngineEvent>) {
+        if self.running.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let batch = self.running.len();
+        let updates = match engine.step(&StepLimits { max_prefill_tokens: self.settings.max_prefill_tokens }) {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::error!(error = %e, sequences = batch, "engine step failed; requeueing the batch");
+                for (id, r) in self.running.drain() {
+                    engine.release(id);
+                    events.push(EngineEvent::Retry { ticket: r.ticket, reason: e.to_string() });
+                }
+                return;
+            }
+        };
+        let now = Instant::now();
+        let mut step_tokens = 0usize;
+        for u in updates {
+            let Some(r) = self.running.get_mut(&u.id) else { continue };
+            if u.new_tokens > 0 {
+                step_tokens += u.new_tokens;
+                r.tokens += u.new_tokens as u64;
+                if r.first_token_ms.is_none() {
+                    r.first_token_ms = Some(now_ms());
+                    if let Some(m) = metrics {
+                        m.time_to_first_token.observe(now_ms().saturating_sub(r.started_ms) as f64 / 1000.0);
+                    }
+                } else if let (Some(m), Some(last)) = (metrics, r.last_token) {
+                    m.inter_token_latency.observe(now.duration_since(last).as_secs_f64());
+                }
+                r.last_token = Some(now);
+            }
+            if !u.text.is_empty() {
+                if r.stream {
+                    events.push(EngineEvent::Chunk { ticket: r.ticket, text: u.text.clone() });
+                }
+                r.text.push_str(&u.text);
+            }
+            if let Some(done) = u.done {
+                if let Some(r) = self.running.remove(&u.id) {
+                    let mut o = outcome(JobStatus::Done, r.text, None);
+                    o.finish_reason = done.finish_reason;
+                    o.prompt_tokens = r.prompt_tokens;
+                    o.completion_tokens = r.tokens;
+                    o.first_token_ms = r.first_token_ms;
+                    o.score = done.score;
+                    events.push(EngineEvent::Finished { ticket: r.ticket, outcome: o });
+                }
+            }
+        }
+        if let Some(m) = metrics {
+            m.engine_step_seconds.observe(started.elapsed().as_secs_f64());
+            m.batch_size.observe(batch as f64);
+            m.batch_tokens.observe(step_tokens as f64);
+            m.generated_tokens.inc_by(step_tokens as u64);
+        }
+    }
+}
+
+/// Handle of the engine thread: send jobs in; dropping it lets the thread finish its work and exit.
+pub struct EngineHandle {
+    /// Jobs for the engine (bounded).
+    pub jobs: mpsc::Sender<ScheduledJob>,
+    /// The thread, joined on shutdown.
+    pub thread: std::thread::JoinHandle<()>,
+}
+
+/// Starts the engine thread. It owns `engine`, takes jobs from a channel of `queue_bound`, and
+/// sends events to `events`. It exits once the job channel is closed and all its work is done.
+pub fn spawn_engine_thread(
+    mut engine: Box<dyn Engine>,
+    settings: SchedulerSettings,
+    queue_bound: usize,
+    events: mpsc::Sender<EngineEvent>,
+    metrics: Option<WorkerMetrics>,
+    runtime: tokio::runtime::Handle,
+) -> std::io::Result<EngineHandle> {
+    let (tx, mut rx) = mpsc::channel::<ScheduledJob>(queue_bound.max(1));
+    let thread = std::thread::Builder::new().name("genq-engine".into()).spawn(move || {
+        let mut sched = Scheduler::new(settings);
+        let mut open = true;
+        let mut out = Vec::new();
+        loop {
+            if sched.is_idle() {
+                if !open {
+                    break;
+                }
+                // Idle: block for the first job, then give others `batch_wait` to join it.
+                match rx.blocking_recv() {
+                    Some(job) => sched.enqueue(job),
+                    None => break,
+                }
+                let until = Instant::now() + settings.batch_wait;
+                while sched.waiting() < settings.max_batch_size {
+                    let left = until.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    match runtime.block_on(async { tokio::time::timeout(left, rx.recv()).await }) {
+                        Ok(Some(job)) => sched.enqueue(job),
+                        Ok(None) => {
+                            open = false;
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
+            while open && sched.waiting() < settings.max_batch_size.saturating_mul(2) {
+                match rx.try_recv() {
+                    Ok(job) => sched.enqueue(job),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => open = false,
+                }
+            }
+            sched.expire(engine.as_mut(), &mut out);
+            sched.admit(engine.as_mut(), &mut out);
+            if let Some(m) = &metrics {
+                m.running_sequences.set(sched.running() as i64);
+                m.waiting_jobs.set(sched.waiting() as i64);
+            }
+            sched.step(engine.as_mut(), metrics.as_ref(), &mut out);
+            for ev in out.drain(..) {
+                if events.blocking_send(ev).is_err() {
+                    tracing::error!("event channel closed; engine thread stops");
+                    return;
+                }
+            }
+        }
+        if let Some(m) = &metrics {
+            m.running_sequences.set(0);
+            m.waiting_jobs.set(0);
+        }
+    })?;
+    Ok(EngineHandle { jobs: tx, thread })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::echo::EchoEngine;
+    use genq_shared::valid::{validate, Limits};
+    use genq_shared::JobRequest;
+
+    fn scheduled(ticket: Ticket, json: &str) -> ScheduledJob {
+        let req: JobRequest = serde_json::from_str(json).expect("json");
+        ScheduledJob { ticket, job: validate(&req, &Limits::default()).expect("valid"), started_ms: now_ms() }
+    }
+
+    fn settings(max: usize) -> SchedulerSettings {
+        SchedulerSettings { max_batch_size: max, batch_wait: Duration::ZERO, max_prefill_tokens: 256 }
+    }
+
+    fn finished(events: &[EngineEvent]) -> Vec<(Ticket, JobStatus)> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                EngineEvent::Finished { ticket, outcome } => Some((*ticket, outcome.status)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn jobs_join_and_leave_the_running_batch_at_every_step() {
+        let mut engine = EchoEngine::new("m");
+        let mut s = Scheduler::new(settings(2));
+        s.enqueue(scheduled(1, r#"{"id":"a","prompt":"a","max_new_tokens":1}"#));
+        s.enqueue(scheduled(2, r#"{"id":"b","prompt":"b","max_new_tokens":3}"#));
+        s.enqueue(scheduled(3, r#"{"id":"c","prompt":"c","max_new_tokens":1}"#));
+        let mut ev = Vec::new();
+        s.admit(&mut engine, &mut ev);
+        assert_eq!((s.running(), s.waiting()), (2, 1), "cap of 2 sequences");
+        s.step(&mut engine, None, &mut ev);
+        assert_eq!(finished(&ev), vec![(1, JobStatus::Done)], "job 1 leaves after its one token");
+        s.admit(&mut engine, &mut ev);
+        assert_eq!(s.running(), 2, "job 3 joins while job 2 still runs");
+        s.step(&mut engine, None, &mut ev);
+        assert_eq!(finished(&ev), vec![(1, JobStatus::Done), (3, JobStatus::Done)]);
+    }
+
+    #[test]
+    fn high_priority_jobs_are_admitted_first() {
+        let mut engine = EchoEngine::new("m");
+        let mut s = Scheduler::new(settings(1));
+        s.enqueue(scheduled(1, r#"{"id":"a","prompt":"a","max_new_tokens":1}"#));
+        s.enqueue(scheduled(2, r#"{"id":"b","prompt":"b","max_new_tokens":1,"priority":"high"}"#));
+        let mut ev = Vec::new();
+        s.admit(&mut engine, &mut ev);
+        s.step(&mut engine, None, &mut ev);
+        assert_eq!(finished(&ev), vec![(2, JobStatus::Done)]);
+    }
+
+    #[test]
+    fn a_job_past_its_deadline_ends_expired() {
+        let mut engine = EchoEngine::new("m");
+        let mut s = Scheduler::new(settings(4));
+        s.enqueue(scheduled(1, r#"{"id":"a","prompt":"a","deadline_ms":1}"#));
+        let mut ev = Vec::new();
+        s.admit(&mut engine, &mut ev);
+        assert_eq!(finished(&ev), vec![(1, JobStatus::Expired)]);
+        assert!(s.is_idle());
+    }
+
+    #[test]
+    fn a_job_the_engine_refuses_ends_failed_naming_the_field() {
+        let mut engine = EchoEngine::new("m");
+        let mut s = Scheduler::new(settings(4));
+        s.enqueue(scheduled(1, r#"{"id":"a","prompt":"a b","max_new_tokens":8191}"#));
+        let mut ev = Vec::new();
+        s.admit(&mut engine, &mut ev);
+        match &ev[0] {
+            EngineEvent::Finished { outcome, .. } => {
+                assert_eq!(outcome.status, JobStatus::Failed);
+                assert!(outcome.error.as_deref().unwrap_or("").contains("max_new_tokens"));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! An in-memory result sink with the same write-once rule as Redis.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use genq_shared::{JobResult, JobStatus};
+
+use super::{FinalResult, JobStart, ResultSink, SinkError};
+
+/// Results by job id. Clones share the same map. A `std::sync::Mutex`: never held across `.await`.
+#[derive(Clone, Default)]
+pub struct MemorySink {
+    results: Arc<Mutex<HashMap<String, JobResult>>>,
+    chunks: Arc<Mutex<HashMap<String, String>>>,
+}
+
+impl MemorySink {
+    /// A new, empty sink.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The result of job `id`, if any.
+    pub fn get(&self, id: &str) -> Option<JobResult> {
+        self.results.lock().ok()?.get(id).cloned()
+    }
+
+    /// Every result stored.
+    pub fn all(&self) -> Vec<JobResult> {
+        self.results.lock().map(|m| m.values().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Concatenated stream chunks of job `id`.
+    pub fn streamed(&self, id: &str) -> Option<String> {
+        self.chunks.lock().ok()?.get(id).cloned()
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, HashMap<String, JobResult>>, SinkError> {
+        self.results.lock().map_err(|_| SinkError("memory sink poisoned".into()))
+    }
+}
+
+impl ResultSink for MemorySink {
+    async fn begin(&self, start: &JobStart) -> Result<bool, SinkError> {
+        let mut map = self.lock()?;
+        let entry = map.entry(start.id.clone()).or_insert_with(|| JobResult { id: start.id.clone(), ..JobResult::default() });
+        if entry.status.is_some_and(JobStatus::is_final) {
+            return Ok(false);
+        }
+        entry.status = Some(JobStatus::Running);
+        entry.kind = Some(start.kind.clone());
+        entry.model = Some(start.model.clone());
+        entry.worker = Some(start.worker.clone());
+        entry.started_ms = Some(start.started_ms);
+        entry.created_ms = entry.created_ms.or(start.created_ms);
+        entry.attempts = Some(entry.attempts.unwrap_or(0) + 1);
+        Ok(true)
+    }
+
+    async fn finish(&self, results: &[FinalResult]) -> Result<Vec<bool>, SinkError> {
+        let mut map = self.lock()?;
+        Ok(results
+            .iter()
+            .map(|f| {
+                let entry =
+                    map.entry(f.result.id.clone()).or_insert_with(|| JobResult { id: f.result.id.clone(), ..JobResult::default() });
+                if entry.status.is_some_and(JobStatus::is_final) {
+                    return false;
+                }
+                let attempts = entry.attempts;
+                let created = entry.created_ms;
+                *entry = f.result.clone();
+                entry.attempts = entry.attempts.or(attempts);
+                entry.created_ms = entry.created_ms.or(created);
+                true
+            })
+            .collect())
+    }
+
+    async fn append_chunks(&self, chunks: &[(String, String)]) -> Result<(), SinkError> {
+        let mut map = self.chunks.lock().map_err(|_| SinkError("memory sink poisoned".into()))?;
+        for (id, text) in chunks {
+            map.entry(id.clone()).or_default().push_str(text);
+        }
+        Ok(())
+    }
+}

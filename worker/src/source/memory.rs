@@ -1,0 +1,74 @@
+//! An in-process job source: bodies pushed through a bounded channel, settlements recorded so
+//! callers (and tests) can see that every job was acked exactly once.
+
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+
+use super::{Delivery, JobSource, Settle, SettleFuture, Settlement, SourceError};
+
+/// Record of how each delivery was settled, by sequence number.
+/// A `std::sync::Mutex`: no `.await` happens while it is held.
+pub type SettlementLog = Arc<Mutex<Vec<(u64, Settlement)>>>;
+
+/// Sends job bodies into a [`MemorySource`]. Dropping every sender ends the source.
+#[derive(Clone)]
+pub struct MemoryQueue {
+    tx: mpsc::Sender<Vec<u8>>,
+}
+
+impl MemoryQueue {
+    /// Enqueues one body; waits while the queue is full.
+    pub async fn push(&self, body: Vec<u8>) -> Result<(), SourceError> {
+        self.tx.send(body).await.map_err(|_| SourceError("memory source closed".into()))
+    }
+}
+
+/// The consuming side.
+pub struct MemorySource {
+    rx: mpsc::Receiver<Vec<u8>>,
+    next_seq: u64,
+    log: SettlementLog,
+}
+
+/// A bounded in-memory queue holding at most `capacity` bodies.
+pub fn memory_queue(capacity: usize) -> (MemoryQueue, MemorySource, SettlementLog) {
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    let log: SettlementLog = Arc::default();
+    (MemoryQueue { tx }, MemorySource { rx, next_seq: 0, log: log.clone() }, log)
+}
+
+struct MemorySettler {
+    seq: u64,
+    log: SettlementLog,
+}
+
+impl Settle for MemorySettler {
+    fn settle(self: Box<Self>, how: Settlement) -> SettleFuture {
+        if let Ok(mut log) = self.log.lock() {
+            log.push((self.seq, how));
+        }
+        Box::pin(async { Ok(()) })
+    }
+}
+
+impl JobSource for MemorySource {
+    async fn next(&mut self) -> Result<Option<Delivery>, SourceError> {
+        let Some(body) = self.rx.recv().await else { return Ok(None) };
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        Ok(Some(Delivery {
+            body,
+            message_id: None,
+            created_ms: Some(genq_shared::now_ms()),
+            attempt: 1,
+            settler: Box::new(MemorySettler { seq, log: self.log.clone() }),
+        }))
+    }
+
+    async fn stop(&mut self) {
+        self.rx.close();
+    }
+
+    async fn close(self) {}
+}

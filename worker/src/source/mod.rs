@@ -1,0 +1,67 @@
+//! Where jobs come from: the [`JobSource`] trait and its implementations.
+//!
+//! - [`amqp`]: RabbitMQ consumer on a model's two queues, manual acks, `basic_qos(prefetch)`.
+//! - [`memory`]: an in-process queue, for `genq run --embedded` and tests.
+
+pub mod amqp;
+pub mod memory;
+
+use std::future::Future;
+use std::pin::Pin;
+
+/// How a delivery is settled once its outcome is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settlement {
+    /// Done with: the result is stored (or the job was a duplicate).
+    Ack,
+    /// Not a job at all: reject without requeue, so it is dead-lettered for a person to read.
+    DeadLetter,
+    /// Could not be finished here: put it back for another try.
+    Requeue,
+}
+
+/// A source operation failed.
+#[derive(Debug, thiserror::Error)]
+#[error("job source: {0}")]
+pub struct SourceError(pub String);
+
+/// A boxed future returned by [`Settle::settle`].
+pub type SettleFuture = Pin<Box<dyn Future<Output = Result<(), SourceError>> + Send>>;
+
+/// Settles one delivery with its source.
+pub trait Settle: Send + Sync {
+    /// Acks, dead-letters or requeues the delivery.
+    fn settle(self: Box<Self>, how: Settlement) -> SettleFuture;
+}
+
+/// One message taken from a source, not yet settled.
+pub struct Delivery {
+    /// The raw body; parsed and validated by the intake.
+    pub body: Vec<u8>,
+    /// AMQP `message_id` (the job id), when set.
+    pub message_id: Option<String>,
+    /// When the producer published it (Unix ms), when known.
+    pub created_ms: Option<u64>,
+    /// 1 for the first delivery, more after requeues and crashes.
+    pub attempt: u64,
+    /// Settles this delivery.
+    pub settler: Box<dyn Settle>,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery").field("message_id", &self.message_id).field("bytes", &self.body.len()).finish()
+    }
+}
+
+/// A stream of deliveries.
+pub trait JobSource: Send {
+    /// The next delivery; `Ok(None)` when the source is exhausted or stopped.
+    fn next(&mut self) -> impl Future<Output = Result<Option<Delivery>, SourceError>> + Send;
+
+    /// Stops taking new deliveries; those already taken can still be settled.
+    fn stop(&mut self) -> impl Future<Output = ()> + Send;
+
+    /// Closes the source; deliveries not settled by now go back to their queue.
+    fn close(self) -> impl Future<Output = ()> + Send;
+}
