@@ -154,6 +154,12 @@ impl Sandbox {
     }
 }
 
+fn send_signal(pid: u32, name: &str) {
+    if pid > 0 {
+        let _ = Command::new("kill").args([format!("-{name}"), pid.to_string()]).status();
+    }
+}
+
 /// A running `genq-worker`; sent SIGTERM (then killed) when dropped.
 pub struct Worker {
     child: Option<Child>,
@@ -167,9 +173,11 @@ impl Worker {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
 
-    /// Sends a signal (`TERM`, `KILL`) with `kill(1)`.
+    /// Sends a signal (`TERM`, `KILL`) with `kill(1)`; does nothing once the process is reaped.
     pub fn signal(&self, name: &str) {
-        let _ = Command::new("kill").args([format!("-{name}"), self.pid().to_string()]).status();
+        if let Some(child) = &self.child {
+            send_signal(child.id(), name);
+        }
     }
 
     /// Waits for the process to exit; returns its exit code (None if killed by a signal or still
@@ -208,7 +216,7 @@ impl Worker {
 impl Drop for Worker {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            self.signal("TERM");
+            send_signal(child.id(), "TERM");
             let until = Instant::now() + Duration::from_secs(10);
             while Instant::now() < until {
                 if let Ok(Some(_)) = child.try_wait() {

@@ -86,7 +86,9 @@ async fn a_job_with_a_bad_field_fails_naming_the_field() {
     sb.publish_raw(br#"{"id":"bad-typo","prompt":"hi","temprature":0.5}"#, None).await;
     sb.publish_raw(br#"{"prompt":"hi","max_new_tokens":"many"}"#, Some("bad-type")).await;
     sb.publish_raw(b"this is not json", Some("garbage")).await;
-    sb.publish_raw(br#"{"id":"good","prompt":"still works"}"#, None).await;
+    let good = format!(r#"{{"id":"good","prompt":"still works","model":"{}"}}"#, sb.model);
+    sb.publish_raw(good.as_bytes(), None).await;
+    sb.publish_raw(br#"{"id":"wrong-model","prompt":"hi","model":"some-other-model"}"#, None).await;
     let client = sb.results().await;
     for (id, field) in [("bad-top-p", "top_p"), ("bad-typo", "temprature"), ("bad-type", "max_new_tokens")] {
         let r = client.wait(id, Some(Duration::from_secs(30))).await.expect("result");
@@ -95,6 +97,9 @@ async fn a_job_with_a_bad_field_fails_naming_the_field() {
         assert!(error.contains(field), "error for {id} should name `{field}`: {error}");
         assert_eq!(r.error_kind.as_deref(), Some("invalid"));
     }
+    let wrong = client.wait("wrong-model", Some(Duration::from_secs(30))).await.expect("result");
+    assert_eq!(wrong.status, Some(JobStatus::Failed));
+    assert!(wrong.error.unwrap_or_default().contains("`model`"));
     let good = client.wait("good", Some(Duration::from_secs(30))).await.expect("result");
     assert_eq!(good.status, Some(JobStatus::Done), "a bad job must not stop the worker");
     assert!(client.get("garbage").await.expect("redis").is_none(), "a non-job body gets no result, it is dead-lettered");

@@ -83,12 +83,11 @@ impl Detokenizer {
 mod tests {
     use super::*;
     use tokenizers::decoders::byte_level::ByteLevel;
-    use tokenizers::models::bpe::BPE;
-    use std::collections::HashMap;
+    use tokenizers::models::bpe::{Vocab, BPE};
 
     /// A byte-level tokenizer whose ids are the 256 byte symbols, no merges.
     fn byte_tokenizer() -> Tokenizer {
-        let vocab: HashMap<String, u32> =
+        let vocab: Vocab =
             ByteLevel::alphabet().into_iter().map(|c| c.to_string()).enumerate().map(|(i, s)| (s, i as u32)).collect();
         let bpe = BPE::builder().vocab_and_merges(vocab, vec![]).build().expect("bpe");
         let mut tok = Tokenizer::new(bpe);

@@ -276,7 +276,7 @@ fn write_tiny_llama(dir: &Path) -> usize {
     use tokenizers::models::wordlevel::WordLevel;
     use tokenizers::pre_tokenizers::whitespace::Whitespace;
 
-    let mut vocab: HashMap<String, u32> = HashMap::new();
+    let mut vocab = tokenizers::models::bpe::Vocab::default();
     for (i, w) in ["<unk>", "</s>"].iter().chain(TINY_WORDS.iter()).enumerate() {
         vocab.insert((*w).to_string(), i as u32);
     }
@@ -357,7 +357,7 @@ fn tiny_safetensors_llama_generates_greedily() {
         let o = &out[&1];
         println!("{format:?}: {:?} {:?}", o.text, o.done);
         assert!(o.tokens >= 1 && o.tokens <= 10);
-        assert!(o.text.split_whitespace().all(|w| TINY_WORDS.contains(&w)), "{:?}", o.text);
+        assert!(o.text.split_whitespace().all(|w| w == "<unk>" || TINY_WORDS.contains(&w)), "{:?}", o.text);
         assert_eq!(out[&1].text, out[&2].text, "two identical greedy jobs differ");
         if finish(o) == Some(FinishReason::Length) {
             assert_eq!(o.tokens, 10);
