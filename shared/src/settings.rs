@@ -212,6 +212,20 @@ impl Settings {
     }
 }
 
+/// Every setting with its default and environment variable, one per line, for `--help`.
+pub fn describe_settings() -> String {
+    let mut out = String::from("Settings (TOML key = default; environment variable):\n");
+    let Ok(serde_json::Value::Object(sections)) = serde_json::to_value(Settings::default()) else { return out };
+    for (section, fields) in sections {
+        let serde_json::Value::Object(fields) = fields else { continue };
+        for (key, value) in fields {
+            let env = format!("GENQ__{}__{}", section.to_uppercase(), key.to_uppercase());
+            out.push_str(&format!("  {section}.{key} = {value}; {env}\n"));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,6 +257,14 @@ mod tests {
         assert_eq!(s.worker.max_batch_size, 4, "env over file");
         assert_eq!(s.redis.key_prefix, "flag", "flag over env");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn help_lists_every_setting_with_its_environment_name() {
+        let text = describe_settings();
+        assert!(text.contains("worker.prefetch = 64; GENQ__WORKER__PREFETCH"), "{text}");
+        assert!(text.contains("amqp.url = \"amqp://guest:guest@127.0.0.1:5672/%2f\"; GENQ__AMQP__URL"), "{text}");
+        assert_eq!(text.lines().count(), 1 + 1 + 3 + 2 + 16 + 3, "every field of every section: {text}");
     }
 
     #[test]

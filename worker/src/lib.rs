@@ -9,8 +9,10 @@
 //! - [`sink`]: `ResultSink` (Redis, in-memory).
 //! - [`pipeline`]: the stages wired together, with shutdown and drain.
 //! - [`metrics`], [`http`]: Prometheus metrics and the `/metrics` + `/healthz` listener.
+//! - [`bench`]: the engine benchmark behind `genq bench engine`.
 //! - [`runner`]: builds a worker from settings (used by `genq-worker` and `genq run`).
 
+pub mod bench;
 pub mod broker;
 pub mod engine;
 pub mod http;

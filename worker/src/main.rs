@@ -17,7 +17,7 @@ use genq_worker::{http, pipeline, runner};
 /// `GENQ__SECTION__KEY` (e.g. `GENQ__WORKER__PREFETCH=32`), or from the flags below; flags win
 /// over the environment, which wins over the file, which wins over the defaults.
 #[derive(Parser, Debug)]
-#[command(name = "genq-worker", version, about = "genq worker: RabbitMQ jobs -> candle -> Redis results")]
+#[command(name = "genq-worker", version, about = "genq worker: RabbitMQ jobs -> candle -> Redis results", after_long_help = genq_shared::settings::describe_settings())]
 struct Cli {
     /// TOML settings file with sections [amqp], [redis], [queue], [worker].
     #[arg(long, env = "GENQ_CONFIG")]

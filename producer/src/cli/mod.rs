@@ -2,8 +2,10 @@
 //!
 //! - [`submit`]: publish a JSONL file, optionally wait for every result.
 //! - [`results`]: `get` and `wait` for one job.
+//! - [`bench`]: `genq bench engine`, optionally side by side with llama.cpp.
 //! - [`run`]: the embedded pipeline (in-memory source and sink, no services).
 
+mod bench;
 mod results;
 mod run;
 mod submit;
@@ -18,7 +20,7 @@ use genq_shared::settings::Settings;
 /// genq: queue-driven LLM generation. Settings come from defaults < the TOML file (`--config`)
 /// < environment `GENQ__SECTION__KEY` (e.g. `GENQ__AMQP__URL`) < these flags.
 #[derive(Parser, Debug)]
-#[command(name = "genq", version, about = "genq: publish LLM generation jobs and read their results")]
+#[command(name = "genq", version, about = "genq: publish LLM generation jobs and read their results", after_long_help = genq_shared::settings::describe_settings())]
 struct Cli {
     #[command(flatten)]
     common: CommonArgs,
@@ -82,6 +84,8 @@ enum Command {
     Wait(results::WaitArgs),
     /// Run the whole pipeline in this process (no RabbitMQ, no Redis) and print the results.
     Run(run::RunArgs),
+    /// Benchmarks (`genq bench engine`).
+    Bench(bench::BenchArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -105,6 +109,7 @@ pub fn main() -> ExitCode {
             Command::Get(args) => results::get(&cli.common, args).await,
             Command::Wait(args) => results::wait(&cli.common, args).await,
             Command::Run(args) => run::run(&cli.common, args).await,
+            Command::Bench(args) => bench::run(&cli.common, args).await,
         }
     });
     match result {

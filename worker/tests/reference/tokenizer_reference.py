@@ -45,6 +45,10 @@ CORPUS = [
     "Hello world",
     "The quick brown fox jumps over the lazy dog. It wasn't me, I'm sure they'll say.",
     "12345 3.14159",
+    # Only non-ASCII numerals tell a missing Digits step apart: SmolLM2's vocabulary has no
+    # multi-digit tokens, but " ½" is ["Ġ", "Â½"] with Digits and ["ĠÂ", "½"] without.
+    "Add ½ cup and ¼ tsp; area 3 m², volume 10³ cm³, x² + y²",
+    "Ⅻ ٣٤٥ १२३",
     "Version 2.0.1 costs $1,299.99 (or 1e-9 per atom); call 555-0100.",
     "Crème brûlée, naïve café, Ångström, façade, Straße.",
     "e\u0301 vs \u00e9",

@@ -5,6 +5,11 @@
 //! Tokenizing the rendered prompt is not this module's business (see [`super::tokenizer`]);
 //! the rendered text carries its markers (`<|im_start|>`) as text, which the tokenizer
 //! recognises as special tokens.
+//!
+//! minijinja is not Jinja2: without `minijinja-contrib`'s `pycompat` callback, Python string
+//! methods (`content.strip()`, `.startswith(..)`, used by e.g. Qwen's templates) fail at render
+//! time, and without minijinja's `loop_controls` feature `{% break %}` fails to compile.
+//! SmolLM2's template needs neither.
 
 use candle_core::quantized::gguf_file::Content;
 use genq_shared::ChatMessage;
@@ -27,11 +32,12 @@ pub enum ChatError {
     #[error("GGUF metadata `tokenizer.chat_template` is not a string")]
     NotAString,
     /// The template is not valid (mini)Jinja: a broken model file, or a construct minijinja
-    /// lacks (loop controls, Python string methods).
+    /// lacks (`{% break %}`, `{% continue %}`).
     #[error("chat template does not compile: {0}")]
     Compile(#[source] minijinja::Error),
     /// Rendering failed, usually because the messages break the template's rules (it called
-    /// `raise_exception`, e.g. "roles must alternate user/assistant").
+    /// `raise_exception`, e.g. "roles must alternate user/assistant"), or the template calls
+    /// a Python method minijinja does not have (`.strip()`).
     #[error("chat template rejected the messages: {0}")]
     Render(#[source] minijinja::Error),
 }
@@ -157,10 +163,15 @@ mod tests {
 
     #[test]
     fn smollm2_renders_system_and_user_as_chatml_with_generation_prompt() {
-        let Some((template, _)) = smollm2_template() else { return };
+        let Some((template, _)) = smollm2_template() else {
+            return;
+        };
         let prompt = template
             .render(
-                &[msg("system", "You are a pirate."), msg("user", "Where is the gold?")],
+                &[
+                    msg("system", "You are a pirate."),
+                    msg("user", "Where is the gold?"),
+                ],
                 true,
             )
             .expect("render");
@@ -174,8 +185,12 @@ mod tests {
 
     #[test]
     fn smollm2_adds_its_default_system_prompt_when_none_is_given() {
-        let Some((template, tok)) = smollm2_template() else { return };
-        let prompt = template.render(&[msg("user", "What is 2+2?")], true).expect("render");
+        let Some((template, tok)) = smollm2_template() else {
+            return;
+        };
+        let prompt = template
+            .render(&[msg("user", "What is 2+2?")], true)
+            .expect("render");
         let expected = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, \
                         trained by Hugging Face<|im_end|>\n\
                         <|im_start|>user\nWhat is 2+2?<|im_end|>\n\
@@ -189,9 +204,14 @@ mod tests {
 
     #[test]
     fn no_generation_prompt_ends_after_the_last_message() {
-        let Some((template, _)) = smollm2_template() else { return };
+        let Some((template, _)) = smollm2_template() else {
+            return;
+        };
         let prompt = template
-            .render(&[msg("system", "S"), msg("user", "U"), msg("assistant", "A")], false)
+            .render(
+                &[msg("system", "S"), msg("user", "U"), msg("assistant", "A")],
+                false,
+            )
             .expect("render");
         assert_eq!(
             prompt,
@@ -203,13 +223,17 @@ mod tests {
     #[test]
     fn chatml_fallback_matches_smollm2_when_a_system_prompt_is_given() {
         let messages = [msg("system", "Be brief."), msg("user", "Hi")];
-        let fallback = ChatTemplate::chatml().render(&messages, true).expect("render");
+        let fallback = ChatTemplate::chatml()
+            .render(&messages, true)
+            .expect("render");
         assert_eq!(
             fallback,
             "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n\
              <|im_start|>assistant\n"
         );
-        let Some((template, _)) = smollm2_template() else { return };
+        let Some((template, _)) = smollm2_template() else {
+            return;
+        };
         assert_eq!(template.render(&messages, true).expect("render"), fallback);
     }
 
@@ -221,7 +245,10 @@ mod tests {
             "</s>".into(),
         )
         .expect("compile");
-        assert_eq!(template.render(&[msg("user", "x")], false).expect("render"), "<s>x</s>");
+        assert_eq!(
+            template.render(&[msg("user", "x")], false).expect("render"),
+            "<s>x</s>"
+        );
     }
 
     #[test]
@@ -235,12 +262,21 @@ mod tests {
             String::new(),
         )
         .expect("compile");
-        assert_eq!(template.render(&[msg("user", "hi")], false).expect("render"), "ok");
+        assert_eq!(
+            template
+                .render(&[msg("user", "hi")], false)
+                .expect("render"),
+            "ok"
+        );
         let err = template
             .render(&[msg("assistant", "hi")], false)
             .expect_err("must raise");
         assert!(matches!(err, ChatError::Render(_)), "{err:?}");
-        assert!(err.to_string().contains("Conversation must start with a user message"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("Conversation must start with a user message"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -254,13 +290,50 @@ mod tests {
             String::new(),
         )
         .expect("compile");
-        assert_eq!(template.render(&[msg("user", "hi")], false).expect("render"), "  user: hi\n");
+        assert_eq!(
+            template
+                .render(&[msg("user", "hi")], false)
+                .expect("render"),
+            "  user: hi\n"
+        );
+    }
+
+    #[test]
+    fn python_string_methods_are_not_available() {
+        // Documents the missing pycompat layer (minijinja-contrib); flip when it is added.
+        let template = ChatTemplate::new(
+            "{{ messages[0].content.strip() }}".into(),
+            String::new(),
+            String::new(),
+        )
+        .expect("compiles; the method is looked up at render time");
+        let err = template
+            .render(&[msg("user", " hi ")], false)
+            .expect_err("no .strip()");
+        assert!(matches!(err, ChatError::Render(_)), "{err:?}");
+        // The equivalent filter works.
+        let template = ChatTemplate::new(
+            "{{ messages[0].content | trim }}".into(),
+            String::new(),
+            String::new(),
+        )
+        .expect("compile");
+        assert_eq!(
+            template
+                .render(&[msg("user", " hi ")], false)
+                .expect("render"),
+            "hi"
+        );
     }
 
     #[test]
     fn broken_template_is_a_compile_error() {
-        let err = ChatTemplate::new("{% for m in messages %}".into(), String::new(), String::new())
-            .expect_err("unclosed for");
+        let err = ChatTemplate::new(
+            "{% for m in messages %}".into(),
+            String::new(),
+            String::new(),
+        )
+        .expect_err("unclosed for");
         assert!(matches!(err, ChatError::Compile(_)), "{err:?}");
     }
 }

@@ -1,0 +1,159 @@
+//! `genq bench engine`: the engine alone, in process, at several batch sizes, printing one JSON
+//! line per run; with `--vs-llamacpp`, the same workload through llama.cpp's
+//! `llama-batched-bench` in the same run, and the ratios.
+
+use std::process::{Command, ExitCode};
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use genq_worker::bench::{run_engine_bench, EngineBenchResult, EngineBenchSpec};
+use genq_worker::runner;
+
+use super::CommonArgs;
+
+/// Arguments of `genq bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    what: BenchWhat,
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchWhat {
+    /// The engine alone: prefill and decode tokens/s and peak memory per batch size.
+    Engine(EngineBenchArgs),
+}
+
+#[derive(Args, Debug)]
+struct EngineBenchArgs {
+    /// Batch sizes, comma-separated.
+    #[arg(long, default_value = "1,8,32,64", value_delimiter = ',')]
+    batch_sizes: Vec<usize>,
+    /// Prompt length in tokens (approximate for genq; exact for llama.cpp).
+    #[arg(long, default_value_t = 32)]
+    prompt_tokens: usize,
+    /// Tokens generated per sequence.
+    #[arg(long, default_value_t = 64)]
+    new_tokens: usize,
+    /// Engine: llama or echo [worker.engine].
+    #[arg(long)]
+    engine: Option<String>,
+    /// GGUF file or safetensors folder [worker.model_path].
+    #[arg(long)]
+    model_path: Option<String>,
+    /// Weights in memory: auto, native, q8_0, f32 [worker.weights].
+    #[arg(long)]
+    weights: Option<String>,
+    /// Prompt tokens per step; 0 prefills the whole batch in one step.
+    #[arg(long, default_value_t = 0)]
+    max_prefill_tokens: usize,
+    /// Also run llama.cpp's llama-batched-bench on the same model and workload (built by
+    /// scripts/build-llamacpp.sh, or named by GENQ_LLAMA_BATCHED_BENCH).
+    #[arg(long)]
+    vs_llamacpp: bool,
+    /// Threads for llama.cpp (default: all cores, like candle).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+pub async fn run(common: &CommonArgs, args: BenchArgs) -> anyhow::Result<ExitCode> {
+    match args.what {
+        BenchWhat::Engine(a) => tokio::task::block_in_place(|| engine_bench(common, a)),
+    }
+}
+
+fn engine_bench(common: &CommonArgs, args: EngineBenchArgs) -> anyhow::Result<ExitCode> {
+    let mut more = Vec::new();
+    for (k, v) in [("worker.engine", &args.engine), ("worker.model_path", &args.model_path), ("worker.weights", &args.weights)] {
+        if let Some(v) = v {
+            more.push((k.to_string(), v.clone()));
+        }
+    }
+    let settings = common.settings(more)?;
+    let mut engine = runner::build_engine(&settings.worker)?;
+    let mut ours = Vec::new();
+    for &batch in &args.batch_sizes {
+        let spec = EngineBenchSpec {
+            batch,
+            prompt_tokens: args.prompt_tokens,
+            new_tokens: args.new_tokens,
+            max_prefill_tokens: if args.max_prefill_tokens == 0 { batch * args.prompt_tokens * 2 } else { args.max_prefill_tokens },
+        };
+        let r = run_engine_bench(engine.as_mut(), &spec)?;
+        println!("{}", serde_json::to_string(&r)?);
+        ours.push(r);
+    }
+    if args.vs_llamacpp {
+        let model = runner::resolve_model_path(&settings.worker.model_path).context("model not found")?;
+        let theirs = llamacpp_bench(&model, &args)?;
+        for t in &theirs {
+            println!("{t}");
+        }
+        for r in &ours {
+            if let Some(t) = theirs.iter().find(|t| t["batch"] == json!(r.batch)) {
+                println!("{}", ratio_line(r, t));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn ratio_line(r: &EngineBenchResult, t: &serde_json::Value) -> serde_json::Value {
+    let f = |k: &str| t[k].as_f64().unwrap_or(f64::NAN);
+    json!({
+        "ratio": "genq/llama.cpp",
+        "batch": r.batch,
+        "prefill": r.prefill_tokens_per_s / f("prefill_tokens_per_s"),
+        "decode": r.decode_tokens_per_s / f("decode_tokens_per_s"),
+        "total_generated": r.total_generated_tokens_per_s / f("total_generated_tokens_per_s"),
+    })
+}
+
+fn llamacpp_binary() -> anyhow::Result<std::path::PathBuf> {
+    if let Ok(p) = std::env::var("GENQ_LLAMA_BATCHED_BENCH") {
+        return Ok(p.into());
+    }
+    runner::resolve_model_path(".cache/llamacpp/bin/llama-batched-bench")
+        .context("llama-batched-bench not found: run scripts/build-llamacpp.sh (or set GENQ_LLAMA_BATCHED_BENCH)")
+}
+
+/// Runs llama-batched-bench and reads its table: `| PP | TG | B | N_KV | T_PP s | S_PP t/s | T_TG s | S_TG t/s | T s | S t/s |`.
+fn llamacpp_bench(model: &std::path::Path, args: &EngineBenchArgs) -> anyhow::Result<Vec<serde_json::Value>> {
+    let bin = llamacpp_binary()?;
+    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
+    let batches: Vec<String> = args.batch_sizes.iter().map(|b| b.to_string()).collect();
+    let out = Command::new(&bin)
+        .arg("-m")
+        .arg(model)
+        .args(["-c", "8192", "-b", "2048", "-ub", "512", "-npp", &args.prompt_tokens.to_string(), "-ntg", &args.new_tokens.to_string()])
+        .args(["-npl", &batches.join(","), "-t", &threads.to_string()])
+        .output()
+        .with_context(|| format!("run {}", bin.display()))?;
+    anyhow::ensure!(out.status.success(), "llama-batched-bench failed: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut rows = Vec::new();
+    for line in text.lines() {
+        let cells: Vec<f64> = line.split('|').map(str::trim).filter(|c| !c.is_empty()).filter_map(|c| c.parse().ok()).collect();
+        if cells.len() != 10 {
+            continue;
+        }
+        let (pp, tg, b, t_pp, t_tg, t) = (cells[0], cells[1], cells[2], cells[4], cells[6], cells[8]);
+        rows.push(json!({
+            "engine": "llama.cpp",
+            "batch": b as usize,
+            "prompt_tokens": pp,
+            "new_tokens": tg,
+            "prefill_tokens_per_s": cells[5],
+            "decode_tokens_per_s": cells[7],
+            "total_generated_tokens_per_s": b * tg / t.max(1e-9),
+            "seconds": t,
+            "prefill_seconds": t_pp,
+            "decode_seconds": t_tg,
+            "threads": threads,
+        }));
+    }
+    anyhow::ensure!(!rows.is_empty(), "no result rows in llama-batched-bench output:\n{text}");
+    Ok(rows)
+}

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Build llama.cpp's `llama-batched-bench` from the llama-cpp-python sdist on PyPI (the reference
+# engine for `genq bench engine --vs-llamacpp`) into .cache/llamacpp/ (git-ignored). Once.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cache="$root/.cache/llamacpp"
+bin="$cache/bin/llama-batched-bench"
+version="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
+if [[ -x "$bin" ]]; then
+  echo "$bin"
+  exit 0
+fi
+mkdir -p "$cache"
+if [[ ! -x "$cache/venv/bin/cmake" ]]; then
+  python3 -m venv "$cache/venv"
+  "$cache/venv/bin/pip" install --quiet cmake ninja
+fi
+src="$cache/src"
+if [[ ! -d "$src" ]]; then
+  tmp="$(mktemp -d)"
+  python3 -m pip download --quiet --no-deps --no-binary :all: -d "$tmp" "llama-cpp-python==$version"
+  mkdir -p "$src"
+  tar -xzf "$tmp"/llama_cpp_python-*.tar.gz -C "$src" --strip-components=1
+  rm -rf "$tmp"
+fi
+export PATH="$cache/venv/bin:$PATH"
+cmake -S "$src/vendor/llama.cpp" -B "$cache/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+  -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF >/dev/null
+cmake --build "$cache/build" --target llama-batched-bench -j "$(nproc)" >/dev/null
+mkdir -p "$cache/bin"
+cp "$cache/build/bin/llama-batched-bench" "$bin"
+echo "$bin"

@@ -1,0 +1,131 @@
+//! The engine benchmark behind `genq bench engine`: drives an [`Engine`] directly (no queue, no
+//! Redis) with B identical-length jobs and measures prefill and decode throughput and memory.
+
+use std::time::Instant;
+
+use genq_shared::valid::{validate, Limits};
+use genq_shared::JobRequest;
+use serde::Serialize;
+
+use crate::engine::{Engine, EngineError, StepLimits};
+
+/// One benchmark run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineBenchSpec {
+    /// Sequences in the batch.
+    pub batch: usize,
+    /// Approximate prompt length in tokens.
+    pub prompt_tokens: usize,
+    /// Tokens generated per sequence (EOS ignored).
+    pub new_tokens: usize,
+    /// Prompt tokens prefilled per step at most.
+    pub max_prefill_tokens: usize,
+}
+
+/// Figures of one run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EngineBenchResult {
+    /// Always `genq`.
+    pub engine: String,
+    /// Sequences.
+    pub batch: usize,
+    /// Mean prompt tokens per sequence, as tokenized.
+    pub prompt_tokens: f64,
+    /// Tokens generated per sequence.
+    pub new_tokens: usize,
+    /// Prompt tokens per second until every sequence had its first token.
+    pub prefill_tokens_per_s: f64,
+    /// Generated tokens per second after that.
+    pub decode_tokens_per_s: f64,
+    /// All generated tokens over the whole run time.
+    pub total_generated_tokens_per_s: f64,
+    /// Wall time of the run, seconds.
+    pub seconds: f64,
+    /// Peak resident memory of the process so far, MiB.
+    pub peak_rss_mib: f64,
+}
+
+/// A prompt of roughly `tokens` tokens for a BPE vocabulary (~1 token per short word).
+pub fn bench_prompt(tokens: usize, salt: usize) -> String {
+    const WORDS: &[&str] = &["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "and", "runs", "far", "away"];
+    (0..tokens.max(1)).map(|i| WORDS[(i + salt) % WORDS.len()]).collect::<Vec<_>>().join(" ")
+}
+
+/// Peak resident set size of this process in MiB (Linux; 0 elsewhere).
+pub fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// Runs `spec` on `engine` to completion.
+pub fn run_engine_bench(engine: &mut dyn Engine, spec: &EngineBenchSpec) -> Result<EngineBenchResult, EngineError> {
+    let mut prompt_total = 0usize;
+    for i in 0..spec.batch {
+        let req = JobRequest {
+            id: Some(format!("bench-{i}")),
+            max_new_tokens: Some(spec.new_tokens as u32),
+            min_new_tokens: Some(spec.new_tokens as u32),
+            temperature: Some(0.0),
+            model: Some(engine.info().model.clone()),
+            ..JobRequest::prompt(bench_prompt(spec.prompt_tokens, i))
+        };
+        let job = validate(&req, &Limits::default()).map_err(|e| EngineError(e.to_string()))?;
+        let admitted = engine.admit(i as u64 + 1, &job, 0).map_err(|e| EngineError(e.to_string()))?;
+        prompt_total += admitted.prompt_tokens;
+    }
+    let limits = StepLimits { max_prefill_tokens: spec.max_prefill_tokens };
+    let started = Instant::now();
+    let mut first_token = vec![false; spec.batch + 1];
+    let mut with_token = 0usize;
+    let mut prefill_done_at = None;
+    let mut generated = 0usize;
+    while engine.active() > 0 {
+        for u in engine.step(&limits)? {
+            generated += u.new_tokens;
+            let slot = u.id as usize;
+            if u.new_tokens > 0 && slot < first_token.len() && !first_token[slot] {
+                first_token[slot] = true;
+                with_token += 1;
+            }
+        }
+        if prefill_done_at.is_none() && with_token == spec.batch {
+            prefill_done_at = Some((started.elapsed().as_secs_f64(), generated));
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let (prefill_s, tokens_at_prefill) = prefill_done_at.unwrap_or((seconds, generated));
+    let decode_s = (seconds - prefill_s).max(1e-9);
+    Ok(EngineBenchResult {
+        engine: "genq".into(),
+        batch: spec.batch,
+        prompt_tokens: prompt_total as f64 / spec.batch.max(1) as f64,
+        new_tokens: spec.new_tokens,
+        prefill_tokens_per_s: prompt_total as f64 / prefill_s.max(1e-9),
+        decode_tokens_per_s: (generated - tokens_at_prefill) as f64 / decode_s,
+        total_generated_tokens_per_s: generated as f64 / seconds.max(1e-9),
+        seconds,
+        peak_rss_mib: peak_rss_mib(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::echo::EchoEngine;
+
+    #[test]
+    fn engine_bench_counts_every_generated_token() {
+        let mut e = EchoEngine::new("m");
+        let spec = EngineBenchSpec { batch: 4, prompt_tokens: 8, new_tokens: 10, max_prefill_tokens: 512 };
+        let r = run_engine_bench(&mut e, &spec).expect("bench");
+        assert_eq!(r.prompt_tokens, 8.0);
+        assert!(r.total_generated_tokens_per_s > 0.0);
+        assert!((r.total_generated_tokens_per_s * r.seconds - 40.0).abs() < 1e-6);
+    }
+}
