@@ -178,6 +178,20 @@ impl Default for ProducerSettings {
     }
 }
 
+/// Command-line values that override every other layer, as `(setting, value)` pairs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides(pub Vec<(String, String)>);
+
+impl Overrides {
+    /// Records `key = value` when the flag was given.
+    pub fn set(&mut self, key: &str, value: Option<impl ToString>) -> &mut Self {
+        if let Some(v) = value {
+            self.0.push((key.to_string(), v.to_string()));
+        }
+        self
+    }
+}
+
 /// Settings could not be loaded.
 #[derive(Debug, thiserror::Error)]
 #[error("configuration: {0}")]

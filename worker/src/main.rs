@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 
-use genq_shared::settings::Settings;
+use genq_shared::settings::{Overrides, Settings};
 use genq_worker::broker::redact_url;
 use genq_worker::metrics::WorkerMetrics;
 use genq_worker::sink::redis::{RedisSink, RedisSinkSettings};
@@ -94,35 +94,30 @@ struct Cli {
 }
 
 impl Cli {
-    fn overrides(&self) -> Vec<(String, String)> {
-        let mut o = Vec::new();
-        let mut put = |k: &str, v: Option<String>| {
-            if let Some(v) = v {
-                o.push((k.to_string(), v));
-            }
-        };
-        put("amqp.url", self.amqp_url.clone());
-        put("redis.url", self.redis_url.clone());
-        put("redis.key_prefix", self.key_prefix.clone());
-        put("redis.result_ttl_secs", self.result_ttl_secs.map(|v| v.to_string()));
-        put("queue.delivery_limit", self.delivery_limit.map(|v| v.to_string()));
-        put("queue.max_length", self.max_queue_length.map(|v| v.to_string()));
-        put("worker.model_name", self.model_name.clone());
-        put("worker.model_path", self.model_path.clone());
-        put("worker.engine", self.engine.clone());
-        put("worker.device", self.device.clone());
-        put("worker.weights", self.weights.clone());
-        put("worker.prefetch", self.prefetch.map(|v| v.to_string()));
-        put("worker.max_batch_size", self.max_batch_size.map(|v| v.to_string()));
-        put("worker.batch_wait_ms", self.batch_wait_ms.map(|v| v.to_string()));
-        put("worker.max_prefill_tokens", self.max_prefill_tokens.map(|v| v.to_string()));
-        put("worker.write_batch_size", self.write_batch_size.map(|v| v.to_string()));
-        put("worker.write_wait_ms", self.write_wait_ms.map(|v| v.to_string()));
-        put("worker.max_body_bytes", self.max_body_bytes.map(|v| v.to_string()));
-        put("worker.max_prompt_bytes", self.max_prompt_bytes.map(|v| v.to_string()));
-        put("worker.metrics_addr", self.metrics_addr.clone());
-        put("worker.worker_id", self.worker_id.clone());
-        put("worker.shutdown_grace_secs", self.shutdown_grace_secs.map(|v| v.to_string()));
+    fn overrides(&self) -> Overrides {
+        let mut o = Overrides::default();
+        o.set("amqp.url", self.amqp_url.as_ref())
+            .set("redis.url", self.redis_url.as_ref())
+            .set("redis.key_prefix", self.key_prefix.as_ref())
+            .set("redis.result_ttl_secs", self.result_ttl_secs)
+            .set("queue.delivery_limit", self.delivery_limit)
+            .set("queue.max_length", self.max_queue_length)
+            .set("worker.model_name", self.model_name.as_ref())
+            .set("worker.model_path", self.model_path.as_ref())
+            .set("worker.engine", self.engine.as_ref())
+            .set("worker.device", self.device.as_ref())
+            .set("worker.weights", self.weights.as_ref())
+            .set("worker.prefetch", self.prefetch)
+            .set("worker.max_batch_size", self.max_batch_size)
+            .set("worker.batch_wait_ms", self.batch_wait_ms)
+            .set("worker.max_prefill_tokens", self.max_prefill_tokens)
+            .set("worker.write_batch_size", self.write_batch_size)
+            .set("worker.write_wait_ms", self.write_wait_ms)
+            .set("worker.max_body_bytes", self.max_body_bytes)
+            .set("worker.max_prompt_bytes", self.max_prompt_bytes)
+            .set("worker.metrics_addr", self.metrics_addr.as_ref())
+            .set("worker.worker_id", self.worker_id.as_ref())
+            .set("worker.shutdown_grace_secs", self.shutdown_grace_secs);
         o
     }
 }
@@ -165,7 +160,7 @@ fn init_logs(json: bool) {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logs(cli.log_json);
-    let settings = Settings::load(cli.config.as_deref(), &cli.overrides())?;
+    let settings = Settings::load(cli.config.as_deref(), &cli.overrides().0)?;
     let w = &settings.worker;
     let engine = tokio::task::block_in_place(|| runner::build_engine(w))?;
     let info = engine.info().clone();

@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
+use genq_shared::settings::Overrides;
 use genq_worker::bench::{run_engine_bench, EngineBenchResult, EngineBenchSpec};
 use genq_worker::runner;
 
@@ -65,12 +66,10 @@ pub async fn run(common: &CommonArgs, args: BenchArgs) -> anyhow::Result<ExitCod
 }
 
 fn engine_bench(common: &CommonArgs, args: EngineBenchArgs) -> anyhow::Result<ExitCode> {
-    let mut more = Vec::new();
-    for (k, v) in [("worker.engine", &args.engine), ("worker.model_path", &args.model_path), ("worker.weights", &args.weights)] {
-        if let Some(v) = v {
-            more.push((k.to_string(), v.clone()));
-        }
-    }
+    let mut more = Overrides::default();
+    more.set("worker.engine", args.engine.as_ref())
+        .set("worker.model_path", args.model_path.as_ref())
+        .set("worker.weights", args.weights.as_ref());
     let settings = common.settings(more)?;
     let mut engine = runner::build_engine(&settings.worker)?;
     let mut ours = Vec::new();

@@ -15,7 +15,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use genq_shared::settings::Settings;
+use genq_shared::settings::{Overrides, Settings};
 
 /// genq: queue-driven LLM generation. Settings come from defaults < the TOML file (`--config`)
 /// < environment `GENQ__SECTION__KEY` (e.g. `GENQ__AMQP__URL`) < these flags.
@@ -52,25 +52,21 @@ struct CommonArgs {
 }
 
 impl CommonArgs {
-    fn overrides(&self) -> Vec<(String, String)> {
-        let mut o = Vec::new();
-        let mut put = |k: &str, v: Option<String>| {
-            if let Some(v) = v {
-                o.push((k.to_string(), v));
-            }
-        };
-        put("amqp.url", self.amqp_url.clone());
-        put("redis.url", self.redis_url.clone());
-        put("redis.key_prefix", self.key_prefix.clone());
-        put("producer.default_model", self.model.clone());
-        put("producer.max_in_flight", self.max_in_flight.map(|v| v.to_string()));
+    fn overrides(&self) -> Overrides {
+        let mut o = Overrides::default();
+        o.set("amqp.url", self.amqp_url.as_ref())
+            .set("redis.url", self.redis_url.as_ref())
+            .set("redis.key_prefix", self.key_prefix.as_ref())
+            .set("producer.default_model", self.model.as_ref())
+            .set("producer.max_in_flight", self.max_in_flight);
         o
     }
 
-    fn settings(&self, more: Vec<(String, String)>) -> anyhow::Result<Settings> {
+    /// Loads settings with these flags and a subcommand's `more` on top.
+    fn settings(&self, more: Overrides) -> anyhow::Result<Settings> {
         let mut overrides = self.overrides();
-        overrides.extend(more);
-        Ok(Settings::load(self.config.as_deref(), &overrides)?)
+        overrides.0.extend(more.0);
+        Ok(Settings::load(self.config.as_deref(), &overrides.0)?)
     }
 }
 

@@ -27,7 +27,7 @@ pub struct WaitArgs {
 }
 
 async fn client(common: &CommonArgs) -> anyhow::Result<ResultClient> {
-    let s = common.settings(Vec::new())?;
+    let s = common.settings(Default::default())?;
     Ok(ResultClient::connect(&s.redis.url, &s.redis.key_prefix).await?)
 }
 

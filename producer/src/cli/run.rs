@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::Args;
 
 use genq_producer::input::parse_jobs;
+use genq_shared::settings::Overrides;
 use genq_shared::JobStatus;
 use genq_worker::metrics::WorkerMetrics;
 use genq_worker::sink::memory::MemorySink;
@@ -40,19 +41,12 @@ pub struct RunArgs {
 }
 
 pub async fn run(common: &CommonArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
-    let mut more = Vec::new();
-    let mut put = |k: &str, v: &Option<String>| {
-        if let Some(v) = v {
-            more.push((k.to_string(), v.clone()));
-        }
-    };
-    put("worker.engine", &args.engine);
-    put("worker.model_path", &args.model_path);
-    put("worker.weights", &args.weights);
-    put("worker.max_batch_size", &args.max_batch_size.map(|v| v.to_string()));
-    if let Some(m) = &common.model {
-        more.push(("worker.model_name".into(), m.clone()));
-    }
+    let mut more = Overrides::default();
+    more.set("worker.engine", args.engine.as_ref())
+        .set("worker.model_path", args.model_path.as_ref())
+        .set("worker.weights", args.weights.as_ref())
+        .set("worker.max_batch_size", args.max_batch_size)
+        .set("worker.model_name", common.model.as_ref());
     let settings = common.settings(more)?;
     let text = if args.file == "-" {
         let mut s = String::new();

@@ -53,7 +53,7 @@ fn progress_bar(total: usize) -> indicatif::ProgressBar {
 }
 
 pub async fn run(common: &CommonArgs, args: SubmitArgs) -> anyhow::Result<ExitCode> {
-    let settings = common.settings(Vec::new())?;
+    let settings = common.settings(Default::default())?;
     let text = read_input(&args.file)?;
     let (jobs, bad_lines) = parse_jobs(&text);
     let lines: Vec<usize> = jobs.iter().map(|(line, _)| *line).collect();
