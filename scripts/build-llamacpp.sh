@@ -11,9 +11,10 @@ if [[ -x "$bin" ]]; then
   exit 0
 fi
 mkdir -p "$cache"
-if [[ ! -x "$cache/venv/bin/cmake" ]]; then
-  python3 -m venv "$cache/venv"
-  "$cache/venv/bin/pip" install --quiet cmake ninja
+# cmake and ninja from the OS packages: with them on PATH, preparing the sdist's metadata does not
+# pull PyPI's cmake/ninja (which may come as sdists and compile for many minutes).
+if ! command -v cmake >/dev/null || ! command -v ninja >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake ninja-build >/dev/null
 fi
 src="$cache/src"
 if [[ ! -d "$src" ]]; then
@@ -23,8 +24,7 @@ if [[ ! -d "$src" ]]; then
   tar -xzf "$tmp"/llama_cpp_python-*.tar.gz -C "$src" --strip-components=1
   rm -rf "$tmp"
 fi
-export PATH="$cache/venv/bin:$PATH"
-cmake -S "$src/vendor/llama.cpp" -B "$cache/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+cmake -S "$src/vendor/llama.cpp" -B "$cache/build" -DCMAKE_BUILD_TYPE=Release \
   -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF >/dev/null
 cmake --build "$cache/build" --target llama-batched-bench -j "$(nproc)" >/dev/null
 mkdir -p "$cache/bin"

@@ -209,5 +209,8 @@ async fn main() -> anyhow::Result<()> {
         requeued = report.requeued,
         "worker stopped"
     );
+    if let Some(e) = report.source_error {
+        anyhow::bail!("stopped because the job source failed: {e}");
+    }
     Ok(())
 }

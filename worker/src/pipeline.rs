@@ -54,6 +54,9 @@ pub struct PipelineReport {
     pub requeued: u64,
     /// Tokens generated.
     pub generated_tokens: u64,
+    /// Set when the pipeline stopped because its source failed (e.g. the broker connection was
+    /// lost), not because it was asked to or ran dry; the process should exit non-zero.
+    pub source_error: Option<String>,
 }
 
 struct Pending {
@@ -123,7 +126,8 @@ where
             Ok(Some(d)) => d,
             Ok(None) => break,
             Err(e) => {
-                tracing::error!(error = %e, "job source failed");
+                tracing::error!(error = %e, "job source failed; draining and stopping");
+                report.source_error = Some(e.to_string());
                 break;
             }
         };
