@@ -15,7 +15,12 @@ GGUF genq serves and writes `worker/tests/fixtures/llamacpp_reference.json`:
     first given the ones before it (`logits_all=True`, log-softmax in float64).
 
 Settings: n_ctx 2048, n_threads 2, n_batch 512 (each prompt is evaluated in one batch), one
-sequence at a time, default KV cache type (f16) and no flash attention.
+sequence at a time, an f32 KV cache (like genq's; llama.cpp's default is f16) and no flash
+attention.
+
+`calibration` records how far llama.cpp moves from itself when only the KV cache is switched to
+its default f16: leading greedy tokens still equal per prompt, and the log-prob differences. The
+test uses these figures to judge what agreement an independent implementation can reach.
 
 Regenerate (from the repository root; builds libllama.so in .cache/llamacpp on first use):
 
@@ -45,6 +50,11 @@ import numpy as np
 NEW_TOKENS = 24
 N_CTX = 2048
 N_THREADS = 2
+
+# ggml_type ids for the KV cache. The reference uses f32 (genq's cache is f32); f16 is llama.cpp's
+# default and is run only for the calibration figures.
+KV_F32 = 0
+KV_F16 = 1
 
 SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 
@@ -142,16 +152,21 @@ def main() -> int:
             src = pathlib.Path(p)
             break
 
-    llm = Llama(
-        model_path=str(gguf),
-        n_ctx=N_CTX,
-        n_batch=512,
-        n_threads=N_THREADS,
-        n_threads_batch=N_THREADS,
-        logits_all=True,
-        seed=0,
-        verbose=False,
-    )
+    def load(kv_type: int) -> Llama:
+        return Llama(
+            model_path=str(gguf),
+            n_ctx=N_CTX,
+            n_batch=512,
+            n_threads=N_THREADS,
+            n_threads_batch=N_THREADS,
+            logits_all=True,
+            seed=0,
+            type_k=kv_type,
+            type_v=kv_type,
+            verbose=False,
+        )
+
+    llm = load(KV_F32)
     n_vocab = llm.n_vocab()
 
     def tokenize(text: str) -> list[int]:
@@ -164,24 +179,32 @@ def main() -> int:
             banned.add(ids[0])
     banned_ids = sorted(banned)
 
-    def evaluate(tokens: list[int]) -> np.ndarray:
-        llm.reset()
-        llm.eval(tokens)
-        return llm.scores[: llm.n_tokens, :n_vocab]
+    def evaluate(model: Llama, tokens: list[int]) -> np.ndarray:
+        model.reset()
+        model.eval(tokens)
+        return model.scores[: model.n_tokens, :n_vocab]
 
-    generate = []
-    for name, text in GENERATE:
-        prompt = tokenize(text)
-        evaluate(prompt)
+    def greedy(model: Llama, prompt: list[int]) -> tuple[list[int], list[float]]:
+        evaluate(model, prompt)
         out, margins = [], []
         for _ in range(NEW_TOKENS):
-            row = llm.scores[llm.n_tokens - 1, :n_vocab].astype(np.float64).copy()
+            row = model.scores[model.n_tokens - 1, :n_vocab].astype(np.float64).copy()
             row[banned_ids] = -np.inf
             order = np.argsort(-row, kind="stable")
             tok = int(order[0])
             margins.append(round(float(row[order[0]] - row[order[1]]), 4))
             out.append(tok)
-            llm.eval([tok])
+            model.eval([tok])
+        return out, margins
+
+    def score_logprobs(model: Llama, prompt: list[int]) -> list[float]:
+        logits = evaluate(model, prompt)
+        return [round(float(log_softmax(logits[i])[prompt[i + 1]]), 6) for i in range(len(prompt) - 1)]
+
+    generate = []
+    for name, text in GENERATE:
+        prompt = tokenize(text)
+        out, margins = greedy(llm, prompt)
         completion = llm.detokenize(out, prev_tokens=prompt).decode("utf-8", "replace")
         print(f"{name:16} {len(prompt):4} prompt tokens -> {completion!r}", file=sys.stderr)
         generate.append(
@@ -192,10 +215,30 @@ def main() -> int:
     score = []
     for name, text in SCORE:
         prompt = tokenize(text)
-        logits = evaluate(prompt)
-        lps = [round(float(log_softmax(logits[i])[prompt[i + 1]]), 6) for i in range(len(prompt) - 1)]
+        lps = score_logprobs(llm, prompt)
         print(f"{name:16} {len(prompt):4} tokens, mean log-prob {np.mean(lps):.4f}", file=sys.stderr)
         score.append({"name": name, "text": text, "prompt_ids": prompt, "logprobs": lps})
+
+    # Calibration: llama.cpp against itself with its default f16 KV cache instead of f32. How far
+    # this moves greedy tokens and log-probs shows how sensitive the model is to rounding alone.
+    del llm
+    f16 = load(KV_F16)
+    for case in generate:
+        out, _ = greedy(f16, case["prompt_ids"])
+        case["f16_kv_leading_match"] = next(
+            (i for i, (a, b) in enumerate(zip(out, case["greedy_ids"])) if a != b), NEW_TOKENS
+        )
+    diffs = []
+    for case in score:
+        lps = score_logprobs(f16, case["prompt_ids"])
+        diffs += [abs(a - b) for a, b in zip(lps, case["logprobs"])]
+    calibration = {
+        "what": "llama.cpp with an f16 KV cache (its default) against this f32-KV reference",
+        "generate_leading_match": [c["f16_kv_leading_match"] for c in generate],
+        "score_mean_abs_diff": round(float(np.mean(diffs)), 4),
+        "score_max_abs_diff": round(float(np.max(diffs)), 4),
+    }
+    print(f"calibration: {calibration}", file=sys.stderr)
 
     doc = {
         "about": (
@@ -206,9 +249,11 @@ def main() -> int:
         "model": gguf.name,
         "settings": {"n_ctx": N_CTX, "n_threads": N_THREADS, "n_batch": 512, "add_bos": False,
                      "special": True, "sampling": "argmax over logits, banned ids masked",
-                     "logprobs": "log_softmax in float64 over logits_all rows"},
+                     "logprobs": "log_softmax in float64 over logits_all rows",
+                     "kv_cache": "f32", "flash_attn": False},
         "new_tokens": NEW_TOKENS,
         "banned": banned_ids,
+        "calibration": calibration,
         "generate": generate,
         "score": score,
     }

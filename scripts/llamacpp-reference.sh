@@ -3,7 +3,7 @@
 # scripts/llamacpp-reference.py). Uses the llama-cpp-python sdist and the CMake build dir that
 # scripts/build-llamacpp.sh leaves in .cache/llamacpp/ (run that first); builds the `llama`
 # shared library there if missing and links it with its ggml libraries into .cache/llamacpp/lib.
-# The Python bindings are used from the sdist as is (ctypes, no pip build); needs numpy.
+# The Python bindings are used from the sdist as is (ctypes, no pip build).
 # Extra arguments go to the Python script (--gguf PATH, --out PATH).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -22,7 +22,9 @@ mkdir -p "$lib"
 for f in "$build"/bin/libllama.so* "$build"/bin/libggml*.so*; do
   ln -sf "$f" "$lib/$(basename "$f")"
 done
-python3 -c 'import numpy' 2>/dev/null || python3 -m pip install --quiet numpy
+# The bindings' own pure-Python dependencies (pyproject.toml of the sdist).
+python3 -c 'import numpy, diskcache, jinja2, typing_extensions' 2>/dev/null ||
+  python3 -m pip install --quiet numpy diskcache jinja2 typing-extensions
 cd "$root"
 PYTHONPATH="$src${PYTHONPATH:+:$PYTHONPATH}" LLAMA_CPP_LIB_PATH="$lib" LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
   python3 "$root/scripts/llamacpp-reference.py" \
