@@ -34,7 +34,11 @@ impl Detokenizer {
     pub fn new(prompt: &[u32]) -> Self {
         let context = prompt[prompt.len().saturating_sub(PROMPT_CONTEXT)..].to_vec();
         let read = context.len();
-        Self { tokens: context, prefix: 0, read }
+        Self {
+            tokens: context,
+            prefix: 0,
+            read,
+        }
     }
 
     fn decode(&self, tok: &Tokenizer, ids: &[u32]) -> Result<String, DetokError> {
@@ -65,7 +69,11 @@ impl Detokenizer {
         let delta = match after.strip_prefix(before.as_str()) {
             Some(d) => d.to_string(),
             // The decoder rewrote earlier text (rare): emit only what is past the old length.
-            None => after.char_indices().find(|&(i, _)| i >= before.len()).map(|(i, _)| after[i..].to_string()).unwrap_or_default(),
+            None => after
+                .char_indices()
+                .find(|&(i, _)| i >= before.len())
+                .map(|(i, _)| after[i..].to_string())
+                .unwrap_or_default(),
         };
         self.prefix = self.read;
         self.read = self.tokens.len();
@@ -87,9 +95,16 @@ mod tests {
 
     /// A byte-level tokenizer whose ids are the 256 byte symbols, no merges.
     fn byte_tokenizer() -> Tokenizer {
-        let vocab: Vocab =
-            ByteLevel::alphabet().into_iter().map(|c| c.to_string()).enumerate().map(|(i, s)| (s, i as u32)).collect();
-        let bpe = BPE::builder().vocab_and_merges(vocab, vec![]).build().expect("bpe");
+        let vocab: Vocab = ByteLevel::alphabet()
+            .into_iter()
+            .map(|c| c.to_string())
+            .enumerate()
+            .map(|(i, s)| (s, i as u32))
+            .collect();
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, vec![])
+            .build()
+            .expect("bpe");
         let mut tok = Tokenizer::new(bpe);
         tok.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
         tok.with_decoder(Some(ByteLevel::default()));
@@ -99,10 +114,17 @@ mod tests {
     #[test]
     fn multibyte_character_is_emitted_whole_once_complete() {
         let tok = byte_tokenizer();
-        let ids = tok.encode("aé日", false).expect("encode").get_ids().to_vec();
+        let ids = tok
+            .encode("aé日", false)
+            .expect("encode")
+            .get_ids()
+            .to_vec();
         assert_eq!(ids.len(), 1 + 2 + 3);
         let mut d = Detokenizer::new(&[]);
-        let pieces: Vec<String> = ids.iter().map(|&i| d.push(&tok, i).expect("push")).collect();
+        let pieces: Vec<String> = ids
+            .iter()
+            .map(|&i| d.push(&tok, i).expect("push"))
+            .collect();
         assert_eq!(pieces, vec!["a", "", "é", "", "", "日"]);
         assert_eq!(d.flush(&tok).expect("flush"), "");
     }
@@ -111,7 +133,11 @@ mod tests {
     fn long_generation_concatenates_to_the_full_decode() {
         let tok = byte_tokenizer();
         let text = "Grüße, 世界! ".repeat(20);
-        let ids = tok.encode(text.as_str(), false).expect("encode").get_ids().to_vec();
+        let ids = tok
+            .encode(text.as_str(), false)
+            .expect("encode")
+            .get_ids()
+            .to_vec();
         let mut d = Detokenizer::new(&ids[..2]);
         let mut out = String::new();
         for &i in &ids[2..] {

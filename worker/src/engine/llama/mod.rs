@@ -15,9 +15,9 @@ pub mod chat;
 pub mod detok;
 pub mod model;
 pub mod sampler;
-pub mod tokenizer;
 #[cfg(test)]
 mod tests;
+pub mod tokenizer;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -31,12 +31,15 @@ use tokenizers::Tokenizer;
 
 use self::chat::ChatTemplate;
 use self::detok::Detokenizer;
-use self::model::{HfConfig, KvCache, LlamaModel, SeqInput};
 pub use self::model::WeightFormat;
+use self::model::{HfConfig, KvCache, LlamaModel, SeqInput};
 use self::sampler::Sampler;
 use self::tokenizer::SpecialIds;
 use super::stops::StopMatcher;
-use super::{AdmitError, Admitted, Engine, EngineError, EngineInfo, Score, SeqDone, SeqId, SeqUpdate, StepLimits};
+use super::{
+    AdmitError, Admitted, Engine, EngineError, EngineInfo, Score, SeqDone, SeqId, SeqUpdate,
+    StepLimits,
+};
 
 /// What to load and how.
 #[derive(Debug, Clone, PartialEq)]
@@ -125,19 +128,35 @@ pub struct LlamaEngine {
 }
 
 fn weights_err(path: &Path) -> impl FnOnce(candle_core::Error) -> LoadError + '_ {
-    move |source| LoadError::Weights { path: path.to_owned(), source }
+    move |source| LoadError::Weights {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io { path: path.to_owned(), source })?;
-    serde_json::from_str(&text).map_err(|e| LoadError::Config { path: path.to_owned(), message: e.to_string() })
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| LoadError::Config {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
 }
 
 /// The first id of a `config.json` entry that may be a number or a list of numbers.
 fn json_ids(v: Option<&serde_json::Value>) -> Vec<u32> {
     match v {
-        Some(serde_json::Value::Number(n)) => n.as_u64().and_then(|n| u32::try_from(n).ok()).into_iter().collect(),
-        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|n| n.as_u64().and_then(|n| u32::try_from(n).ok())).collect(),
+        Some(serde_json::Value::Number(n)) => n
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .into_iter()
+            .collect(),
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .filter_map(|n| n.as_u64().and_then(|n| u32::try_from(n).ok()))
+            .collect(),
         _ => Vec::new(),
     }
 }
@@ -170,14 +189,24 @@ impl LlamaEngine {
             context_length = info.context_length,
             "llama engine loaded"
         );
-        Ok(Self { info, model, tokenizer, special, template, seqs: BTreeMap::new() })
+        Ok(Self {
+            info,
+            model,
+            tokenizer,
+            special,
+            template,
+            seqs: BTreeMap::new(),
+        })
     }
 
     fn load_gguf(
         path: &Path,
         format: WeightFormat,
     ) -> Result<(LlamaModel, Tokenizer, SpecialIds, ChatTemplate), LoadError> {
-        let mut file = File::open(path).map_err(|source| LoadError::Io { path: path.to_owned(), source })?;
+        let mut file = File::open(path).map_err(|source| LoadError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
         let content = gguf_file::Content::read(&mut file).map_err(weights_err(path))?;
         let tokenizer = tokenizer::tokenizer_from_gguf(&content)?;
         let special = tokenizer::special_ids(&content, &tokenizer);
@@ -185,7 +214,8 @@ impl LlamaEngine {
             Some(t) => t.map_err(|e| LoadError::ChatTemplate(e.to_string()))?,
             None => ChatTemplate::chatml(),
         };
-        let model = LlamaModel::from_gguf(&content, &mut file, format).map_err(weights_err(path))?;
+        let model =
+            LlamaModel::from_gguf(&content, &mut file, format).map_err(weights_err(path))?;
         Ok((model, tokenizer, special, template))
     }
 
@@ -203,49 +233,91 @@ impl LlamaEngine {
         };
         let config_path = need("config.json")?;
         let config_json = read_json(&config_path)?;
-        let config: HfConfig = serde_json::from_value(config_json.clone())
-            .map_err(|e| LoadError::Config { path: config_path.clone(), message: e.to_string() })?;
+        let config: HfConfig =
+            serde_json::from_value(config_json.clone()).map_err(|e| LoadError::Config {
+                path: config_path.clone(),
+                message: e.to_string(),
+            })?;
         let tokenizer = tokenizer::tokenizer_from_file(&need("tokenizer.json")?)?;
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(|source| LoadError::Io { path: dir.to_owned(), source })?
+            .map_err(|source| LoadError::Io {
+                path: dir.to_owned(),
+                source,
+            })?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
             .collect();
         files.sort();
         if files.is_empty() {
-            return Err(LoadError::NotFound { path: dir.join("*.safetensors") });
+            return Err(LoadError::NotFound {
+                path: dir.join("*.safetensors"),
+            });
         }
 
         // Special ids: config.json, then tokenizer_config.json for BOS and the template.
         let tok_config_path = dir.join("tokenizer_config.json");
-        let tok_config = if tok_config_path.exists() { Some(read_json(&tok_config_path)?) } else { None };
+        let tok_config = if tok_config_path.exists() {
+            Some(read_json(&tok_config_path)?)
+        } else {
+            None
+        };
         let eos_ids = json_ids(config_json.get("eos_token_id"));
         let eos = eos_ids
             .first()
             .copied()
-            .or_else(|| ["<|im_end|>", "<|endoftext|>", "</s>"].iter().find_map(|t| tokenizer.token_to_id(t)))
+            .or_else(|| {
+                ["<|im_end|>", "<|endoftext|>", "</s>"]
+                    .iter()
+                    .find_map(|t| tokenizer.token_to_id(t))
+            })
             .unwrap_or(0);
         let mut extra_stops: Vec<u32> = eos_ids.iter().skip(1).copied().collect();
-        for t in ["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"] {
+        for t in [
+            "<|im_end|>",
+            "<|endoftext|>",
+            "<|eot_id|>",
+            "<|end|>",
+            "<end_of_turn>",
+        ] {
             if let Some(id) = tokenizer.token_to_id(t) {
                 if id != eos && !extra_stops.contains(&id) {
                     extra_stops.push(id);
                 }
             }
         }
-        let add_bos = tok_config.as_ref().and_then(|c| c.get("add_bos_token")).and_then(|v| v.as_bool()).unwrap_or(false);
-        let bos = if add_bos { json_ids(config_json.get("bos_token_id")).first().copied() } else { None };
-        let special = SpecialIds { bos, eos, extra_stops };
-        let template = match tok_config.as_ref().and_then(|c| c.get("chat_template")).and_then(|v| v.as_str()) {
+        let add_bos = tok_config
+            .as_ref()
+            .and_then(|c| c.get("add_bos_token"))
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
+        let bos = if add_bos {
+            json_ids(config_json.get("bos_token_id")).first().copied()
+        } else {
+            None
+        };
+        let special = SpecialIds {
+            bos,
+            eos,
+            extra_stops,
+        };
+        let template = match tok_config
+            .as_ref()
+            .and_then(|c| c.get("chat_template"))
+            .and_then(|v| v.as_str())
+        {
             Some(src) => {
-                let name = |id: Option<u32>| id.and_then(|id| tokenizer.id_to_token(id)).unwrap_or_default();
+                let name = |id: Option<u32>| {
+                    id.and_then(|id| tokenizer.id_to_token(id))
+                        .unwrap_or_default()
+                };
                 let bos_name = name(json_ids(config_json.get("bos_token_id")).first().copied());
                 ChatTemplate::new(src.to_string(), bos_name, name(Some(eos)))
                     .map_err(|e| LoadError::ChatTemplate(e.to_string()))?
             }
             None => ChatTemplate::chatml(),
         };
-        let model = LlamaModel::from_safetensors(&config, &files, format).map_err(weights_err(dir))?;
+        let model =
+            LlamaModel::from_safetensors(&config, &files, format).map_err(weights_err(dir))?;
         Ok((model, tokenizer, special, template))
     }
 
@@ -254,26 +326,38 @@ impl LlamaEngine {
         let (text, field) = match input {
             PromptInput::Text(t) => (t.clone(), "prompt"),
             PromptInput::Chat(messages) => {
-                let text = self.template.render(messages, true).map_err(|e| AdmitError {
-                    field: "messages",
-                    message: format!("cannot be rendered with the chat template: {e}"),
-                })?;
+                let text = self
+                    .template
+                    .render(messages, true)
+                    .map_err(|e| AdmitError {
+                        field: "messages",
+                        message: format!("cannot be rendered with the chat template: {e}"),
+                    })?;
                 (text, "messages")
             }
         };
         let enc = self
             .tokenizer
             .encode(text.as_str(), false)
-            .map_err(|e| AdmitError { field, message: format!("cannot be tokenized: {e}") })?;
+            .map_err(|e| AdmitError {
+                field,
+                message: format!("cannot be tokenized: {e}"),
+            })?;
         let mut ids = Vec::with_capacity(enc.len() + 1);
         ids.extend(self.special.bos);
         ids.extend_from_slice(enc.get_ids());
         if enc.get_ids().is_empty() {
-            return Err(AdmitError { field, message: "is empty after tokenization".into() });
+            return Err(AdmitError {
+                field,
+                message: "is empty after tokenization".into(),
+            });
         }
         let vocab = self.model.config().vocab;
         if let Some(&bad) = ids.iter().find(|&&t| t as usize >= vocab) {
-            return Err(AdmitError { field, message: format!("holds token {bad}, outside the model's vocabulary of {vocab}") });
+            return Err(AdmitError {
+                field,
+                message: format!("holds token {bad}, outside the model's vocabulary of {vocab}"),
+            });
         }
         Ok(ids)
     }
@@ -286,22 +370,39 @@ impl LlamaEngine {
         seq: &mut Sequence,
         logits: &[f32],
     ) -> Result<SeqUpdate, EngineError> {
-        let fail = |what: &str, e: &dyn std::fmt::Display| EngineError(format!("sequence {id}: {what}: {e}"));
+        let fail = |what: &str, e: &dyn std::fmt::Display| {
+            EngineError(format!("sequence {id}: {what}: {e}"))
+        };
         // EOS and end-of-turn tokens cannot be drawn until min_new_tokens exist.
         let banned: Vec<u32> = if seq.generated < seq.min_new {
-            std::iter::once(special.eos).chain(special.extra_stops.iter().copied()).collect()
+            std::iter::once(special.eos)
+                .chain(special.extra_stops.iter().copied())
+                .collect()
         } else {
             Vec::new()
         };
-        let token = seq.sampler.sample(logits.to_vec(), &banned).map_err(|e| fail("sampling", &e))?;
+        let token = seq
+            .sampler
+            .sample(logits.to_vec(), &banned)
+            .map_err(|e| fail("sampling", &e))?;
         seq.sampler.observe(token);
         seq.generated += 1;
         let armed = seq.generated >= seq.min_new;
         let end_token = special.is_stop(token);
         let length = seq.generated >= seq.max_new;
-        let mut piece = if end_token { String::new() } else { seq.detok.push(tokenizer, token).map_err(|e| fail("detokenizing", &e))? };
+        let mut piece = if end_token {
+            String::new()
+        } else {
+            seq.detok
+                .push(tokenizer, token)
+                .map_err(|e| fail("detokenizing", &e))?
+        };
         if end_token || length {
-            piece.push_str(&seq.detok.flush(tokenizer).map_err(|e| fail("detokenizing", &e))?);
+            piece.push_str(
+                &seq.detok
+                    .flush(tokenizer)
+                    .map_err(|e| fail("detokenizing", &e))?,
+            );
         }
         let check = seq.stops.push(&piece, armed);
         let mut text = check.emit;
@@ -309,7 +410,11 @@ impl LlamaEngine {
             Some(FinishReason::Stop)
         } else if end_token || length {
             text.push_str(&seq.stops.flush());
-            Some(if end_token { FinishReason::Stop } else { FinishReason::Length })
+            Some(if end_token {
+                FinishReason::Stop
+            } else {
+                FinishReason::Length
+            })
         } else {
             seq.pending = Some(token);
             None
@@ -318,7 +423,10 @@ impl LlamaEngine {
             id,
             text,
             new_tokens: 1,
-            done: reason.map(|r| SeqDone { finish_reason: Some(r), score: None }),
+            done: reason.map(|r| SeqDone {
+                finish_reason: Some(r),
+                score: None,
+            }),
         })
     }
 }
@@ -327,7 +435,10 @@ impl LlamaEngine {
 fn log_prob(logits: &[f32], target: u32) -> f64 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
     let sum: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
-    let t = logits.get(target as usize).copied().unwrap_or(f32::NEG_INFINITY) as f64;
+    let t = logits
+        .get(target as usize)
+        .copied()
+        .unwrap_or(f32::NEG_INFINITY) as f64;
     t - max - sum.ln()
 }
 
@@ -339,7 +450,11 @@ impl Engine for LlamaEngine {
     fn admit(&mut self, id: SeqId, job: &ValidJob, seed: u64) -> Result<Admitted, AdmitError> {
         let prompt = self.prompt_tokens(&job.input)?;
         let ctx = self.info.context_length;
-        let field = if matches!(job.input, PromptInput::Chat(_)) { "messages" } else { "prompt" };
+        let field = if matches!(job.input, PromptInput::Chat(_)) {
+            "messages"
+        } else {
+            "prompt"
+        };
         if prompt.len() > ctx || (job.kind == JobKind::Generate && prompt.len() >= ctx) {
             return Err(AdmitError {
                 field,
@@ -357,7 +472,10 @@ impl Engine for LlamaEngine {
             });
         }
         if self.seqs.contains_key(&id) {
-            return Err(AdmitError { field: "id", message: format!("sequence {id} is already running") });
+            return Err(AdmitError {
+                field: "id",
+                message: format!("sequence {id} is already running"),
+            });
         }
         let mut sampler = Sampler::new(&job.sampling, seed);
         for &t in &prompt {
@@ -406,12 +524,19 @@ impl Engine for LlamaEngine {
                 }
             };
             in_step.push((id, tokens.len()));
-            inputs.push(SeqInput { cache: &mut seq.cache, tokens, all_logits: seq.kind == JobKind::Score });
+            inputs.push(SeqInput {
+                cache: &mut seq.cache,
+                tokens,
+                all_logits: seq.kind == JobKind::Score,
+            });
         }
         if inputs.is_empty() {
             return Ok(Vec::new());
         }
-        let logits = self.model.forward(&mut inputs).map_err(|e| EngineError(format!("forward: {e}")))?;
+        let logits = self
+            .model
+            .forward(&mut inputs)
+            .map_err(|e| EngineError(format!("forward: {e}")))?;
         drop(inputs);
         let vocab = self.model.config().vocab;
         let logits = logits
@@ -422,9 +547,13 @@ impl Engine for LlamaEngine {
 
         let mut updates = Vec::with_capacity(in_step.len());
         for (id, n) in in_step {
-            let Some(seq) = self.seqs.get_mut(&id) else { continue };
+            let Some(seq) = self.seqs.get_mut(&id) else {
+                continue;
+            };
             let update = if seq.pending.is_some() {
-                let row = rows.next().ok_or_else(|| EngineError("missing logits row".into()))?;
+                let row = rows
+                    .next()
+                    .ok_or_else(|| EngineError("missing logits row".into()))?;
                 Self::accept_logits(&self.tokenizer, &self.special, id, seq, row)?
             } else {
                 let start = seq.prefilled;
@@ -433,25 +562,48 @@ impl Engine for LlamaEngine {
                 match seq.kind {
                     JobKind::Score => {
                         for i in 0..n {
-                            let row = rows.next().ok_or_else(|| EngineError("missing logits row".into()))?;
+                            let row = rows
+                                .next()
+                                .ok_or_else(|| EngineError("missing logits row".into()))?;
                             if let Some(&target) = seq.prompt.get(start + i + 1) {
                                 seq.logprobs.push(log_prob(row, target));
                             }
                         }
                         let done = prompt_done.then(|| {
                             let logprobs = std::mem::take(&mut seq.logprobs);
-                            let mean =
-                                if logprobs.is_empty() { 0.0 } else { logprobs.iter().sum::<f64>() / logprobs.len() as f64 };
-                            SeqDone { finish_reason: None, score: Some(Score { logprobs, perplexity: (-mean).exp() }) }
+                            let mean = if logprobs.is_empty() {
+                                0.0
+                            } else {
+                                logprobs.iter().sum::<f64>() / logprobs.len() as f64
+                            };
+                            SeqDone {
+                                finish_reason: None,
+                                score: Some(Score {
+                                    logprobs,
+                                    perplexity: (-mean).exp(),
+                                }),
+                            }
                         });
-                        SeqUpdate { id, text: String::new(), new_tokens: 0, done }
+                        SeqUpdate {
+                            id,
+                            text: String::new(),
+                            new_tokens: 0,
+                            done,
+                        }
                     }
                     JobKind::Generate => {
-                        let row = rows.next().ok_or_else(|| EngineError("missing logits row".into()))?;
+                        let row = rows
+                            .next()
+                            .ok_or_else(|| EngineError("missing logits row".into()))?;
                         if prompt_done {
                             Self::accept_logits(&self.tokenizer, &self.special, id, seq, row)?
                         } else {
-                            SeqUpdate { id, text: String::new(), new_tokens: 0, done: None }
+                            SeqUpdate {
+                                id,
+                                text: String::new(),
+                                new_tokens: 0,
+                                done: None,
+                            }
                         }
                     }
                 }

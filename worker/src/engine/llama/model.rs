@@ -15,16 +15,19 @@ use candle_core::{bail, DType, Device, Module, Result, Tensor};
 
 /// How the projection weights are held in memory.
 ///
-/// The default is the fastest measured on CPU (see the `decode_throughput` bench in `llama`):
-/// candle's Q4_1 dot product is scalar, Q8_0's uses AVX2.
+/// Measured with the `decode_throughput` bench (`llama::tests`) on a 2-core AVX2 machine:
+/// candle's Q4_1 dot product is scalar (slowest everywhere); Q8_0 reads 4x fewer bytes and wins
+/// for a single sequence; f32 goes through gemm, which reuses each weight across the rows of a
+/// packed step and wins from a handful of sequences on. A batching fleet runs many sequences,
+/// so f32 is the default; choose Q8_0 for latency-bound single-stream use or tight memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WeightFormat {
     /// As stored: GGUF quantization kept, safetensors as f32.
     Native,
     /// Quantized tensors re-quantized to Q8_0 at load (dense ones too, when rows allow).
-    #[default]
     Q8_0,
-    /// Everything dequantized to f32.
+    /// Everything dequantized to f32 (about 4 bytes per parameter: ~540 MB for SmolLM2-135M).
+    #[default]
     F32,
 }
 
@@ -83,7 +86,10 @@ impl KvCache {
     pub fn new(cfg: &ModelConfig, positions: usize) -> Self {
         let row = cfg.kv_heads * cfg.head_dim;
         let layers = (0..cfg.layers)
-            .map(|_| LayerCache { k: Vec::with_capacity(positions * row), v: Vec::with_capacity(positions * row) })
+            .map(|_| LayerCache {
+                k: Vec::with_capacity(positions * row),
+                v: Vec::with_capacity(positions * row),
+            })
             .collect();
         Self { layers, len: 0 }
     }
@@ -148,7 +154,9 @@ impl Weight {
     /// Converts to `format`.
     fn convert(self, format: WeightFormat) -> Result<Weight> {
         let w = match self {
-            Weight::Quant(q) if matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) => {
+            Weight::Quant(q)
+                if matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) =>
+            {
                 Weight::Dense(q.dequantize(&Device::Cpu)?)
             }
             Weight::Dense(t) => Weight::Dense(t.to_dtype(DType::F32)?.contiguous()?),
@@ -158,9 +166,14 @@ impl Weight {
         Ok(match (format, w) {
             (WeightFormat::F32, w) => Weight::Dense(w.dense()?),
             (WeightFormat::Q8_0, Weight::Quant(q)) if q.dtype() != GgmlDType::Q8_0 && q8_fits => {
-                Weight::Quant(QTensor::quantize(&q.dequantize(&Device::Cpu)?, GgmlDType::Q8_0)?)
+                Weight::Quant(QTensor::quantize(
+                    &q.dequantize(&Device::Cpu)?,
+                    GgmlDType::Q8_0,
+                )?)
             }
-            (WeightFormat::Q8_0, Weight::Dense(t)) if q8_fits => Weight::Quant(QTensor::quantize(&t, GgmlDType::Q8_0)?),
+            (WeightFormat::Q8_0, Weight::Dense(t)) if q8_fits => {
+                Weight::Quant(QTensor::quantize(&t, GgmlDType::Q8_0)?)
+            }
             (_, w) => w,
         })
     }
@@ -193,7 +206,10 @@ impl Fused {
         let same_quant = match parts.first() {
             Some(Weight::Quant(first)) => {
                 let dtype = first.dtype();
-                parts.iter().all(|p| matches!(p, Weight::Quant(q) if q.dtype() == dtype)).then_some(dtype)
+                parts
+                    .iter()
+                    .all(|p| matches!(p, Weight::Quant(q) if q.dtype() == dtype))
+                    .then_some(dtype)
             }
             _ => None,
         };
@@ -209,7 +225,10 @@ impl Fused {
                 Weight::Quant(QTensor::new(storage, (rows, cols))?).into_matmul()?
             }
             None => {
-                let dense = parts.into_iter().map(Weight::dense).collect::<Result<Vec<_>>>()?;
+                let dense = parts
+                    .into_iter()
+                    .map(Weight::dense)
+                    .collect::<Result<Vec<_>>>()?;
                 QMatMul::Tensor(Tensor::cat(&dense, 0)?.contiguous()?)
             }
         };
@@ -218,7 +237,7 @@ impl Fused {
 
     /// `[T, in]` -> one `[T, width]` tensor per part (views into one result).
     fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
-        let y = self.mm.forward(x)?;
+        let y = matmul(&self.mm, x)?;
         let mut at = 0;
         let mut out = Vec::with_capacity(self.widths.len());
         for &w in &self.widths {
@@ -227,6 +246,31 @@ impl Fused {
         }
         Ok(out)
     }
+}
+
+/// gemm (0.19) multiplies products of at most this many outputs (`m * n`) with a separate
+/// dot-product kernel.
+const GEMM_SMALL_OUTPUTS: usize = 16 * 16;
+
+/// `x @ w^T` for `x: [T, in]`.
+///
+/// A dense weight never multiplies fewer rows than gemm's tiled kernel takes: gemm has a vector
+/// path for one row and a dot-product path for tiny products, and both sum in another order
+/// than the tiled kernel, which would make a decoding sequence's numbers depend on whether
+/// others share its step. Padding with zero rows keeps every row on the tiled kernel (a second
+/// row costs little: the weights are read once). Quantized matmuls work row by row already.
+fn matmul(w: &QMatMul, x: &Tensor) -> Result<Tensor> {
+    let n = match w {
+        QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.dim(0)?,
+        QMatMul::QTensor(_) => return w.forward(x),
+    };
+    let (rows, cols) = x.dims2()?;
+    let min_rows = (GEMM_SMALL_OUTPUTS / n.max(1) + 1).max(2);
+    if rows >= min_rows {
+        return w.forward(x);
+    }
+    let pad = Tensor::zeros((min_rows - rows, cols), x.dtype(), x.device())?;
+    w.forward(&Tensor::cat(&[x, &pad], 0)?)?.narrow(0, 0, rows)
 }
 
 struct Layer {
@@ -262,7 +306,11 @@ struct GgufSource<'a> {
 
 impl WeightSource for GgufSource<'_> {
     fn weight(&mut self, name: &str) -> Result<Weight> {
-        Ok(Weight::Quant(self.content.tensor(self.file, name, &Device::Cpu)?))
+        Ok(Weight::Quant(self.content.tensor(
+            self.file,
+            name,
+            &Device::Cpu,
+        )?))
     }
     fn has(&self, name: &str) -> bool {
         self.content.tensor_infos.contains_key(name)
@@ -377,7 +425,8 @@ fn md_usize(content: &gguf_file::Content, key: &str) -> Result<usize> {
         V::I64(x) => (*x).into(),
         other => bail!("gguf: metadata {key} is not an integer: {other:?}"),
     };
-    usize::try_from(n).map_err(|_| candle_core::Error::Msg(format!("gguf: metadata {key} = {n} out of range")))
+    usize::try_from(n)
+        .map_err(|_| candle_core::Error::Msg(format!("gguf: metadata {key} = {n} out of range")))
 }
 
 fn md_f64(content: &gguf_file::Content, key: &str) -> Option<f64> {
@@ -390,7 +439,11 @@ fn md_f64(content: &gguf_file::Content, key: &str) -> Option<f64> {
 
 impl LlamaModel {
     /// Loads a GGUF llama from `file` (whose header is `content`).
-    pub fn from_gguf(content: &gguf_file::Content, file: &mut File, format: WeightFormat) -> Result<Self> {
+    pub fn from_gguf(
+        content: &gguf_file::Content,
+        file: &mut File,
+        format: WeightFormat,
+    ) -> Result<Self> {
         let arch = match content.metadata.get("general.architecture") {
             Some(gguf_file::Value::String(s)) => s.clone(),
             _ => "llama".to_string(),
@@ -399,7 +452,8 @@ impl LlamaModel {
         let hidden = md_usize(content, &key("embedding_length"))?;
         let heads = md_usize(content, &key("attention.head_count"))?;
         let kv_heads = md_usize(content, &key("attention.head_count_kv")).unwrap_or(heads);
-        let head_dim = md_usize(content, &key("attention.key_length")).unwrap_or(hidden / heads.max(1));
+        let head_dim =
+            md_usize(content, &key("attention.key_length")).unwrap_or(hidden / heads.max(1));
         let vocab = match content.tensor_infos.get(GGUF_NAMES.embed) {
             Some(info) => info.shape.dims2()?.0,
             None => bail!("gguf: no tensor {}", GGUF_NAMES.embed),
@@ -421,7 +475,11 @@ impl LlamaModel {
     }
 
     /// Loads a Hugging Face Llama: `config` plus the tensors of every `*.safetensors` in `files`.
-    pub fn from_safetensors(config: &HfConfig, files: &[impl AsRef<Path>], format: WeightFormat) -> Result<Self> {
+    pub fn from_safetensors(
+        config: &HfConfig,
+        files: &[impl AsRef<Path>],
+        format: WeightFormat,
+    ) -> Result<Self> {
         let mut tensors = HashMap::new();
         for f in files {
             tensors.extend(candle_core::safetensors::load(f, &Device::Cpu)?);
@@ -447,31 +505,63 @@ impl LlamaModel {
         Self::build(cfg, &mut src, &HF_NAMES, format)
     }
 
-    fn build(cfg: ModelConfig, src: &mut dyn WeightSource, names: &Names, format: WeightFormat) -> Result<Self> {
-        if cfg.heads == 0 || cfg.kv_heads == 0 || cfg.heads % cfg.kv_heads != 0 || cfg.head_dim % 2 != 0 {
-            bail!("unsupported head layout: {} heads, {} kv heads, head dim {}", cfg.heads, cfg.kv_heads, cfg.head_dim);
+    fn build(
+        cfg: ModelConfig,
+        src: &mut dyn WeightSource,
+        names: &Names,
+        format: WeightFormat,
+    ) -> Result<Self> {
+        if cfg.heads == 0 || cfg.heads.checked_rem(cfg.kv_heads) != Some(0) || cfg.head_dim % 2 == 1
+        {
+            bail!(
+                "unsupported head layout: {} heads, {} kv heads, head dim {}",
+                cfg.heads,
+                cfg.kv_heads,
+                cfg.head_dim
+            );
         }
         let norm_vec = |w: Weight, what: &str| -> Result<Tensor> {
             let t = w.dense()?.to_dtype(DType::F32)?;
             if t.dims1()? != cfg.hidden {
-                bail!("{what}: expected {} values, found {:?}", cfg.hidden, t.shape());
+                bail!(
+                    "{what}: expected {} values, found {:?}",
+                    cfg.hidden,
+                    t.shape()
+                );
             }
             Ok(t)
         };
         let mut layers = Vec::with_capacity(cfg.layers);
         for i in 0..cfg.layers {
-            let mut w = |part: &str| -> Result<Weight> { src.weight(&(names.layer)(i, part))?.convert(format) };
+            let mut w = |part: &str| -> Result<Weight> {
+                src.weight(&(names.layer)(i, part))?.convert(format)
+            };
             let qkv = Fused::new(vec![w("q")?, w("k")?, w("v")?])?;
             let o = w("o")?.into_matmul()?;
             let gate_up = Fused::new(vec![w("gate")?, w("up")?])?;
             let down = w("down")?.into_matmul()?;
-            let expect = [cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim];
+            let expect = [
+                cfg.heads * cfg.head_dim,
+                cfg.kv_heads * cfg.head_dim,
+                cfg.kv_heads * cfg.head_dim,
+            ];
             if qkv.widths != expect || gate_up.widths != [cfg.ffn, cfg.ffn] {
-                bail!("layer {i}: projection shapes {:?} / {:?} do not match the config", qkv.widths, gate_up.widths);
+                bail!(
+                    "layer {i}: projection shapes {:?} / {:?} do not match the config",
+                    qkv.widths,
+                    gate_up.widths
+                );
             }
             let attn_norm = norm_vec(src.weight(&(names.layer)(i, "attn_norm"))?, "attn_norm")?;
             let ffn_norm = norm_vec(src.weight(&(names.layer)(i, "ffn_norm"))?, "ffn_norm")?;
-            layers.push(Layer { attn_norm, qkv, o, ffn_norm, gate_up, down });
+            layers.push(Layer {
+                attn_norm,
+                qkv,
+                o,
+                ffn_norm,
+                gate_up,
+                down,
+            });
         }
         let norm = norm_vec(src.weight(names.norm)?, "output norm")?;
         // The embedding is only gathered from, never multiplied: keep it compact unless f32 asked.
@@ -481,17 +571,32 @@ impl LlamaModel {
             _ => embed_w.convert(WeightFormat::Native)?,
         };
         if embed.rows()? != cfg.vocab || embed.cols()? != cfg.hidden {
-            bail!("embedding is {}x{}, expected {}x{}", embed.rows()?, embed.cols()?, cfg.vocab, cfg.hidden);
+            bail!(
+                "embedding is {}x{}, expected {}x{}",
+                embed.rows()?,
+                embed.cols()?,
+                cfg.vocab,
+                cfg.hidden
+            );
         }
         let (embed, lm_head) = if src.has(names.lm_head) {
-            (embed.into_matmul()?, src.weight(names.lm_head)?.convert(format)?.into_matmul()?)
+            (
+                embed.into_matmul()?,
+                src.weight(names.lm_head)?.convert(format)?.into_matmul()?,
+            )
         } else {
             // Tied: the output head is the embedding matrix, in the requested format.
             let head = match (&embed, format) {
-                (Weight::Quant(q), WeightFormat::Q8_0) if q.dtype() != GgmlDType::Q8_0 => {
-                    Some(Weight::Quant(QTensor::quantize(&q.dequantize(&Device::Cpu)?, GgmlDType::Q8_0)?).into_matmul()?)
+                (Weight::Quant(q), WeightFormat::Q8_0) if q.dtype() != GgmlDType::Q8_0 => Some(
+                    Weight::Quant(QTensor::quantize(
+                        &q.dequantize(&Device::Cpu)?,
+                        GgmlDType::Q8_0,
+                    )?)
+                    .into_matmul()?,
+                ),
+                (Weight::Dense(t), WeightFormat::Q8_0) => {
+                    Some(Weight::Dense(t.clone()).convert(format)?.into_matmul()?)
                 }
-                (Weight::Dense(t), WeightFormat::Q8_0) => Some(Weight::Dense(t.clone()).convert(format)?.into_matmul()?),
                 _ => None,
             };
             let embed = embed.into_matmul()?;
@@ -499,7 +604,15 @@ impl LlamaModel {
             (embed, head)
         };
         let (cos, sin) = rope_tables(&cfg)?;
-        Ok(Self { cfg, embed, layers, norm, lm_head, cos, sin })
+        Ok(Self {
+            cfg,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            cos,
+            sin,
+        })
     }
 }
 
@@ -569,7 +682,10 @@ impl LlamaModel {
             }
             let end = s.cache.len + s.tokens.len();
             if end > cfg.context_length {
-                bail!("forward: position {end} past the context length {}", cfg.context_length);
+                bail!(
+                    "forward: position {end} past the context length {}",
+                    cfg.context_length
+                );
             }
             let first_row = ids.len();
             for (i, &t) in s.tokens.iter().enumerate() {
@@ -600,7 +716,6 @@ impl LlamaModel {
         let eps = cfg.eps as f32;
         let q_width = cfg.heads * cfg.head_dim;
         let mut x = self.embed.embedding(&ids)?;
-        let mut scratch = AttnScratch::default();
         for (li, layer) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?;
             let [q, k, v]: [Tensor; 3] = match layer.qkv.forward(&h)?.try_into() {
@@ -610,34 +725,33 @@ impl LlamaModel {
             let q = rope(&q, cfg.heads)?.flatten_all()?.to_vec1::<f32>()?;
             let k = rope(&k, cfg.kv_heads)?.flatten_all()?.to_vec1::<f32>()?;
             let v = v.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-            let attn = attention(cfg, seqs, li, &q, &k, &v, &mut scratch);
+            let attn = attention(cfg, seqs, li, &q, &k, &v);
             let attn = Tensor::from_vec(attn, (total, q_width), &dev)?;
-            x = (x + layer.o.forward(&attn)?)?;
+            x = (x + matmul(&layer.o, &attn)?)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
             let [gate, up]: [Tensor; 2] = match layer.gate_up.forward(&h)?.try_into() {
                 Ok(parts) => parts,
                 Err(_) => bail!("gate/up: expected two parts"),
             };
             let m = (candle_nn::ops::silu(&gate)? * up)?.contiguous()?;
-            x = (x + layer.down.forward(&m)?)?;
+            x = (x + matmul(&layer.down, &m)?)?;
         }
         let rows = Tensor::new(rows.as_slice(), &dev)?;
         let last = x.index_select(&rows, 0)?;
         let last = candle_nn::ops::rms_norm(&last, &self.norm, eps)?;
-        self.lm_head.forward(&last)
+        matmul(&self.lm_head, &last)
     }
 }
 
-#[derive(Default)]
-struct AttnScratch {
-    scores: Vec<f32>,
-}
+/// Attention work (multiply-adds) below which one thread does it all: spawning costs more.
+const PARALLEL_ATTENTION_MIN_WORK: usize = 1 << 21;
 
 /// Appends each sequence's new keys/values (rows of `k`, `v`) to its cache for `layer`, then
 /// computes causal attention of its new queries against its whole cache. Returns `[T, heads*dim]`.
 ///
-/// Plain loops with a fixed order of summation: a row's result depends only on its own
-/// sequence, whatever else shares the step and however the prompt was chunked.
+/// Plain loops with a fixed order of summation per (row, head): a row's result depends only on
+/// its own sequence, whatever else shares the step, however the prompt was chunked and however
+/// the rows are split between threads.
 fn attention(
     cfg: &ModelConfig,
     seqs: &mut [SeqInput<'_>],
@@ -645,57 +759,102 @@ fn attention(
     q: &[f32],
     k: &[f32],
     v: &[f32],
-    scratch: &mut AttnScratch,
 ) -> Vec<f32> {
+    let kv_row = cfg.kv_heads * cfg.head_dim;
+    let q_row = cfg.heads * cfg.head_dim;
+    let mut start = 0;
+    for s in seqs.iter_mut() {
+        let n = s.tokens.len();
+        let cache = &mut s.cache.layers[layer];
+        cache
+            .k
+            .extend_from_slice(&k[start * kv_row..(start + n) * kv_row]);
+        cache
+            .v
+            .extend_from_slice(&v[start * kv_row..(start + n) * kv_row]);
+        start += n;
+    }
+    // Each row: its sequence's cache and how many positions it sees.
+    let mut rows: Vec<(&LayerCache, usize)> = Vec::with_capacity(start);
+    for s in seqs.iter() {
+        let cache = &s.cache.layers[layer];
+        rows.extend((0..s.tokens.len()).map(|i| (cache, s.cache.len + i + 1)));
+    }
+    let mut out = vec![0f32; q.len()];
+    let work: usize = rows.iter().map(|&(_, len)| len).sum::<usize>() * q_row * 2;
+    let threads = if work < PARALLEL_ATTENTION_MIN_WORK {
+        1
+    } else {
+        candle_core::utils::get_num_threads().clamp(1, rows.len())
+    };
+    if threads == 1 {
+        attend_rows(cfg, &rows, q, &mut out);
+        return out;
+    }
+    // Contiguous runs of rows of about equal work, one per thread.
+    let per_thread = work / threads + 1;
+    let mut bounds = vec![0];
+    let mut acc = 0;
+    for (i, &(_, len)) in rows.iter().enumerate() {
+        acc += len * q_row * 2;
+        if acc >= per_thread * bounds.len() && bounds.len() < threads {
+            bounds.push(i + 1);
+        }
+    }
+    bounds.push(rows.len());
+    bounds.dedup();
+    std::thread::scope(|scope| {
+        let mut rest: &mut [f32] = &mut out;
+        for w in bounds.windows(2) {
+            let (lo, hi) = (w[0], w[1]);
+            let (mine, tail) = rest.split_at_mut((hi - lo) * q_row);
+            rest = tail;
+            let rows = &rows[lo..hi];
+            let q = &q[lo * q_row..hi * q_row];
+            scope.spawn(move || attend_rows(cfg, rows, q, mine));
+        }
+    });
+    out
+}
+
+/// Attention of `rows` (queries `q`, `[rows, heads*dim]`) into `out`, same shape.
+fn attend_rows(cfg: &ModelConfig, rows: &[(&LayerCache, usize)], q: &[f32], out: &mut [f32]) {
     let d = cfg.head_dim;
     let q_row = cfg.heads * d;
     let kv_row = cfg.kv_heads * d;
     let group = cfg.heads / cfg.kv_heads;
     let scale = 1.0 / (d as f32).sqrt();
-    let mut out = vec![0f32; q.len()];
-    let mut start = 0;
-    for s in seqs.iter_mut() {
-        let n = s.tokens.len();
-        let past = s.cache.len;
-        let cache = &mut s.cache.layers[layer];
-        cache.k.extend_from_slice(&k[start * kv_row..(start + n) * kv_row]);
-        cache.v.extend_from_slice(&v[start * kv_row..(start + n) * kv_row]);
-        for i in 0..n {
-            let len = past + i + 1;
-            let t = start + i;
-            for head in 0..cfg.heads {
-                let g = head / group;
-                let qh = &q[t * q_row + head * d..t * q_row + (head + 1) * d];
-                let scores = &mut scratch.scores;
-                scores.clear();
-                let mut max = f32::NEG_INFINITY;
-                for j in 0..len {
-                    let kh = &cache.k[j * kv_row + g * d..j * kv_row + (g + 1) * d];
-                    let s = dot(qh, kh) * scale;
-                    max = max.max(s);
-                    scores.push(s);
-                }
-                let mut sum = 0f32;
-                for s in scores.iter_mut() {
-                    *s = (*s - max).exp();
-                    sum += *s;
-                }
-                let o = &mut out[t * q_row + head * d..t * q_row + (head + 1) * d];
-                for (j, &p) in scores.iter().enumerate() {
-                    let vh = &cache.v[j * kv_row + g * d..j * kv_row + (g + 1) * d];
-                    for (oo, &vv) in o.iter_mut().zip(vh) {
-                        *oo += p * vv;
-                    }
-                }
-                let inv = 1.0 / sum;
-                for oo in o.iter_mut() {
-                    *oo *= inv;
+    let mut scores: Vec<f32> = Vec::new();
+    for (t, &(cache, len)) in rows.iter().enumerate() {
+        for head in 0..cfg.heads {
+            let g = head / group;
+            let qh = &q[t * q_row + head * d..t * q_row + (head + 1) * d];
+            scores.clear();
+            let mut max = f32::NEG_INFINITY;
+            for j in 0..len {
+                let kh = &cache.k[j * kv_row + g * d..j * kv_row + (g + 1) * d];
+                let s = dot(qh, kh) * scale;
+                max = max.max(s);
+                scores.push(s);
+            }
+            let mut sum = 0f32;
+            for s in scores.iter_mut() {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            let o = &mut out[t * q_row + head * d..t * q_row + (head + 1) * d];
+            for (j, &p) in scores.iter().enumerate() {
+                let vh = &cache.v[j * kv_row + g * d..j * kv_row + (g + 1) * d];
+                for (oo, &vv) in o.iter_mut().zip(vh) {
+                    *oo += p * vv;
                 }
             }
+            let inv = 1.0 / sum;
+            for oo in o.iter_mut() {
+                *oo *= inv;
+            }
         }
-        start += n;
     }
-    out
 }
 
 /// Dot product with eight independent accumulators (vectorizes; fixed order).
@@ -704,7 +863,12 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let ca = a.chunks_exact(8);
     let cb = b.chunks_exact(8);
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
     for (x, y) in ca.zip(cb) {
         for l in 0..8 {
             acc[l] += x[l] * y[l];

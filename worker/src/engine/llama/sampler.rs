@@ -58,7 +58,11 @@ impl Sampler {
             for &t in &self.seen {
                 if let Some(l) = logits.get_mut(t as usize) {
                     // As in candle's `apply_repeat_penalty` and HF's processor.
-                    *l = if *l >= 0.0 { *l / penalty } else { *l * penalty };
+                    *l = if *l >= 0.0 {
+                        *l / penalty
+                    } else {
+                        *l * penalty
+                    };
                 }
             }
         }
@@ -68,7 +72,8 @@ impl Sampler {
             }
         }
         let n = logits.len();
-        self.processor.sample(&Tensor::from_vec(logits, n, &Device::Cpu)?)
+        self.processor
+            .sample(&Tensor::from_vec(logits, n, &Device::Cpu)?)
     }
 }
 
@@ -76,8 +81,19 @@ impl Sampler {
 mod tests {
     use super::*;
 
-    fn params(temperature: f64, top_k: Option<usize>, top_p: f64, repetition_penalty: f32) -> SamplingParams {
-        SamplingParams { temperature, top_p, top_k, repetition_penalty, seed: None }
+    fn params(
+        temperature: f64,
+        top_k: Option<usize>,
+        top_p: f64,
+        repetition_penalty: f32,
+    ) -> SamplingParams {
+        SamplingParams {
+            temperature,
+            top_p,
+            top_k,
+            repetition_penalty,
+            seed: None,
+        }
     }
 
     #[test]
@@ -103,7 +119,12 @@ mod tests {
     fn same_seed_draws_the_same_tokens() {
         let draw = |seed| {
             let mut s = Sampler::new(&params(1.0, Some(5), 0.9, 1.0), seed);
-            (0..20).map(|_| s.sample(vec![1.0, 1.1, 0.9, 1.05, 0.2, 0.3], &[]).unwrap_or(99)).collect::<Vec<_>>()
+            (0..20)
+                .map(|_| {
+                    s.sample(vec![1.0, 1.1, 0.9, 1.05, 0.2, 0.3], &[])
+                        .unwrap_or(99)
+                })
+                .collect::<Vec<_>>()
         };
         assert_eq!(draw(7), draw(7));
         assert_ne!(draw(7), draw(8));

@@ -21,7 +21,10 @@ fn gguf_path() -> PathBuf {
 fn smollm2(format: WeightFormat) -> Option<LlamaEngine> {
     let path = gguf_path();
     if !path.exists() {
-        println!("skipped: {} is missing (run scripts/fetch-model.sh)", path.display());
+        println!(
+            "skipped: {} is missing (run scripts/fetch-model.sh)",
+            path.display()
+        );
         return None;
     }
     let settings = LlamaSettings {
@@ -51,9 +54,18 @@ fn run_to_end(engine: &mut LlamaEngine, budget: usize) -> BTreeMap<SeqId, Outcom
     while engine.active() > 0 {
         steps += 1;
         assert!(steps < 10_000, "engine does not finish");
-        for u in engine.step(&StepLimits { max_prefill_tokens: budget }).expect("step") {
+        for u in engine
+            .step(&StepLimits {
+                max_prefill_tokens: budget,
+            })
+            .expect("step")
+        {
             let e = out.entry(u.id).or_default();
-            assert!(e.done.is_none(), "sequence {} reported after it finished", u.id);
+            assert!(
+                e.done.is_none(),
+                "sequence {} reported after it finished",
+                u.id
+            );
             e.text.push_str(&u.text);
             e.tokens += u.new_tokens;
             if u.done.is_some() {
@@ -84,16 +96,27 @@ fn missing_model_names_the_path_and_the_fetch_script() {
     };
     let err = LlamaEngine::load(&settings).err().expect("missing file");
     let msg = err.to_string();
-    assert!(msg.contains("/nonexistent/model.gguf") && msg.contains("scripts/fetch-model.sh"), "{msg}");
+    assert!(
+        msg.contains("/nonexistent/model.gguf") && msg.contains("scripts/fetch-model.sh"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn greedy_capital_of_france_is_paris() {
-    let Some(mut e) = smollm2(WeightFormat::default()) else { return };
+    let Some(mut e) = smollm2(WeightFormat::default()) else {
+        return;
+    };
     assert_eq!(e.info().context_length, 8192);
     assert_eq!(e.info().device, "cpu");
-    e.admit(1, &job(r#"{"id":"a","prompt":"The capital of France is","max_new_tokens":8,"temperature":0}"#), 0)
-        .expect("admit");
+    e.admit(
+        1,
+        &job(
+            r#"{"id":"a","prompt":"The capital of France is","max_new_tokens":8,"temperature":0}"#,
+        ),
+        0,
+    )
+    .expect("admit");
     e.admit(
         2,
         &job(r#"{"id":"b","prompt":"The capital of France is","max_new_tokens":8,"temperature":0,"stop":["Paris"]}"#),
@@ -113,7 +136,9 @@ fn greedy_capital_of_france_is_paris() {
 
 #[test]
 fn chat_job_is_answered_and_ends_at_end_of_turn() {
-    let Some(mut e) = smollm2(WeightFormat::default()) else { return };
+    let Some(mut e) = smollm2(WeightFormat::default()) else {
+        return;
+    };
     e.admit(
         1,
         &job(r#"{"id":"a","messages":[{"role":"user","content":"What is the capital of France? Answer in one word."}],"max_new_tokens":40,"temperature":0}"#),
@@ -123,13 +148,19 @@ fn chat_job_is_answered_and_ends_at_end_of_turn() {
     let out = run_to_end(&mut e, 512);
     println!("chat: {:?} {:?}", out[&1].text, out[&1].done);
     assert!(out[&1].text.contains("Paris"), "{:?}", out[&1].text);
-    assert_eq!(finish(&out[&1]), Some(FinishReason::Stop), "ends on <|im_end|>");
+    assert_eq!(
+        finish(&out[&1]),
+        Some(FinishReason::Stop),
+        "ends on <|im_end|>"
+    );
     assert!(!out[&1].text.contains("<|im_end|>"));
 }
 
 #[test]
 fn min_new_tokens_holds_off_end_of_turn() {
-    let Some(mut e) = smollm2(WeightFormat::default()) else { return };
+    let Some(mut e) = smollm2(WeightFormat::default()) else {
+        return;
+    };
     e.admit(
         1,
         &job(r#"{"id":"a","messages":[{"role":"user","content":"Say yes."}],"max_new_tokens":30,"min_new_tokens":30,"temperature":0}"#),
@@ -153,9 +184,15 @@ const OTHER_PROMPTS: [&str; 7] = [
 
 #[test]
 fn seeded_and_greedy_text_is_the_same_alone_and_in_a_batch() {
-    let Some(mut e) = smollm2(WeightFormat::default()) else { return };
-    let seeded = job(r#"{"id":"s","prompt":"My favourite animal is","max_new_tokens":24,"temperature":0.8,"top_p":0.95,"seed":42}"#);
-    let greedy = job(r#"{"id":"g","prompt":"Here is a recipe for pancakes:","max_new_tokens":24,"temperature":0}"#);
+    let Some(mut e) = smollm2(WeightFormat::default()) else {
+        return;
+    };
+    let seeded = job(
+        r#"{"id":"s","prompt":"My favourite animal is","max_new_tokens":24,"temperature":0.8,"top_p":0.95,"seed":42}"#,
+    );
+    let greedy = job(
+        r#"{"id":"g","prompt":"Here is a recipe for pancakes:","max_new_tokens":24,"temperature":0}"#,
+    );
 
     e.admit(1, &seeded, 42).expect("admit");
     let alone_seeded = run_to_end(&mut e, 512)[&1].text.clone();
@@ -164,13 +201,18 @@ fn seeded_and_greedy_text_is_the_same_alone_and_in_a_batch() {
 
     // Others join before and after; a small budget chunks every prompt differently than alone.
     for (i, other) in OTHER_PROMPTS.iter().enumerate().take(4) {
-        e.admit(10 + i as u64, &job(other), 1000 + i as u64).expect("admit");
+        e.admit(10 + i as u64, &job(other), 1000 + i as u64)
+            .expect("admit");
     }
-    e.step(&StepLimits { max_prefill_tokens: 5 }).expect("step");
+    e.step(&StepLimits {
+        max_prefill_tokens: 5,
+    })
+    .expect("step");
     e.admit(1, &seeded, 42).expect("admit");
     e.admit(2, &greedy, 0).expect("admit");
     for (i, other) in OTHER_PROMPTS.iter().enumerate().skip(4) {
-        e.admit(10 + i as u64, &job(other), 1000 + i as u64).expect("admit");
+        e.admit(10 + i as u64, &job(other), 1000 + i as u64)
+            .expect("admit");
     }
     let batched = run_to_end(&mut e, 7);
     println!("seeded: {alone_seeded:?}\ngreedy: {alone_greedy:?}");
@@ -182,8 +224,12 @@ fn seeded_and_greedy_text_is_the_same_alone_and_in_a_batch() {
 
 #[test]
 fn different_seeds_give_different_text() {
-    let Some(mut e) = smollm2(WeightFormat::default()) else { return };
-    let j = job(r#"{"id":"s","prompt":"My favourite animal is","max_new_tokens":16,"temperature":1.0}"#);
+    let Some(mut e) = smollm2(WeightFormat::default()) else {
+        return;
+    };
+    let j = job(
+        r#"{"id":"s","prompt":"My favourite animal is","max_new_tokens":16,"temperature":1.0}"#,
+    );
     e.admit(1, &j, 1).expect("admit");
     e.admit(2, &j, 2).expect("admit");
     e.admit(3, &j, 1).expect("admit");
@@ -194,47 +240,87 @@ fn different_seeds_give_different_text() {
 
 #[test]
 fn score_gives_one_logprob_per_predicted_token() {
-    let Some(mut e) = smollm2(WeightFormat::default()) else { return };
-    let j = job(r#"{"id":"s","kind":"score","prompt":"The quick brown fox jumps over the lazy dog."}"#);
+    let Some(mut e) = smollm2(WeightFormat::default()) else {
+        return;
+    };
+    let j =
+        job(r#"{"id":"s","kind":"score","prompt":"The quick brown fox jumps over the lazy dog."}"#);
     let admitted = e.admit(1, &j, 0).expect("admit");
     let out = run_to_end(&mut e, 512);
     let done = out[&1].done.clone().expect("done");
     assert_eq!(done.finish_reason, None);
     let score = done.score.expect("score");
     assert_eq!(score.logprobs.len(), admitted.prompt_tokens - 1);
-    assert!(score.logprobs.iter().all(|&l| l <= 0.0 && l.is_finite()), "{:?}", score.logprobs);
-    assert!(score.perplexity.is_finite() && score.perplexity > 1.0, "{}", score.perplexity);
+    assert!(
+        score.logprobs.iter().all(|&l| l <= 0.0 && l.is_finite()),
+        "{:?}",
+        score.logprobs
+    );
+    assert!(
+        score.perplexity.is_finite() && score.perplexity > 1.0,
+        "{}",
+        score.perplexity
+    );
     let mean = score.logprobs.iter().sum::<f64>() / score.logprobs.len() as f64;
     assert!((score.perplexity - (-mean).exp()).abs() < 1e-9);
     println!("perplexity {}", score.perplexity);
 
     // Chunked scoring gives the same numbers.
     e.admit(1, &j, 0).expect("admit");
-    let chunked = run_to_end(&mut e, 3)[&1].done.clone().and_then(|d| d.score).expect("score");
+    let chunked = run_to_end(&mut e, 3)[&1]
+        .done
+        .clone()
+        .and_then(|d| d.score)
+        .expect("score");
     for (a, b) in chunked.logprobs.iter().zip(&score.logprobs) {
         assert!((a - b).abs() < 1e-4, "{a} vs {b}");
     }
     // Natural text scores better than shuffled words.
-    e.admit(1, &job(r#"{"id":"s","kind":"score","prompt":"dog lazy the over jumps fox brown quick The."}"#), 0).expect("admit");
-    let shuffled = run_to_end(&mut e, 512)[&1].done.clone().and_then(|d| d.score).expect("score");
-    assert!(shuffled.perplexity > score.perplexity, "{} vs {}", shuffled.perplexity, score.perplexity);
+    e.admit(
+        1,
+        &job(
+            r#"{"id":"s","kind":"score","prompt":"dog lazy the over jumps fox brown quick The."}"#,
+        ),
+        0,
+    )
+    .expect("admit");
+    let shuffled = run_to_end(&mut e, 512)[&1]
+        .done
+        .clone()
+        .and_then(|d| d.score)
+        .expect("score");
+    assert!(
+        shuffled.perplexity > score.perplexity,
+        "{} vs {}",
+        shuffled.perplexity,
+        score.perplexity
+    );
 }
 
 #[test]
 fn long_prompt_chunked_prefill_gives_the_same_greedy_text() {
-    let Some(mut e) = smollm2(WeightFormat::default()) else { return };
+    let Some(mut e) = smollm2(WeightFormat::default()) else {
+        return;
+    };
     let prompt = "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg \
                   combined movable metal type, oil-based ink and a wooden press adapted from wine making. \
                   Within a few decades printing spread across Europe, and the number of books grew quickly. \
                   The most important consequence of this invention was";
-    let j = job(&format!(r#"{{"id":"l","prompt":{},"max_new_tokens":20,"temperature":0}}"#, serde_json::json!(prompt)));
+    let j = job(&format!(
+        r#"{{"id":"l","prompt":{},"max_new_tokens":20,"temperature":0}}"#,
+        serde_json::json!(prompt)
+    ));
     let admitted = e.admit(1, &j, 0).expect("admit");
     assert!(admitted.prompt_tokens > 40, "{}", admitted.prompt_tokens);
     let whole = run_to_end(&mut e, 4096)[&1].text.clone();
     e.admit(1, &j, 0).expect("admit");
     let mut steps_prefilling = 0;
     loop {
-        let u = e.step(&StepLimits { max_prefill_tokens: 13 }).expect("step");
+        let u = e
+            .step(&StepLimits {
+                max_prefill_tokens: 13,
+            })
+            .expect("step");
         if u[0].new_tokens > 0 {
             break;
         }
@@ -251,14 +337,33 @@ fn long_prompt_chunked_prefill_gives_the_same_greedy_text() {
 
 #[test]
 fn prompt_plus_max_new_tokens_over_the_context_is_refused() {
-    let Some(mut e) = smollm2(WeightFormat::default()) else { return };
+    let Some(mut e) = smollm2(WeightFormat::default()) else {
+        return;
+    };
     let err = e
-        .admit(1, &job(r#"{"id":"a","prompt":"Hello there","max_new_tokens":8191}"#), 0)
+        .admit(
+            1,
+            &job(r#"{"id":"a","prompt":"Hello there","max_new_tokens":8191}"#),
+            0,
+        )
         .expect_err("over the context");
     assert_eq!(err.field, "max_new_tokens");
-    e.admit(1, &job(r#"{"id":"a","prompt":"Hello there","max_new_tokens":8190}"#), 0).expect("fits exactly");
+    e.admit(
+        1,
+        &job(r#"{"id":"a","prompt":"Hello there","max_new_tokens":8190}"#),
+        0,
+    )
+    .expect("fits exactly");
     let long = "word ".repeat(8200);
-    let err = e.admit(2, &job(&format!(r#"{{"id":"b","prompt":"{long}","max_new_tokens":1}}"#)), 0).expect_err("long");
+    let err = e
+        .admit(
+            2,
+            &job(&format!(
+                r#"{{"id":"b","prompt":"{long}","max_new_tokens":1}}"#
+            )),
+            0,
+        )
+        .expect_err("long");
     assert_eq!(err.field, "prompt");
 }
 
@@ -266,8 +371,9 @@ fn prompt_plus_max_new_tokens_over_the_context_is_refused() {
 // A tiny random Llama in Hugging Face layout.
 
 const TINY_WORDS: [&str; 30] = [
-    "the", "a", "cat", "dog", "sat", "on", "mat", "ran", "to", "house", "red", "blue", "big", "small", "and", "or",
-    "it", "was", "is", "very", "happy", "sad", "in", "out", "up", "down", "one", "two", "three", "four",
+    "the", "a", "cat", "dog", "sat", "on", "mat", "ran", "to", "house", "red", "blue", "big",
+    "small", "and", "or", "it", "was", "is", "very", "happy", "sad", "in", "out", "up", "down",
+    "one", "two", "three", "four",
 ];
 
 /// Writes config.json, tokenizer.json and model.safetensors for a 2-layer Llama (hidden 64,
@@ -277,14 +383,23 @@ fn write_tiny_llama(dir: &Path) -> usize {
     use tokenizers::pre_tokenizers::whitespace::Whitespace;
 
     let mut vocab = tokenizers::models::bpe::Vocab::default();
-    for (i, w) in ["<unk>", "</s>"].iter().chain(TINY_WORDS.iter()).enumerate() {
+    for (i, w) in ["<unk>", "</s>"]
+        .iter()
+        .chain(TINY_WORDS.iter())
+        .enumerate()
+    {
         vocab.insert((*w).to_string(), i as u32);
     }
     let n_vocab = vocab.len();
-    let model = WordLevel::builder().vocab(vocab).unk_token("<unk>".into()).build().expect("wordlevel");
+    let model = WordLevel::builder()
+        .vocab(vocab)
+        .unk_token("<unk>".into())
+        .build()
+        .expect("wordlevel");
     let mut tok = tokenizers::Tokenizer::new(model);
     tok.with_pre_tokenizer(Some(Whitespace {}));
-    tok.save(dir.join("tokenizer.json"), false).expect("save tokenizer");
+    tok.save(dir.join("tokenizer.json"), false)
+        .expect("save tokenizer");
 
     let (hidden, heads, kv_heads, ffn, layers) = (64usize, 4usize, 2usize, 128usize, 2usize);
     let head_dim = hidden / heads;
@@ -297,7 +412,7 @@ fn write_tiny_llama(dir: &Path) -> usize {
         "num_key_value_heads": kv_heads,
         "rms_norm_eps": 1e-5,
         "rope_theta": 10000.0,
-        "max_position_embeddings": 128,
+        "max_position_embeddings": 512,
         "vocab_size": n_vocab,
         "bos_token_id": 0,
         "eos_token_id": 1,
@@ -340,7 +455,10 @@ fn tiny(dir: &Path, format: WeightFormat) -> LlamaEngine {
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]
@@ -349,16 +467,27 @@ fn tiny_safetensors_llama_generates_greedily() {
     write_tiny_llama(dir.path());
     for format in [WeightFormat::Native, WeightFormat::Q8_0, WeightFormat::F32] {
         let mut e = tiny(dir.path(), format);
-        assert_eq!(e.info().context_length, 128);
-        let j = job(r#"{"id":"t","prompt":"the cat sat on the mat","max_new_tokens":10,"temperature":0}"#);
+        assert_eq!(e.info().context_length, 512);
+        let j = job(
+            r#"{"id":"t","prompt":"the cat sat on the mat","max_new_tokens":10,"temperature":0}"#,
+        );
         assert_eq!(e.admit(1, &j, 0).expect("admit").prompt_tokens, 6);
         e.admit(2, &j, 0).expect("admit");
         let out = run_to_end(&mut e, 4);
         let o = &out[&1];
         println!("{format:?}: {:?} {:?}", o.text, o.done);
         assert!(o.tokens >= 1 && o.tokens <= 10);
-        assert!(o.text.split_whitespace().all(|w| w == "<unk>" || TINY_WORDS.contains(&w)), "{:?}", o.text);
-        assert_eq!(out[&1].text, out[&2].text, "two identical greedy jobs differ");
+        assert!(
+            o.text
+                .split_whitespace()
+                .all(|w| w == "<unk>" || TINY_WORDS.contains(&w)),
+            "{:?}",
+            o.text
+        );
+        assert_eq!(
+            out[&1].text, out[&2].text,
+            "two identical greedy jobs differ"
+        );
         if finish(o) == Some(FinishReason::Length) {
             assert_eq!(o.tokens, 10);
         }
@@ -370,13 +499,30 @@ fn tiny_llama_refuses_empty_and_oversized_prompts() {
     let dir = tempfile::tempdir().expect("tempdir");
     write_tiny_llama(dir.path());
     let mut e = tiny(dir.path(), WeightFormat::F32);
-    let err = e.admit(1, &job(r#"{"id":"t","prompt":"   ","max_new_tokens":4}"#), 0).expect_err("empty");
+    let err = e
+        .admit(
+            1,
+            &job(r#"{"id":"t","prompt":"   ","max_new_tokens":4}"#),
+            0,
+        )
+        .expect_err("empty");
     assert_eq!(err.field, "prompt");
-    let err = e.admit(1, &job(r#"{"id":"t","prompt":"the cat","max_new_tokens":127}"#), 0).expect_err("too long");
+    let err = e
+        .admit(
+            1,
+            &job(r#"{"id":"t","prompt":"the cat","max_new_tokens":511}"#),
+            0,
+        )
+        .expect_err("too long");
     assert_eq!(err.field, "max_new_tokens");
-    e.admit(1, &job(r#"{"id":"t","prompt":"the cat","max_new_tokens":126}"#), 0).expect("fits");
+    e.admit(
+        1,
+        &job(r#"{"id":"t","prompt":"the cat","max_new_tokens":510}"#),
+        0,
+    )
+    .expect("fits");
     let out = run_to_end(&mut e, 512);
-    assert!(out[&1].tokens <= 126);
+    assert!(out[&1].tokens <= 510);
 }
 
 /// Logits of `tokens` fed in `chunks` (sizes), last row of the last chunk.
@@ -385,8 +531,18 @@ fn logits_fed_in_chunks(e: &LlamaEngine, tokens: &[u32], chunks: &[usize]) -> Ve
     let mut at = 0;
     let mut last = Vec::new();
     for &n in chunks {
-        let mut inputs = [SeqInput { cache: &mut cache, tokens: &tokens[at..at + n], all_logits: false }];
-        last = e.model.forward(&mut inputs).expect("forward").flatten_all().and_then(|t| t.to_vec1()).expect("vec");
+        let mut inputs = [SeqInput {
+            cache: &mut cache,
+            tokens: &tokens[at..at + n],
+            all_logits: false,
+        }];
+        last = e
+            .model
+            .forward(&mut inputs)
+            .expect("forward")
+            .flatten_all()
+            .and_then(|t| t.to_vec1())
+            .expect("vec");
         at += n;
     }
     assert_eq!(at, tokens.len());
@@ -403,21 +559,94 @@ fn tiny_llama_prefill_and_token_by_token_give_the_same_logits() {
     let whole = logits_fed_in_chunks(&e, &tokens, &[tokens.len()]);
     let one_by_one = logits_fed_in_chunks(&e, &tokens, &[1; 11]);
     let mixed = logits_fed_in_chunks(&e, &tokens, &[3, 5, 1, 2]);
-    assert!(max_abs_diff(&whole, &one_by_one) < 1e-4, "{}", max_abs_diff(&whole, &one_by_one));
-    assert!(max_abs_diff(&whole, &mixed) < 1e-4, "{}", max_abs_diff(&whole, &mixed));
+    assert!(
+        max_abs_diff(&whole, &one_by_one) < 1e-4,
+        "{}",
+        max_abs_diff(&whole, &one_by_one)
+    );
+    assert!(
+        max_abs_diff(&whole, &mixed) < 1e-4,
+        "{}",
+        max_abs_diff(&whole, &mixed)
+    );
+
+    // A long prompt takes the multi-threaded attention path when fed whole.
+    let long: Vec<u32> = (0..400u32).map(|i| 2 + (i * 7 + i / 5) % 30).collect();
+    let long_whole = logits_fed_in_chunks(&e, &long, &[long.len()]);
+    let long_chunked = logits_fed_in_chunks(&e, &long, &[1; 400]);
+    let diff = max_abs_diff(&long_whole, &long_chunked);
+    assert!(diff < 1e-4, "{diff}");
 
     // The same tokens in a batch with another sequence give the same logits.
     let mut c1 = KvCache::new(e.model.config(), 0);
     let mut c2 = KvCache::new(e.model.config(), 0);
     let other = [7u32, 7, 8];
     let mut inputs = [
-        SeqInput { cache: &mut c2, tokens: &other, all_logits: true },
-        SeqInput { cache: &mut c1, tokens: &tokens, all_logits: false },
+        SeqInput {
+            cache: &mut c2,
+            tokens: &other,
+            all_logits: true,
+        },
+        SeqInput {
+            cache: &mut c1,
+            tokens: &tokens,
+            all_logits: false,
+        },
     ];
     let batched = e.model.forward(&mut inputs).expect("forward");
     assert_eq!(batched.dims2().expect("2d").0, 4);
     let row: Vec<f32> = batched.get(3).and_then(|t| t.to_vec1()).expect("row");
     assert!(max_abs_diff(&whole, &row) < 1e-5);
+}
+
+#[test]
+fn tiny_llama_decode_row_is_bitwise_the_same_alone_and_in_a_batch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_tiny_llama(dir.path());
+    let prompt: Vec<u32> = vec![2, 5, 9, 3, 7];
+    for format in [WeightFormat::Native, WeightFormat::Q8_0, WeightFormat::F32] {
+        let e = tiny(dir.path(), format);
+        let cfg = e.model.config();
+        let decode_row = |others: &[&[u32]]| -> Vec<f32> {
+            let mut cache = KvCache::new(cfg, 0);
+            let mut inputs = [SeqInput {
+                cache: &mut cache,
+                tokens: &prompt,
+                all_logits: false,
+            }];
+            e.model.forward(&mut inputs).expect("prefill");
+            let mut other_caches: Vec<KvCache> =
+                others.iter().map(|_| KvCache::new(cfg, 0)).collect();
+            let mut inputs: Vec<SeqInput<'_>> = other_caches
+                .iter_mut()
+                .zip(others)
+                .map(|(c, t)| SeqInput {
+                    cache: c,
+                    tokens: t,
+                    all_logits: false,
+                })
+                .collect();
+            inputs.insert(
+                others.len() / 2,
+                SeqInput {
+                    cache: &mut cache,
+                    tokens: &[11],
+                    all_logits: false,
+                },
+            );
+            let logits = e.model.forward(&mut inputs).expect("decode");
+            logits
+                .get(others.len() / 2)
+                .and_then(|t| t.to_vec1())
+                .expect("row")
+        };
+        let alone = decode_row(&[]);
+        let batched = decode_row(&[&[4], &[8, 9, 10, 11, 12, 13], &[30], &[1, 2]]);
+        assert_eq!(
+            alone, batched,
+            "{format:?}: a decoding row depends on its batch"
+        );
+    }
 }
 
 #[test]
@@ -433,14 +662,24 @@ fn tiny_llama_matches_candle_reference_llama() {
     let cfg_json = std::fs::read_to_string(dir.path().join("config.json")).expect("config");
     let cfg: reference::LlamaConfig = serde_json::from_str(&cfg_json).expect("llama config");
     let cfg = cfg.into_config(false);
-    let weights = candle_core::safetensors::load(dir.path().join("model.safetensors"), &dev).expect("weights");
+    let weights = candle_core::safetensors::load(dir.path().join("model.safetensors"), &dev)
+        .expect("weights");
     let vb = candle_nn::VarBuilder::from_tensors(weights, DType::F32, &dev);
     let model = reference::Llama::load(vb, &cfg).expect("reference model");
     let mut cache = reference::Cache::new(true, DType::F32, &cfg, &dev).expect("cache");
-    let input = Tensor::new(tokens.as_slice(), &dev).and_then(|t| t.unsqueeze(0)).expect("input");
-    let theirs: Vec<f32> =
-        model.forward(&input, 0, &mut cache).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1()).expect("logits");
-    assert!(max_abs_diff(&ours, &theirs) < 1e-4, "{}", max_abs_diff(&ours, &theirs));
+    let input = Tensor::new(tokens.as_slice(), &dev)
+        .and_then(|t| t.unsqueeze(0))
+        .expect("input");
+    let theirs: Vec<f32> = model
+        .forward(&input, 0, &mut cache)
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1())
+        .expect("logits");
+    assert!(
+        max_abs_diff(&ours, &theirs) < 1e-4,
+        "{}",
+        max_abs_diff(&ours, &theirs)
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -457,14 +696,27 @@ fn decode_tokens_per_second(format: WeightFormat, batch: usize) -> Option<f64> {
         e.admit(i as u64, &j, i as u64).expect("admit");
     }
     // Prefill everything and the first token, then time pure decode steps.
-    e.step(&StepLimits { max_prefill_tokens: 4096 }).expect("prefill");
+    e.step(&StepLimits {
+        max_prefill_tokens: 4096,
+    })
+    .expect("prefill");
     let start = Instant::now();
     let mut tokens = 0;
     for _ in 0..32 {
-        tokens += e.step(&StepLimits { max_prefill_tokens: 4096 }).expect("step").iter().map(|u| u.new_tokens).sum::<usize>();
+        tokens += e
+            .step(&StepLimits {
+                max_prefill_tokens: 4096,
+            })
+            .expect("step")
+            .iter()
+            .map(|u| u.new_tokens)
+            .sum::<usize>();
     }
     let tps = tokens as f64 / start.elapsed().as_secs_f64();
-    println!("{format:?} batch {batch:>2}: {tps:7.1} tokens/s (load {:.1}s)", loaded.as_secs_f64());
+    println!(
+        "{format:?} batch {batch:>2}: {tps:7.1} tokens/s (load {:.1}s)",
+        loaded.as_secs_f64()
+    );
     Some(tps)
 }
 
@@ -478,9 +730,12 @@ fn decode_throughput() {
         _ => vec![WeightFormat::Native, WeightFormat::Q8_0, WeightFormat::F32],
     };
     for format in formats {
-        for batch in [1, 16] {
-            if decode_tokens_per_second(format, batch).is_none() {
-                return;
+        for batch in [1, 4, 16] {
+            // Best of two: the machine may be shared.
+            for _ in 0..2 {
+                if decode_tokens_per_second(format, batch).is_none() {
+                    return;
+                }
             }
         }
     }
