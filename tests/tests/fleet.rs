@@ -236,3 +236,20 @@ async fn the_example_prompts_get_real_completions_through_the_fleet() {
     drop(worker);
     sb.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_for_a_model_without_a_queue_is_refused_at_publish() {
+    let sb = Sandbox::new("unroutable");
+    let settings = genq_shared::settings::ProducerSettings {
+        default_model: sb.model.clone(),
+        declare_default_model: false,
+        ..genq_shared::settings::ProducerSettings::default()
+    };
+    let producer = genq_producer::Producer::connect(&genq_tests::amqp_url(), &settings, &Default::default())
+        .await
+        .expect("producer");
+    let err = producer.submit(JobRequest::prompt("nobody serves this")).await.expect_err("unroutable");
+    assert!(matches!(err, genq_producer::PublishError::Unroutable { .. }), "{err}");
+    assert!(err.to_string().contains(&sb.model), "{err}");
+    producer.close().await;
+}
