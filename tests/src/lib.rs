@@ -32,6 +32,13 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// A folder for test logs and job files (the system temp dir: a fresh clone may have no `target/`).
+pub fn scratch_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join("genq-tests");
+    let _ = std::fs::create_dir_all(&dir);
+    dir
+}
+
 /// The default model file, if it has been fetched.
 pub fn default_model() -> Option<PathBuf> {
     let p = workspace_root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
@@ -65,9 +72,9 @@ impl Sandbox {
         vec!["--amqp-url".into(), amqp_url(), "--redis-url".into(), redis_url(), "--key-prefix".into(), self.prefix.clone()]
     }
 
-    /// Starts `genq-worker` for this sandbox with extra flags; logs go to a file under `target/`.
+    /// Starts `genq-worker` for this sandbox with extra flags; logs go to a file in [`scratch_dir`].
     pub fn worker(&self, extra: &[&str]) -> Worker {
-        let log = workspace_root().join("target").join(format!("{}-{}.log", self.model, uuid::Uuid::new_v4().simple()));
+        let log = scratch_dir().join(format!("{}-{}.log", self.model, uuid::Uuid::new_v4().simple()));
         let file = std::fs::File::create(&log).expect("worker log file");
         let mut cmd = Command::new(bin("genq-worker"));
         cmd.args(self.flags())

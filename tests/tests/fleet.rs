@@ -12,12 +12,12 @@ fn write_jobs(lines: &[String]) -> tempfile_path::TempFile {
     tempfile_path::TempFile::with_lines(lines)
 }
 
-/// A file under target/ removed on drop (no extra crate needed).
+/// A file in the scratch dir, removed on drop (no extra crate needed).
 mod tempfile_path {
     pub struct TempFile(pub std::path::PathBuf);
     impl TempFile {
         pub fn with_lines(lines: &[String]) -> Self {
-            let path = genq_tests::workspace_root().join("target").join(format!("{}.jsonl", genq_tests::unique("jobs")));
+            let path = genq_tests::scratch_dir().join(format!("{}.jsonl", genq_tests::unique("jobs")));
             std::fs::write(&path, lines.join("\n") + "\n").expect("write jobs file");
             TempFile(path)
         }

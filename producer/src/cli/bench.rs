@@ -12,7 +12,7 @@ use genq_shared::settings::Overrides;
 use genq_worker::bench::{run_engine_bench, EngineBenchResult, EngineBenchSpec};
 use genq_worker::runner;
 
-use super::CommonArgs;
+use super::{CommonArgs, ModelArgs};
 
 /// Arguments of `genq bench`.
 #[derive(Args, Debug)]
@@ -38,15 +38,8 @@ struct EngineBenchArgs {
     /// Tokens generated per sequence.
     #[arg(long, default_value_t = 64)]
     new_tokens: usize,
-    /// Engine: llama or echo [worker.engine].
-    #[arg(long)]
-    engine: Option<String>,
-    /// GGUF file or safetensors folder [worker.model_path].
-    #[arg(long)]
-    model_path: Option<String>,
-    /// Weights in memory: auto, native, q8_0, f32 [worker.weights].
-    #[arg(long)]
-    weights: Option<String>,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Prompt tokens per step; 0 prefills the whole batch in one step.
     #[arg(long, default_value_t = 0)]
     max_prefill_tokens: usize,
@@ -67,9 +60,7 @@ pub async fn run(common: &CommonArgs, args: BenchArgs) -> anyhow::Result<ExitCod
 
 fn engine_bench(common: &CommonArgs, args: EngineBenchArgs) -> anyhow::Result<ExitCode> {
     let mut more = Overrides::default();
-    more.set("worker.engine", args.engine.as_ref())
-        .set("worker.model_path", args.model_path.as_ref())
-        .set("worker.weights", args.weights.as_ref());
+    args.model.apply(&mut more);
     let settings = common.settings(more)?;
     let mut engine = runner::build_engine(&settings.worker)?;
     let mut ours = Vec::new();

@@ -70,6 +70,29 @@ impl CommonArgs {
     }
 }
 
+/// Which engine and model a subcommand that runs the model in process uses.
+#[derive(Args, Debug, Clone)]
+struct ModelArgs {
+    /// Engine: llama or echo [worker.engine].
+    #[arg(long)]
+    engine: Option<String>,
+    /// GGUF file or safetensors folder [worker.model_path].
+    #[arg(long)]
+    model_path: Option<String>,
+    /// Weights in memory: auto, native, q8_0, f32 [worker.weights].
+    #[arg(long)]
+    weights: Option<String>,
+}
+
+impl ModelArgs {
+    /// Adds the given flags to `o`.
+    fn apply(&self, o: &mut Overrides) {
+        o.set("worker.engine", self.engine.as_ref())
+            .set("worker.model_path", self.model_path.as_ref())
+            .set("worker.weights", self.weights.as_ref());
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Publish jobs from a JSONL file (or `-` for stdin); one job object or bare prompt per line.

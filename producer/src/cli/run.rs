@@ -15,7 +15,7 @@ use genq_worker::sink::memory::MemorySink;
 use genq_worker::source::memory::memory_queue;
 use genq_worker::{pipeline, runner};
 
-use super::CommonArgs;
+use super::{CommonArgs, ModelArgs};
 
 /// Arguments of `genq run`.
 #[derive(Args, Debug)]
@@ -26,15 +26,8 @@ pub struct RunArgs {
     /// for clarity).
     #[arg(long)]
     embedded: bool,
-    /// Engine: llama or echo [worker.engine].
-    #[arg(long)]
-    engine: Option<String>,
-    /// GGUF file or safetensors folder [worker.model_path].
-    #[arg(long)]
-    model_path: Option<String>,
-    /// Weights in memory: auto, native, q8_0, f32 [worker.weights].
-    #[arg(long)]
-    weights: Option<String>,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Most sequences in the running batch [worker.max_batch_size].
     #[arg(long)]
     max_batch_size: Option<usize>,
@@ -42,10 +35,8 @@ pub struct RunArgs {
 
 pub async fn run(common: &CommonArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut more = Overrides::default();
-    more.set("worker.engine", args.engine.as_ref())
-        .set("worker.model_path", args.model_path.as_ref())
-        .set("worker.weights", args.weights.as_ref())
-        .set("worker.max_batch_size", args.max_batch_size)
+    args.model.apply(&mut more);
+    more.set("worker.max_batch_size", args.max_batch_size)
         .set("worker.model_name", common.model.as_ref());
     let settings = common.settings(more)?;
     let text = if args.file == "-" {
