@@ -102,7 +102,7 @@ pub struct WorkerSettings {
     pub engine: EngineKind,
     /// `cpu` (CUDA arrives with the GPU issue).
     pub device: String,
-    /// How GGUF weights are held in memory: `auto` (the measured best for the device), `native`
+    /// How weights are held in memory: `auto` (`q8_0` when `max_batch_size` <= 2, else `f32`), `native`
     /// (as stored), `q8_0` (re-quantized at load; SIMD kernels on CPU) or `f32` (dequantized).
     pub weights: String,
     /// Prompt tokens prefilled per engine step at most, so running sequences keep decoding.

@@ -60,7 +60,7 @@ pub fn build_engine(worker: &WorkerSettings) -> Result<Box<dyn Engine>, RunnerEr
                 model_path: path.clone(),
                 model_name: worker.model_name.clone(),
                 device: worker.device.clone(),
-                weights: parse_weights(&worker.weights)?,
+                weights: parse_weights(&worker.weights, worker.max_batch_size)?,
             };
             let engine = LlamaEngine::load(&settings)
                 .map_err(|e| RunnerError::Load { path: path.display().to_string(), message: e.to_string() })?;
@@ -69,10 +69,16 @@ pub fn build_engine(worker: &WorkerSettings) -> Result<Box<dyn Engine>, RunnerEr
     }
 }
 
-/// Parses the `worker.weights` setting.
-pub fn parse_weights(name: &str) -> Result<WeightFormat, RunnerError> {
+/// Largest `worker.max_batch_size` for which `auto` picks Q8_0: its SIMD mat-vec is fastest for one
+/// or two sequences, f32 matrix products win from about eight on (README, Benchmarks).
+pub const AUTO_Q8_MAX_BATCH: usize = 2;
+
+/// Parses the `worker.weights` setting. `auto` depends on the batch cap, never on the step, so a
+/// sequence's numbers still do not depend on what else runs with it.
+pub fn parse_weights(name: &str, max_batch_size: usize) -> Result<WeightFormat, RunnerError> {
     match name {
-        "auto" => Ok(WeightFormat::default()),
+        "auto" if max_batch_size <= AUTO_Q8_MAX_BATCH => Ok(WeightFormat::Q8_0),
+        "auto" => Ok(WeightFormat::F32),
         "native" => Ok(WeightFormat::Native),
         "q8_0" => Ok(WeightFormat::Q8_0),
         "f32" => Ok(WeightFormat::F32),
@@ -104,5 +110,19 @@ pub fn pipeline_settings(settings: &Settings, context_length: usize) -> Pipeline
         write_batch_size: w.write_batch_size.max(1),
         write_wait: Duration::from_millis(w.write_wait_ms),
         shutdown_grace: Duration::from_secs(w.shutdown_grace_secs),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_weights_follow_the_batch_cap() {
+        assert_eq!(parse_weights("auto", 1).ok(), Some(WeightFormat::Q8_0));
+        assert_eq!(parse_weights("auto", 16).ok(), Some(WeightFormat::F32));
+        assert_eq!(parse_weights("native", 16).ok(), Some(WeightFormat::Native));
+        let err = parse_weights("q4", 16).expect_err("unknown format");
+        assert!(err.to_string().contains("worker.weights"), "{err}");
     }
 }
