@@ -152,8 +152,7 @@ where
                     started_ms: now_ms(),
                 };
                 put(&pending, ticket, Pending { settler: delivery.settler, start, batch: rejected.batch, stream: false });
-                let mut outcome = failed_outcome(rejected.error);
-                outcome.error_kind = Some(rejected.error_kind);
+                let outcome = scheduler::outcome(JobStatus::Failed, String::new(), Some((rejected.error, rejected.error_kind)));
                 if events_tx.send(EngineEvent::Finished { ticket, outcome }).await.is_err() {
                     break;
                 }
@@ -226,21 +225,6 @@ where
         report.generated_tokens = w.generated_tokens;
     }
     Ok(report)
-}
-
-fn failed_outcome(error: String) -> JobOutcome {
-    JobOutcome {
-        status: JobStatus::Failed,
-        text: String::new(),
-        finish_reason: None,
-        prompt_tokens: 0,
-        completion_tokens: 0,
-        score: None,
-        error: Some(error),
-        error_kind: None,
-        first_token_ms: None,
-        finished_ms: now_ms(),
-    }
 }
 
 #[derive(Default)]

@@ -114,7 +114,8 @@ pub struct Scheduler {
     next_seq: SeqId,
 }
 
-fn outcome(status: JobStatus, text: String, error: Option<(String, &'static str)>) -> JobOutcome {
+/// An outcome finished now, with no tokens counted yet; `error` is the message and its fixed kind.
+pub(crate) fn outcome(status: JobStatus, text: String, error: Option<(String, &'static str)>) -> JobOutcome {
     JobOutcome {
         status,
         text,
