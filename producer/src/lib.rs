@@ -3,8 +3,10 @@
 //!
 //! - [`producer`]: publishing, confirms, returned and nacked messages as errors.
 //! - [`results`]: `get` and `wait` (BLMOVE on the job's done list, never a sleep loop).
+//! - [`gateway`]: the HTTP gateway behind `genq serve` (`/generate`, OpenAI-compatible routes).
 //! - [`input`]: reading JSONL job files (a line is a job object or a bare prompt string).
 
+pub mod gateway;
 pub mod input;
 pub mod producer;
 pub mod results;

@@ -32,6 +32,9 @@ pub const DEAD_LETTERED_TOTAL: &str = "genq_dead_lettered_total";
 pub const WORKER_INFO: &str = "genq_worker_info";
 /// Jobs published by producers, by `outcome` (confirmed, nacked, returned).
 pub const PUBLISHED_TOTAL: &str = "genq_published_total";
+/// HTTP requests answered by the gateway, by `route` (the route pattern, never a job id) and
+/// `status` (the HTTP status code).
+pub const HTTP_REQUESTS_TOTAL: &str = "genq_http_requests_total";
 
 /// Histogram buckets for LLM latencies: milliseconds up to minutes.
 pub const LATENCY_BUCKETS: &[f64] =

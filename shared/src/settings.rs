@@ -22,6 +22,8 @@ pub struct Settings {
     pub worker: WorkerSettings,
     /// Producer settings.
     pub producer: ProducerSettings,
+    /// HTTP gateway (`genq serve`) settings.
+    pub gateway: GatewaySettings,
 }
 
 /// RabbitMQ connection.
@@ -178,6 +180,67 @@ impl Default for ProducerSettings {
     }
 }
 
+/// HTTP gateway (`genq serve`) settings.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewaySettings {
+    /// Address the gateway listens on (loopback by default).
+    pub listen: String,
+    /// Longest a synchronous request waits for its job, in seconds; then it answers 504 and
+    /// cancels the job, since nobody is left to read it.
+    pub request_timeout_secs: u64,
+    /// Bearer tokens accepted, comma-separated; empty means no authentication. Set them in the
+    /// file or the environment (`GENQ__GATEWAY__API_KEYS`), never on the command line; they are
+    /// never logged.
+    pub api_keys: String,
+    /// Largest request body accepted, in bytes (413 above).
+    pub max_body_bytes: usize,
+    /// Models `GET /v1/models` looks for workers of, comma-separated, besides
+    /// `producer.default_model`.
+    pub models: String,
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            request_timeout_secs: 300,
+            api_keys: String::new(),
+            max_body_bytes: 1024 * 1024,
+            models: String::new(),
+        }
+    }
+}
+
+/// Every field but the tokens, so settings can be logged without leaking them.
+impl std::fmt::Debug for GatewaySettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewaySettings")
+            .field("listen", &self.listen)
+            .field("request_timeout_secs", &self.request_timeout_secs)
+            .field("api_keys", &format_args!("<{} token(s)>", self.api_key_list().len()))
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("models", &self.models)
+            .finish()
+    }
+}
+
+fn comma_list(s: &str) -> Vec<String> {
+    s.split(',').map(str::trim).filter(|t| !t.is_empty()).map(String::from).collect()
+}
+
+impl GatewaySettings {
+    /// The bearer tokens, trimmed, empty entries dropped.
+    pub fn api_key_list(&self) -> Vec<String> {
+        comma_list(&self.api_keys)
+    }
+
+    /// The extra models to probe, trimmed, empty entries dropped.
+    pub fn model_list(&self) -> Vec<String> {
+        comma_list(&self.models)
+    }
+}
+
 /// Command-line values that override every other layer, as `(setting, value)` pairs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Overrides(pub Vec<(String, String)>);
@@ -278,7 +341,17 @@ mod tests {
         let text = describe_settings();
         assert!(text.contains("worker.prefetch = 64; GENQ__WORKER__PREFETCH"), "{text}");
         assert!(text.contains("amqp.url = \"amqp://guest:guest@127.0.0.1:5672/%2f\"; GENQ__AMQP__URL"), "{text}");
-        assert_eq!(text.lines().count(), 1 + 1 + 3 + 2 + 16 + 3, "every field of every section: {text}");
+        assert_eq!(text.lines().count(), 1 + 1 + 3 + 2 + 16 + 3 + 5, "every field of every section: {text}");
+    }
+
+    #[test]
+    fn gateway_tokens_come_from_the_environment_and_never_show_in_debug_output() {
+        let env: HashMap<String, String> = [("GENQ__GATEWAY__API_KEYS".to_string(), "s3cret-a, s3cret-b,".to_string())].into();
+        let s = Settings::load_with_env(None, &[], Some(env)).expect("loads");
+        assert_eq!(s.gateway.api_key_list(), vec!["s3cret-a".to_string(), "s3cret-b".to_string()]);
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("<2 token(s)>"), "{shown}");
     }
 
     #[test]

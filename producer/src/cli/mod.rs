@@ -4,10 +4,12 @@
 //! - [`results`]: `get` and `wait` for one job.
 //! - [`bench`]: `genq bench engine`, optionally side by side with llama.cpp.
 //! - [`run`]: the embedded pipeline (in-memory source and sink, no services).
+//! - [`serve`]: the HTTP gateway (`/generate`, OpenAI-compatible routes, `/v1/jobs`).
 
 mod bench;
 mod results;
 mod run;
+mod serve;
 mod submit;
 
 use std::path::PathBuf;
@@ -105,6 +107,8 @@ enum Command {
     Run(run::RunArgs),
     /// Benchmarks (`genq bench engine`).
     Bench(bench::BenchArgs),
+    /// Serve the HTTP gateway: `POST /generate`, OpenAI-compatible `/v1/...` routes, `/v1/jobs`.
+    Serve(serve::ServeArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -129,6 +133,7 @@ pub fn main() -> ExitCode {
             Command::Wait(args) => results::wait(&cli.common, args).await,
             Command::Run(args) => run::run(&cli.common, args).await,
             Command::Bench(args) => bench::run(&cli.common, args).await,
+            Command::Serve(args) => serve::run(&cli.common, args).await,
         }
     });
     match result {

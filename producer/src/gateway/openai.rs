@@ -1,0 +1,486 @@
+//! OpenAI-compatible routes: `POST /v1/completions` and `POST /v1/chat/completions`, answered
+//! in OpenAI's shapes with `usage`, or with `stream: true` as Server-Sent Events (`data:` chunks,
+//! then `data: [DONE]`).
+//!
+//! Fields OpenAI defines that genq cannot honour are refused (400 naming the field) unless they
+//! hold their neutral value (`n: 1`, `presence_penalty: 0`, ...); fields OpenAI does not define
+//! are refused too, so a typo never silently changes the answer. genq's own `top_k`,
+//! `repetition_penalty`, `min_tokens` and `priority` are accepted as extensions.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{header, HeaderValue};
+use axum::response::sse::Event;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use genq_shared::{ChatMessage, FinishReason, JobRequest, JobResult, Priority};
+
+use super::error::ApiError;
+use super::jobs::{run_to_end, CancelOnDrop};
+use super::request::{body_bytes, parse_json, StopField};
+use super::sse::{self, json_event, StreamItem};
+use super::state::Gateway;
+
+/// OpenAI's default `max_tokens` for completions.
+const COMPLETIONS_DEFAULT_MAX_TOKENS: u32 = 16;
+
+/// `stream_options`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamOptions {
+    /// Send a last chunk with `usage` (and no choices) before `[DONE]`.
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// The body of either route: one struct (serde cannot deny unknown fields through `flatten`),
+/// each route refusing the other's fields.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenAiRequest {
+    /// Model; `producer.default_model` when absent.
+    pub model: Option<String>,
+    /// Completions: a string, or a list holding one string.
+    pub prompt: Option<PromptField>,
+    /// Chat: the conversation.
+    pub messages: Option<Vec<ChatIn>>,
+    /// Most tokens to generate.
+    pub max_tokens: Option<u32>,
+    /// Chat: newer name of `max_tokens`.
+    pub max_completion_tokens: Option<u32>,
+    /// 0 is greedy.
+    pub temperature: Option<f64>,
+    /// Nucleus mass.
+    pub top_p: Option<f64>,
+    /// Seed for reproducible sampling.
+    pub seed: Option<u64>,
+    /// Stop strings.
+    pub stop: Option<StopField>,
+    /// Choices wanted: only 1.
+    pub n: Option<u32>,
+    /// Answer as Server-Sent Events.
+    pub stream: Option<bool>,
+    /// Streaming options.
+    pub stream_options: Option<StreamOptions>,
+    /// End-user id: accepted and ignored.
+    pub user: Option<String>,
+    /// Only 0.
+    pub presence_penalty: Option<f64>,
+    /// Only 0.
+    pub frequency_penalty: Option<f64>,
+    /// Only empty.
+    pub logit_bias: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Completions: a number of log-probs (refused); chat: a flag (only false).
+    pub logprobs: Option<serde_json::Value>,
+    /// Chat: only absent.
+    pub top_logprobs: Option<u32>,
+    /// Chat: only `{"type":"text"}`.
+    pub response_format: Option<serde_json::Value>,
+    /// Completions: only false.
+    pub echo: Option<bool>,
+    /// Completions: only 1.
+    pub best_of: Option<u32>,
+    /// Completions: only absent.
+    pub suffix: Option<String>,
+    /// genq extension: keep the k most likely tokens.
+    pub top_k: Option<u32>,
+    /// genq extension: penalty on repeated tokens.
+    pub repetition_penalty: Option<f64>,
+    /// genq extension (vLLM's name): stop strings and the end of the turn are ignored until
+    /// this many tokens exist.
+    pub min_tokens: Option<u32>,
+    /// genq extension: queue priority.
+    pub priority: Option<Priority>,
+}
+
+/// `prompt`: OpenAI allows a string or a list; genq answers one prompt per request.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum PromptField {
+    /// One prompt.
+    One(String),
+    /// Several prompts (only one is accepted).
+    Many(Vec<String>),
+}
+
+/// One chat message as OpenAI sends it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatIn {
+    /// `system`, `developer` (treated as system), `user` or `assistant`.
+    pub role: String,
+    /// A string, or a list of `{"type":"text","text":...}` parts.
+    pub content: ContentField,
+    /// Participant name: accepted and ignored.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// Message content: a string or text parts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ContentField {
+    /// Plain text.
+    Text(String),
+    /// Content parts; only `text` parts are accepted.
+    Parts(Vec<ContentPart>),
+}
+
+/// One content part.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ContentPart {
+    /// `text` (others are refused).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The text of a `text` part.
+    #[serde(default)]
+    pub text: Option<String>,
+}
+
+/// Wire field names as an OpenAI client knows them.
+pub fn openai_names(field: &'static str) -> &'static str {
+    match field {
+        "max_new_tokens" => "max_tokens",
+        "min_new_tokens" => "min_tokens",
+        other => other,
+    }
+}
+
+fn refuse_unless(neutral: bool, field: &str, what: &str) -> Result<(), ApiError> {
+    if neutral {
+        Ok(())
+    } else {
+        Err(ApiError::bad_field(field, format!("is not supported by genq: {what}")))
+    }
+}
+
+fn not_on_route(present: bool, field: &str, route: &str) -> Result<(), ApiError> {
+    refuse_unless(!present, field, &format!("it is not a field of {route}"))
+}
+
+impl OpenAiRequest {
+    /// Checks the fields genq cannot honour and fills a job's sampling fields.
+    fn apply(&self, job: &mut JobRequest, default_max_tokens: Option<u32>) -> Result<(), ApiError> {
+        refuse_unless(self.n.unwrap_or(1) == 1, "n", "only n=1 is served (one choice per request)")?;
+        refuse_unless(self.presence_penalty.unwrap_or(0.0) == 0.0, "presence_penalty", "use `repetition_penalty`")?;
+        refuse_unless(self.frequency_penalty.unwrap_or(0.0) == 0.0, "frequency_penalty", "use `repetition_penalty`")?;
+        refuse_unless(self.logit_bias.as_ref().is_none_or(|m| m.is_empty()), "logit_bias", "it must be empty")?;
+        if self.stream_options.is_some() && !self.streaming() {
+            return Err(ApiError::bad_field("stream_options", "is only allowed with `stream: true`"));
+        }
+        job.model = self.model.clone();
+        job.max_new_tokens = self.max_tokens.or(default_max_tokens);
+        job.min_new_tokens = self.min_tokens;
+        job.temperature = self.temperature;
+        job.top_p = self.top_p;
+        job.seed = self.seed;
+        job.stop = self.stop.clone().map(StopField::into_vec);
+        job.top_k = self.top_k;
+        job.repetition_penalty = self.repetition_penalty;
+        job.priority = self.priority;
+        job.stream = self.streaming().then_some(true);
+        Ok(())
+    }
+
+    fn streaming(&self) -> bool {
+        self.stream.unwrap_or(false)
+    }
+
+    fn include_usage(&self) -> bool {
+        self.stream_options.as_ref().is_some_and(|o| o.include_usage)
+    }
+
+    /// The job a `/v1/completions` request asks for.
+    pub fn completion_job(&self) -> Result<JobRequest, ApiError> {
+        const ROUTE: &str = "/v1/completions";
+        not_on_route(self.messages.is_some(), "messages", ROUTE)?;
+        not_on_route(self.max_completion_tokens.is_some(), "max_completion_tokens", ROUTE)?;
+        not_on_route(self.top_logprobs.is_some(), "top_logprobs", ROUTE)?;
+        not_on_route(self.response_format.is_some(), "response_format", ROUTE)?;
+        refuse_unless(!self.echo.unwrap_or(false), "echo", "the prompt is not echoed")?;
+        refuse_unless(self.logprobs.as_ref().is_none_or(|v| v.is_null()), "logprobs", "log-probs are not returned (use a `score` job)")?;
+        refuse_unless(self.best_of.unwrap_or(1) == 1, "best_of", "only best_of=1")?;
+        refuse_unless(self.suffix.is_none(), "suffix", "insertion is not supported")?;
+        let prompt = match &self.prompt {
+            Some(PromptField::One(p)) => p.clone(),
+            Some(PromptField::Many(v)) if v.len() == 1 => v[0].clone(),
+            Some(PromptField::Many(_)) => return Err(ApiError::bad_field("prompt", "must be one string (one prompt per request)")),
+            None => return Err(ApiError::bad_field("prompt", "is required")),
+        };
+        let mut job = JobRequest::prompt(prompt);
+        self.apply(&mut job, Some(COMPLETIONS_DEFAULT_MAX_TOKENS))?;
+        Ok(job)
+    }
+
+    /// The job a `/v1/chat/completions` request asks for.
+    pub fn chat_job(&self) -> Result<JobRequest, ApiError> {
+        const ROUTE: &str = "/v1/chat/completions";
+        not_on_route(self.prompt.is_some(), "prompt", ROUTE)?;
+        not_on_route(self.echo.is_some(), "echo", ROUTE)?;
+        not_on_route(self.best_of.is_some(), "best_of", ROUTE)?;
+        not_on_route(self.suffix.is_some(), "suffix", ROUTE)?;
+        let no_logprobs = self.logprobs.as_ref().is_none_or(|v| v.is_null() || v.as_bool() == Some(false));
+        refuse_unless(no_logprobs, "logprobs", "log-probs are not returned")?;
+        refuse_unless(self.top_logprobs.is_none(), "top_logprobs", "log-probs are not returned")?;
+        let text_format = self.response_format.as_ref().is_none_or(|f| f.get("type").and_then(|t| t.as_str()) == Some("text"));
+        refuse_unless(text_format, "response_format", "only {\"type\":\"text\"}")?;
+        let Some(messages_in) = &self.messages else { return Err(ApiError::bad_field("messages", "is required")) };
+        let mut messages = Vec::with_capacity(messages_in.len());
+        for m in messages_in {
+            let role = match m.role.as_str() {
+                "developer" => "system",
+                r @ ("system" | "user" | "assistant") => r,
+                other => return Err(ApiError::invalid_value("messages", format!("role {other:?} is not one of system, developer, user, assistant"))),
+            };
+            let content = match &m.content {
+                ContentField::Text(t) => t.clone(),
+                ContentField::Parts(parts) => {
+                    let mut text = String::new();
+                    for p in parts {
+                        match (p.kind.as_str(), &p.text) {
+                            ("text", Some(t)) => text.push_str(t),
+                            (kind, _) => return Err(ApiError::bad_field("messages", format!("content part {kind:?} is not supported (text only)"))),
+                        }
+                    }
+                    text
+                }
+            };
+            messages.push(ChatMessage { role: role.to_string(), content });
+        }
+        let mut job = JobRequest { v: genq_shared::job::WIRE_VERSION, messages: Some(messages), ..JobRequest::default() };
+        self.apply(&mut job, None)?;
+        if self.max_completion_tokens.is_some() {
+            job.max_new_tokens = self.max_completion_tokens;
+        }
+        Ok(job)
+    }
+}
+
+/// OpenAI's finish reason: `length`, or `stop` for a stop string or the end of the turn.
+pub fn finish_reason(r: &JobResult) -> &'static str {
+    match r.finish_reason {
+        Some(FinishReason::Length) => "length",
+        Some(FinishReason::Stop) | Some(FinishReason::Eos) | None => "stop",
+    }
+}
+
+/// `usage` from the job's token counts.
+pub fn usage(r: &JobResult) -> serde_json::Value {
+    let prompt = r.prompt_tokens.unwrap_or(0);
+    let completion = r.completion_tokens.unwrap_or(0);
+    serde_json::json!({ "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion })
+}
+
+fn now_secs() -> u64 {
+    genq_shared::now_ms() / 1000
+}
+
+/// Which route is answering: decides the ids, object names and chunk shapes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Completions,
+    Chat,
+}
+
+/// The response's `id` for job `job_id`.
+fn response_id(route: Route, job_id: &str) -> String {
+    match route {
+        Route::Completions => format!("cmpl-{job_id}"),
+        Route::Chat => format!("chatcmpl-{job_id}"),
+    }
+}
+
+fn full_response(route: Route, r: &JobResult, model: &str) -> serde_json::Value {
+    let text = r.text.clone().unwrap_or_default();
+    let choice = match route {
+        Route::Completions => serde_json::json!({ "index": 0, "text": text, "logprobs": null, "finish_reason": finish_reason(r) }),
+        Route::Chat => serde_json::json!({
+            "index": 0, "message": { "role": "assistant", "content": text }, "logprobs": null, "finish_reason": finish_reason(r)
+        }),
+    };
+    let object = if route == Route::Chat { "chat.completion" } else { "text_completion" };
+    serde_json::json!({
+        "id": response_id(route, &r.id), "object": object, "created": now_secs(), "model": model,
+        "choices": [choice], "usage": usage(r)
+    })
+}
+
+/// Renders stream items as OpenAI chunks.
+struct ChunkWriter {
+    route: Route,
+    id: String,
+    model: String,
+    created: u64,
+    include_usage: bool,
+}
+
+impl ChunkWriter {
+    fn chunk(&self, choices: serde_json::Value) -> serde_json::Value {
+        let object = if self.route == Route::Chat { "chat.completion.chunk" } else { "text_completion" };
+        serde_json::json!({ "id": self.id, "object": object, "created": self.created, "model": self.model, "choices": choices })
+    }
+
+    fn choice(&self, text: Option<&str>, finish: Option<&str>) -> serde_json::Value {
+        match self.route {
+            Route::Completions => serde_json::json!([{ "index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish }]),
+            Route::Chat => {
+                let delta = match text {
+                    Some(t) => serde_json::json!({ "content": t }),
+                    None => serde_json::json!({}),
+                };
+                serde_json::json!([{ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish }])
+            }
+        }
+    }
+
+    /// The chat stream's first chunk: the assistant role, before any text.
+    fn opening(&self) -> Option<Event> {
+        (self.route == Route::Chat).then(|| {
+            json_event(&self.chunk(serde_json::json!([{ "index": 0, "delta": { "role": "assistant", "content": "" }, "logprobs": null, "finish_reason": null }])))
+        })
+    }
+
+    fn render(&mut self, item: StreamItem) -> Vec<Event> {
+        match item {
+            StreamItem::Text(t) => vec![json_event(&self.chunk(self.choice(Some(&t), None)))],
+            StreamItem::Done(r) => {
+                let mut events = vec![json_event(&self.chunk(self.choice(None, Some(finish_reason(&r)))))];
+                if self.include_usage {
+                    let mut last = self.chunk(serde_json::json!([]));
+                    last["usage"] = usage(&r);
+                    events.push(json_event(&last));
+                }
+                events
+            }
+            StreamItem::Error(e) => vec![json_event(&e.body())],
+        }
+    }
+}
+
+fn with_job_header(mut response: Response, id: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(id) {
+        response.headers_mut().insert("x-genq-job-id", v);
+    }
+    response
+}
+
+async fn answer(gw: Gateway, route: Route, job: JobRequest, common: &OpenAiRequest) -> Result<Response, ApiError> {
+    let model = job.model.clone().unwrap_or_else(|| gw.default_model().to_string());
+    if !common.streaming() {
+        let r = run_to_end(&gw, job, openai_names).await?;
+        let body = full_response(route, &r, &model).to_string();
+        let response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+        return Ok(with_job_header(response, &r.id));
+    }
+    let results = gw.results().await?;
+    let id = gw.submit(job, openai_names).await?;
+    let guard = CancelOnDrop::new(id.clone(), results);
+    let items = sse::follow(gw, id.clone(), guard);
+    let mut writer = ChunkWriter { route, id: response_id(route, &id), model, created: now_secs(), include_usage: common.include_usage() };
+    let mut opening = writer.opening();
+    let response = sse::respond(items, move |item| {
+        let mut events: Vec<Event> = opening.take().into_iter().collect();
+        events.extend(writer.render(item));
+        events
+    });
+    Ok(with_job_header(response, &id))
+}
+
+/// `POST /v1/completions`.
+pub async fn completions(State(gw): State<Gateway>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    let bytes = body_bytes(body, gw.settings().gateway.max_body_bytes)?;
+    let req: OpenAiRequest = parse_json(&bytes)?;
+    let job = req.completion_job()?;
+    answer(gw, Route::Completions, job, &req).await
+}
+
+/// `POST /v1/chat/completions`.
+pub async fn chat_completions(State(gw): State<Gateway>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    let bytes = body_bytes(body, gw.settings().gateway.max_body_bytes)?;
+    let req: OpenAiRequest = parse_json(&bytes)?;
+    let job = req.chat_job()?;
+    answer(gw, Route::Chat, job, &req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::StatusCode;
+
+    #[test]
+    fn a_completion_request_becomes_a_job_with_openai_defaults() {
+        let req: OpenAiRequest =
+            parse_json(br#"{"model":"m","prompt":["Once"],"temperature":0,"stop":"\n","seed":3,"n":1,"user":"u"}"#).expect("parses");
+        let job = req.completion_job().expect("valid");
+        assert_eq!(job.prompt.as_deref(), Some("Once"));
+        assert_eq!(job.max_new_tokens, Some(16), "OpenAI's default max_tokens");
+        assert_eq!(job.stop, Some(vec!["\n".to_string()]));
+        assert_eq!(job.model.as_deref(), Some("m"));
+        assert_eq!(job.stream, None);
+    }
+
+    #[test]
+    fn more_than_one_choice_is_refused_naming_n() {
+        let req: OpenAiRequest = parse_json(br#"{"prompt":"x","n":2}"#).expect("parses");
+        let e = req.completion_job().expect_err("n=2");
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert_eq!(e.param.as_deref(), Some("n"));
+    }
+
+    #[test]
+    fn an_unknown_field_is_refused_naming_it() {
+        let e = parse_json::<OpenAiRequest>(br#"{"messages":[],"temprature":1}"#).expect_err("typo");
+        assert_eq!(e.param.as_deref(), Some("temprature"), "{e}");
+    }
+
+    #[test]
+    fn chat_content_parts_and_developer_role_are_understood() {
+        let req: OpenAiRequest = parse_json(
+            br#"{"messages":[{"role":"developer","content":"Be brief."},{"role":"user","content":[{"type":"text","text":"Hi "},{"type":"text","text":"there"}]}],"max_completion_tokens":5,"stream":true}"#,
+        )
+        .expect("parses");
+        let job = req.chat_job().expect("valid");
+        let msgs = job.messages.expect("messages");
+        assert_eq!(msgs[0].role, "system");
+        assert_eq!(msgs[1].content, "Hi there");
+        assert_eq!(job.max_new_tokens, Some(5));
+        assert_eq!(job.stream, Some(true));
+    }
+
+    #[test]
+    fn a_field_of_the_other_route_is_refused() {
+        let req: OpenAiRequest = parse_json(br#"{"prompt":"x","messages":[{"role":"user","content":"y"}]}"#).expect("parses");
+        assert_eq!(req.completion_job().expect_err("messages").param.as_deref(), Some("messages"));
+        assert_eq!(req.chat_job().expect_err("prompt").param.as_deref(), Some("prompt"));
+    }
+
+    #[test]
+    fn a_tool_message_is_422_naming_messages() {
+        let req: OpenAiRequest = parse_json(br#"{"messages":[{"role":"tool","content":"x"}]}"#).expect("parses");
+        let e = req.chat_job().expect_err("tool role");
+        assert_eq!(e.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(e.param.as_deref(), Some("messages"));
+    }
+
+    #[test]
+    fn responses_carry_usage_and_openai_finish_reasons() {
+        let r = JobResult {
+            id: "j1".into(),
+            text: Some("Paris.".into()),
+            finish_reason: Some(FinishReason::Eos),
+            prompt_tokens: Some(7),
+            completion_tokens: Some(3),
+            ..JobResult::default()
+        };
+        let chat = full_response(Route::Chat, &r, "m");
+        assert_eq!(chat["id"], "chatcmpl-j1");
+        assert_eq!(chat["object"], "chat.completion");
+        assert_eq!(chat["choices"][0]["message"]["content"], "Paris.");
+        assert_eq!(chat["choices"][0]["finish_reason"], "stop");
+        assert_eq!(chat["usage"]["total_tokens"], 10);
+        let text = full_response(Route::Completions, &JobResult { finish_reason: Some(FinishReason::Length), ..r }, "m");
+        assert_eq!(text["choices"][0]["text"], "Paris.");
+        assert_eq!(text["choices"][0]["finish_reason"], "length");
+    }
+}

@@ -1,0 +1,311 @@
+//! The HTTP gateway (`genq serve`) with clients nobody here wrote: `curl` for the original
+//! `POST /generate` and `/v1/jobs`, and the official `openai` Python package (installed into
+//! `.cache/py-venv` by `scripts/py-venv.sh`) for completions, chat and streaming. All against a
+//! real `genq-worker` running the real default model, through the real RabbitMQ and Redis.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use genq_shared::keys::KeySchema;
+use genq_shared::{JobResult, JobStatus};
+use genq_tests::{bin, default_model, redis_url, scratch_dir, workspace_root, Sandbox};
+
+/// The bearer token the test gateway accepts (given through the environment, as in production).
+const TOKEN: &str = "test-token-5be1";
+
+/// A running `genq serve`, stopped when dropped.
+struct GatewayProcess {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    base: String,
+    log: std::path::PathBuf,
+}
+
+impl GatewayProcess {
+    fn start(sb: &Sandbox, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let log = scratch_dir().join(format!("{}-gateway.log", sb.model));
+        let mut cmd = Command::new(bin("genq"));
+        cmd.args(sb.flags())
+            .args(["--model", &sb.model, "serve", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn genq serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log_path = log.clone();
+        // Copy stderr to the log file, and hand over the listening address when it appears.
+        std::thread::spawn(move || {
+            let mut file = std::fs::File::create(&log_path).ok();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_string());
+                }
+                if let Some(f) = file.as_mut() {
+                    use std::io::Write;
+                    let _ = writeln!(f, "{line}");
+                }
+            }
+        });
+        let base = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| panic!("genq serve did not start; log: {}", log.display()));
+        Self { child, base, log }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let until = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < until {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One curl exchange.
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    headers: String,
+    body: String,
+    /// curl's own exit code (28: its `--max-time` passed).
+    exit: Option<i32>,
+}
+
+impl Reply {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
+    }
+
+    fn header(&self, name: &str) -> Option<String> {
+        self.headers.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    }
+}
+
+/// Runs `curl -s -i` with `args` (+ the bearer token unless `token` is None).
+fn curl(token: Option<&str>, args: &[&str]) -> Reply {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-i"]);
+    if let Some(t) = token {
+        cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    let out = cmd.args(args).output().expect("curl is installed");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (headers, body) = text.split_once("\r\n\r\n").map(|(h, b)| (h.to_string(), b.to_string())).unwrap_or((text.clone(), String::new()));
+    let status = headers.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    Reply { status, headers, body, exit: out.status.code() }
+}
+
+fn post_json(base: &str, path: &str, body: &str) -> Reply {
+    curl(Some(TOKEN), &["-X", "POST", "-H", "Content-Type: application/json", "--data-binary", body, &format!("{base}{path}")])
+}
+
+fn assert_error(reply: &Reply, status: u16, param: Option<&str>, code: Option<&str>) {
+    assert_eq!(reply.status, status, "{reply:?}");
+    let e = &reply.json()["error"];
+    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()) && e["type"].is_string(), "OpenAI error shape: {reply:?}");
+    if let Some(p) = param {
+        assert_eq!(e["param"], p, "{reply:?}");
+        assert!(e["message"].as_str().unwrap_or_default().contains(p), "the message names `{p}`: {reply:?}");
+    }
+    if let Some(c) = code {
+        assert_eq!(e["code"], c, "{reply:?}");
+    }
+}
+
+/// Waits until the gateway has asked for job `id` to be cancelled (its cancel key is set) and
+/// the worker has ended it `cancelled`.
+async fn assert_cancelled(sb: &Sandbox, id: &str, what: &str) {
+    let keys = KeySchema::new(sb.prefix.clone());
+    let client = redis::Client::open(redis_url()).expect("redis url");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("redis");
+    let results = sb.results().await;
+    let until = Instant::now() + Duration::from_secs(30);
+    let (mut requested, mut last) = (false, None);
+    while Instant::now() < until {
+        requested |= redis::cmd("EXISTS").arg(keys.cancel(id)).query_async::<i64>(&mut conn).await.expect("EXISTS") == 1;
+        last = results.get(id).await.expect("redis");
+        if requested && last.as_ref().and_then(|r| r.status) == Some(JobStatus::Cancelled) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("{what}: job {id} was not cancelled (cancel requested: {requested}; result: {last:?})");
+}
+
+fn python_with_openai() -> String {
+    let out = Command::new(workspace_root().join("scripts/py-venv.sh")).output().expect("run scripts/py-venv.sh");
+    assert!(out.status.success(), "scripts/py-venv.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn curl_and_the_openai_client_get_answers_from_a_real_worker() {
+    let model = default_model().expect("the default model must be fetched (scripts/fetch-model.sh)");
+    let python = python_with_openai();
+    let sb = Sandbox::new("gateway");
+    let worker = sb.worker(&["--model-path", model.to_str().unwrap_or_default(), "--weights", "q8_0", "--max-batch-size", "4"]);
+    let gw = GatewayProcess::start(&sb, &["--request-timeout", "60", "--max-body-bytes", "65536"], &[("GENQ__GATEWAY__API_KEYS", TOKEN)]);
+    let base = gw.base.clone();
+    assert!(worker.wait_for_log("worker ready", Duration::from_secs(60)), "worker did not start:\n{}", worker.log_text());
+    assert!(!gw.log_text().contains(TOKEN), "the token must never be logged:\n{}", gw.log_text());
+
+    // Health and auth: probes need no token; the API does.
+    assert_eq!(curl(None, &[&format!("{base}/healthz")]).status, 200);
+    let no_token = curl(None, &["-X", "POST", "--data-binary", r#"{"text":"hi"}"#, &format!("{base}/generate")]);
+    assert_error(&no_token, 401, None, Some("invalid_api_key"));
+
+    // The original API, exactly: text in; originalText and generatedText out, at most 50 tokens.
+    let prompt = "The capital of France is";
+    let reply = post_json(&base, "/generate", &format!(r#"{{"text":"{prompt}"}}"#));
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let body = reply.json();
+    let fields: Vec<&String> = body.as_object().expect("object").keys().collect();
+    assert_eq!(fields, vec!["generatedText", "originalText"], "exactly the original fields: {body}");
+    assert_eq!(body["originalText"], prompt);
+    let generated = body["generatedText"].as_str().unwrap_or_default();
+    assert!(generated.starts_with(prompt) && generated.len() > prompt.len(), "prompt plus a continuation: {body}");
+    let id = reply.header("x-genq-job-id").expect("job id header");
+    let stored: JobResult = sb.results().await.get(&id).await.expect("redis").expect("result");
+    let total = stored.prompt_tokens.unwrap_or(99) + stored.completion_tokens.unwrap_or(99);
+    assert!(total <= 50, "prompt + continuation within max_length=50: {stored:?}");
+    assert_eq!(format!("{prompt}{}", stored.text.unwrap_or_default()), generated);
+
+    // /generate errors: a rule broken (422), not the request's shape (400), too large (413).
+    assert_error(&post_json(&base, "/generate", r#"{"text":"hi","top_p":5}"#), 422, Some("top_p"), None);
+    assert_error(&post_json(&base, "/generate", r#"{"txt":"hi"}"#), 400, Some("txt"), None);
+    assert_error(&post_json(&base, "/generate", "not json"), 400, None, Some("invalid_json"));
+    let big = format!(r#"{{"text":"{}"}}"#, "a".repeat(100_000));
+    assert_error(&post_json(&base, "/generate", &big), 413, None, Some("body_too_large"));
+
+    // The openai package: completions and chat, plain and streamed, models, errors.
+    let out = Command::new(&python)
+        .arg(workspace_root().join("tests/python/openai_client.py"))
+        .args([&format!("{base}/v1"), &sb.model, TOKEN])
+        .output()
+        .expect("run the openai client");
+    assert!(out.status.success(), "openai client failed:\n{}\ngateway log:\n{}", String::from_utf8_lossy(&out.stderr), gw.log_text());
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).expect("client prints JSON");
+    let c = &seen["completion"];
+    assert!(c["id"].as_str().is_some_and(|s| s.starts_with("cmpl-")), "{c}");
+    assert!(c["text"].as_str().is_some_and(|t| !t.trim().is_empty()), "a completion: {c}");
+    let u = &c["usage"];
+    assert_eq!(u["total"].as_u64(), Some(u["prompt"].as_u64().unwrap_or(0) + u["completion"].as_u64().unwrap_or(0)), "{u}");
+    assert!(u["prompt"].as_u64() >= Some(4) && u["completion"].as_u64().is_some_and(|n| (1..=16).contains(&n)), "{u}");
+    let s = &seen["completion_stream"];
+    assert_eq!(s["text"], c["text"], "streamed text equals the plain one (same seed, greedy)");
+    assert_eq!(s["usage"], c["usage"], "usage arrives in the last chunk");
+    assert_eq!(s["finish"], c["finish"]);
+    assert!(s["chunks"].as_u64() >= Some(3), "text arrives in pieces: {s}");
+    let chat = &seen["chat"];
+    assert_eq!(chat["role"], "assistant");
+    assert!(chat["content"].as_str().is_some_and(|t| !t.trim().is_empty()), "{chat}");
+    assert!(chat["usage"]["completion"].as_u64().is_some_and(|n| (1..=16).contains(&n)), "{chat}");
+    let cs = &seen["chat_stream"];
+    assert_eq!(cs["content"], chat["content"], "streamed chat equals the plain one");
+    assert_eq!(cs["roles"], serde_json::json!(["assistant"]));
+    assert_eq!(cs["finish"], chat["finish"]);
+    let models = seen["models"].as_array().expect("models");
+    assert!(models.iter().any(|m| m == sb.model.as_str()), "the live model is listed: {models:?}");
+    assert!(!models.iter().any(|m| m == "no-such-model"));
+    let errors = &seen["errors"];
+    assert_eq!(errors["top_p"]["status"], 422, "{errors}");
+    assert_eq!(errors["top_p"]["param"], "top_p", "{errors}");
+    assert_eq!(errors["model"]["status"], 404, "{errors}");
+    assert_eq!(errors["model"]["code"], "model_not_found", "{errors}");
+    assert_eq!(errors["n"]["status"], 400, "{errors}");
+    assert_eq!(errors["n"]["param"], "n", "{errors}");
+    assert_eq!(errors["auth"]["status"], 401, "{errors}");
+    let abandoned = seen["abandoned_stream_id"].as_str().and_then(|s| s.strip_prefix("chatcmpl-")).expect("stream id");
+    assert_cancelled(&sb, abandoned, "a stream the client closed").await;
+
+    // The asynchronous API: submit (202), poll, cancel (202, then 409), unknown job (404).
+    let submitted = post_json(&base, "/v1/jobs", r#"{"prompt":"Say hi.","max_new_tokens":4,"temperature":0}"#);
+    assert_eq!(submitted.status, 202, "{submitted:?}");
+    let job = submitted.json()["id"].as_str().expect("id").to_string();
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = curl(Some(TOKEN), &[&format!("{base}/v1/jobs/{job}")]);
+        assert_eq!(got.status, 200, "{got:?}");
+        if got.json()["status"] == "done" {
+            assert!(got.json()["completion_tokens"].as_u64().is_some_and(|n| n >= 1), "{got:?}");
+            break;
+        }
+        assert!(Instant::now() < until, "job {job} never finished: {got:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let long = post_json(&base, "/v1/jobs", r#"{"prompt":"Write a long story.","max_new_tokens":2000,"min_new_tokens":2000}"#);
+    let long_id = long.json()["id"].as_str().expect("id").to_string();
+    let del = curl(Some(TOKEN), &["-X", "DELETE", &format!("{base}/v1/jobs/{long_id}")]);
+    assert_eq!(del.status, 202, "{del:?}");
+    assert_cancelled(&sb, &long_id, "DELETE /v1/jobs/{id}").await;
+    assert_error(&curl(Some(TOKEN), &["-X", "DELETE", &format!("{base}/v1/jobs/{long_id}")]), 409, None, Some("job_final"));
+    let unknown = curl(Some(TOKEN), &[&format!("{base}/v1/jobs/no-such-job")]);
+    assert_error(&unknown, 404, None, Some("job_not_found"));
+    assert!(unknown.json()["error"]["message"].as_str().unwrap_or_default().contains("no-such-job"), "{unknown:?}");
+
+    // A client that hangs up on a synchronous request cancels its job.
+    let hangup_id = format!("{}-hangup", sb.model);
+    let body = format!(r#"{{"text":"Tell me everything about the sea.","max_new_tokens":2000,"min_new_tokens":2000,"id":"{hangup_id}"}}"#);
+    let hung = curl(Some(TOKEN), &["--max-time", "3", "-X", "POST", "--data-binary", &body, &format!("{base}/generate")]);
+    assert_eq!(hung.exit, Some(28), "curl gave up on its own: {hung:?}");
+    assert_cancelled(&sb, &hangup_id, "a client that hung up").await;
+
+    // Metrics: publishes by outcome, requests by route and status.
+    let metrics = curl(None, &[&format!("{base}/metrics")]);
+    assert!(metrics.body.contains("genq_published_total{outcome=\"confirmed\"}"), "{}", metrics.body);
+    assert!(metrics.body.contains("genq_http_requests_total{route=\"/generate\",status=\"200\"} 1"), "{}", metrics.body);
+    assert!(metrics.body.contains("genq_http_requests_total{route=\"/v1/jobs/{id}\",status=\"404\"} 1"), "{}", metrics.body);
+    drop(gw);
+    drop(worker);
+    sb.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_redis_answers_503_not_a_hang() {
+    let sb = Sandbox::new("gateway-down");
+    // Nothing listens on port 1: Redis is "down".
+    let mut flags = sb.flags();
+    let at = flags.iter().position(|f| f == "--redis-url").expect("flag") + 1;
+    flags[at] = "redis://127.0.0.1:1".into();
+    let log = scratch_dir().join(format!("{}-gateway.log", sb.model));
+    let mut child = Command::new(bin("genq"))
+        .args(&flags)
+        .args(["--model", &sb.model, "serve", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn genq serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut base = String::new();
+    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            base = rest.split_whitespace().next().unwrap_or_default().to_string();
+            break;
+        }
+    }
+    assert!(!base.is_empty(), "genq serve did not start (log {})", log.display());
+    let started = Instant::now();
+    let reply = curl(None, &["--max-time", "30", "-X", "POST", "--data-binary", r#"{"text":"hi"}"#, &format!("{base}/generate")]);
+    assert_error(&reply, 503, None, Some("redis_unavailable"));
+    assert!(started.elapsed() < Duration::from_secs(15), "503 comes quickly");
+    assert_eq!(curl(None, &[&format!("{base}/healthz")]).status, 503);
+    let _ = child.kill();
+    let _ = child.wait();
+    sb.cleanup().await;
+}
