@@ -74,12 +74,18 @@ impl Sandbox {
 
     /// Starts `genq-worker` for this sandbox with extra flags; logs go to a file in [`scratch_dir`].
     pub fn worker(&self, extra: &[&str]) -> Worker {
+        self.worker_with_env(extra, &[])
+    }
+
+    /// As [`Sandbox::worker`], with extra environment variables (thread counts, settings).
+    pub fn worker_with_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Worker {
         let log = scratch_dir().join(format!("{}-{}.log", self.model, uuid::Uuid::new_v4().simple()));
         let file = std::fs::File::create(&log).expect("worker log file");
         let mut cmd = Command::new(bin("genq-worker"));
         cmd.args(self.flags())
             .args(["--model-name", &self.model, "--metrics-addr", "127.0.0.1:0"])
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(file);
         let child = cmd.spawn().expect("spawn genq-worker");

@@ -11,6 +11,7 @@
 //! - [`metrics`], [`http`]: Prometheus metrics and the `/metrics` + `/healthz` listener.
 //! - [`bench`]: the engine benchmark behind `genq bench engine`.
 //! - [`runner`]: builds a worker from settings (used by `genq-worker` and `genq run`).
+//! - [`registry`]: worker heartbeats in Redis, by model (what `genq models` lists).
 
 pub mod bench;
 pub mod broker;
@@ -19,6 +20,7 @@ pub mod http;
 pub mod intake;
 pub mod metrics;
 pub mod pipeline;
+pub mod registry;
 pub mod runner;
 pub mod scheduler;
 pub mod sink;

@@ -11,7 +11,7 @@ use genq_worker::broker::redact_url;
 use genq_worker::metrics::WorkerMetrics;
 use genq_worker::sink::redis::{RedisSink, RedisSinkSettings};
 use genq_worker::source::amqp::{AmqpSource, AmqpSourceSettings};
-use genq_worker::{http, pipeline, runner};
+use genq_worker::{http, pipeline, registry, runner};
 
 /// genq worker. Every setting can come from the TOML file (`--config`), from the environment as
 /// `GENQ__SECTION__KEY` (e.g. `GENQ__WORKER__PREFETCH=32`), or from the flags below; flags win
@@ -199,8 +199,18 @@ async fn main() -> anyhow::Result<()> {
         metrics = %addr,
         "worker ready"
     );
+    let heartbeat = registry::spawn_heartbeat(
+        registry::HeartbeatSettings {
+            url: settings.redis.url.clone(),
+            key_prefix: settings.redis.key_prefix.clone(),
+            model: w.model_name.clone(),
+            worker_id: pipeline_settings.worker_id.clone(),
+        },
+        stop_rx.clone(),
+    );
     let report = pipeline::run(source, sink, engine, pipeline_settings, metrics, shutdown_signal()).await?;
     let _ = stop_tx.send(true);
+    let _ = heartbeat.await;
     tracing::info!(
         received = report.received,
         finished = ?report.finished,

@@ -4,12 +4,12 @@
 //! - [`results`]: `get` and `wait` for one job.
 //! - [`bench`]: `genq bench engine`, optionally side by side with llama.cpp.
 //! - [`run`]: the embedded pipeline (in-memory source and sink, no services).
-//! - [`serve`]: the HTTP gateway (`/generate`, OpenAI-compatible routes, `/v1/jobs`).
+//! - [`models`]: the models with live workers (heartbeats in Redis, consumers in RabbitMQ).
 
 mod bench;
+mod models;
 mod results;
 mod run;
-mod serve;
 mod submit;
 
 use std::path::PathBuf;
@@ -105,10 +105,10 @@ enum Command {
     Wait(results::WaitArgs),
     /// Run the whole pipeline in this process (no RabbitMQ, no Redis) and print the results.
     Run(run::RunArgs),
+    /// List the models with live workers: heartbeats, consumers and ready jobs of each.
+    Models(models::ModelsArgs),
     /// Benchmarks (`genq bench engine`).
     Bench(bench::BenchArgs),
-    /// Serve the HTTP gateway: `POST /generate`, OpenAI-compatible `/v1/...` routes, `/v1/jobs`.
-    Serve(serve::ServeArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -133,7 +133,7 @@ pub fn main() -> ExitCode {
             Command::Wait(args) => results::wait(&cli.common, args).await,
             Command::Run(args) => run::run(&cli.common, args).await,
             Command::Bench(args) => bench::run(&cli.common, args).await,
-            Command::Serve(args) => serve::run(&cli.common, args).await,
+            Command::Models(args) => models::run(&cli.common, args).await,
         }
     });
     match result {

@@ -1,0 +1,198 @@
+//! Which workers are alive, by model: each worker announces itself in Redis with a heartbeat, so
+//! `genq models` can list the models that have live workers without the RabbitMQ management API.
+//!
+//! Keys (under the configured prefix, `genq` by default):
+//! - `genq:workers:{<model>}`: sorted set, member = worker id, score = its last heartbeat (Unix
+//!   ms). The `{…}` hash tag keeps one model's key in one Redis Cluster slot.
+//! - `genq:models`: sorted set, member = model name, score = the last heartbeat of any of its
+//!   workers.
+//!
+//! A worker refreshes both every [`HEARTBEAT_INTERVAL`] and removes itself when it stops; one
+//! that dies silently drops out once its score is older than [`LIVE_FOR`]. Both keys expire
+//! after [`LIVE_FOR`] without any heartbeat, so a fleet that is gone leaves nothing behind.
+//! The registry is advisory (what is running), never used to route jobs: routing is RabbitMQ's.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use tokio::sync::watch;
+
+use genq_shared::now_ms;
+
+/// How often a worker refreshes its entry.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+/// How long an entry counts as live after its last heartbeat (three missed heartbeats).
+pub const LIVE_FOR: Duration = Duration::from_secs(15);
+
+/// Key of the sorted set of `model`'s workers.
+pub fn workers_key(prefix: &str, model: &str) -> String {
+    format!("{prefix}:workers:{{{model}}}")
+}
+
+/// Key of the sorted set of models with workers.
+pub fn models_key(prefix: &str) -> String {
+    format!("{prefix}:models")
+}
+
+/// A registry operation failed.
+#[derive(Debug, thiserror::Error)]
+#[error("worker registry (Redis): {0}")]
+pub struct RegistryError(#[from] redis::RedisError);
+
+/// Who announces itself, and where.
+#[derive(Debug, Clone)]
+pub struct HeartbeatSettings {
+    /// Redis URL.
+    pub url: String,
+    /// Key prefix (`redis.key_prefix`).
+    pub key_prefix: String,
+    /// Model served.
+    pub model: String,
+    /// This worker's id (`worker.worker_id` or `<hostname>-<pid>`).
+    pub worker_id: String,
+}
+
+/// A model and its live workers, newest heartbeat first.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ModelWorkers {
+    /// Model name.
+    pub model: String,
+    /// Ids of the workers whose heartbeat is younger than [`LIVE_FOR`].
+    pub workers: Vec<String>,
+}
+
+async fn connect(url: &str) -> Result<ConnectionManager, RegistryError> {
+    let client = redis::Client::open(url)?;
+    let config = redis::aio::ConnectionManagerConfig::new().set_response_timeout(Some(Duration::from_secs(5)));
+    Ok(ConnectionManager::new_with_config(client, config).await?)
+}
+
+async fn beat(conn: &mut ConnectionManager, s: &HeartbeatSettings) -> Result<(), RegistryError> {
+    let now = now_ms();
+    let live_ms = LIVE_FOR.as_millis() as u64;
+    let ttl = LIVE_FOR.as_secs() as i64;
+    let workers = workers_key(&s.key_prefix, &s.model);
+    let models = models_key(&s.key_prefix);
+    // Not MULTI: the two keys may live in different cluster slots, and each command is
+    // idempotent, so a partial heartbeat is simply completed by the next one.
+    let mut pipe = redis::pipe();
+    pipe.zadd(&workers, &s.worker_id, now)
+        .ignore()
+        .zrembyscore(&workers, "-inf", now.saturating_sub(live_ms))
+        .ignore()
+        .expire(&workers, ttl)
+        .ignore()
+        .zadd(&models, &s.model, now)
+        .ignore()
+        .zrembyscore(&models, "-inf", now.saturating_sub(live_ms))
+        .ignore()
+        .expire(&models, ttl)
+        .ignore();
+    pipe.query_async::<()>(conn).await?;
+    Ok(())
+}
+
+async fn leave(conn: &mut ConnectionManager, s: &HeartbeatSettings) -> Result<(), RegistryError> {
+    let workers = workers_key(&s.key_prefix, &s.model);
+    let mut pipe = redis::pipe();
+    pipe.zrem(&workers, &s.worker_id).ignore();
+    pipe.query_async::<()>(&mut *conn).await?;
+    // The model stays listed while another of its workers is live; the next heartbeat of any
+    // worker refreshes it, and without one it drops out after LIVE_FOR.
+    let left: usize = redis::cmd("ZCARD").arg(&workers).query_async(&mut *conn).await?;
+    if left == 0 {
+        redis::cmd("ZREM").arg(models_key(&s.key_prefix)).arg(&s.model).query_async::<()>(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Announces the worker now and every [`HEARTBEAT_INTERVAL`] until `stop` turns true, then
+/// removes it. Redis errors are logged, never fatal: the registry only informs people.
+pub async fn heartbeat(settings: HeartbeatSettings, mut stop: watch::Receiver<bool>) {
+    let mut conn = match connect(&settings.url).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "worker registry unavailable; `genq models` will not list this worker");
+            return;
+        }
+    };
+    let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if let Err(e) = beat(&mut conn, &settings).await {
+                    tracing::warn!(error = %e, "worker heartbeat failed");
+                }
+            }
+            // The guard `wait_for` returns is dropped inside this block: it is not `Send`.
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
+        }
+    }
+    if let Err(e) = leave(&mut conn, &settings).await {
+        tracing::warn!(error = %e, "could not remove this worker from the registry");
+    }
+}
+
+/// Spawns [`heartbeat`] on the runtime.
+pub fn spawn_heartbeat(settings: HeartbeatSettings, stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(heartbeat(settings, stop))
+}
+
+/// The models with at least one live worker, each with its live workers, sorted by model name.
+pub async fn live_models(url: &str, key_prefix: &str) -> Result<Vec<ModelWorkers>, RegistryError> {
+    let mut conn = redis::Client::open(url)?.get_multiplexed_async_connection().await?;
+    let since = now_ms().saturating_sub(LIVE_FOR.as_millis() as u64);
+    let mut models: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+        .arg(models_key(key_prefix))
+        .arg(since)
+        .arg("+inf")
+        .query_async(&mut conn)
+        .await?;
+    models.sort();
+    let mut out = Vec::with_capacity(models.len());
+    for model in models {
+        let workers = live_workers_on(&mut conn, key_prefix, &model, since).await?;
+        if !workers.is_empty() {
+            out.push(ModelWorkers { model, workers });
+        }
+    }
+    Ok(out)
+}
+
+/// The live workers of `model`, newest heartbeat first.
+pub async fn live_workers(url: &str, key_prefix: &str, model: &str) -> Result<Vec<String>, RegistryError> {
+    let mut conn = redis::Client::open(url)?.get_multiplexed_async_connection().await?;
+    let since = now_ms().saturating_sub(LIVE_FOR.as_millis() as u64);
+    live_workers_on(&mut conn, key_prefix, model, since).await
+}
+
+async fn live_workers_on(
+    conn: &mut redis::aio::MultiplexedConnection,
+    key_prefix: &str,
+    model: &str,
+    since_ms: u64,
+) -> Result<Vec<String>, RegistryError> {
+    Ok(redis::cmd("ZREVRANGEBYSCORE")
+        .arg(workers_key(key_prefix, model))
+        .arg("+inf")
+        .arg(since_ms)
+        .query_async(conn)
+        .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_models_workers_share_one_cluster_slot_tag() {
+        assert_eq!(workers_key("genq", "smollm2-135m-instruct"), "genq:workers:{smollm2-135m-instruct}");
+        assert_eq!(models_key("genq"), "genq:models");
+    }
+
+    #[test]
+    fn an_entry_survives_two_missed_heartbeats() {
+        assert!(LIVE_FOR >= HEARTBEAT_INTERVAL * 3);
+    }
+}
