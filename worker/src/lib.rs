@@ -9,10 +9,12 @@
 //! - [`sink`]: `ResultSink` (Redis, in-memory).
 //! - [`pipeline`]: the stages wired together, with shutdown and drain.
 //! - [`metrics`], [`http`]: Prometheus metrics and the `/metrics` + `/healthz` listener.
+//! - [`backlog`]: the autoscaling signal: queue depth polling and token estimates of waiting jobs.
 //! - [`bench`]: the engine benchmark behind `genq bench engine`.
 //! - [`runner`]: builds a worker from settings (used by `genq-worker` and `genq run`).
 //! - [`registry`]: worker heartbeats in Redis, by model (what `genq models` lists).
 
+pub mod backlog;
 pub mod bench;
 pub mod broker;
 pub mod engine;

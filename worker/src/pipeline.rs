@@ -187,6 +187,7 @@ where
                 }
                 tracing::debug!(job = %job.id, attempt = delivery.attempt, "job admitted to the engine queue");
                 let started_ms = start.started_ms;
+                metrics.job_received(crate::backlog::estimated_tokens(&job));
                 put(&pending, ticket, Pending { settler: delivery.settler, start, batch: job.batch.clone(), stream: job.stream });
                 if engine_handle.jobs.send(ScheduledJob { ticket, job: *job, started_ms }).await.is_err() {
                     tracing::error!("engine thread stopped");

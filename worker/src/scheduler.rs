@@ -149,6 +149,11 @@ impl Scheduler {
         self.high.len() + self.normal.len()
     }
 
+    /// Estimated tokens of the jobs waiting for admission (see [`crate::backlog::estimated_tokens`]).
+    pub fn waiting_tokens(&self) -> u64 {
+        self.high.iter().chain(&self.normal).map(|j| crate::backlog::estimated_tokens(&j.job)).sum()
+    }
+
     /// Sequences running.
     pub fn running(&self) -> usize {
         self.running.len()
@@ -174,6 +179,7 @@ impl Scheduler {
             let seed = next.job.sampling.seed.unwrap_or_else(rand::random);
             match engine.admit(seq, &next.job, seed) {
                 Ok(admitted) => {
+                    tracing::debug!(job = %next.job.id, seq, prompt_tokens = admitted.prompt_tokens, "job joins the running batch");
                     self.running.insert(
                         seq,
                         Running {
@@ -268,6 +274,7 @@ impl Scheduler {
                 }
             }
         }
+        tracing::debug!(sequences = batch, tokens = step_tokens, seconds = started.elapsed().as_secs_f64(), "engine step");
         if let Some(m) = metrics {
             m.engine_step_seconds.observe(started.elapsed().as_secs_f64());
             m.batch_size.observe(batch as f64);
@@ -333,13 +340,20 @@ pub fn spawn_engine_thread(
                     Err(mpsc::error::TryRecvError::Disconnected) => open = false,
                 }
             }
+            // The pipeline counted each job in `waiting_tokens` when it sent it; jobs leave the
+            // count as they leave the waiting queues (admitted, cancelled or expired).
+            let waiting_before = sched.waiting_tokens();
             sched.expire(engine.as_mut(), &mut out);
             sched.admit(engine.as_mut(), &mut out);
             if let Some(m) = &metrics {
+                m.waiting_tokens.sub(i64::try_from(waiting_before.saturating_sub(sched.waiting_tokens())).unwrap_or(0));
                 m.running_sequences.set(sched.running() as i64);
                 m.waiting_jobs.set(sched.waiting() as i64);
             }
             sched.step(engine.as_mut(), metrics.as_ref(), &mut out);
+            if let Some(m) = &metrics {
+                m.kv_cache_tokens.set(engine.cached_tokens() as i64);
+            }
             for ev in out.drain(..) {
                 if events.blocking_send(ev).is_err() {
                     tracing::error!("event channel closed; engine thread stops");
@@ -350,6 +364,8 @@ pub fn spawn_engine_thread(
         if let Some(m) = &metrics {
             m.running_sequences.set(0);
             m.waiting_jobs.set(0);
+            m.waiting_tokens.set(0);
+            m.kv_cache_tokens.set(0);
         }
     })?;
     Ok(EngineHandle { jobs: tx, thread })

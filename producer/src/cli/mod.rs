@@ -5,11 +5,13 @@
 //! - [`bench`]: `genq bench engine`, optionally side by side with llama.cpp.
 //! - [`run`]: the embedded pipeline (in-memory source and sink, no services).
 //! - [`models`]: the models with live workers (heartbeats in Redis, consumers in RabbitMQ).
+//! - [`serve`]: the HTTP gateway (`/generate`, OpenAI-compatible routes, `/v1/jobs`).
 
 mod bench;
 mod models;
 mod results;
 mod run;
+mod serve;
 mod submit;
 
 use std::path::PathBuf;
@@ -109,6 +111,8 @@ enum Command {
     Models(models::ModelsArgs),
     /// Benchmarks (`genq bench engine`).
     Bench(bench::BenchArgs),
+    /// Serve the HTTP gateway: `POST /generate`, OpenAI-compatible `/v1/...` routes, `/v1/jobs`.
+    Serve(serve::ServeArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -134,6 +138,7 @@ pub fn main() -> ExitCode {
             Command::Run(args) => run::run(&cli.common, args).await,
             Command::Bench(args) => bench::run(&cli.common, args).await,
             Command::Models(args) => models::run(&cli.common, args).await,
+            Command::Serve(args) => serve::run(&cli.common, args).await,
         }
     });
     match result {

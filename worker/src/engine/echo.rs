@@ -128,6 +128,11 @@ impl Engine for EchoEngine {
     fn active(&self) -> usize {
         self.seqs.len()
     }
+
+    /// What a real model would cache: every prompt word plus every word generated.
+    fn cached_tokens(&self) -> usize {
+        self.seqs.values().map(|s| s.words.len() + s.generated).sum()
+    }
 }
 
 #[cfg(test)]

@@ -106,4 +106,8 @@ pub trait Engine: Send {
 
     /// Sequences admitted and not yet finished.
     fn active(&self) -> usize;
+
+    /// Tokens held in the KV caches of the admitted sequences (prompt tokens prefilled plus
+    /// tokens generated), for the `genq_kv_cache_tokens` gauge.
+    fn cached_tokens(&self) -> usize;
 }

@@ -623,4 +623,8 @@ impl Engine for LlamaEngine {
     fn active(&self) -> usize {
         self.seqs.len()
     }
+
+    fn cached_tokens(&self) -> usize {
+        self.seqs.values().map(|s| s.cache.len()).sum()
+    }
 }
