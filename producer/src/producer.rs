@@ -40,6 +40,7 @@ pub struct Producer {
     connection: Connection,
     channel: Channel,
     settings: ProducerSettings,
+    metrics: Option<crate::metrics::ProducerMetrics>,
 }
 
 impl Producer {
@@ -52,7 +53,13 @@ impl Producer {
         if settings.declare_default_model {
             broker::declare_topology(&channel, &settings.default_model, queue.limits()).await?;
         }
-        Ok(Self { connection, channel, settings: settings.clone() })
+        Ok(Self { connection, channel, settings: settings.clone(), metrics: None })
+    }
+
+    /// Counts every publish in `metrics` (`genq_published_total{outcome}`, publish latency).
+    pub fn with_metrics(mut self, metrics: crate::metrics::ProducerMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Fills in defaults the producer owns (id, model) and checks the job.
@@ -96,8 +103,13 @@ impl Producer {
     /// Publishes one job and waits for the broker's confirm. Returns the job id.
     pub async fn submit(&self, job: JobRequest) -> Result<String, PublishError> {
         let job = self.prepare(job)?;
+        let started = std::time::Instant::now();
         let confirm = self.publish(&job).await?;
-        Self::confirmed(job.model_name(), confirm.await)?;
+        let r = Self::confirmed(job.model_name(), confirm.await);
+        if let Some(m) = &self.metrics {
+            m.record(r.as_ref().map(|_| ()), started.elapsed());
+        }
+        r?;
         Ok(job.id.unwrap_or_default())
     }
 
@@ -120,11 +132,19 @@ impl Producer {
                     continue;
                 }
             };
+            let started = std::time::Instant::now();
+            let metrics = self.metrics.clone();
             match self.publish(&prepared).await {
                 Ok(confirm) => {
                     let model = prepared.model_name().to_string();
                     let id = prepared.id.clone().unwrap_or_default();
-                    in_flight.push_back(async move { (i, Self::confirmed(&model, confirm.await).map(|_| id)) });
+                    in_flight.push_back(async move {
+                        let r = Self::confirmed(&model, confirm.await);
+                        if let Some(m) = &metrics {
+                            m.record(r.as_ref().map(|_| ()), started.elapsed());
+                        }
+                        (i, r.map(|_| id))
+                    });
                 }
                 Err(e) => out[i] = Some(Err(e)),
             }

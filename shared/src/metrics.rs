@@ -30,11 +30,34 @@ pub const INFLIGHT_DELIVERIES: &str = "genq_inflight_deliveries";
 pub const DEAD_LETTERED_TOTAL: &str = "genq_dead_lettered_total";
 /// Constant 1 labelled with the worker's `model`, `device` and `version`.
 pub const WORKER_INFO: &str = "genq_worker_info";
-/// Jobs published by producers, by `outcome` (confirmed, nacked, returned).
+/// Tokens held in the KV caches of the running sequences (gauge).
+pub const KV_CACHE_TOKENS: &str = "genq_kv_cache_tokens";
+/// Connections re-established after a loss, by `target` (`amqp`, `redis`).
+pub const RECONNECTS_TOTAL: &str = "genq_reconnects_total";
+/// Estimated tokens (prompt + `max_new_tokens`) of jobs this worker holds but has not yet
+/// admitted to its batch (gauge; the prompt part is estimated from its length in bytes).
+pub const WAITING_TOKENS: &str = "genq_waiting_tokens";
+/// Messages ready in a job queue, by `queue`, as last polled by this worker (gauge).
+pub const QUEUE_READY_MESSAGES: &str = "genq_queue_ready_messages";
+/// Consumers of a job queue, by `queue`, as last polled by this worker (gauge).
+pub const QUEUE_CONSUMERS: &str = "genq_queue_consumers";
+/// Estimated tokens (prompt + `max_new_tokens`) of the messages ready in a job queue, by `queue`:
+/// ready messages times the mean of the jobs this worker has received (gauge).
+pub const QUEUE_BACKLOG_TOKENS: &str = "genq_queue_backlog_tokens";
+/// Jobs published by producers, by `outcome` (`confirmed`, `nacked`, `returned`, `error`).
 pub const PUBLISHED_TOTAL: &str = "genq_published_total";
+/// Time from publishing a job to the broker's confirm (histogram, seconds).
+pub const PUBLISH_DURATION_SECONDS: &str = "genq_publish_duration_seconds";
 /// HTTP requests answered by the gateway, by `route` (the route pattern, never a job id) and
 /// `status` (the HTTP status code).
 pub const HTTP_REQUESTS_TOTAL: &str = "genq_http_requests_total";
+
+/// Labels of [`RECONNECTS_TOTAL`]: the connections a worker keeps.
+pub const RECONNECT_TARGETS: &[&str] = &["amqp", "redis"];
+/// Labels of [`PUBLISHED_TOTAL`].
+pub const PUBLISH_OUTCOMES: &[&str] = &["confirmed", "nacked", "returned", "error"];
+/// Prompt bytes per token assumed when estimating the tokens of a job that is not tokenized yet.
+pub const BYTES_PER_TOKEN_ESTIMATE: u64 = 4;
 
 /// Histogram buckets for LLM latencies: milliseconds up to minutes.
 pub const LATENCY_BUCKETS: &[f64] =

@@ -1,6 +1,8 @@
 //! Helpers for genq's integration tests: unique names so tests never collide on the shared
 //! RabbitMQ and Redis, the built `genq` / `genq-worker` binaries, and worker processes that are
-//! stopped (SIGTERM, then SIGKILL) when dropped.
+//! stopped (SIGTERM, then SIGKILL) when dropped. [`prometheus`] runs a real Prometheus.
+
+pub mod prometheus;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

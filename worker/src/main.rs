@@ -11,7 +11,7 @@ use genq_worker::broker::redact_url;
 use genq_worker::metrics::WorkerMetrics;
 use genq_worker::sink::redis::{RedisSink, RedisSinkSettings};
 use genq_worker::source::amqp::{AmqpSource, AmqpSourceSettings};
-use genq_worker::{http, pipeline, registry, runner};
+use genq_worker::{backlog, http, pipeline, registry, runner};
 
 /// genq worker. Every setting can come from the TOML file (`--config`), from the environment as
 /// `GENQ__SECTION__KEY` (e.g. `GENQ__WORKER__PREFETCH=32`), or from the flags below; flags win
@@ -88,8 +88,8 @@ struct Cli {
     /// Seconds shutdown waits for in-flight jobs [worker.shutdown_grace_secs; default 30].
     #[arg(long)]
     shutdown_grace_secs: Option<u64>,
-    /// Log as JSON lines.
-    #[arg(long)]
+    /// Log as JSON lines (one object per line, with the job id as field `job`) [env GENQ_LOG_JSON].
+    #[arg(long, env = "GENQ_LOG_JSON")]
     log_json: bool,
 }
 
@@ -190,6 +190,15 @@ async fn main() -> anyhow::Result<()> {
         name: pipeline_settings.worker_id.clone(),
     })
     .await?;
+    let monitor = backlog::spawn_queue_monitor(
+        backlog::QueueMonitorSettings {
+            url: settings.amqp.url.clone(),
+            model: w.model_name.clone(),
+            name: format!("{}-monitor", pipeline_settings.worker_id),
+        },
+        metrics.clone(),
+        stop_rx.clone(),
+    );
     tracing::info!(
         worker = %pipeline_settings.worker_id,
         model = %info.model,
@@ -210,6 +219,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let report = pipeline::run(source, sink, engine, pipeline_settings, metrics, shutdown_signal()).await?;
     let _ = stop_tx.send(true);
+    let _ = monitor.await;
     let _ = heartbeat.await;
     tracing::info!(
         received = report.received,

@@ -1,6 +1,9 @@
 //! The worker's Prometheus metrics, registered once in their own registry. Names come from
 //! `genq_shared::metrics`; labels stay low-cardinality (never a job id).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use genq_shared::metrics as names;
@@ -40,6 +43,20 @@ pub struct WorkerMetrics {
     pub dead_lettered: IntCounter,
     /// Constant 1 with model, device and version labels.
     pub worker_info: IntGaugeVec,
+    /// Tokens held in the running sequences' KV caches.
+    pub kv_cache_tokens: IntGauge,
+    /// Reconnects by target; use [`WorkerMetrics::reconnected`].
+    pub reconnects: IntCounterVec,
+    /// Estimated tokens of jobs received and not yet admitted (see `crate::backlog`).
+    pub waiting_tokens: IntGauge,
+    /// Ready messages per job queue, polled.
+    pub queue_ready_messages: IntGaugeVec,
+    /// Consumers per job queue, polled.
+    pub queue_consumers: IntGaugeVec,
+    /// Estimated tokens of the ready messages per job queue.
+    pub queue_backlog_tokens: IntGaugeVec,
+    /// Estimated tokens of every job received, and how many: the mean sizes the queue's backlog.
+    received: Arc<(AtomicU64, AtomicU64)>,
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, buckets: &[f64]) -> prometheus::Result<Histogram> {
@@ -72,6 +89,25 @@ impl WorkerMetrics {
         let worker_info =
             IntGaugeVec::new(Opts::new(names::WORKER_INFO, "Worker build and model."), &["model", "device", "version"])?;
         registry.register(Box::new(worker_info.clone()))?;
+        let reconnects = IntCounterVec::new(
+            Opts::new(names::RECONNECTS_TOTAL, "Connections re-established after a loss, by target."),
+            &["target"],
+        )?;
+        registry.register(Box::new(reconnects.clone()))?;
+        for target in names::RECONNECT_TARGETS {
+            reconnects.with_label_values(&[target]);
+        }
+        let per_queue = |name: &str, help: &str| -> prometheus::Result<IntGaugeVec> {
+            let g = IntGaugeVec::new(Opts::new(name, help), &["queue"])?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let queue_ready_messages = per_queue(names::QUEUE_READY_MESSAGES, "Messages ready in the job queue, as last polled.")?;
+        let queue_consumers = per_queue(names::QUEUE_CONSUMERS, "Consumers of the job queue, as last polled.")?;
+        let queue_backlog_tokens = per_queue(
+            names::QUEUE_BACKLOG_TOKENS,
+            "Estimated tokens (prompt + max_new_tokens) of the ready messages: ready x mean received job.",
+        )?;
         let lat = names::LATENCY_BUCKETS;
         let cnt = names::COUNT_BUCKETS;
         Ok(Self {
@@ -90,8 +126,37 @@ impl WorkerMetrics {
             inflight_deliveries: gauge(&registry, names::INFLIGHT_DELIVERIES, "Deliveries received and not yet settled.")?,
             dead_lettered: counter(&registry, names::DEAD_LETTERED_TOTAL, "Messages dead-lettered because they are not jobs.")?,
             worker_info,
+            kv_cache_tokens: gauge(&registry, names::KV_CACHE_TOKENS, "Tokens held in the running sequences' KV caches.")?,
+            reconnects,
+            waiting_tokens: gauge(
+                &registry,
+                names::WAITING_TOKENS,
+                "Estimated tokens (prompt + max_new_tokens) of jobs received and not yet admitted.",
+            )?,
+            queue_ready_messages,
+            queue_consumers,
+            queue_backlog_tokens,
+            received: Arc::default(),
             registry,
         })
+    }
+
+    /// Counts a connection to `target` (`amqp`, `redis`) re-established after a loss.
+    pub fn reconnected(&self, target: &str) {
+        self.reconnects.with_label_values(&[target]).inc();
+    }
+
+    /// A job of `tokens` estimated tokens arrived and waits for the engine.
+    pub fn job_received(&self, tokens: u64) {
+        self.waiting_tokens.add(i64::try_from(tokens).unwrap_or(i64::MAX));
+        self.received.0.fetch_add(tokens, Ordering::Relaxed);
+        self.received.1.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Mean estimated tokens of the jobs received so far; `None` before the first.
+    pub fn mean_received_tokens(&self) -> Option<f64> {
+        let count = self.received.1.load(Ordering::Relaxed);
+        (count > 0).then(|| self.received.0.load(Ordering::Relaxed) as f64 / count as f64)
     }
 
     /// Sets `genq_worker_info{model,device,version} 1`.

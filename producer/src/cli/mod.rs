@@ -5,6 +5,7 @@
 //! - [`bench`]: `genq bench engine`, optionally side by side with llama.cpp.
 //! - [`run`]: the embedded pipeline (in-memory source and sink, no services).
 //! - [`models`]: the models with live workers (heartbeats in Redis, consumers in RabbitMQ).
+//! - [`status`]: queue depths, per-worker throughput and a batch's progress on one screen.
 //! - [`serve`]: the HTTP gateway (`/generate`, OpenAI-compatible routes, `/v1/jobs`).
 
 mod bench;
@@ -12,6 +13,7 @@ mod models;
 mod results;
 mod run;
 mod serve;
+mod status;
 mod submit;
 
 use std::path::PathBuf;
@@ -50,6 +52,9 @@ struct CommonArgs {
     /// Model of jobs that name none [producer.default_model; default smollm2-135m-instruct].
     #[arg(long, global = true)]
     model: Option<String>,
+    /// Log as JSON lines (one object per line) [env GENQ_LOG_JSON].
+    #[arg(long, global = true, env = "GENQ_LOG_JSON")]
+    log_json: bool,
     /// Confirms outstanding at once while publishing [producer.max_in_flight; default 1024].
     #[arg(long, global = true)]
     max_in_flight: Option<usize>,
@@ -113,16 +118,22 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Serve the HTTP gateway: `POST /generate`, OpenAI-compatible `/v1/...` routes, `/v1/jobs`.
     Serve(serve::ServeArgs),
+    /// One screen: queue depths (ready, unacked, dead), per-worker throughput, a batch's progress.
+    Status(status::StatusArgs),
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if cli.common.log_json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -139,6 +150,7 @@ pub fn main() -> ExitCode {
             Command::Bench(args) => bench::run(&cli.common, args).await,
             Command::Models(args) => models::run(&cli.common, args).await,
             Command::Serve(args) => serve::run(&cli.common, args).await,
+            Command::Status(args) => status::run(&cli.common, args).await,
         }
     });
     match result {
