@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 # Build outside the checkout by default, so a fresh clone (as CI makes) reuses compiled dependencies.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/genq/target}"
 scripts/services.sh
+scripts/prometheus.sh   # prometheus + promtool binaries for tests/tests/observability.rs
 scripts/fetch-model.sh
 cargo build --workspace --bins
 cargo test --workspace "$@"
