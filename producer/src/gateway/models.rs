@@ -1,7 +1,8 @@
 //! `GET /v1/models`: the models that have live workers right now. A model is a candidate when
-//! it is `producer.default_model` or listed in `gateway.models`; it is listed when its queue
+//! it is `producer.default_model`, listed in `gateway.models`, or has a live worker heartbeat in
+//! the registry (`genq_worker::registry`, what `genq models` reads); it is listed when its queue
 //! `genq.jobs.<model>` has at least one consumer (a passive `queue.declare`, which creates
-//! nothing). Honest and simple: no registry, no guessing from past traffic.
+//! nothing), RabbitMQ's own word. No guessing from past traffic.
 
 use axum::extract::{Path, State};
 use axum::http::header;
@@ -13,7 +14,7 @@ use tokio::sync::Mutex;
 
 use genq_shared::topology;
 use genq_shared::Priority;
-use genq_worker::broker;
+use genq_worker::{broker, registry};
 
 use super::error::ApiError;
 use super::state::Gateway;
@@ -73,9 +74,17 @@ impl ModelProbe {
     }
 }
 
-fn candidates(gw: &Gateway) -> Vec<String> {
+async fn candidates(gw: &Gateway) -> Vec<String> {
     let mut models = vec![gw.default_model().to_string()];
-    for m in gw.settings().gateway.model_list() {
+    let redis = &gw.settings().redis;
+    let announced = match registry::live_models(&redis.url, &redis.key_prefix).await {
+        Ok(live) => live.into_iter().map(|m| m.model).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "worker registry unreadable; probing the configured models only");
+            Vec::new()
+        }
+    };
+    for m in gw.settings().gateway.model_list().into_iter().chain(announced) {
         if !models.contains(&m) {
             models.push(m);
         }
@@ -93,7 +102,7 @@ fn json(value: serde_json::Value) -> Response {
 
 /// `GET /v1/models`: OpenAI's model list, with `workers` and `queued` added.
 pub async fn list(State(gw): State<Gateway>) -> Result<Response, ApiError> {
-    let live = gw.models().live(&candidates(&gw)).await?;
+    let live = gw.models().live(&candidates(&gw).await).await?;
     let data: Vec<_> = live.iter().map(model_object).collect();
     Ok(json(serde_json::json!({ "object": "list", "data": data })))
 }
