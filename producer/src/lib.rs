@@ -17,4 +17,4 @@ pub mod status;
 
 pub use metrics::ProducerMetrics;
 pub use producer::{Producer, PublishError};
-pub use results::{ResultClient, ResultError};
+pub use results::{CancelOutcome, ResultClient, ResultError};

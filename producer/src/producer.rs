@@ -1,6 +1,8 @@
 //! Publishing jobs: persistent JSON messages to `genq.jobs` with `mandatory=true` and publisher
 //! confirms. A nack (queue full) or a return (no queue for the model) is an error to the caller.
 
+use std::time::{Duration, Instant};
+
 use futures::stream::{FuturesOrdered, StreamExt};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
@@ -11,6 +13,8 @@ use genq_shared::topology::{self, CREATED_MS_HEADER, JOBS_EXCHANGE};
 use genq_shared::valid::{self, Limits};
 use genq_shared::{now_ms, JobRequest};
 use genq_worker::broker::{self, BrokerError};
+
+use crate::results::ResultClient;
 
 /// A job was not accepted by the broker.
 #[derive(Debug, thiserror::Error)]
@@ -35,31 +39,100 @@ pub enum PublishError {
     Broker(#[from] BrokerError),
 }
 
-/// Publishes jobs with confirms.
+/// Publishes jobs with confirms. Publishes that fail because the connection was lost are
+/// retried on a new connection (same job ids, so a job published twice runs once) for
+/// `producer.retry_secs`.
 pub struct Producer {
-    connection: Connection,
-    channel: Channel,
+    url: String,
+    link: std::sync::Mutex<Link>,
     settings: ProducerSettings,
+    queue: QueueSettings,
+    results: Option<ResultClient>,
     metrics: Option<crate::metrics::ProducerMetrics>,
 }
+
+/// One connection and its confirm-mode channel.
+struct Link {
+    connection: Connection,
+    channel: Channel,
+}
+
+/// Confirmed jobs recorded `queued` in one Redis round trip.
+const MARK_CHUNK: usize = 512;
+
+/// Longest wait between reconnect attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 impl Producer {
     /// Connects, enables publisher confirms and (by default) declares the default model's queues
     /// so jobs published before any worker starts are kept.
     pub async fn connect(url: &str, settings: &ProducerSettings, queue: &QueueSettings) -> Result<Self, BrokerError> {
+        let link = Self::open(url, settings, queue).await?;
+        Ok(Self { url: url.to_string(), link: std::sync::Mutex::new(link), settings: settings.clone(), queue: queue.clone(), results: None, metrics: None })
+    }
+
+    async fn open(url: &str, settings: &ProducerSettings, queue: &QueueSettings) -> Result<Link, BrokerError> {
         let connection = broker::connect(url, "genq-producer").await?;
         let channel = connection.create_channel().await.map_err(|e| BrokerError::protocol("open channel", e))?;
         channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(|e| BrokerError::protocol("confirm.select", e))?;
         if settings.declare_default_model {
             broker::declare_topology(&channel, &settings.default_model, queue.limits()).await?;
         }
-        Ok(Self { connection, channel, settings: settings.clone(), metrics: None })
+        Ok(Link { connection, channel })
+    }
+
+    fn channel(&self) -> Option<Channel> {
+        self.link.lock().ok().map(|l| l.channel.clone())
+    }
+
+    /// Replaces the connection, retrying with backoff until `deadline`; false if it never came.
+    async fn reconnect(&self, deadline: Instant) -> bool {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match Self::open(&self.url, &self.settings, &self.queue).await {
+                Ok(link) => {
+                    tracing::warn!("reconnected to RabbitMQ");
+                    if let Ok(mut l) = self.link.lock() {
+                        *l = link;
+                    }
+                    return true;
+                }
+                Err(e) if Instant::now() + backoff < deadline => {
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "RabbitMQ unreachable; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "RabbitMQ still unreachable; giving up on the unconfirmed publishes");
+                    return false;
+                }
+            }
+        }
     }
 
     /// Counts every publish in `metrics` (`genq_published_total{outcome}`, publish latency).
     pub fn with_metrics(mut self, metrics: crate::metrics::ProducerMetrics) -> Self {
         self.metrics = Some(metrics);
         self
+    }
+
+    /// Records every confirmed job as `queued` in Redis through `results`, so a client waiting on
+    /// it can tell "queued" from "unknown or expired" (`ResultClient::wait` answers
+    /// [`ResultError::Unknown`](crate::ResultError::Unknown) for a job Redis has no record of).
+    pub fn with_results(mut self, results: ResultClient) -> Self {
+        self.results = Some(results);
+        self
+    }
+
+    async fn mark_queued(&self, confirmed: &[(String, String)]) {
+        if confirmed.is_empty() {
+            return;
+        }
+        if let Some(results) = &self.results {
+            if let Err(e) = results.mark_queued(confirmed).await {
+                tracing::warn!(error = %e, jobs = confirmed.len(), "published, but could not record the jobs as queued in Redis");
+            }
+        }
     }
 
     /// Fills in defaults the producer owns (id, model) and checks the job.
@@ -85,7 +158,8 @@ impl Producer {
             .with_message_id(id.as_str().into())
             .with_headers(headers);
         let key = topology::routing_key(job.model_name(), job.priority());
-        self.channel
+        let channel = self.channel().ok_or_else(|| PublishError::Encode("producer state poisoned".into()))?;
+        channel
             .basic_publish(JOBS_EXCHANGE.into(), key.as_str().into(), BasicPublishOptions { mandatory: true, ..Default::default() }, &body, props)
             .await
             .map_err(|e| PublishError::Broker(BrokerError::protocol("basic.publish", e)))
@@ -102,71 +176,118 @@ impl Producer {
 
     /// Publishes one job and waits for the broker's confirm. Returns the job id.
     pub async fn submit(&self, job: JobRequest) -> Result<String, PublishError> {
-        let job = self.prepare(job)?;
-        let started = std::time::Instant::now();
-        let confirm = self.publish(&job).await?;
-        let r = Self::confirmed(job.model_name(), confirm.await);
-        if let Some(m) = &self.metrics {
-            m.record(r.as_ref().map(|_| ()), started.elapsed());
-        }
-        r?;
-        Ok(job.id.unwrap_or_default())
+        self.submit_many(vec![job], |_| {}).await.pop().unwrap_or_else(|| Err(PublishError::Encode("not published".into())))
     }
 
     /// Publishes many jobs with up to `max_in_flight` confirms outstanding, calling `progress`
-    /// after each confirm. Results are in input order: the id, or why that job was not accepted.
+    /// with the count of jobs settled so far. Results are in input order: the id, or why that job
+    /// was not accepted. Jobs whose publish or confirm was lost with the connection are published
+    /// again on a new one, with the same ids, until `producer.retry_secs` runs out.
     pub async fn submit_many(
         &self,
         jobs: Vec<JobRequest>,
         mut progress: impl FnMut(usize),
     ) -> Vec<Result<String, PublishError>> {
         let mut out: Vec<Option<Result<String, PublishError>>> = (0..jobs.len()).map(|_| None).collect();
-        let mut in_flight = FuturesOrdered::new();
-        let max = self.settings.max_in_flight.max(1);
-        let mut done = 0usize;
+        let mut todo = Vec::with_capacity(jobs.len());
         for (i, job) in jobs.into_iter().enumerate() {
-            let prepared = match self.prepare(job) {
-                Ok(j) => j,
-                Err(e) => {
-                    out[i] = Some(Err(e));
-                    continue;
-                }
-            };
-            let started = std::time::Instant::now();
-            let metrics = self.metrics.clone();
-            match self.publish(&prepared).await {
-                Ok(confirm) => {
-                    let model = prepared.model_name().to_string();
-                    let id = prepared.id.clone().unwrap_or_default();
-                    in_flight.push_back(async move {
-                        let r = Self::confirmed(&model, confirm.await);
-                        if let Some(m) = &metrics {
-                            m.record(r.as_ref().map(|_| ()), started.elapsed());
-                        }
-                        (i, r.map(|_| id))
-                    });
-                }
+            match self.prepare(job) {
+                Ok(j) => todo.push((i, j)),
                 Err(e) => out[i] = Some(Err(e)),
             }
-            while in_flight.len() >= max {
-                if let Some((idx, r)) = in_flight.next().await {
-                    out[idx] = Some(r);
-                    done += 1;
-                    progress(done);
-                }
-            }
         }
-        while let Some((idx, r)) = in_flight.next().await {
-            out[idx] = Some(r);
-            done += 1;
-            progress(done);
+        let deadline = Instant::now() + Duration::from_secs(self.settings.retry_secs);
+        let mut settled = out.iter().filter(|o| o.is_some()).count();
+        loop {
+            let lost = self.publish_pass(todo, &mut out, &mut settled, &mut progress).await;
+            if lost.is_empty() {
+                break;
+            }
+            tracing::warn!(jobs = lost.len(), "publishes unconfirmed after a broker error; reconnecting to publish them again (same ids)");
+            if !self.reconnect(deadline).await {
+                break;
+            }
+            todo = lost;
         }
         out.into_iter().map(|r| r.unwrap_or_else(|| Err(PublishError::Encode("not published".into())))).collect()
     }
 
+    /// Publishes `todo` once with pipelined confirms, storing each outcome in `out`. Returns the
+    /// jobs lost to a broker error (their `out` holds that error until a retry succeeds).
+    async fn publish_pass(
+        &self,
+        todo: Vec<(usize, JobRequest)>,
+        out: &mut [Option<Result<String, PublishError>>],
+        settled: &mut usize,
+        progress: &mut impl FnMut(usize),
+    ) -> Vec<(usize, JobRequest)> {
+        let max = self.settings.max_in_flight.max(1);
+        let mut in_flight = FuturesOrdered::new();
+        let mut lost = Vec::new();
+        let mut confirmed: Vec<(String, String)> = Vec::new();
+        let mut record = |(i, job, r): (usize, JobRequest, Result<(), PublishError>), lost: &mut Vec<(usize, JobRequest)>, confirmed: &mut Vec<(String, String)>| {
+            let id = job.id.clone().unwrap_or_default();
+            match r {
+                Ok(()) => {
+                    confirmed.push((id.clone(), job.model_name().to_string()));
+                    out[i] = Some(Ok(id));
+                }
+                Err(e @ PublishError::Broker(_)) => {
+                    out[i] = Some(Err(e));
+                    lost.push((i, job));
+                    return;
+                }
+                Err(e) => out[i] = Some(Err(e)),
+            }
+            *settled += 1;
+            progress(*settled);
+        };
+        let mut broken = false;
+        for (i, job) in todo {
+            if broken {
+                // The channel is gone: don't publish into it; retry these on the next connection.
+                record((i, job, Err(PublishError::Broker(BrokerError::Closed))), &mut lost, &mut confirmed);
+                continue;
+            }
+            let started = Instant::now();
+            let metrics = self.metrics.clone();
+            match self.publish(&job).await {
+                Ok(confirm) => in_flight.push_back(async move {
+                    let r = Self::confirmed(job.model_name(), confirm.await);
+                    if let Some(m) = &metrics {
+                        m.record(r.as_ref().map(|_| ()), started.elapsed());
+                    }
+                    (i, job, r)
+                }),
+                Err(e) => {
+                    if let Some(m) = &metrics {
+                        m.record(Err(&e), started.elapsed());
+                    }
+                    broken = matches!(e, PublishError::Broker(_));
+                    record((i, job, Err(e)), &mut lost, &mut confirmed);
+                }
+            }
+            while in_flight.len() >= max {
+                if let Some(done) = in_flight.next().await {
+                    record(done, &mut lost, &mut confirmed);
+                }
+            }
+            if confirmed.len() >= MARK_CHUNK {
+                self.mark_queued(&std::mem::take(&mut confirmed)).await;
+            }
+        }
+        while let Some(done) = in_flight.next().await {
+            record(done, &mut lost, &mut confirmed);
+        }
+        self.mark_queued(&confirmed).await;
+        lost
+    }
+
     /// Closes the channel and connection.
     pub async fn close(self) {
-        let _ = self.channel.close(200, "bye".into()).await;
-        let _ = self.connection.close(200, "bye".into()).await;
+        if let Ok(link) = self.link.into_inner() {
+            let _ = link.channel.close(200, "bye".into()).await;
+            let _ = link.connection.close(200, "bye".into()).await;
+        }
     }
 }

@@ -16,6 +16,13 @@ pub enum ResultError {
     /// Redis is unreachable or answered with an error.
     #[error("redis: {0}")]
     Redis(String),
+    /// Redis has no record of the job: it was never submitted through genq, or its result
+    /// expired after the TTL.
+    #[error("job {id} is unknown or its result expired (results are kept for the configured TTL)")]
+    Unknown {
+        /// Job id.
+        id: String,
+    },
     /// The job did not reach a final status in time.
     #[error("timed out waiting for job {id} (status: {status})")]
     Timeout {
@@ -36,7 +43,36 @@ pub struct ResultClient {
     client: redis::Client,
     conn: MultiplexedConnection,
     keys: KeySchema,
+    ttl_secs: u64,
+    unknown_after: Duration,
 }
+
+/// What `cancel` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The job is queued or running; it ends `cancelled` at the worker's next check.
+    Requested,
+    /// The job had already finished with this status; nothing changed.
+    AlreadyFinal(JobStatus),
+}
+
+/// Marks a job cancelled unless it is unknown or final: `{'requested'}`, `{'final', status}` or
+/// `{'unknown'}`.
+const CANCEL_LUA: &str = r#"
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return {'unknown'} end
+if st == 'done' or st == 'failed' or st == 'expired' or st == 'cancelled' then return {'final', st} end
+redis.call('SET', KEYS[2], '1', 'EX', ARGV[1])
+return {'requested'}
+"#;
+
+/// TTL of the keys a client writes unless `with_ttl` says otherwise: 24 h, like the workers.
+const DEFAULT_TTL_SECS: u64 = 86_400;
+
+/// How long `wait` lets a job with no record at all stay missing before answering "unknown":
+/// jobs published with [`Producer`](crate::Producer) are recorded `queued` at once, but one
+/// published by a bare AMQP client appears only when a worker starts it.
+const DEFAULT_UNKNOWN_AFTER: Duration = Duration::from_secs(10);
 
 /// Longest single block on a done list; waits re-check the hash at least this often.
 const BLOCK_SLICE: Duration = Duration::from_secs(5);
@@ -51,7 +87,62 @@ impl ResultClient {
             .get_multiplexed_async_connection_with_config(&config)
             .await
             .map_err(|e| ResultError::Redis(format!("cannot connect to {}: {e}", redact_url(url))))?;
-        Ok(Self { client, conn, keys: KeySchema::new(key_prefix) })
+        Ok(Self { client, conn, keys: KeySchema::new(key_prefix), ttl_secs: DEFAULT_TTL_SECS, unknown_after: DEFAULT_UNKNOWN_AFTER })
+    }
+
+    /// Sets the TTL of the keys this client writes (queued marks, cancel requests); the
+    /// `redis.result_ttl_secs` setting.
+    pub fn with_ttl(mut self, ttl_secs: u64) -> Self {
+        self.ttl_secs = ttl_secs.max(1);
+        self
+    }
+
+    /// Sets how long `wait` tolerates a job Redis has no record of before answering
+    /// [`ResultError::Unknown`] (default 10 s).
+    pub fn with_unknown_after(mut self, after: Duration) -> Self {
+        self.unknown_after = after;
+        self
+    }
+
+    /// Records `(id, model)` jobs as `queued` (with `created_ms` and the TTL), so waiters can
+    /// tell a queued job from an unknown one. Never overwrites a status a worker already wrote.
+    pub async fn mark_queued(&self, jobs: &[(String, String)]) -> Result<(), ResultError> {
+        let now = genq_shared::now_ms();
+        for chunk in jobs.chunks(512) {
+            let mut pipe = redis::pipe();
+            for (id, model) in chunk {
+                let key = self.keys.job(id);
+                pipe.cmd("HSETNX").arg(&key).arg("status").arg(JobStatus::Queued.as_str()).ignore();
+                pipe.cmd("HSETNX").arg(&key).arg("model").arg(model).ignore();
+                pipe.cmd("HSETNX").arg(&key).arg("created_ms").arg(now).ignore();
+                pipe.cmd("EXPIRE").arg(&key).arg(self.ttl_secs).ignore();
+            }
+            let mut conn = self.conn.clone();
+            let () = pipe.query_async(&mut conn).await.map_err(redis_err)?;
+        }
+        Ok(())
+    }
+
+    /// Asks for a queued or running job to be cancelled. A worker that has not started it yet
+    /// finishes it `cancelled` without running it; a running one stops it between engine steps
+    /// and keeps the text generated so far.
+    pub async fn cancel(&self, id: &str) -> Result<CancelOutcome, ResultError> {
+        let mut conn = self.conn.clone();
+        let answer: Vec<String> = redis::Script::new(CANCEL_LUA)
+            .key(self.keys.job(id))
+            .key(self.keys.cancel(id))
+            .arg(self.ttl_secs)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(redis_err)?;
+        match answer.first().map(String::as_str) {
+            Some("requested") => Ok(CancelOutcome::Requested),
+            Some("final") => {
+                let status = answer.get(1).and_then(|s| JobStatus::parse(s)).unwrap_or(JobStatus::Done);
+                Ok(CancelOutcome::AlreadyFinal(status))
+            }
+            _ => Err(ResultError::Unknown { id: id.to_string() }),
+        }
     }
 
     /// The job's result as stored now; `None` when Redis has no record of it (not started yet,
@@ -82,12 +173,21 @@ impl ResultClient {
 
     async fn wait_on(&self, blocking: &mut MultiplexedConnection, id: &str, deadline: Option<Instant>) -> Result<JobResult, ResultError> {
         let done = self.keys.done(id);
+        let mut missing_since: Option<Instant> = None;
         loop {
             let current = self.get(id).await?;
-            if let Some(r) = &current {
-                if r.status.is_some_and(JobStatus::is_final) {
-                    return Ok(current.unwrap_or_default());
+            let mut slice_cap = BLOCK_SLICE;
+            match &current {
+                None => {
+                    let since = *missing_since.get_or_insert_with(Instant::now);
+                    let left = self.unknown_after.saturating_sub(since.elapsed());
+                    if left.is_zero() {
+                        return Err(ResultError::Unknown { id: id.to_string() });
+                    }
+                    slice_cap = left.min(Duration::from_millis(500));
                 }
+                Some(r) if r.status.is_some_and(JobStatus::is_final) => return Ok(current.unwrap_or_default()),
+                Some(_) => missing_since = None,
             }
             let slice = match deadline {
                 Some(d) => {
@@ -96,9 +196,9 @@ impl ResultClient {
                         let status = current.and_then(|r| r.status).map(|s| s.as_str().to_string()).unwrap_or_else(|| "unknown".into());
                         return Err(ResultError::Timeout { id: id.to_string(), status });
                     }
-                    left.min(BLOCK_SLICE)
+                    left.min(slice_cap)
                 }
-                None => BLOCK_SLICE,
+                None => slice_cap,
             };
             let _: Option<String> = redis::cmd("BLMOVE")
                 .arg(&done)

@@ -80,6 +80,8 @@ pub mod error_kind {
     pub const UNSUPPORTED: &str = "unsupported";
     /// The engine failed while running the job.
     pub const ENGINE: &str = "engine";
+    /// The job kept killing the workers that ran it, even alone; it is dead-lettered.
+    pub const POISON: &str = "poison";
 }
 
 /// A job's result as kept in its Redis hash. Every field but `id` and `status` is optional, since

@@ -129,6 +129,12 @@ pub struct WorkerSettings {
     pub worker_id: String,
     /// Seconds a shutdown waits for in-flight jobs before requeueing them.
     pub shutdown_grace_secs: u64,
+    /// How often the worker checks Redis for cancel requests of its jobs, in ms (0: never).
+    pub cancel_poll_ms: u64,
+    /// A job that was redelivered after its worker died runs alone; after this many solo runs
+    /// that never finished it is poison: it ends `failed` (`error_kind` `poison`) and is
+    /// dead-lettered.
+    pub poison_after_solo_runs: u64,
 }
 
 impl Default for WorkerSettings {
@@ -150,6 +156,8 @@ impl Default for WorkerSettings {
             metrics_addr: "127.0.0.1:9464".into(),
             worker_id: String::new(),
             shutdown_grace_secs: 30,
+            cancel_poll_ms: 250,
+            poison_after_solo_runs: 2,
         }
     }
 }
@@ -172,11 +180,14 @@ pub struct ProducerSettings {
     /// Declare the default model's queues before publishing, so jobs published before any
     /// worker started are kept rather than returned as unroutable.
     pub declare_default_model: bool,
+    /// How long publishes that failed on a lost connection are retried (reconnecting, same job
+    /// ids) before they are reported as errors, in seconds.
+    pub retry_secs: u64,
 }
 
 impl Default for ProducerSettings {
     fn default() -> Self {
-        Self { default_model: DEFAULT_MODEL.into(), max_in_flight: 1024, declare_default_model: true }
+        Self { default_model: DEFAULT_MODEL.into(), max_in_flight: 1024, declare_default_model: true, retry_secs: 30 }
     }
 }
 
@@ -341,7 +352,16 @@ mod tests {
         let text = describe_settings();
         assert!(text.contains("worker.prefetch = 64; GENQ__WORKER__PREFETCH"), "{text}");
         assert!(text.contains("amqp.url = \"amqp://guest:guest@127.0.0.1:5672/%2f\"; GENQ__AMQP__URL"), "{text}");
-        assert_eq!(text.lines().count(), 1 + 1 + 3 + 2 + 16 + 3 + 5, "every field of every section: {text}");
+        let Ok(serde_json::Value::Object(sections)) = serde_json::to_value(Settings::default()) else { panic!("settings serialise") };
+        let mut fields = 0;
+        for (section, keys) in &sections {
+            for key in keys.as_object().expect("section is a table").keys() {
+                let env = format!("; GENQ__{}__{}\n", section.to_uppercase(), key.to_uppercase());
+                assert!(text.contains(&format!("  {section}.{key} = ")) && text.contains(&env), "{section}.{key} missing: {text}");
+                fields += 1;
+            }
+        }
+        assert_eq!(text.lines().count(), 1 + fields, "one line per setting: {text}");
     }
 
     #[test]

@@ -60,18 +60,26 @@ pub struct Sandbox {
     pub model: String,
     /// Redis key prefix.
     pub prefix: String,
+    /// Redis URL (the shared one unless [`Sandbox::with_redis`] says otherwise).
+    pub redis: String,
 }
 
 impl Sandbox {
     /// A new sandbox named after `tag`.
     pub fn new(tag: &str) -> Self {
         let model = unique(tag);
-        Self { prefix: model.clone(), model }
+        Self { prefix: model.clone(), model, redis: redis_url() }
+    }
+
+    /// This sandbox, with its results in the Redis at `url` (e.g. a private one a test restarts).
+    pub fn with_redis(mut self, url: &str) -> Self {
+        self.redis = url.to_string();
+        self
     }
 
     /// Flags that point a `genq` or `genq-worker` command at this sandbox.
     pub fn flags(&self) -> Vec<String> {
-        vec!["--amqp-url".into(), amqp_url(), "--redis-url".into(), redis_url(), "--key-prefix".into(), self.prefix.clone()]
+        vec!["--amqp-url".into(), amqp_url(), "--redis-url".into(), self.redis.clone(), "--key-prefix".into(), self.prefix.clone()]
     }
 
     /// Starts `genq-worker` for this sandbox with extra flags; logs go to a file in [`scratch_dir`].
@@ -103,7 +111,7 @@ impl Sandbox {
 
     /// A result client for this sandbox.
     pub async fn results(&self) -> genq_producer::ResultClient {
-        genq_producer::ResultClient::connect(&redis_url(), &self.prefix).await.expect("redis")
+        genq_producer::ResultClient::connect(&self.redis, &self.prefix).await.expect("redis")
     }
 
     /// A producer for this sandbox (declares this sandbox's queues).
@@ -115,6 +123,7 @@ impl Sandbox {
         genq_producer::Producer::connect(&amqp_url(), &settings, &genq_shared::settings::QueueSettings::default())
             .await
             .expect("producer")
+            .with_results(self.results().await)
     }
 
     /// Publishes a raw body to this sandbox's normal queue, as any AMQP client could.
@@ -213,6 +222,19 @@ impl Worker {
     /// The worker's log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The address of its `/metrics` listener, from its `worker ready` log line.
+    pub fn metrics_addr(&self) -> Option<String> {
+        let log = self.log_text();
+        let at = log.find("metrics=")? + "metrics=".len();
+        Some(log[at..].split_whitespace().next()?.trim_matches('"').to_string())
+    }
+
+    /// The value of one series (`name` or `name{labels}` exactly as rendered) on its `/metrics`.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let (_, text) = prometheus::http_get(&self.metrics_addr()?, "/metrics").ok()?;
+        text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
     }
 
     /// Waits until the log contains `needle` (e.g. `worker ready`).

@@ -19,6 +19,12 @@ pub enum BrokerError {
         /// Cause.
         source: lapin::Error,
     },
+    /// `amqp.url` names no URL.
+    #[error("no RabbitMQ URL given (setting amqp.url)")]
+    NoUrl,
+    /// The connection was lost before the operation could be tried.
+    #[error("RabbitMQ connection lost")]
+    Closed,
     /// A protocol operation failed.
     #[error("RabbitMQ {what}: {source}")]
     Protocol {
@@ -36,8 +42,15 @@ impl BrokerError {
     }
 }
 
-/// `scheme://user:***@host/...`: a URL fit for logs.
+/// `scheme://user:***@host/...`: a URL fit for logs (each of a comma-separated list).
 pub fn redact_url(url: &str) -> String {
+    if url.contains(',') {
+        return url_list(url).into_iter().map(redact_one).collect::<Vec<_>>().join(",");
+    }
+    redact_one(url)
+}
+
+fn redact_one(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else { return url.to_string() };
     let rest = &url[scheme_end + 3..];
     let authority_end = rest.find('/').unwrap_or(rest.len());
@@ -52,10 +65,27 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-/// Opens a connection named `name` (shown in the RabbitMQ management UI).
-pub async fn connect(url: &str, name: &str) -> Result<Connection, BrokerError> {
-    let props = ConnectionProperties::default().with_connection_name(name.into());
-    Connection::connect(url, props).await.map_err(|source| BrokerError::Connect { url: redact_url(url), source })
+/// The URLs of an `amqp.url` setting: one URL, or several separated by commas (the nodes of a
+/// RabbitMQ cluster, tried in order).
+pub fn url_list(urls: &str) -> Vec<&str> {
+    urls.split(',').map(str::trim).filter(|u| !u.is_empty()).collect()
+}
+
+/// Opens a connection named `name` (shown in the RabbitMQ management UI) to the first node of
+/// `urls` (see [`url_list`]) that accepts it; the error is the last node's.
+pub async fn connect(urls: &str, name: &str) -> Result<Connection, BrokerError> {
+    let mut last = None;
+    for url in url_list(urls) {
+        let props = ConnectionProperties::default().with_connection_name(name.into());
+        match Connection::connect(url, props).await {
+            Ok(c) => return Ok(c),
+            Err(source) => {
+                tracing::warn!(url = %redact_url(url), error = %source, "RabbitMQ node unreachable; trying the next one");
+                last = Some(BrokerError::Connect { url: redact_url(url), source });
+            }
+        }
+    }
+    Err(last.unwrap_or(BrokerError::NoUrl))
 }
 
 fn short(s: &str) -> ShortString {
@@ -121,5 +151,6 @@ mod tests {
         assert_eq!(redact_url("amqp://guest:secret@host:5672/%2f"), "amqp://guest:***@host:5672/%2f");
         assert_eq!(redact_url("redis://:pw@127.0.0.1:6379"), "redis://:***@127.0.0.1:6379");
         assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(redact_url("amqp://u:p1@a/%2f, amqp://u:p2@b/%2f"), "amqp://u:***@a/%2f,amqp://u:***@b/%2f");
     }
 }

@@ -88,6 +88,12 @@ struct Cli {
     /// Seconds shutdown waits for in-flight jobs [worker.shutdown_grace_secs; default 30].
     #[arg(long)]
     shutdown_grace_secs: Option<u64>,
+    /// How often to check Redis for cancel requests, in ms; 0 never [worker.cancel_poll_ms; default 250].
+    #[arg(long)]
+    cancel_poll_ms: Option<u64>,
+    /// Unfinished solo runs after which a job is poison [worker.poison_after_solo_runs; default 2].
+    #[arg(long)]
+    poison_after_solo_runs: Option<u64>,
     /// Log as JSON lines (one object per line, with the job id as field `job`) [env GENQ_LOG_JSON].
     #[arg(long, env = "GENQ_LOG_JSON")]
     log_json: bool,
@@ -117,7 +123,9 @@ impl Cli {
             .set("worker.max_prompt_bytes", self.max_prompt_bytes)
             .set("worker.metrics_addr", self.metrics_addr.as_ref())
             .set("worker.worker_id", self.worker_id.as_ref())
-            .set("worker.shutdown_grace_secs", self.shutdown_grace_secs);
+            .set("worker.shutdown_grace_secs", self.shutdown_grace_secs)
+            .set("worker.cancel_poll_ms", self.cancel_poll_ms)
+            .set("worker.poison_after_solo_runs", self.poison_after_solo_runs);
         o
     }
 }
@@ -181,7 +189,8 @@ async fn main() -> anyhow::Result<()> {
         key_prefix: settings.redis.key_prefix.clone(),
         ttl_secs: settings.redis.result_ttl_secs,
     })
-    .await?;
+    .await?
+    .with_metrics(metrics.clone());
     let source = AmqpSource::connect(&AmqpSourceSettings {
         url: settings.amqp.url.clone(),
         model: w.model_name.clone(),
@@ -189,7 +198,8 @@ async fn main() -> anyhow::Result<()> {
         limits: settings.queue.limits(),
         name: pipeline_settings.worker_id.clone(),
     })
-    .await?;
+    .await?
+    .with_metrics(metrics.clone());
     let monitor = backlog::spawn_queue_monitor(
         backlog::QueueMonitorSettings {
             url: settings.amqp.url.clone(),

@@ -2,22 +2,25 @@
 //!
 //! Three stages joined by bounded channels: the intake task validates deliveries and hands jobs
 //! to the engine thread; the engine thread runs the scheduler; the writer task stores results in
-//! batches and settles each delivery only after its result is stored. Shutdown stops intake,
+//! batches and settles each delivery only after its result is stored. A watcher polls the sink for
+//! cancel requests of in-flight jobs and passes them to the engine thread. Shutdown stops intake,
 //! lets in-flight jobs finish within the grace period, and requeues whatever is left.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use genq_shared::result::error_kind;
 use genq_shared::{now_ms, JobResult, JobStatus};
 
 use crate::engine::Engine;
 use crate::intake::{self, Intake, IntakeRules};
 use crate::metrics::WorkerMetrics;
-use crate::scheduler::{self, EngineEvent, JobOutcome, ScheduledJob, SchedulerSettings, Ticket};
-use crate::sink::{FinalResult, JobStart, ResultSink};
+use crate::scheduler::{self, EngineEvent, EventSender, JobOutcome, ScheduledJob, SchedulerSettings, Ticket};
+use crate::sink::{Begin, FinalResult, JobStart, ResultSink};
 use crate::source::{JobSource, Settle, Settlement};
 
 /// Pipeline settings.
@@ -37,6 +40,10 @@ pub struct PipelineSettings {
     pub write_wait: Duration,
     /// How long shutdown waits for in-flight jobs.
     pub shutdown_grace: Duration,
+    /// How often in-flight jobs are checked for cancel requests (zero: never).
+    pub cancel_poll: Duration,
+    /// Unfinished solo runs after which a suspect job is poison.
+    pub poison_after_solo_runs: u64,
 }
 
 /// Counts of what the pipeline did, returned when it stops.
@@ -64,6 +71,8 @@ struct Pending {
     start: JobStart,
     batch: Option<String>,
     stream: bool,
+    /// How the delivery is settled once its result is stored: `Ack`, or `DeadLetter` for poison.
+    settle_as: Settlement,
 }
 
 /// In-flight deliveries by ticket. A `std::sync::Mutex`: no `.await` happens while it is held.
@@ -100,16 +109,42 @@ where
 {
     let sink = Arc::new(sink);
     let pending: PendingMap = Arc::default();
-    let (events_tx, events_rx) = mpsc::channel::<EngineEvent>(settings.write_batch_size.max(1) * 4);
+    let (tx, events_rx) = mpsc::channel::<EngineEvent>(settings.write_batch_size.max(1) * 4);
+    let events_tx = EventSender::new(tx);
+    let finals_stored: Arc<AtomicU64> = Arc::default();
+    let runtime = tokio::runtime::Handle::current();
+    let gate_sink = sink.clone();
+    let gate_runtime = runtime.clone();
+    let (gate_sent, gate_stored) = (events_tx.clone(), finals_stored.clone());
+    let solo_gate = Box::new(move |job: &ScheduledJob| {
+        // Every earlier outcome must be stored first: if this job kills the worker, a job that
+        // finished just before it must not be blamed (and run alone again) for want of a write.
+        if gate_stored.load(Ordering::SeqCst) < gate_sent.finals_sent() {
+            return false;
+        }
+        match gate_runtime.block_on(gate_sink.record_solo_run(&job.job.id)) {
+            Ok(()) => {
+                tracing::warn!(job = %job.job.id, "running a suspect job alone (its last worker died while it ran)");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(job = %job.job.id, error = %e, "cannot record a suspect's solo run; it waits");
+                false
+            }
+        }
+    });
     let engine_handle = scheduler::spawn_engine_thread(
         engine,
         settings.scheduler,
         settings.engine_queue,
         events_tx.clone(),
         Some(metrics.clone()),
-        tokio::runtime::Handle::current(),
+        runtime,
+        solo_gate,
     )?;
-    let writer = tokio::spawn(write_results(events_rx, sink.clone(), pending.clone(), settings.clone(), metrics.clone()));
+    let writer = tokio::spawn(write_results(events_rx, sink.clone(), pending.clone(), settings.clone(), metrics.clone(), finals_stored.clone()));
+    let watcher = (!settings.cancel_poll.is_zero())
+        .then(|| tokio::spawn(watch_cancels(sink.clone(), pending.clone(), engine_handle.cancels.clone(), settings.cancel_poll)));
 
     let mut report = PipelineReport::default();
     let mut next_ticket: Ticket = 0;
@@ -151,7 +186,7 @@ where
                     created_ms: delivery.created_ms,
                     started_ms: now_ms(),
                 };
-                put(&pending, ticket, Pending { settler: delivery.settler, start, batch: rejected.batch, stream: false });
+                put(&pending, ticket, Pending { settler: delivery.settler, start, batch: rejected.batch, stream: false, settle_as: Settlement::Ack });
                 let outcome = scheduler::outcome(JobStatus::Failed, String::new(), Some((rejected.error, rejected.error_kind)));
                 if events_tx.send(EngineEvent::Finished { ticket, outcome }).await.is_err() {
                     break;
@@ -166,30 +201,51 @@ where
                     created_ms: delivery.created_ms,
                     started_ms: now_ms(),
                 };
-                match sink.begin(&start).await {
-                    Ok(true) => {}
-                    Ok(false) => {
+                let begun = tokio::select! {
+                    _ = &mut shutdown => {
+                        tracing::info!(job = %job.id, "shutdown while Redis is unreachable; requeueing the job");
+                        report.requeued += 1;
+                        settle(delivery.settler, Settlement::Requeue).await;
+                        break;
+                    }
+                    b = begin_with_retry(&*sink, &start) => b,
+                };
+                let isolated = match begun {
+                    Begin::Fresh { suspect, solo_runs } if solo_runs >= settings.poison_after_solo_runs => {
+                        tracing::error!(job = %job.id, solo_runs, suspect, "poison job: its worker died each time it ran alone; failing and dead-lettering it");
+                        let error = format!("the job's worker died each of the {solo_runs} times it ran alone; it is not run again");
+                        let outcome = scheduler::outcome(JobStatus::Failed, String::new(), Some((error, error_kind::POISON)));
+                        put(&pending, ticket, Pending { settler: delivery.settler, start, batch: job.batch.clone(), stream: job.stream, settle_as: Settlement::DeadLetter });
+                        if events_tx.send(EngineEvent::Finished { ticket, outcome }).await.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                    Begin::Fresh { suspect, solo_runs } => suspect || solo_runs > 0,
+                    Begin::Cancelled => {
+                        tracing::info!(job = %job.id, "job cancelled before it started");
+                        put(&pending, ticket, Pending { settler: delivery.settler, start, batch: job.batch.clone(), stream: job.stream, settle_as: Settlement::Ack });
+                        let outcome = scheduler::outcome(JobStatus::Cancelled, String::new(), None);
+                        if events_tx.send(EngineEvent::Finished { ticket, outcome }).await.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                    Begin::Duplicate => {
                         tracing::info!(job = %job.id, "duplicate delivery of a finished job; acking it");
                         report.duplicates += 1;
                         settle(delivery.settler, Settlement::Ack).await;
                         continue;
                     }
-                    Err(e) => {
-                        tracing::error!(job = %job.id, error = %e, "cannot mark job running; requeueing it");
-                        report.requeued += 1;
-                        settle(delivery.settler, Settlement::Requeue).await;
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                        continue;
-                    }
-                }
+                };
                 if let Some(created) = delivery.created_ms {
                     metrics.queue_wait.observe(start.started_ms.saturating_sub(created) as f64 / 1000.0);
                 }
                 tracing::debug!(job = %job.id, attempt = delivery.attempt, "job admitted to the engine queue");
                 let started_ms = start.started_ms;
                 metrics.job_received(crate::backlog::estimated_tokens(&job));
-                put(&pending, ticket, Pending { settler: delivery.settler, start, batch: job.batch.clone(), stream: job.stream });
-                if engine_handle.jobs.send(ScheduledJob { ticket, job: *job, started_ms }).await.is_err() {
+                put(&pending, ticket, Pending { settler: delivery.settler, start, batch: job.batch.clone(), stream: job.stream, settle_as: Settlement::Ack });
+                if engine_handle.jobs.send(ScheduledJob { ticket, job: *job, started_ms, isolated }).await.is_err() {
                     tracing::error!("engine thread stopped");
                     break;
                 }
@@ -200,6 +256,9 @@ where
     source.stop().await;
     drop(events_tx);
     drop(engine_handle.jobs);
+    if let Some(w) = &watcher {
+        w.abort();
+    }
 
     let grace = settings.shutdown_grace;
     let written = match tokio::time::timeout(grace, writer).await {
@@ -226,6 +285,55 @@ where
         report.generated_tokens = w.generated_tokens;
     }
     Ok(report)
+}
+
+/// Marks a job running, retrying with backoff while the sink is unreachable: the delivery stays
+/// unacked meanwhile (requeueing it would spend one of its broker delivery attempts per retry).
+async fn begin_with_retry<K: ResultSink>(sink: &K, start: &JobStart) -> Begin {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match sink.begin(start).await {
+            Ok(b) => return b,
+            Err(e) => {
+                tracing::warn!(job = %start.id, error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot mark job running; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Every `every`, asks the sink which in-flight jobs a client wants cancelled and sends their
+/// tickets to the engine thread (again each time, until the job is gone: a request can arrive
+/// before the engine thread has the job).
+async fn watch_cancels<K: ResultSink>(
+    sink: Arc<K>,
+    pending: PendingMap,
+    cancels: mpsc::UnboundedSender<Ticket>,
+    every: Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let (tickets, ids): (Vec<Ticket>, Vec<String>) = match pending.lock() {
+            Ok(map) => map.iter().filter(|(_, p)| !p.start.kind.is_empty()).map(|(t, p)| (*t, p.start.id.clone())).unzip(),
+            Err(_) => return,
+        };
+        if ids.is_empty() {
+            continue;
+        }
+        match sink.cancel_requested(&ids).await {
+            Ok(flags) => {
+                for (ticket, _) in tickets.iter().zip(flags).filter(|(_, f)| *f) {
+                    if cancels.send(*ticket).is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot check cancel requests"),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -274,6 +382,7 @@ async fn write_results<K: ResultSink>(
     pending: PendingMap,
     settings: PipelineSettings,
     metrics: WorkerMetrics,
+    finals_stored: Arc<AtomicU64>,
 ) -> WriterReport {
     let mut report = WriterReport::default();
     let mut batch: Vec<EngineEvent> = Vec::with_capacity(settings.write_batch_size);
@@ -299,6 +408,7 @@ async fn write_results<K: ResultSink>(
         let mut chunks = Vec::new();
         let mut finals = Vec::new();
         let mut settlers = Vec::new();
+        let finals_in_batch = batch.iter().filter(|e| !matches!(e, EngineEvent::Chunk { .. })).count() as u64;
         for ev in batch.drain(..) {
             match ev {
                 EngineEvent::Chunk { ticket, text } => {
@@ -316,7 +426,7 @@ async fn write_results<K: ResultSink>(
                         report.generated_tokens += outcome.completion_tokens;
                         tracing::debug!(job = %p.start.id, status = outcome.status.as_str(), tokens = outcome.completion_tokens, "job finished");
                         finals.push(final_result(&p, outcome));
-                        settlers.push(p.settler);
+                        settlers.push((p.settler, p.settle_as));
                     }
                 }
                 EngineEvent::Retry { ticket, reason } => {
@@ -343,16 +453,17 @@ async fn write_results<K: ResultSink>(
             }
         };
         if let Some(written) = written {
-            for ((f, settler), fresh) in finals.iter().zip(settlers).zip(written) {
+            for ((f, (settler, settle_as)), fresh) in finals.iter().zip(settlers).zip(written) {
                 if fresh {
                     let status = f.result.status.map(|s| s.as_str()).unwrap_or("failed");
                     metrics.jobs.with_label_values(&[status]).inc();
                     *report.finished.entry(status).or_default() += 1;
                 }
-                settle(settler, Settlement::Ack).await;
+                settle(settler, settle_as).await;
             }
         }
         metrics.inflight_deliveries.set(pending.lock().map(|m| m.len() as i64).unwrap_or(0));
+        finals_stored.fetch_add(finals_in_batch, Ordering::SeqCst);
     }
     report
 }

@@ -110,6 +110,8 @@ pub fn pipeline_settings(settings: &Settings, context_length: usize) -> Pipeline
         write_batch_size: w.write_batch_size.max(1),
         write_wait: Duration::from_millis(w.write_wait_ms),
         shutdown_grace: Duration::from_secs(w.shutdown_grace_secs),
+        cancel_poll: Duration::from_millis(w.cancel_poll_ms),
+        poison_after_solo_runs: w.poison_after_solo_runs.max(1),
     }
 }
 

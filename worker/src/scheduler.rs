@@ -1,11 +1,13 @@
 //! The engine thread and its scheduler: continuous batching at the token level. Between steps it
-//! retires finished and expired sequences and admits waiting jobs (high priority first, then age)
+//! retires finished, cancelled and expired sequences and admits waiting jobs (high priority first, then age)
 //! under the sequence cap; each step advances every running sequence by one token.
 //!
 //! [`Scheduler`] is the pure state (unit-tested without a runtime); [`spawn_engine_thread`] is
 //! the thin loop that feeds it from a channel and reports [`EngineEvent`]s.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -29,6 +31,9 @@ pub struct ScheduledJob {
     pub job: ValidJob,
     /// When the worker started on it (Unix ms).
     pub started_ms: u64,
+    /// A suspect (it may have killed a worker): it runs alone in the batch, and only after the
+    /// gate given to [`Scheduler::admit`] has recorded that.
+    pub isolated: bool,
 }
 
 /// How a job ended on the engine thread.
@@ -82,6 +87,44 @@ pub enum EngineEvent {
     },
 }
 
+/// The channel of [`EngineEvent`]s to the result writer, counting the final outcomes sent, so the
+/// writer's own count of outcomes stored tells when every outcome sent so far is stored.
+#[derive(Clone)]
+pub struct EventSender {
+    tx: mpsc::Sender<EngineEvent>,
+    finals_sent: Arc<AtomicU64>,
+}
+
+impl EventSender {
+    /// Wraps the sending half of the writer's channel.
+    pub fn new(tx: mpsc::Sender<EngineEvent>) -> Self {
+        Self { tx, finals_sent: Arc::default() }
+    }
+
+    fn count(&self, ev: &EngineEvent) {
+        if !matches!(ev, EngineEvent::Chunk { .. }) {
+            self.finals_sent.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Sends from async code; `Err` when the writer is gone.
+    pub async fn send(&self, ev: EngineEvent) -> Result<(), ()> {
+        self.count(&ev);
+        self.tx.send(ev).await.map_err(|_| ())
+    }
+
+    /// Sends from the engine thread; `Err` when the writer is gone.
+    pub fn blocking_send(&self, ev: EngineEvent) -> Result<(), ()> {
+        self.count(&ev);
+        self.tx.blocking_send(ev).map_err(|_| ())
+    }
+
+    /// Final outcomes (`Finished`, `Retry`) sent so far.
+    pub fn finals_sent(&self) -> u64 {
+        self.finals_sent.load(Ordering::SeqCst)
+    }
+}
+
 /// Scheduling settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SchedulerSettings {
@@ -112,6 +155,10 @@ pub struct Scheduler {
     normal: VecDeque<ScheduledJob>,
     running: HashMap<SeqId, Running>,
     next_seq: SeqId,
+    /// Suspect jobs, admitted one at a time into an empty batch.
+    suspects: VecDeque<ScheduledJob>,
+    /// The suspect running alone, if any.
+    solo: Option<SeqId>,
 }
 
 /// An outcome finished now, with no tokens counted yet; `error` is the message and its fixed kind.
@@ -133,11 +180,23 @@ pub(crate) fn outcome(status: JobStatus, text: String, error: Option<(String, &'
 impl Scheduler {
     /// An empty scheduler.
     pub fn new(settings: SchedulerSettings) -> Self {
-        Self { settings, high: VecDeque::new(), normal: VecDeque::new(), running: HashMap::new(), next_seq: 1 }
+        Self {
+            settings,
+            high: VecDeque::new(),
+            normal: VecDeque::new(),
+            running: HashMap::new(),
+            next_seq: 1,
+            suspects: VecDeque::new(),
+            solo: None,
+        }
     }
 
     /// Queues a job for admission.
     pub fn enqueue(&mut self, job: ScheduledJob) {
+        if job.isolated {
+            self.suspects.push_back(job);
+            return;
+        }
         match job.job.priority {
             Priority::High => self.high.push_back(job),
             Priority::Normal => self.normal.push_back(job),
@@ -146,7 +205,7 @@ impl Scheduler {
 
     /// Jobs waiting for admission.
     pub fn waiting(&self) -> usize {
-        self.high.len() + self.normal.len()
+        self.high.len() + self.normal.len() + self.suspects.len()
     }
 
     /// Estimated tokens of the jobs waiting for admission (see [`crate::backlog::estimated_tokens`]).
@@ -166,39 +225,79 @@ impl Scheduler {
 
     /// Admits waiting jobs (high first, then oldest) while the batch has room. Jobs already past
     /// their deadline end `expired`; jobs the engine refuses end `failed`.
-    pub fn admit(&mut self, engine: &mut dyn Engine, events: &mut Vec<EngineEvent>) {
-        let now = now_ms();
+    ///
+    /// Suspects come first and run alone: the batch drains, then one suspect is admitted once
+    /// `solo_gate` returns true (it records the solo run; false leaves the suspect waiting), and
+    /// nothing joins it until it leaves.
+    pub fn admit(&mut self, engine: &mut dyn Engine, events: &mut Vec<EngineEvent>, solo_gate: &mut dyn FnMut(&ScheduledJob) -> bool) {
+        if self.solo.is_some_and(|s| self.running.contains_key(&s)) {
+            return;
+        }
+        self.solo = None;
+        if !self.suspects.is_empty() {
+            if !self.running.is_empty() {
+                return;
+            }
+            while let Some(next) = self.suspects.pop_front() {
+                if self.expired_before_start(&next, events) {
+                    continue;
+                }
+                if !solo_gate(&next) {
+                    self.suspects.push_front(next);
+                    return;
+                }
+                if let Some(seq) = self.start(engine, next, events) {
+                    self.solo = Some(seq);
+                    return;
+                }
+            }
+        }
         while self.running.len() < self.settings.max_batch_size {
             let Some(next) = self.high.pop_front().or_else(|| self.normal.pop_front()) else { break };
-            if next.job.deadline_ms.is_some_and(|d| d <= now) {
-                events.push(EngineEvent::Finished { ticket: next.ticket, outcome: outcome(JobStatus::Expired, String::new(), None) });
-                continue;
+            if !self.expired_before_start(&next, events) {
+                self.start(engine, next, events);
             }
-            let seq = self.next_seq;
-            self.next_seq += 1;
-            let seed = next.job.sampling.seed.unwrap_or_else(rand::random);
-            match engine.admit(seq, &next.job, seed) {
-                Ok(admitted) => {
-                    tracing::debug!(job = %next.job.id, seq, prompt_tokens = admitted.prompt_tokens, "job joins the running batch");
-                    self.running.insert(
-                        seq,
-                        Running {
-                            ticket: next.ticket,
-                            stream: next.job.stream,
-                            deadline_ms: next.job.deadline_ms,
-                            prompt_tokens: admitted.prompt_tokens as u64,
-                            text: String::new(),
-                            tokens: 0,
-                            first_token_ms: None,
-                            last_token: None,
-                            started_ms: next.started_ms,
-                        },
-                    );
-                }
-                Err(e) => events.push(EngineEvent::Finished {
+        }
+    }
+
+    fn expired_before_start(&self, job: &ScheduledJob, events: &mut Vec<EngineEvent>) -> bool {
+        let expired = job.job.deadline_ms.is_some_and(|d| d <= now_ms());
+        if expired {
+            events.push(EngineEvent::Finished { ticket: job.ticket, outcome: outcome(JobStatus::Expired, String::new(), None) });
+        }
+        expired
+    }
+
+    /// Admits one job into the engine; a job the engine refuses ends `failed`.
+    fn start(&mut self, engine: &mut dyn Engine, next: ScheduledJob, events: &mut Vec<EngineEvent>) -> Option<SeqId> {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let seed = next.job.sampling.seed.unwrap_or_else(rand::random);
+        match engine.admit(seq, &next.job, seed) {
+            Ok(admitted) => {
+                tracing::debug!(job = %next.job.id, seq, prompt_tokens = admitted.prompt_tokens, solo = next.isolated, "job joins the running batch");
+                self.running.insert(
+                    seq,
+                    Running {
+                        ticket: next.ticket,
+                        stream: next.job.stream,
+                        deadline_ms: next.job.deadline_ms,
+                        prompt_tokens: admitted.prompt_tokens as u64,
+                        text: String::new(),
+                        tokens: 0,
+                        first_token_ms: None,
+                        last_token: None,
+                        started_ms: next.started_ms,
+                    },
+                );
+                Some(seq)
+            }
+            Err(e) => {
+                events.push(EngineEvent::Finished {
                     ticket: next.ticket,
                     outcome: outcome(JobStatus::Failed, String::new(), Some((e.to_string(), error_kind::UNSUPPORTED))),
-                }),
+                });
+                None
             }
         }
     }
@@ -209,14 +308,43 @@ impl Scheduler {
         let expired: Vec<SeqId> =
             self.running.iter().filter(|(_, r)| r.deadline_ms.is_some_and(|d| d <= now)).map(|(&id, _)| id).collect();
         for id in expired {
-            engine.release(id);
-            if let Some(r) = self.running.remove(&id) {
-                let mut o = outcome(JobStatus::Expired, r.text, None);
-                o.prompt_tokens = r.prompt_tokens;
-                o.completion_tokens = r.tokens;
-                o.first_token_ms = r.first_token_ms;
-                events.push(EngineEvent::Finished { ticket: r.ticket, outcome: o });
+            self.end_early(engine, id, JobStatus::Expired, events);
+        }
+    }
+
+    /// Ends the jobs in `tickets` `cancelled`: waiting ones without running, running ones keeping
+    /// what they generated. Removes from `tickets` those it found.
+    pub fn cancel(&mut self, tickets: &mut HashSet<Ticket>, engine: &mut dyn Engine, events: &mut Vec<EngineEvent>) {
+        if tickets.is_empty() {
+            return;
+        }
+        for queue in [&mut self.high, &mut self.normal, &mut self.suspects] {
+            queue.retain(|job| {
+                if !tickets.remove(&job.ticket) {
+                    return true;
+                }
+                events.push(EngineEvent::Finished { ticket: job.ticket, outcome: outcome(JobStatus::Cancelled, String::new(), None) });
+                false
+            });
+        }
+        let running: Vec<SeqId> = self.running.iter().filter(|(_, r)| tickets.contains(&r.ticket)).map(|(&id, _)| id).collect();
+        for id in running {
+            if let Some(r) = self.running.get(&id) {
+                tickets.remove(&r.ticket);
             }
+            self.end_early(engine, id, JobStatus::Cancelled, events);
+        }
+    }
+
+    /// Releases a running sequence before it finished, reporting `status` with its text so far.
+    fn end_early(&mut self, engine: &mut dyn Engine, id: SeqId, status: JobStatus, events: &mut Vec<EngineEvent>) {
+        engine.release(id);
+        if let Some(r) = self.running.remove(&id) {
+            let mut o = outcome(status, r.text, None);
+            o.prompt_tokens = r.prompt_tokens;
+            o.completion_tokens = r.tokens;
+            o.first_token_ms = r.first_token_ms;
+            events.push(EngineEvent::Finished { ticket: r.ticket, outcome: o });
         }
     }
 
@@ -288,6 +416,8 @@ impl Scheduler {
 pub struct EngineHandle {
     /// Jobs for the engine (bounded).
     pub jobs: mpsc::Sender<ScheduledJob>,
+    /// Tickets of jobs to cancel, waiting or running.
+    pub cancels: mpsc::UnboundedSender<Ticket>,
     /// The thread, joined on shutdown.
     pub thread: std::thread::JoinHandle<()>,
 }
@@ -298,15 +428,19 @@ pub fn spawn_engine_thread(
     mut engine: Box<dyn Engine>,
     settings: SchedulerSettings,
     queue_bound: usize,
-    events: mpsc::Sender<EngineEvent>,
+    events: EventSender,
     metrics: Option<WorkerMetrics>,
     runtime: tokio::runtime::Handle,
+    mut solo_gate: Box<dyn FnMut(&ScheduledJob) -> bool + Send>,
 ) -> std::io::Result<EngineHandle> {
     let (tx, mut rx) = mpsc::channel::<ScheduledJob>(queue_bound.max(1));
+    let (cancel_tx, mut cancel_rx) = mpsc::unbounded_channel::<Ticket>();
     let thread = std::thread::Builder::new().name("genq-engine".into()).spawn(move || {
         let mut sched = Scheduler::new(settings);
         let mut open = true;
         let mut out = Vec::new();
+        // Cancel requests not matched yet: the job may still be in the channel.
+        let mut to_cancel: HashSet<Ticket> = HashSet::new();
         loop {
             if sched.is_idle() {
                 if !open {
@@ -343,14 +477,27 @@ pub fn spawn_engine_thread(
             // The pipeline counted each job in `waiting_tokens` when it sent it; jobs leave the
             // count as they leave the waiting queues (admitted, cancelled or expired).
             let waiting_before = sched.waiting_tokens();
+            while let Ok(ticket) = cancel_rx.try_recv() {
+                to_cancel.insert(ticket);
+            }
+            sched.cancel(&mut to_cancel, engine.as_mut(), &mut out);
+            if sched.is_idle() {
+                // Whatever is left belongs to jobs that finished before the request arrived.
+                to_cancel.clear();
+            }
             sched.expire(engine.as_mut(), &mut out);
-            sched.admit(engine.as_mut(), &mut out);
+            sched.admit(engine.as_mut(), &mut out, solo_gate.as_mut());
             if let Some(m) = &metrics {
                 m.waiting_tokens.sub(i64::try_from(waiting_before.saturating_sub(sched.waiting_tokens())).unwrap_or(0));
                 m.running_sequences.set(sched.running() as i64);
                 m.waiting_jobs.set(sched.waiting() as i64);
             }
             sched.step(engine.as_mut(), metrics.as_ref(), &mut out);
+            if sched.running() == 0 && sched.waiting() > 0 && out.is_empty() {
+                // Admission is blocked (a suspect waits for earlier results to be stored, or its
+                // solo run could not be recorded): don't spin.
+                std::thread::sleep(Duration::from_millis(10));
+            }
             if let Some(m) = &metrics {
                 m.kv_cache_tokens.set(engine.cached_tokens() as i64);
             }
@@ -368,7 +515,7 @@ pub fn spawn_engine_thread(
             m.kv_cache_tokens.set(0);
         }
     })?;
-    Ok(EngineHandle { jobs: tx, thread })
+    Ok(EngineHandle { jobs: tx, cancels: cancel_tx, thread })
 }
 
 #[cfg(test)]
@@ -380,7 +527,7 @@ mod tests {
 
     fn scheduled(ticket: Ticket, json: &str) -> ScheduledJob {
         let req: JobRequest = serde_json::from_str(json).expect("json");
-        ScheduledJob { ticket, job: validate(&req, &Limits::default()).expect("valid"), started_ms: now_ms() }
+        ScheduledJob { ticket, job: validate(&req, &Limits::default()).expect("valid"), started_ms: now_ms(), isolated: false }
     }
 
     fn settings(max: usize) -> SchedulerSettings {
@@ -405,11 +552,11 @@ mod tests {
         s.enqueue(scheduled(2, r#"{"id":"b","prompt":"b","max_new_tokens":3}"#));
         s.enqueue(scheduled(3, r#"{"id":"c","prompt":"c","max_new_tokens":1}"#));
         let mut ev = Vec::new();
-        s.admit(&mut engine, &mut ev);
+        s.admit(&mut engine, &mut ev, &mut |_| true);
         assert_eq!((s.running(), s.waiting()), (2, 1), "cap of 2 sequences");
         s.step(&mut engine, None, &mut ev);
         assert_eq!(finished(&ev), vec![(1, JobStatus::Done)], "job 1 leaves after its one token");
-        s.admit(&mut engine, &mut ev);
+        s.admit(&mut engine, &mut ev, &mut |_| true);
         assert_eq!(s.running(), 2, "job 3 joins while job 2 still runs");
         s.step(&mut engine, None, &mut ev);
         assert_eq!(finished(&ev), vec![(1, JobStatus::Done), (3, JobStatus::Done)]);
@@ -422,7 +569,7 @@ mod tests {
         s.enqueue(scheduled(1, r#"{"id":"a","prompt":"a","max_new_tokens":1}"#));
         s.enqueue(scheduled(2, r#"{"id":"b","prompt":"b","max_new_tokens":1,"priority":"high"}"#));
         let mut ev = Vec::new();
-        s.admit(&mut engine, &mut ev);
+        s.admit(&mut engine, &mut ev, &mut |_| true);
         s.step(&mut engine, None, &mut ev);
         assert_eq!(finished(&ev), vec![(2, JobStatus::Done)]);
     }
@@ -433,7 +580,7 @@ mod tests {
         let mut s = Scheduler::new(settings(4));
         s.enqueue(scheduled(1, r#"{"id":"a","prompt":"a","deadline_ms":1}"#));
         let mut ev = Vec::new();
-        s.admit(&mut engine, &mut ev);
+        s.admit(&mut engine, &mut ev, &mut |_| true);
         assert_eq!(finished(&ev), vec![(1, JobStatus::Expired)]);
         assert!(s.is_idle());
     }
@@ -444,7 +591,7 @@ mod tests {
         let mut s = Scheduler::new(settings(4));
         s.enqueue(scheduled(1, r#"{"id":"a","prompt":"a b","max_new_tokens":8191}"#));
         let mut ev = Vec::new();
-        s.admit(&mut engine, &mut ev);
+        s.admit(&mut engine, &mut ev, &mut |_| true);
         match &ev[0] {
             EngineEvent::Finished { outcome, .. } => {
                 assert_eq!(outcome.status, JobStatus::Failed);
@@ -452,5 +599,69 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    fn suspect(ticket: Ticket, json: &str) -> ScheduledJob {
+        ScheduledJob { isolated: true, ..scheduled(ticket, json) }
+    }
+
+    #[test]
+    fn a_suspect_runs_alone_once_the_batch_drains() {
+        let mut engine = EchoEngine::new("m");
+        let mut s = Scheduler::new(settings(4));
+        s.enqueue(scheduled(1, r#"{"id":"a","prompt":"a","max_new_tokens":1}"#));
+        let mut ev = Vec::new();
+        s.admit(&mut engine, &mut ev, &mut |_| true);
+        s.enqueue(suspect(2, r#"{"id":"s","prompt":"s","max_new_tokens":2}"#));
+        s.enqueue(scheduled(3, r#"{"id":"c","prompt":"c","max_new_tokens":1}"#));
+        s.admit(&mut engine, &mut ev, &mut |_| true);
+        assert_eq!(s.running(), 1, "nothing joins while a suspect waits for the batch to drain");
+        s.step(&mut engine, None, &mut ev);
+        let mut gated = Vec::new();
+        s.admit(&mut engine, &mut ev, &mut |j| {
+            gated.push(j.ticket);
+            true
+        });
+        assert_eq!((s.running(), gated), (1, vec![2]), "the suspect runs alone, after its gate");
+        s.step(&mut engine, None, &mut ev);
+        s.admit(&mut engine, &mut ev, &mut |_| true);
+        assert_eq!(s.running(), 1, "still alone on its second token");
+        s.step(&mut engine, None, &mut ev);
+        s.admit(&mut engine, &mut ev, &mut |_| true);
+        s.step(&mut engine, None, &mut ev);
+        assert_eq!(finished(&ev), vec![(1, JobStatus::Done), (2, JobStatus::Done), (3, JobStatus::Done)]);
+    }
+
+    #[test]
+    fn a_suspect_whose_solo_run_cannot_be_recorded_waits() {
+        let mut engine = EchoEngine::new("m");
+        let mut s = Scheduler::new(settings(4));
+        s.enqueue(suspect(1, r#"{"id":"s","prompt":"s","max_new_tokens":1}"#));
+        let mut ev = Vec::new();
+        s.admit(&mut engine, &mut ev, &mut |_| false);
+        assert_eq!((s.running(), s.waiting()), (0, 1));
+        s.admit(&mut engine, &mut ev, &mut |_| true);
+        assert_eq!((s.running(), s.waiting()), (1, 0));
+    }
+
+    #[test]
+    fn cancel_ends_waiting_and_running_jobs_keeping_generated_text() {
+        let mut engine = EchoEngine::new("m");
+        let mut s = Scheduler::new(settings(1));
+        s.enqueue(scheduled(1, r#"{"id":"a","prompt":"w1 w2 w3","max_new_tokens":9}"#));
+        s.enqueue(scheduled(2, r#"{"id":"b","prompt":"b","max_new_tokens":9}"#));
+        let mut ev = Vec::new();
+        s.admit(&mut engine, &mut ev, &mut |_| true);
+        s.step(&mut engine, None, &mut ev);
+        let mut tickets: HashSet<Ticket> = [1, 2, 77].into();
+        s.cancel(&mut tickets, &mut engine, &mut ev);
+        assert_eq!(tickets, [77].into(), "unknown tickets stay for later");
+        assert_eq!(finished(&ev), vec![(2, JobStatus::Cancelled), (1, JobStatus::Cancelled)]);
+        assert!(s.is_idle());
+        let kept = ev.iter().find_map(|e| match e {
+            EngineEvent::Finished { ticket: 1, outcome } => Some((outcome.text.clone(), outcome.completion_tokens)),
+            _ => None,
+        });
+        assert_eq!(kept, Some(("w1".to_string(), 1)));
     }
 }

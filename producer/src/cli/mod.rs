@@ -1,7 +1,7 @@
 //! The `genq` command line: argument parsing and dispatch to one module per subcommand.
 //!
 //! - [`submit`]: publish a JSONL file, optionally wait for every result.
-//! - [`results`]: `get` and `wait` for one job.
+//! - [`results`]: `get`, `wait` and `cancel` for one job.
 //! - [`bench`]: `genq bench engine`, optionally side by side with llama.cpp.
 //! - [`run`]: the embedded pipeline (in-memory source and sink, no services).
 //! - [`models`]: the models with live workers (heartbeats in Redis, consumers in RabbitMQ).
@@ -110,6 +110,8 @@ enum Command {
     Get(results::GetArgs),
     /// Wait for a job's final result and print it.
     Wait(results::WaitArgs),
+    /// Cancel a queued or running job.
+    Cancel(results::CancelArgs),
     /// Run the whole pipeline in this process (no RabbitMQ, no Redis) and print the results.
     Run(run::RunArgs),
     /// List the models with live workers: heartbeats, consumers and ready jobs of each.
@@ -146,6 +148,7 @@ pub fn main() -> ExitCode {
             Command::Submit(args) => submit::run(&cli.common, args).await,
             Command::Get(args) => results::get(&cli.common, args).await,
             Command::Wait(args) => results::wait(&cli.common, args).await,
+            Command::Cancel(args) => results::cancel(&cli.common, args).await,
             Command::Run(args) => run::run(&cli.common, args).await,
             Command::Bench(args) => bench::run(&cli.common, args).await,
             Command::Models(args) => models::run(&cli.common, args).await,

@@ -1,11 +1,11 @@
-//! `genq get ID` and `genq wait ID [--timeout S]`.
+//! `genq get ID`, `genq wait ID [--timeout S]` and `genq cancel ID`.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
 
-use genq_producer::ResultClient;
+use genq_producer::{CancelOutcome, ResultClient, ResultError};
 
 use super::CommonArgs;
 
@@ -26,9 +26,16 @@ pub struct WaitArgs {
     timeout: Option<f64>,
 }
 
+/// Arguments of `genq cancel`.
+#[derive(Args, Debug)]
+pub struct CancelArgs {
+    /// Job id.
+    id: String,
+}
+
 async fn client(common: &CommonArgs) -> anyhow::Result<ResultClient> {
     let s = common.settings(Default::default())?;
-    Ok(ResultClient::connect(&s.redis.url, &s.redis.key_prefix).await?)
+    Ok(ResultClient::connect(&s.redis.url, &s.redis.key_prefix).await?.with_ttl(s.redis.result_ttl_secs))
 }
 
 pub async fn get(common: &CommonArgs, args: GetArgs) -> anyhow::Result<ExitCode> {
@@ -38,7 +45,7 @@ pub async fn get(common: &CommonArgs, args: GetArgs) -> anyhow::Result<ExitCode>
             Ok(ExitCode::SUCCESS)
         }
         None => {
-            eprintln!("job {}: unknown, not started yet, or expired", args.id);
+            eprintln!("job {}: unknown or expired", args.id);
             Ok(ExitCode::from(2))
         }
     }
@@ -46,7 +53,33 @@ pub async fn get(common: &CommonArgs, args: GetArgs) -> anyhow::Result<ExitCode>
 
 pub async fn wait(common: &CommonArgs, args: WaitArgs) -> anyhow::Result<ExitCode> {
     let timeout = args.timeout.map(|s| Duration::from_secs_f64(s.max(0.0)));
-    let r = client(common).await?.wait(&args.id, timeout).await?;
-    println!("{}", serde_json::to_string(&r)?);
-    Ok(ExitCode::SUCCESS)
+    match client(common).await?.wait(&args.id, timeout).await {
+        Ok(r) => {
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e @ ResultError::Unknown { .. }) => {
+            eprintln!("{e}");
+            Ok(ExitCode::from(2))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub async fn cancel(common: &CommonArgs, args: CancelArgs) -> anyhow::Result<ExitCode> {
+    match client(common).await?.cancel(&args.id).await {
+        Ok(CancelOutcome::Requested) => {
+            eprintln!("job {}: cancel requested; it ends `cancelled` at its worker's next check", args.id);
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(CancelOutcome::AlreadyFinal(status)) => {
+            eprintln!("job {}: already finished ({}); nothing to cancel", args.id, status.as_str());
+            Ok(ExitCode::from(3))
+        }
+        Err(e @ ResultError::Unknown { .. }) => {
+            eprintln!("{e}");
+            Ok(ExitCode::from(2))
+        }
+        Err(e) => Err(e.into()),
+    }
 }

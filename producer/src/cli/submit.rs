@@ -57,7 +57,9 @@ pub async fn run(common: &CommonArgs, args: SubmitArgs) -> anyhow::Result<ExitCo
     let text = read_input(&args.file)?;
     let (jobs, bad_lines) = parse_jobs(&text);
     let lines: Vec<usize> = jobs.iter().map(|(line, _)| *line).collect();
-    let producer = Producer::connect(&settings.amqp.url, &settings.producer, &settings.queue).await?;
+    let client = ResultClient::connect(&settings.redis.url, &settings.redis.key_prefix).await?.with_ttl(settings.redis.result_ttl_secs);
+    let producer =
+        Producer::connect(&settings.amqp.url, &settings.producer, &settings.queue).await?.with_results(client.clone());
     let bar = progress_bar(jobs.len());
     bar.set_message("confirmed");
     let started = Instant::now();
@@ -92,7 +94,6 @@ pub async fn run(common: &CommonArgs, args: SubmitArgs) -> anyhow::Result<ExitCo
             println!("{id}");
         }
     } else {
-        let client = ResultClient::connect(&settings.redis.url, &settings.redis.key_prefix).await?;
         let mut out: Box<dyn Write> = match &args.out {
             Some(path) => Box::new(std::io::BufWriter::new(std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?)),
             None => Box::new(std::io::BufWriter::new(std::io::stdout())),

@@ -1,5 +1,11 @@
 //! A deterministic engine with no model: sequence `i`'s n-th token is the n-th word of its prompt
 //! (cycling), so results are predictable. Used by tests and to measure genq's own overhead.
+//!
+//! Fault injection for tests: with `GENQ_ECHO_CRASH_ON=<word>` in its environment, the echo
+//! engine aborts the process in any step where a running prompt contains that word — a stand-in
+//! for a job that crashes the model — and with `GENQ_ECHO_STEP_MS=<ms>` each step takes that
+//! long, like a model's forward pass, so tests can interrupt work in flight. The llama engine
+//! has no such hooks.
 
 use std::collections::BTreeMap;
 
@@ -26,7 +32,14 @@ struct EchoSeq {
 pub struct EchoEngine {
     info: EngineInfo,
     seqs: BTreeMap<SeqId, EchoSeq>,
+    crash_on: Option<String>,
+    step_delay: Option<std::time::Duration>,
 }
+
+/// Environment variable naming the prompt word that makes the echo engine abort (tests only).
+pub const CRASH_ON_ENV: &str = "GENQ_ECHO_CRASH_ON";
+/// Environment variable giving each echo step a duration in ms (tests only).
+pub const STEP_MS_ENV: &str = "GENQ_ECHO_STEP_MS";
 
 impl EchoEngine {
     /// An echo engine answering for `model`.
@@ -34,6 +47,8 @@ impl EchoEngine {
         Self {
             info: EngineInfo { model: model.to_string(), device: "cpu".into(), context_length: ECHO_CONTEXT_LENGTH },
             seqs: BTreeMap::new(),
+            crash_on: std::env::var(CRASH_ON_ENV).ok().filter(|w| !w.is_empty()),
+            step_delay: std::env::var(STEP_MS_ENV).ok().and_then(|v| v.parse().ok()).map(std::time::Duration::from_millis),
         }
     }
 }
@@ -77,6 +92,15 @@ impl Engine for EchoEngine {
     }
 
     fn step(&mut self, _limits: &StepLimits) -> Result<Vec<SeqUpdate>, EngineError> {
+        if let Some(word) = &self.crash_on {
+            if self.seqs.values().any(|s| s.words.iter().any(|w| w == word)) {
+                tracing::error!(word, "fault injection: a prompt holds {CRASH_ON_ENV}; aborting the process");
+                std::process::abort();
+            }
+        }
+        if let Some(delay) = self.step_delay {
+            std::thread::sleep(delay);
+        }
         let mut updates = Vec::with_capacity(self.seqs.len());
         let mut finished = Vec::new();
         for (&id, seq) in self.seqs.iter_mut() {

@@ -1,17 +1,19 @@
 //! An in-memory result sink with the same write-once rule as Redis.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use genq_shared::{JobResult, JobStatus};
 
-use super::{FinalResult, JobStart, ResultSink, SinkError};
+use super::{Begin, FinalResult, JobStart, ResultSink, SinkError};
 
 /// Results by job id. Clones share the same map. A `std::sync::Mutex`: never held across `.await`.
 #[derive(Clone, Default)]
 pub struct MemorySink {
     results: Arc<Mutex<HashMap<String, JobResult>>>,
     chunks: Arc<Mutex<HashMap<String, String>>>,
+    cancels: Arc<Mutex<HashSet<String>>>,
+    solo_runs: Arc<Mutex<HashMap<String, u64>>>,
 }
 
 impl MemorySink {
@@ -23,6 +25,17 @@ impl MemorySink {
     /// The result of job `id`, if any.
     pub fn get(&self, id: &str) -> Option<JobResult> {
         self.results.lock().ok()?.get(id).cloned()
+    }
+
+    /// Asks for job `id` to be cancelled, as `genq cancel` does through Redis.
+    pub fn cancel(&self, id: &str) {
+        if let Ok(mut set) = self.cancels.lock() {
+            set.insert(id.to_string());
+        }
+    }
+
+    fn is_cancelled(&self, id: &str) -> bool {
+        self.cancels.lock().map(|s| s.contains(id)).unwrap_or(false)
     }
 
     /// Every result stored.
@@ -41,12 +54,18 @@ impl MemorySink {
 }
 
 impl ResultSink for MemorySink {
-    async fn begin(&self, start: &JobStart) -> Result<bool, SinkError> {
+    async fn begin(&self, start: &JobStart) -> Result<Begin, SinkError> {
+        let cancelled = self.is_cancelled(&start.id);
         let mut map = self.lock()?;
         let entry = map.entry(start.id.clone()).or_insert_with(|| JobResult { id: start.id.clone(), ..JobResult::default() });
         if entry.status.is_some_and(JobStatus::is_final) {
-            return Ok(false);
+            return Ok(Begin::Duplicate);
         }
+        if cancelled {
+            return Ok(Begin::Cancelled);
+        }
+        let suspect = entry.status == Some(JobStatus::Running) && entry.worker.as_deref() != Some(start.worker.as_str());
+        let solo_runs = self.solo_runs.lock().ok().and_then(|m| m.get(&start.id).copied()).unwrap_or(0);
         entry.status = Some(JobStatus::Running);
         entry.kind = Some(start.kind.clone());
         entry.model = Some(start.model.clone());
@@ -54,7 +73,17 @@ impl ResultSink for MemorySink {
         entry.started_ms = Some(start.started_ms);
         entry.created_ms = entry.created_ms.or(start.created_ms);
         entry.attempts = Some(entry.attempts.unwrap_or(0) + 1);
-        Ok(true)
+        Ok(Begin::Fresh { suspect, solo_runs })
+    }
+
+    async fn record_solo_run(&self, id: &str) -> Result<(), SinkError> {
+        let mut map = self.solo_runs.lock().map_err(|_| SinkError("memory sink poisoned".into()))?;
+        *map.entry(id.to_string()).or_default() += 1;
+        Ok(())
+    }
+
+    async fn cancel_requested(&self, ids: &[String]) -> Result<Vec<bool>, SinkError> {
+        Ok(ids.iter().map(|id| self.is_cancelled(id)).collect())
     }
 
     async fn finish(&self, results: &[FinalResult]) -> Result<Vec<bool>, SinkError> {

@@ -44,11 +44,35 @@ pub struct FinalResult {
     pub stream: bool,
 }
 
+/// What `begin` found for a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Begin {
+    /// Marked `running`: run it.
+    Fresh {
+        /// Another worker had started it and never finished it (that worker died or lost its
+        /// connection): the job may be what killed it, so it runs alone.
+        suspect: bool,
+        /// Times it was started alone before (see [`ResultSink::record_solo_run`]).
+        solo_runs: u64,
+    },
+    /// It already has a final result: this delivery is a duplicate; ack it without running.
+    Duplicate,
+    /// A client asked to cancel it before it started: finish it `cancelled` without running.
+    Cancelled,
+}
+
 /// Stores job state where clients read it.
 pub trait ResultSink: Send + Sync + 'static {
-    /// Marks the job `running` unless it already has a final result, in which case this delivery
-    /// is a duplicate: returns `false` and the caller acks it without running it again.
-    fn begin(&self, start: &JobStart) -> impl Future<Output = Result<bool, SinkError>> + Send;
+    /// Marks the job `running` unless it already has a final result (a duplicate delivery) or a
+    /// cancel request (it is not started).
+    fn begin(&self, start: &JobStart) -> impl Future<Output = Result<Begin, SinkError>> + Send;
+
+    /// Counts one more run of job `id` alone in the batch; stored before the run starts, so a
+    /// job that kills its worker each time it runs alone is recognised as poison.
+    fn record_solo_run(&self, id: &str) -> impl Future<Output = Result<(), SinkError>> + Send;
+
+    /// Which of these jobs a client asked to cancel, in the order of `ids`.
+    fn cancel_requested(&self, ids: &[String]) -> impl Future<Output = Result<Vec<bool>, SinkError>> + Send;
 
     /// Stores final results in one round trip. Each is written only if the job has no final
     /// status yet; returns, per result, whether it was written (false: a duplicate lost the race).

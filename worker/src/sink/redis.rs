@@ -2,20 +2,30 @@
 //! running unless it is already final; `finish` writes the final hash, pushes the done list, counts
 //! the batch and sets the TTL — only if no final status exists, so redeliveries never overwrite.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use redis::aio::ConnectionManager;
+
+use crate::metrics::WorkerMetrics;
 
 use genq_shared::keys::KeySchema;
 
-use super::{FinalResult, JobStart, ResultSink, SinkError};
+use super::{Begin, FinalResult, JobStart, ResultSink, SinkError};
 
+/// Returns `{0}` for a duplicate, `{2}` for a cancelled job, else `{1, suspect, solo_runs}`.
 const BEGIN_LUA: &str = r#"
 local st = redis.call('HGET', KEYS[1], 'status')
-if st == 'done' or st == 'failed' or st == 'expired' or st == 'cancelled' then return 0 end
+if st == 'done' or st == 'failed' or st == 'expired' or st == 'cancelled' then return {0} end
+if redis.call('EXISTS', KEYS[2]) == 1 then return {2} end
+local suspect = 0
+if st == 'running' and redis.call('HGET', KEYS[1], 'worker') ~= ARGV[2] then suspect = 1 end
+local solo = tonumber(redis.call('HGET', KEYS[1], 'solo_runs') or '0')
 redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[2], 'started_ms', ARGV[3], 'kind', ARGV[5], 'model', ARGV[6])
 if ARGV[4] ~= '' then redis.call('HSETNX', KEYS[1], 'created_ms', ARGV[4]) end
 redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('EXPIRE', KEYS[1], ARGV[1])
-return 1
+return {1, suspect, solo}
 "#;
 
 const FINISH_LUA: &str = r#"
@@ -55,6 +65,10 @@ pub struct RedisSink {
     ttl_secs: u64,
     begin: redis::Script,
     finish: redis::Script,
+    /// Set while Redis answers with errors; cleared (and counted as a reconnect) on the first
+    /// success after.
+    failing: Arc<AtomicBool>,
+    metrics: Option<WorkerMetrics>,
 }
 
 fn sink_err(what: &str, e: redis::RedisError) -> SinkError {
@@ -77,12 +91,45 @@ impl RedisSink {
             ttl_secs: settings.ttl_secs,
             begin: redis::Script::new(BEGIN_LUA),
             finish: redis::Script::new(FINISH_LUA),
+            failing: Arc::default(),
+            metrics: None,
         })
+    }
+
+    /// Counts recoveries from an outage in `metrics` (`genq_reconnects_total{target="redis"}`).
+    pub fn with_metrics(mut self, metrics: WorkerMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Notes whether Redis answered, logging the start and end of an outage.
+    fn observe<T>(&self, result: Result<T, SinkError>) -> Result<T, SinkError> {
+        match &result {
+            Ok(_) => {
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    tracing::warn!("Redis reachable again");
+                    if let Some(m) = &self.metrics {
+                        m.reconnected("redis");
+                    }
+                }
+            }
+            Err(e) => {
+                if !self.failing.swap(true, Ordering::Relaxed) {
+                    tracing::error!(error = %e, "Redis unreachable; writes are retried and deliveries held until it is back");
+                }
+            }
+        }
+        result
     }
 
     /// Runs `pipe`; on NOSCRIPT (Redis restarted and lost its script cache) loads the scripts
     /// and runs it once more.
     async fn run_pipeline<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, SinkError> {
+        let result = self.try_pipeline(pipe).await;
+        self.observe(result)
+    }
+
+    async fn try_pipeline<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, SinkError> {
         let mut conn = self.conn.clone();
         match pipe.query_async::<T>(&mut conn).await {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
@@ -98,20 +145,43 @@ impl RedisSink {
 }
 
 impl ResultSink for RedisSink {
-    async fn begin(&self, start: &JobStart) -> Result<bool, SinkError> {
+    async fn begin(&self, start: &JobStart) -> Result<Begin, SinkError> {
         let mut pipe = redis::pipe();
         pipe.cmd("EVALSHA")
             .arg(self.begin.get_hash())
-            .arg(1)
+            .arg(2)
             .arg(self.keys.job(&start.id))
+            .arg(self.keys.cancel(&start.id))
             .arg(self.ttl_secs)
             .arg(&start.worker)
             .arg(start.started_ms)
             .arg(start.created_ms.map(|v| v.to_string()).unwrap_or_default())
             .arg(&start.kind)
             .arg(&start.model);
-        let (fresh,): (i64,) = self.run_pipeline(&pipe).await?;
-        Ok(fresh == 1)
+        let (answer,): (Vec<i64>,) = self.run_pipeline(&pipe).await?;
+        Ok(match answer.as_slice() {
+            [1, suspect, solo] => Begin::Fresh { suspect: *suspect == 1, solo_runs: (*solo).max(0) as u64 },
+            [2] => Begin::Cancelled,
+            _ => Begin::Duplicate,
+        })
+    }
+
+    async fn record_solo_run(&self, id: &str) -> Result<(), SinkError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("HINCRBY").arg(self.keys.job(id)).arg("solo_runs").arg(1).ignore();
+        self.run_pipeline::<()>(&pipe).await
+    }
+
+    async fn cancel_requested(&self, ids: &[String]) -> Result<Vec<bool>, SinkError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.cmd("EXISTS").arg(self.keys.cancel(id));
+        }
+        let found: Vec<i64> = self.run_pipeline(&pipe).await?;
+        Ok(found.into_iter().map(|n| n == 1).collect())
     }
 
     async fn finish(&self, results: &[FinalResult]) -> Result<Vec<bool>, SinkError> {

@@ -1,5 +1,8 @@
 //! RabbitMQ job source: consumes a model's normal and `.high` queues on one channel with manual
-//! acks and a prefetch bound, and settles deliveries with ack / reject / nack-requeue.
+//! acks and a prefetch bound, settles deliveries with ack / reject / nack-requeue, and
+//! reconnects with backoff when the connection is lost.
+
+use std::time::Duration;
 
 use futures::stream::{self, BoxStream, StreamExt};
 use lapin::Acker;
@@ -12,6 +15,7 @@ use genq_shared::topology::{self, QueueLimits, CREATED_MS_HEADER};
 
 use super::{Delivery, JobSource, Settle, SettleFuture, Settlement, SourceError};
 use crate::broker::{self, BrokerError};
+use crate::metrics::WorkerMetrics;
 
 /// Where and how to consume.
 #[derive(Debug, Clone)]
@@ -28,17 +32,45 @@ pub struct AmqpSourceSettings {
     pub name: String,
 }
 
-/// Consumer of one model's job queues.
-pub struct AmqpSource {
+/// One live connection: its channel, consumer tags and merged delivery stream.
+struct Link {
     connection: Connection,
     channel: Channel,
     tags: Vec<String>,
     deliveries: BoxStream<'static, Result<lapin::message::Delivery, lapin::Error>>,
 }
 
+/// Consumer of one model's job queues. When the connection is lost it reconnects with backoff
+/// and consumes again; deliveries taken on the old connection can no longer be settled, so the
+/// broker redelivers them (their results, if already stored, make the redelivery a duplicate).
+pub struct AmqpSource {
+    settings: AmqpSourceSettings,
+    link: Option<Link>,
+    stopped: bool,
+    metrics: Option<WorkerMetrics>,
+}
+
+/// First wait before reconnecting; doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+/// Longest wait between reconnect attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
 impl AmqpSource {
-    /// Connects, declares the topology for the model and starts consuming.
+    /// Connects, declares the topology for the model and starts consuming. Fails fast when the
+    /// broker cannot be reached at start (a wrong URL should be seen at once); later losses are
+    /// retried for as long as it takes.
     pub async fn connect(settings: &AmqpSourceSettings) -> Result<Self, BrokerError> {
+        let link = Self::open(settings).await?;
+        Ok(Self { settings: settings.clone(), link: Some(link), stopped: false, metrics: None })
+    }
+
+    /// Counts reconnects in `metrics` (`genq_reconnects_total{target="amqp"}`).
+    pub fn with_metrics(mut self, metrics: WorkerMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    async fn open(settings: &AmqpSourceSettings) -> Result<Link, BrokerError> {
         let connection = broker::connect(&settings.url, &settings.name).await?;
         let channel = connection.create_channel().await.map_err(|e| BrokerError::protocol("open channel", e))?;
         broker::declare_topology(&channel, &settings.model, settings.limits).await?;
@@ -59,9 +91,31 @@ impl AmqpSource {
             tags.push(tag);
         }
         let deliveries = stream::select_all(streams).boxed();
-        Ok(Self { connection, channel, tags, deliveries })
+        Ok(Link { connection, channel, tags, deliveries })
     }
 
+    /// Reconnects with exponential backoff until it succeeds.
+    async fn reconnect(&mut self) {
+        let mut backoff = FIRST_BACKOFF;
+        let lost_at = std::time::Instant::now();
+        loop {
+            tokio::time::sleep(backoff).await;
+            match Self::open(&self.settings).await {
+                Ok(link) => {
+                    tracing::warn!(outage_ms = lost_at.elapsed().as_millis() as u64, "reconnected to RabbitMQ; consuming again");
+                    if let Some(m) = &self.metrics {
+                        m.reconnected("amqp");
+                    }
+                    self.link = Some(link);
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "RabbitMQ still unreachable");
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
 }
 
 fn priority_name(p: Priority) -> &'static str {
@@ -102,28 +156,50 @@ impl Settle for AmqpSettler {
 
 impl JobSource for AmqpSource {
     async fn next(&mut self) -> Result<Option<Delivery>, SourceError> {
-        let Some(item) = self.deliveries.next().await else { return Ok(None) };
-        let d = item.map_err(|e| SourceError(format!("consume: {e}")))?;
-        let headers = d.properties.headers().as_ref();
-        Ok(Some(Delivery {
-            message_id: d.properties.message_id().as_ref().map(|s| s.to_string()),
-            created_ms: header_u64(headers, CREATED_MS_HEADER),
-            attempt: 1 + header_u64(headers, "x-delivery-count").unwrap_or(0),
-            body: d.data,
-            settler: Box::new(AmqpSettler(d.acker)),
-        }))
+        loop {
+            if self.stopped {
+                return Ok(None);
+            }
+            let Some(link) = self.link.as_mut() else {
+                self.reconnect().await;
+                continue;
+            };
+            match link.deliveries.next().await {
+                Some(Ok(d)) => return Ok(Some(to_delivery(d))),
+                Some(Err(e)) => tracing::warn!(error = %e, "lost the RabbitMQ connection; reconnecting"),
+                None => tracing::warn!("RabbitMQ ended the consumers; reconnecting"),
+            }
+            if let Some(old) = self.link.take() {
+                let _ = old.connection.close(200, "reconnecting".into()).await;
+            }
+        }
     }
 
     async fn stop(&mut self) {
-        for tag in &self.tags {
-            if let Err(e) = self.channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await {
+        self.stopped = true;
+        let Some((channel, tags)) = self.link.as_ref().map(|l| (l.channel.clone(), l.tags.clone())) else { return };
+        for tag in &tags {
+            if let Err(e) = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await {
                 tracing::warn!(error = %e, tag, "cancel consumer");
             }
         }
     }
 
     async fn close(self) {
-        let _ = self.channel.close(200, "bye".into()).await;
-        let _ = self.connection.close(200, "bye".into()).await;
+        if let Some(link) = self.link {
+            let _ = link.channel.close(200, "bye".into()).await;
+            let _ = link.connection.close(200, "bye".into()).await;
+        }
+    }
+}
+
+fn to_delivery(d: lapin::message::Delivery) -> Delivery {
+    let headers = d.properties.headers().as_ref();
+    Delivery {
+        message_id: d.properties.message_id().as_ref().map(|s| s.to_string()),
+        created_ms: header_u64(headers, CREATED_MS_HEADER),
+        attempt: 1 + header_u64(headers, "x-delivery-count").unwrap_or(0),
+        body: d.data,
+        settler: Box::new(AmqpSettler(d.acker)),
     }
 }

@@ -1,0 +1,352 @@
+//! The fault suite: real faults injected into real RabbitMQ, Redis and worker processes. Each
+//! scenario publishes uniquely identified jobs, injects its fault, waits, then counts what came
+//! back and prints one line — `scenario: N confirmed, N done, N failed, N lost,
+//! N duplicate-executions` — and asserts that no confirmed job is lost.
+//!
+//! The echo engine stands in for the model here (faults are about the plumbing); its test-only
+//! hooks make each step take a few ms (`GENQ_ECHO_STEP_MS`) so work is in flight when the fault
+//! hits, and abort the process on a poison word (`GENQ_ECHO_CRASH_ON`). Scenarios run one at a
+//! time: two of them restart shared services.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use genq_shared::{JobRequest, JobStatus};
+use genq_tests::{scratch_dir, Sandbox, Worker};
+
+/// Scenarios restart RabbitMQ or kill workers: never two at once.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What one scenario ended with.
+#[derive(Debug, Default)]
+struct Tally {
+    confirmed: usize,
+    done: usize,
+    failed: usize,
+    lost: usize,
+    duplicate_executions: usize,
+}
+
+impl Tally {
+    fn print(&self, scenario: &str) -> String {
+        let line = format!(
+            "{scenario}: {} confirmed, {} done, {} failed, {} lost, {} duplicate-executions",
+            self.confirmed, self.done, self.failed, self.lost, self.duplicate_executions
+        );
+        println!("{line}");
+        let _ = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(scratch_dir().join("faults.txt"))
+            .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes()));
+        line
+    }
+}
+
+/// Jobs of `n` words each, so each runs `tokens` echo steps; ids `<tag>-<i>`.
+fn jobs(tag: &str, n: usize, tokens: u32) -> Vec<JobRequest> {
+    (0..n)
+        .map(|i| JobRequest { id: Some(format!("{tag}-{i}")), max_new_tokens: Some(tokens), ..JobRequest::prompt(format!("w{i} a b")) })
+        .collect()
+}
+
+async fn publish(sb: &Sandbox, jobs: Vec<JobRequest>) -> Vec<String> {
+    let producer = sb.producer().await;
+    let ids: Vec<String> = producer.submit_many(jobs, |_| {}).await.into_iter().filter_map(Result::ok).collect();
+    producer.close().await;
+    ids
+}
+
+/// Waits until every id has a final result or `timeout` passes, then counts.
+async fn tally(sb: &Sandbox, ids: &[String], timeout: Duration) -> Tally {
+    let client = sb.results().await;
+    let until = Instant::now() + timeout;
+    loop {
+        let results = client.get_many(ids).await.expect("redis");
+        let finished = results.iter().flatten().filter(|r| r.status.is_some_and(JobStatus::is_final)).count();
+        if finished == ids.len() || Instant::now() > until {
+            let count = |s: JobStatus| results.iter().flatten().filter(|r| r.status == Some(s)).count();
+            return Tally {
+                confirmed: ids.len(),
+                done: count(JobStatus::Done),
+                failed: count(JobStatus::Failed),
+                lost: ids.len() - finished,
+                duplicate_executions: results.iter().flatten().filter(|r| r.attempts.unwrap_or(0) > 1).count(),
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn echo_worker(sb: &Sandbox, step_ms: &str, extra: &[&str]) -> Worker {
+    let mut flags = vec!["--engine", "echo", "--max-batch-size", "32", "--prefetch", "64"];
+    flags.extend_from_slice(extra);
+    let w = sb.worker_with_env(&flags, &[("GENQ_ECHO_STEP_MS", step_ms)]);
+    assert!(w.wait_for_log("worker ready", Duration::from_secs(30)), "worker did not start:\n{}", w.log_text());
+    w
+}
+
+async fn done_count(sb: &Sandbox, ids: &[String]) -> usize {
+    let results = sb.results().await.get_many(ids).await.expect("redis");
+    results.iter().flatten().filter(|r| r.status == Some(JobStatus::Done)).count()
+}
+
+/// Waits until at least `n` of `ids` are done.
+async fn until_done(sb: &Sandbox, ids: &[String], n: usize) {
+    let until = Instant::now() + Duration::from_secs(60);
+    while done_count(sb, ids).await < n {
+        assert!(Instant::now() < until, "fewer than {n} jobs finished in time");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_mid_batch_twice_loses_nothing() {
+    let _serial = serial();
+    let sb = Sandbox::new("kill");
+    let ids = publish(&sb, jobs("k", 600, 20)).await;
+    for round in 0..2 {
+        let w = echo_worker(&sb, "5", &[]);
+        until_done(&sb, &ids, 100 * (round + 1)).await;
+        w.signal("KILL");
+        drop(w);
+    }
+    let _last = echo_worker(&sb, "1", &[]);
+    let t = tally(&sb, &ids, Duration::from_secs(120)).await;
+    t.print("sigkill worker mid-batch (x2)");
+    assert_eq!(t.lost, 0, "{t:?}");
+    assert_eq!(t.done, 600, "{t:?}");
+    sb.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_under_load_drains_and_loses_nothing() {
+    let _serial = serial();
+    let sb = Sandbox::new("term");
+    let ids = publish(&sb, jobs("t", 500, 20)).await;
+    let mut first = echo_worker(&sb, "5", &["--shutdown-grace-secs", "20"]);
+    until_done(&sb, &ids, 50).await;
+    first.signal("TERM");
+    let code = first.wait_exit(Duration::from_secs(30)).expect("worker exits within its grace period");
+    assert_eq!(code, Some(0), "{}", first.log_text());
+    let _second = echo_worker(&sb, "1", &[]);
+    let t = tally(&sb, &ids, Duration::from_secs(120)).await;
+    t.print("sigterm during load");
+    assert_eq!((t.lost, t.done), (0, 500), "{t:?}");
+    sb.cleanup().await;
+}
+
+/// Runs `rabbitmqctl`; panics with its output when it fails.
+fn rabbitmqctl(args: &[&str]) {
+    let out = Command::new("rabbitmqctl").args(args).output().expect("rabbitmqctl is installed with RabbitMQ");
+    assert!(out.status.success(), "rabbitmqctl {args:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rabbitmq_restart_while_publishing_and_consuming_loses_nothing() {
+    let _serial = serial();
+    let sb = Sandbox::new("mqrestart");
+    let worker = echo_worker(&sb, "3", &[]);
+    let all = jobs("r", 1500, 10);
+    let (first, second) = all.split_at(500);
+    let mut ids = publish(&sb, first.to_vec()).await;
+    // Publish the rest while the broker goes down and comes back: the producer must retry.
+    let publisher = {
+        let sb = sb.clone();
+        let rest = second.to_vec();
+        tokio::spawn(async move { publish(&sb, rest).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    rabbitmqctl(&["stop_app"]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    rabbitmqctl(&["start_app"]);
+    rabbitmqctl(&["await_startup"]);
+    ids.extend(publisher.await.expect("publisher task"));
+    let t = tally(&sb, &ids, Duration::from_secs(180)).await;
+    t.print("restart RabbitMQ");
+    assert_eq!(t.confirmed, 1500, "every publish is confirmed after retries: {t:?}");
+    assert_eq!((t.lost, t.done), (0, 1500), "{t:?}\n{}", worker.log_text());
+    let reconnects = worker.metric("genq_reconnects_total{target=\"amqp\"}").unwrap_or(0.0);
+    assert!(reconnects >= 1.0, "the outage is counted in metrics");
+    assert!(worker.log_text().contains("reconnected to RabbitMQ"), "the outage is visible in the log");
+    drop(worker);
+    sb.cleanup().await;
+}
+
+/// A private Redis with an append-only file, so a restart keeps what was written before.
+struct PrivateRedis {
+    port: u16,
+    dir: std::path::PathBuf,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    fn start(port: u16, dir: std::path::PathBuf) -> Self {
+        let _ = std::fs::create_dir_all(&dir);
+        let mut r = PrivateRedis { port, dir, child: None };
+        r.spawn();
+        r
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--appendonly", "yes", "--appendfsync", "always", "--save", ""])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        self.child = Some(child);
+        let until = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < until, "private redis did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stop(&mut self) {
+        let _ = Command::new("redis-cli").args(["-p", &self.port.to_string(), "shutdown"]).output();
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_restart_while_workers_write_loses_nothing() {
+    let _serial = serial();
+    let mut redis = PrivateRedis::start(free_port(), scratch_dir().join(genq_tests::unique("redis")));
+    let sb = Sandbox::new("rdrestart").with_redis(&redis.url());
+    let ids = publish(&sb, jobs("d", 800, 10)).await;
+    let worker = echo_worker(&sb, "3", &[]);
+    until_done(&sb, &ids, 100).await;
+    redis.stop();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    redis.spawn();
+    let t = tally(&sb, &ids, Duration::from_secs(120)).await;
+    t.print("restart Redis");
+    assert_eq!((t.lost, t.done), (0, 800), "{t:?}\n{}", worker.log_text());
+    assert!(worker.metric("genq_reconnects_total{target=\"redis\"}").unwrap_or(0.0) >= 1.0, "the outage is counted");
+    drop(worker);
+    sb.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_messages_mixed_into_good_ones_never_stop_the_worker() {
+    let _serial = serial();
+    let sb = Sandbox::new("malformed");
+    let worker = echo_worker(&sb, "0", &["--max-body-bytes", "4096"]);
+    let good = jobs("g", 1000, 3);
+    let producer = sb.producer().await;
+    let mut ids = Vec::new();
+    let mut bad_with_id = Vec::new();
+    for (i, chunk) in good.chunks(5).enumerate() {
+        ids.extend(producer.submit_many(chunk.to_vec(), |_| {}).await.into_iter().filter_map(Result::ok));
+        match i % 4 {
+            0 => sb.publish_raw(format!("{{\"prompt\": \"broken {i}").as_bytes(), None).await,
+            1 => sb.publish_raw(&[0xff, 0xfe, b'{', 0x80], None).await,
+            2 => sb.publish_raw(&vec![b' '; 5000], Some(&format!("big-{i}"))).await,
+            _ => {
+                let id = format!("typo-{i}");
+                sb.publish_raw(format!(r#"{{"id":"{id}","prompt":"x","max_new_tokens":"lots","temprature":1}}"#).as_bytes(), None).await;
+                bad_with_id.push(id);
+            }
+        }
+    }
+    producer.close().await;
+    let t = tally(&sb, &ids, Duration::from_secs(120)).await;
+    t.print("200 malformed among 1000 good");
+    assert_eq!((t.lost, t.done), (0, 1000), "{t:?}");
+    let bad = tally(&sb, &bad_with_id, Duration::from_secs(30)).await;
+    assert_eq!(bad.failed, 50, "parseable bad jobs end failed naming the field: {bad:?}");
+    let dead = worker.metric("genq_dead_lettered_total").unwrap_or(0.0);
+    assert_eq!(dead, 150.0, "bodies that are not jobs are dead-lettered and counted");
+    drop(worker);
+    sb.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_poison_job_is_dead_lettered_while_the_others_flow() {
+    let _serial = serial();
+    let sb = Sandbox::new("poison");
+    let mut all = jobs("p", 200, 5);
+    all.insert(37, JobRequest { id: Some("poison".into()), ..JobRequest::prompt("this one is POISON") });
+    let ids = publish(&sb, all).await;
+    // Like a container restart policy: a worker that dies is started again.
+    let env = [("GENQ_ECHO_STEP_MS", "2"), ("GENQ_ECHO_CRASH_ON", "POISON")];
+    let flags = ["--engine", "echo", "--max-batch-size", "32", "--prefetch", "64"];
+    let mut worker = sb.worker_with_env(&flags, &env);
+    let mut restarts = 0;
+    let until = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < until {
+        if worker.wait_exit(Duration::from_millis(100)).is_some() {
+            restarts += 1;
+            assert!(restarts <= 10, "the poison job keeps killing workers:\n{}", worker.log_text());
+            worker = sb.worker_with_env(&flags, &env);
+        }
+        let results = sb.results().await.get_many(&ids).await.expect("redis");
+        if results.iter().flatten().filter(|r| r.status.is_some_and(JobStatus::is_final)).count() == ids.len() {
+            break;
+        }
+    }
+    let t = tally(&sb, &ids, Duration::from_secs(5)).await;
+    t.print(&format!("poison job ({restarts} worker restarts)"));
+    let failed: Vec<_> = sb.results().await.get_many(&ids).await.expect("redis").into_iter().flatten().filter(|r| r.status == Some(JobStatus::Failed)).collect();
+    assert_eq!((t.lost, t.done, t.failed), (0, 200, 1), "{t:?} {failed:?}\n{}", worker.log_text());
+    let poison = sb.results().await.get("poison").await.expect("redis").expect("poison has a result");
+    assert_eq!(poison.error_kind.as_deref(), Some("poison"), "{poison:?}");
+    drop(worker);
+    sb.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_queue_rejects_publishes_and_submit_says_how_many() {
+    let _serial = serial();
+    let sb = Sandbox::new("full");
+    let lines: String = (0..50).map(|i| format!("{{\"id\":\"f-{i}\",\"prompt\":\"w{i}\",\"max_new_tokens\":2}}\n")).collect();
+    let file = scratch_dir().join(format!("{}.jsonl", sb.model));
+    std::fs::write(&file, lines).expect("jobs file");
+    // One confirm in flight: a quorum queue applies its length limit to what it already holds, so
+    // a pipelined burst can overshoot it by up to the confirms in flight.
+    let out = sb
+        .genq()
+        .env("GENQ__QUEUE__MAX_LENGTH", "20")
+        .args(["--max-in-flight", "1", "submit"])
+        .arg(&file)
+        .output()
+        .expect("genq submit");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "rejections make submit fail: {stderr}");
+    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
+    assert!((20..=21).contains(&ids.len()), "the queue holds its max length: {stderr}");
+    assert!(stderr.contains(&format!("published {} jobs, rejected {}", ids.len(), 50 - ids.len())), "{stderr}");
+    assert!(stderr.contains("queue full"), "the reason is named: {stderr}");
+    let worker = sb.worker_with_env(&["--engine", "echo", "--max-queue-length", "20"], &[]);
+    let t = tally(&sb, &ids, Duration::from_secs(60)).await;
+    t.print("full queue (max-length 20, 50 submitted)");
+    assert_eq!((t.lost, t.done), (0, ids.len()), "{t:?}");
+    drop(worker);
+    let _ = std::fs::remove_file(file);
+    sb.cleanup().await;
+}
