@@ -177,10 +177,14 @@ async fn every_dashboard_panel_shows_data_in_a_real_prometheus() {
     let producer = sb.producer().await.with_metrics(producer_metrics.clone());
     let gateway_addr = serve_producer_metrics(producer_metrics).await;
     let prom = tokio::task::block_in_place(|| {
-        Prometheus::start(&[
+        let prom = Prometheus::start(&[
             ScrapeJob { name: "genq-worker", targets: vec![worker_addr.clone()] },
             ScrapeJob { name: "genq-gateway", targets: vec![gateway_addr.clone()] },
-        ])
+        ]);
+        // Prometheus hands targets to its scrapers up to 5 s after start: the load must come after
+        // the first scrapes, or rates see no increase.
+        wait_for_value(&prom, "sum(up)", 2.0, Duration::from_secs(30));
+        prom
     });
 
     let waves = 8;
