@@ -309,3 +309,43 @@ async fn an_unreachable_redis_answers_503_not_a_hang() {
     let _ = child.wait();
     sb.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_no_worker_a_full_queue_is_429_and_a_wait_past_the_timeout_is_504() {
+    let sb = Sandbox::new("gateway-full");
+    // The gateway declares this sandbox's queues holding at most two ready jobs; no worker runs.
+    let gw = GatewayProcess::start(&sb, &["--request-timeout", "1"], &[("GENQ__QUEUE__MAX_LENGTH", "2")]);
+    let base = gw.base.clone();
+    let models = curl(None, &[&format!("{base}/v1/models")]);
+    assert_eq!(models.json()["data"], serde_json::json!([]), "no worker, no model: {models:?}");
+
+    let started = Instant::now();
+    let slow = curl(None, &["-X", "POST", "--data-binary", r#"{"text":"hi","id":"waits-in-vain"}"#, &format!("{base}/generate")]);
+    assert_error(&slow, 504, None, Some("timeout"));
+    assert!(started.elapsed() < Duration::from_secs(10), "the timeout is the setting, 1 s");
+    let keys = KeySchema::new(sb.prefix.clone());
+    let client = redis::Client::open(redis_url()).expect("redis url");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("redis");
+    let until = Instant::now() + Duration::from_secs(5);
+    while redis::cmd("EXISTS").arg(keys.cancel("waits-in-vain")).query_async::<i64>(&mut conn).await.expect("EXISTS") == 0 {
+        assert!(Instant::now() < until, "a request that timed out cancels its job");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // One job is queued already; publish until the queue refuses (a quorum queue may take one
+    // job over its limit before it does).
+    let mut accepted = 1;
+    let full = loop {
+        let r = curl(None, &["-X", "POST", "--data-binary", r#"{"prompt":"a"}"#, &format!("{base}/v1/jobs")]);
+        if r.status != 202 {
+            break r;
+        }
+        accepted += 1;
+        assert!(accepted <= 3, "the queue holds at most its max length (2) plus one");
+    };
+    assert_error(&full, 429, None, Some("queue_full"));
+    let metrics = curl(None, &[&format!("{base}/metrics")]);
+    assert!(metrics.body.contains("genq_published_total{outcome=\"nacked\"} 1"), "{}", metrics.body);
+    drop(gw);
+    sb.cleanup().await;
+}
