@@ -8,5 +8,6 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.ca
 scripts/services.sh
 scripts/prometheus.sh   # prometheus + promtool binaries for tests/tests/observability.rs
 scripts/fetch-model.sh
+scripts/validate-deploy.sh   # compose, k8s + KEDA schemas, hadolint: no Docker engine needed
 cargo build --workspace --bins
 cargo test --workspace "$@"

@@ -132,7 +132,7 @@ async fn one_two_and_three_echo_workers_share_one_queue_fairly() {
         // queue (not one worker's prefetch buffer) holds the backlog.
         worker_flags: ["--engine", "echo", "--max-batch-size", "4", "--prefetch", "8"].map(String::from).to_vec(),
         worker_env: vec![],
-        jobs: 600,
+        jobs: 2000,
         new_tokens: 32,
         ready_timeout: Duration::from_secs(30),
         run_timeout: Duration::from_secs(120),
@@ -141,7 +141,7 @@ async fn one_two_and_three_echo_workers_share_one_queue_fairly() {
     for n in 1..=3 {
         runs.push(measure(&plan, n).await);
     }
-    report("echo engine, 600 jobs x 32 tokens, max_batch_size 4, prefetch 8", &runs);
+    report("echo engine, 2000 jobs x 32 tokens, max_batch_size 4, prefetch 8", &runs);
     assert_spread(&runs, 0.5);
 }
 
