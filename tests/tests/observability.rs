@@ -198,6 +198,8 @@ async fn every_dashboard_panel_shows_data_in_a_real_prometheus() {
         wait_for_value(&prom, r#"sum(genq_jobs_total{status="done"})"#, done, Duration::from_secs(20));
         wait_for_value(&prom, r#"sum(genq_published_total{outcome="confirmed"})"#, done, Duration::from_secs(20));
         wait_for_value(&prom, "count(genq_queue_backlog_tokens)", 2.0, Duration::from_secs(20));
+        // Idle again: gauges fall back, they do not keep the last step's values.
+        wait_for_value(&prom, "sum(genq_running_sequences) + sum(genq_kv_cache_tokens) + sum(genq_waiting_tokens)", 0.0, Duration::from_secs(20));
         let time = now_secs();
 
         let mut failures = Vec::new();

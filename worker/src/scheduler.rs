@@ -499,6 +499,8 @@ pub fn spawn_engine_thread(
                 std::thread::sleep(Duration::from_millis(10));
             }
             if let Some(m) = &metrics {
+                // After the step, so sequences that just finished no longer count while idle.
+                m.running_sequences.set(sched.running() as i64);
                 m.kv_cache_tokens.set(engine.cached_tokens() as i64);
             }
             for ev in out.drain(..) {
