@@ -1,8 +1,10 @@
 //! Helpers for genq's integration tests: unique names so tests never collide on the shared
 //! RabbitMQ and Redis, the built `genq` / `genq-worker` binaries, and worker processes that are
-//! stopped (SIGTERM, then SIGKILL) when dropped. [`prometheus`] runs a real Prometheus.
+//! stopped (SIGTERM, then SIGKILL) when dropped. [`prometheus`] runs a real Prometheus;
+//! [`redis_server`] a private Redis a test may restart or configure (AUTH, TLS).
 
 pub mod prometheus;
+pub mod redis_server;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

@@ -8,11 +8,12 @@
 //! hits, and abort the process on a poison word (`GENQ_ECHO_CRASH_ON`). Scenarios run one at a
 //! time: two of them restart shared services.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use genq_shared::{JobRequest, JobStatus};
+use genq_tests::redis_server::PrivateRedis;
 use genq_tests::{scratch_dir, Sandbox, Worker};
 
 /// Scenarios restart RabbitMQ or kill workers: never two at once.
@@ -178,65 +179,10 @@ async fn rabbitmq_restart_while_publishing_and_consuming_loses_nothing() {
     sb.cleanup().await;
 }
 
-/// A private Redis with an append-only file, so a restart keeps what was written before.
-struct PrivateRedis {
-    port: u16,
-    dir: std::path::PathBuf,
-    child: Option<Child>,
-}
-
-impl PrivateRedis {
-    fn start(port: u16, dir: std::path::PathBuf) -> Self {
-        let _ = std::fs::create_dir_all(&dir);
-        let mut r = PrivateRedis { port, dir, child: None };
-        r.spawn();
-        r
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--appendonly", "yes", "--appendfsync", "always", "--save", ""])
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server");
-        self.child = Some(child);
-        let until = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < until, "private redis did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn stop(&mut self) {
-        let _ = Command::new("redis-cli").args(["-p", &self.port.to_string(), "shutdown"]).output();
-        if let Some(mut c) = self.child.take() {
-            let _ = c.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_restart_while_workers_write_loses_nothing() {
     let _serial = serial();
-    let mut redis = PrivateRedis::start(free_port(), scratch_dir().join(genq_tests::unique("redis")));
+    let mut redis = PrivateRedis::start(&[]);
     let sb = Sandbox::new("rdrestart").with_redis(&redis.url());
     let ids = publish(&sb, jobs("d", 800, 10)).await;
     let worker = echo_worker(&sb, "3", &[]);

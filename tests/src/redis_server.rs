@@ -1,0 +1,90 @@
+//! A private `redis-server` for tests that restart Redis or need AUTH or TLS: its own process on a
+//! free loopback port with an append-only file in a temporary folder (so a restart keeps what
+//! was written), stopped and removed when dropped.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// A `redis-server` of the test's own.
+pub struct PrivateRedis {
+    port: u16,
+    dir: PathBuf,
+    extra: Vec<String>,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    /// Starts one with `extra` arguments (e.g. `--requirepass x`, or TLS options, in which case
+    /// `port` is the TLS port and the plain one is off).
+    pub fn start(extra: &[&str]) -> Self {
+        let dir = crate::scratch_dir().join(crate::unique("redis"));
+        let _ = std::fs::create_dir_all(&dir);
+        let mut r = PrivateRedis { port: free_port(), dir, extra: extra.iter().map(|s| s.to_string()).collect(), child: None };
+        r.spawn();
+        r
+    }
+
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Its data folder (also a good place for TLS files).
+    pub fn dir(&self) -> &PathBuf {
+        &self.dir
+    }
+
+    /// Starts the process (again, after [`PrivateRedis::stop`]).
+    pub fn spawn(&mut self) {
+        let port = self.port.to_string();
+        let tls = self.extra.iter().any(|a| a == "--tls-port");
+        let mut cmd = Command::new("redis-server");
+        if tls {
+            cmd.args(["--port", "0", "--tls-port", &port]);
+        } else {
+            cmd.args(["--port", &port]);
+        }
+        let extra: Vec<&String> = self.extra.iter().filter(|a| a.as_str() != "--tls-port").collect();
+        let child = cmd
+            .args(["--bind", "127.0.0.1", "--appendonly", "yes", "--appendfsync", "always", "--save", ""])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        self.child = Some(child);
+        let until = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < until, "private redis did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the process (SIGTERM: Redis flushes its append-only file and exits).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            let _ = c.wait();
+        }
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

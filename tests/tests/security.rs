@@ -1,0 +1,99 @@
+//! Security against real services: Redis AUTH with the password kept out of every log line, and
+//! Redis over TLS (`rediss://`) verified against a CA the test makes with `openssl`.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use genq_shared::JobStatus;
+use genq_tests::redis_server::PrivateRedis;
+use genq_tests::{scratch_dir, Sandbox};
+
+/// Submits three echo jobs with `genq submit --wait` and checks they are all done.
+fn submit_and_wait(sb: &Sandbox, env: &[(&str, &str)]) -> String {
+    let file = scratch_dir().join(format!("{}.jsonl", sb.model));
+    std::fs::write(&file, "\"one two\"\n\"three four\"\n\"five six\"\n").expect("jobs file");
+    let out = sb.genq().envs(env.iter().copied()).arg("submit").arg(&file).args(["--wait", "--timeout", "60"]).output().expect("genq submit");
+    let _ = std::fs::remove_file(&file);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{stderr}");
+    let results: Vec<genq_shared::JobResult> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("JSON result")).collect();
+    assert_eq!(results.len(), 3);
+    assert!(results.iter().all(|r| r.status == Some(JobStatus::Done)), "{results:?}");
+    stderr
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_auth_works_and_the_password_never_reaches_the_logs() {
+    let password = "s3cret-never-logged";
+    let redis = PrivateRedis::start(&["--requirepass", password]);
+    let url = format!("redis://:{password}@127.0.0.1:{}", redis.port());
+    let sb = Sandbox::new("auth").with_redis(&url);
+    let worker = sb.worker_with_env(&["--engine", "echo"], &[("RUST_LOG", "debug")]);
+    assert!(worker.wait_for_log("worker ready", Duration::from_secs(30)), "{}", worker.log_text());
+    let stderr = submit_and_wait(&sb, &[("RUST_LOG", "debug")]);
+    let log = worker.log_text();
+    assert!(log.contains(":***@127.0.0.1"), "the URL is logged redacted: {log}");
+    assert!(!log.contains(password) && !stderr.contains(password), "password leaked");
+
+    // A wrong password is refused with a clear error that does not echo it.
+    let bad = Sandbox::new("badauth").with_redis(&format!("redis://:wrong-pass@127.0.0.1:{}", redis.port()));
+    let mut w = bad.worker(&["--engine", "echo"]);
+    let code = w.wait_exit(Duration::from_secs(30)).expect("the worker stops");
+    assert_ne!(code, Some(0));
+    let log = w.log_text();
+    assert!(log.to_lowercase().contains("redis") && !log.contains("wrong-pass"), "{log}");
+    drop(worker);
+    sb.cleanup().await;
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl").current_dir(dir).args(args).output().expect("openssl is installed");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A CA and a server certificate for `localhost` / 127.0.0.1 in `dir`.
+fn make_certificates(dir: &Path) {
+    openssl(dir, &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=genq test CA", "-keyout", "ca.key", "-out", "ca.pem"]);
+    openssl(dir, &["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "server.key", "-out", "server.csr"]);
+    std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").expect("san");
+    openssl(
+        dir,
+        &["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "server.pem"],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rediss_urls_connect_over_tls_verified_against_the_ca() {
+    let certs = scratch_dir().join(genq_tests::unique("tls"));
+    std::fs::create_dir_all(&certs).expect("cert dir");
+    make_certificates(&certs);
+    let path = |f: &str| certs.join(f).to_string_lossy().to_string();
+    let (cert, key, ca) = (path("server.pem"), path("server.key"), path("ca.pem"));
+    let redis = PrivateRedis::start(&[
+        "--tls-port",
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--tls-ca-cert-file",
+        &ca,
+        "--tls-auth-clients",
+        "no",
+    ]);
+    let sb = Sandbox::new("tls").with_redis(&format!("rediss://localhost:{}", redis.port()));
+    // rustls-native-certs reads the trusted roots from SSL_CERT_FILE.
+    let trust = [("SSL_CERT_FILE", ca.as_str())];
+    let worker = sb.worker_with_env(&["--engine", "echo"], &trust);
+    assert!(worker.wait_for_log("worker ready", Duration::from_secs(30)), "{}", worker.log_text());
+    submit_and_wait(&sb, &trust);
+
+    // Without the CA the server's certificate is not trusted: the worker refuses to start.
+    let mut untrusted = sb.worker_with_env(&["--engine", "echo"], &[("SSL_CERT_FILE", "/nonexistent")]);
+    let code = untrusted.wait_exit(Duration::from_secs(30)).expect("the worker stops");
+    assert_ne!(code, Some(0), "{}", untrusted.log_text());
+    drop(worker);
+    sb.cleanup().await;
+    let _ = std::fs::remove_dir_all(&certs);
+}
