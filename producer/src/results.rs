@@ -3,8 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use redis::aio::MultiplexedConnection;
-use redis::AsyncConnectionConfig;
+use genq_worker::redis_conn::RedisConn;
 
 use genq_shared::keys::KeySchema;
 use genq_shared::{JobResult, JobStatus};
@@ -40,8 +39,8 @@ fn redis_err(e: redis::RedisError) -> ResultError {
 /// Reads results. Cheap to clone.
 #[derive(Clone)]
 pub struct ResultClient {
-    client: redis::Client,
-    conn: MultiplexedConnection,
+    urls: String,
+    conn: RedisConn,
     keys: KeySchema,
     ttl_secs: u64,
     unknown_after: Duration,
@@ -74,20 +73,23 @@ const DEFAULT_TTL_SECS: u64 = 86_400;
 /// published by a bare AMQP client appears only when a worker starts it.
 const DEFAULT_UNKNOWN_AFTER: Duration = Duration::from_secs(10);
 
+/// Most results read in one pipelined round trip by `wait_many`.
+const READ_WINDOW: usize = 512;
+
+/// Results read right after `wait_many` blocked on one (the window then doubles up to
+/// [`READ_WINDOW`] while every job in it is final).
+const MIN_READ_WINDOW: usize = 16;
+
 /// Longest single block on a done list; waits re-check the hash at least this often.
 const BLOCK_SLICE: Duration = Duration::from_secs(5);
 
 impl ResultClient {
     /// Connects to Redis; keys start with `key_prefix`.
     pub async fn connect(url: &str, key_prefix: &str) -> Result<Self, ResultError> {
-        let client =
-            redis::Client::open(url).map_err(|e| ResultError::Redis(format!("bad URL {}: {e}", redact_url(url))))?;
-        let config = AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(10)));
-        let conn = client
-            .get_multiplexed_async_connection_with_config(&config)
+        let conn = RedisConn::connect(url, Some(Duration::from_secs(10)))
             .await
             .map_err(|e| ResultError::Redis(format!("cannot connect to {}: {e}", redact_url(url))))?;
-        Ok(Self { client, conn, keys: KeySchema::new(key_prefix), ttl_secs: DEFAULT_TTL_SECS, unknown_after: DEFAULT_UNKNOWN_AFTER })
+        Ok(Self { urls: url.to_string(), conn, keys: KeySchema::new(key_prefix), ttl_secs: DEFAULT_TTL_SECS, unknown_after: DEFAULT_UNKNOWN_AFTER })
     }
 
     /// Sets the TTL of the keys this client writes (queued marks, cancel requests); the
@@ -109,16 +111,23 @@ impl ResultClient {
     pub async fn mark_queued(&self, jobs: &[(String, String)]) -> Result<(), ResultError> {
         let now = genq_shared::now_ms();
         for chunk in jobs.chunks(512) {
-            let mut pipe = redis::pipe();
+            let mut cmds = Vec::with_capacity(chunk.len() * 4);
             for (id, model) in chunk {
                 let key = self.keys.job(id);
-                pipe.cmd("HSETNX").arg(&key).arg("status").arg(JobStatus::Queued.as_str()).ignore();
-                pipe.cmd("HSETNX").arg(&key).arg("model").arg(model).ignore();
-                pipe.cmd("HSETNX").arg(&key).arg("created_ms").arg(now).ignore();
-                pipe.cmd("EXPIRE").arg(&key).arg(self.ttl_secs).ignore();
+                let mut c = redis::cmd("HSETNX");
+                c.arg(&key).arg("status").arg(JobStatus::Queued.as_str());
+                cmds.push(c);
+                let mut c = redis::cmd("HSETNX");
+                c.arg(&key).arg("model").arg(model);
+                cmds.push(c);
+                let mut c = redis::cmd("HSETNX");
+                c.arg(&key).arg("created_ms").arg(now);
+                cmds.push(c);
+                let mut c = redis::cmd("EXPIRE");
+                c.arg(&key).arg(self.ttl_secs);
+                cmds.push(c);
             }
-            let mut conn = self.conn.clone();
-            let () = pipe.query_async(&mut conn).await.map_err(redis_err)?;
+            self.conn.query_all(&cmds).await.map_err(redis_err)?;
         }
         Ok(())
     }
@@ -153,12 +162,17 @@ impl ResultClient {
 
     /// Many results in one round trip, in the order of `ids`.
     pub async fn get_many(&self, ids: &[String]) -> Result<Vec<Option<JobResult>>, ResultError> {
-        let mut pipe = redis::pipe();
-        for id in ids {
-            pipe.cmd("HGETALL").arg(self.keys.job(id));
-        }
-        let mut conn = self.conn.clone();
-        let maps: Vec<std::collections::HashMap<String, String>> = pipe.query_async(&mut conn).await.map_err(redis_err)?;
+        let cmds: Vec<redis::Cmd> = ids
+            .iter()
+            .map(|id| {
+                let mut c = redis::cmd("HGETALL");
+                c.arg(self.keys.job(id));
+                c
+            })
+            .collect();
+        let values = self.conn.query_all(&cmds).await.map_err(redis_err)?;
+        let maps: Vec<std::collections::HashMap<String, String>> =
+            values.iter().map(|v| redis::from_redis_value_ref(v).unwrap_or_default()).collect();
         Ok(ids
             .iter()
             .zip(maps)
@@ -166,12 +180,12 @@ impl ResultClient {
             .collect())
     }
 
-    async fn blocking_connection(&self) -> Result<MultiplexedConnection, ResultError> {
-        let config = AsyncConnectionConfig::new().set_response_timeout(None);
-        self.client.get_multiplexed_async_connection_with_config(&config).await.map_err(redis_err)
+    /// A second connection without a response timeout, for blocking reads.
+    async fn blocking_connection(&self) -> Result<RedisConn, ResultError> {
+        RedisConn::connect(&self.urls, None).await.map_err(redis_err)
     }
 
-    async fn wait_on(&self, blocking: &mut MultiplexedConnection, id: &str, deadline: Option<Instant>) -> Result<JobResult, ResultError> {
+    async fn wait_on(&self, blocking: &mut RedisConn, id: &str, deadline: Option<Instant>) -> Result<JobResult, ResultError> {
         let done = self.keys.done(id);
         let mut missing_since: Option<Instant> = None;
         loop {
@@ -219,7 +233,10 @@ impl ResultClient {
     }
 
     /// Waits for every job, handing each result to `on_result` in the order of `ids`. Reads
-    /// finished results in pipelined chunks and blocks only on the first unfinished one.
+    /// results in pipelined windows (one round trip for up to [`READ_WINDOW`] jobs) and blocks
+    /// only on the first unfinished one; after a block it reads a small window again and grows it
+    /// while whole windows come back final, so a fast fleet is read in large pipelines and a slow
+    /// one is not re-read hundreds of jobs at a time.
     pub async fn wait_many(
         &self,
         ids: &[String],
@@ -228,14 +245,43 @@ impl ResultClient {
     ) -> Result<(), ResultError> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut blocking = self.blocking_connection().await?;
-        for chunk in ids.chunks(512) {
-            let found = self.get_many(chunk).await?;
-            for (id, r) in chunk.iter().zip(found) {
+        let mut next = 0;
+        let mut window = READ_WINDOW;
+        while next < ids.len() {
+            let end = (next + window).min(ids.len());
+            let found = self.get_many(&ids[next..end]).await?;
+            let mut ready = 0;
+            for r in found {
                 match r {
                     Some(r) if r.status.is_some_and(JobStatus::is_final) => on_result(Ok(r)),
-                    _ => on_result(self.wait_on(&mut blocking, id, deadline).await),
+                    _ => break,
                 }
+                ready += 1;
             }
+            next += ready;
+            if next == end {
+                window = (window * 2).min(READ_WINDOW);
+                continue;
+            }
+            on_result(self.wait_on(&mut blocking, &ids[next], deadline).await);
+            next += 1;
+            window = MIN_READ_WINDOW;
+        }
+        Ok(())
+    }
+
+    /// Deletes the stored results of `ids` (hash, done list, stream), in pipelined chunks.
+    pub async fn forget_many(&self, ids: &[String]) -> Result<(), ResultError> {
+        for chunk in ids.chunks(READ_WINDOW) {
+            let cmds: Vec<redis::Cmd> = chunk
+                .iter()
+                .map(|id| {
+                    let mut c = redis::cmd("UNLINK");
+                    c.arg(self.keys.job(id)).arg(self.keys.done(id)).arg(self.keys.stream(id));
+                    c
+                })
+                .collect();
+            self.conn.query_all(&cmds).await.map_err(redis_err)?;
         }
         Ok(())
     }

@@ -43,6 +43,12 @@ impl KeySchema {
     pub fn batch(&self, id: &str) -> String {
         format!("{}:batch:{{{id}}}", self.prefix)
     }
+
+    /// `genq:batch:{<id>}:members`: ids of the batch's jobs already counted, so a redelivered
+    /// job is counted once.
+    pub fn batch_members(&self, id: &str) -> String {
+        format!("{}:batch:{{{id}}}:members", self.prefix)
+    }
 }
 
 #[cfg(test)]

@@ -64,13 +64,21 @@ pub struct Sandbox {
     pub prefix: String,
     /// Redis URL (the shared one unless [`Sandbox::with_redis`] says otherwise).
     pub redis: String,
+    /// AMQP URL or comma-separated list (the shared one unless [`Sandbox::with_amqp`] says otherwise).
+    pub amqp: String,
 }
 
 impl Sandbox {
     /// A new sandbox named after `tag`.
     pub fn new(tag: &str) -> Self {
         let model = unique(tag);
-        Self { prefix: model.clone(), model, redis: redis_url() }
+        Self { prefix: model.clone(), model, redis: redis_url(), amqp: amqp_url() }
+    }
+
+    /// This sandbox, with RabbitMQ at `urls` (e.g. a node list whose first entry is dead).
+    pub fn with_amqp(mut self, urls: &str) -> Self {
+        self.amqp = urls.to_string();
+        self
     }
 
     /// This sandbox, with its results in the Redis at `url` (e.g. a private one a test restarts).
@@ -81,7 +89,7 @@ impl Sandbox {
 
     /// Flags that point a `genq` or `genq-worker` command at this sandbox.
     pub fn flags(&self) -> Vec<String> {
-        vec!["--amqp-url".into(), amqp_url(), "--redis-url".into(), self.redis.clone(), "--key-prefix".into(), self.prefix.clone()]
+        vec!["--amqp-url".into(), self.amqp.clone(), "--redis-url".into(), self.redis.clone(), "--key-prefix".into(), self.prefix.clone()]
     }
 
     /// Starts `genq-worker` for this sandbox with extra flags; logs go to a file in [`scratch_dir`].
@@ -122,7 +130,7 @@ impl Sandbox {
             default_model: self.model.clone(),
             ..genq_shared::settings::ProducerSettings::default()
         };
-        genq_producer::Producer::connect(&amqp_url(), &settings, &genq_shared::settings::QueueSettings::default())
+        genq_producer::Producer::connect(&self.amqp, &settings, &genq_shared::settings::QueueSettings::default())
             .await
             .expect("producer")
             .with_results(self.results().await)
@@ -130,7 +138,7 @@ impl Sandbox {
 
     /// Publishes a raw body to this sandbox's normal queue, as any AMQP client could.
     pub async fn publish_raw(&self, body: &[u8], message_id: Option<&str>) {
-        let conn = genq_worker::broker::connect(&amqp_url(), "genq-test").await.expect("amqp");
+        let conn = genq_worker::broker::connect(&self.amqp, "genq-test").await.expect("amqp");
         let ch = conn.create_channel().await.expect("channel");
         ch.confirm_select(Default::default()).await.expect("confirms");
         genq_worker::broker::declare_topology(&ch, &self.model, genq_shared::settings::QueueSettings::default().limits())
@@ -152,7 +160,7 @@ impl Sandbox {
 
     /// Number of messages ready in this sandbox's normal queue.
     pub async fn ready_messages(&self) -> u32 {
-        let conn = genq_worker::broker::connect(&amqp_url(), "genq-test").await.expect("amqp");
+        let conn = genq_worker::broker::connect(&self.amqp, "genq-test").await.expect("amqp");
         let ch = conn.create_channel().await.expect("channel");
         let q = ch
             .queue_declare(
@@ -169,7 +177,7 @@ impl Sandbox {
 
     /// Deletes this sandbox's queues.
     pub async fn cleanup(&self) {
-        let Ok(conn) = genq_worker::broker::connect(&amqp_url(), "genq-test").await else { return };
+        let Ok(conn) = genq_worker::broker::connect(&self.amqp, "genq-test").await else { return };
         if let Ok(ch) = conn.create_channel().await {
             for p in [genq_shared::Priority::Normal, genq_shared::Priority::High] {
                 let q = genq_shared::topology::queue_name(&self.model, p);

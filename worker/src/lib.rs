@@ -12,6 +12,7 @@
 //! - [`backlog`]: the autoscaling signal: queue depth polling and token estimates of waiting jobs.
 //! - [`bench`]: the engine benchmark behind `genq bench engine`.
 //! - [`runner`]: builds a worker from settings (used by `genq-worker` and `genq run`).
+//! - [`redis_conn`]: one Redis connection type for a single server or a Redis Cluster.
 //! - [`registry`]: worker heartbeats in Redis, by model (what `genq models` lists).
 
 pub mod backlog;
@@ -22,6 +23,7 @@ pub mod http;
 pub mod intake;
 pub mod metrics;
 pub mod pipeline;
+pub mod redis_conn;
 pub mod registry;
 pub mod runner;
 pub mod scheduler;

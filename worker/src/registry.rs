@@ -14,7 +14,7 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::redis_conn::RedisConn;
 use tokio::sync::watch;
 
 use genq_shared::now_ms;
@@ -61,38 +61,32 @@ pub struct ModelWorkers {
     pub workers: Vec<String>,
 }
 
-async fn connect(url: &str) -> Result<ConnectionManager, RegistryError> {
-    let client = redis::Client::open(url)?;
-    let config = redis::aio::ConnectionManagerConfig::new().set_response_timeout(Some(Duration::from_secs(5)));
-    Ok(ConnectionManager::new_with_config(client, config).await?)
+async fn connect(url: &str) -> Result<RedisConn, RegistryError> {
+    Ok(RedisConn::connect(url, Some(Duration::from_secs(5))).await?)
 }
 
-async fn beat(conn: &mut ConnectionManager, s: &HeartbeatSettings) -> Result<(), RegistryError> {
+async fn beat(conn: &mut RedisConn, s: &HeartbeatSettings) -> Result<(), RegistryError> {
     let now = now_ms();
     let live_ms = LIVE_FOR.as_millis() as u64;
     let ttl = LIVE_FOR.as_secs() as i64;
     let workers = workers_key(&s.key_prefix, &s.model);
     let models = models_key(&s.key_prefix);
-    // Not MULTI: the two keys may live in different cluster slots, and each command is
+    // One pipeline per key: the two keys may live in different cluster slots. Each command is
     // idempotent, so a partial heartbeat is simply completed by the next one.
-    let mut pipe = redis::pipe();
-    pipe.zadd(&workers, &s.worker_id, now)
-        .ignore()
-        .zrembyscore(&workers, "-inf", now.saturating_sub(live_ms))
-        .ignore()
-        .expire(&workers, ttl)
-        .ignore()
-        .zadd(&models, &s.model, now)
-        .ignore()
-        .zrembyscore(&models, "-inf", now.saturating_sub(live_ms))
-        .ignore()
-        .expire(&models, ttl)
-        .ignore();
-    pipe.query_async::<()>(conn).await?;
+    for (key, member) in [(&workers, &s.worker_id), (&models, &s.model)] {
+        let mut pipe = redis::pipe();
+        pipe.zadd(key, member, now)
+            .ignore()
+            .zrembyscore(key, "-inf", now.saturating_sub(live_ms))
+            .ignore()
+            .expire(key, ttl)
+            .ignore();
+        pipe.query_async::<()>(&mut *conn).await?;
+    }
     Ok(())
 }
 
-async fn leave(conn: &mut ConnectionManager, s: &HeartbeatSettings) -> Result<(), RegistryError> {
+async fn leave(conn: &mut RedisConn, s: &HeartbeatSettings) -> Result<(), RegistryError> {
     let workers = workers_key(&s.key_prefix, &s.model);
     let mut pipe = redis::pipe();
     pipe.zrem(&workers, &s.worker_id).ignore();
@@ -141,7 +135,7 @@ pub fn spawn_heartbeat(settings: HeartbeatSettings, stop: watch::Receiver<bool>)
 
 /// The models with at least one live worker, each with its live workers, sorted by model name.
 pub async fn live_models(url: &str, key_prefix: &str) -> Result<Vec<ModelWorkers>, RegistryError> {
-    let mut conn = redis::Client::open(url)?.get_multiplexed_async_connection().await?;
+    let mut conn = connect(url).await?;
     let since = now_ms().saturating_sub(LIVE_FOR.as_millis() as u64);
     let mut models: Vec<String> = redis::cmd("ZRANGEBYSCORE")
         .arg(models_key(key_prefix))
@@ -162,13 +156,13 @@ pub async fn live_models(url: &str, key_prefix: &str) -> Result<Vec<ModelWorkers
 
 /// The live workers of `model`, newest heartbeat first.
 pub async fn live_workers(url: &str, key_prefix: &str, model: &str) -> Result<Vec<String>, RegistryError> {
-    let mut conn = redis::Client::open(url)?.get_multiplexed_async_connection().await?;
+    let mut conn = connect(url).await?;
     let since = now_ms().saturating_sub(LIVE_FOR.as_millis() as u64);
     live_workers_on(&mut conn, key_prefix, model, since).await
 }
 
 async fn live_workers_on(
-    conn: &mut redis::aio::MultiplexedConnection,
+    conn: &mut RedisConn,
     key_prefix: &str,
     model: &str,
     since_ms: u64,

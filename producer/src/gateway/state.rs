@@ -5,14 +5,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
-use redis::AsyncConnectionConfig;
+use genq_worker::redis_conn::RedisConn;
 use tokio::sync::Mutex;
 
 use genq_shared::keys::KeySchema;
 use genq_shared::settings::Settings;
 use genq_shared::JobRequest;
-use genq_worker::broker::redact_url;
 
 use super::auth::BearerTokens;
 use super::error::ApiError;
@@ -32,7 +30,6 @@ struct Inner {
     /// loss wait for one reconnect instead of each opening a connection.
     producer: Mutex<Option<Arc<Producer>>>,
     results: Mutex<Option<ResultClient>>,
-    redis: Option<redis::Client>,
     keys: KeySchema,
     metrics: GatewayMetrics,
     models: ModelProbe,
@@ -42,13 +39,6 @@ struct Inner {
 impl Gateway {
     /// State for `settings`; connects to RabbitMQ and Redis now if it can, later if not.
     pub async fn new(settings: Settings) -> Result<Self, prometheus::Error> {
-        let redis = match redis::Client::open(settings.redis.url.as_str()) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                tracing::error!(url = %redact_url(&settings.redis.url), error = %e, "bad Redis URL");
-                None
-            }
-        };
         let gateway = Self {
             inner: Arc::new(Inner {
                 keys: KeySchema::new(settings.redis.key_prefix.clone()),
@@ -57,7 +47,6 @@ impl Gateway {
                 tokens: BearerTokens::new(settings.gateway.api_key_list()),
                 producer: Mutex::new(None),
                 results: Mutex::new(None),
-                redis,
                 settings,
             }),
         };
@@ -161,9 +150,7 @@ impl Gateway {
 
     /// A connection of its own for blocking reads (`XREAD BLOCK`), which would stall every
     /// other command on a shared one.
-    pub async fn blocking_redis(&self) -> Result<MultiplexedConnection, ApiError> {
-        let client = self.inner.redis.as_ref().ok_or_else(|| ApiError::unavailable("redis", "bad URL"))?;
-        let config = AsyncConnectionConfig::new().set_response_timeout(None);
-        client.get_multiplexed_async_connection_with_config(&config).await.map_err(|e| ApiError::unavailable("redis", e))
+    pub async fn blocking_redis(&self) -> Result<RedisConn, ApiError> {
+        RedisConn::connect(&self.inner.settings.redis.url, None).await.map_err(|e| ApiError::unavailable("redis", e))
     }
 }

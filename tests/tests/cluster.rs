@@ -1,0 +1,118 @@
+//! Beyond one broker and one Redis: the whole fleet against a real 3-master Redis Cluster
+//! started on loopback ports, and against an AMQP URL list whose first node is dead.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use genq_shared::{JobResult, JobStatus};
+use genq_tests::redis_server::free_port;
+use genq_tests::{amqp_url, scratch_dir, Sandbox};
+
+/// Three `redis-server --cluster-enabled yes` nodes joined by `redis-cli --cluster create`.
+struct RedisCluster {
+    ports: Vec<u16>,
+    dir: std::path::PathBuf,
+    children: Vec<std::process::Child>,
+}
+
+impl RedisCluster {
+    fn start() -> Self {
+        let dir = scratch_dir().join(genq_tests::unique("cluster"));
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let mut children = Vec::new();
+        for port in &ports {
+            let node = dir.join(port.to_string());
+            std::fs::create_dir_all(&node).expect("node dir");
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--cluster-enabled", "yes", "--save", ""])
+                .args(["--appendonly", "no", "--cluster-node-timeout", "5000"])
+                .current_dir(&node)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server");
+            children.push(child);
+        }
+        let cluster = RedisCluster { ports, dir, children };
+        for port in &cluster.ports {
+            let until = Instant::now() + Duration::from_secs(10);
+            while std::net::TcpStream::connect(("127.0.0.1", *port)).is_err() {
+                assert!(Instant::now() < until, "cluster node did not start");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let nodes: Vec<String> = cluster.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&nodes)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli");
+        assert!(out.status.success(), "cluster create: {}", String::from_utf8_lossy(&out.stdout));
+        let until = Instant::now() + Duration::from_secs(20);
+        loop {
+            let info = Command::new("redis-cli").args(["-p", &cluster.ports[0].to_string(), "cluster", "info"]).output().expect("redis-cli");
+            if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                break;
+            }
+            assert!(Instant::now() < until, "cluster never became ok");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        cluster
+    }
+
+    /// Every node, comma-separated: genq's Redis Cluster form of `redis.url`.
+    fn urls(&self) -> String {
+        self.ports.iter().map(|p| format!("redis://127.0.0.1:{p}")).collect::<Vec<_>>().join(",")
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_fleet_runs_on_a_redis_cluster_and_a_node_list_with_a_dead_first_node() {
+    let cluster = RedisCluster::start();
+    let dead_first = format!("amqp://guest:guest@127.0.0.1:{}/%2f,{}", free_port(), amqp_url());
+    let sb = Sandbox::new("cluster").with_redis(&cluster.urls()).with_amqp(&dead_first);
+    let worker = sb.worker(&["--engine", "echo"]);
+    assert!(worker.wait_for_log("worker ready", Duration::from_secs(30)), "{}", worker.log_text());
+    assert!(worker.log_text().contains("trying the next one"), "the dead node was tried first");
+
+    let lines: String = (0..300).map(|i| format!("{{\"id\":\"c-{i}\",\"prompt\":\"w{i} x y\",\"max_new_tokens\":3,\"batch\":\"cb\"}}\n")).collect();
+    let file = scratch_dir().join(format!("{}.jsonl", sb.model));
+    std::fs::write(&file, lines).expect("jobs file");
+    let out = sb.genq().arg("submit").arg(&file).args(["--wait", "--timeout", "120"]).output().expect("genq submit");
+    let _ = std::fs::remove_file(&file);
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), worker.log_text());
+    let results: Vec<JobResult> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("JSON")).collect();
+    assert_eq!(results.len(), 300);
+    assert!(results.iter().all(|r| r.status == Some(JobStatus::Done)), "every job done through the cluster");
+
+    // The job keys spread over the three masters; the batch counted each job once.
+    let mut keys_per_node = Vec::new();
+    for port in &cluster.ports {
+        let out = Command::new("redis-cli").args(["-p", &port.to_string(), "dbsize"]).output().expect("redis-cli");
+        keys_per_node.push(String::from_utf8_lossy(&out.stdout).trim().parse::<u64>().unwrap_or(0));
+    }
+    assert!(keys_per_node.iter().all(|&n| n > 0), "keys on every master: {keys_per_node:?}");
+    let status = sb.genq().args(["status", "--batch", "cb"]).output().expect("genq status");
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("done 300"), "batch counts: {text}{}", String::from_utf8_lossy(&status.stderr));
+
+    // Cancel and wait work through the cluster too.
+    let out = sb.genq().args(["cancel", "c-0"]).output().expect("genq cancel");
+    assert_eq!(out.status.code(), Some(3), "already finished: {}", String::from_utf8_lossy(&out.stderr));
+    let out = sb.genq().args(["wait", "c-7"]).output().expect("genq wait");
+    assert!(out.status.success());
+    drop(worker);
+    sb.cleanup().await;
+}
