@@ -102,9 +102,10 @@ pub struct WorkerSettings {
     pub model_path: String,
     /// `llama` or `echo`.
     pub engine: EngineKind,
-    /// `cpu` (CUDA arrives with the GPU issue).
+    /// `cpu`, `cuda` (GPU 0) or `cuda:N`; a GPU needs a build with the `cuda` feature.
     pub device: String,
-    /// How weights are held in memory: `auto` (`q8_0` when `max_batch_size` <= 2, else `f32`), `native`
+    /// How weights are held in memory: `auto` (on CPU `q8_0` when `max_batch_size` <= 2, else `f32`;
+    /// on a GPU `native`: GGUF quantized, safetensors bf16), `native`
     /// (as stored), `q8_0` (re-quantized at load; SIMD kernels on CPU) or `f32` (dequantized).
     pub weights: String,
     /// Prompt tokens prefilled per engine step at most, so running sequences keep decoding.

@@ -49,7 +49,7 @@ struct Cli {
     /// Engine: llama or echo [worker.engine; default llama].
     #[arg(long)]
     engine: Option<String>,
-    /// Device: cpu [worker.device; default cpu].
+    /// Device: cpu, cuda or cuda:N (a build with the `cuda` feature) [worker.device; default cpu].
     #[arg(long)]
     device: Option<String>,
     /// Weights in memory: auto, native, q8_0, f32 [worker.weights; default auto].

@@ -60,7 +60,7 @@ pub fn build_engine(worker: &WorkerSettings) -> Result<Box<dyn Engine>, RunnerEr
                 model_path: path.clone(),
                 model_name: worker.model_name.clone(),
                 device: worker.device.clone(),
-                weights: parse_weights(&worker.weights, worker.max_batch_size)?,
+                weights: weights_for_device(&worker.weights, &worker.device, worker.max_batch_size)?,
             };
             let engine = LlamaEngine::load(&settings)
                 .map_err(|e| RunnerError::Load { path: path.display().to_string(), message: e.to_string() })?;
@@ -84,6 +84,15 @@ pub fn parse_weights(name: &str, max_batch_size: usize) -> Result<WeightFormat, 
         "f32" => Ok(WeightFormat::F32),
         other => Err(RunnerError::Setting(format!("`worker.weights` is {other:?}; expected auto, native, q8_0 or f32"))),
     }
+}
+
+/// [`parse_weights`], except that `auto` on a GPU (`cuda`, `cuda:N`) keeps the weights as stored:
+/// GGUF quantized (candle's CUDA MMQ/MMVQ kernels), safetensors in bf16.
+pub fn weights_for_device(name: &str, device: &str, max_batch_size: usize) -> Result<WeightFormat, RunnerError> {
+    if name == "auto" && device.trim().starts_with("cuda") {
+        return Ok(WeightFormat::Native);
+    }
+    parse_weights(name, max_batch_size)
 }
 
 /// `<hostname>-<pid>` unless the settings name the worker.
@@ -126,5 +135,8 @@ mod tests {
         assert_eq!(parse_weights("native", 16).ok(), Some(WeightFormat::Native));
         let err = parse_weights("q4", 16).expect_err("unknown format");
         assert!(err.to_string().contains("worker.weights"), "{err}");
+        assert_eq!(weights_for_device("auto", "cuda:0", 16).ok(), Some(WeightFormat::Native));
+        assert_eq!(weights_for_device("f32", "cuda:0", 16).ok(), Some(WeightFormat::F32));
+        assert_eq!(weights_for_device("auto", "cpu", 1).ok(), Some(WeightFormat::Q8_0));
     }
 }

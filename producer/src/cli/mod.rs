@@ -91,6 +91,9 @@ struct ModelArgs {
     /// Weights in memory: auto, native, q8_0, f32 [worker.weights].
     #[arg(long)]
     weights: Option<String>,
+    /// Device: cpu, cuda or cuda:N (a build with the `cuda` feature) [worker.device].
+    #[arg(long)]
+    device: Option<String>,
 }
 
 impl ModelArgs {
@@ -98,7 +101,8 @@ impl ModelArgs {
     fn apply(&self, o: &mut Overrides) {
         o.set("worker.engine", self.engine.as_ref())
             .set("worker.model_path", self.model_path.as_ref())
-            .set("worker.weights", self.weights.as_ref());
+            .set("worker.weights", self.weights.as_ref())
+            .set("worker.device", self.device.as_ref());
     }
 }
 

@@ -1,7 +1,9 @@
 //! The candle engine for Llama-family models: [`LlamaEngine`] loads a GGUF file or a Hugging Face
-//! safetensors folder and runs continuous batching on the CPU, one packed forward per step.
+//! safetensors folder and runs continuous batching on the CPU or a GPU, one packed forward per step.
 //!
-//! - [`model`]: weights, the packed forward pass and the per-sequence KV cache.
+//! - [`model`]: weights, the packed forward pass and the per-sequence KV cache (CPU).
+//! - [`gpu`]: the device path (slot-pool KV cache, batched attention) and the CPU/device switch.
+//! - [`synth`]: random-weight Llama checkpoints (GPU checks and tests need no download).
 //! - [`sampler`]: per-sequence sampling with a seeded RNG.
 //! - [`detok`]: streaming detokenization that never splits a character.
 //! - [`tokenizer`]: tokenizers from GGUF metadata or `tokenizer.json`, special token ids.
@@ -13,8 +15,10 @@
 
 pub mod chat;
 pub mod detok;
+pub mod gpu;
 pub mod model;
 pub mod sampler;
+pub mod synth;
 #[cfg(test)]
 mod tests;
 pub mod tokenizer;
@@ -32,7 +36,8 @@ use tokenizers::Tokenizer;
 use self::chat::ChatTemplate;
 use self::detok::Detokenizer;
 pub use self::model::WeightFormat;
-use self::model::{HfConfig, KvCache, LlamaModel, SeqInput};
+use self::gpu::{Backend, DeviceChoice, SeqCache, StepInput};
+use self::model::HfConfig;
 use self::sampler::Sampler;
 use self::tokenizer::SpecialIds;
 use super::stops::StopMatcher;
@@ -48,7 +53,7 @@ pub struct LlamaSettings {
     pub model_path: PathBuf,
     /// The name jobs route to (`smollm2-135m-instruct`).
     pub model_name: String,
-    /// Only `cpu` is supported.
+    /// `cpu`, or `cuda` / `cuda:N` in a build with the `cuda` feature.
     pub device: String,
     /// How projection weights are held in memory.
     pub weights: WeightFormat,
@@ -63,8 +68,8 @@ pub enum LoadError {
         /// The missing path.
         path: PathBuf,
     },
-    /// A device this build cannot use.
-    #[error("device `{0}` is not supported (only `cpu`)")]
+    /// A device this build cannot use (the message says why: unknown, or no `cuda` feature).
+    #[error("{0}")]
     Device(String),
     /// A file could not be read.
     #[error("reading {}: {source}", path.display())]
@@ -104,7 +109,7 @@ struct Sequence {
     prompt: Vec<u32>,
     /// Prompt tokens already in the cache.
     prefilled: usize,
-    cache: KvCache,
+    cache: SeqCache,
     /// The last sampled token, fed at the next step.
     pending: Option<u32>,
     generated: usize,
@@ -120,7 +125,7 @@ struct Sequence {
 /// The candle Llama engine. Runs on one thread; every sequence owns its cache and sampler.
 pub struct LlamaEngine {
     info: EngineInfo,
-    model: LlamaModel,
+    model: Backend,
     tokenizer: Tokenizer,
     special: SpecialIds,
     template: ChatTemplate,
@@ -164,26 +169,25 @@ fn json_ids(v: Option<&serde_json::Value>) -> Vec<u32> {
 impl LlamaEngine {
     /// Loads the model, its tokenizer and chat template.
     pub fn load(settings: &LlamaSettings) -> Result<Self, LoadError> {
-        if settings.device != "cpu" {
-            return Err(LoadError::Device(settings.device.clone()));
-        }
+        let device = DeviceChoice::parse(&settings.device).map_err(LoadError::Device)?;
         let path = &settings.model_path;
         if !path.exists() {
             return Err(LoadError::NotFound { path: path.clone() });
         }
         let (model, tokenizer, special, template) = if path.is_dir() {
-            Self::load_safetensors(path, settings.weights)?
+            Self::load_safetensors(path, settings.weights, device)?
         } else {
-            Self::load_gguf(path, settings.weights)?
+            Self::load_gguf(path, settings.weights, device)?
         };
         let info = EngineInfo {
             model: settings.model_name.clone(),
-            device: "cpu".into(),
+            device: device.label(),
             context_length: model.config().context_length,
         };
         tracing::info!(
             model = %settings.model_name,
             path = %path.display(),
+            device = %info.device,
             weights = ?settings.weights,
             layers = model.config().layers,
             context_length = info.context_length,
@@ -202,7 +206,8 @@ impl LlamaEngine {
     fn load_gguf(
         path: &Path,
         format: WeightFormat,
-    ) -> Result<(LlamaModel, Tokenizer, SpecialIds, ChatTemplate), LoadError> {
+        device: DeviceChoice,
+    ) -> Result<(Backend, Tokenizer, SpecialIds, ChatTemplate), LoadError> {
         let mut file = File::open(path).map_err(|source| LoadError::Io {
             path: path.to_owned(),
             source,
@@ -214,15 +219,16 @@ impl LlamaEngine {
             Some(t) => t.map_err(|e| LoadError::ChatTemplate(e.to_string()))?,
             None => ChatTemplate::chatml(),
         };
-        let model =
-            LlamaModel::from_gguf(&content, &mut file, format).map_err(weights_err(path))?;
+        let model = Backend::from_gguf(&content, &mut file, format, device)
+            .map_err(weights_err(path))?;
         Ok((model, tokenizer, special, template))
     }
 
     fn load_safetensors(
         dir: &Path,
         format: WeightFormat,
-    ) -> Result<(LlamaModel, Tokenizer, SpecialIds, ChatTemplate), LoadError> {
+        device: DeviceChoice,
+    ) -> Result<(Backend, Tokenizer, SpecialIds, ChatTemplate), LoadError> {
         let need = |name: &str| {
             let p = dir.join(name);
             if p.exists() {
@@ -316,9 +322,18 @@ impl LlamaEngine {
             }
             None => ChatTemplate::chatml(),
         };
-        let model =
-            LlamaModel::from_safetensors(&config, &files, format).map_err(weights_err(dir))?;
+        let model = Backend::from_safetensors(&config, &files, format, device)
+            .map_err(weights_err(dir))?;
         Ok((model, tokenizer, special, template))
+    }
+
+    /// The CPU model, for tests of its packed forward (panics on the device path).
+    #[cfg(test)]
+    fn cpu_model(&self) -> &self::model::LlamaModel {
+        match &self.model {
+            Backend::Cpu(m) => m,
+            Backend::Device(_) => panic!("not the CPU model"),
+        }
     }
 
     /// Renders and tokenizes a job's input (BOS first when the model asks for it).
@@ -490,7 +505,7 @@ impl Engine for LlamaEngine {
             id,
             Sequence {
                 kind: job.kind,
-                cache: KvCache::new(self.model.config(), positions),
+                cache: self.model.new_cache(positions),
                 detok: Detokenizer::new(&prompt),
                 prompt,
                 prefilled: 0,
@@ -510,7 +525,7 @@ impl Engine for LlamaEngine {
         // Plan: one token for each decoding sequence, prompt chunks (oldest first) under the budget.
         let mut budget = limits.max_prefill_tokens.max(1);
         let mut in_step: Vec<(SeqId, usize)> = Vec::new();
-        let mut inputs: Vec<SeqInput<'_>> = Vec::new();
+        let mut inputs: Vec<StepInput<'_>> = Vec::new();
         for (&id, seq) in self.seqs.iter_mut() {
             let tokens: &[u32] = match &seq.pending {
                 Some(t) => std::slice::from_ref(t),
@@ -524,7 +539,7 @@ impl Engine for LlamaEngine {
                 }
             };
             in_step.push((id, tokens.len()));
-            inputs.push(SeqInput {
+            inputs.push(StepInput {
                 cache: &mut seq.cache,
                 tokens,
                 all_logits: seq.kind == JobKind::Score,

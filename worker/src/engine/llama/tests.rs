@@ -537,7 +537,7 @@ fn logits_fed_in_chunks(e: &LlamaEngine, tokens: &[u32], chunks: &[usize]) -> Ve
             all_logits: false,
         }];
         last = e
-            .model
+            .cpu_model()
             .forward(&mut inputs)
             .expect("forward")
             .flatten_all()
@@ -593,7 +593,7 @@ fn tiny_llama_prefill_and_token_by_token_give_the_same_logits() {
             all_logits: false,
         },
     ];
-    let batched = e.model.forward(&mut inputs).expect("forward");
+    let batched = e.cpu_model().forward(&mut inputs).expect("forward");
     assert_eq!(batched.dims2().expect("2d").0, 4);
     let row: Vec<f32> = batched.get(3).and_then(|t| t.to_vec1()).expect("row");
     assert!(max_abs_diff(&whole, &row) < 1e-5);
@@ -614,7 +614,7 @@ fn tiny_llama_decode_row_is_bitwise_the_same_alone_and_in_a_batch() {
                 tokens: &prompt,
                 all_logits: false,
             }];
-            e.model.forward(&mut inputs).expect("prefill");
+            e.cpu_model().forward(&mut inputs).expect("prefill");
             let mut other_caches: Vec<KvCache> =
                 others.iter().map(|_| KvCache::new(cfg, 0)).collect();
             let mut inputs: Vec<SeqInput<'_>> = other_caches
@@ -634,7 +634,7 @@ fn tiny_llama_decode_row_is_bitwise_the_same_alone_and_in_a_batch() {
                     all_logits: false,
                 },
             );
-            let logits = e.model.forward(&mut inputs).expect("decode");
+            let logits = e.cpu_model().forward(&mut inputs).expect("decode");
             logits
                 .get(others.len() / 2)
                 .and_then(|t| t.to_vec1())

@@ -1,0 +1,929 @@
+//! The device path of the Llama engine: [`DeviceModel`] holds the weights on a candle [`Device`]
+//! (CUDA; the CPU too, which is how its tests run here) and runs a step with a number of kernel
+//! launches that does not grow with the number of sequences. [`Backend`] picks it or the CPU
+//! [`LlamaModel`] from `worker.device`; the engine in `mod.rs` talks only to [`Backend`].
+//!
+//! How a step runs on the device:
+//! - Weights: safetensors in bf16 (f16 when the file is f16; f32 with `weights=f32`), GGUF
+//!   quantized tensors kept quantized as candle `QMatMul`s (its CUDA MMQ/MMVQ kernels), or
+//!   re-quantized to Q8_0 (`weights=q8_0`). Norms, RoPE tables and the embedding in the same dtype.
+//! - KV cache: a slot pool per layer, `[slot, kv_head, position, dim]` (flat `[rows, dim]`), that
+//!   grows by doubling in slots and in positions. A sequence holds a [`SlotCache`]: its slot and
+//!   length; dropping it frees the slot.
+//! - Attention: the step's sequences are grouped by how many tokens they feed (every decoding
+//!   sequence feeds one, so decode is one group). Per group and layer: one gather of the group's
+//!   K and V rows up to the longest sequence, one batched `q·Kᵀ`, an additive mask (causal within
+//!   the step, and the padding past each sequence's own length), softmax in f32, one batched
+//!   `·V`. New keys and values are written with one scatter per layer for the whole step.
+//!
+//! Not here: paged blocks (the pool pads each slot to the longest sequence of the step), fused
+//! flash attention (the `flash-attn` feature cannot build offline), CUDA graphs, sampling on the
+//! device (logits come back to the host, where every sequence samples with its own seeded RNG).
+//! Results on CUDA are not bit-for-bit independent of the batch as on the CPU path: cuBLAS picks
+//! kernels by shape.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
+use candle_core::{bail, DType, Device, Module, Result, Tensor};
+
+use super::model::{HfConfig, KvCache, LlamaModel, ModelConfig, RopeStyle, SeqInput, WeightFormat};
+
+/// Where a model runs, from `worker.device`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceChoice {
+    /// The CPU engine ([`LlamaModel`]).
+    Cpu,
+    /// NVIDIA GPU number N ([`DeviceModel`] on CUDA).
+    Cuda(usize),
+}
+
+impl DeviceChoice {
+    /// Parses `cpu`, `cuda` (GPU 0) or `cuda:N`. The error names the setting and, for a CUDA
+    /// device in a build without it, the `cuda` feature.
+    pub fn parse(name: &str) -> std::result::Result<Self, String> {
+        let choice = match name.trim() {
+            "cpu" => DeviceChoice::Cpu,
+            "cuda" | "gpu" => DeviceChoice::Cuda(0),
+            other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(n)) => DeviceChoice::Cuda(n),
+                _ => {
+                    return Err(format!(
+                        "`worker.device` is {other:?}; expected cpu, cuda or cuda:N"
+                    ))
+                }
+            },
+        };
+        if matches!(choice, DeviceChoice::Cuda(_)) && !cfg!(feature = "cuda") {
+            return Err(format!(
+                "device `{name}` needs a build with the `cuda` feature (scripts/cuda-build.sh, or \
+                 cargo build --release --features genq-worker/cuda,genq-producer/cuda); this \
+                 binary runs on the CPU only (--device cpu)"
+            ));
+        }
+        Ok(choice)
+    }
+
+    /// The name reported in `genq_worker_info{device}`: `cpu` or `cuda:N`.
+    pub fn label(&self) -> String {
+        match self {
+            DeviceChoice::Cpu => "cpu".into(),
+            DeviceChoice::Cuda(n) => format!("cuda:{n}"),
+        }
+    }
+
+    /// The candle device (opens the CUDA context).
+    pub fn device(&self) -> Result<Device> {
+        match self {
+            DeviceChoice::Cpu => Ok(Device::Cpu),
+            DeviceChoice::Cuda(n) => Device::new_cuda(*n),
+        }
+    }
+}
+
+/// The model of an engine: the CPU path or the device path.
+pub enum Backend {
+    /// Per-sequence caches and attention on the CPU (`model.rs`).
+    Cpu(LlamaModel),
+    /// Slot-pool cache and batched attention on a device.
+    Device(DeviceModel),
+}
+
+/// One sequence's cache, of the kind its [`Backend`] uses.
+pub enum SeqCache {
+    /// A CPU [`KvCache`].
+    Cpu(KvCache),
+    /// A slot in a [`DeviceModel`]'s pool.
+    Slot(SlotCache),
+}
+
+impl SeqCache {
+    /// Positions cached so far (the position of the next token).
+    pub fn len(&self) -> usize {
+        match self {
+            SeqCache::Cpu(c) => c.len(),
+            SeqCache::Slot(c) => c.len,
+        }
+    }
+
+    /// True before the first token.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One sequence's share of a packed step (see [`SeqInput`]).
+pub struct StepInput<'a> {
+    /// The sequence's cache; its new tokens are appended.
+    pub cache: &'a mut SeqCache,
+    /// Tokens fed this step, at positions `cache.len()..`.
+    pub tokens: &'a [u32],
+    /// Return logits for every fed token (score jobs), not only the last.
+    pub all_logits: bool,
+}
+
+impl Backend {
+    /// The network's shape.
+    pub fn config(&self) -> &ModelConfig {
+        match self {
+            Backend::Cpu(m) => m.config(),
+            Backend::Device(m) => &m.cfg,
+        }
+    }
+
+    /// An empty cache for a new sequence expected to use about `positions` positions. A device
+    /// slot is taken at the sequence's first step.
+    pub fn new_cache(&self, positions: usize) -> SeqCache {
+        match self {
+            Backend::Cpu(m) => SeqCache::Cpu(KvCache::new(m.config(), positions)),
+            Backend::Device(m) => SeqCache::Slot(SlotCache {
+                slot: None,
+                len: 0,
+                pool: m.pool.clone(),
+            }),
+        }
+    }
+
+    /// Loads a GGUF model for `choice`.
+    pub fn from_gguf(
+        content: &gguf_file::Content,
+        file: &mut File,
+        format: WeightFormat,
+        choice: DeviceChoice,
+    ) -> Result<Self> {
+        match choice {
+            DeviceChoice::Cpu => Ok(Backend::Cpu(LlamaModel::from_gguf(content, file, format)?)),
+            DeviceChoice::Cuda(_) => Ok(Backend::Device(DeviceModel::from_gguf(
+                content,
+                file,
+                format,
+                &choice.device()?,
+            )?)),
+        }
+    }
+
+    /// Loads a Hugging Face safetensors model for `choice`.
+    pub fn from_safetensors(
+        config: &HfConfig,
+        files: &[impl AsRef<Path>],
+        format: WeightFormat,
+        choice: DeviceChoice,
+    ) -> Result<Self> {
+        match choice {
+            DeviceChoice::Cpu => Ok(Backend::Cpu(LlamaModel::from_safetensors(
+                config, files, format,
+            )?)),
+            DeviceChoice::Cuda(_) => Ok(Backend::Device(DeviceModel::from_safetensors(
+                config,
+                files,
+                format,
+                &choice.device()?,
+            )?)),
+        }
+    }
+
+    /// Runs one packed step; logits `[rows, vocab]` in f32, rows as [`LlamaModel::forward`].
+    pub fn forward(&self, seqs: &mut [StepInput<'_>]) -> Result<Tensor> {
+        match self {
+            Backend::Cpu(m) => {
+                let mut inputs = Vec::with_capacity(seqs.len());
+                for s in seqs.iter_mut() {
+                    match &mut *s.cache {
+                        SeqCache::Cpu(cache) => inputs.push(SeqInput {
+                            cache,
+                            tokens: s.tokens,
+                            all_logits: s.all_logits,
+                        }),
+                        SeqCache::Slot(_) => bail!("forward: a device cache on the CPU model"),
+                    }
+                }
+                m.forward(&mut inputs)
+            }
+            Backend::Device(m) => {
+                let mut inputs = Vec::with_capacity(seqs.len());
+                for s in seqs.iter_mut() {
+                    match &mut *s.cache {
+                        SeqCache::Slot(cache) => inputs.push(SlotInput {
+                            cache,
+                            tokens: s.tokens,
+                            all_logits: s.all_logits,
+                        }),
+                        SeqCache::Cpu(_) => bail!("forward: a CPU cache on the device model"),
+                    }
+                }
+                m.forward(&mut inputs)
+            }
+        }
+    }
+}
+
+/// A sequence's place in a [`DeviceModel`]'s KV pool. Dropping it frees the slot.
+pub struct SlotCache {
+    slot: Option<usize>,
+    len: usize,
+    pool: Arc<Mutex<Pool>>,
+}
+
+impl Drop for SlotCache {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            lock(&self.pool).release(slot);
+        }
+    }
+}
+
+/// A poisoned lock only means a forward panicked; the pool's bookkeeping is still consistent.
+fn lock(pool: &Mutex<Pool>) -> MutexGuard<'_, Pool> {
+    pool.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A [`DeviceModel`] step input.
+pub struct SlotInput<'a> {
+    /// The sequence's slot.
+    pub cache: &'a mut SlotCache,
+    /// Tokens fed this step.
+    pub tokens: &'a [u32],
+    /// Logits for every fed token.
+    pub all_logits: bool,
+}
+
+/// Slots this many at first; the pool doubles when full.
+const INITIAL_SLOTS: usize = 8;
+/// Positions per slot at first; doubled (up to the context length) when a sequence needs more.
+const INITIAL_POSITIONS: usize = 256;
+
+/// Every layer's keys and values for every slot: `k[layer]`, `v[layer]` are `[slots * kv_heads *
+/// cap, head_dim]`, row `(slot * kv_heads + head) * cap + position`.
+struct Pool {
+    k: Vec<Tensor>,
+    v: Vec<Tensor>,
+    slots: usize,
+    cap: usize,
+    used: Vec<bool>,
+    kv_heads: usize,
+    head_dim: usize,
+    max_cap: usize,
+    dtype: DType,
+    device: Device,
+}
+
+impl Pool {
+    fn new(cfg: &ModelConfig, dtype: DType, device: &Device) -> Self {
+        Self {
+            k: Vec::new(),
+            v: Vec::new(),
+            slots: 0,
+            cap: 0,
+            used: Vec::new(),
+            kv_heads: cfg.kv_heads,
+            head_dim: cfg.head_dim,
+            max_cap: cfg.context_length,
+            dtype,
+            device: device.clone(),
+        }
+    }
+
+    fn release(&mut self, slot: usize) {
+        if let Some(u) = self.used.get_mut(slot) {
+            *u = false;
+        }
+    }
+
+    /// The lowest free slot (the pool doubles when none is free), so the slots in use stay dense.
+    fn take(&mut self, layers: usize) -> Result<usize> {
+        if let Some(i) = self.used.iter().position(|u| !u) {
+            self.used[i] = true;
+            return Ok(i);
+        }
+        let slot = self.slots;
+        let slots = (self.slots * 2).max(INITIAL_SLOTS);
+        let cap = self.cap.max(INITIAL_POSITIONS.min(self.max_cap));
+        self.resize(layers, slots, cap)?;
+        self.used[slot] = true;
+        Ok(slot)
+    }
+
+    /// Makes room for `positions` positions in every slot.
+    fn reserve(&mut self, layers: usize, positions: usize) -> Result<()> {
+        if positions <= self.cap {
+            return Ok(());
+        }
+        if positions > self.max_cap {
+            bail!(
+                "forward: position {positions} past the context length {}",
+                self.max_cap
+            );
+        }
+        let cap = positions.next_power_of_two().min(self.max_cap);
+        self.resize(layers, self.slots, cap)
+    }
+
+    /// Reallocates every layer as `[slots, kv_heads, cap, dim]`, keeping what is cached.
+    fn resize(&mut self, layers: usize, slots: usize, cap: usize) -> Result<()> {
+        let (h, d) = (self.kv_heads, self.head_dim);
+        let grow = |old: Option<&Tensor>| -> Result<Tensor> {
+            let new = Tensor::zeros((slots * h, cap, d), self.dtype, &self.device)?;
+            if let Some(old) = old {
+                // Old slots are a prefix of the new ones; old positions a prefix of each row.
+                let old = old.reshape((self.slots * h, self.cap, d))?;
+                let head = new.narrow(0, 0, self.slots * h)?;
+                head.slice_set(&old, 1, 0)?;
+            }
+            new.reshape((slots * h * cap, d))
+        };
+        let mut k = Vec::with_capacity(layers);
+        let mut v = Vec::with_capacity(layers);
+        for l in 0..layers {
+            k.push(grow(self.k.get(l))?);
+            v.push(grow(self.v.get(l))?);
+        }
+        tracing::debug!(slots, positions = cap, "device KV pool resized");
+        self.k = k;
+        self.v = v;
+        self.slots = slots;
+        self.cap = cap;
+        self.used.resize(slots, false);
+        Ok(())
+    }
+
+    /// Row of `(slot, head, position)` in a layer's flat tensor.
+    fn row(&self, slot: usize, head: usize, pos: usize) -> u32 {
+        ((slot * self.kv_heads + head) * self.cap + pos) as u32
+    }
+}
+
+struct DeviceLayer {
+    attn_norm: Tensor,
+    qkv: QMatMul,
+    o: QMatMul,
+    ffn_norm: Tensor,
+    gate_up: QMatMul,
+    down: QMatMul,
+}
+
+/// A Llama-family decoder on a candle device, with a slot-pool KV cache and batched attention.
+pub struct DeviceModel {
+    cfg: ModelConfig,
+    device: Device,
+    dtype: DType,
+    embed: Tensor,
+    layers: Vec<DeviceLayer>,
+    norm: Tensor,
+    lm_head: QMatMul,
+    cos: Tensor,
+    sin: Tensor,
+    pool: Arc<Mutex<Pool>>,
+}
+
+/// A weight as read from the file, on the CPU.
+enum Raw {
+    Quant(QTensor),
+    Dense(Tensor),
+}
+
+impl Raw {
+    fn dims(&self) -> Result<(usize, usize)> {
+        match self {
+            Raw::Quant(q) => q.shape().dims2(),
+            Raw::Dense(t) => t.dims2(),
+        }
+    }
+
+    fn f32(&self) -> Result<Tensor> {
+        match self {
+            Raw::Quant(q) => q.dequantize(&Device::Cpu),
+            Raw::Dense(t) => t.to_dtype(DType::F32),
+        }
+    }
+
+    /// Quantized blocks worth keeping quantized (not a float type stored in GGUF).
+    fn quant_dtype(&self) -> Option<GgmlDType> {
+        match self {
+            Raw::Quant(q) if !matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) => {
+                Some(q.dtype())
+            }
+            _ => None,
+        }
+    }
+}
+
+/// How the device model holds its weights and computes: decided once at load.
+struct Plan<'a> {
+    format: WeightFormat,
+    dtype: DType,
+    device: &'a Device,
+}
+
+impl Plan<'_> {
+    /// bf16 on a GPU (f16 when the file is f16), f32 when asked for or on the CPU.
+    fn new(format: WeightFormat, file_dtype: Option<DType>, device: &Device) -> Plan<'_> {
+        let dtype = match (format, device) {
+            (WeightFormat::F32, _) | (_, Device::Cpu) => DType::F32,
+            _ if file_dtype == Some(DType::F16) => DType::F16,
+            _ => DType::BF16,
+        };
+        Plan {
+            format,
+            dtype,
+            device,
+        }
+    }
+
+    fn dense(&self, t: &Tensor) -> Result<Tensor> {
+        t.to_dtype(self.dtype)?.to_device(self.device)?.contiguous()
+    }
+
+    /// Stacks `parts` (along the output dimension) into one matmul: quantized blocks
+    /// concatenated as they are (`native`, all of one type), re-quantized to Q8_0 (`q8_0`, rows
+    /// a multiple of 32), else dense in the compute dtype.
+    fn matmul(&self, parts: &[Raw]) -> Result<QMatMul> {
+        let cols = match parts.first() {
+            Some(p) => p.dims()?.1,
+            None => bail!("nothing to stack"),
+        };
+        let rows: usize = parts
+            .iter()
+            .map(|p| p.dims().map(|d| d.0))
+            .sum::<Result<usize>>()?;
+        let native = parts.first().and_then(Raw::quant_dtype);
+        let quant = match self.format {
+            WeightFormat::Native => native.filter(|&d| parts.iter().all(|p| p.quant_dtype() == Some(d))),
+            WeightFormat::Q8_0 if cols % GgmlDType::Q8_0.block_size() == 0 => Some(GgmlDType::Q8_0),
+            _ => None,
+        };
+        if let Some(dtype) = quant {
+            let mut bytes = Vec::new();
+            for p in parts {
+                match p {
+                    Raw::Quant(q) if q.dtype() == dtype => bytes.extend_from_slice(&q.data()?),
+                    other => {
+                        let q = QTensor::quantize(&other.f32()?, dtype)?;
+                        bytes.extend_from_slice(&q.data()?);
+                    }
+                }
+            }
+            let storage = QStorage::from_data(Cow::Owned(bytes), self.device, dtype)?;
+            return Ok(QMatMul::QTensor(Arc::new(QTensor::new(storage, (rows, cols))?)));
+        }
+        let dense = parts.iter().map(Raw::f32).collect::<Result<Vec<_>>>()?;
+        Ok(QMatMul::Tensor(self.dense(&Tensor::cat(&dense, 0)?)?))
+    }
+}
+
+/// Tensor names: llama.cpp's (GGUF) or Hugging Face's.
+fn tensor_name(gguf: bool, layer: Option<usize>, part: &str) -> String {
+    if gguf {
+        let p = match part {
+            "embed" => return "token_embd.weight".into(),
+            "norm" => return "output_norm.weight".into(),
+            "lm_head" => return "output.weight".into(),
+            "q" => "attn_q",
+            "k" => "attn_k",
+            "v" => "attn_v",
+            "o" => "attn_output",
+            "gate" => "ffn_gate",
+            "up" => "ffn_up",
+            "down" => "ffn_down",
+            "attn_norm" => "attn_norm",
+            _ => "ffn_norm",
+        };
+        format!("blk.{}.{p}.weight", layer.unwrap_or(0))
+    } else {
+        let p = match part {
+            "embed" => return "model.embed_tokens.weight".into(),
+            "norm" => return "model.norm.weight".into(),
+            "lm_head" => return "lm_head.weight".into(),
+            "q" => "self_attn.q_proj",
+            "k" => "self_attn.k_proj",
+            "v" => "self_attn.v_proj",
+            "o" => "self_attn.o_proj",
+            "gate" => "mlp.gate_proj",
+            "up" => "mlp.up_proj",
+            "down" => "mlp.down_proj",
+            "attn_norm" => "input_layernorm",
+            _ => "post_attention_layernorm",
+        };
+        format!("model.layers.{}.{p}.weight", layer.unwrap_or(0))
+    }
+}
+
+fn gguf_usize(content: &gguf_file::Content, key: &str) -> Result<usize> {
+    use gguf_file::Value as V;
+    let n: i128 = match content.metadata.get(key) {
+        Some(V::U8(x)) => (*x).into(),
+        Some(V::I8(x)) => (*x).into(),
+        Some(V::U16(x)) => (*x).into(),
+        Some(V::I16(x)) => (*x).into(),
+        Some(V::U32(x)) => (*x).into(),
+        Some(V::I32(x)) => (*x).into(),
+        Some(V::U64(x)) => (*x).into(),
+        Some(V::I64(x)) => (*x).into(),
+        Some(other) => bail!("gguf: metadata {key} is not an integer: {other:?}"),
+        None => bail!("gguf: missing metadata {key}"),
+    };
+    usize::try_from(n)
+        .map_err(|_| candle_core::Error::Msg(format!("gguf: metadata {key} = {n} out of range")))
+}
+
+fn gguf_f64(content: &gguf_file::Content, key: &str) -> Option<f64> {
+    match content.metadata.get(key)? {
+        gguf_file::Value::F32(x) => Some(f64::from(*x)),
+        gguf_file::Value::F64(x) => Some(*x),
+        _ => None,
+    }
+}
+
+/// The shape of a GGUF llama, as the CPU loader reads it.
+fn gguf_config(content: &gguf_file::Content) -> Result<ModelConfig> {
+    let arch = match content.metadata.get("general.architecture") {
+        Some(gguf_file::Value::String(s)) => s.clone(),
+        _ => "llama".to_string(),
+    };
+    let key = |k: &str| format!("{arch}.{k}");
+    let hidden = gguf_usize(content, &key("embedding_length"))?;
+    let heads = gguf_usize(content, &key("attention.head_count"))?;
+    let vocab = match content.tensor_infos.get("token_embd.weight") {
+        Some(info) => info.shape.dims2()?.0,
+        None => bail!("gguf: no tensor token_embd.weight"),
+    };
+    Ok(ModelConfig {
+        layers: gguf_usize(content, &key("block_count"))?,
+        hidden,
+        heads,
+        kv_heads: gguf_usize(content, &key("attention.head_count_kv")).unwrap_or(heads),
+        head_dim: gguf_usize(content, &key("attention.key_length"))
+            .unwrap_or(hidden / heads.max(1)),
+        ffn: gguf_usize(content, &key("feed_forward_length"))?,
+        vocab,
+        rope_base: gguf_f64(content, &key("rope.freq_base")).unwrap_or(10_000.0),
+        eps: gguf_f64(content, &key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5),
+        context_length: gguf_usize(content, &key("context_length"))?,
+        rope: RopeStyle::Interleaved,
+    })
+}
+
+/// The shape of a Hugging Face llama.
+fn hf_config(config: &HfConfig) -> ModelConfig {
+    let heads = config.num_attention_heads;
+    ModelConfig {
+        layers: config.num_hidden_layers,
+        hidden: config.hidden_size,
+        heads,
+        kv_heads: config.num_key_value_heads.unwrap_or(heads),
+        head_dim: config
+            .head_dim
+            .unwrap_or(config.hidden_size / heads.max(1)),
+        ffn: config.intermediate_size,
+        vocab: config.vocab_size,
+        rope_base: config.rope_theta.unwrap_or(10_000.0),
+        eps: config.rms_norm_eps,
+        context_length: config.max_position_embeddings,
+        rope: RopeStyle::Halves,
+    }
+}
+
+impl DeviceModel {
+    /// Loads a GGUF llama onto `device`.
+    pub fn from_gguf(
+        content: &gguf_file::Content,
+        file: &mut File,
+        format: WeightFormat,
+        device: &Device,
+    ) -> Result<Self> {
+        let cfg = gguf_config(content)?;
+        let plan = Plan::new(format, None, device);
+        let mut read = |name: &str| -> Result<Raw> {
+            Ok(Raw::Quant(content.tensor(file, name, &Device::Cpu)?))
+        };
+        let has = |name: &str| content.tensor_infos.contains_key(name);
+        Self::build(cfg, &plan, true, &mut read, &has)
+    }
+
+    /// Loads a Hugging Face llama (`config` plus every tensor of `files`) onto `device`.
+    pub fn from_safetensors(
+        config: &HfConfig,
+        files: &[impl AsRef<Path>],
+        format: WeightFormat,
+        device: &Device,
+    ) -> Result<Self> {
+        let mut tensors: HashMap<String, Tensor> = HashMap::new();
+        for f in files {
+            tensors.extend(candle_core::safetensors::load(f, &Device::Cpu)?);
+        }
+        if config.tie_word_embeddings == Some(true) {
+            tensors.remove(&tensor_name(false, None, "lm_head"));
+        }
+        let file_dtype = tensors
+            .get(&tensor_name(false, None, "embed"))
+            .map(Tensor::dtype);
+        let plan = Plan::new(format, file_dtype, device);
+        let names: Vec<String> = tensors.keys().cloned().collect();
+        let mut read = |name: &str| -> Result<Raw> {
+            match tensors.remove(name) {
+                Some(t) => Ok(Raw::Dense(t)),
+                None => bail!("safetensors: no tensor named {name}"),
+            }
+        };
+        let has = |name: &str| names.iter().any(|n| n == name);
+        Self::build(hf_config(config), &plan, false, &mut read, &has)
+    }
+
+    fn build(
+        cfg: ModelConfig,
+        plan: &Plan<'_>,
+        gguf: bool,
+        read: &mut dyn FnMut(&str) -> Result<Raw>,
+        has: &dyn Fn(&str) -> bool,
+    ) -> Result<Self> {
+        if cfg.heads == 0
+            || cfg.heads.checked_rem(cfg.kv_heads) != Some(0)
+            || cfg.head_dim % 2 == 1
+        {
+            bail!(
+                "unsupported head layout: {} heads, {} kv heads, head dim {}",
+                cfg.heads,
+                cfg.kv_heads,
+                cfg.head_dim
+            );
+        }
+        let name = |layer: Option<usize>, part: &str| tensor_name(gguf, layer, part);
+        let vector = |raw: Raw, what: &str| -> Result<Tensor> {
+            let t = raw.f32()?.flatten_all()?;
+            if t.dims1()? != cfg.hidden {
+                bail!("{what}: expected {} values, found {:?}", cfg.hidden, t.shape());
+            }
+            plan.dense(&t)
+        };
+        let (q_rows, kv_rows) = (cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim);
+        let mut layers = Vec::with_capacity(cfg.layers);
+        for i in 0..cfg.layers {
+            let l = Some(i);
+            let qkv = [read(&name(l, "q"))?, read(&name(l, "k"))?, read(&name(l, "v"))?];
+            let gate_up = [read(&name(l, "gate"))?, read(&name(l, "up"))?];
+            let shapes = qkv
+                .iter()
+                .chain(gate_up.iter())
+                .map(|r| r.dims().map(|d| d.0))
+                .collect::<Result<Vec<_>>>()?;
+            if shapes != [q_rows, kv_rows, kv_rows, cfg.ffn, cfg.ffn] {
+                bail!("layer {i}: projection shapes {shapes:?} do not match the config");
+            }
+            layers.push(DeviceLayer {
+                attn_norm: vector(read(&name(l, "attn_norm"))?, "attn_norm")?,
+                qkv: plan.matmul(&qkv)?,
+                o: plan.matmul(&[read(&name(l, "o"))?])?,
+                ffn_norm: vector(read(&name(l, "ffn_norm"))?, "ffn_norm")?,
+                gate_up: plan.matmul(&gate_up)?,
+                down: plan.matmul(&[read(&name(l, "down"))?])?,
+            });
+        }
+        let norm = vector(read(&name(None, "norm"))?, "output norm")?;
+        let embed_raw = read(&name(None, "embed"))?;
+        if embed_raw.dims()? != (cfg.vocab, cfg.hidden) {
+            bail!(
+                "embedding is {:?}, expected {}x{}",
+                embed_raw.dims()?,
+                cfg.vocab,
+                cfg.hidden
+            );
+        }
+        // Rows are gathered from the embedding, so it is dense; the output head may stay quantized.
+        let embed = plan.dense(&embed_raw.f32()?)?;
+        let lm_head = if has(&name(None, "lm_head")) {
+            plan.matmul(&[read(&name(None, "lm_head"))?])?
+        } else if plan.format == WeightFormat::F32
+            || (plan.format == WeightFormat::Native && embed_raw.quant_dtype().is_none())
+        {
+            QMatMul::Tensor(embed.clone())
+        } else {
+            plan.matmul(&[embed_raw])?
+        };
+        let (cos, sin) = rope_tables(&cfg, plan)?;
+        let pool = Arc::new(Mutex::new(Pool::new(&cfg, plan.dtype, plan.device)));
+        Ok(Self {
+            cfg,
+            device: plan.device.clone(),
+            dtype: plan.dtype,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            cos,
+            sin,
+            pool,
+        })
+    }
+
+    /// The dtype activations, the KV cache and dense weights use.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+}
+
+/// `cos`/`sin` of every (position, frequency) pair: `[context, head_dim/2]`, in the model dtype.
+fn rope_tables(cfg: &ModelConfig, plan: &Plan<'_>) -> Result<(Tensor, Tensor)> {
+    let half = cfg.head_dim / 2;
+    let mut cos = Vec::with_capacity(cfg.context_length * half);
+    let mut sin = Vec::with_capacity(cfg.context_length * half);
+    for pos in 0..cfg.context_length {
+        for i in 0..half {
+            let freq = cfg.rope_base.powf(-2.0 * i as f64 / cfg.head_dim as f64);
+            let angle = pos as f64 * freq;
+            cos.push(angle.cos() as f32);
+            sin.push(angle.sin() as f32);
+        }
+    }
+    let table = |v: Vec<f32>| -> Result<Tensor> {
+        plan.dense(&Tensor::from_vec(v, (cfg.context_length, half), &Device::Cpu)?)
+    };
+    Ok((table(cos)?, table(sin)?))
+}
+
+/// Sequences of a step that feed the same number of tokens: one batched attention.
+struct Group {
+    /// First packed row and number of sequences.
+    row0: usize,
+    seqs: usize,
+    /// Tokens each sequence feeds.
+    n: usize,
+    /// Positions attended: the longest sequence's length after the step.
+    width: usize,
+    /// Pool rows to gather, `[seqs * kv_heads * width]`.
+    gather: Tensor,
+    /// Additive mask `[seqs, 1, 1, n, width]`, f32: 0 where a query sees a key, -inf elsewhere.
+    mask: Tensor,
+}
+
+impl DeviceModel {
+    /// Runs one packed step (see [`LlamaModel::forward`]). On error the caches' lengths are
+    /// unchanged (rows written past a length are overwritten later).
+    pub fn forward(&self, seqs: &mut [SlotInput<'_>]) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let mut pool = lock(&self.pool);
+        // Slots and room first: a resize changes every row number.
+        let mut longest = 0;
+        for s in seqs.iter_mut() {
+            if s.tokens.is_empty() {
+                bail!("forward: a sequence with no tokens");
+            }
+            if let Some(&bad) = s.tokens.iter().find(|&&t| t as usize >= cfg.vocab) {
+                bail!("forward: token {bad} outside the vocabulary of {}", cfg.vocab);
+            }
+            if s.cache.slot.is_none() {
+                s.cache.slot = Some(pool.take(cfg.layers)?);
+            }
+            longest = longest.max(s.cache.len + s.tokens.len());
+        }
+        pool.reserve(cfg.layers, longest)?;
+
+        // Packed order: sequences grouped by tokens fed (decode rows first), input order within.
+        let mut by_n: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for (i, s) in seqs.iter().enumerate() {
+            by_n.entry(s.tokens.len()).or_default().push(i);
+        }
+        let (kvh, d) = (cfg.kv_heads, cfg.head_dim);
+        let mut first_row = vec![0usize; seqs.len()];
+        let (mut ids, mut pos, mut write) = (Vec::new(), Vec::new(), Vec::new());
+        let mut groups = Vec::with_capacity(by_n.len());
+        for (&n, members) in &by_n {
+            let row0 = ids.len();
+            let width = members
+                .iter()
+                .map(|&i| seqs[i].cache.len + n)
+                .max()
+                .unwrap_or(n);
+            let mut gather = Vec::with_capacity(members.len() * kvh * width);
+            let mut mask = Vec::with_capacity(members.len() * n * width);
+            for &i in members {
+                let s = &seqs[i];
+                let (slot, len) = (s.cache.slot.unwrap_or(0), s.cache.len);
+                first_row[i] = ids.len();
+                for (t, &tok) in s.tokens.iter().enumerate() {
+                    ids.push(tok);
+                    pos.push((len + t) as u32);
+                    for h in 0..kvh {
+                        write.extend(std::iter::repeat_n(pool.row(slot, h, len + t), d));
+                    }
+                    mask.extend((0..width).map(|j| if j <= len + t { 0f32 } else { f32::NEG_INFINITY }));
+                }
+                for h in 0..kvh {
+                    gather.extend((0..width).map(|j| pool.row(slot, h, j)));
+                }
+            }
+            let g = members.len();
+            groups.push(Group {
+                row0,
+                seqs: g,
+                n,
+                width,
+                gather: Tensor::from_vec(gather, g * kvh * width, &self.device)?,
+                mask: Tensor::from_vec(mask, (g, 1, 1, n, width), &self.device)?,
+            });
+        }
+        let total = ids.len();
+        let mut rows = Vec::new();
+        for (i, s) in seqs.iter().enumerate() {
+            let (r, n) = (first_row[i] as u32, s.tokens.len() as u32);
+            if s.all_logits {
+                rows.extend(r..r + n);
+            } else {
+                rows.push(r + n - 1);
+            }
+        }
+
+        let dev = &self.device;
+        let ids = Tensor::from_vec(ids, total, dev)?;
+        let pos = Tensor::from_vec(pos, total, dev)?;
+        let write = Tensor::from_vec(write, (total * kvh, d), dev)?;
+        let half = d / 2;
+        let cos = self.cos.index_select(&pos, 0)?.reshape((total, 1, half))?;
+        let sin = self.sin.index_select(&pos, 0)?.reshape((total, 1, half))?;
+        let rope = |x: &Tensor, heads: usize| -> Result<Tensor> {
+            let x = x.contiguous()?.reshape((total, heads, 1, d))?;
+            match cfg.rope {
+                RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&x, &cos, &sin),
+                RopeStyle::Halves => candle_nn::rotary_emb::rope(&x, &cos, &sin),
+            }
+        };
+        let eps = cfg.eps as f32;
+        let (q_width, kv_width) = (cfg.heads * d, kvh * d);
+        let mut x = self.embed.index_select(&ids, 0)?;
+        for (li, layer) in self.layers.iter().enumerate() {
+            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?;
+            let qkv = self.mm(&layer.qkv, &h)?;
+            let q = rope(&qkv.narrow(1, 0, q_width)?, cfg.heads)?.reshape((total, q_width))?;
+            let k = rope(&qkv.narrow(1, q_width, kv_width)?, kvh)?.reshape((total * kvh, d))?;
+            let v = qkv
+                .narrow(1, q_width + kv_width, kv_width)?
+                .contiguous()?
+                .reshape((total * kvh, d))?;
+            pool.k[li].scatter_set(&write, &k, 0)?;
+            pool.v[li].scatter_set(&write, &v, 0)?;
+            let mut outs = Vec::with_capacity(groups.len());
+            for g in &groups {
+                let q = q.narrow(0, g.row0, g.seqs * g.n)?;
+                outs.push(self.attend(&q, &pool.k[li], &pool.v[li], g)?);
+            }
+            let attn = if outs.len() == 1 {
+                outs.remove(0)
+            } else {
+                Tensor::cat(&outs, 0)?
+            };
+            x = (x + self.mm(&layer.o, &attn)?)?;
+            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
+            let gu = self.mm(&layer.gate_up, &h)?;
+            let gate = gu.narrow(1, 0, cfg.ffn)?;
+            let up = gu.narrow(1, cfg.ffn, cfg.ffn)?;
+            let m = (candle_nn::ops::silu(&gate.contiguous()?)? * up)?;
+            x = (x + self.mm(&layer.down, &m)?)?;
+        }
+        drop(pool);
+        let n_rows = rows.len();
+        let rows = Tensor::from_vec(rows, n_rows, dev)?;
+        let last = candle_nn::ops::rms_norm(&x.index_select(&rows, 0)?, &self.norm, eps)?;
+        let logits = self.mm(&self.lm_head, &last)?.to_dtype(DType::F32)?;
+        for s in seqs.iter_mut() {
+            s.cache.len += s.tokens.len();
+        }
+        Ok(logits)
+    }
+
+    /// `x @ wᵀ` in the model dtype (quantized kernels may answer in f32).
+    fn mm(&self, w: &QMatMul, x: &Tensor) -> Result<Tensor> {
+        w.forward(x)?.to_dtype(self.dtype)
+    }
+
+    /// Attention of one group's queries `[seqs * n, heads * dim]` against the pool.
+    fn attend(&self, q: &Tensor, k_pool: &Tensor, v_pool: &Tensor, g: &Group) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let (kvh, d, n, w) = (cfg.kv_heads, cfg.head_dim, g.n, g.width);
+        let group = cfg.heads / kvh;
+        // Query head h = kv head h / group, so heads split as (kv_head, group).
+        let q = q
+            .reshape((g.seqs, n, kvh, group, d))?
+            .permute((0, 2, 3, 1, 4))?
+            .contiguous()?
+            .reshape((g.seqs, kvh, group * n, d))?;
+        let k = k_pool.index_select(&g.gather, 0)?.reshape((g.seqs, kvh, w, d))?;
+        let v = v_pool.index_select(&g.gather, 0)?.reshape((g.seqs, kvh, w, d))?;
+        let scale = 1.0 / (d as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)?.to_dtype(DType::F32)? * scale)?
+            .reshape((g.seqs, kvh, group, n, w))?
+            .broadcast_add(&g.mask)?;
+        let p = candle_nn::ops::softmax_last_dim(&scores)?
+            .to_dtype(self.dtype)?
+            .reshape((g.seqs, kvh, group * n, w))?;
+        p.matmul(&v)?
+            .reshape((g.seqs, kvh, group, n, d))?
+            .permute((0, 3, 1, 2, 4))?
+            .contiguous()?
+            .reshape((g.seqs * n, cfg.heads * d))
+    }
+}
+
+#[cfg(test)]
+mod tests;
