@@ -4,7 +4,7 @@
 # and the kernels are compiled for CUDA_COMPUTE_CAP (default 90: H100/H200).
 #
 #   scripts/cuda-build.sh                    # -> $CARGO_TARGET_DIR/release/{genq-worker,genq,genq-gpu-check}
-#   scripts/cuda-build.sh --stage            # also copies stripped genq + genq-gpu-check into
+#   scripts/cuda-build.sh --stage            # also copies a stripped genq-gpu-check into
 #                                            # .cache/gpu-check/bin (git-ignored), for scripts/gpu-check.sh
 #   CUDA_COMPUTE_CAP=80 scripts/cuda-build.sh
 #
@@ -28,9 +28,7 @@ cargo build --release --locked --features genq-worker/cuda,genq-producer/cuda \
 echo "cuda-build: built in $((SECONDS - start)) s for compute capability $CUDA_COMPUTE_CAP" >&2
 if (( stage )); then
   mkdir -p "$root/.cache/gpu-check/bin"
-  for b in genq genq-gpu-check; do
-    strip -o "$root/.cache/gpu-check/bin/$b" "$CARGO_TARGET_DIR/release/$b"
-  done
+  strip -o "$root/.cache/gpu-check/bin/genq-gpu-check" "$CARGO_TARGET_DIR/release/genq-gpu-check"
   echo "cuda-build: staged $(du -sh "$root/.cache/gpu-check/bin" | cut -f1) in .cache/gpu-check/bin" >&2
 fi
 echo "$CARGO_TARGET_DIR/release"

@@ -8,7 +8,7 @@
 #   4. prints one table: decode tokens/s, the memory-bandwidth bound of each batch and the
 #      fraction reached, the CPU figure beside it. Everything is also left in $OUT (or a temp dir).
 #
-#   scripts/gpu-check.sh [BIN_DIR]        # BIN_DIR holds genq and genq-gpu-check
+#   scripts/gpu-check.sh [BIN_DIR]        # BIN_DIR holds genq-gpu-check (and genq, used when there)
 #
 # BIN_DIR defaults to $GENQ_BIN_DIR, then .cache/gpu-check/bin (where `scripts/cuda-build.sh
 # --stage` copies stripped binaries so they travel with the checkout), then the CUDA target folder.
@@ -29,11 +29,11 @@ fail() { log "FAILED: $*"; exit 1; }
 bin="${1:-${GENQ_BIN_DIR:-}}"
 if [[ -z "$bin" ]]; then
   for d in "$root/.cache/gpu-check/bin" "${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/genq/target-cuda/release"; do
-    if [[ -x "$d/genq" && -x "$d/genq-gpu-check" ]]; then bin="$d"; break; fi
+    if [[ -x "$d/genq-gpu-check" ]]; then bin="$d"; break; fi
   done
 fi
-[[ -n "$bin" && -x "$bin/genq" && -x "$bin/genq-gpu-check" ]] \
-  || fail "no CUDA build of genq + genq-gpu-check found (run scripts/cuda-build.sh, or pass BIN_DIR)"
+[[ -n "$bin" && -x "$bin/genq-gpu-check" ]] \
+  || fail "no CUDA build of genq-gpu-check found (run scripts/cuda-build.sh, or pass BIN_DIR)"
 
 command -v nvidia-smi >/dev/null || fail "nvidia-smi not found: no NVIDIA driver on this machine"
 gpu_name="$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1)"
@@ -47,8 +47,8 @@ while IFS= read -r d; do libdirs+=("$d"); done < <(python3 -c 'import glob, site
 for d in "${libdirs[@]}"; do
   [[ -n "$d" && -e "$d/libcublas.so.13" ]] && export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" && break
 done
-missing="$(ldd "$bin/genq" | grep 'not found' || true)"
-[[ -z "$missing" ]] || fail "libraries missing for $bin/genq (set GENQ_CUDA_LIB to a folder with the CUDA 13 libraries):
+missing="$(ldd "$bin/genq-gpu-check" | grep 'not found' || true)"
+[[ -z "$missing" ]] || fail "libraries missing for $bin/genq-gpu-check (set GENQ_CUDA_LIB to a folder with the CUDA 13 libraries):
 $missing"
 
 bw="${GENQ_GPU_BW_GBS:-}"
@@ -91,15 +91,21 @@ fi
 stage greedy-bf16 120 "$bin/genq-gpu-check" compare --model "$out/tiny-random" --device "$device" \
   --weights native --jobs 16 --new-tokens 32 || status=1
 
-bench=("$bin/genq" bench engine --model-path "$out/smollm2-random" --prompt-tokens 32)
+# `genq bench engine` when genq is there; else the same benchmark function in genq-gpu-check.
+if [[ -x "$bin/genq" ]]; then
+  bench=("$bin/genq" bench engine --model-path "$out/smollm2-random" --prompt-tokens 32)
+else
+  bench=("$bin/genq-gpu-check" bench --model "$out/smollm2-random" --prompt-tokens 32)
+fi
 stage bench-gpu 300 "${bench[@]}" --device "$device" --batch-sizes 1,32,128,256 --new-tokens 64 || status=1
 if [[ "${GENQ_CHECK_SKIP_CPU:-0}" != 1 ]]; then
   stage bench-cpu 300 "${bench[@]}" --device cpu --weights f32 --batch-sizes 1,32,256 --new-tokens 16 || true
 fi
-if [[ -f "$root/models/SmolLM2-135M-Instruct.Q4_1.gguf" ]]; then
+gguf="$root/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+if [[ -f "$gguf" ]]; then
   # The real GGUF, quantized matmuls on the GPU (only when the model is on this machine).
-  stage bench-gpu-gguf 180 "$bin/genq" bench engine --device "$device" --batch-sizes 1,32,256 \
-    --prompt-tokens 32 --new-tokens 64 || status=1
+  stage bench-gpu-gguf 180 "$bin/genq-gpu-check" bench --model "$gguf" --device "$device" \
+    --batch-sizes 1,32,256 --prompt-tokens 32 --new-tokens 64 || status=1
 fi
 
 echo
@@ -108,13 +114,13 @@ echo
 echo "Random-weight SmolLM2-135M-shaped model, bf16 safetensors; 32-token prompts, 64 new tokens (CPU: 16, f32 weights)."
 echo
 "$bin/genq-gpu-check" table --model "$out/smollm2-random" --gpu "$out/bench-gpu.jsonl" \
-  --cpu "$out/bench-cpu.jsonl" --bandwidth-gbs "$bw" --bytes-per-value 2 --gpu-name "${gpu_name// /_}" || status=1
+  --cpu "$out/bench-cpu.jsonl" --bandwidth-gbs "$bw" --bytes-per-value 2 --gpu-name "$gpu_name" || status=1
 if [[ -s "$out/bench-gpu-gguf.jsonl" ]]; then
   echo
   echo "SmolLM2-135M-Instruct Q4_1 GGUF (quantized matmuls on the GPU; the bound assumes 2 bytes a weight, so it is low):"
   echo
   "$bin/genq-gpu-check" table --model "$out/smollm2-random" --gpu "$out/bench-gpu-gguf.jsonl" \
-    --bandwidth-gbs "$bw" --bytes-per-value 2 --gpu-name "${gpu_name// /_}" || true
+    --bandwidth-gbs "$bw" --bytes-per-value 2 --gpu-name "$gpu_name" || true
 fi
 echo
 echo "Greedy CPU vs GPU, tiny model (16 sequences x 32 tokens):"

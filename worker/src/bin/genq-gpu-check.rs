@@ -15,6 +15,7 @@ use genq_shared::JobRequest;
 use genq_worker::engine::llama::model::HfConfig;
 use genq_worker::engine::llama::synth::RandomLlama;
 use genq_worker::engine::llama::{LlamaEngine, LlamaSettings};
+use genq_worker::bench::{run_engine_bench, EngineBenchSpec};
 use genq_worker::engine::{Engine, StepLimits};
 use genq_worker::runner;
 
@@ -64,6 +65,28 @@ enum Command {
         /// Exit 1 unless every sequence matches.
         #[arg(long)]
         require_equal: bool,
+    },
+    /// `genq bench engine` without the `genq` binary (the same benchmark function): one JSON line
+    /// per batch size, so the check needs only this binary.
+    Bench {
+        /// Model folder or GGUF file.
+        #[arg(long)]
+        model: PathBuf,
+        /// Device.
+        #[arg(long, default_value = "cuda:0")]
+        device: String,
+        /// Weights: auto, native, q8_0, f32.
+        #[arg(long, default_value = "auto")]
+        weights: String,
+        /// Batch sizes, comma-separated.
+        #[arg(long, default_value = "1,32,128,256", value_delimiter = ',')]
+        batch_sizes: Vec<usize>,
+        /// Prompt length in tokens.
+        #[arg(long, default_value_t = 32)]
+        prompt_tokens: usize,
+        /// Tokens generated per sequence.
+        #[arg(long, default_value_t = 64)]
+        new_tokens: usize,
     },
     /// One Markdown table from `genq bench engine` JSON lines: GPU and CPU decode tokens/s and the
     /// fraction of the memory-bandwidth bound reached.
@@ -127,6 +150,21 @@ fn main() -> anyhow::Result<ExitCode> {
                 })
             );
             Ok(if require_equal && equal != jobs { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+        }
+        Command::Bench { model, device, weights, batch_sizes, prompt_tokens, new_tokens } => {
+            let largest = batch_sizes.iter().copied().max().unwrap_or(1);
+            let mut engine = LlamaEngine::load(&LlamaSettings {
+                model_path: model,
+                model_name: "bench".into(),
+                device: device.clone(),
+                weights: runner::weights_for_device(&weights, &device, largest)?,
+            })?;
+            for batch in batch_sizes {
+                // As `genq bench engine` with its default: the whole batch prefilled in one step.
+                let spec = EngineBenchSpec { batch, prompt_tokens, new_tokens, max_prefill_tokens: batch * prompt_tokens * 2 };
+                println!("{}", serde_json::to_string(&run_engine_bench(&mut engine, &spec)?)?);
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Table { model, gpu, cpu, bandwidth_gbs, bytes_per_value, gpu_name } => {
             table(&model, &gpu, cpu.as_deref(), bandwidth_gbs, bytes_per_value, &gpu_name)?;

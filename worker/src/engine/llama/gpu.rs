@@ -80,7 +80,13 @@ impl DeviceChoice {
     pub fn device(&self) -> Result<Device> {
         match self {
             DeviceChoice::Cpu => Ok(Device::Cpu),
-            DeviceChoice::Cuda(n) => Device::new_cuda(*n),
+            DeviceChoice::Cuda(n) => Device::new_cuda(*n).map_err(|e| {
+                // candle's message carries a backtrace; its first line says what failed.
+                let first = e.to_string().lines().next().unwrap_or_default().to_string();
+                candle_core::Error::Msg(format!(
+                    "opening CUDA device {n} (is the NVIDIA driver loaded and the GPU visible?): {first}"
+                ))
+            }),
         }
     }
 }
