@@ -124,17 +124,6 @@ impl Producer {
         self
     }
 
-    async fn mark_queued(&self, confirmed: &[(String, String)]) {
-        if confirmed.is_empty() {
-            return;
-        }
-        if let Some(results) = &self.results {
-            if let Err(e) = results.mark_queued(confirmed).await {
-                tracing::warn!(error = %e, jobs = confirmed.len(), "published, but could not record the jobs as queued in Redis");
-            }
-        }
-    }
-
     /// Fills in defaults the producer owns (id, model) and checks the job.
     pub fn prepare(&self, mut job: JobRequest) -> Result<JobRequest, PublishError> {
         if job.id.is_none() {
@@ -212,8 +201,37 @@ impl Producer {
         out.into_iter().map(|r| r.unwrap_or_else(|| Err(PublishError::Encode("not published".into())))).collect()
     }
 
-    /// Publishes `todo` once with pipelined confirms, storing each outcome in `out`. Returns the
-    /// jobs lost to a broker error (their `out` holds that error until a retry succeeds).
+    /// Publishes one job and waits for its confirm; the outcome comes back with the job.
+    async fn publish_confirmed(&self, i: usize, job: JobRequest) -> (usize, JobRequest, Result<(), PublishError>) {
+        let started = Instant::now();
+        let r = match self.publish(&job).await {
+            Ok(confirm) => Self::confirmed(job.model_name(), confirm.await),
+            Err(e) => Err(e),
+        };
+        if let Some(m) = &self.metrics {
+            m.record(r.as_ref().map(|_| ()), started.elapsed());
+        }
+        (i, job, r)
+    }
+
+    /// Records confirmed jobs `queued` in Redis on a task of its own, so publishing goes on
+    /// meanwhile; the caller awaits the handles before it returns.
+    fn spawn_mark_queued(&self, confirmed: Vec<(String, String)>) -> Option<tokio::task::JoinHandle<()>> {
+        let results = self.results.clone()?;
+        if confirmed.is_empty() {
+            return None;
+        }
+        Some(tokio::spawn(async move {
+            if let Err(e) = results.mark_queued(&confirmed).await {
+                tracing::warn!(error = %e, jobs = confirmed.len(), "published, but could not record the jobs as queued in Redis");
+            }
+        }))
+    }
+
+    /// Publishes `todo` once with pipelined publishes and confirms (up to `max_in_flight` jobs
+    /// between the first send and the confirm: the frames of many publishes leave in one write),
+    /// storing each outcome in `out`. Returns the jobs lost to a broker error (their `out` holds
+    /// that error until a retry succeeds).
     async fn publish_pass(
         &self,
         todo: Vec<(usize, JobRequest)>,
@@ -225,7 +243,9 @@ impl Producer {
         let mut in_flight = FuturesOrdered::new();
         let mut lost = Vec::new();
         let mut confirmed: Vec<(String, String)> = Vec::new();
-        let mut record = |(i, job, r): (usize, JobRequest, Result<(), PublishError>), lost: &mut Vec<(usize, JobRequest)>, confirmed: &mut Vec<(String, String)>| {
+        let mut marks = Vec::new();
+        let mut broken = false;
+        let mut record = |(i, job, r): (usize, JobRequest, Result<(), PublishError>), lost: &mut Vec<(usize, JobRequest)>, confirmed: &mut Vec<(String, String)>, broken: &mut bool| {
             let id = job.id.clone().unwrap_or_default();
             match r {
                 Ok(()) => {
@@ -233,6 +253,8 @@ impl Producer {
                     out[i] = Some(Ok(id));
                 }
                 Err(e @ PublishError::Broker(_)) => {
+                    // The channel is gone: publish nothing more into it; retry on the next connection.
+                    *broken = true;
                     out[i] = Some(Err(e));
                     lost.push((i, job));
                     return;
@@ -242,44 +264,28 @@ impl Producer {
             *settled += 1;
             progress(*settled);
         };
-        let mut broken = false;
         for (i, job) in todo {
             if broken {
-                // The channel is gone: don't publish into it; retry these on the next connection.
-                record((i, job, Err(PublishError::Broker(BrokerError::Closed))), &mut lost, &mut confirmed);
+                record((i, job, Err(PublishError::Broker(BrokerError::Closed))), &mut lost, &mut confirmed, &mut broken);
                 continue;
             }
-            let started = Instant::now();
-            let metrics = self.metrics.clone();
-            match self.publish(&job).await {
-                Ok(confirm) => in_flight.push_back(async move {
-                    let r = Self::confirmed(job.model_name(), confirm.await);
-                    if let Some(m) = &metrics {
-                        m.record(r.as_ref().map(|_| ()), started.elapsed());
-                    }
-                    (i, job, r)
-                }),
-                Err(e) => {
-                    if let Some(m) = &metrics {
-                        m.record(Err(&e), started.elapsed());
-                    }
-                    broken = matches!(e, PublishError::Broker(_));
-                    record((i, job, Err(e)), &mut lost, &mut confirmed);
-                }
-            }
+            in_flight.push_back(self.publish_confirmed(i, job));
             while in_flight.len() >= max {
                 if let Some(done) = in_flight.next().await {
-                    record(done, &mut lost, &mut confirmed);
+                    record(done, &mut lost, &mut confirmed, &mut broken);
                 }
             }
             if confirmed.len() >= MARK_CHUNK {
-                self.mark_queued(&std::mem::take(&mut confirmed)).await;
+                marks.extend(self.spawn_mark_queued(std::mem::take(&mut confirmed)));
             }
         }
         while let Some(done) = in_flight.next().await {
-            record(done, &mut lost, &mut confirmed);
+            record(done, &mut lost, &mut confirmed, &mut broken);
         }
-        self.mark_queued(&confirmed).await;
+        marks.extend(self.spawn_mark_queued(confirmed));
+        for m in marks {
+            let _ = m.await;
+        }
         lost
     }
 

@@ -5,6 +5,7 @@
 use genq_shared::result::error_kind;
 use genq_shared::valid::{self, Limits};
 use genq_shared::{JobRequest, ValidJob};
+use serde::Deserialize;
 
 /// What to do with one delivery.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,6 +50,14 @@ pub fn inspect(body: &[u8], message_id: Option<&str>, rules: &IntakeRules) -> In
     if body.len() > rules.max_body_bytes {
         return Intake::DeadLetter { reason: format!("body is {} bytes, over the limit of {}", body.len(), rules.max_body_bytes) };
     }
+    // The common case, a well-formed job, is read once straight into its type; anything else
+    // is read again as a JSON value below to say precisely what is wrong with it.
+    let mut de = serde_json::Deserializer::from_slice(body);
+    if let Ok(request) = JobRequest::deserialize(&mut de) {
+        if de.end().is_ok() {
+            return inspect_request(request, message_id, rules);
+        }
+    }
     let Ok(text) = std::str::from_utf8(body) else {
         return Intake::DeadLetter { reason: "body is not valid UTF-8".into() };
     };
@@ -82,7 +91,28 @@ pub fn inspect(body: &[u8], message_id: Option<&str>, rules: &IntakeRules) -> In
         }
     };
     request.id.get_or_insert_with(|| id.clone());
-    match valid::validate(&request, &rules.limits) {
+    decide(&request, id, batch, rules)
+}
+
+/// A body that parsed as a job: checks its id (or `message_id`), then its fields.
+fn inspect_request(mut request: JobRequest, message_id: Option<&str>, rules: &IntakeRules) -> Intake {
+    let id = match (&request.id, message_id) {
+        (Some(id), _) => id.clone(),
+        (None, Some(m)) => m.to_string(),
+        (None, None) => return Intake::DeadLetter { reason: "job has no `id` and the message no message_id".into() },
+    };
+    if let Err(e) = valid::check_job_id(&id) {
+        return Intake::DeadLetter { reason: e.to_string() };
+    }
+    request.id.get_or_insert_with(|| id.clone());
+    let batch = request.batch.clone();
+    decide(&request, id, batch, rules)
+}
+
+/// Validates a parsed job against the rules.
+fn decide(request: &JobRequest, id: String, batch: Option<String>, rules: &IntakeRules) -> Intake {
+    let fail = |error: String, kind: &'static str| Intake::Fail(RejectedJob { id: id.clone(), error, error_kind: kind, batch: batch.clone() });
+    match valid::validate(request, &rules.limits) {
         Ok(job) if job.model != rules.model => fail(
             format!("`model` is {:?}, but this queue's worker serves {:?}", job.model, rules.model),
             error_kind::UNSUPPORTED,

@@ -14,14 +14,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use genq_shared::result::error_kind;
-use genq_shared::{now_ms, JobResult, JobStatus};
+use genq_shared::{now_ms, JobResult, JobStatus, ValidJob};
 
 use crate::engine::Engine;
-use crate::intake::{self, Intake, IntakeRules};
+use crate::intake::{self, IntakeRules};
 use crate::metrics::WorkerMetrics;
 use crate::scheduler::{self, EngineEvent, EventSender, JobOutcome, ScheduledJob, SchedulerSettings, Ticket};
 use crate::sink::{Begin, FinalResult, JobStart, ResultSink};
-use crate::source::{JobSource, Settle, Settlement};
+use crate::source::{Delivery, JobSource, Settle, Settlement};
 
 /// Pipeline settings.
 #[derive(Debug, Clone)]
@@ -34,6 +34,8 @@ pub struct PipelineSettings {
     pub scheduler: SchedulerSettings,
     /// Bound of the channel into the engine thread.
     pub engine_queue: usize,
+    /// Deliveries validated and marked running together (one Redis round trip) at most.
+    pub intake_batch_size: usize,
     /// Results per Redis round trip at most.
     pub write_batch_size: usize,
     /// How long a write batch waits to fill.
@@ -148,106 +150,98 @@ where
 
     let mut report = PipelineReport::default();
     let mut next_ticket: Ticket = 0;
+    let mut deliveries: Vec<Delivery> = Vec::with_capacity(settings.intake_batch_size);
+    let mut admits: Vec<Admit> = Vec::with_capacity(settings.intake_batch_size);
+    let mut starts: Vec<JobStart> = Vec::with_capacity(settings.intake_batch_size);
+    let intake = Intake { settings: &settings, pending: &pending, events: &events_tx, metrics: &metrics };
     tokio::pin!(shutdown);
-    loop {
-        let delivery = tokio::select! {
+    'intake: loop {
+        let more = tokio::select! {
             _ = &mut shutdown => {
                 tracing::info!("shutdown requested: no new jobs are taken; finishing in-flight work");
                 break;
             }
-            d = source.next() => d,
+            d = source.next_batch(settings.intake_batch_size, &mut deliveries) => d,
         };
-        let delivery = match delivery {
-            Ok(Some(d)) => d,
-            Ok(None) => break,
+        match more {
+            Ok(true) => {}
+            Ok(false) => break,
             Err(e) => {
                 tracing::error!(error = %e, "job source failed; draining and stopping");
                 report.source_error = Some(e.to_string());
                 break;
             }
+        }
+        report.received += deliveries.len() as u64;
+        // Validate every delivery of the batch; those that will run are begun together below.
+        for delivery in deliveries.drain(..) {
+            next_ticket += 1;
+            let ticket = next_ticket;
+            match intake::inspect(&delivery.body, delivery.message_id.as_deref(), &settings.rules) {
+                intake::Intake::DeadLetter { reason } => {
+                    tracing::warn!(reason, message_id = ?delivery.message_id, "message is not a job; dead-lettering it");
+                    metrics.dead_lettered.inc();
+                    report.dead_lettered += 1;
+                    settle(delivery.settler, Settlement::DeadLetter).await;
+                }
+                intake::Intake::Fail(rejected) => {
+                    tracing::info!(job = %rejected.id, error = %rejected.error, "job failed validation");
+                    let start = JobStart {
+                        id: rejected.id.clone(),
+                        kind: String::new(),
+                        model: settings.rules.model.clone(),
+                        worker: settings.worker_id.clone(),
+                        created_ms: delivery.created_ms,
+                        started_ms: now_ms(),
+                    };
+                    let pending_job = Pending { settler: delivery.settler, start, batch: rejected.batch, stream: false, settle_as: Settlement::Ack };
+                    let outcome = scheduler::outcome(JobStatus::Failed, String::new(), Some((rejected.error, rejected.error_kind)));
+                    if !intake.finish_now(ticket, pending_job, outcome).await {
+                        break 'intake;
+                    }
+                }
+                intake::Intake::Run(job) => {
+                    starts.push(JobStart {
+                        id: job.id.clone(),
+                        kind: job.kind.as_str().to_string(),
+                        model: job.model.clone(),
+                        worker: settings.worker_id.clone(),
+                        created_ms: delivery.created_ms,
+                        started_ms: now_ms(),
+                    });
+                    admits.push(Admit { ticket, settler: delivery.settler, attempt: delivery.attempt, job });
+                }
+            }
+        }
+        if admits.is_empty() {
+            continue;
+        }
+        // One round trip marks the whole batch running.
+        let begun = tokio::select! {
+            _ = &mut shutdown => {
+                tracing::info!(jobs = admits.len(), "shutdown while Redis is unreachable; requeueing the jobs");
+                for a in admits.drain(..) {
+                    report.requeued += 1;
+                    settle(a.settler, Settlement::Requeue).await;
+                }
+                break;
+            }
+            b = begin_with_retry(&*sink, &starts) => b,
         };
-        report.received += 1;
-        next_ticket += 1;
-        let ticket = next_ticket;
-        match intake::inspect(&delivery.body, delivery.message_id.as_deref(), &settings.rules) {
-            Intake::DeadLetter { reason } => {
-                tracing::warn!(reason, message_id = ?delivery.message_id, "message is not a job; dead-lettering it");
-                metrics.dead_lettered.inc();
-                report.dead_lettered += 1;
-                settle(delivery.settler, Settlement::DeadLetter).await;
-            }
-            Intake::Fail(rejected) => {
-                tracing::info!(job = %rejected.id, error = %rejected.error, "job failed validation");
-                let start = JobStart {
-                    id: rejected.id.clone(),
-                    kind: String::new(),
-                    model: settings.rules.model.clone(),
-                    worker: settings.worker_id.clone(),
-                    created_ms: delivery.created_ms,
-                    started_ms: now_ms(),
-                };
-                put(&pending, ticket, Pending { settler: delivery.settler, start, batch: rejected.batch, stream: false, settle_as: Settlement::Ack });
-                let outcome = scheduler::outcome(JobStatus::Failed, String::new(), Some((rejected.error, rejected.error_kind)));
-                if events_tx.send(EngineEvent::Finished { ticket, outcome }).await.is_err() {
-                    break;
-                }
-            }
-            Intake::Run(job) => {
-                let start = JobStart {
-                    id: job.id.clone(),
-                    kind: job.kind.as_str().to_string(),
-                    model: job.model.clone(),
-                    worker: settings.worker_id.clone(),
-                    created_ms: delivery.created_ms,
-                    started_ms: now_ms(),
-                };
-                let begun = tokio::select! {
-                    _ = &mut shutdown => {
-                        tracing::info!(job = %job.id, "shutdown while Redis is unreachable; requeueing the job");
+        let mut batch = admits.drain(..).zip(starts.drain(..)).zip(begun);
+        for ((admit, start), begun) in batch.by_ref() {
+            match intake.admit(admit, start, begun, &engine_handle.jobs).await {
+                Admitted::Queued => {}
+                Admitted::Duplicate => report.duplicates += 1,
+                Admitted::Stopped(settler) => {
+                    tracing::error!("engine thread or result writer stopped");
+                    report.requeued += 1;
+                    settle(settler, Settlement::Requeue).await;
+                    for ((rest, _), _) in batch {
                         report.requeued += 1;
-                        settle(delivery.settler, Settlement::Requeue).await;
-                        break;
+                        settle(rest.settler, Settlement::Requeue).await;
                     }
-                    b = begin_with_retry(&*sink, &start) => b,
-                };
-                let isolated = match begun {
-                    Begin::Fresh { suspect, solo_runs } if solo_runs >= settings.poison_after_solo_runs => {
-                        tracing::error!(job = %job.id, solo_runs, suspect, "poison job: its worker died each time it ran alone; failing and dead-lettering it");
-                        let error = format!("the job's worker died each of the {solo_runs} times it ran alone; it is not run again");
-                        let outcome = scheduler::outcome(JobStatus::Failed, String::new(), Some((error, error_kind::POISON)));
-                        put(&pending, ticket, Pending { settler: delivery.settler, start, batch: job.batch.clone(), stream: job.stream, settle_as: Settlement::DeadLetter });
-                        if events_tx.send(EngineEvent::Finished { ticket, outcome }).await.is_err() {
-                            break;
-                        }
-                        continue;
-                    }
-                    Begin::Fresh { suspect, solo_runs } => suspect || solo_runs > 0,
-                    Begin::Cancelled => {
-                        tracing::info!(job = %job.id, "job cancelled before it started");
-                        put(&pending, ticket, Pending { settler: delivery.settler, start, batch: job.batch.clone(), stream: job.stream, settle_as: Settlement::Ack });
-                        let outcome = scheduler::outcome(JobStatus::Cancelled, String::new(), None);
-                        if events_tx.send(EngineEvent::Finished { ticket, outcome }).await.is_err() {
-                            break;
-                        }
-                        continue;
-                    }
-                    Begin::Duplicate => {
-                        tracing::info!(job = %job.id, "duplicate delivery of a finished job; acking it");
-                        report.duplicates += 1;
-                        settle(delivery.settler, Settlement::Ack).await;
-                        continue;
-                    }
-                };
-                if let Some(created) = delivery.created_ms {
-                    metrics.queue_wait.observe(start.started_ms.saturating_sub(created) as f64 / 1000.0);
-                }
-                tracing::debug!(job = %job.id, attempt = delivery.attempt, "job admitted to the engine queue");
-                let started_ms = start.started_ms;
-                metrics.job_received(crate::backlog::estimated_tokens(&job));
-                put(&pending, ticket, Pending { settler: delivery.settler, start, batch: job.batch.clone(), stream: job.stream, settle_as: Settlement::Ack });
-                if engine_handle.jobs.send(ScheduledJob { ticket, job: *job, started_ms, isolated }).await.is_err() {
-                    tracing::error!("engine thread stopped");
-                    break;
+                    break 'intake;
                 }
             }
         }
@@ -287,19 +281,115 @@ where
     Ok(report)
 }
 
-/// Marks a job running, retrying with backoff while the sink is unreachable: the delivery stays
-/// unacked meanwhile (requeueing it would spend one of its broker delivery attempts per retry).
-async fn begin_with_retry<K: ResultSink>(sink: &K, start: &JobStart) -> Begin {
+/// Marks a batch of jobs running, retrying with backoff while the sink is unreachable: the
+/// deliveries stay unacked meanwhile (requeueing them would spend one of their broker delivery
+/// attempts per retry).
+async fn begin_with_retry<K: ResultSink>(sink: &K, starts: &[JobStart]) -> Vec<Begin> {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match sink.begin(start).await {
-            Ok(b) => return b,
+        match sink.begin_many(starts).await {
+            Ok(b) if b.len() == starts.len() => return b,
+            Ok(b) => tracing::warn!(asked = starts.len(), answered = b.len(), "short answer marking jobs running; retrying"),
             Err(e) => {
-                tracing::warn!(job = %start.id, error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot mark job running; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                tracing::warn!(jobs = starts.len(), error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot mark jobs running; retrying");
             }
         }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// A valid delivery waiting for its begin.
+struct Admit {
+    ticket: Ticket,
+    settler: Box<dyn Settle>,
+    attempt: u64,
+    job: Box<ValidJob>,
+}
+
+/// What became of an admitted delivery.
+enum Admitted {
+    /// Handed to the engine, or finished without running (cancelled, poison): settled later.
+    Queued,
+    /// A duplicate of a final job: acked now.
+    Duplicate,
+    /// The engine thread or the writer is gone; the delivery is handed back to be requeued.
+    Stopped(Box<dyn Settle>),
+}
+
+/// The intake's view of the pipeline, for the per-delivery steps after validation.
+struct Intake<'a> {
+    settings: &'a PipelineSettings,
+    pending: &'a PendingMap,
+    events: &'a EventSender,
+    metrics: &'a WorkerMetrics,
+}
+
+impl Intake<'_> {
+    /// Records `p` and reports its outcome to the writer at once (no engine run); false when the
+    /// writer is gone.
+    async fn finish_now(&self, ticket: Ticket, p: Pending, outcome: JobOutcome) -> bool {
+        put(self.pending, ticket, p);
+        self.events.send(EngineEvent::Finished { ticket, outcome }).await.is_ok()
+    }
+
+    /// Acts on what `begin` found for one job: run it, finish it without running, or ack a duplicate.
+    async fn admit(&self, a: Admit, start: JobStart, begun: Begin, engine: &mpsc::Sender<ScheduledJob>) -> Admitted {
+        let Admit { ticket, settler, attempt, job } = a;
+        let pending = |settler, start, settle_as| Pending { settler, start, batch: job.batch.clone(), stream: job.stream, settle_as };
+        let isolated = match begun {
+            Begin::Fresh { suspect, solo_runs } if solo_runs >= self.settings.poison_after_solo_runs => {
+                tracing::error!(job = %job.id, solo_runs, suspect, "poison job: its worker died each time it ran alone; failing and dead-lettering it");
+                let error = format!("the job's worker died each of the {solo_runs} times it ran alone; it is not run again");
+                let outcome = scheduler::outcome(JobStatus::Failed, String::new(), Some((error, error_kind::POISON)));
+                if self.finish_now(ticket, pending(settler, start, Settlement::DeadLetter), outcome).await {
+                    return Admitted::Queued;
+                }
+                return Admitted::Stopped(self.take_back(ticket));
+            }
+            Begin::Fresh { suspect, solo_runs } => suspect || solo_runs > 0,
+            Begin::Cancelled => {
+                tracing::info!(job = %job.id, "job cancelled before it started");
+                let outcome = scheduler::outcome(JobStatus::Cancelled, String::new(), None);
+                if self.finish_now(ticket, pending(settler, start, Settlement::Ack), outcome).await {
+                    return Admitted::Queued;
+                }
+                return Admitted::Stopped(self.take_back(ticket));
+            }
+            Begin::Duplicate => {
+                tracing::info!(job = %job.id, "duplicate delivery of a finished job; acking it");
+                settle(settler, Settlement::Ack).await;
+                return Admitted::Duplicate;
+            }
+        };
+        if let Some(created) = start.created_ms {
+            self.metrics.queue_wait.observe(start.started_ms.saturating_sub(created) as f64 / 1000.0);
+        }
+        tracing::debug!(job = %job.id, attempt, "job admitted to the engine queue");
+        let started_ms = start.started_ms;
+        self.metrics.job_received(crate::backlog::estimated_tokens(&job));
+        put(self.pending, ticket, pending(settler, start, Settlement::Ack));
+        if engine.send(ScheduledJob { ticket, job: *job, started_ms, isolated }).await.is_err() {
+            return Admitted::Stopped(self.take_back(ticket));
+        }
+        Admitted::Queued
+    }
+
+    /// Removes a delivery the pipeline could not hand on, so it can be requeued.
+    fn take_back(&self, ticket: Ticket) -> Box<dyn Settle> {
+        match take(self.pending, ticket) {
+            Some(p) => p.settler,
+            None => Box::new(Settled),
+        }
+    }
+}
+
+/// A settler with nothing left to do (its delivery was settled elsewhere).
+struct Settled;
+
+impl Settle for Settled {
+    fn settle(self: Box<Self>, _how: Settlement) -> crate::source::SettleFuture {
+        Box::pin(async { Ok(()) })
     }
 }
 

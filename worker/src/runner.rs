@@ -116,6 +116,8 @@ pub fn pipeline_settings(settings: &Settings, context_length: usize) -> Pipeline
             max_prefill_tokens: w.max_prefill_tokens.max(1),
         },
         engine_queue: (w.prefetch as usize).max(1) * 2,
+        // Both queues' consumers together hold at most twice the prefetch.
+        intake_batch_size: (w.prefetch as usize).max(1) * 2,
         write_batch_size: w.write_batch_size.max(1),
         write_wait: Duration::from_millis(w.write_wait_ms),
         shutdown_grace: Duration::from_secs(w.shutdown_grace_secs),

@@ -1,6 +1,16 @@
 //! `genq bench engine`: the engine alone, in process, at several batch sizes, printing one JSON
 //! line per run; with `--vs-llamacpp`, the same workload through llama.cpp's
-//! `llama-batched-bench` in the same run, and the ratios.
+//! `llama-batched-bench` in the same run, and the ratios. `genq bench fleet` lives in [`fleet`].
+//!
+//! - [`fleet`]: the whole path end to end (producer, RabbitMQ, workers, Redis, reader).
+//! - [`workers`]: the `genq-worker` processes a fleet run starts and stops.
+//! - [`procstat`]: CPU time and memory of those processes, from `/proc`.
+//! - [`celery`]: the Celery baseline, run through `scripts/celery-bench.sh`.
+
+mod celery;
+mod fleet;
+mod procstat;
+mod workers;
 
 use std::process::{Command, ExitCode};
 
@@ -25,6 +35,8 @@ pub struct BenchArgs {
 enum BenchWhat {
     /// The engine alone: prefill and decode tokens/s and peak memory per batch size.
     Engine(EngineBenchArgs),
+    /// The fleet end to end: publish, RabbitMQ, `genq-worker` processes, Redis, every result read.
+    Fleet(fleet::FleetBenchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -55,6 +67,7 @@ struct EngineBenchArgs {
 pub async fn run(common: &CommonArgs, args: BenchArgs) -> anyhow::Result<ExitCode> {
     match args.what {
         BenchWhat::Engine(a) => tokio::task::block_in_place(|| engine_bench(common, a)),
+        BenchWhat::Fleet(a) => fleet::run(common, a).await,
     }
 }
 

@@ -48,13 +48,7 @@ impl MemorySink {
         self.chunks.lock().ok()?.get(id).cloned()
     }
 
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, HashMap<String, JobResult>>, SinkError> {
-        self.results.lock().map_err(|_| SinkError("memory sink poisoned".into()))
-    }
-}
-
-impl ResultSink for MemorySink {
-    async fn begin(&self, start: &JobStart) -> Result<Begin, SinkError> {
+    fn begin_one(&self, start: &JobStart) -> Result<Begin, SinkError> {
         let cancelled = self.is_cancelled(&start.id);
         let mut map = self.lock()?;
         let entry = map.entry(start.id.clone()).or_insert_with(|| JobResult { id: start.id.clone(), ..JobResult::default() });
@@ -74,6 +68,16 @@ impl ResultSink for MemorySink {
         entry.created_ms = entry.created_ms.or(start.created_ms);
         entry.attempts = Some(entry.attempts.unwrap_or(0) + 1);
         Ok(Begin::Fresh { suspect, solo_runs })
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, HashMap<String, JobResult>>, SinkError> {
+        self.results.lock().map_err(|_| SinkError("memory sink poisoned".into()))
+    }
+}
+
+impl ResultSink for MemorySink {
+    async fn begin_many(&self, starts: &[JobStart]) -> Result<Vec<Begin>, SinkError> {
+        starts.iter().map(|s| self.begin_one(s)).collect()
     }
 
     async fn record_solo_run(&self, id: &str) -> Result<(), SinkError> {

@@ -63,9 +63,9 @@ pub enum Begin {
 
 /// Stores job state where clients read it.
 pub trait ResultSink: Send + Sync + 'static {
-    /// Marks the job `running` unless it already has a final result (a duplicate delivery) or a
-    /// cancel request (it is not started).
-    fn begin(&self, start: &JobStart) -> impl Future<Output = Result<Begin, SinkError>> + Send;
+    /// Marks each job `running` unless it already has a final result (a duplicate delivery) or a
+    /// cancel request (it is not started), all in one round trip; answers in the order of `starts`.
+    fn begin_many(&self, starts: &[JobStart]) -> impl Future<Output = Result<Vec<Begin>, SinkError>> + Send;
 
     /// Counts one more run of job `id` alone in the batch; stored before the run starts, so a
     /// job that kills its worker each time it runs alone is recognised as poison.

@@ -1,48 +1,65 @@
-//! Redis result sink. Two Lua scripts make each job's state change atomic: `begin` marks a job
-//! running unless it is already final; `finish` writes the final hash, pushes the done list, counts
-//! the batch and sets the TTL — only if no final status exists, so redeliveries never overwrite.
+//! Redis result sink. Lua scripts make each job's state change atomic: `begin` marks a job
+//! running unless it is already final; `finish` writes the final hash, pushes the done list and
+//! sets the TTL — only if no final status exists, so redeliveries never overwrite; `batch` counts
+//! the job towards its batch exactly once. Works on one server or a Redis Cluster
+//! ([`RedisConn`]): every script touches keys of one `{id}` slot only.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use redis::aio::ConnectionManager;
+use redis::{Cmd, Value};
 
 use crate::metrics::WorkerMetrics;
+use crate::redis_conn::RedisConn;
 
 use genq_shared::keys::KeySchema;
 
 use super::{Begin, FinalResult, JobStart, ResultSink, SinkError};
 
-/// Returns `{0}` for a duplicate, `{2}` for a cancelled job, else `{1, suspect, solo_runs}`.
+/// Returns `{0}` for a duplicate, `{2}` for a cancelled job, else `{1, suspect, solo_runs}`. One
+/// HMGET reads what the decision needs and one HSET writes the running state (attempts and, when
+/// absent, created_ms included), so a begin costs four Redis calls.
 const BEGIN_LUA: &str = r#"
-local st = redis.call('HGET', KEYS[1], 'status')
+local h = redis.call('HMGET', KEYS[1], 'status', 'worker', 'solo_runs', 'created_ms', 'attempts')
+local st = h[1]
 if st == 'done' or st == 'failed' or st == 'expired' or st == 'cancelled' then return {0} end
 if redis.call('EXISTS', KEYS[2]) == 1 then return {2} end
 local suspect = 0
-if st == 'running' and redis.call('HGET', KEYS[1], 'worker') ~= ARGV[2] then suspect = 1 end
-local solo = tonumber(redis.call('HGET', KEYS[1], 'solo_runs') or '0')
-redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[2], 'started_ms', ARGV[3], 'kind', ARGV[5], 'model', ARGV[6])
-if ARGV[4] ~= '' then redis.call('HSETNX', KEYS[1], 'created_ms', ARGV[4]) end
-redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+if st == 'running' and h[2] ~= ARGV[2] then suspect = 1 end
+local solo = tonumber(h[3] or '0')
+local attempts = tonumber(h[5] or '0') + 1
+if ARGV[4] ~= '' and not h[4] then
+  redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[2], 'started_ms', ARGV[3], 'kind', ARGV[5], 'model', ARGV[6], 'attempts', attempts, 'created_ms', ARGV[4])
+else
+  redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[2], 'started_ms', ARGV[3], 'kind', ARGV[5], 'model', ARGV[6], 'attempts', attempts)
+end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 return {1, suspect, solo}
 "#;
 
 const FINISH_LUA: &str = r#"
 local st = redis.call('HGET', KEYS[1], 'status')
-if st == 'done' or st == 'failed' or st == 'expired' or st == 'cancelled' then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+if st == 'done' or st == 'failed' or st == 'expired' or st == 'cancelled' then return {0, st} end
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('RPUSH', KEYS[2], ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[1])
 if ARGV[3] == '1' then
-  redis.call('HINCRBY', KEYS[3], ARGV[2], 1)
+  redis.call('XADD', KEYS[3], '*', 'end', ARGV[2])
   redis.call('EXPIRE', KEYS[3], ARGV[1])
 end
-if ARGV[4] == '1' then
-  redis.call('XADD', KEYS[4], '*', 'end', ARGV[2])
-  redis.call('EXPIRE', KEYS[4], ARGV[1])
+return {1}
+"#;
+
+/// Counts a finished job towards its batch once, whatever the number of deliveries: the batch's
+/// member set makes it idempotent. Its keys share the batch's `{id}` slot (the job's keys are in
+/// another slot, hence a second script rather than one).
+const BATCH_LUA: &str = r#"
+if redis.call('SADD', KEYS[2], ARGV[2]) == 1 then
+  redis.call('HINCRBY', KEYS[1], ARGV[3], 1)
 end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[1])
 return 1
 "#;
 
@@ -57,14 +74,15 @@ pub struct RedisSinkSettings {
     pub ttl_secs: u64,
 }
 
-/// Writes results to Redis through a reconnecting connection manager.
+/// Writes results to Redis (or a Redis Cluster) through a reconnecting connection.
 #[derive(Clone)]
 pub struct RedisSink {
-    conn: ConnectionManager,
+    conn: RedisConn,
     keys: KeySchema,
     ttl_secs: u64,
     begin: redis::Script,
     finish: redis::Script,
+    batch: redis::Script,
     /// Set while Redis answers with errors; cleared (and counted as a reconnect) on the first
     /// success after.
     failing: Arc<AtomicBool>,
@@ -78,11 +96,7 @@ fn sink_err(what: &str, e: redis::RedisError) -> SinkError {
 impl RedisSink {
     /// Connects to Redis.
     pub async fn connect(settings: &RedisSinkSettings) -> Result<Self, SinkError> {
-        let client = redis::Client::open(settings.url.as_str())
-            .map_err(|e| SinkError(format!("redis URL {}: {e}", crate::broker::redact_url(&settings.url))))?;
-        let config = redis::aio::ConnectionManagerConfig::new().set_response_timeout(Some(std::time::Duration::from_secs(10)));
-        let conn = client
-            .get_connection_manager_with_config(config)
+        let conn = RedisConn::connect(&settings.url, Some(std::time::Duration::from_secs(10)))
             .await
             .map_err(|e| SinkError(format!("cannot connect to Redis at {}: {e}", crate::broker::redact_url(&settings.url))))?;
         Ok(Self {
@@ -91,6 +105,7 @@ impl RedisSink {
             ttl_secs: settings.ttl_secs,
             begin: redis::Script::new(BEGIN_LUA),
             finish: redis::Script::new(FINISH_LUA),
+            batch: redis::Script::new(BATCH_LUA),
             failing: Arc::default(),
             metrics: None,
         })
@@ -122,107 +137,157 @@ impl RedisSink {
         result
     }
 
-    /// Runs `pipe`; on NOSCRIPT (Redis restarted and lost its script cache) loads the scripts
-    /// and runs it once more.
-    async fn run_pipeline<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, SinkError> {
-        let result = self.try_pipeline(pipe).await;
+    /// A script call: `EVALSHA` on one server (the scripts are loaded once), `EVAL` on a cluster
+    /// (every node would need the scripts loaded; sending the source keeps that simple).
+    fn script(&self, script: &redis::Script, source: &str, keys: &[String]) -> Cmd {
+        let mut cmd = if self.conn.is_cluster() {
+            let mut c = redis::cmd("EVAL");
+            c.arg(source);
+            c
+        } else {
+            let mut c = redis::cmd("EVALSHA");
+            c.arg(script.get_hash());
+            c
+        };
+        cmd.arg(keys.len());
+        for k in keys {
+            cmd.arg(k);
+        }
+        cmd
+    }
+
+    /// Runs independent commands (one round trip on a single server); on NOSCRIPT (Redis
+    /// restarted and lost its script cache) loads the scripts and runs them once more.
+    async fn run(&self, cmds: &[Cmd]) -> Result<Vec<Value>, SinkError> {
+        let result = self.try_run(cmds).await;
         self.observe(result)
     }
 
-    async fn try_pipeline<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, SinkError> {
-        let mut conn = self.conn.clone();
-        match pipe.query_async::<T>(&mut conn).await {
+    async fn try_run(&self, cmds: &[Cmd]) -> Result<Vec<Value>, SinkError> {
+        match self.conn.query_all(cmds).await {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                for script in [&self.begin, &self.finish] {
+                let mut conn = self.conn.clone();
+                for script in [&self.begin, &self.finish, &self.batch] {
                     script.prepare_invoke().load_async(&mut conn).await.map_err(|e| sink_err("script load", e))?;
                 }
-                pipe.query_async::<T>(&mut conn).await.map_err(|e| sink_err("pipeline", e))
+                self.conn.query_all(cmds).await.map_err(|e| sink_err("commands", e))
             }
-            other => other.map_err(|e| sink_err("pipeline", e)),
+            other => other.map_err(|e| sink_err("commands", e)),
         }
     }
+}
 
+/// `{1}` -> (true, None); `{0, status}` -> (false, Some(status)).
+fn ints_or_status(v: &Value) -> (bool, Option<String>) {
+    match v {
+        Value::Array(items) => {
+            let fresh = items.first().and_then(|x| redis::from_redis_value_ref::<i64>(x).ok()) == Some(1);
+            let status = items.get(1).and_then(|x| redis::from_redis_value_ref::<String>(x).ok());
+            (fresh, status)
+        }
+        _ => (false, None),
+    }
+}
+
+fn ints(v: &Value) -> Vec<i64> {
+    redis::from_redis_value_ref::<Vec<i64>>(v).unwrap_or_default()
 }
 
 impl ResultSink for RedisSink {
-    async fn begin(&self, start: &JobStart) -> Result<Begin, SinkError> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("EVALSHA")
-            .arg(self.begin.get_hash())
-            .arg(2)
-            .arg(self.keys.job(&start.id))
-            .arg(self.keys.cancel(&start.id))
-            .arg(self.ttl_secs)
-            .arg(&start.worker)
-            .arg(start.started_ms)
-            .arg(start.created_ms.map(|v| v.to_string()).unwrap_or_default())
-            .arg(&start.kind)
-            .arg(&start.model);
-        let (answer,): (Vec<i64>,) = self.run_pipeline(&pipe).await?;
-        Ok(match answer.as_slice() {
-            [1, suspect, solo] => Begin::Fresh { suspect: *suspect == 1, solo_runs: (*solo).max(0) as u64 },
-            [2] => Begin::Cancelled,
-            _ => Begin::Duplicate,
-        })
+    async fn begin_many(&self, starts: &[JobStart]) -> Result<Vec<Begin>, SinkError> {
+        if starts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let cmds: Vec<Cmd> = starts
+            .iter()
+            .map(|start| {
+                let mut cmd = self.script(&self.begin, BEGIN_LUA, &[self.keys.job(&start.id), self.keys.cancel(&start.id)]);
+                cmd.arg(self.ttl_secs)
+                    .arg(&start.worker)
+                    .arg(start.started_ms)
+                    .arg(start.created_ms.map(|v| v.to_string()).unwrap_or_default())
+                    .arg(&start.kind)
+                    .arg(&start.model);
+                cmd
+            })
+            .collect();
+        let answers = self.run(&cmds).await?;
+        Ok(answers
+            .iter()
+            .map(|answer| match ints(answer).as_slice() {
+                [1, suspect, solo] => Begin::Fresh { suspect: *suspect == 1, solo_runs: (*solo).max(0) as u64 },
+                [2] => Begin::Cancelled,
+                _ => Begin::Duplicate,
+            })
+            .collect())
     }
 
     async fn record_solo_run(&self, id: &str) -> Result<(), SinkError> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("HINCRBY").arg(self.keys.job(id)).arg("solo_runs").arg(1).ignore();
-        self.run_pipeline::<()>(&pipe).await
+        let mut cmd = redis::cmd("HINCRBY");
+        cmd.arg(self.keys.job(id)).arg("solo_runs").arg(1);
+        self.run(&[cmd]).await.map(|_| ())
     }
 
     async fn cancel_requested(&self, ids: &[String]) -> Result<Vec<bool>, SinkError> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut pipe = redis::pipe();
-        for id in ids {
-            pipe.cmd("EXISTS").arg(self.keys.cancel(id));
-        }
-        let found: Vec<i64> = self.run_pipeline(&pipe).await?;
-        Ok(found.into_iter().map(|n| n == 1).collect())
+        let cmds: Vec<Cmd> = ids
+            .iter()
+            .map(|id| {
+                let mut c = redis::cmd("EXISTS");
+                c.arg(self.keys.cancel(id));
+                c
+            })
+            .collect();
+        let found = self.run(&cmds).await?;
+        Ok(found.iter().map(|v| redis::from_redis_value_ref::<i64>(v).unwrap_or(0) == 1).collect())
     }
 
     async fn finish(&self, results: &[FinalResult]) -> Result<Vec<bool>, SinkError> {
         if results.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for f in results {
-            let id = &f.result.id;
-            let status = f.result.status.map(|s| s.as_str()).unwrap_or("failed");
-            let batch_key = f.batch.as_deref().map(|b| self.keys.batch(b)).unwrap_or_else(|| self.keys.job(id));
-            let cmd = pipe
-                .cmd("EVALSHA")
-                .arg(self.finish.get_hash())
-                .arg(4)
-                .arg(self.keys.job(id))
-                .arg(self.keys.done(id))
-                .arg(batch_key)
-                .arg(self.keys.stream(id))
-                .arg(self.ttl_secs)
-                .arg(status)
-                .arg(if f.batch.is_some() { "1" } else { "0" })
-                .arg(if f.stream { "1" } else { "0" });
-            for (k, v) in f.result.to_fields() {
-                cmd.arg(k).arg(v);
+        let cmds: Vec<Cmd> = results
+            .iter()
+            .map(|f| {
+                let id = &f.result.id;
+                let status = f.result.status.map(|s| s.as_str()).unwrap_or("failed");
+                let mut cmd = self.script(&self.finish, FINISH_LUA, &[self.keys.job(id), self.keys.done(id), self.keys.stream(id)]);
+                cmd.arg(self.ttl_secs).arg(status).arg(if f.stream { "1" } else { "0" });
+                for (k, v) in f.result.to_fields() {
+                    cmd.arg(k).arg(v);
+                }
+                cmd
+            })
+            .collect();
+        let answers = self.run(&cmds).await?;
+        let mut written = Vec::with_capacity(results.len());
+        let mut counts = Vec::new();
+        for (f, answer) in results.iter().zip(&answers) {
+            let answer = ints_or_status(answer);
+            let fresh = answer.0;
+            written.push(fresh);
+            // A duplicate still counts (idempotently) with the stored status: the first delivery
+            // may have died between its write and its count.
+            let status = if fresh { f.result.status.map(|s| s.as_str().to_string()) } else { answer.1 };
+            if let (Some(batch), Some(status)) = (&f.batch, status) {
+                let mut cmd = self.script(&self.batch, BATCH_LUA, &[self.keys.batch(batch), self.keys.batch_members(batch)]);
+                cmd.arg(self.ttl_secs).arg(&f.result.id).arg(status);
+                counts.push(cmd);
             }
         }
-        let written: Vec<i64> = self.run_pipeline(&pipe).await?;
-        Ok(written.into_iter().map(|w| w == 1).collect())
+        self.run(&counts).await?;
+        Ok(written)
     }
 
     async fn append_chunks(&self, chunks: &[(String, String)]) -> Result<(), SinkError> {
-        if chunks.is_empty() {
-            return Ok(());
-        }
-        let mut pipe = redis::pipe();
+        let mut cmds = Vec::with_capacity(chunks.len() * 2);
         for (id, text) in chunks {
             let key = self.keys.stream(id);
-            pipe.cmd("XADD").arg(&key).arg("*").arg("text").arg(text).ignore();
-            pipe.cmd("EXPIRE").arg(&key).arg(self.ttl_secs).ignore();
+            let mut add = redis::cmd("XADD");
+            add.arg(&key).arg("*").arg("text").arg(text);
+            let mut ttl = redis::cmd("EXPIRE");
+            ttl.arg(&key).arg(self.ttl_secs);
+            cmds.extend([add, ttl]);
         }
-        self.run_pipeline::<()>(&pipe).await
+        self.run(&cmds).await.map(|_| ())
     }
 }

@@ -1,19 +1,22 @@
 //! RabbitMQ job source: consumes a model's normal and `.high` queues on one channel with manual
-//! acks and a prefetch bound, settles deliveries with ack / reject / nack-requeue, and
-//! reconnects with backoff when the connection is lost.
+//! acks and a prefetch bound, hands out every delivery already arrived in one batch, settles
+//! deliveries through the channel's settling task ([`super::acks`]: acks combined with
+//! `multiple=true` where safe, reject / nack-requeue one by one), and reconnects with backoff
+//! when the connection is lost.
 
 use std::time::Duration;
 
 use futures::stream::{self, BoxStream, StreamExt};
-use lapin::Acker;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions};
+use futures::FutureExt;
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection};
 
 use genq_shared::job::Priority;
 use genq_shared::topology::{self, QueueLimits, CREATED_MS_HEADER};
 
-use super::{Delivery, JobSource, Settle, SettleFuture, Settlement, SourceError};
+use super::acks::{spawn_settler, SettlerHandle};
+use super::{Delivery, JobSource, SourceError};
 use crate::broker::{self, BrokerError};
 use crate::metrics::WorkerMetrics;
 
@@ -32,12 +35,13 @@ pub struct AmqpSourceSettings {
     pub name: String,
 }
 
-/// One live connection: its channel, consumer tags and merged delivery stream.
+/// One live connection: its channel, consumer tags, merged delivery stream and settling task.
 struct Link {
     connection: Connection,
     channel: Channel,
     tags: Vec<String>,
     deliveries: BoxStream<'static, Result<lapin::message::Delivery, lapin::Error>>,
+    settler: SettlerHandle,
 }
 
 /// Consumer of one model's job queues. When the connection is lost it reconnects with backoff
@@ -91,7 +95,8 @@ impl AmqpSource {
             tags.push(tag);
         }
         let deliveries = stream::select_all(streams).boxed();
-        Ok(Link { connection, channel, tags, deliveries })
+        let settler = spawn_settler(channel.clone());
+        Ok(Link { connection, channel, tags, deliveries, settler })
     }
 
     /// Reconnects with exponential backoff until it succeeds.
@@ -138,22 +143,6 @@ fn header_u64(headers: Option<&FieldTable>, name: &str) -> Option<u64> {
     }
 }
 
-struct AmqpSettler(Acker);
-
-impl Settle for AmqpSettler {
-    fn settle(self: Box<Self>, how: Settlement) -> SettleFuture {
-        Box::pin(async move {
-            let acker = self.0;
-            let result = match how {
-                Settlement::Ack => acker.ack(Default::default()).await,
-                Settlement::DeadLetter => acker.reject(BasicRejectOptions { requeue: false }).await,
-                Settlement::Requeue => acker.nack(BasicNackOptions { requeue: true, multiple: false }).await,
-            };
-            result.map(|_| ()).map_err(|e| SourceError(format!("settle ({how:?}): {e}")))
-        })
-    }
-}
-
 impl JobSource for AmqpSource {
     async fn next(&mut self) -> Result<Option<Delivery>, SourceError> {
         loop {
@@ -165,7 +154,7 @@ impl JobSource for AmqpSource {
                 continue;
             };
             match link.deliveries.next().await {
-                Some(Ok(d)) => return Ok(Some(to_delivery(d))),
+                Some(Ok(d)) => return Ok(Some(to_delivery(&link.settler, d))),
                 Some(Err(e)) => tracing::warn!(error = %e, "lost the RabbitMQ connection; reconnecting"),
                 None => tracing::warn!("RabbitMQ ended the consumers; reconnecting"),
             }
@@ -173,6 +162,20 @@ impl JobSource for AmqpSource {
                 let _ = old.connection.close(200, "reconnecting".into()).await;
             }
         }
+    }
+
+    async fn next_batch(&mut self, max: usize, out: &mut Vec<Delivery>) -> Result<bool, SourceError> {
+        let Some(first) = self.next().await? else { return Ok(false) };
+        out.push(first);
+        let Some(link) = self.link.as_mut() else { return Ok(true) };
+        while out.len() < max {
+            match link.deliveries.next().now_or_never() {
+                Some(Some(Ok(d))) => out.push(to_delivery(&link.settler, d)),
+                // An error or the end shows again on the next `next`, which reconnects.
+                _ => break,
+            }
+        }
+        Ok(true)
     }
 
     async fn stop(&mut self) {
@@ -187,19 +190,20 @@ impl JobSource for AmqpSource {
 
     async fn close(self) {
         if let Some(link) = self.link {
+            link.settler.flush().await;
             let _ = link.channel.close(200, "bye".into()).await;
             let _ = link.connection.close(200, "bye".into()).await;
         }
     }
 }
 
-fn to_delivery(d: lapin::message::Delivery) -> Delivery {
+fn to_delivery(settler: &SettlerHandle, d: lapin::message::Delivery) -> Delivery {
     let headers = d.properties.headers().as_ref();
     Delivery {
         message_id: d.properties.message_id().as_ref().map(|s| s.to_string()),
         created_ms: header_u64(headers, CREATED_MS_HEADER),
         attempt: 1 + header_u64(headers, "x-delivery-count").unwrap_or(0),
         body: d.data,
-        settler: Box::new(AmqpSettler(d.acker)),
+        settler: settler.track(d.delivery_tag),
     }
 }

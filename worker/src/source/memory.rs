@@ -52,18 +52,34 @@ impl Settle for MemorySettler {
     }
 }
 
-impl JobSource for MemorySource {
-    async fn next(&mut self) -> Result<Option<Delivery>, SourceError> {
-        let Some(body) = self.rx.recv().await else { return Ok(None) };
+impl MemorySource {
+    fn delivery(&mut self, body: Vec<u8>) -> Delivery {
         let seq = self.next_seq;
         self.next_seq += 1;
-        Ok(Some(Delivery {
+        Delivery {
             body,
             message_id: None,
             created_ms: Some(genq_shared::now_ms()),
             attempt: 1,
             settler: Box::new(MemorySettler { seq, log: self.log.clone() }),
-        }))
+        }
+    }
+}
+
+impl JobSource for MemorySource {
+    async fn next(&mut self) -> Result<Option<Delivery>, SourceError> {
+        let Some(body) = self.rx.recv().await else { return Ok(None) };
+        Ok(Some(self.delivery(body)))
+    }
+
+    async fn next_batch(&mut self, max: usize, out: &mut Vec<Delivery>) -> Result<bool, SourceError> {
+        let Some(body) = self.rx.recv().await else { return Ok(false) };
+        out.push(self.delivery(body));
+        while out.len() < max {
+            let Ok(body) = self.rx.try_recv() else { break };
+            out.push(self.delivery(body));
+        }
+        Ok(true)
     }
 
     async fn stop(&mut self) {

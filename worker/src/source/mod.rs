@@ -2,7 +2,9 @@
 //!
 //! - [`amqp`]: RabbitMQ consumer on a model's two queues, manual acks, `basic_qos(prefetch)`.
 //! - [`memory`]: an in-process queue, for `genq run --embedded` and tests.
+//! - [`acks`]: the AMQP source's settling task (acks combined with `multiple=true` where safe).
 
+pub mod acks;
 pub mod amqp;
 pub mod memory;
 
@@ -58,6 +60,10 @@ impl std::fmt::Debug for Delivery {
 pub trait JobSource: Send {
     /// The next delivery; `Ok(None)` when the source is exhausted or stopped.
     fn next(&mut self) -> impl Future<Output = Result<Option<Delivery>, SourceError>> + Send;
+
+    /// Waits for the next delivery, then appends it and every further one already available
+    /// without waiting, up to `max` in `out`. `Ok(false)` when the source is exhausted or stopped.
+    fn next_batch(&mut self, max: usize, out: &mut Vec<Delivery>) -> impl Future<Output = Result<bool, SourceError>> + Send;
 
     /// Stops taking new deliveries; those already taken can still be settled.
     fn stop(&mut self) -> impl Future<Output = ()> + Send;
