@@ -12,10 +12,10 @@ use serde_json::json;
 
 use genq_shared::valid::{validate, Limits};
 use genq_shared::JobRequest;
+use genq_worker::bench::{run_engine_bench, EngineBenchSpec};
 use genq_worker::engine::llama::model::HfConfig;
 use genq_worker::engine::llama::synth::RandomLlama;
 use genq_worker::engine::llama::{LlamaEngine, LlamaSettings};
-use genq_worker::bench::{run_engine_bench, EngineBenchSpec};
 use genq_worker::engine::{Engine, StepLimits};
 use genq_worker::runner;
 
@@ -127,11 +127,27 @@ fn main() -> anyhow::Result<ExitCode> {
                 other => anyhow::bail!("--dtype {other:?}: expected bf16, f16 or f32"),
             };
             shape.write(&out, dtype)?;
-            eprintln!("wrote a random {} model ({} parameters) to {}", format!("{dtype:?}").to_lowercase(), shape.parameters(), out.display());
+            eprintln!(
+                "wrote a random {} model ({} parameters) to {}",
+                format!("{dtype:?}").to_lowercase(),
+                shape.parameters(),
+                out.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Compare { model, device, reference, weights, jobs, new_tokens, require_equal } => {
-            let run = |dev: &str| generate(&model, dev, &weights, jobs, new_tokens).with_context(|| format!("greedy run on {dev}"));
+        Command::Compare {
+            model,
+            device,
+            reference,
+            weights,
+            jobs,
+            new_tokens,
+            require_equal,
+        } => {
+            let run = |dev: &str| {
+                generate(&model, dev, &weights, jobs, new_tokens)
+                    .with_context(|| format!("greedy run on {dev}"))
+            };
             let want = run(&reference)?;
             let got = run(&device)?;
             let equal = want.iter().zip(&got).filter(|(a, b)| a == b).count();
@@ -149,9 +165,20 @@ fn main() -> anyhow::Result<ExitCode> {
                     "first_difference": first.map(|i| json!({"sequence": i, "reference": want[i], "device": got[i]})),
                 })
             );
-            Ok(if require_equal && equal != jobs { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+            Ok(if require_equal && equal != jobs {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
         }
-        Command::Bench { model, device, weights, batch_sizes, prompt_tokens, new_tokens } => {
+        Command::Bench {
+            model,
+            device,
+            weights,
+            batch_sizes,
+            prompt_tokens,
+            new_tokens,
+        } => {
             let largest = batch_sizes.iter().copied().max().unwrap_or(1);
             let mut engine = LlamaEngine::load(&LlamaSettings {
                 model_path: model,
@@ -161,20 +188,48 @@ fn main() -> anyhow::Result<ExitCode> {
             })?;
             for batch in batch_sizes {
                 // As `genq bench engine` with its default: the whole batch prefilled in one step.
-                let spec = EngineBenchSpec { batch, prompt_tokens, new_tokens, max_prefill_tokens: batch * prompt_tokens * 2 };
-                println!("{}", serde_json::to_string(&run_engine_bench(&mut engine, &spec)?)?);
+                let spec = EngineBenchSpec {
+                    batch,
+                    prompt_tokens,
+                    new_tokens,
+                    max_prefill_tokens: batch * prompt_tokens * 2,
+                };
+                println!(
+                    "{}",
+                    serde_json::to_string(&run_engine_bench(&mut engine, &spec)?)?
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Table { model, gpu, cpu, bandwidth_gbs, bytes_per_value, gpu_name } => {
-            table(&model, &gpu, cpu.as_deref(), bandwidth_gbs, bytes_per_value, &gpu_name)?;
+        Command::Table {
+            model,
+            gpu,
+            cpu,
+            bandwidth_gbs,
+            bytes_per_value,
+            gpu_name,
+        } => {
+            table(
+                &model,
+                &gpu,
+                cpu.as_deref(),
+                bandwidth_gbs,
+                bytes_per_value,
+                &gpu_name,
+            )?;
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
 /// Greedy texts of `jobs` different prompts, all admitted before the first step.
-fn generate(model: &Path, device: &str, weights: &str, jobs: usize, new_tokens: u32) -> anyhow::Result<Vec<String>> {
+fn generate(
+    model: &Path,
+    device: &str,
+    weights: &str,
+    jobs: usize,
+    new_tokens: u32,
+) -> anyhow::Result<Vec<String>> {
     let mut engine = LlamaEngine::load(&LlamaSettings {
         model_path: model.to_path_buf(),
         model_name: "check".into(),
@@ -192,11 +247,15 @@ fn generate(model: &Path, device: &str, weights: &str, jobs: usize, new_tokens: 
             ..JobRequest::prompt(genq_worker::bench::bench_prompt(3 + (i * 5) % 23, i))
         };
         let job = validate(&req, &Limits::default()).map_err(|e| anyhow::anyhow!("{e}"))?;
-        engine.admit(i as u64, &job, 0).map_err(|e| anyhow::anyhow!("{e}"))?;
+        engine
+            .admit(i as u64, &job, 0)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     let mut texts = vec![String::new(); jobs];
     while engine.active() > 0 {
-        for u in engine.step(&StepLimits { max_prefill_tokens: 64 })? {
+        for u in engine.step(&StepLimits {
+            max_prefill_tokens: 64,
+        })? {
             if let Some(t) = texts.get_mut(u.id as usize) {
                 t.push_str(&u.text);
             }
@@ -206,7 +265,8 @@ fn generate(model: &Path, device: &str, weights: &str, jobs: usize, new_tokens: 
 }
 
 fn read_lines(path: &Path) -> anyhow::Result<Vec<serde_json::Value>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     Ok(text
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -219,9 +279,17 @@ fn read_lines(path: &Path) -> anyhow::Result<Vec<serde_json::Value>> {
 fn bound(cfg: &HfConfig, batch: f64, prompt: f64, new: f64, bandwidth_gbs: f64, bytes: f64) -> f64 {
     let heads = cfg.num_attention_heads as f64;
     let kv_heads = cfg.num_key_value_heads.unwrap_or(cfg.num_attention_heads) as f64;
-    let head_dim = cfg.head_dim.unwrap_or(cfg.hidden_size / cfg.num_attention_heads.max(1)) as f64;
-    let (hidden, ffn, layers, vocab) = (cfg.hidden_size as f64, cfg.intermediate_size as f64, cfg.num_hidden_layers as f64, cfg.vocab_size as f64);
-    let per_layer = hidden * head_dim * (2.0 * heads + 2.0 * kv_heads) + 3.0 * hidden * ffn + 2.0 * hidden;
+    let head_dim = cfg
+        .head_dim
+        .unwrap_or(cfg.hidden_size / cfg.num_attention_heads.max(1)) as f64;
+    let (hidden, ffn, layers, vocab) = (
+        cfg.hidden_size as f64,
+        cfg.intermediate_size as f64,
+        cfg.num_hidden_layers as f64,
+        cfg.vocab_size as f64,
+    );
+    let per_layer =
+        hidden * head_dim * (2.0 * heads + 2.0 * kv_heads) + 3.0 * hidden * ffn + 2.0 * hidden;
     // The output head is read every step; the embedding is only gathered from (B rows).
     let weights = layers * per_layer + vocab * hidden + hidden;
     let kv_per_position = layers * 2.0 * kv_heads * head_dim;
@@ -229,7 +297,14 @@ fn bound(cfg: &HfConfig, batch: f64, prompt: f64, new: f64, bandwidth_gbs: f64, 
     batch * bandwidth_gbs * 1e9 / step_bytes
 }
 
-fn table(model: &Path, gpu: &Path, cpu: Option<&Path>, bandwidth_gbs: f64, bytes: f64, gpu_name: &str) -> anyhow::Result<()> {
+fn table(
+    model: &Path,
+    gpu: &Path,
+    cpu: Option<&Path>,
+    bandwidth_gbs: f64,
+    bytes: f64,
+    gpu_name: &str,
+) -> anyhow::Result<()> {
     let cfg: HfConfig = serde_json::from_str(&std::fs::read_to_string(model.join("config.json"))?)?;
     let gpu_rows = read_lines(gpu)?;
     let cpu_rows = match cpu {
@@ -242,8 +317,18 @@ fn table(model: &Path, gpu: &Path, cpu: Option<&Path>, bandwidth_gbs: f64, bytes
     for g in &gpu_rows {
         let batch = f(g, "batch");
         let decode = f(g, "decode_tokens_per_s");
-        let limit = bound(&cfg, batch, f(g, "prompt_tokens"), f(g, "new_tokens"), bandwidth_gbs, bytes);
-        let c = cpu_rows.iter().find(|c| f(c, "batch") == batch).map(|c| f(c, "decode_tokens_per_s"));
+        let limit = bound(
+            &cfg,
+            batch,
+            f(g, "prompt_tokens"),
+            f(g, "new_tokens"),
+            bandwidth_gbs,
+            bytes,
+        );
+        let c = cpu_rows
+            .iter()
+            .find(|c| f(c, "batch") == batch)
+            .map(|c| f(c, "decode_tokens_per_s"));
         let (cpu_cell, ratio) = match c {
             Some(c) => (format!("{c:.1}"), format!("{:.1}x", decode / c)),
             None => ("-".into(), "-".into()),

@@ -11,8 +11,8 @@
 //!   grows by doubling in slots and in positions. A sequence holds a [`SlotCache`]: its slot and
 //!   length; dropping it frees the slot.
 //! - Attention: the step's sequences are grouped by how many tokens they feed (every decoding
-//!   sequence feeds one, so decode is one group). Per group and layer: one gather of the group's
-//!   K and V rows up to the longest sequence, one batched `q·Kᵀ`, an additive mask (causal within
+//!   sequence feeds one) and by length, in powers of two. Per group and layer: one gather of the
+//!   group's K and V rows up to the longest sequence, one batched `q·Kᵀ`, an additive mask (causal within
 //!   the step, and the padding past each sequence's own length), softmax in f32, one batched
 //!   `·V`. New keys and values are written with one scatter per layer for the whole step.
 //!
@@ -409,7 +409,9 @@ impl Raw {
     /// Quantized blocks worth keeping quantized (not a float type stored in GGUF).
     fn quant_dtype(&self) -> Option<GgmlDType> {
         match self {
-            Raw::Quant(q) if !matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) => {
+            Raw::Quant(q)
+                if !matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) =>
+            {
                 Some(q.dtype())
             }
             _ => None,
@@ -457,7 +459,9 @@ impl Plan<'_> {
             .sum::<Result<usize>>()?;
         let native = parts.first().and_then(Raw::quant_dtype);
         let quant = match self.format {
-            WeightFormat::Native => native.filter(|&d| parts.iter().all(|p| p.quant_dtype() == Some(d))),
+            WeightFormat::Native => {
+                native.filter(|&d| parts.iter().all(|p| p.quant_dtype() == Some(d)))
+            }
             WeightFormat::Q8_0 if cols % GgmlDType::Q8_0.block_size() == 0 => Some(GgmlDType::Q8_0),
             _ => None,
         };
@@ -473,7 +477,10 @@ impl Plan<'_> {
                 }
             }
             let storage = QStorage::from_data(Cow::Owned(bytes), self.device, dtype)?;
-            return Ok(QMatMul::QTensor(Arc::new(QTensor::new(storage, (rows, cols))?)));
+            return Ok(QMatMul::QTensor(Arc::new(QTensor::new(
+                storage,
+                (rows, cols),
+            )?)));
         }
         let dense = parts.iter().map(Raw::f32).collect::<Result<Vec<_>>>()?;
         Ok(QMatMul::Tensor(self.dense(&Tensor::cat(&dense, 0)?)?))
@@ -580,9 +587,7 @@ fn hf_config(config: &HfConfig) -> ModelConfig {
         hidden: config.hidden_size,
         heads,
         kv_heads: config.num_key_value_heads.unwrap_or(heads),
-        head_dim: config
-            .head_dim
-            .unwrap_or(config.hidden_size / heads.max(1)),
+        head_dim: config.head_dim.unwrap_or(config.hidden_size / heads.max(1)),
         ffn: config.intermediate_size,
         vocab: config.vocab_size,
         rope_base: config.rope_theta.unwrap_or(10_000.0),
@@ -645,9 +650,7 @@ impl DeviceModel {
         read: &mut dyn FnMut(&str) -> Result<Raw>,
         has: &dyn Fn(&str) -> bool,
     ) -> Result<Self> {
-        if cfg.heads == 0
-            || cfg.heads.checked_rem(cfg.kv_heads) != Some(0)
-            || cfg.head_dim % 2 == 1
+        if cfg.heads == 0 || cfg.heads.checked_rem(cfg.kv_heads) != Some(0) || cfg.head_dim % 2 == 1
         {
             bail!(
                 "unsupported head layout: {} heads, {} kv heads, head dim {}",
@@ -660,7 +663,11 @@ impl DeviceModel {
         let vector = |raw: Raw, what: &str| -> Result<Tensor> {
             let t = raw.f32()?.flatten_all()?;
             if t.dims1()? != cfg.hidden {
-                bail!("{what}: expected {} values, found {:?}", cfg.hidden, t.shape());
+                bail!(
+                    "{what}: expected {} values, found {:?}",
+                    cfg.hidden,
+                    t.shape()
+                );
             }
             plan.dense(&t)
         };
@@ -668,7 +675,11 @@ impl DeviceModel {
         let mut layers = Vec::with_capacity(cfg.layers);
         for i in 0..cfg.layers {
             let l = Some(i);
-            let qkv = [read(&name(l, "q"))?, read(&name(l, "k"))?, read(&name(l, "v"))?];
+            let qkv = [
+                read(&name(l, "q"))?,
+                read(&name(l, "k"))?,
+                read(&name(l, "v"))?,
+            ];
             let gate_up = [read(&name(l, "gate"))?, read(&name(l, "up"))?];
             let shapes = qkv
                 .iter()
@@ -744,7 +755,11 @@ fn rope_tables(cfg: &ModelConfig, plan: &Plan<'_>) -> Result<(Tensor, Tensor)> {
         }
     }
     let table = |v: Vec<f32>| -> Result<Tensor> {
-        plan.dense(&Tensor::from_vec(v, (cfg.context_length, half), &Device::Cpu)?)
+        plan.dense(&Tensor::from_vec(
+            v,
+            (cfg.context_length, half),
+            &Device::Cpu,
+        )?)
     };
     Ok((table(cos)?, table(sin)?))
 }
@@ -777,7 +792,10 @@ impl DeviceModel {
                 bail!("forward: a sequence with no tokens");
             }
             if let Some(&bad) = s.tokens.iter().find(|&&t| t as usize >= cfg.vocab) {
-                bail!("forward: token {bad} outside the vocabulary of {}", cfg.vocab);
+                bail!(
+                    "forward: token {bad} outside the vocabulary of {}",
+                    cfg.vocab
+                );
             }
             if s.cache.slot.is_none() {
                 s.cache.slot = Some(pool.take(cfg.layers)?);
@@ -786,16 +804,22 @@ impl DeviceModel {
         }
         pool.reserve(cfg.layers, longest)?;
 
-        // Packed order: sequences grouped by tokens fed (decode rows first), input order within.
-        let mut by_n: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        // Packed order: sequences grouped by tokens fed (decode rows first) and by the power of
+        // two at or above their length, so padding to a group's longest sequence at most doubles
+        // the keys read; input order within a group. Groups per step: at most a few dozen, however
+        // many sequences there are.
+        let mut by_n: BTreeMap<(usize, usize), Vec<usize>> = BTreeMap::new();
         for (i, s) in seqs.iter().enumerate() {
-            by_n.entry(s.tokens.len()).or_default().push(i);
+            let n = s.tokens.len();
+            by_n.entry((n, (s.cache.len + n).next_power_of_two()))
+                .or_default()
+                .push(i);
         }
         let (kvh, d) = (cfg.kv_heads, cfg.head_dim);
         let mut first_row = vec![0usize; seqs.len()];
         let (mut ids, mut pos, mut write) = (Vec::new(), Vec::new(), Vec::new());
         let mut groups = Vec::with_capacity(by_n.len());
-        for (&n, members) in &by_n {
+        for (&(n, _), members) in &by_n {
             let row0 = ids.len();
             let width = members
                 .iter()
@@ -814,7 +838,13 @@ impl DeviceModel {
                     for h in 0..kvh {
                         write.extend(std::iter::repeat_n(pool.row(slot, h, len + t), d));
                     }
-                    mask.extend((0..width).map(|j| if j <= len + t { 0f32 } else { f32::NEG_INFINITY }));
+                    mask.extend((0..width).map(|j| {
+                        if j <= len + t {
+                            0f32
+                        } else {
+                            f32::NEG_INFINITY
+                        }
+                    }));
                 }
                 for h in 0..kvh {
                     gather.extend((0..width).map(|j| pool.row(slot, h, j)));
@@ -914,8 +944,12 @@ impl DeviceModel {
             .permute((0, 2, 3, 1, 4))?
             .contiguous()?
             .reshape((g.seqs, kvh, group * n, d))?;
-        let k = k_pool.index_select(&g.gather, 0)?.reshape((g.seqs, kvh, w, d))?;
-        let v = v_pool.index_select(&g.gather, 0)?.reshape((g.seqs, kvh, w, d))?;
+        let k = k_pool
+            .index_select(&g.gather, 0)?
+            .reshape((g.seqs, kvh, w, d))?;
+        let v = v_pool
+            .index_select(&g.gather, 0)?
+            .reshape((g.seqs, kvh, w, d))?;
         let scale = 1.0 / (d as f64).sqrt();
         let scores = (q.matmul(&k.t()?)?.to_dtype(DType::F32)? * scale)?
             .reshape((g.seqs, kvh, group, n, w))?

@@ -72,7 +72,11 @@ impl RandomLlama {
         let d = self.hidden / self.heads;
         let attn = self.hidden * (2 * self.heads * d + 2 * self.kv_heads * d);
         let mlp = 3 * self.hidden * self.ffn;
-        let head = if self.tied { 0 } else { self.vocab * self.hidden };
+        let head = if self.tied {
+            0
+        } else {
+            self.vocab * self.hidden
+        };
         self.layers * (attn + mlp + 2 * self.hidden) + self.vocab * self.hidden + head + self.hidden
     }
 

@@ -53,7 +53,12 @@ fn run(model: &Backend, steps: &[Step]) -> Vec<Vec<f32>> {
             });
         }
         let logits = model.forward(&mut inputs).expect("forward");
-        out.push(logits.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("logits"));
+        out.push(
+            logits
+                .flatten_all()
+                .and_then(|t| t.to_vec1::<f32>())
+                .expect("logits"),
+        );
         for &d in drops {
             caches[d] = None;
         }
@@ -65,7 +70,11 @@ fn assert_close(a: &[Vec<f32>], b: &[Vec<f32>]) {
     assert_eq!(a.len(), b.len());
     for (step, (x, y)) in a.iter().zip(b).enumerate() {
         assert_eq!(x.len(), y.len(), "step {step}: logits rows differ");
-        let diff = x.iter().zip(y).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+        let diff = x
+            .iter()
+            .zip(y)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0f32, f32::max);
         assert!(diff < 2e-3, "step {step}: max |logit diff| {diff}");
     }
 }
@@ -77,7 +86,9 @@ fn toks(start: u32, n: usize) -> Vec<u32> {
 #[test]
 fn device_path_gives_the_cpu_logits_through_joins_leaves_and_chunks() {
     let dir = tempfile::tempdir().expect("tempdir");
-    RandomLlama::tiny().write(dir.path(), DType::F32).expect("write");
+    RandomLlama::tiny()
+        .write(dir.path(), DType::F32)
+        .expect("write");
     let (cpu, dev) = pair(dir.path());
     let steps = vec![
         // Two prompts, one chunked; a score-like sequence (even index) returns every row.
@@ -95,14 +106,19 @@ fn device_path_gives_the_cpu_logits_through_joins_leaves_and_chunks() {
 #[test]
 fn device_pool_grows_in_slots_and_positions() {
     let dir = tempfile::tempdir().expect("tempdir");
-    RandomLlama::tiny().write(dir.path(), DType::F32).expect("write");
+    RandomLlama::tiny()
+        .write(dir.path(), DType::F32)
+        .expect("write");
     let (cpu, dev) = pair(dir.path());
     // Twelve sequences (the pool starts with 8 slots), one prompt longer than 256 positions.
     let mut first: Vec<(usize, Vec<u32>)> = (0..12).map(|i| (i, toks(i as u32, 3 + i))).collect();
     first.push((12, toks(99, 300)));
     let mut steps = vec![(first, vec![])];
     for t in 0..3u32 {
-        steps.push(((0..13).map(|i| (i, vec![t + i as u32 + 2])).collect(), vec![]));
+        steps.push((
+            (0..13).map(|i| (i, vec![t + i as u32 + 2])).collect(),
+            vec![],
+        ));
     }
     assert_close(&run(&cpu, &steps), &run(&dev, &steps));
 }
@@ -113,7 +129,10 @@ fn device_choice_parses_cpu_cuda_and_cuda_n() {
     assert_eq!(DeviceChoice::Cpu.label(), "cpu");
     assert_eq!(DeviceChoice::Cuda(1).label(), "cuda:1");
     let err = DeviceChoice::parse("tpu").expect_err("unknown device");
-    assert!(err.contains("worker.device") && err.contains("cuda:N"), "{err}");
+    assert!(
+        err.contains("worker.device") && err.contains("cuda:N"),
+        "{err}"
+    );
     if cfg!(feature = "cuda") {
         assert_eq!(DeviceChoice::parse("cuda"), Ok(DeviceChoice::Cuda(0)));
         assert_eq!(DeviceChoice::parse("cuda:1"), Ok(DeviceChoice::Cuda(1)));
@@ -124,7 +143,9 @@ fn device_choice_parses_cpu_cuda_and_cuda_n() {
 #[test]
 fn cuda_device_on_a_cpu_build_names_the_cuda_feature() {
     let dir = tempfile::tempdir().expect("tempdir");
-    RandomLlama::tiny().write(dir.path(), DType::F32).expect("write");
+    RandomLlama::tiny()
+        .write(dir.path(), DType::F32)
+        .expect("write");
     let err = LlamaEngine::load(&LlamaSettings {
         model_path: dir.path().to_path_buf(),
         model_name: "tiny".into(),
@@ -134,7 +155,10 @@ fn cuda_device_on_a_cpu_build_names_the_cuda_feature() {
     .err()
     .expect("a CPU-only build refuses cuda:0");
     let msg = err.to_string();
-    assert!(msg.contains("`cuda` feature") && msg.contains("cuda:0"), "{msg}");
+    assert!(
+        msg.contains("`cuda` feature") && msg.contains("cuda:0"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -145,9 +169,13 @@ fn random_smollm2_shape_counts_135m_parameters() {
 
 #[test]
 fn device_path_reads_the_smollm2_gguf_like_the_cpu_path() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf");
     if !path.exists() {
-        println!("skipped: {} is missing (run scripts/fetch-model.sh)", path.display());
+        println!(
+            "skipped: {} is missing (run scripts/fetch-model.sh)",
+            path.display()
+        );
         return;
     }
     let mut file = std::fs::File::open(&path).expect("open");
@@ -170,7 +198,11 @@ fn device_path_reads_the_smollm2_gguf_like_the_cpu_path() {
         let dev = Backend::Device(dev);
         let (a, b) = (run(&cpu, &steps), run(&dev, &steps));
         for (x, y) in a.iter().zip(&b) {
-            let diff = x.iter().zip(y).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+            let diff = x
+                .iter()
+                .zip(y)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0f32, f32::max);
             assert!(diff < tolerance, "{format:?}: max |logit diff| {diff}");
             for (rx, ry) in x.chunks_exact(49152).zip(y.chunks_exact(49152)) {
                 assert_eq!(argmax(rx), argmax(ry), "{format:?}: greedy choice differs");
