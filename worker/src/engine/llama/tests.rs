@@ -646,6 +646,12 @@ fn tiny_llama_decode_row_is_bitwise_the_same_alone_and_in_a_batch() {
             alone, batched,
             "{format:?}: a decoding row depends on its batch"
         );
+        let long_prefill: Vec<u32> = (0..300).map(|i| 2 + (i % 10) as u32).collect();
+        let beside_prefill = decode_row(&[&long_prefill]);
+        assert_eq!(
+            alone, beside_prefill,
+            "{format:?}: a decoding row depends on a long prefill sharing its step"
+        );
     }
 }
 
