@@ -40,3 +40,7 @@ if ! port_open 5672; then
   wait_port 5672 rabbitmq 180
   echo "started rabbitmq"
 fi
+
+# Tools the tests drive: openssl makes test certificates, socat puts TLS in front of RabbitMQ.
+command -v openssl >/dev/null || apt_install openssl
+command -v socat >/dev/null || apt_install socat

@@ -1,12 +1,13 @@
-//! Security against real services: Redis AUTH with the password kept out of every log line, and
-//! Redis over TLS (`rediss://`) verified against a CA the test makes with `openssl`.
+//! Security against real services: Redis AUTH with the password kept out of every log line,
+//! Redis over TLS (`rediss://`) and RabbitMQ over TLS (`amqps://`, through a `socat` TLS front
+//! on the real broker) verified against a CA the test makes with `openssl`.
 
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use genq_shared::JobStatus;
-use genq_tests::redis_server::PrivateRedis;
+use genq_tests::redis_server::{free_port, PrivateRedis};
 use genq_tests::{scratch_dir, Sandbox};
 
 /// Submits three echo jobs with `genq submit --wait` and checks they are all done.
@@ -95,5 +96,59 @@ async fn rediss_urls_connect_over_tls_verified_against_the_ca() {
     assert_ne!(code, Some(0), "{}", untrusted.log_text());
     drop(worker);
     sb.cleanup().await;
+    let _ = std::fs::remove_dir_all(&certs);
+}
+
+/// `socat` terminating TLS on `port` with the test's server certificate, forwarding to RabbitMQ.
+struct TlsFront(std::process::Child);
+
+impl Drop for TlsFront {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn amqps_urls_connect_over_tls_verified_against_the_ca() {
+    let certs = scratch_dir().join(genq_tests::unique("amqps"));
+    std::fs::create_dir_all(&certs).expect("cert dir");
+    make_certificates(&certs);
+    let path = |f: &str| certs.join(f).to_string_lossy().to_string();
+    let port = free_port();
+    let front = TlsFront(
+        Command::new("socat")
+            .arg(format!(
+                "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={},key={},verify=0",
+                path("server.pem"),
+                path("server.key")
+            ))
+            .arg("TCP:127.0.0.1:5672")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("socat (scripts/services.sh installs it)"),
+    );
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < until, "socat did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let sb = Sandbox::new("amqps").with_amqp(&format!("amqps://guest:guest@localhost:{port}/%2f"));
+    let ca = path("ca.pem");
+    let trust = [("SSL_CERT_FILE", ca.as_str())];
+    let worker = sb.worker_with_env(&["--engine", "echo"], &trust);
+    assert!(worker.wait_for_log("worker ready", Duration::from_secs(30)), "{}", worker.log_text());
+    assert!(worker.log_text().contains("amqps://guest:***@localhost"), "the URL is logged redacted");
+    submit_and_wait(&sb, &trust);
+
+    // Without the CA the broker's certificate is not trusted: the worker refuses to start.
+    let mut untrusted = sb.worker_with_env(&["--engine", "echo"], &[("SSL_CERT_FILE", "/nonexistent")]);
+    let code = untrusted.wait_exit(Duration::from_secs(30)).expect("the worker stops");
+    assert_ne!(code, Some(0), "{}", untrusted.log_text());
+    drop(worker);
+    drop(front);
+    let plain = Sandbox { amqp: genq_tests::amqp_url(), ..sb };
+    plain.cleanup().await;
     let _ = std::fs::remove_dir_all(&certs);
 }
