@@ -206,7 +206,7 @@ pub async fn run(common: &CommonArgs, args: FleetBenchArgs) -> anyhow::Result<st
                         } else {
                             c.other += 1;
                         }
-                        c.tokens += u64::from(r.completion_tokens.unwrap_or(0));
+                        c.tokens += r.completion_tokens.unwrap_or(0);
                         if let (Some(a), Some(b)) = (r.created_ms, r.finished_ms) {
                             c.latencies_ms.push(b.saturating_sub(a));
                         }
