@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{bail, DType, Device, Module, Result, Tensor};
 
-use super::model::{HfConfig, KvCache, LlamaModel, ModelConfig, RopeStyle, SeqInput, WeightFormat};
+use super::model::{HfConfig, KvCache, LlamaModel, ModelConfig, RopeStyle, SeqInput, WeightFormat, GGUF_NAMES, HF_NAMES};
 
 /// Where a model runs, from `worker.device`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -487,113 +487,14 @@ impl Plan<'_> {
     }
 }
 
-/// Tensor names: llama.cpp's (GGUF) or Hugging Face's.
+/// Tensor names: llama.cpp's (GGUF) or Hugging Face's, as the CPU loader names them.
 fn tensor_name(gguf: bool, layer: Option<usize>, part: &str) -> String {
-    if gguf {
-        let p = match part {
-            "embed" => return "token_embd.weight".into(),
-            "norm" => return "output_norm.weight".into(),
-            "lm_head" => return "output.weight".into(),
-            "q" => "attn_q",
-            "k" => "attn_k",
-            "v" => "attn_v",
-            "o" => "attn_output",
-            "gate" => "ffn_gate",
-            "up" => "ffn_up",
-            "down" => "ffn_down",
-            "attn_norm" => "attn_norm",
-            _ => "ffn_norm",
-        };
-        format!("blk.{}.{p}.weight", layer.unwrap_or(0))
-    } else {
-        let p = match part {
-            "embed" => return "model.embed_tokens.weight".into(),
-            "norm" => return "model.norm.weight".into(),
-            "lm_head" => return "lm_head.weight".into(),
-            "q" => "self_attn.q_proj",
-            "k" => "self_attn.k_proj",
-            "v" => "self_attn.v_proj",
-            "o" => "self_attn.o_proj",
-            "gate" => "mlp.gate_proj",
-            "up" => "mlp.up_proj",
-            "down" => "mlp.down_proj",
-            "attn_norm" => "input_layernorm",
-            _ => "post_attention_layernorm",
-        };
-        format!("model.layers.{}.{p}.weight", layer.unwrap_or(0))
-    }
-}
-
-fn gguf_usize(content: &gguf_file::Content, key: &str) -> Result<usize> {
-    use gguf_file::Value as V;
-    let n: i128 = match content.metadata.get(key) {
-        Some(V::U8(x)) => (*x).into(),
-        Some(V::I8(x)) => (*x).into(),
-        Some(V::U16(x)) => (*x).into(),
-        Some(V::I16(x)) => (*x).into(),
-        Some(V::U32(x)) => (*x).into(),
-        Some(V::I32(x)) => (*x).into(),
-        Some(V::U64(x)) => (*x).into(),
-        Some(V::I64(x)) => (*x).into(),
-        Some(other) => bail!("gguf: metadata {key} is not an integer: {other:?}"),
-        None => bail!("gguf: missing metadata {key}"),
-    };
-    usize::try_from(n)
-        .map_err(|_| candle_core::Error::Msg(format!("gguf: metadata {key} = {n} out of range")))
-}
-
-fn gguf_f64(content: &gguf_file::Content, key: &str) -> Option<f64> {
-    match content.metadata.get(key)? {
-        gguf_file::Value::F32(x) => Some(f64::from(*x)),
-        gguf_file::Value::F64(x) => Some(*x),
-        _ => None,
-    }
-}
-
-/// The shape of a GGUF llama, as the CPU loader reads it.
-fn gguf_config(content: &gguf_file::Content) -> Result<ModelConfig> {
-    let arch = match content.metadata.get("general.architecture") {
-        Some(gguf_file::Value::String(s)) => s.clone(),
-        _ => "llama".to_string(),
-    };
-    let key = |k: &str| format!("{arch}.{k}");
-    let hidden = gguf_usize(content, &key("embedding_length"))?;
-    let heads = gguf_usize(content, &key("attention.head_count"))?;
-    let vocab = match content.tensor_infos.get("token_embd.weight") {
-        Some(info) => info.shape.dims2()?.0,
-        None => bail!("gguf: no tensor token_embd.weight"),
-    };
-    Ok(ModelConfig {
-        layers: gguf_usize(content, &key("block_count"))?,
-        hidden,
-        heads,
-        kv_heads: gguf_usize(content, &key("attention.head_count_kv")).unwrap_or(heads),
-        head_dim: gguf_usize(content, &key("attention.key_length"))
-            .unwrap_or(hidden / heads.max(1)),
-        ffn: gguf_usize(content, &key("feed_forward_length"))?,
-        vocab,
-        rope_base: gguf_f64(content, &key("rope.freq_base")).unwrap_or(10_000.0),
-        eps: gguf_f64(content, &key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5),
-        context_length: gguf_usize(content, &key("context_length"))?,
-        rope: RopeStyle::Interleaved,
-    })
-}
-
-/// The shape of a Hugging Face llama.
-fn hf_config(config: &HfConfig) -> ModelConfig {
-    let heads = config.num_attention_heads;
-    ModelConfig {
-        layers: config.num_hidden_layers,
-        hidden: config.hidden_size,
-        heads,
-        kv_heads: config.num_key_value_heads.unwrap_or(heads),
-        head_dim: config.head_dim.unwrap_or(config.hidden_size / heads.max(1)),
-        ffn: config.intermediate_size,
-        vocab: config.vocab_size,
-        rope_base: config.rope_theta.unwrap_or(10_000.0),
-        eps: config.rms_norm_eps,
-        context_length: config.max_position_embeddings,
-        rope: RopeStyle::Halves,
+    let names = if gguf { &GGUF_NAMES } else { &HF_NAMES };
+    match part {
+        "embed" => names.embed.into(),
+        "norm" => names.norm.into(),
+        "lm_head" => names.lm_head.into(),
+        p => (names.layer)(layer.unwrap_or(0), p),
     }
 }
 
@@ -605,7 +506,7 @@ impl DeviceModel {
         format: WeightFormat,
         device: &Device,
     ) -> Result<Self> {
-        let cfg = gguf_config(content)?;
+        let cfg = ModelConfig::from_gguf(content)?;
         let plan = Plan::new(format, None, device);
         let mut read = |name: &str| -> Result<Raw> {
             Ok(Raw::Quant(content.tensor(file, name, &Device::Cpu)?))
@@ -640,7 +541,7 @@ impl DeviceModel {
             }
         };
         let has = |name: &str| names.iter().any(|n| n == name);
-        Self::build(hf_config(config), &plan, false, &mut read, &has)
+        Self::build(ModelConfig::from_hf(config), &plan, false, &mut read, &has)
     }
 
     fn build(
@@ -741,27 +642,11 @@ impl DeviceModel {
     }
 }
 
-/// `cos`/`sin` of every (position, frequency) pair: `[context, head_dim/2]`, in the model dtype.
+/// `cos`/`sin` of every (position, frequency) pair: `[context, head_dim/2]`, in the model dtype
+/// and on its device (the CPU path's tables, moved).
 fn rope_tables(cfg: &ModelConfig, plan: &Plan<'_>) -> Result<(Tensor, Tensor)> {
-    let half = cfg.head_dim / 2;
-    let mut cos = Vec::with_capacity(cfg.context_length * half);
-    let mut sin = Vec::with_capacity(cfg.context_length * half);
-    for pos in 0..cfg.context_length {
-        for i in 0..half {
-            let freq = cfg.rope_base.powf(-2.0 * i as f64 / cfg.head_dim as f64);
-            let angle = pos as f64 * freq;
-            cos.push(angle.cos() as f32);
-            sin.push(angle.sin() as f32);
-        }
-    }
-    let table = |v: Vec<f32>| -> Result<Tensor> {
-        plan.dense(&Tensor::from_vec(
-            v,
-            (cfg.context_length, half),
-            &Device::Cpu,
-        )?)
-    };
-    Ok((table(cos)?, table(sin)?))
+    let (cos, sin) = super::model::rope_tables(cfg)?;
+    Ok((plan.dense(&cos)?, plan.dense(&sin)?))
 }
 
 /// Sequences of a step that feed the same number of tokens: one batched attention.

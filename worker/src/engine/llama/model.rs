@@ -393,14 +393,15 @@ impl WeightSource for SafetensorsSource {
 }
 
 /// Tensor names of one checkpoint layout.
-struct Names {
-    embed: &'static str,
-    norm: &'static str,
-    lm_head: &'static str,
-    layer: fn(usize, &str) -> String,
+pub(super) struct Names {
+    pub(super) embed: &'static str,
+    pub(super) norm: &'static str,
+    pub(super) lm_head: &'static str,
+    pub(super) layer: fn(usize, &str) -> String,
 }
 
-const GGUF_NAMES: Names = Names {
+/// llama.cpp's tensor names (GGUF).
+pub(super) const GGUF_NAMES: Names = Names {
     embed: "token_embd.weight",
     norm: "output_norm.weight",
     lm_head: "output.weight",
@@ -420,7 +421,8 @@ const GGUF_NAMES: Names = Names {
     },
 };
 
-const HF_NAMES: Names = Names {
+/// Hugging Face's tensor names (safetensors).
+pub(super) const HF_NAMES: Names = Names {
     embed: "model.embed_tokens.weight",
     norm: "model.norm.weight",
     lm_head: "lm_head.weight",
@@ -496,13 +498,9 @@ fn md_f64(content: &gguf_file::Content, key: &str) -> Option<f64> {
     }
 }
 
-impl LlamaModel {
-    /// Loads a GGUF llama from `file` (whose header is `content`).
-    pub fn from_gguf(
-        content: &gguf_file::Content,
-        file: &mut File,
-        format: WeightFormat,
-    ) -> Result<Self> {
+impl ModelConfig {
+    /// The shape of a GGUF llama, from its metadata.
+    pub(super) fn from_gguf(content: &gguf_file::Content) -> Result<Self> {
         let arch = match content.metadata.get("general.architecture") {
             Some(gguf_file::Value::String(s)) => s.clone(),
             _ => "llama".to_string(),
@@ -510,26 +508,52 @@ impl LlamaModel {
         let key = |k: &str| format!("{arch}.{k}");
         let hidden = md_usize(content, &key("embedding_length"))?;
         let heads = md_usize(content, &key("attention.head_count"))?;
-        let kv_heads = md_usize(content, &key("attention.head_count_kv")).unwrap_or(heads);
-        let head_dim =
-            md_usize(content, &key("attention.key_length")).unwrap_or(hidden / heads.max(1));
         let vocab = match content.tensor_infos.get(GGUF_NAMES.embed) {
             Some(info) => info.shape.dims2()?.0,
             None => bail!("gguf: no tensor {}", GGUF_NAMES.embed),
         };
-        let cfg = ModelConfig {
+        Ok(ModelConfig {
             layers: md_usize(content, &key("block_count"))?,
             hidden,
             heads,
-            kv_heads,
-            head_dim,
+            kv_heads: md_usize(content, &key("attention.head_count_kv")).unwrap_or(heads),
+            head_dim: md_usize(content, &key("attention.key_length")).unwrap_or(hidden / heads.max(1)),
             ffn: md_usize(content, &key("feed_forward_length"))?,
             vocab,
             rope_base: md_f64(content, &key("rope.freq_base")).unwrap_or(10_000.0),
             eps: md_f64(content, &key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5),
             context_length: md_usize(content, &key("context_length"))?,
             rope: RopeStyle::Interleaved,
-        };
+        })
+    }
+
+    /// The shape of a Hugging Face llama, from its `config.json`.
+    pub(super) fn from_hf(config: &HfConfig) -> Self {
+        let heads = config.num_attention_heads;
+        ModelConfig {
+            layers: config.num_hidden_layers,
+            hidden: config.hidden_size,
+            heads,
+            kv_heads: config.num_key_value_heads.unwrap_or(heads),
+            head_dim: config.head_dim.unwrap_or(config.hidden_size / heads.max(1)),
+            ffn: config.intermediate_size,
+            vocab: config.vocab_size,
+            rope_base: config.rope_theta.unwrap_or(10_000.0),
+            eps: config.rms_norm_eps,
+            context_length: config.max_position_embeddings,
+            rope: RopeStyle::Halves,
+        }
+    }
+}
+
+impl LlamaModel {
+    /// Loads a GGUF llama from `file` (whose header is `content`).
+    pub fn from_gguf(
+        content: &gguf_file::Content,
+        file: &mut File,
+        format: WeightFormat,
+    ) -> Result<Self> {
+        let cfg = ModelConfig::from_gguf(content)?;
         Self::build(cfg, &mut GgufSource { content, file }, &GGUF_NAMES, format)
     }
 
@@ -543,20 +567,7 @@ impl LlamaModel {
         for f in files {
             tensors.extend(candle_core::safetensors::load(f, &Device::Cpu)?);
         }
-        let heads = config.num_attention_heads;
-        let cfg = ModelConfig {
-            layers: config.num_hidden_layers,
-            hidden: config.hidden_size,
-            heads,
-            kv_heads: config.num_key_value_heads.unwrap_or(heads),
-            head_dim: config.head_dim.unwrap_or(config.hidden_size / heads.max(1)),
-            ffn: config.intermediate_size,
-            vocab: config.vocab_size,
-            rope_base: config.rope_theta.unwrap_or(10_000.0),
-            eps: config.rms_norm_eps,
-            context_length: config.max_position_embeddings,
-            rope: RopeStyle::Halves,
-        };
+        let cfg = ModelConfig::from_hf(config);
         let mut src = SafetensorsSource { tensors };
         if config.tie_word_embeddings == Some(true) {
             src.tensors.remove(HF_NAMES.lm_head);
@@ -675,7 +686,7 @@ impl LlamaModel {
 }
 
 /// `cos`/`sin` of every (position, frequency) pair for the whole context: `[context, head_dim/2]`.
-fn rope_tables(cfg: &ModelConfig) -> Result<(Tensor, Tensor)> {
+pub(super) fn rope_tables(cfg: &ModelConfig) -> Result<(Tensor, Tensor)> {
     let half = cfg.head_dim / 2;
     let mut cos = Vec::with_capacity(cfg.context_length * half);
     let mut sin = Vec::with_capacity(cfg.context_length * half);
