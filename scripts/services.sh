@@ -44,3 +44,8 @@ fi
 # Tools the tests drive: openssl makes test certificates, socat puts TLS in front of RabbitMQ.
 command -v openssl >/dev/null || apt_install openssl
 command -v socat >/dev/null || apt_install socat
+
+# The management API lets `genq status` show unacked counts (it falls back to AMQP without it).
+if command -v rabbitmq-plugins >/dev/null && ! curl -fsS -o /dev/null -u guest:guest http://127.0.0.1:15672/api/overview 2>/dev/null; then
+  timeout 120 rabbitmq-plugins enable rabbitmq_management >/dev/null 2>&1 || echo "could not enable rabbitmq_management; genq status will read queue depths over AMQP" >&2
+fi
