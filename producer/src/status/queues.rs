@@ -134,7 +134,22 @@ pub async fn depths(amqp_url: &str, management_url: Option<&str>, names: &[Strin
     let parts = amqp_parts(amqp_url);
     let base = management_url.map(str::to_string).unwrap_or_else(|| default_management_url(amqp_url));
     match from_management(&base, &parts, names).await {
-        Ok(queues) => Ok(QueueReport { queues, source: DepthSource::Management(base) }),
+        Ok(mut queues) => {
+            // The management API publishes a new queue's counts only after its first stats
+            // interval (5 s): take those from a passive declare meanwhile.
+            let missing: Vec<String> = queues.iter().filter(|q| q.exists && q.ready.is_none()).map(|q| q.name.clone()).collect();
+            if !missing.is_empty() {
+                if let Ok(fresh) = from_amqp(amqp_url, &missing).await {
+                    for f in fresh {
+                        if let Some(q) = queues.iter_mut().find(|q| q.name == f.name) {
+                            q.ready = f.ready;
+                            q.consumers = q.consumers.or(f.consumers);
+                        }
+                    }
+                }
+            }
+            Ok(QueueReport { queues, source: DepthSource::Management(base) })
+        }
         Err(why) => {
             let queues = from_amqp(amqp_url, names).await?;
             Ok(QueueReport { queues, source: DepthSource::Amqp { why: format!("management API at {base}: {why}") } })
