@@ -128,9 +128,13 @@ enum Command {
     Status(status::StatusArgs),
 }
 
+/// Warnings, except lapin's report of a returned message, which prints the whole body (a
+/// prompt) at WARN; genq reports the unroutable job itself, without its text.
+const DEFAULT_LOG_FILTER: &str = "warn,lapin::returned_messages=error";
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| DEFAULT_LOG_FILTER.into());
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
