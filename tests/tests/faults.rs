@@ -9,7 +9,6 @@
 //! time: two of them restart shared services.
 
 use std::process::Command;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use genq_shared::{JobRequest, JobStatus};
@@ -17,11 +16,7 @@ use genq_tests::redis_server::PrivateRedis;
 use genq_tests::{scratch_dir, Sandbox, Worker};
 
 /// Scenarios restart RabbitMQ or kill workers: never two at once.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// What one scenario ended with.
 #[derive(Debug, Default)]
@@ -108,7 +103,7 @@ async fn until_done(sb: &Sandbox, ids: &[String], n: usize) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_mid_batch_twice_loses_nothing() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let sb = Sandbox::new("kill");
     let ids = publish(&sb, jobs("k", 600, 20)).await;
     for round in 0..2 {
@@ -127,7 +122,7 @@ async fn sigkill_mid_batch_twice_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_under_load_drains_and_loses_nothing() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let sb = Sandbox::new("term");
     let ids = publish(&sb, jobs("t", 500, 20)).await;
     let mut first = echo_worker(&sb, "5", &["--shutdown-grace-secs", "20"]);
@@ -150,7 +145,7 @@ fn rabbitmqctl(args: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rabbitmq_restart_while_publishing_and_consuming_loses_nothing() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let sb = Sandbox::new("mqrestart");
     let worker = echo_worker(&sb, "3", &[]);
     let all = jobs("r", 1500, 10);
@@ -181,7 +176,7 @@ async fn rabbitmq_restart_while_publishing_and_consuming_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_restart_while_workers_write_loses_nothing() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let mut redis = PrivateRedis::start(&[]);
     let sb = Sandbox::new("rdrestart").with_redis(&redis.url());
     let ids = publish(&sb, jobs("d", 800, 10)).await;
@@ -200,7 +195,7 @@ async fn redis_restart_while_workers_write_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_messages_mixed_into_good_ones_never_stop_the_worker() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let sb = Sandbox::new("malformed");
     let worker = echo_worker(&sb, "0", &["--max-body-bytes", "4096"]);
     let good = jobs("g", 1000, 3);
@@ -234,7 +229,7 @@ async fn malformed_messages_mixed_into_good_ones_never_stop_the_worker() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_poison_job_is_dead_lettered_while_the_others_flow() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let sb = Sandbox::new("poison");
     let mut all = jobs("p", 200, 5);
     all.insert(37, JobRequest { id: Some("poison".into()), ..JobRequest::prompt("this one is POISON") });
@@ -268,7 +263,7 @@ async fn a_poison_job_is_dead_lettered_while_the_others_flow() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_queue_rejects_publishes_and_submit_says_how_many() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let sb = Sandbox::new("full");
     let lines: String = (0..50).map(|i| format!("{{\"id\":\"f-{i}\",\"prompt\":\"w{i}\",\"max_new_tokens\":2}}\n")).collect();
     let file = scratch_dir().join(format!("{}.jsonl", sb.model));

@@ -50,7 +50,10 @@ async fn serve_producer_metrics(metrics: ProducerMetrics) -> String {
 
 /// Every PromQL expression of a dashboard (panel targets, nested rows too) with its panel title,
 /// and the `(name, all-value)` of its template variables.
-fn dashboard_queries(dashboard: &serde_json::Value) -> (Vec<(String, String)>, Vec<(String, String)>) {
+/// `(label, text)` pairs: a panel title and its expression, or a variable and its all-value.
+type Labelled = Vec<(String, String)>;
+
+fn dashboard_queries(dashboard: &serde_json::Value) -> (Labelled, Labelled) {
     fn walk(panels: &serde_json::Value, out: &mut Vec<(String, String)>) {
         for p in panels.as_array().into_iter().flatten() {
             let title = p["title"].as_str().unwrap_or("?").to_string();

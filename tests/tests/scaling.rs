@@ -78,7 +78,7 @@ async fn measure(plan: &Plan<'_>, workers: usize) -> Run {
         .wait_many(&ids, Some(plan.run_timeout), |r| {
             let r = r.unwrap_or_else(|e| panic!("a job did not finish: {e}"));
             assert_eq!(r.status, Some(JobStatus::Done), "{r:?}");
-            tokens += u64::from(r.completion_tokens.unwrap_or(0));
+            tokens += r.completion_tokens.unwrap_or(0);
             *per_worker.entry(r.worker.clone().unwrap_or_default()).or_default() += 1;
             finished += 1;
         })

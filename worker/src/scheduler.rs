@@ -87,6 +87,10 @@ pub enum EngineEvent {
     },
 }
 
+/// The result writer has stopped: events can no longer be delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriterGone;
+
 /// The channel of [`EngineEvent`]s to the result writer, counting the final outcomes sent, so the
 /// writer's own count of outcomes stored tells when every outcome sent so far is stored.
 #[derive(Clone)]
@@ -108,15 +112,15 @@ impl EventSender {
     }
 
     /// Sends from async code; `Err` when the writer is gone.
-    pub async fn send(&self, ev: EngineEvent) -> Result<(), ()> {
+    pub async fn send(&self, ev: EngineEvent) -> Result<(), WriterGone> {
         self.count(&ev);
-        self.tx.send(ev).await.map_err(|_| ())
+        self.tx.send(ev).await.map_err(|_| WriterGone)
     }
 
     /// Sends from the engine thread; `Err` when the writer is gone.
-    pub fn blocking_send(&self, ev: EngineEvent) -> Result<(), ()> {
+    pub fn blocking_send(&self, ev: EngineEvent) -> Result<(), WriterGone> {
         self.count(&ev);
-        self.tx.blocking_send(ev).map_err(|_| ())
+        self.tx.blocking_send(ev).map_err(|_| WriterGone)
     }
 
     /// Final outcomes (`Finished`, `Retry`) sent so far.

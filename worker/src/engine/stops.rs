@@ -66,11 +66,13 @@ impl StopMatcher {
         let mut safe = self.text.len();
         for stop in &self.stops {
             for k in (1..stop.len()).rev() {
-                if self.text.len() >= k && self.text.is_char_boundary(self.text.len() - k) && stop.is_char_boundary(k) {
-                    if self.text.ends_with(&stop[..k]) {
-                        safe = safe.min(self.text.len() - k);
-                        break;
-                    }
+                if self.text.len() >= k
+                    && self.text.is_char_boundary(self.text.len() - k)
+                    && stop.is_char_boundary(k)
+                    && self.text.ends_with(&stop[..k])
+                {
+                    safe = safe.min(self.text.len() - k);
+                    break;
                 }
             }
         }
