@@ -65,8 +65,8 @@ fn redact_one(url: &str) -> String {
     }
 }
 
-/// The URLs of an `amqp.url` setting: one URL, or several separated by commas (the nodes of a
-/// RabbitMQ cluster, tried in order).
+/// The URLs of an `amqp.url` or `redis.url` setting: one URL, or several separated by commas (the
+/// nodes of a RabbitMQ cluster, tried in order, or the seed nodes of a Redis Cluster).
 pub fn url_list(urls: &str) -> Vec<&str> {
     urls.split(',').map(str::trim).filter(|u| !u.is_empty()).collect()
 }

@@ -9,7 +9,7 @@ use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 
-use crate::broker::redact_url;
+use crate::broker::url_list;
 
 /// A connection to one Redis server or to a Redis Cluster. Cheap to clone (shares the socket).
 #[derive(Clone)]
@@ -18,11 +18,6 @@ pub enum RedisConn {
     Single(ConnectionManager),
     /// A cluster: commands are routed by key slot.
     Cluster(ClusterConnection),
-}
-
-/// The URLs of a `redis.url` setting.
-pub fn url_list(urls: &str) -> Vec<&str> {
-    urls.split(',').map(str::trim).filter(|u| !u.is_empty()).collect()
 }
 
 impl RedisConn {
@@ -69,11 +64,6 @@ impl RedisConn {
             }
         }
     }
-}
-
-/// Describes the target for error messages, without credentials.
-pub fn describe(urls: &str) -> String {
-    redact_url(urls)
 }
 
 impl ConnectionLike for RedisConn {

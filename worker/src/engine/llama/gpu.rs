@@ -551,15 +551,7 @@ impl DeviceModel {
         read: &mut dyn FnMut(&str) -> Result<Raw>,
         has: &dyn Fn(&str) -> bool,
     ) -> Result<Self> {
-        if cfg.heads == 0 || cfg.heads.checked_rem(cfg.kv_heads) != Some(0) || cfg.head_dim % 2 == 1
-        {
-            bail!(
-                "unsupported head layout: {} heads, {} kv heads, head dim {}",
-                cfg.heads,
-                cfg.kv_heads,
-                cfg.head_dim
-            );
-        }
+        cfg.check_heads()?;
         let name = |layer: Option<usize>, part: &str| tensor_name(gguf, layer, part);
         let vector = |raw: Raw, what: &str| -> Result<Tensor> {
             let t = raw.f32()?.flatten_all()?;

@@ -499,6 +499,15 @@ fn md_f64(content: &gguf_file::Content, key: &str) -> Option<f64> {
 }
 
 impl ModelConfig {
+    /// Refuses head layouts the attention cannot run: no heads, query heads not a multiple of
+    /// the key/value heads, or an odd head dimension (RoPE rotates pairs).
+    pub(super) fn check_heads(&self) -> Result<()> {
+        if self.heads == 0 || self.heads.checked_rem(self.kv_heads) != Some(0) || self.head_dim % 2 == 1 {
+            bail!("unsupported head layout: {} heads, {} kv heads, head dim {}", self.heads, self.kv_heads, self.head_dim);
+        }
+        Ok(())
+    }
+
     /// The shape of a GGUF llama, from its metadata.
     pub(super) fn from_gguf(content: &gguf_file::Content) -> Result<Self> {
         let arch = match content.metadata.get("general.architecture") {
@@ -581,15 +590,7 @@ impl LlamaModel {
         names: &Names,
         format: WeightFormat,
     ) -> Result<Self> {
-        if cfg.heads == 0 || cfg.heads.checked_rem(cfg.kv_heads) != Some(0) || cfg.head_dim % 2 == 1
-        {
-            bail!(
-                "unsupported head layout: {} heads, {} kv heads, head dim {}",
-                cfg.heads,
-                cfg.kv_heads,
-                cfg.head_dim
-            );
-        }
+        cfg.check_heads()?;
         let norm_vec = |w: Weight, what: &str| -> Result<Tensor> {
             let t = w.dense()?.to_dtype(DType::F32)?;
             if t.dims1()? != cfg.hidden {
