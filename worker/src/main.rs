@@ -52,7 +52,7 @@ struct Cli {
     /// Device: cpu, cuda or cuda:N (a build with the `cuda` feature) [worker.device; default cpu].
     #[arg(long)]
     device: Option<String>,
-    /// Weights in memory: auto, native, q8_0, f32 [worker.weights; default auto].
+    /// Weights in memory: auto, packed, native, q8_0, f32 [worker.weights; default auto].
     #[arg(long)]
     weights: Option<String>,
     /// Unacked deliveries per queue [worker.prefetch; default 64].

@@ -69,20 +69,23 @@ pub fn build_engine(worker: &WorkerSettings) -> Result<Box<dyn Engine>, RunnerEr
     }
 }
 
-/// Largest `worker.max_batch_size` for which `auto` picks Q8_0: its SIMD mat-vec is fastest for one
-/// or two sequences, f32 matrix products win from about eight on (README, Benchmarks).
+/// Largest `worker.max_batch_size` for which `auto` picks Q8_0 on a CPU without AVX-512 VNNI: its
+/// SIMD mat-vec is fastest for one or two sequences, f32 matrix products win from about eight on.
 pub const AUTO_Q8_MAX_BATCH: usize = 2;
 
-/// Parses the `worker.weights` setting. `auto` depends on the batch cap, never on the step, so a
-/// sequence's numbers still do not depend on what else runs with it.
+/// Parses the `worker.weights` setting. `auto` is `packed` on a CPU with AVX-512 VNNI (fastest at
+/// every batch size, README, Benchmarks); elsewhere it depends on the batch cap, never on the
+/// step, so a sequence's numbers still do not depend on what else runs with it.
 pub fn parse_weights(name: &str, max_batch_size: usize) -> Result<WeightFormat, RunnerError> {
     match name {
+        "auto" if crate::engine::llama::packed::fast_kernel_available() => Ok(WeightFormat::Packed),
         "auto" if max_batch_size <= AUTO_Q8_MAX_BATCH => Ok(WeightFormat::Q8_0),
         "auto" => Ok(WeightFormat::F32),
         "native" => Ok(WeightFormat::Native),
         "q8_0" => Ok(WeightFormat::Q8_0),
         "f32" => Ok(WeightFormat::F32),
-        other => Err(RunnerError::Setting(format!("`worker.weights` is {other:?}; expected auto, native, q8_0 or f32"))),
+        "packed" => Ok(WeightFormat::Packed),
+        other => Err(RunnerError::Setting(format!("`worker.weights` is {other:?}; expected auto, packed, native, q8_0 or f32"))),
     }
 }
 
@@ -132,13 +135,19 @@ mod tests {
 
     #[test]
     fn auto_weights_follow_the_batch_cap() {
-        assert_eq!(parse_weights("auto", 1).ok(), Some(WeightFormat::Q8_0));
-        assert_eq!(parse_weights("auto", 16).ok(), Some(WeightFormat::F32));
+        if crate::engine::llama::packed::fast_kernel_available() {
+            assert_eq!(parse_weights("auto", 1).ok(), Some(WeightFormat::Packed));
+            assert_eq!(parse_weights("auto", 64).ok(), Some(WeightFormat::Packed));
+        } else {
+            assert_eq!(parse_weights("auto", 1).ok(), Some(WeightFormat::Q8_0));
+            assert_eq!(parse_weights("auto", 16).ok(), Some(WeightFormat::F32));
+        }
+        assert_eq!(parse_weights("packed", 16).ok(), Some(WeightFormat::Packed));
         assert_eq!(parse_weights("native", 16).ok(), Some(WeightFormat::Native));
         let err = parse_weights("q4", 16).expect_err("unknown format");
         assert!(err.to_string().contains("worker.weights"), "{err}");
         assert_eq!(weights_for_device("auto", "cuda:0", 16).ok(), Some(WeightFormat::Native));
         assert_eq!(weights_for_device("f32", "cuda:0", 16).ok(), Some(WeightFormat::F32));
-        assert_eq!(weights_for_device("auto", "cpu", 1).ok(), Some(WeightFormat::Q8_0));
+        assert_eq!(weights_for_device("auto", "cpu", 1).ok(), parse_weights("auto", 1).ok());
     }
 }

@@ -88,7 +88,7 @@ struct ModelArgs {
     /// GGUF file or safetensors folder [worker.model_path].
     #[arg(long)]
     model_path: Option<String>,
-    /// Weights in memory: auto, native, q8_0, f32 [worker.weights].
+    /// Weights in memory: auto, packed, native, q8_0, f32 [worker.weights].
     #[arg(long)]
     weights: Option<String>,
     /// Device: cpu, cuda or cuda:N (a build with the `cuda` feature) [worker.device].

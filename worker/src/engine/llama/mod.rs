@@ -2,6 +2,7 @@
 //! safetensors folder and runs continuous batching on the CPU or a GPU, one packed forward per step.
 //!
 //! - [`model`]: weights, the packed forward pass and the per-sequence KV cache (CPU).
+//! - [`packed`]: genq's own quantized matmul (4/8-bit weights, AVX-512 VNNI), the CPU default.
 //! - [`gpu`]: the device path (slot-pool KV cache, batched attention) and the CPU/device switch.
 //! - [`synth`]: random-weight Llama checkpoints (GPU checks and tests need no download).
 //! - [`sampler`]: per-sequence sampling with a seeded RNG.
@@ -17,6 +18,7 @@ pub mod chat;
 pub mod detok;
 pub mod gpu;
 pub mod model;
+pub mod packed;
 pub mod sampler;
 pub mod synth;
 #[cfg(test)]

@@ -13,13 +13,16 @@ use std::path::Path;
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{bail, DType, Device, Module, Result, Tensor};
 
+use super::packed::{PackedLinear, QuantRows};
+
 /// How the projection weights are held in memory.
 ///
-/// Measured with the `decode_throughput` bench (`llama::tests`) on a 2-core AVX2 machine:
-/// candle's Q4_1 dot product is scalar (slowest everywhere); Q8_0 reads 4x fewer bytes and wins
-/// for a single sequence; f32 goes through gemm, which reuses each weight across the rows of a
-/// packed step and wins from a handful of sequences on. A batching fleet runs many sequences,
-/// so f32 is the default; choose Q8_0 for latency-bound single-stream use or tight memory.
+/// Measured with `genq bench engine` (README, Benchmarks): on a CPU with AVX-512 VNNI, `Packed`
+/// (genq's own integer kernel, [`super::packed`]) is fastest at every batch size and smallest;
+/// the worker's `auto` picks it there. Without VNNI, candle's Q4_1 dot product is scalar
+/// (slowest everywhere), Q8_0 reads 4x fewer bytes than f32 and wins for a single sequence, and
+/// f32 goes through gemm, which reuses each weight across the rows of a packed step and wins
+/// from a handful of sequences on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WeightFormat {
     /// As stored: GGUF quantization kept, safetensors as f32.
@@ -29,6 +32,10 @@ pub enum WeightFormat {
     /// Everything dequantized to f32 (about 4 bytes per parameter: ~540 MB for SmolLM2-135M).
     #[default]
     F32,
+    /// genq's packed integer format: Q4_1 kept 4-bit and Q8_0 8-bit, exactly; anything else
+    /// quantized to 8 bits per block of 32. Multiplied by the AVX-512 VNNI kernel (a portable
+    /// reference on other CPUs, correct but slow).
+    Packed,
 }
 
 /// How rotary embeddings pair the dimensions of a head.
@@ -123,10 +130,12 @@ pub struct SeqInput<'a> {
     pub all_logits: bool,
 }
 
-/// A weight before it becomes a matmul: quantized blocks or a dense f32 matrix `[out, in]`.
+/// A weight before it becomes a matmul: quantized blocks, a dense f32 matrix `[out, in]`, or
+/// rows quantized for the packed kernel.
 enum Weight {
     Quant(QTensor),
     Dense(Tensor),
+    Rows(QuantRows),
 }
 
 impl Weight {
@@ -134,6 +143,7 @@ impl Weight {
         match self {
             Weight::Quant(q) => Ok(q.shape().dims2()?.1),
             Weight::Dense(t) => Ok(t.dims2()?.1),
+            Weight::Rows(r) => Ok(r.cols),
         }
     }
 
@@ -141,6 +151,7 @@ impl Weight {
         match self {
             Weight::Quant(q) => Ok(q.shape().dims2()?.0),
             Weight::Dense(t) => Ok(t.dims2()?.0),
+            Weight::Rows(r) => Ok(r.rows),
         }
     }
 
@@ -148,7 +159,27 @@ impl Weight {
         match self {
             Weight::Quant(q) => q.dequantize(&Device::Cpu),
             Weight::Dense(t) => Ok(t),
+            Weight::Rows(r) => Tensor::from_vec(r.dequantize(), (r.rows, r.cols), &Device::Cpu),
         }
+    }
+
+    /// The weight as packed-kernel rows: Q4_1 and Q8_0 blocks exactly, anything else through f32.
+    fn quant_rows(&self) -> Result<QuantRows> {
+        let (rows, cols) = (self.rows()?, self.cols()?);
+        let rows = match self {
+            Weight::Rows(r) => Ok(r.clone()),
+            Weight::Quant(q) if q.dtype() == GgmlDType::Q4_1 => QuantRows::from_q4_1(&q.data()?, rows, cols),
+            Weight::Quant(q) if q.dtype() == GgmlDType::Q8_0 => QuantRows::from_q8_0(&q.data()?, rows, cols),
+            Weight::Quant(q) => {
+                let values = q.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+                QuantRows::from_f32(&values, rows, cols)
+            }
+            Weight::Dense(t) => {
+                let values = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                QuantRows::from_f32(&values, rows, cols)
+            }
+        };
+        rows.map_err(candle_core::Error::wrap)
     }
 
     /// Converts to `format`.
@@ -164,6 +195,9 @@ impl Weight {
         };
         let q8_fits = w.cols()? % GgmlDType::Q8_0.block_size() == 0;
         Ok(match (format, w) {
+            (WeightFormat::Packed, w) if w.cols()? % super::packed::BLOCK == 0 => Weight::Rows(w.quant_rows()?),
+            // Rows the packed kernel cannot take stay dense.
+            (WeightFormat::Packed, w) => Weight::Dense(w.dense()?),
             (WeightFormat::F32, w) => Weight::Dense(w.dense()?),
             (WeightFormat::Q8_0, Weight::Quant(q)) if q.dtype() != GgmlDType::Q8_0 && q8_fits => {
                 Weight::Quant(QTensor::quantize(
@@ -182,6 +216,7 @@ impl Weight {
         match self {
             Weight::Quant(q) => Ok(QMatMul::QTensor(std::sync::Arc::new(q))),
             Weight::Dense(t) => Ok(QMatMul::Tensor(t)),
+            w @ Weight::Rows(_) => Ok(QMatMul::Tensor(w.dense()?)),
         }
     }
 
@@ -189,6 +224,7 @@ impl Weight {
         match self {
             Weight::Quant(q) => Ok(Proj::Quant(QMatMul::QTensor(std::sync::Arc::new(q)))),
             Weight::Dense(t) => Proj::dense(&t),
+            Weight::Rows(r) => Ok(Proj::Packed(PackedLinear::new(&r))),
         }
     }
 }
@@ -199,6 +235,7 @@ impl Weight {
 enum Proj {
     Quant(QMatMul),
     Dense(Tensor),
+    Packed(PackedLinear),
 }
 
 impl Proj {
@@ -235,7 +272,18 @@ impl Fused {
             }
             _ => None,
         };
+        let all_rows = parts.iter().all(|p| matches!(p, Weight::Rows(_)));
         let mm = match same_quant {
+            _ if all_rows => {
+                let rows = parts
+                    .into_iter()
+                    .filter_map(|p| match p {
+                        Weight::Rows(r) => Some(r),
+                        _ => None,
+                    })
+                    .collect();
+                Proj::Packed(PackedLinear::new(&QuantRows::stack(rows).map_err(candle_core::Error::wrap)?))
+            }
             Some(dtype) => {
                 let mut bytes = Vec::new();
                 for p in &parts {
@@ -285,6 +333,14 @@ fn matmul(w: &Proj, x: &Tensor) -> Result<Tensor> {
     let wt = match w {
         Proj::Dense(wt) => wt,
         Proj::Quant(q) => return q.forward(x),
+        Proj::Packed(p) => {
+            let (rows, cols) = x.dims2()?;
+            if cols != p.cols() {
+                bail!("matmul: {cols} inputs for a weight of {}", p.cols());
+            }
+            let x = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            return Tensor::from_vec(p.forward(&x, rows), (rows, p.rows()), &Device::Cpu);
+        }
     };
     let n = wt.dim(1)?;
     let (rows, cols) = x.dims2()?;
@@ -658,6 +714,9 @@ impl LlamaModel {
         } else {
             // Tied: the output head is the embedding matrix, in the requested format.
             let head = match (&embed, format) {
+                (w, WeightFormat::Packed) if w.cols()? % super::packed::BLOCK == 0 => {
+                    Some(Proj::Packed(PackedLinear::new(&w.quant_rows()?)))
+                }
                 (Weight::Quant(q), WeightFormat::Q8_0) if q.dtype() != GgmlDType::Q8_0 => Some(
                     Weight::Quant(QTensor::quantize(&q.dequantize(&Device::Cpu)?, GgmlDType::Q8_0)?).into_proj()?,
                 ),

@@ -1,0 +1,421 @@
+//! genq's own quantized matmul for the CPU ("packed" weights).
+//!
+//! Weights are unsigned 4- or 8-bit levels in blocks of 32 inputs, each block with a scale and
+//! a minimum (`w = scale * level + min`, GGUF's Q4_1 shape; Q4_1 and Q8_0 tensors load exactly).
+//! They are interleaved sixteen output rows at a time, the layout AVX-512 VNNI's `vpdpbusd`
+//! reads. Activations are quantized per row to signed 8-bit blocks (scale and level sum per
+//! block). A block's dot product is an exact integer sum, and the blocks are combined in a fixed
+//! order with the same fused multiply-adds whatever the batch, so a row's outputs are bitwise
+//! the same alone or among 63 others, in one step or another.
+//!
+//! [`vnni`] holds the AVX-512 kernel (the crate's only `unsafe`); [`reference`] computes the
+//! same numbers in plain Rust, for CPUs without VNNI and for the tests.
+
+mod vnni;
+
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+/// Inputs per quantization block.
+pub const BLOCK: usize = 32;
+/// Output rows per interleaved group (one 512-bit vector of 32-bit lanes).
+pub const LANES: usize = 16;
+/// Tokens multiplied together against one loaded weight vector.
+const TOKEN_TILE: usize = 8;
+
+/// True when this CPU runs the VNNI kernel (AVX-512 F, BW and VNNI); otherwise the portable
+/// reference computes the same numbers, much more slowly.
+pub fn fast_kernel_available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(vnni::available)
+}
+
+/// Quantized weight rows before interleaving: per (row, block) a scale and a minimum, per weight
+/// an unsigned level below `2^bits`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantRows {
+    /// Output rows.
+    pub rows: usize,
+    /// Inputs per row (a multiple of [`BLOCK`]).
+    pub cols: usize,
+    /// 4 or 8.
+    pub bits: u8,
+    /// `[rows, cols / BLOCK]`.
+    pub scale: Vec<f32>,
+    /// `[rows, cols / BLOCK]`.
+    pub min: Vec<f32>,
+    /// `[rows, cols]`.
+    pub levels: Vec<u8>,
+}
+
+/// Why weights could not be packed.
+#[derive(Debug, thiserror::Error)]
+pub enum PackError {
+    /// The row width is not a whole number of blocks.
+    #[error("{cols} inputs per row is not a multiple of {BLOCK}")]
+    Width {
+        /// The width found.
+        cols: usize,
+    },
+    /// The raw GGUF bytes do not hold `rows x cols` weights of the type.
+    #[error("{what}: {found} bytes for {rows}x{cols} weights, expected {expected}")]
+    Size {
+        /// The block type.
+        what: &'static str,
+        /// Rows.
+        rows: usize,
+        /// Columns.
+        cols: usize,
+        /// Bytes given.
+        found: usize,
+        /// Bytes needed.
+        expected: usize,
+    },
+    /// Parts to stack disagree on their width.
+    #[error("cannot stack rows of {0} and {1} inputs")]
+    Mismatch(usize, usize),
+    /// Nothing to stack.
+    #[error("no rows to stack")]
+    Empty,
+}
+
+fn f16_at(bytes: &[u8], at: usize) -> f32 {
+    half::f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
+}
+
+impl QuantRows {
+    fn blocks(&self) -> usize {
+        self.cols / BLOCK
+    }
+
+    fn check(rows: usize, cols: usize, data: &[u8], block_bytes: usize, what: &'static str) -> Result<(), PackError> {
+        if cols % BLOCK != 0 {
+            return Err(PackError::Width { cols });
+        }
+        let expected = rows * cols / BLOCK * block_bytes;
+        if data.len() != expected {
+            return Err(PackError::Size { what, rows, cols, found: data.len(), expected });
+        }
+        Ok(())
+    }
+
+    /// From GGUF Q4_1 blocks (`f16 d, f16 m, 16 bytes`: element `j` in the low nibble of byte
+    /// `j`, element `j + 16` in its high nibble). Exact.
+    pub fn from_q4_1(data: &[u8], rows: usize, cols: usize) -> Result<Self, PackError> {
+        Self::check(rows, cols, data, 20, "Q4_1")?;
+        let n = rows * cols / BLOCK;
+        let mut out = Self { rows, cols, bits: 4, scale: Vec::with_capacity(n), min: Vec::with_capacity(n), levels: Vec::with_capacity(rows * cols) };
+        for block in data.chunks_exact(20) {
+            out.scale.push(f16_at(block, 0));
+            out.min.push(f16_at(block, 2));
+            let qs = &block[4..20];
+            out.levels.extend(qs.iter().map(|b| b & 0x0F));
+            out.levels.extend(qs.iter().map(|b| b >> 4));
+        }
+        Ok(out)
+    }
+
+    /// From GGUF Q8_0 blocks (`f16 d, 32 signed bytes`), as levels `q + 128` with minimum
+    /// `-128 d`. Exact.
+    pub fn from_q8_0(data: &[u8], rows: usize, cols: usize) -> Result<Self, PackError> {
+        Self::check(rows, cols, data, 34, "Q8_0")?;
+        let n = rows * cols / BLOCK;
+        let mut out = Self { rows, cols, bits: 8, scale: Vec::with_capacity(n), min: Vec::with_capacity(n), levels: Vec::with_capacity(rows * cols) };
+        for block in data.chunks_exact(34) {
+            let d = f16_at(block, 0);
+            out.scale.push(d);
+            out.min.push(-128.0 * d);
+            out.levels.extend(block[2..34].iter().map(|&q| (q as i8 as i16 + 128) as u8));
+        }
+        Ok(out)
+    }
+
+    /// Quantizes dense `[rows, cols]` weights to 8 bits per block, from the block's minimum to its
+    /// maximum in 255 steps.
+    pub fn from_f32(values: &[f32], rows: usize, cols: usize) -> Result<Self, PackError> {
+        if cols % BLOCK != 0 {
+            return Err(PackError::Width { cols });
+        }
+        if values.len() != rows * cols {
+            return Err(PackError::Size { what: "f32", rows, cols, found: values.len() * 4, expected: rows * cols * 4 });
+        }
+        let n = rows * cols / BLOCK;
+        let mut out = Self { rows, cols, bits: 8, scale: Vec::with_capacity(n), min: Vec::with_capacity(n), levels: Vec::with_capacity(rows * cols) };
+        for block in values.chunks_exact(BLOCK) {
+            let lo = block.iter().copied().fold(f32::INFINITY, f32::min);
+            let hi = block.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let scale = (hi - lo) / 255.0;
+            let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+            out.scale.push(scale);
+            out.min.push(lo);
+            out.levels.extend(block.iter().map(|&w| ((w - lo) * inv).round().clamp(0.0, 255.0) as u8));
+        }
+        Ok(out)
+    }
+
+    /// The weights these levels stand for, `[rows, cols]`.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let blocks = self.blocks();
+        self.levels
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| {
+                let b = i / self.cols * blocks + i % self.cols / BLOCK;
+                self.scale[b] * l as f32 + self.min[b]
+            })
+            .collect()
+    }
+
+    /// Stacks `parts` along the rows (q/k/v, gate/up). 4-bit parts among 8-bit ones are widened,
+    /// exactly: their levels fit.
+    pub fn stack(parts: Vec<QuantRows>) -> Result<Self, PackError> {
+        let first = parts.first().ok_or(PackError::Empty)?;
+        let cols = first.cols;
+        let bits = parts.iter().map(|p| p.bits).max().unwrap_or(8);
+        let mut out = Self { rows: 0, cols, bits, scale: Vec::new(), min: Vec::new(), levels: Vec::new() };
+        for p in parts {
+            if p.cols != cols {
+                return Err(PackError::Mismatch(cols, p.cols));
+            }
+            out.rows += p.rows;
+            out.scale.extend(p.scale);
+            out.min.extend(p.min);
+            out.levels.extend(p.levels);
+        }
+        Ok(out)
+    }
+}
+
+/// Weights interleaved for the kernel: groups of [`LANES`] rows (the last padded with zero
+/// rows), and within a group, per block, the scales, the minimums and the levels.
+#[derive(Debug, Clone)]
+pub struct PackedLinear {
+    rows: usize,
+    cols: usize,
+    bits: u8,
+    /// `[group, block, lane]`.
+    scale: Vec<f32>,
+    /// `[group, block, lane]`.
+    min: Vec<f32>,
+    /// `[group, block, bytes]`: 8-bit, 8 vectors of `[lane, 4 inputs]`; 4-bit, 4 such vectors,
+    /// inputs `4v..4v+4` in the low nibbles and `4v+16..4v+20` in the high ones.
+    quants: Vec<u8>,
+}
+
+/// What one matmul call reads of the activations: the rows quantized per block.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantActs {
+    /// Rows (tokens).
+    pub rows: usize,
+    /// Inputs per row.
+    pub cols: usize,
+    /// `[rows, cols]`, each in `-127..=127`.
+    pub levels: Vec<i8>,
+    /// `[rows, cols / BLOCK]`.
+    pub scale: Vec<f32>,
+    /// `[rows, cols / BLOCK]`: the sum of the block's levels.
+    pub sum: Vec<f32>,
+}
+
+impl QuantActs {
+    /// Quantizes `[rows, cols]` activations (`cols` a multiple of [`BLOCK`]), each block
+    /// symmetrically to its largest magnitude.
+    pub fn new(x: &[f32], rows: usize, cols: usize) -> Self {
+        let n = rows * cols / BLOCK;
+        let mut out = Self { rows, cols, levels: Vec::with_capacity(rows * cols), scale: Vec::with_capacity(n), sum: Vec::with_capacity(n) };
+        for block in x.chunks_exact(BLOCK) {
+            let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let scale = amax / 127.0;
+            let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+            let mut sum = 0i32;
+            for &v in block {
+                let q = (v * inv).round().clamp(-127.0, 127.0) as i8;
+                sum += q as i32;
+                out.levels.push(q);
+            }
+            out.scale.push(scale);
+            out.sum.push(sum as f32);
+        }
+        out
+    }
+}
+
+impl PackedLinear {
+    /// Interleaves `rows` for the kernel.
+    pub fn new(rows: &QuantRows) -> Self {
+        let blocks = rows.blocks();
+        let groups = rows.rows.div_ceil(LANES);
+        let bytes = Self::block_bytes(rows.bits);
+        let mut scale = vec![0f32; groups * blocks * LANES];
+        let mut min = vec![0f32; groups * blocks * LANES];
+        let mut quants = vec![0u8; groups * blocks * bytes];
+        for r in 0..rows.rows {
+            let (g, lane) = (r / LANES, r % LANES);
+            for b in 0..blocks {
+                let at = (g * blocks + b) * LANES + lane;
+                scale[at] = rows.scale[r * blocks + b];
+                min[at] = rows.min[r * blocks + b];
+                let levels = &rows.levels[r * rows.cols + b * BLOCK..r * rows.cols + (b + 1) * BLOCK];
+                let dst = &mut quants[(g * blocks + b) * bytes..(g * blocks + b + 1) * bytes];
+                for (k, &l) in levels.iter().enumerate() {
+                    let (quad, e) = (k / 4, k % 4);
+                    if rows.bits == 4 {
+                        let byte = &mut dst[(quad % 4) * 64 + lane * 4 + e];
+                        *byte |= if quad < 4 { l & 0x0F } else { (l & 0x0F) << 4 };
+                    } else {
+                        dst[quad * 64 + lane * 4 + e] = l;
+                    }
+                }
+            }
+        }
+        Self { rows: rows.rows, cols: rows.cols, bits: rows.bits, scale, min, quants }
+    }
+
+    fn block_bytes(bits: u8) -> usize {
+        if bits == 4 { LANES * BLOCK / 2 } else { LANES * BLOCK }
+    }
+
+    /// Output rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Inputs per row.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.quants.len() + 4 * (self.scale.len() + self.min.len())
+    }
+
+    fn groups(&self) -> usize {
+        self.rows.div_ceil(LANES)
+    }
+
+    fn blocks(&self) -> usize {
+        self.cols / BLOCK
+    }
+
+    /// `x @ w^T` for `x: [t, cols]`: `[t, rows]`.
+    pub fn forward(&self, x: &[f32], t: usize) -> Vec<f32> {
+        let acts = QuantActs::new(x, t, self.cols);
+        self.forward_quantized(&acts, fast_kernel_available())
+    }
+
+    /// The product for quantized activations, by the VNNI kernel when `fast` (and available),
+    /// else by the reference. Groups are split between rayon's threads.
+    pub fn forward_quantized(&self, acts: &QuantActs, fast: bool) -> Vec<f32> {
+        let t = acts.rows;
+        let groups = self.groups();
+        let fast = fast && fast_kernel_available();
+        // [group, token, lane]: each chunk of groups is a contiguous run, written by one thread.
+        let mut by_group = vec![0f32; groups * t * LANES];
+        let per_group = t * LANES;
+        let threads = rayon::current_num_threads().max(1);
+        let work = groups * t * self.cols;
+        let chunk = if work < 1 << 16 { groups } else { groups.div_ceil(threads * 4).max(1) };
+        by_group.par_chunks_mut(chunk * per_group).enumerate().for_each(|(i, out)| {
+            let g0 = i * chunk;
+            for (j, dst) in out.chunks_exact_mut(per_group).enumerate() {
+                self.group(g0 + j, acts, dst, fast);
+            }
+        });
+        let mut y = vec![0f32; t * self.rows];
+        for (g, src) in by_group.chunks_exact(per_group).enumerate() {
+            let lanes = LANES.min(self.rows - g * LANES);
+            for tok in 0..t {
+                let at = tok * self.rows + g * LANES;
+                y[at..at + lanes].copy_from_slice(&src[tok * LANES..tok * LANES + lanes]);
+            }
+        }
+        y
+    }
+
+    /// One group of rows against every token: `out` is `[token, lane]`.
+    fn group(&self, g: usize, acts: &QuantActs, out: &mut [f32], fast: bool) {
+        let blocks = self.blocks();
+        let bytes = Self::block_bytes(self.bits);
+        let w = GroupView {
+            four_bit: self.bits == 4,
+            quants: &self.quants[g * blocks * bytes..(g + 1) * blocks * bytes],
+            scale: &self.scale[g * blocks * LANES..(g + 1) * blocks * LANES],
+            min: &self.min[g * blocks * LANES..(g + 1) * blocks * LANES],
+            blocks,
+        };
+        for t0 in (0..acts.rows).step_by(TOKEN_TILE) {
+            let n = TOKEN_TILE.min(acts.rows - t0);
+            let tile = ActsView {
+                levels: &acts.levels[t0 * self.cols..(t0 + n) * self.cols],
+                scale: &acts.scale[t0 * blocks..(t0 + n) * blocks],
+                sum: &acts.sum[t0 * blocks..(t0 + n) * blocks],
+                tokens: n,
+            };
+            let dst = &mut out[t0 * LANES..(t0 + n) * LANES];
+            if fast {
+                vnni::tile(&w, &tile, dst);
+            } else {
+                reference::tile(&w, &tile, dst);
+            }
+        }
+    }
+}
+
+/// One group's weights, as the kernels read them.
+struct GroupView<'a> {
+    four_bit: bool,
+    quants: &'a [u8],
+    scale: &'a [f32],
+    min: &'a [f32],
+    blocks: usize,
+}
+
+/// Up to [`TOKEN_TILE`] tokens' quantized activations.
+struct ActsView<'a> {
+    levels: &'a [i8],
+    scale: &'a [f32],
+    sum: &'a [f32],
+    tokens: usize,
+}
+
+/// The kernel's arithmetic in plain Rust, lane by lane, with the same fused operations in the
+/// same order, so its results are bitwise the kernel's.
+mod reference {
+    use super::{ActsView, GroupView, BLOCK, LANES};
+
+    /// The level of input `k` (within block `b`) for `lane`, from the interleaved bytes.
+    fn level(w: &GroupView<'_>, b: usize, lane: usize, k: usize) -> i32 {
+        let (quad, e) = (k / 4, k % 4);
+        if w.four_bit {
+            let byte = w.quants[b * LANES * BLOCK / 2 + (quad % 4) * 64 + lane * 4 + e];
+            (if quad < 4 { byte & 0x0F } else { byte >> 4 }) as i32
+        } else {
+            w.quants[b * LANES * BLOCK + quad * 64 + lane * 4 + e] as i32
+        }
+    }
+
+    pub(super) fn tile(w: &GroupView<'_>, a: &ActsView<'_>, out: &mut [f32]) {
+        let cols = w.blocks * BLOCK;
+        for n in 0..a.tokens {
+            for lane in 0..LANES {
+                let mut acc = 0f32;
+                for b in 0..w.blocks {
+                    let mut dot = 0i32;
+                    for k in 0..BLOCK {
+                        dot += level(w, b, lane, k) * a.levels[n * cols + b * BLOCK + k] as i32;
+                    }
+                    let at = b * LANES + lane;
+                    let t1 = w.min[at] * a.sum[n * w.blocks + b];
+                    let t2 = w.scale[at].mul_add(dot as f32, t1);
+                    acc = a.scale[n * w.blocks + b].mul_add(t2, acc);
+                }
+                out[n * LANES + lane] = acc;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,126 @@
+//! The packed matmul against candle's dequantization, a dense f32 product, and its own reference.
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::{fast_kernel_available, PackedLinear, QuantActs, QuantRows};
+
+fn random(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+fn ggml(values: &[f32], rows: usize, cols: usize, dtype: GgmlDType) -> (QTensor, Vec<f32>) {
+    let t = Tensor::from_vec(values.to_vec(), (rows, cols), &Device::Cpu).expect("tensor");
+    let q = QTensor::quantize(&t, dtype).expect("quantize");
+    let deq = q.dequantize(&Device::Cpu).expect("dequantize").flatten_all().expect("flat").to_vec1::<f32>().expect("vec");
+    (q, deq)
+}
+
+#[test]
+fn gguf_blocks_load_exactly() {
+    let mut rng = StdRng::seed_from_u64(1);
+    let (rows, cols) = (24, 96);
+    let w = random(&mut rng, rows * cols);
+    for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
+        let (q, deq) = ggml(&w, rows, cols, dtype);
+        let data = q.data().expect("data");
+        let parsed = match dtype {
+            GgmlDType::Q4_1 => QuantRows::from_q4_1(&data, rows, cols),
+            _ => QuantRows::from_q8_0(&data, rows, cols),
+        }
+        .expect("parse");
+        assert_eq!(parsed.dequantize(), deq, "{dtype:?}");
+    }
+}
+
+#[test]
+fn bad_shapes_are_named() {
+    let err = QuantRows::from_q4_1(&[0u8; 20], 1, 40).expect_err("width");
+    assert!(err.to_string().contains("40 inputs per row"), "{err}");
+    let err = QuantRows::from_q8_0(&[0u8; 30], 1, 32).expect_err("size");
+    assert!(err.to_string().contains("30 bytes"), "{err}");
+}
+
+fn dense_product(w: &[f32], x: &[f32], rows: usize, cols: usize, t: usize) -> Vec<f32> {
+    let mut y = vec![0f32; t * rows];
+    for i in 0..t {
+        for r in 0..rows {
+            y[i * rows + r] = (0..cols).map(|k| w[r * cols + k] * x[i * cols + k]).sum();
+        }
+    }
+    y
+}
+
+/// Weights of both widths, 40 rows (a padded last group), 13 tokens (a partial tile).
+fn cases() -> Vec<(QuantRows, Vec<f32>)> {
+    let mut rng = StdRng::seed_from_u64(7);
+    let (rows, cols) = (40, 128);
+    let w = random(&mut rng, rows * cols);
+    let (q4, _) = ggml(&w, rows, cols, GgmlDType::Q4_1);
+    let four = QuantRows::from_q4_1(&q4.data().expect("data"), rows, cols).expect("q4_1");
+    let eight = QuantRows::from_f32(&w, rows, cols).expect("f32");
+    vec![(four, w.clone()), (eight, w)]
+}
+
+#[test]
+fn close_to_the_dense_product() {
+    let mut rng = StdRng::seed_from_u64(3);
+    for (rows, _) in cases() {
+        let deq = rows.dequantize();
+        let t = 13;
+        let x = random(&mut rng, t * rows.cols);
+        let got = PackedLinear::new(&rows).forward(&x, t);
+        let want = dense_product(&deq, &x, rows.rows, rows.cols, t);
+        let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(err < 0.02 * scale, "{}-bit: max error {err} against outputs up to {scale}", rows.bits);
+    }
+}
+
+#[test]
+fn a_row_is_bitwise_the_same_alone_or_batched() {
+    let mut rng = StdRng::seed_from_u64(5);
+    for (rows, _) in cases() {
+        let packed = PackedLinear::new(&rows);
+        let t = 13;
+        let x = random(&mut rng, t * rows.cols);
+        let all = packed.forward(&x, t);
+        for i in [0, 7, 8, 12] {
+            let alone = packed.forward(&x[i * rows.cols..(i + 1) * rows.cols], 1);
+            assert_eq!(alone, all[i * rows.rows..(i + 1) * rows.rows], "{}-bit, token {i}", rows.bits);
+        }
+    }
+}
+
+#[test]
+fn the_kernel_matches_its_reference_bitwise() {
+    if !fast_kernel_available() {
+        eprintln!("this CPU has no AVX-512 VNNI: only the reference runs");
+        return;
+    }
+    let mut rng = StdRng::seed_from_u64(9);
+    for (rows, _) in cases() {
+        let packed = PackedLinear::new(&rows);
+        for t in [1, 3, 8, 13, 40] {
+            let x = random(&mut rng, t * rows.cols);
+            let acts = QuantActs::new(&x, t, rows.cols);
+            let fast = packed.forward_quantized(&acts, true);
+            let slow = packed.forward_quantized(&acts, false);
+            assert_eq!(fast, slow, "{}-bit, {t} tokens", rows.bits);
+        }
+    }
+}
+
+#[test]
+fn stacking_widens_four_bit_levels_exactly() {
+    let cases = cases();
+    let (four, eight) = (cases[0].0.clone(), cases[1].0.clone());
+    let stacked = QuantRows::stack(vec![four.clone(), eight.clone()]).expect("stack");
+    assert_eq!(stacked.bits, 8);
+    assert_eq!(stacked.rows, four.rows + eight.rows);
+    let mut want = four.dequantize();
+    want.extend(eight.dequantize());
+    assert_eq!(stacked.dequantize(), want);
+}

@@ -1,0 +1,124 @@
+//! The AVX-512 VNNI kernel: sixteen weight rows (one vector of 32-bit lanes) against up to eight
+//! tokens, `vpdpbusd` multiplying four unsigned weight levels by four signed activation levels
+//! per lane per instruction.
+//!
+//! This is the crate's only `unsafe`: calling a `#[target_feature]` function after checking the
+//! CPU has the features, and unaligned vector loads whose bounds are asserted before the loops.
+#![allow(unsafe_code)]
+
+use super::{ActsView, GroupView, BLOCK, LANES, TOKEN_TILE};
+
+/// True when the CPU has what [`tile`] uses.
+pub(super) fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `out[n * LANES + lane]` = the dot product of token `n` with row `lane` of the group.
+///
+/// Panics when the slices are shorter than the shapes they claim, or when the CPU lacks the
+/// kernel's features (callers check [`available`] first).
+pub(super) fn tile(w: &GroupView<'_>, a: &ActsView<'_>, out: &mut [f32]) {
+    assert!(available(), "the VNNI kernel needs AVX-512 F, BW and VNNI");
+    let cols = w.blocks * BLOCK;
+    let bytes = if w.four_bit { LANES * BLOCK / 2 } else { LANES * BLOCK };
+    assert!(w.quants.len() >= w.blocks * bytes);
+    assert!(w.scale.len() >= w.blocks * LANES && w.min.len() >= w.blocks * LANES);
+    assert!(a.tokens <= TOKEN_TILE);
+    assert!(a.levels.len() >= a.tokens * cols);
+    assert!(a.scale.len() >= a.tokens * w.blocks && a.sum.len() >= a.tokens * w.blocks);
+    assert!(out.len() >= a.tokens * LANES);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the features were detected above, and every length the kernel reads is asserted.
+    unsafe {
+        match (a.tokens, w.four_bit) {
+            (1, true) => x86::tile::<1, true>(w, a, out),
+            (2, true) => x86::tile::<2, true>(w, a, out),
+            (3, true) => x86::tile::<3, true>(w, a, out),
+            (4, true) => x86::tile::<4, true>(w, a, out),
+            (5, true) => x86::tile::<5, true>(w, a, out),
+            (6, true) => x86::tile::<6, true>(w, a, out),
+            (7, true) => x86::tile::<7, true>(w, a, out),
+            (8, true) => x86::tile::<8, true>(w, a, out),
+            (1, false) => x86::tile::<1, false>(w, a, out),
+            (2, false) => x86::tile::<2, false>(w, a, out),
+            (3, false) => x86::tile::<3, false>(w, a, out),
+            (4, false) => x86::tile::<4, false>(w, a, out),
+            (5, false) => x86::tile::<5, false>(w, a, out),
+            (6, false) => x86::tile::<6, false>(w, a, out),
+            (7, false) => x86::tile::<7, false>(w, a, out),
+            (8, false) => x86::tile::<8, false>(w, a, out),
+            _ => {}
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::super::{ActsView, GroupView, BLOCK, LANES};
+
+    /// Four activation levels (inputs `k..k+4` of token `n`) broadcast to every lane.
+    #[inline(always)]
+    unsafe fn quad(levels: *const i8, at: usize) -> __m512i {
+        _mm512_set1_epi32(std::ptr::read_unaligned(levels.add(at) as *const i32))
+    }
+
+    /// `N` tokens against the group; 4-bit levels when `FOUR`.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F, BW and VNNI, and the views hold the lengths [`super::tile`] asserts.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn tile<const N: usize, const FOUR: bool>(w: &GroupView<'_>, a: &ActsView<'_>, out: &mut [f32]) {
+        let cols = w.blocks * BLOCK;
+        let bytes = if FOUR { LANES * BLOCK / 2 } else { LANES * BLOCK };
+        let nibble = _mm512_set1_epi8(0x0F);
+        let mut facc = [_mm512_setzero_ps(); N];
+        let q = w.quants.as_ptr();
+        let lv = a.levels.as_ptr();
+        for b in 0..w.blocks {
+            let mut iacc = [_mm512_setzero_si512(); N];
+            let base = q.add(b * bytes);
+            if FOUR {
+                for v in 0..4 {
+                    let packed = _mm512_loadu_si512(base.add(v * 64) as *const _);
+                    let lo = _mm512_and_si512(packed, nibble);
+                    let hi = _mm512_and_si512(_mm512_srli_epi16(packed, 4), nibble);
+                    for n in 0..N {
+                        let row = n * cols + b * BLOCK;
+                        iacc[n] = _mm512_dpbusd_epi32(iacc[n], lo, quad(lv, row + v * 4));
+                        iacc[n] = _mm512_dpbusd_epi32(iacc[n], hi, quad(lv, row + 16 + v * 4));
+                    }
+                }
+            } else {
+                for v in 0..8 {
+                    let levels = _mm512_loadu_si512(base.add(v * 64) as *const _);
+                    for n in 0..N {
+                        let row = n * cols + b * BLOCK;
+                        iacc[n] = _mm512_dpbusd_epi32(iacc[n], levels, quad(lv, row + v * 4));
+                    }
+                }
+            }
+            let scale = _mm512_loadu_ps(w.scale.as_ptr().add(b * LANES));
+            let min = _mm512_loadu_ps(w.min.as_ptr().add(b * LANES));
+            for n in 0..N {
+                let at = n * w.blocks + b;
+                let t1 = _mm512_mul_ps(min, _mm512_set1_ps(*a.sum.get_unchecked(at)));
+                let t2 = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(iacc[n]), t1);
+                facc[n] = _mm512_fmadd_ps(_mm512_set1_ps(*a.scale.get_unchecked(at)), t2, facc[n]);
+            }
+        }
+        for (n, acc) in facc.iter().enumerate() {
+            _mm512_storeu_ps(out.as_mut_ptr().add(n * LANES), *acc);
+        }
+    }
+}
