@@ -12,6 +12,7 @@ use std::path::Path;
 
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{bail, DType, Device, Module, Result, Tensor};
+use half::{f16, slice::HalfFloatSliceExt};
 
 use super::packed::{PackedLinear, QuantRows};
 
@@ -23,19 +24,29 @@ use super::packed::{PackedLinear, QuantRows};
 /// (slowest everywhere), Q8_0 reads 4x fewer bytes than f32 and wins for a single sequence, and
 /// f32 goes through gemm, which reuses each weight across the rows of a packed step and wins
 /// from a handful of sequences on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WeightFormat {
     /// As stored: GGUF quantization kept, safetensors as f32.
     Native,
     /// Quantized tensors re-quantized to Q8_0 at load (dense ones too, when rows allow).
     Q8_0,
     /// Everything dequantized to f32 (about 4 bytes per parameter: ~540 MB for SmolLM2-135M).
-    #[default]
     F32,
     /// genq's packed integer format: Q4_1 kept 4-bit and Q8_0 8-bit, exactly; anything else
     /// quantized to 8 bits per block of 32. Multiplied by the AVX-512 VNNI kernel (a portable
     /// reference on other CPUs, correct but slow).
     Packed,
+}
+
+impl WeightFormat {
+    /// The fastest format on this CPU for a batching worker: `Packed` with AVX-512 VNNI, else f32.
+    pub fn for_this_cpu() -> Self {
+        if super::packed::fast_kernel_available() {
+            WeightFormat::Packed
+        } else {
+            WeightFormat::F32
+        }
+    }
 }
 
 /// How rotary embeddings pair the dimensions of a head.
@@ -74,8 +85,9 @@ pub struct ModelConfig {
     pub rope: RopeStyle,
 }
 
-/// One sequence's keys and values for every layer, post-RoPE, laid out `[position, kv_head, dim]`.
-/// Owned by the sequence, so sequences join and leave the batch freely.
+/// One sequence's keys and values for every layer, post-RoPE, laid out `[position, kv_head, dim]`,
+/// in f16 (as llama.cpp keeps them: half the memory of f32). Owned by the sequence, so sequences
+/// join and leave the batch freely.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
     layers: Vec<LayerCache>,
@@ -84,8 +96,19 @@ pub struct KvCache {
 
 #[derive(Debug, Clone, Default)]
 struct LayerCache {
-    k: Vec<f32>,
-    v: Vec<f32>,
+    k: Vec<f16>,
+    v: Vec<f16>,
+}
+
+impl LayerCache {
+    /// Appends f32 rows, rounded to f16.
+    fn push(&mut self, k: &[f32], v: &[f32]) {
+        for (dst, src) in [(&mut self.k, k), (&mut self.v, v)] {
+            let at = dst.len();
+            dst.resize(at + src.len(), f16::ZERO);
+            dst[at..].convert_from_f32_slice(src);
+        }
+    }
 }
 
 impl KvCache {
@@ -894,13 +917,8 @@ fn attention(
     let mut start = 0;
     for s in seqs.iter_mut() {
         let n = s.tokens.len();
-        let cache = &mut s.cache.layers[layer];
-        cache
-            .k
-            .extend_from_slice(&k[start * kv_row..(start + n) * kv_row]);
-        cache
-            .v
-            .extend_from_slice(&v[start * kv_row..(start + n) * kv_row]);
+        let rows = start * kv_row..(start + n) * kv_row;
+        s.cache.layers[layer].push(&k[rows.clone()], &v[rows]);
         start += n;
     }
     // Each row: its sequence's cache and how many positions it sees.
@@ -954,14 +972,24 @@ fn attend_rows(cfg: &ModelConfig, rows: &[(&LayerCache, usize)], q: &[f32], out:
     let group = cfg.heads / cfg.kv_heads;
     let scale = 1.0 / (d as f32).sqrt();
     let mut scores: Vec<f32> = Vec::new();
+    // The current sequence's keys and values in f32, converted once for all its rows and heads.
+    let (mut keys, mut values): (Vec<f32>, Vec<f32>) = (Vec::new(), Vec::new());
+    let mut converted: Option<&LayerCache> = None;
     for (t, &(cache, len)) in rows.iter().enumerate() {
+        if !converted.is_some_and(|c| std::ptr::eq(c, cache)) {
+            for (dst, src) in [(&mut keys, &cache.k), (&mut values, &cache.v)] {
+                dst.resize(src.len(), 0.0);
+                src.convert_to_f32_slice(dst);
+            }
+            converted = Some(cache);
+        }
         for head in 0..cfg.heads {
             let g = head / group;
             let qh = &q[t * q_row + head * d..t * q_row + (head + 1) * d];
             scores.clear();
             let mut max = f32::NEG_INFINITY;
             for j in 0..len {
-                let kh = &cache.k[j * kv_row + g * d..j * kv_row + (g + 1) * d];
+                let kh = &keys[j * kv_row + g * d..j * kv_row + (g + 1) * d];
                 let s = dot(qh, kh) * scale;
                 max = max.max(s);
                 scores.push(s);
@@ -973,7 +1001,7 @@ fn attend_rows(cfg: &ModelConfig, rows: &[(&LayerCache, usize)], q: &[f32], out:
             }
             let o = &mut out[t * q_row + head * d..t * q_row + (head + 1) * d];
             for (j, &p) in scores.iter().enumerate() {
-                let vh = &cache.v[j * kv_row + g * d..j * kv_row + (g + 1) * d];
+                let vh = &values[j * kv_row + g * d..j * kv_row + (g + 1) * d];
                 for (oo, &vv) in o.iter_mut().zip(vh) {
                     *oo += p * vv;
                 }

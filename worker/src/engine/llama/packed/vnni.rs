@@ -75,10 +75,23 @@ mod x86 {
 
     /// `N` tokens against the group; 4-bit levels when `FOUR`.
     ///
+    /// Each token's block sum runs in `S` independent integer accumulators (summed exactly at the
+    /// block's end): with few tokens, one chain of dependent `vpdpbusd` would wait on latency.
+    ///
     /// # Safety
     /// The CPU has AVX-512 F, BW and VNNI, and the views hold the lengths [`super::tile`] asserts.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub(super) unsafe fn tile<const N: usize, const FOUR: bool>(w: &GroupView<'_>, a: &ActsView<'_>, out: &mut [f32]) {
+        match N {
+            1 => tile_split::<N, FOUR, 4>(w, a, out),
+            2 => tile_split::<N, FOUR, 4>(w, a, out),
+            3 | 4 => tile_split::<N, FOUR, 2>(w, a, out),
+            _ => tile_split::<N, FOUR, 1>(w, a, out),
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn tile_split<const N: usize, const FOUR: bool, const S: usize>(w: &GroupView<'_>, a: &ActsView<'_>, out: &mut [f32]) {
         let cols = w.blocks * BLOCK;
         let bytes = if FOUR { LANES * BLOCK / 2 } else { LANES * BLOCK };
         let nibble = _mm512_set1_epi8(0x0F);
@@ -86,7 +99,7 @@ mod x86 {
         let q = w.quants.as_ptr();
         let lv = a.levels.as_ptr();
         for b in 0..w.blocks {
-            let mut iacc = [_mm512_setzero_si512(); N];
+            let mut iacc = [[_mm512_setzero_si512(); S]; N];
             let base = q.add(b * bytes);
             if FOUR {
                 for v in 0..4 {
@@ -95,8 +108,9 @@ mod x86 {
                     let hi = _mm512_and_si512(_mm512_srli_epi16(packed, 4), nibble);
                     for n in 0..N {
                         let row = n * cols + b * BLOCK;
-                        iacc[n] = _mm512_dpbusd_epi32(iacc[n], lo, quad(lv, row + v * 4));
-                        iacc[n] = _mm512_dpbusd_epi32(iacc[n], hi, quad(lv, row + 16 + v * 4));
+                        let (s_lo, s_hi) = ((2 * v) % S, (2 * v + 1) % S);
+                        iacc[n][s_lo] = _mm512_dpbusd_epi32(iacc[n][s_lo], lo, quad(lv, row + v * 4));
+                        iacc[n][s_hi] = _mm512_dpbusd_epi32(iacc[n][s_hi], hi, quad(lv, row + 16 + v * 4));
                     }
                 }
             } else {
@@ -104,16 +118,20 @@ mod x86 {
                     let levels = _mm512_loadu_si512(base.add(v * 64) as *const _);
                     for n in 0..N {
                         let row = n * cols + b * BLOCK;
-                        iacc[n] = _mm512_dpbusd_epi32(iacc[n], levels, quad(lv, row + v * 4));
+                        iacc[n][v % S] = _mm512_dpbusd_epi32(iacc[n][v % S], levels, quad(lv, row + v * 4));
                     }
                 }
             }
             let scale = _mm512_loadu_ps(w.scale.as_ptr().add(b * LANES));
             let min = _mm512_loadu_ps(w.min.as_ptr().add(b * LANES));
             for n in 0..N {
+                let mut dot = iacc[n][0];
+                for s in 1..S {
+                    dot = _mm512_add_epi32(dot, iacc[n][s]);
+                }
                 let at = n * w.blocks + b;
                 let t1 = _mm512_mul_ps(min, _mm512_set1_ps(*a.sum.get_unchecked(at)));
-                let t2 = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(iacc[n]), t1);
+                let t2 = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(dot), t1);
                 facc[n] = _mm512_fmadd_ps(_mm512_set1_ps(*a.scale.get_unchecked(at)), t2, facc[n]);
             }
         }
