@@ -90,7 +90,7 @@ impl QuantRows {
     }
 
     fn check(rows: usize, cols: usize, data: &[u8], block_bytes: usize, what: &'static str) -> Result<(), PackError> {
-        if cols % BLOCK != 0 {
+        if !cols.is_multiple_of(BLOCK) {
             return Err(PackError::Width { cols });
         }
         let expected = rows * cols / BLOCK * block_bytes;
@@ -134,7 +134,7 @@ impl QuantRows {
     /// Quantizes dense `[rows, cols]` weights to 8 bits per block, from the block's minimum to its
     /// maximum in 255 steps.
     pub fn from_f32(values: &[f32], rows: usize, cols: usize) -> Result<Self, PackError> {
-        if cols % BLOCK != 0 {
+        if !cols.is_multiple_of(BLOCK) {
             return Err(PackError::Width { cols });
         }
         if values.len() != rows * cols {

@@ -90,6 +90,8 @@ mod x86 {
         }
     }
 
+    // Indexed loops over const-sized register arrays: they unroll, and the index is the lane.
+    #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     unsafe fn tile_split<const N: usize, const FOUR: bool, const S: usize>(w: &GroupView<'_>, a: &ActsView<'_>, out: &mut [f32]) {
         let cols = w.blocks * BLOCK;
