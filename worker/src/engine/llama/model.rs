@@ -581,7 +581,11 @@ impl ModelConfig {
     /// Refuses head layouts the attention cannot run: no heads, query heads not a multiple of
     /// the key/value heads, or an odd head dimension (RoPE rotates pairs).
     pub(super) fn check_heads(&self) -> Result<()> {
-        if self.heads == 0 || self.heads.checked_rem(self.kv_heads) != Some(0) || self.head_dim % 2 == 1 {
+        if self.heads == 0
+            || self.heads.checked_rem(self.kv_heads) != Some(0)
+            || self.heads / self.kv_heads > MAX_GROUP
+            || self.head_dim % 2 == 1
+        {
             bail!("unsupported head layout: {} heads, {} kv heads, head dim {}", self.heads, self.kv_heads, self.head_dim);
         }
         Ok(())
@@ -965,6 +969,9 @@ fn attention(
 }
 
 /// Attention of `rows` (queries `q`, `[rows, heads*dim]`) into `out`, same shape.
+/// Most query heads per key/value head (grouped-query attention) the attention loop takes.
+const MAX_GROUP: usize = 64;
+
 fn attend_rows(cfg: &ModelConfig, rows: &[(&LayerCache, usize)], q: &[f32], out: &mut [f32]) {
     let d = cfg.head_dim;
     let q_row = cfg.heads * d;
@@ -983,32 +990,43 @@ fn attend_rows(cfg: &ModelConfig, rows: &[(&LayerCache, usize)], q: &[f32], out:
             }
             converted = Some(cache);
         }
-        for head in 0..cfg.heads {
-            let g = head / group;
-            let qh = &q[t * q_row + head * d..t * q_row + (head + 1) * d];
+        // The query heads sharing a key/value head go together: each cached row is read once.
+        for g in 0..cfg.kv_heads {
+            let heads = g * group..(g + 1) * group;
             scores.clear();
-            let mut max = f32::NEG_INFINITY;
+            scores.resize(group * len, 0.0);
             for j in 0..len {
                 let kh = &keys[j * kv_row + g * d..j * kv_row + (g + 1) * d];
-                let s = dot(qh, kh) * scale;
-                max = max.max(s);
-                scores.push(s);
-            }
-            let mut sum = 0f32;
-            for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            let o = &mut out[t * q_row + head * d..t * q_row + (head + 1) * d];
-            for (j, &p) in scores.iter().enumerate() {
-                let vh = &values[j * kv_row + g * d..j * kv_row + (g + 1) * d];
-                for (oo, &vv) in o.iter_mut().zip(vh) {
-                    *oo += p * vv;
+                for (i, head) in heads.clone().enumerate() {
+                    let qh = &q[t * q_row + head * d..t * q_row + (head + 1) * d];
+                    scores[i * len + j] = dot(qh, kh) * scale;
                 }
             }
-            let inv = 1.0 / sum;
-            for oo in o.iter_mut() {
-                *oo *= inv;
+            let mut sums = [0f32; MAX_GROUP];
+            for (i, sc) in scores.chunks_exact_mut(len).enumerate() {
+                let max = sc.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+                let mut sum = 0f32;
+                for s in sc.iter_mut() {
+                    *s = (*s - max).exp();
+                    sum += *s;
+                }
+                sums[i] = sum;
+            }
+            let o = &mut out[t * q_row + heads.start * d..t * q_row + heads.end * d];
+            for j in 0..len {
+                let vh = &values[j * kv_row + g * d..j * kv_row + (g + 1) * d];
+                for (i, oh) in o.chunks_exact_mut(d).enumerate() {
+                    let p = scores[i * len + j];
+                    for (oo, &vv) in oh.iter_mut().zip(vh) {
+                        *oo += p * vv;
+                    }
+                }
+            }
+            for (oh, &sum) in o.chunks_exact_mut(d).zip(&sums) {
+                let inv = 1.0 / sum;
+                for oo in oh.iter_mut() {
+                    *oo *= inv;
+                }
             }
         }
     }

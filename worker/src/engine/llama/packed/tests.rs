@@ -124,3 +124,15 @@ fn stacking_widens_four_bit_levels_exactly() {
     want.extend(eight.dequantize());
     assert_eq!(stacked.dequantize(), want);
 }
+
+#[test]
+fn activations_round_to_nearest_even_within_the_block_scale() {
+    let mut x = vec![0f32; 32];
+    x[..8].copy_from_slice(&[127.0, 0.5, 1.5, -2.5, 126.6, -127.0, 3.49, -0.2]);
+    let acts = QuantActs::new(&x, 1, 32);
+    assert_eq!(acts.scale, vec![1.0]);
+    assert_eq!(acts.levels[..8], [127, 0, 2, -2, 127, -127, 3, 0]);
+    assert_eq!(acts.sum, vec![(127 + 2 - 2 + 127 - 127 + 3) as f32]);
+    let zeros = QuantActs::new(&[0f32; 32], 1, 32);
+    assert_eq!((zeros.scale[0], zeros.sum[0]), (0.0, 0.0));
+}

@@ -124,8 +124,8 @@ mod x86 {
                     }
                 }
             }
-            let scale = _mm512_loadu_ps(w.scale.as_ptr().add(b * LANES));
-            let min = _mm512_loadu_ps(w.min.as_ptr().add(b * LANES));
+            let scale = _mm512_cvtph_ps(_mm256_loadu_si256(w.scale.as_ptr().add(b * LANES) as *const __m256i));
+            let min = _mm512_cvtph_ps(_mm256_loadu_si256(w.min.as_ptr().add(b * LANES) as *const __m256i));
             for n in 0..N {
                 let mut dot = iacc[n][0];
                 for s in 1..S {
