@@ -243,6 +243,8 @@ impl QuantActs {
             let amax = lanes.iter().fold(0f32, |m, &v| m.max(v));
             let scale = amax / 127.0;
             let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+            // The scale is kept in f16, as llama.cpp's Q8_1 blocks keep it (levels use the exact one).
+            let scale = f16::from_f32(scale).to_f32();
             let mut levels = [0i8; BLOCK];
             for (q, &v) in levels.iter_mut().zip(block) {
                 let shifted = (v * inv).clamp(-127.0, 127.0) + ROUNDING_SHIFT;
