@@ -802,7 +802,10 @@ impl LlamaModel {
     /// when `all_logits`. On error every cache is left as it was.
     pub fn forward(&self, seqs: &mut [SeqInput<'_>]) -> Result<Tensor> {
         let row = self.cfg.kv_heads * self.cfg.head_dim;
-        let out = self.forward_inner(seqs);
+        // The whole step runs on one of rayon's threads: each parallel matmul inside it then
+        // splits its work from a pool thread, which helps instead of sleeping until the pool is
+        // done (121 of them per token, each a wake-up and a context switch when called from outside).
+        let out = rayon::scope(|_| self.forward_inner(seqs));
         match out {
             Ok(logits) => {
                 for s in seqs.iter_mut() {
