@@ -328,6 +328,9 @@ impl PackedLinear {
     pub fn forward_quantized(&self, acts: &QuantActs, fast: bool) -> Vec<f32> {
         let t = acts.rows;
         let groups = self.groups();
+        if t == 0 || groups == 0 {
+            return Vec::new();
+        }
         let fast = fast && fast_kernel_available();
         // [group, token, lane]: each chunk of groups is a contiguous run, written by one thread.
         let mut by_group = vec![0f32; groups * t * LANES];

@@ -134,5 +134,7 @@ fn activations_round_to_nearest_even_within_the_block_scale() {
     assert_eq!(acts.levels[..8], [127, 0, 2, -2, 127, -127, 3, 0]);
     assert_eq!(acts.sum, vec![(127 + 2 - 2 + 127 - 127 + 3) as f32]);
     let zeros = QuantActs::new(&[0f32; 32], 1, 32);
+    let packed = PackedLinear::new(&cases()[0].0);
+    assert!(packed.forward(&[], 0).is_empty(), "no tokens, no outputs");
     assert_eq!((zeros.scale[0], zeros.sum[0]), (0.0, 0.0));
 }
