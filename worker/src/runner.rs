@@ -69,18 +69,10 @@ pub fn build_engine(worker: &WorkerSettings) -> Result<Box<dyn Engine>, RunnerEr
     }
 }
 
-/// Largest `worker.max_batch_size` for which `auto` picks Q8_0 on a CPU without AVX-512 VNNI: its
-/// SIMD mat-vec is fastest for one or two sequences, f32 matrix products win from about eight on.
-pub const AUTO_Q8_MAX_BATCH: usize = 2;
-
-/// Parses the `worker.weights` setting. `auto` is `packed` on a CPU with AVX-512 VNNI (fastest at
-/// every batch size, README, Benchmarks); elsewhere it depends on the batch cap, never on the
-/// step, so a sequence's numbers still do not depend on what else runs with it.
+/// Parses the `worker.weights` setting; `auto` is [`WeightFormat::for_this_cpu`] for the batch cap.
 pub fn parse_weights(name: &str, max_batch_size: usize) -> Result<WeightFormat, RunnerError> {
     match name {
-        "auto" if crate::engine::llama::packed::fast_kernel_available() => Ok(WeightFormat::Packed),
-        "auto" if max_batch_size <= AUTO_Q8_MAX_BATCH => Ok(WeightFormat::Q8_0),
-        "auto" => Ok(WeightFormat::F32),
+        "auto" => Ok(WeightFormat::for_this_cpu(max_batch_size)),
         "native" => Ok(WeightFormat::Native),
         "q8_0" => Ok(WeightFormat::Q8_0),
         "f32" => Ok(WeightFormat::F32),

@@ -38,11 +38,20 @@ pub enum WeightFormat {
     Packed,
 }
 
+/// Largest batch cap for which [`WeightFormat::for_this_cpu`] picks Q8_0 on a CPU without
+/// AVX-512 VNNI: its SIMD mat-vec is fastest for one or two sequences, f32 matrix products win
+/// from about eight on.
+pub const AUTO_Q8_MAX_BATCH: usize = 2;
+
 impl WeightFormat {
-    /// The fastest format on this CPU for a batching worker: `Packed` with AVX-512 VNNI, else f32.
-    pub fn for_this_cpu() -> Self {
+    /// The fastest format on this CPU for a worker running at most `max_batch_size` sequences (the
+    /// `auto` setting): `Packed` with AVX-512 VNNI, else Q8_0 or f32 by the cap. It depends on the
+    /// cap, never on the step, so a sequence's numbers do not depend on what else runs with it.
+    pub fn for_this_cpu(max_batch_size: usize) -> Self {
         if super::packed::fast_kernel_available() {
             WeightFormat::Packed
+        } else if max_batch_size <= AUTO_Q8_MAX_BATCH {
+            WeightFormat::Q8_0
         } else {
             WeightFormat::F32
         }
@@ -971,10 +980,10 @@ fn attention(
     out
 }
 
-/// Attention of `rows` (queries `q`, `[rows, heads*dim]`) into `out`, same shape.
 /// Most query heads per key/value head (grouped-query attention) the attention loop takes.
 const MAX_GROUP: usize = 64;
 
+/// Attention of `rows` (queries `q`, `[rows, heads*dim]`) into `out`, same shape.
 fn attend_rows(cfg: &ModelConfig, rows: &[(&LayerCache, usize)], q: &[f32], out: &mut [f32]) {
     let d = cfg.head_dim;
     let q_row = cfg.heads * d;

@@ -304,11 +304,6 @@ impl PackedLinear {
         self.cols
     }
 
-    /// Bytes held.
-    pub fn bytes(&self) -> usize {
-        self.quants.len() + 2 * (self.scale.len() + self.min.len())
-    }
-
     fn groups(&self) -> usize {
         self.rows.div_ceil(LANES)
     }

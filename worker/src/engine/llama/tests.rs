@@ -92,7 +92,7 @@ fn missing_model_names_the_path_and_the_fetch_script() {
         model_path: "/nonexistent/model.gguf".into(),
         model_name: "m".into(),
         device: "cpu".into(),
-        weights: WeightFormat::for_this_cpu(),
+        weights: WeightFormat::for_this_cpu(64),
     };
     let err = LlamaEngine::load(&settings).err().expect("missing file");
     let msg = err.to_string();
@@ -104,7 +104,7 @@ fn missing_model_names_the_path_and_the_fetch_script() {
 
 #[test]
 fn greedy_capital_of_france_is_paris() {
-    let Some(mut e) = smollm2(WeightFormat::for_this_cpu()) else {
+    let Some(mut e) = smollm2(WeightFormat::for_this_cpu(64)) else {
         return;
     };
     assert_eq!(e.info().context_length, 8192);
@@ -136,7 +136,7 @@ fn greedy_capital_of_france_is_paris() {
 
 #[test]
 fn chat_job_is_answered_and_ends_at_end_of_turn() {
-    let Some(mut e) = smollm2(WeightFormat::for_this_cpu()) else {
+    let Some(mut e) = smollm2(WeightFormat::for_this_cpu(64)) else {
         return;
     };
     e.admit(
@@ -158,7 +158,7 @@ fn chat_job_is_answered_and_ends_at_end_of_turn() {
 
 #[test]
 fn min_new_tokens_holds_off_end_of_turn() {
-    let Some(mut e) = smollm2(WeightFormat::for_this_cpu()) else {
+    let Some(mut e) = smollm2(WeightFormat::for_this_cpu(64)) else {
         return;
     };
     e.admit(
@@ -184,7 +184,7 @@ const OTHER_PROMPTS: [&str; 7] = [
 
 #[test]
 fn seeded_and_greedy_text_is_the_same_alone_and_in_a_batch() {
-    let Some(mut e) = smollm2(WeightFormat::for_this_cpu()) else {
+    let Some(mut e) = smollm2(WeightFormat::for_this_cpu(64)) else {
         return;
     };
     let seeded = job(
@@ -224,7 +224,7 @@ fn seeded_and_greedy_text_is_the_same_alone_and_in_a_batch() {
 
 #[test]
 fn different_seeds_give_different_text() {
-    let Some(mut e) = smollm2(WeightFormat::for_this_cpu()) else {
+    let Some(mut e) = smollm2(WeightFormat::for_this_cpu(64)) else {
         return;
     };
     let j = job(
@@ -240,7 +240,7 @@ fn different_seeds_give_different_text() {
 
 #[test]
 fn score_gives_one_logprob_per_predicted_token() {
-    let Some(mut e) = smollm2(WeightFormat::for_this_cpu()) else {
+    let Some(mut e) = smollm2(WeightFormat::for_this_cpu(64)) else {
         return;
     };
     let j =
@@ -299,7 +299,7 @@ fn score_gives_one_logprob_per_predicted_token() {
 
 #[test]
 fn long_prompt_chunked_prefill_gives_the_same_greedy_text() {
-    let Some(mut e) = smollm2(WeightFormat::for_this_cpu()) else {
+    let Some(mut e) = smollm2(WeightFormat::for_this_cpu(64)) else {
         return;
     };
     let prompt = "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg \
@@ -337,7 +337,7 @@ fn long_prompt_chunked_prefill_gives_the_same_greedy_text() {
 
 #[test]
 fn prompt_plus_max_new_tokens_over_the_context_is_refused() {
-    let Some(mut e) = smollm2(WeightFormat::for_this_cpu()) else {
+    let Some(mut e) = smollm2(WeightFormat::for_this_cpu(64)) else {
         return;
     };
     let err = e
