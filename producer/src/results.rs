@@ -1,6 +1,7 @@
 //! Reading results from Redis: `get` one hash, or `wait` for a final status by blocking on the
 //! job's done list (BLMOVE from the list to itself, so the element stays for other waiters).
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use genq_worker::redis_conn::RedisConn;
@@ -234,9 +235,10 @@ impl ResultClient {
 
     /// Waits for every job, handing each result to `on_result` in the order of `ids`. Reads
     /// results in pipelined windows (one round trip for up to [`READ_WINDOW`] jobs) and blocks
-    /// only on the first unfinished one; after a block it reads a small window again and grows it
-    /// while whole windows come back final, so a fast fleet is read in large pipelines and a slow
-    /// one is not re-read hundreds of jobs at a time.
+    /// only on the first unfinished one. A final result read ahead of an unfinished one is kept,
+    /// not read again; only the jobs still unfinished are re-read. After a block the window
+    /// shrinks to [`MIN_READ_WINDOW`] and doubles while whole windows come back final, so a fast
+    /// fleet is read in large pipelines and a slow one is not re-read hundreds of jobs at a time.
     pub async fn wait_many(
         &self,
         ids: &[String],
@@ -247,22 +249,29 @@ impl ResultClient {
         let mut blocking = self.blocking_connection().await?;
         let mut next = 0;
         let mut window = READ_WINDOW;
+        // Results of ids[next..], as far as read: `Some` once final, `None` while not (or unread).
+        let mut ahead: VecDeque<Option<JobResult>> = VecDeque::new();
         while next < ids.len() {
-            let end = (next + window).min(ids.len());
-            let found = self.get_many(&ids[next..end]).await?;
-            let mut ready = 0;
-            for r in found {
-                match r {
-                    Some(r) if r.status.is_some_and(JobStatus::is_final) => on_result(Ok(r)),
-                    _ => break,
-                }
-                ready += 1;
+            let limit = window.min(ids.len() - next);
+            if ahead.len() < limit {
+                ahead.resize(limit, None);
             }
-            next += ready;
-            if next == end {
+            let want: Vec<usize> = (0..limit).filter(|&i| ahead[i].is_none()).collect();
+            let want_ids: Vec<String> = want.iter().map(|&i| ids[next + i].clone()).collect();
+            for (i, r) in want.into_iter().zip(self.get_many(&want_ids).await?) {
+                ahead[i] = r.filter(|r| r.status.is_some_and(JobStatus::is_final));
+            }
+            while let Some(Some(_)) = ahead.front() {
+                if let Some(Some(r)) = ahead.pop_front() {
+                    on_result(Ok(r));
+                }
+                next += 1;
+            }
+            if ahead.is_empty() {
                 window = (window * 2).min(READ_WINDOW);
                 continue;
             }
+            ahead.pop_front();
             on_result(self.wait_on(&mut blocking, &ids[next], deadline).await);
             next += 1;
             window = MIN_READ_WINDOW;

@@ -1,0 +1,63 @@
+//! `ResultClient::wait_many` against the real Redis, with the results written by the worker's own
+//! Redis sink in a scrambled order: every result comes back once, in the order of the ids, while
+//! later jobs finish before earlier ones; a job that never finishes ends as a timeout, not a hang.
+
+use std::time::{Duration, Instant};
+
+use genq_shared::{JobResult, JobStatus};
+use genq_tests::Sandbox;
+use genq_worker::sink::redis::{RedisSink, RedisSinkSettings};
+use genq_worker::sink::{FinalResult, ResultSink};
+
+const JOBS: usize = 600;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_many_hands_back_out_of_order_results_in_id_order() {
+    let sb = Sandbox::new("reader");
+    let ids: Vec<String> = (0..JOBS).map(|i| format!("r-{i}")).collect();
+    let never = ids[JOBS - 1].clone();
+    let client = sb.results().await;
+    let pairs: Vec<(String, String)> = ids.iter().map(|id| (id.clone(), sb.model.clone())).collect();
+    client.mark_queued(&pairs).await.expect("queued marks");
+
+    // Finish the jobs in rounds of 40, each round a scattered set (stride 7 through the ids), so
+    // the reader keeps meeting final results behind unfinished ones.
+    let sink = RedisSink::connect(&RedisSinkSettings { url: sb.redis.clone(), key_prefix: sb.prefix.clone(), ttl_secs: 600 })
+        .await
+        .expect("sink");
+    let order: Vec<usize> = (0..JOBS - 1).map(|k| (k * 7) % (JOBS - 1)).collect();
+    let writer = {
+        let ids = ids.clone();
+        tokio::spawn(async move {
+            for round in order.chunks(40) {
+                let results: Vec<FinalResult> = round
+                    .iter()
+                    .map(|&i| FinalResult {
+                        result: JobResult { id: ids[i].clone(), status: Some(JobStatus::Done), text: Some(format!("text {i}")), ..Default::default() },
+                        batch: None,
+                        stream: false,
+                    })
+                    .collect();
+                sink.finish(&results).await.expect("finish");
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+        })
+    };
+
+    let started = Instant::now();
+    let mut got: Vec<Result<JobResult, String>> = Vec::new();
+    client.wait_many(&ids, Some(Duration::from_secs(8)), |r| got.push(r.map_err(|e| e.to_string()))).await.expect("wait_many");
+    writer.await.expect("writer");
+    assert!(started.elapsed() < Duration::from_secs(30), "the unfinished job must time out, not hang");
+
+    assert_eq!(got.len(), JOBS, "one answer per id");
+    for (i, r) in got.iter().enumerate().take(JOBS - 1) {
+        let r = r.as_ref().unwrap_or_else(|e| panic!("job {i}: {e}"));
+        assert_eq!(r.id, ids[i], "answers come in the order of the ids");
+        assert_eq!(r.status, Some(JobStatus::Done));
+        assert_eq!(r.text.as_deref(), Some(format!("text {i}").as_str()));
+    }
+    let last = got[JOBS - 1].as_ref().expect_err("the job nobody finishes times out");
+    assert!(last.contains(&never) && last.contains("queued"), "the timeout names the job and its status: {last}");
+    client.forget_many(&ids).await.expect("cleanup");
+}
