@@ -37,6 +37,24 @@ fn redis_err(e: redis::RedisError) -> ResultError {
     ResultError::Redis(e.to_string())
 }
 
+/// The result in an HGETALL answer (RESP2 flat array or RESP3 map); `None` for an empty hash.
+fn result_of_hash(id: &str, hash: &redis::Value) -> Option<JobResult> {
+    use redis::Value;
+    fn text(v: &Value) -> Option<&str> {
+        match v {
+            Value::BulkString(b) => std::str::from_utf8(b).ok(),
+            Value::SimpleString(s) => Some(s),
+            _ => None,
+        }
+    }
+    let pairs: Vec<(&str, &str)> = match hash {
+        Value::Array(items) => items.chunks_exact(2).filter_map(|kv| Some((text(&kv[0])?, text(&kv[1])?))).collect(),
+        Value::Map(items) => items.iter().filter_map(|(k, v)| Some((text(k)?, text(v)?))).collect(),
+        _ => Vec::new(),
+    };
+    (!pairs.is_empty()).then(|| JobResult::from_pairs(id, pairs))
+}
+
 /// Reads results. Cheap to clone.
 #[derive(Clone)]
 pub struct ResultClient {
@@ -172,13 +190,7 @@ impl ResultClient {
             })
             .collect();
         let values = self.conn.query_all(&cmds).await.map_err(redis_err)?;
-        let maps: Vec<std::collections::HashMap<String, String>> =
-            values.iter().map(|v| redis::from_redis_value_ref(v).unwrap_or_default()).collect();
-        Ok(ids
-            .iter()
-            .zip(maps)
-            .map(|(id, m)| if m.is_empty() { None } else { Some(JobResult::from_fields(id, &m)) })
-            .collect())
+        Ok(ids.iter().zip(&values).map(|(id, v)| result_of_hash(id, v)).collect())
     }
 
     /// A second connection without a response timeout, for blocking reads.

@@ -19,8 +19,61 @@ use super::{AdmitError, Admitted, Engine, EngineError, EngineInfo, Score, SeqDon
 /// Context length the echo engine pretends to have.
 pub const ECHO_CONTEXT_LENGTH: usize = 8192;
 
+/// A prompt's words: the text once, and where each word lies in it (one allocation each rather
+/// than one per word, so the echo engine costs next to nothing per job).
+struct Words {
+    text: String,
+    spans: Vec<std::ops::Range<usize>>,
+}
+
+impl Words {
+    fn of(input: &PromptInput) -> Self {
+        let mut words = Words { text: String::new(), spans: Vec::new() };
+        match input {
+            PromptInput::Text(t) => words.extend(t),
+            PromptInput::Chat(msgs) => msgs.iter().for_each(|m| words.extend(&m.content)),
+        }
+        if words.spans.is_empty() {
+            words.spans.push(0..0);
+        }
+        words
+    }
+
+    fn extend(&mut self, part: &str) {
+        let base = self.text.len();
+        self.text.push_str(part);
+        self.text.push(' ');
+        let mut start = None;
+        for (i, c) in part.char_indices() {
+            match (c.is_whitespace(), start) {
+                (true, Some(s)) => {
+                    self.spans.push(base + s..base + i);
+                    start = None;
+                }
+                (false, None) => start = Some(i),
+                _ => {}
+            }
+        }
+        if let Some(s) = start {
+            self.spans.push(base + s..base + part.len());
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    fn get(&self, i: usize) -> &str {
+        &self.text[self.spans[i].clone()]
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &str> {
+        self.spans.iter().map(|r| &self.text[r.clone()])
+    }
+}
+
 struct EchoSeq {
-    words: Vec<String>,
+    words: Words,
     kind: JobKind,
     generated: usize,
     max_new: usize,
@@ -53,23 +106,13 @@ impl EchoEngine {
     }
 }
 
-fn prompt_words(input: &PromptInput) -> Vec<String> {
-    match input {
-        PromptInput::Text(t) => t.split_whitespace().map(str::to_string).collect(),
-        PromptInput::Chat(msgs) => msgs.iter().flat_map(|m| m.content.split_whitespace().map(str::to_string)).collect(),
-    }
-}
-
 impl Engine for EchoEngine {
     fn info(&self) -> &EngineInfo {
         &self.info
     }
 
     fn admit(&mut self, id: SeqId, job: &ValidJob, _seed: u64) -> Result<Admitted, AdmitError> {
-        let mut words = prompt_words(&job.input);
-        if words.is_empty() {
-            words.push(String::new());
-        }
+        let words = Words::of(&job.input);
         if words.len() + job.max_new_tokens as usize > self.info.context_length {
             return Err(AdmitError {
                 field: "max_new_tokens",
@@ -116,8 +159,8 @@ impl Engine for EchoEngine {
                 finished.push(id);
                 continue;
             }
-            let word = &seq.words[seq.generated % seq.words.len()];
-            let piece = if seq.generated == 0 { word.clone() } else { format!(" {word}") };
+            let word = seq.words.get(seq.generated % seq.words.len());
+            let piece = if seq.generated == 0 { word.to_string() } else { format!(" {word}") };
             seq.generated += 1;
             let check = seq.stops.push(&piece, seq.generated >= seq.min_new);
             let mut text = check.emit;
