@@ -307,3 +307,30 @@ impl ResultClient {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redis::Value;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn an_hgetall_answer_reads_the_same_in_resp2_and_resp3() {
+        let pairs = [("status", "done"), ("text", "hi there"), ("completion_tokens", "2"), ("finished_ms", "9"), ("unknown_field", "x")];
+        let resp2 = Value::Array(pairs.iter().flat_map(|(k, v)| [bulk(k), bulk(v)]).collect());
+        let resp3 = Value::Map(pairs.iter().map(|(k, v)| (bulk(k), bulk(v))).collect());
+        for answer in [resp2, resp3] {
+            let r = result_of_hash("j", &answer).expect("a result");
+            assert_eq!(r.id, "j");
+            assert_eq!(r.status, Some(JobStatus::Done));
+            assert_eq!(r.text.as_deref(), Some("hi there"));
+            assert_eq!(r.completion_tokens, Some(2));
+            assert_eq!(r.finished_ms, Some(9));
+        }
+        assert!(result_of_hash("j", &Value::Array(vec![])).is_none(), "an empty hash is no result");
+        assert!(result_of_hash("j", &Value::Nil).is_none());
+    }
+}

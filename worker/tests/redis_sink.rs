@@ -1,6 +1,7 @@
 //! The Redis result sink against the real Redis: `begin_many` and `finish` over more jobs than
-//! one script call takes, mixing fresh, duplicate, cancelled and suspect jobs, so every answer
-//! must come back to its own job and every write land on its own keys.
+//! one script call takes, mixing fresh, duplicate, cancelled and suspect jobs, with every job's
+//! arguments different (kind, model, times, how many result fields), so every answer must come
+//! back to its own job and every write land on its own keys with its own values.
 
 use std::collections::HashMap;
 
@@ -17,78 +18,66 @@ fn redis_url() -> String {
 /// More than two script calls' worth of jobs.
 const JOBS: usize = 300;
 
-fn start(id: &str, created_ms: Option<u64>) -> JobStart {
+/// Job `i`'s start: its own kind, model and start time; every third has no `created_ms`.
+fn start(i: usize, id: &str) -> JobStart {
     JobStart {
         id: id.to_string(),
-        kind: "generate".into(),
-        model: "m".into(),
+        kind: if i % 2 == 0 { "generate" } else { "score" }.into(),
+        model: format!("model-{i}"),
         worker: "w-test".into(),
-        created_ms,
-        started_ms: 1_000 + id.len() as u64,
+        created_ms: (i % 3 != 0).then_some(70_000 + i as u64),
+        started_ms: 1_000 + i as u64,
     }
 }
 
-fn final_result(id: &str, text: &str, stream: bool) -> FinalResult {
-    FinalResult {
-        result: JobResult {
-            id: id.to_string(),
-            status: Some(JobStatus::Done),
-            text: Some(text.to_string()),
-            finished_ms: Some(9_000),
-            ..Default::default()
-        },
-        batch: None,
-        stream,
+/// Job `i`'s result, with a number of fields that depends on `i`: every fourth failed (error and
+/// error kind), every fourth plus one has token counts, the rest only text and finish time.
+fn final_result(i: usize, id: &str) -> FinalResult {
+    let mut result = JobResult { id: id.to_string(), status: Some(JobStatus::Done), text: Some(format!("text of {id}")), finished_ms: Some(9_000 + i as u64), ..Default::default() };
+    match i % 4 {
+        0 => {
+            result.status = Some(JobStatus::Failed);
+            result.error = Some(format!("error of {id}"));
+            result.error_kind = Some("engine".into());
+        }
+        1 => {
+            result.completion_tokens = Some(i as u64);
+            result.first_token_ms = Some(8_000 + i as u64);
+        }
+        _ => {}
     }
+    FinalResult { result, batch: None, stream: i % 5 == 0 }
+}
+
+fn field<'a>(h: &'a HashMap<String, String>, k: &str) -> Option<&'a str> {
+    h.get(k).map(String::as_str)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn begin_and_finish_answer_each_job_of_a_large_batch_in_order() {
     let prefix = format!("sinktest-{}-{}", std::process::id(), genq_shared::now_ms());
     let keys = KeySchema::new(prefix.clone());
-    let sink = RedisSink::connect(&RedisSinkSettings {
-        url: redis_url(),
-        key_prefix: prefix.clone(),
-        ttl_secs: 600,
-    })
-    .await
-    .expect("connect to Redis");
+    let sink = RedisSink::connect(&RedisSinkSettings { url: redis_url(), key_prefix: prefix.clone(), ttl_secs: 600 }).await.expect("connect to Redis");
     let client = redis::Client::open(redis_url()).expect("redis url");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis connection");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("redis connection");
 
     let ids: Vec<String> = (0..JOBS).map(|i| format!("job-{i}")).collect();
     // Every 7th job is already done, every 11th has a cancel request, every 13th was started by
     // another worker that ran it alone twice, every 17th already has its created_ms.
+    let preset_created = |i: usize| i % 17 == 0 && i % 7 != 0 && i % 11 != 0 && i % 13 != 0;
     for (i, id) in ids.iter().enumerate() {
         if i % 7 == 0 {
-            let _: () = conn
-                .hset_multiple(keys.job(id), &[("status", "done"), ("text", "earlier")])
-                .await
-                .unwrap();
+            let _: () = conn.hset_multiple(keys.job(id), &[("status", "done"), ("text", "earlier")]).await.unwrap();
         } else if i % 11 == 0 {
             let _: () = conn.set(keys.cancel(id), "1").await.unwrap();
         } else if i % 13 == 0 {
-            let _: () = conn
-                .hset_multiple(
-                    keys.job(id),
-                    &[
-                        ("status", "running"),
-                        ("worker", "w-dead"),
-                        ("solo_runs", "2"),
-                        ("attempts", "1"),
-                    ],
-                )
-                .await
-                .unwrap();
-        } else if i % 17 == 0 {
+            let _: () = conn.hset_multiple(keys.job(id), &[("status", "running"), ("worker", "w-dead"), ("solo_runs", "2"), ("attempts", "1")]).await.unwrap();
+        } else if preset_created(i) {
             let _: () = conn.hset(keys.job(id), "created_ms", "5").await.unwrap();
         }
     }
 
-    let starts: Vec<JobStart> = ids.iter().map(|id| start(id, Some(77))).collect();
+    let starts: Vec<JobStart> = ids.iter().enumerate().map(|(i, id)| start(i, id)).collect();
     let begins = sink.begin_many(&starts).await.expect("begin_many");
     assert_eq!(begins.len(), JOBS);
     for (i, (id, b)) in ids.iter().zip(&begins).enumerate() {
@@ -97,94 +86,59 @@ async fn begin_and_finish_answer_each_job_of_a_large_batch_in_order() {
         } else if i % 11 == 0 {
             Begin::Cancelled
         } else if i % 13 == 0 {
-            Begin::Fresh {
-                suspect: true,
-                solo_runs: 2,
-            }
+            Begin::Fresh { suspect: true, solo_runs: 2 }
         } else {
-            Begin::Fresh {
-                suspect: false,
-                solo_runs: 0,
-            }
+            Begin::Fresh { suspect: false, solo_runs: 0 }
         };
-        assert_eq!(*b, expected, "begin of {id} (#{i})");
+        assert_eq!(*b, expected, "begin of {id}");
         let h: HashMap<String, String> = conn.hgetall(keys.job(id)).await.unwrap();
-        if matches!(expected, Begin::Fresh { .. }) {
-            assert_eq!(
-                h.get("status").map(String::as_str),
-                Some("running"),
-                "{id}: {h:?}"
-            );
-            assert_eq!(
-                h.get("worker").map(String::as_str),
-                Some("w-test"),
-                "{id}: {h:?}"
-            );
-            assert_eq!(
-                h.get("started_ms"),
-                Some(&(1_000 + id.len() as u64).to_string()),
-                "{id}: {h:?}"
-            );
-            let attempts = if i % 13 == 0 { "2" } else { "1" };
-            assert_eq!(
-                h.get("attempts").map(String::as_str),
-                Some(attempts),
-                "{id}: {h:?}"
-            );
-            let created = if i % 17 == 0 && i % 13 != 0 {
-                "5"
-            } else {
-                "77"
-            };
-            assert_eq!(
-                h.get("created_ms").map(String::as_str),
-                Some(created),
-                "created_ms is kept when present: {id}: {h:?}"
-            );
-            let ttl: i64 = conn.ttl(keys.job(id)).await.unwrap();
-            assert!(ttl > 0 && ttl <= 600, "{id} has the TTL, got {ttl}");
-        } else if i % 7 == 0 {
-            assert_eq!(
-                h.get("status").map(String::as_str),
-                Some("done"),
-                "a final job is left alone: {h:?}"
-            );
+        match expected {
+            Begin::Fresh { .. } => {
+                let s = &starts[i];
+                assert_eq!(field(&h, "status"), Some("running"), "{id}: {h:?}");
+                assert_eq!(field(&h, "worker"), Some("w-test"), "{id}: {h:?}");
+                assert_eq!(field(&h, "kind"), Some(s.kind.as_str()), "{id}: {h:?}");
+                assert_eq!(field(&h, "model"), Some(s.model.as_str()), "{id}: {h:?}");
+                assert_eq!(field(&h, "started_ms"), Some(s.started_ms.to_string().as_str()), "{id}: {h:?}");
+                assert_eq!(field(&h, "attempts"), Some(if i % 13 == 0 { "2" } else { "1" }), "{id}: {h:?}");
+                let created = if preset_created(i) { Some("5".to_string()) } else { s.created_ms.map(|c| c.to_string()) };
+                assert_eq!(h.get("created_ms"), created.as_ref(), "created_ms is kept when present, absent when unknown: {id}: {h:?}");
+                let ttl: i64 = conn.ttl(keys.job(id)).await.unwrap();
+                assert!(ttl > 0 && ttl <= 600, "{id} has the TTL, got {ttl}");
+            }
+            Begin::Duplicate => assert_eq!(field(&h, "status"), Some("done"), "a final job is left alone: {h:?}"),
+            Begin::Cancelled => assert!(h.is_empty(), "a cancelled job is not marked running: {h:?}"),
         }
     }
 
-    // Every 5th job streams; the already-done ones answer as duplicates and keep their text.
-    let results: Vec<FinalResult> = ids
-        .iter()
-        .enumerate()
-        .map(|(i, id)| final_result(id, &format!("text of {id}"), i % 5 == 0))
-        .collect();
+    // The already-done jobs answer as duplicates and keep their text; the others get their own
+    // fields, done-list element and (when streaming) end marker.
+    let results: Vec<FinalResult> = ids.iter().enumerate().map(|(i, id)| final_result(i, id)).collect();
     let written = sink.finish(&results).await.expect("finish");
     assert_eq!(written.len(), JOBS);
     for (i, (id, w)) in ids.iter().zip(&written).enumerate() {
-        assert_eq!(*w, i % 7 != 0, "finish of {id} (#{i})");
+        let duplicate = i % 7 == 0;
+        assert_eq!(*w, !duplicate, "finish of {id}");
         let h: HashMap<String, String> = conn.hgetall(keys.job(id)).await.unwrap();
-        let text = if i % 7 == 0 {
-            "earlier".to_string()
-        } else {
-            format!("text of {id}")
-        };
-        assert_eq!(h.get("text"), Some(&text), "{id}: {h:?}");
         let done: Vec<String> = conn.lrange(keys.done(id), 0, -1).await.unwrap();
-        assert_eq!(
-            done,
-            if i % 7 == 0 {
-                vec![]
-            } else {
-                vec!["done".to_string()]
-            },
-            "done list of {id}"
-        );
         let stream_len: usize = conn.xlen(keys.stream(id)).await.unwrap();
-        assert_eq!(
-            stream_len,
-            usize::from(i % 5 == 0 && i % 7 != 0),
-            "end marker of {id}'s stream"
-        );
+        if duplicate {
+            assert_eq!(field(&h, "text"), Some("earlier"), "{id}: {h:?}");
+            assert!(done.is_empty() && stream_len == 0, "{id}: a duplicate writes nothing");
+            continue;
+        }
+        let r = &results[i].result;
+        let status = r.status.map(|s| s.as_str()).unwrap_or_default();
+        assert_eq!(field(&h, "status"), Some(status), "{id}: {h:?}");
+        assert_eq!(h.get("text"), r.text.as_ref(), "{id}: {h:?}");
+        assert_eq!(field(&h, "finished_ms"), Some(r.finished_ms.unwrap_or_default().to_string().as_str()), "{id}: {h:?}");
+        assert_eq!(h.get("error"), r.error.as_ref(), "{id}: {h:?}");
+        assert_eq!(h.get("completion_tokens"), r.completion_tokens.map(|v| v.to_string()).as_ref(), "{id}: {h:?}");
+        assert_eq!(h.get("first_token_ms"), r.first_token_ms.map(|v| v.to_string()).as_ref(), "{id}: {h:?}");
+        assert_eq!(done, vec![status.to_string()], "done list of {id}");
+        assert_eq!(stream_len, usize::from(i % 5 == 0), "end marker of {id}'s stream");
+        let ttl: i64 = conn.ttl(keys.done(id)).await.unwrap();
+        assert!(ttl > 0 && ttl <= 600, "{id}'s done list has the TTL, got {ttl}");
     }
 
     // A second finish of the same jobs writes nothing.
@@ -193,12 +147,7 @@ async fn begin_and_finish_answer_each_job_of_a_large_batch_in_order() {
 
     let mut doomed: Vec<String> = Vec::new();
     for id in &ids {
-        doomed.extend([
-            keys.job(id),
-            keys.done(id),
-            keys.stream(id),
-            keys.cancel(id),
-        ]);
+        doomed.extend([keys.job(id), keys.done(id), keys.stream(id), keys.cancel(id)]);
     }
     let _: () = conn.unlink(doomed).await.unwrap();
 }
