@@ -2,6 +2,7 @@
 //! job's done list (BLMOVE from the list to itself, so the element stays for other waiters).
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use genq_worker::redis_conn::RedisConn;
@@ -63,6 +64,7 @@ pub struct ResultClient {
     keys: KeySchema,
     ttl_secs: u64,
     unknown_after: Duration,
+    mark_queued_script: Arc<redis::Script>,
 }
 
 /// What `cancel` found.
@@ -82,6 +84,19 @@ if not st then return {'unknown'} end
 if st == 'done' or st == 'failed' or st == 'expired' or st == 'cancelled' then return {'final', st} end
 redis.call('SET', KEYS[2], '1', 'EX', ARGV[1])
 return {'requested'}
+"#;
+
+/// Marks jobs `queued` unless they already have a status. KEYS: the jobs' hashes; ARGV:
+/// created_ms, TTL, then each job's model.
+const MARK_QUEUED_LUA: &str = r#"
+for i = 1, #KEYS do
+  local k = KEYS[i]
+  redis.call('HSETNX', k, 'status', 'queued')
+  redis.call('HSETNX', k, 'model', ARGV[i + 2])
+  redis.call('HSETNX', k, 'created_ms', ARGV[1])
+  redis.call('EXPIRE', k, ARGV[2])
+end
+return #KEYS
 "#;
 
 /// TTL of the keys a client writes unless `with_ttl` says otherwise: 24 h, like the workers.
@@ -108,7 +123,14 @@ impl ResultClient {
         let conn = RedisConn::connect(url, Some(Duration::from_secs(10)))
             .await
             .map_err(|e| ResultError::Redis(format!("cannot connect to {}: {e}", redact_url(url))))?;
-        Ok(Self { urls: url.to_string(), conn, keys: KeySchema::new(key_prefix), ttl_secs: DEFAULT_TTL_SECS, unknown_after: DEFAULT_UNKNOWN_AFTER })
+        Ok(Self {
+            urls: url.to_string(),
+            conn,
+            keys: KeySchema::new(key_prefix),
+            ttl_secs: DEFAULT_TTL_SECS,
+            unknown_after: DEFAULT_UNKNOWN_AFTER,
+            mark_queued_script: Arc::new(redis::Script::new(MARK_QUEUED_LUA)),
+        })
     }
 
     /// Sets the TTL of the keys this client writes (queued marks, cancel requests); the
@@ -127,26 +149,39 @@ impl ResultClient {
 
     /// Records `(id, model)` jobs as `queued` (with `created_ms` and the TTL), so waiters can
     /// tell a queued job from an unknown one. Never overwrites a status a worker already wrote.
+    /// On one server each chunk of 512 jobs is one script call (one answer to parse instead of
+    /// four per job); on a cluster, where jobs' keys live in different slots, plain pipelined
+    /// commands.
     pub async fn mark_queued(&self, jobs: &[(String, String)]) -> Result<(), ResultError> {
         let now = genq_shared::now_ms();
-        for chunk in jobs.chunks(512) {
-            let mut cmds = Vec::with_capacity(chunk.len() * 4);
-            for (id, model) in chunk {
-                let key = self.keys.job(id);
-                let mut c = redis::cmd("HSETNX");
-                c.arg(&key).arg("status").arg(JobStatus::Queued.as_str());
-                cmds.push(c);
-                let mut c = redis::cmd("HSETNX");
-                c.arg(&key).arg("model").arg(model);
-                cmds.push(c);
-                let mut c = redis::cmd("HSETNX");
-                c.arg(&key).arg("created_ms").arg(now);
-                cmds.push(c);
-                let mut c = redis::cmd("EXPIRE");
-                c.arg(&key).arg(self.ttl_secs);
-                cmds.push(c);
+        for chunk in jobs.chunks(READ_WINDOW) {
+            if self.conn.is_cluster() {
+                let mut cmds = Vec::with_capacity(chunk.len() * 4);
+                for (id, model) in chunk {
+                    let key = self.keys.job(id);
+                    let mut c = redis::cmd("HSETNX");
+                    c.arg(&key).arg("status").arg(JobStatus::Queued.as_str());
+                    cmds.push(c);
+                    let mut c = redis::cmd("HSETNX");
+                    c.arg(&key).arg("model").arg(model);
+                    cmds.push(c);
+                    let mut c = redis::cmd("HSETNX");
+                    c.arg(&key).arg("created_ms").arg(now);
+                    cmds.push(c);
+                    let mut c = redis::cmd("EXPIRE");
+                    c.arg(&key).arg(self.ttl_secs);
+                    cmds.push(c);
+                }
+                self.conn.query_all(&cmds).await.map_err(redis_err)?;
+            } else {
+                let mut invocation = self.mark_queued_script.prepare_invoke();
+                invocation.arg(now).arg(self.ttl_secs);
+                for (id, model) in chunk {
+                    invocation.key(self.keys.job(id)).arg(model);
+                }
+                let mut conn = self.conn.clone();
+                let _: i64 = invocation.invoke_async(&mut conn).await.map_err(redis_err)?;
             }
-            self.conn.query_all(&cmds).await.map_err(redis_err)?;
         }
         Ok(())
     }

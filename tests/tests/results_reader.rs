@@ -1,6 +1,7 @@
 //! `ResultClient::wait_many` against the real Redis, with the results written by the worker's own
 //! Redis sink in a scrambled order: every result comes back once, in the order of the ids, while
 //! later jobs finish before earlier ones; a job that never finishes ends as a timeout, not a hang.
+//! The `queued` marks the producer writes are checked on the way.
 
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,17 @@ async fn wait_many_hands_back_out_of_order_results_in_id_order() {
     let client = sb.results().await;
     let pairs: Vec<(String, String)> = ids.iter().map(|id| (id.clone(), sb.model.clone())).collect();
     client.mark_queued(&pairs).await.expect("queued marks");
+    let redis = redis::Client::open(sb.redis.as_str()).expect("redis url");
+    let mut conn = redis.get_multiplexed_async_connection().await.expect("redis");
+    let keys = genq_shared::keys::KeySchema::new(sb.prefix.clone());
+    for id in [&ids[0], &ids[JOBS / 2], &never] {
+        let h: std::collections::HashMap<String, String> = redis::AsyncCommands::hgetall(&mut conn, keys.job(id)).await.expect("HGETALL");
+        assert_eq!(h.get("status").map(String::as_str), Some("queued"), "{id}: {h:?}");
+        assert_eq!(h.get("model"), Some(&sb.model), "{id}: {h:?}");
+        assert!(h.get("created_ms").and_then(|v| v.parse::<u64>().ok()).is_some(), "{id}: {h:?}");
+        let ttl: i64 = redis::AsyncCommands::ttl(&mut conn, keys.job(id)).await.expect("TTL");
+        assert!(ttl > 0, "{id}'s queued mark has a TTL, got {ttl}");
+    }
 
     // Finish the jobs in rounds of 40, each round a scattered set (stride 7 through the ids), so
     // the reader keeps meeting final results behind unfinished ones.
@@ -59,5 +71,9 @@ async fn wait_many_hands_back_out_of_order_results_in_id_order() {
     }
     let last = got[JOBS - 1].as_ref().expect_err("the job nobody finishes times out");
     assert!(last.contains(&never) && last.contains("queued"), "the timeout names the job and its status: {last}");
+    // A mark never overwrites a status already written.
+    client.mark_queued(&pairs[..1]).await.expect("queued marks again");
+    let status: Option<String> = redis::AsyncCommands::hget(&mut conn, keys.job(&ids[0]), "status").await.expect("HGET");
+    assert_eq!(status.as_deref(), Some("done"), "a later queued mark leaves a final status alone");
     client.forget_many(&ids).await.expect("cleanup");
 }
