@@ -2,7 +2,7 @@
 //! job's done list (BLMOVE from the list to itself, so the element stays for other waiters).
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use genq_worker::redis_conn::RedisConn;
@@ -65,6 +65,9 @@ pub struct ResultClient {
     ttl_secs: u64,
     unknown_after: Duration,
     mark_queued_script: Arc<redis::Script>,
+    /// Blocking connections of finished waits, reused by the next ones (a gateway waits once per
+    /// synchronous request; connecting each time would cost a TCP and RESP handshake).
+    idle_waiters: Arc<Mutex<Vec<RedisConn>>>,
 }
 
 /// What `cancel` found.
@@ -114,6 +117,9 @@ const READ_WINDOW: usize = 512;
 /// [`READ_WINDOW`] while every job in it is final).
 const MIN_READ_WINDOW: usize = 16;
 
+/// Idle blocking connections a client keeps for later waits, at most.
+const MAX_IDLE_WAITERS: usize = 16;
+
 /// Longest single block on a done list; waits re-check the hash at least this often.
 const BLOCK_SLICE: Duration = Duration::from_secs(5);
 
@@ -130,6 +136,7 @@ impl ResultClient {
             ttl_secs: DEFAULT_TTL_SECS,
             unknown_after: DEFAULT_UNKNOWN_AFTER,
             mark_queued_script: Arc::new(redis::Script::new(MARK_QUEUED_LUA)),
+            idle_waiters: Arc::default(),
         })
     }
 
@@ -228,9 +235,27 @@ impl ResultClient {
         Ok(ids.iter().zip(&values).map(|(id, v)| result_of_hash(id, v)).collect())
     }
 
-    /// A second connection without a response timeout, for blocking reads.
+    /// A connection without a response timeout, for blocking reads: an idle one from an earlier
+    /// wait when there is one, else a new one.
     async fn blocking_connection(&self) -> Result<RedisConn, ResultError> {
+        if let Some(conn) = self.idle_waiters.lock().ok().and_then(|mut idle| idle.pop()) {
+            return Ok(conn);
+        }
         RedisConn::connect(&self.urls, None).await.map_err(redis_err)
+    }
+
+    /// Keeps a blocking connection for the next wait, unless the wait ended in a Redis error (the
+    /// connection may be broken) or enough are kept already. A wait whose future is dropped
+    /// mid-block never gets here, so no connection with a block in flight is reused.
+    fn keep_blocking_connection<T>(&self, conn: RedisConn, outcome: &Result<T, ResultError>) {
+        if matches!(outcome, Err(ResultError::Redis(_))) {
+            return;
+        }
+        if let Ok(mut idle) = self.idle_waiters.lock() {
+            if idle.len() < MAX_IDLE_WAITERS {
+                idle.push(conn);
+            }
+        }
     }
 
     async fn wait_on(&self, blocking: &mut RedisConn, id: &str, deadline: Option<Instant>) -> Result<JobResult, ResultError> {
@@ -277,7 +302,9 @@ impl ResultClient {
     /// Waits until the job reaches a final status, or `timeout` passes (`None`: no limit).
     pub async fn wait(&self, id: &str, timeout: Option<Duration>) -> Result<JobResult, ResultError> {
         let mut blocking = self.blocking_connection().await?;
-        self.wait_on(&mut blocking, id, timeout.map(|t| Instant::now() + t)).await
+        let outcome = self.wait_on(&mut blocking, id, timeout.map(|t| Instant::now() + t)).await;
+        self.keep_blocking_connection(blocking, &outcome);
+        outcome
     }
 
     /// Waits for every job, handing each result to `on_result` in the order of `ids`. Reads
@@ -323,7 +350,9 @@ impl ResultClient {
             next += 1;
             window = MIN_READ_WINDOW;
         }
-        Ok(())
+        let outcome = Ok(());
+        self.keep_blocking_connection(blocking, &outcome);
+        outcome
     }
 
     /// Deletes the stored results of `ids` (hash, done list, stream), in pipelined chunks.

@@ -77,3 +77,41 @@ async fn wait_many_hands_back_out_of_order_results_in_id_order() {
     assert_eq!(status.as_deref(), Some("done"), "a later queued mark leaves a final status alone");
     client.forget_many(&ids).await.expect("cleanup");
 }
+
+/// Redis's count of connections accepted since it started.
+async fn connections_received(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO").arg("stats").query_async(conn).await.expect("INFO");
+    info.lines().find_map(|l| l.strip_prefix("total_connections_received:")).and_then(|v| v.trim().parse().ok()).expect("total_connections_received")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waits_one_after_another_reuse_their_blocking_connection() {
+    const WAITS: usize = 40;
+    let sb = Sandbox::new("waiters");
+    let client = sb.results().await;
+    let sink = RedisSink::connect(&RedisSinkSettings { url: sb.redis.clone(), key_prefix: sb.prefix.clone(), ttl_secs: 600 })
+        .await
+        .expect("sink");
+    let ids: Vec<String> = (0..WAITS).map(|i| format!("w-{i}")).collect();
+    let redis = redis::Client::open(sb.redis.as_str()).expect("redis url");
+    let mut conn = redis.get_multiplexed_async_connection().await.expect("redis");
+    let before = connections_received(&mut conn).await;
+    for (i, id) in ids.iter().enumerate() {
+        // Each job finishes a little after its wait starts, so every wait blocks on Redis.
+        let (sink, id2) = (sink.clone(), id.clone());
+        let finisher = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let result = JobResult { id: id2, status: Some(JobStatus::Done), text: Some(format!("text {i}")), ..Default::default() };
+            sink.finish(&[FinalResult { result, batch: None, stream: false }]).await.expect("finish");
+        });
+        client.mark_queued(&[(id.clone(), sb.model.clone())]).await.expect("queued mark");
+        let r = client.wait(id, Some(Duration::from_secs(10))).await.expect("wait");
+        assert_eq!(r.text.as_deref(), Some(format!("text {i}").as_str()));
+        finisher.await.expect("finisher");
+    }
+    let opened = connections_received(&mut conn).await - before;
+    // One blocking connection serves all the waits; other tests running beside this one open a
+    // few of their own, far fewer than one per wait.
+    assert!(opened < WAITS as u64 / 2, "{WAITS} waits opened {opened} Redis connections");
+    client.forget_many(&ids).await.expect("cleanup");
+}
