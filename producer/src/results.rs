@@ -90,14 +90,15 @@ return {'requested'}
 "#;
 
 /// Marks jobs `queued` unless they already have a status. KEYS: the jobs' hashes; ARGV:
-/// created_ms, TTL, then each job's model.
+/// created_ms, TTL, then each job's model. A job that has a status already (a worker began or
+/// finished it first) is left alone entirely: the worker wrote its model, times and TTL.
 const MARK_QUEUED_LUA: &str = r#"
 for i = 1, #KEYS do
   local k = KEYS[i]
-  redis.call('HSETNX', k, 'status', 'queued')
-  redis.call('HSETNX', k, 'model', ARGV[i + 2])
-  redis.call('HSETNX', k, 'created_ms', ARGV[1])
-  redis.call('EXPIRE', k, ARGV[2])
+  if redis.call('HSETNX', k, 'status', 'queued') == 1 then
+    redis.call('HSET', k, 'model', ARGV[i + 2], 'created_ms', ARGV[1])
+    redis.call('EXPIRE', k, ARGV[2])
+  end
 end
 return #KEYS
 "#;
