@@ -43,20 +43,9 @@ impl Words {
         let base = self.text.len();
         self.text.push_str(part);
         self.text.push(' ');
-        let mut start = None;
-        for (i, c) in part.char_indices() {
-            match (c.is_whitespace(), start) {
-                (true, Some(s)) => {
-                    self.spans.push(base + s..base + i);
-                    start = None;
-                }
-                (false, None) => start = Some(i),
-                _ => {}
-            }
-        }
-        if let Some(s) = start {
-            self.spans.push(base + s..base + part.len());
-        }
+        // Each word's offset in `part`, from where its slice starts.
+        let offset = |w: &str| w.as_ptr() as usize - part.as_ptr() as usize;
+        self.spans.extend(part.split_whitespace().map(|w| base + offset(w)..base + offset(w) + w.len()));
     }
 
     fn len(&self) -> usize {
@@ -211,6 +200,18 @@ mod tests {
     fn job(json: &str) -> ValidJob {
         let req: JobRequest = serde_json::from_str(json).expect("json");
         validate(&req, &Limits::default()).expect("valid")
+    }
+
+    #[test]
+    fn words_split_like_split_whitespace_across_chat_messages() {
+        let text = Words::of(&PromptInput::Text("  one two\tthree \n".into()));
+        assert_eq!(text.iter().collect::<Vec<_>>(), ["one", "two", "three"]);
+        let msg = |c: &str| genq_shared::job::ChatMessage { role: "user".into(), content: c.into() };
+        let chat = Words::of(&PromptInput::Chat(vec![msg("a b"), msg(""), msg(" c")]));
+        assert_eq!(chat.iter().collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert_eq!((chat.len(), chat.get(2)), (3, "c"));
+        let empty = Words::of(&PromptInput::Text("   ".into()));
+        assert_eq!((empty.len(), empty.get(0)), (1, ""), "an empty prompt echoes one empty word");
     }
 
     fn run_to_end(engine: &mut EchoEngine) -> BTreeMap<SeqId, (String, Option<SeqDone>)> {
