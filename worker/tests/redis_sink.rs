@@ -22,10 +22,10 @@ const JOBS: usize = 300;
 fn start(i: usize, id: &str) -> JobStart {
     JobStart {
         id: id.to_string(),
-        kind: if i % 2 == 0 { "generate" } else { "score" }.into(),
+        kind: if i.is_multiple_of(2) { "generate" } else { "score" }.into(),
         model: format!("model-{i}"),
         worker: "w-test".into(),
-        created_ms: (i % 3 != 0).then_some(70_000 + i as u64),
+        created_ms: (!i.is_multiple_of(3)).then_some(70_000 + i as u64),
         started_ms: 1_000 + i as u64,
     }
 }
@@ -46,7 +46,7 @@ fn final_result(i: usize, id: &str) -> FinalResult {
         }
         _ => {}
     }
-    FinalResult { result, batch: None, stream: i % 5 == 0 }
+    FinalResult { result, batch: None, stream: i.is_multiple_of(5) }
 }
 
 fn field<'a>(h: &'a HashMap<String, String>, k: &str) -> Option<&'a str> {
@@ -64,16 +64,16 @@ async fn begin_and_finish_answer_each_job_of_a_large_batch_in_order() {
     let ids: Vec<String> = (0..JOBS).map(|i| format!("job-{i}")).collect();
     // Every 7th job is already done, every 11th has a cancel request, every 13th was started by
     // another worker that ran it alone twice, every 17th already has its created_ms.
-    let preset_created = |i: usize| i % 17 == 0 && i % 7 != 0 && i % 11 != 0 && i % 13 != 0;
+    let preset_created = |i: usize| i.is_multiple_of(17) && !i.is_multiple_of(7) && !i.is_multiple_of(11) && !i.is_multiple_of(13);
     for (i, id) in ids.iter().enumerate() {
-        if i % 7 == 0 {
-            let _: () = conn.hset_multiple(keys.job(id), &[("status", "done"), ("text", "earlier")]).await.unwrap();
-        } else if i % 11 == 0 {
-            let _: () = conn.set(keys.cancel(id), "1").await.unwrap();
-        } else if i % 13 == 0 {
-            let _: () = conn.hset_multiple(keys.job(id), &[("status", "running"), ("worker", "w-dead"), ("solo_runs", "2"), ("attempts", "1")]).await.unwrap();
+        if i.is_multiple_of(7) {
+            let _: () = conn.hset_multiple(keys.job(id), &[("status", "done"), ("text", "earlier")]).await.expect("redis");
+        } else if i.is_multiple_of(11) {
+            let _: () = conn.set(keys.cancel(id), "1").await.expect("redis");
+        } else if i.is_multiple_of(13) {
+            let _: () = conn.hset_multiple(keys.job(id), &[("status", "running"), ("worker", "w-dead"), ("solo_runs", "2"), ("attempts", "1")]).await.expect("redis");
         } else if preset_created(i) {
-            let _: () = conn.hset(keys.job(id), "created_ms", "5").await.unwrap();
+            let _: () = conn.hset(keys.job(id), "created_ms", "5").await.expect("redis");
         }
     }
 
@@ -81,17 +81,17 @@ async fn begin_and_finish_answer_each_job_of_a_large_batch_in_order() {
     let begins = sink.begin_many(&starts).await.expect("begin_many");
     assert_eq!(begins.len(), JOBS);
     for (i, (id, b)) in ids.iter().zip(&begins).enumerate() {
-        let expected = if i % 7 == 0 {
+        let expected = if i.is_multiple_of(7) {
             Begin::Duplicate
-        } else if i % 11 == 0 {
+        } else if i.is_multiple_of(11) {
             Begin::Cancelled
-        } else if i % 13 == 0 {
+        } else if i.is_multiple_of(13) {
             Begin::Fresh { suspect: true, solo_runs: 2 }
         } else {
             Begin::Fresh { suspect: false, solo_runs: 0 }
         };
         assert_eq!(*b, expected, "begin of {id}");
-        let h: HashMap<String, String> = conn.hgetall(keys.job(id)).await.unwrap();
+        let h: HashMap<String, String> = conn.hgetall(keys.job(id)).await.expect("redis");
         match expected {
             Begin::Fresh { .. } => {
                 let s = &starts[i];
@@ -100,10 +100,10 @@ async fn begin_and_finish_answer_each_job_of_a_large_batch_in_order() {
                 assert_eq!(field(&h, "kind"), Some(s.kind.as_str()), "{id}: {h:?}");
                 assert_eq!(field(&h, "model"), Some(s.model.as_str()), "{id}: {h:?}");
                 assert_eq!(field(&h, "started_ms"), Some(s.started_ms.to_string().as_str()), "{id}: {h:?}");
-                assert_eq!(field(&h, "attempts"), Some(if i % 13 == 0 { "2" } else { "1" }), "{id}: {h:?}");
+                assert_eq!(field(&h, "attempts"), Some(if i.is_multiple_of(13) { "2" } else { "1" }), "{id}: {h:?}");
                 let created = if preset_created(i) { Some("5".to_string()) } else { s.created_ms.map(|c| c.to_string()) };
                 assert_eq!(h.get("created_ms"), created.as_ref(), "created_ms is kept when present, absent when unknown: {id}: {h:?}");
-                let ttl: i64 = conn.ttl(keys.job(id)).await.unwrap();
+                let ttl: i64 = conn.ttl(keys.job(id)).await.expect("redis");
                 assert!(ttl > 0 && ttl <= 600, "{id} has the TTL, got {ttl}");
             }
             Begin::Duplicate => assert_eq!(field(&h, "status"), Some("done"), "a final job is left alone: {h:?}"),
@@ -117,11 +117,11 @@ async fn begin_and_finish_answer_each_job_of_a_large_batch_in_order() {
     let written = sink.finish(&results).await.expect("finish");
     assert_eq!(written.len(), JOBS);
     for (i, (id, w)) in ids.iter().zip(&written).enumerate() {
-        let duplicate = i % 7 == 0;
+        let duplicate = i.is_multiple_of(7);
         assert_eq!(*w, !duplicate, "finish of {id}");
-        let h: HashMap<String, String> = conn.hgetall(keys.job(id)).await.unwrap();
-        let done: Vec<String> = conn.lrange(keys.done(id), 0, -1).await.unwrap();
-        let stream_len: usize = conn.xlen(keys.stream(id)).await.unwrap();
+        let h: HashMap<String, String> = conn.hgetall(keys.job(id)).await.expect("redis");
+        let done: Vec<String> = conn.lrange(keys.done(id), 0, -1).await.expect("redis");
+        let stream_len: usize = conn.xlen(keys.stream(id)).await.expect("redis");
         if duplicate {
             assert_eq!(field(&h, "text"), Some("earlier"), "{id}: {h:?}");
             assert!(done.is_empty() && stream_len == 0, "{id}: a duplicate writes nothing");
@@ -136,8 +136,8 @@ async fn begin_and_finish_answer_each_job_of_a_large_batch_in_order() {
         assert_eq!(h.get("completion_tokens"), r.completion_tokens.map(|v| v.to_string()).as_ref(), "{id}: {h:?}");
         assert_eq!(h.get("first_token_ms"), r.first_token_ms.map(|v| v.to_string()).as_ref(), "{id}: {h:?}");
         assert_eq!(done, vec![status.to_string()], "done list of {id}");
-        assert_eq!(stream_len, usize::from(i % 5 == 0), "end marker of {id}'s stream");
-        let ttl: i64 = conn.ttl(keys.done(id)).await.unwrap();
+        assert_eq!(stream_len, usize::from(i.is_multiple_of(5)), "end marker of {id}'s stream");
+        let ttl: i64 = conn.ttl(keys.done(id)).await.expect("redis");
         assert!(ttl > 0 && ttl <= 600, "{id}'s done list has the TTL, got {ttl}");
     }
 
@@ -149,5 +149,5 @@ async fn begin_and_finish_answer_each_job_of_a_large_batch_in_order() {
     for id in &ids {
         doomed.extend([keys.job(id), keys.done(id), keys.stream(id), keys.cancel(id)]);
     }
-    let _: () = conn.unlink(doomed).await.unwrap();
+    let _: () = conn.unlink(doomed).await.expect("redis");
 }
