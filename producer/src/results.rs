@@ -118,6 +118,9 @@ const READ_WINDOW: usize = 512;
 /// [`READ_WINDOW`] while every job in it is final).
 const MIN_READ_WINDOW: usize = 16;
 
+/// Jobs marked `queued` per script call on one server.
+const MARKS_PER_CALL: usize = 512;
+
 /// Idle blocking connections a client keeps for later waits, at most.
 const MAX_IDLE_WAITERS: usize = 16;
 
@@ -157,29 +160,21 @@ impl ResultClient {
 
     /// Records `(id, model)` jobs as `queued` (with `created_ms` and the TTL), so waiters can
     /// tell a queued job from an unknown one. Never overwrites a status a worker already wrote.
-    /// On one server each chunk of 512 jobs is one script call (one answer to parse instead of
-    /// four per job); on a cluster, where jobs' keys live in different slots, plain pipelined
-    /// commands.
+    /// On one server each chunk of [`MARKS_PER_CALL`] jobs is one script call (one answer to
+    /// parse instead of four per job); on a cluster, where jobs' keys live in different slots,
+    /// the same script runs once per job, its source sent along (as the worker's sink does).
     pub async fn mark_queued(&self, jobs: &[(String, String)]) -> Result<(), ResultError> {
         let now = genq_shared::now_ms();
-        for chunk in jobs.chunks(READ_WINDOW) {
+        for chunk in jobs.chunks(MARKS_PER_CALL) {
             if self.conn.is_cluster() {
-                let mut cmds = Vec::with_capacity(chunk.len() * 4);
-                for (id, model) in chunk {
-                    let key = self.keys.job(id);
-                    let mut c = redis::cmd("HSETNX");
-                    c.arg(&key).arg("status").arg(JobStatus::Queued.as_str());
-                    cmds.push(c);
-                    let mut c = redis::cmd("HSETNX");
-                    c.arg(&key).arg("model").arg(model);
-                    cmds.push(c);
-                    let mut c = redis::cmd("HSETNX");
-                    c.arg(&key).arg("created_ms").arg(now);
-                    cmds.push(c);
-                    let mut c = redis::cmd("EXPIRE");
-                    c.arg(&key).arg(self.ttl_secs);
-                    cmds.push(c);
-                }
+                let cmds: Vec<redis::Cmd> = chunk
+                    .iter()
+                    .map(|(id, model)| {
+                        let mut c = redis::cmd("EVAL");
+                        c.arg(MARK_QUEUED_LUA).arg(1).arg(self.keys.job(id)).arg(now).arg(self.ttl_secs).arg(model);
+                        c
+                    })
+                    .collect();
                 self.conn.query_all(&cmds).await.map_err(redis_err)?;
             } else {
                 let mut invocation = self.mark_queued_script.prepare_invoke();

@@ -113,6 +113,16 @@ async fn the_fleet_runs_on_a_redis_cluster_and_a_node_list_with_a_dead_first_nod
     assert_eq!(out.status.code(), Some(3), "already finished: {}", String::from_utf8_lossy(&out.stderr));
     let out = sb.genq().args(["wait", "c-7"]).output().expect("genq wait");
     assert!(out.status.success());
+
+    // Queued marks through the cluster: a new job is marked, a finished one is left alone.
+    let client = sb.results().await;
+    client.mark_queued(&[("c-marked".into(), "m".into()), ("c-0".into(), "m".into())]).await.expect("queued marks on a cluster");
+    let marked = client.get("c-marked").await.expect("get").expect("the mark is stored");
+    assert_eq!((marked.status, marked.model.as_deref()), (Some(JobStatus::Queued), Some("m")));
+    assert!(marked.created_ms.is_some(), "{marked:?}");
+    let finished = client.get("c-0").await.expect("get").expect("c-0 is stored");
+    assert_eq!(finished.status, Some(JobStatus::Done), "a mark leaves a final status alone");
+    client.forget_many(&["c-marked".to_string()]).await.expect("cleanup");
     drop(worker);
     sb.cleanup().await;
 }
