@@ -42,7 +42,6 @@ impl Words {
     fn extend(&mut self, part: &str) {
         let base = self.text.len();
         self.text.push_str(part);
-        self.text.push(' ');
         // Each word's offset in `part`, from where its slice starts.
         let offset = |w: &str| w.as_ptr() as usize - part.as_ptr() as usize;
         self.spans.extend(part.split_whitespace().map(|w| base + offset(w)..base + offset(w) + w.len()));
@@ -57,7 +56,7 @@ impl Words {
     }
 
     fn iter(&self) -> impl Iterator<Item = &str> {
-        self.spans.iter().map(|r| &self.text[r.clone()])
+        (0..self.len()).map(|i| self.get(i))
     }
 }
 
