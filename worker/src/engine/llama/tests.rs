@@ -681,11 +681,15 @@ fn tiny_llama_matches_candle_reference_llama() {
         .and_then(|t| t.flatten_all())
         .and_then(|t| t.to_vec1())
         .expect("logits");
-    // genq keeps keys and values in f16 (candle's reference in f32): measured 0.003.
+    // genq keeps keys and values in f16 (candle's reference in f32), so the logits differ by
+    // rounding that scales with them: measured up to 2.5e-3 of the largest logit over 80 runs
+    // with fresh random weights (f16 keeps about 5e-4 relative). A wrong rotation, mask or
+    // head layout differs by the logits' own size.
+    let scale = theirs.iter().fold(0f32, |m, x| m.max(x.abs())).max(1.0);
+    let diff = max_abs_diff(&ours, &theirs);
     assert!(
-        max_abs_diff(&ours, &theirs) < 1e-2,
-        "{}",
-        max_abs_diff(&ours, &theirs)
+        diff < 5e-3 * scale,
+        "logits differ by {diff}, over 5e-3 of the largest logit {scale}"
     );
 }
 
