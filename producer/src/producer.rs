@@ -57,7 +57,7 @@ struct Link {
     channel: Channel,
 }
 
-/// Confirmed jobs recorded `queued` in one Redis round trip.
+/// Jobs recorded `queued` in one Redis round trip, before they are published.
 const MARK_CHUNK: usize = 512;
 
 /// Longest wait between reconnect attempts.
@@ -116,8 +116,9 @@ impl Producer {
         self
     }
 
-    /// Records every confirmed job as `queued` in Redis through `results`, so a client waiting on
-    /// it can tell "queued" from "unknown or expired" (`ResultClient::wait` answers
+    /// Records every job as `queued` in Redis through `results` before publishing it (taking the
+    /// mark back if the publish fails for good), so a client waiting on it can tell "queued" from
+    /// "unknown or expired" (`ResultClient::wait` answers
     /// [`ResultError::Unknown`](crate::ResultError::Unknown) for a job Redis has no record of).
     pub fn with_results(mut self, results: ResultClient) -> Self {
         self.results = Some(results);
@@ -187,8 +188,16 @@ impl Producer {
         }
         let deadline = Instant::now() + Duration::from_secs(self.settings.retry_secs);
         let mut settled = out.iter().filter(|o| o.is_some()).count();
+        let ids: Vec<Option<String>> = {
+            let mut ids = vec![None; out.len()];
+            for (i, job) in &todo {
+                ids[*i] = job.id.clone();
+            }
+            ids
+        };
+        let mut marked = Vec::new();
         loop {
-            let lost = self.publish_pass(todo, &mut out, &mut settled, &mut progress).await;
+            let lost = self.publish_pass(todo, &mut out, &mut settled, &mut marked, &mut progress).await;
             if lost.is_empty() {
                 break;
             }
@@ -198,6 +207,9 @@ impl Producer {
             }
             todo = lost;
         }
+        let unpublished: Vec<String> =
+            marked.into_iter().filter(|&i| !matches!(out[i], Some(Ok(_)))).filter_map(|i| ids[i].clone()).collect();
+        self.unmark_unpublished(unpublished).await;
         out.into_iter().map(|r| r.unwrap_or_else(|| Err(PublishError::Encode("not published".into())))).collect()
     }
 
@@ -214,44 +226,57 @@ impl Producer {
         (i, job, r)
     }
 
-    /// Records confirmed jobs `queued` in Redis on a task of its own, so publishing goes on
-    /// meanwhile; the caller awaits the handles before it returns.
-    fn spawn_mark_queued(&self, confirmed: Vec<(String, String)>) -> Option<tokio::task::JoinHandle<()>> {
+    /// Records a chunk of `(index, id, model)` jobs `queued` in Redis on a task of its own, so the
+    /// chunk before it is published meanwhile. Answers the indexes of the jobs it marked (not
+    /// those an earlier job with the same id had marked already); none when Redis failed (the
+    /// jobs are published all the same: a worker records them when it starts them).
+    fn spawn_mark_queued(&self, chunk: Vec<(usize, String, String)>) -> Option<tokio::task::JoinHandle<Vec<usize>>> {
         let results = self.results.clone()?;
-        if confirmed.is_empty() {
-            return None;
-        }
         Some(tokio::spawn(async move {
-            if let Err(e) = results.mark_queued(&confirmed).await {
-                tracing::warn!(error = %e, jobs = confirmed.len(), "published, but could not record the jobs as queued in Redis");
+            let pairs: Vec<(String, String)> = chunk.iter().map(|(_, id, model)| (id.clone(), model.clone())).collect();
+            match results.mark_queued(&pairs).await {
+                Ok(marked) => chunk.iter().zip(marked).filter(|(_, m)| *m).map(|((i, _, _), _)| *i).collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, jobs = chunk.len(), "could not record the jobs as queued in Redis; publishing them anyway");
+                    Vec::new()
+                }
             }
         }))
     }
 
+    /// Takes back the `queued` marks of jobs whose publish failed for good.
+    async fn unmark_unpublished(&self, ids: Vec<String>) {
+        let Some(results) = &self.results else { return };
+        if ids.is_empty() {
+            return;
+        }
+        if let Err(e) = results.unmark_queued(&ids).await {
+            tracing::warn!(error = %e, jobs = ids.len(), "could not take back the queued marks of unpublished jobs");
+        }
+    }
+
     /// Publishes `todo` once with pipelined publishes and confirms (up to `max_in_flight` jobs
     /// between the first send and the confirm: the frames of many publishes leave in one write),
-    /// storing each outcome in `out`. Returns the jobs lost to a broker error (their `out` holds
-    /// that error until a retry succeeds).
+    /// storing each outcome in `out`. Each chunk of [`MARK_CHUNK`] jobs is recorded `queued` before
+    /// any of it is published (the next chunk's marks are written while this one is published),
+    /// so a worker always finds the mark already there, and a mark can never land after a result
+    /// that has since expired. Adds the indexes of the jobs it marked to `marked`. Returns the
+    /// jobs lost to a broker error (their `out` holds that error until a retry succeeds).
     async fn publish_pass(
         &self,
         todo: Vec<(usize, JobRequest)>,
         out: &mut [Option<Result<String, PublishError>>],
         settled: &mut usize,
+        marked: &mut Vec<usize>,
         progress: &mut impl FnMut(usize),
     ) -> Vec<(usize, JobRequest)> {
         let max = self.settings.max_in_flight.max(1);
         let mut in_flight = FuturesOrdered::new();
         let mut lost = Vec::new();
-        let mut confirmed: Vec<(String, String)> = Vec::new();
-        let mut marks = Vec::new();
         let mut broken = false;
-        let mut record = |(i, job, r): (usize, JobRequest, Result<(), PublishError>), lost: &mut Vec<(usize, JobRequest)>, confirmed: &mut Vec<(String, String)>, broken: &mut bool| {
-            let id = job.id.clone().unwrap_or_default();
+        let mut record = |(i, job, r): (usize, JobRequest, Result<(), PublishError>), lost: &mut Vec<(usize, JobRequest)>, broken: &mut bool| {
             match r {
-                Ok(()) => {
-                    confirmed.push((id.clone(), job.model_name().to_string()));
-                    out[i] = Some(Ok(id));
-                }
+                Ok(()) => out[i] = Some(Ok(job.id.clone().unwrap_or_default())),
                 Err(e @ PublishError::Broker(_)) => {
                     // The channel is gone: publish nothing more into it; retry on the next connection.
                     *broken = true;
@@ -264,27 +289,36 @@ impl Producer {
             *settled += 1;
             progress(*settled);
         };
-        for (i, job) in todo {
-            if broken {
-                record((i, job, Err(PublishError::Broker(BrokerError::Closed))), &mut lost, &mut confirmed, &mut broken);
-                continue;
+        let mut chunks: Vec<Vec<(usize, JobRequest)>> = Vec::new();
+        let mut todo = todo.into_iter().peekable();
+        while todo.peek().is_some() {
+            chunks.push(todo.by_ref().take(MARK_CHUNK).collect());
+        }
+        let to_mark = |chunk: &Vec<(usize, JobRequest)>| -> Vec<(usize, String, String)> {
+            chunk.iter().map(|(i, job)| (*i, job.id.clone().unwrap_or_default(), job.model_name().to_string())).collect()
+        };
+        let mut next_marks = chunks.first().and_then(|c| self.spawn_mark_queued(to_mark(c)));
+        let mut rest = chunks.into_iter().peekable();
+        while let Some(chunk) = rest.next() {
+            if let Some(marks) = next_marks.take() {
+                marked.extend(marks.await.unwrap_or_default());
             }
-            in_flight.push_back(self.publish_confirmed(i, job));
-            while in_flight.len() >= max {
-                if let Some(done) = in_flight.next().await {
-                    record(done, &mut lost, &mut confirmed, &mut broken);
+            next_marks = rest.peek().and_then(|c| self.spawn_mark_queued(to_mark(c)));
+            for (i, job) in chunk {
+                if broken {
+                    record((i, job, Err(PublishError::Broker(BrokerError::Closed))), &mut lost, &mut broken);
+                    continue;
                 }
-            }
-            if confirmed.len() >= MARK_CHUNK {
-                marks.extend(self.spawn_mark_queued(std::mem::take(&mut confirmed)));
+                in_flight.push_back(self.publish_confirmed(i, job));
+                while in_flight.len() >= max {
+                    if let Some(done) = in_flight.next().await {
+                        record(done, &mut lost, &mut broken);
+                    }
+                }
             }
         }
         while let Some(done) = in_flight.next().await {
-            record(done, &mut lost, &mut confirmed, &mut broken);
-        }
-        marks.extend(self.spawn_mark_queued(confirmed));
-        for m in marks {
-            let _ = m.await;
+            record(done, &mut lost, &mut broken);
         }
         lost
     }

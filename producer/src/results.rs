@@ -56,6 +56,14 @@ fn result_of_hash(id: &str, hash: &redis::Value) -> Option<JobResult> {
     (!pairs.is_empty()).then(|| JobResult::from_pairs(id, pairs))
 }
 
+/// The items of an array answer (one script call's per-job answers); none for anything else.
+fn redis_array(v: redis::Value) -> Vec<redis::Value> {
+    match v {
+        redis::Value::Array(items) => items,
+        _ => Vec::new(),
+    }
+}
+
 /// Reads results. Cheap to clone.
 #[derive(Clone)]
 pub struct ResultClient {
@@ -90,15 +98,28 @@ return {'requested'}
 "#;
 
 /// Marks jobs `queued` unless they already have a status. KEYS: the jobs' hashes; ARGV:
-/// created_ms, TTL, then each job's model. A job that has a status already (a worker began or
-/// finished it first) is left alone entirely: the worker wrote its model, times and TTL.
+/// created_ms, TTL, then each job's model. A job that has a status already (published before
+/// under the same id) is left alone entirely. Answers per job 1 when it marked it, else 0.
 const MARK_QUEUED_LUA: &str = r#"
+local out = {}
 for i = 1, #KEYS do
   local k = KEYS[i]
   if redis.call('HSETNX', k, 'status', 'queued') == 1 then
     redis.call('HSET', k, 'model', ARGV[i + 2], 'created_ms', ARGV[1])
     redis.call('EXPIRE', k, ARGV[2])
+    out[i] = 1
+  else
+    out[i] = 0
   end
+end
+return out
+"#;
+
+/// Takes back `queued` marks of jobs whose publish failed for good: deletes each hash whose
+/// status is still `queued` (one a worker began or finished is left alone). KEYS: the hashes.
+const UNMARK_QUEUED_LUA: &str = r#"
+for i = 1, #KEYS do
+  if redis.call('HGET', KEYS[i], 'status') == 'queued' then redis.call('DEL', KEYS[i]) end
 end
 return #KEYS
 "#;
@@ -159,14 +180,17 @@ impl ResultClient {
     }
 
     /// Records `(id, model)` jobs as `queued` (with `created_ms` and the TTL), so waiters can
-    /// tell a queued job from an unknown one. Never overwrites a status a worker already wrote.
+    /// tell a queued job from an unknown one; [`Producer`](crate::Producer) does so before it
+    /// publishes them, so no worker can have started them yet. Never overwrites a status already
+    /// stored (an earlier job with the same id). Answers, per job, whether this call marked it.
     /// On one server each chunk of [`MARKS_PER_CALL`] jobs is one script call (one answer to
     /// parse instead of four per job); on a cluster, where jobs' keys live in different slots,
     /// the same script runs once per job, its source sent along (as the worker's sink does).
-    pub async fn mark_queued(&self, jobs: &[(String, String)]) -> Result<(), ResultError> {
+    pub async fn mark_queued(&self, jobs: &[(String, String)]) -> Result<Vec<bool>, ResultError> {
         let now = genq_shared::now_ms();
+        let mut marked = Vec::with_capacity(jobs.len());
         for chunk in jobs.chunks(MARKS_PER_CALL) {
-            if self.conn.is_cluster() {
+            let answers: Vec<redis::Value> = if self.conn.is_cluster() {
                 let cmds: Vec<redis::Cmd> = chunk
                     .iter()
                     .map(|(id, model)| {
@@ -175,7 +199,7 @@ impl ResultClient {
                         c
                     })
                     .collect();
-                self.conn.query_all(&cmds).await.map_err(redis_err)?;
+                self.conn.query_all(&cmds).await.map_err(redis_err)?.into_iter().flat_map(redis_array).collect()
             } else {
                 let mut invocation = self.mark_queued_script.prepare_invoke();
                 invocation.arg(now).arg(self.ttl_secs);
@@ -183,8 +207,41 @@ impl ResultClient {
                     invocation.key(self.keys.job(id)).arg(model);
                 }
                 let mut conn = self.conn.clone();
-                let _: i64 = invocation.invoke_async(&mut conn).await.map_err(redis_err)?;
+                redis_array(invocation.invoke_async(&mut conn).await.map_err(redis_err)?)
+            };
+            if answers.len() != chunk.len() {
+                return Err(ResultError::Redis(format!("queued marks answered for {} jobs out of {}", answers.len(), chunk.len())));
             }
+            marked.extend(answers.iter().map(|v| redis::from_redis_value_ref::<i64>(v).ok() == Some(1)));
+        }
+        Ok(marked)
+    }
+
+    /// Takes back the `queued` marks of jobs that were never published: each job whose status is
+    /// still `queued` is deleted, so a waiter answers "unknown" instead of waiting for a job no
+    /// queue holds. Jobs a worker began or finished are left alone.
+    pub async fn unmark_queued(&self, ids: &[String]) -> Result<(), ResultError> {
+        for chunk in ids.chunks(MARKS_PER_CALL) {
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(UNMARK_QUEUED_LUA).arg(1);
+            let cmds: Vec<redis::Cmd> = if self.conn.is_cluster() {
+                chunk
+                    .iter()
+                    .map(|id| {
+                        let mut c = cmd.clone();
+                        c.arg(self.keys.job(id));
+                        c
+                    })
+                    .collect()
+            } else {
+                let mut c = redis::cmd("EVAL");
+                c.arg(UNMARK_QUEUED_LUA).arg(chunk.len());
+                for id in chunk {
+                    c.arg(self.keys.job(id));
+                }
+                vec![c]
+            };
+            self.conn.query_all(&cmds).await.map_err(redis_err)?;
         }
         Ok(())
     }

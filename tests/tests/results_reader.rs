@@ -19,7 +19,8 @@ async fn wait_many_hands_back_out_of_order_results_in_id_order() {
     let never = ids[JOBS - 1].clone();
     let client = sb.results().await;
     let pairs: Vec<(String, String)> = ids.iter().map(|id| (id.clone(), sb.model.clone())).collect();
-    client.mark_queued(&pairs).await.expect("queued marks");
+    let marked = client.mark_queued(&pairs).await.expect("queued marks");
+    assert!(marked.len() == JOBS && marked.iter().all(|m| *m), "every new job is marked: {} of {JOBS}", marked.iter().filter(|m| **m).count());
     let redis = redis::Client::open(sb.redis.as_str()).expect("redis url");
     let mut conn = redis.get_multiplexed_async_connection().await.expect("redis");
     let keys = genq_shared::keys::KeySchema::new(sb.prefix.clone());
@@ -72,7 +73,8 @@ async fn wait_many_hands_back_out_of_order_results_in_id_order() {
     let last = got[JOBS - 1].as_ref().expect_err("the job nobody finishes times out");
     assert!(last.contains(&never) && last.contains("queued"), "the timeout names the job and its status: {last}");
     // A mark never overwrites a status already written.
-    client.mark_queued(&pairs[..1]).await.expect("queued marks again");
+    let again = client.mark_queued(&pairs[..1]).await.expect("queued marks again");
+    assert_eq!(again, [false], "a job with a status is not marked again");
     let status: Option<String> = redis::AsyncCommands::hget(&mut conn, keys.job(&ids[0]), "status").await.expect("HGET");
     assert_eq!(status.as_deref(), Some("done"), "a later queued mark leaves a final status alone");
     client.forget_many(&ids).await.expect("cleanup");
