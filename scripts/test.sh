@@ -9,5 +9,7 @@ scripts/services.sh
 scripts/prometheus.sh   # prometheus + promtool binaries for tests/tests/observability.rs
 scripts/fetch-model.sh
 scripts/validate-deploy.sh   # compose, k8s + KEDA schemas, hadolint: no Docker engine needed
-cargo build --workspace --bins
+# All targets in one build: the tests' dev-dependencies change features of shared crates (num,
+# idna), so building the binaries alone would compile candle, redis and lapin a second time.
+cargo build --workspace --all-targets
 cargo test --workspace "$@"
