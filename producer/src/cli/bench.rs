@@ -1,6 +1,7 @@
 //! `genq bench engine`: the engine alone, in process, at several batch sizes, printing one JSON
 //! line per run; with `--vs-llamacpp`, the same workload through llama.cpp's
-//! `llama-batched-bench` in the same run, and the ratios. `genq bench fleet` lives in [`fleet`].
+//! `llama-batched-bench` in the same run, and the ratios. `genq bench fleet` lives in [`fleet`]
+//! (its `--vs-llamacpp` runs the same llama.cpp measurement).
 //!
 //! - [`fleet`]: the whole path end to end (producer, RabbitMQ, workers, Redis, reader).
 //! - [`workers`]: the `genq-worker` processes a fleet run starts and stops.
@@ -90,7 +91,8 @@ fn engine_bench(common: &CommonArgs, args: EngineBenchArgs) -> anyhow::Result<Ex
     }
     if args.vs_llamacpp {
         let model = runner::resolve_model_path(&settings.worker.model_path).context("model not found")?;
-        let theirs = llamacpp_bench(&model, &args)?;
+        let workload = LlamacppWorkload { batch_sizes: &args.batch_sizes, prompt_tokens: args.prompt_tokens, new_tokens: args.new_tokens, threads: args.threads };
+        let theirs = llamacpp_bench(&model, &workload)?;
         for t in &theirs {
             println!("{t}");
         }
@@ -122,8 +124,17 @@ fn llamacpp_binary() -> anyhow::Result<std::path::PathBuf> {
         .context("llama-batched-bench not found: run scripts/build-llamacpp.sh (or set GENQ_LLAMA_BATCHED_BENCH)")
 }
 
+/// What llama-batched-bench runs: `batch_sizes` sequences of `prompt_tokens` prompt tokens,
+/// `new_tokens` generated each, on `threads` threads (default: all cores, like candle).
+struct LlamacppWorkload<'a> {
+    batch_sizes: &'a [usize],
+    prompt_tokens: usize,
+    new_tokens: usize,
+    threads: Option<usize>,
+}
+
 /// Runs llama-batched-bench and reads its table: `| PP | TG | B | N_KV | T_PP s | S_PP t/s | T_TG s | S_TG t/s | T s | S t/s |`.
-fn llamacpp_bench(model: &std::path::Path, args: &EngineBenchArgs) -> anyhow::Result<Vec<serde_json::Value>> {
+fn llamacpp_bench(model: &std::path::Path, args: &LlamacppWorkload) -> anyhow::Result<Vec<serde_json::Value>> {
     let bin = llamacpp_binary()?;
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
     let batches: Vec<String> = args.batch_sizes.iter().map(|b| b.to_string()).collect();

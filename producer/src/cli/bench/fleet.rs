@@ -4,7 +4,8 @@
 //! publish rate, end-to-end jobs/s, generated tokens/s, p50/p99 job latency (created_ms to
 //! finished_ms of the stored results), and each worker's CPU time and memory (read from `/proc`
 //! before it exits, with RSS sampled through the run to show whether it stays flat). With
-//! `--vs-engine` the engine alone runs the same jobs in this process afterwards, and with
+//! `--vs-engine` the engine alone runs the same jobs in this process afterwards, with
+//! `--vs-llamacpp` llama.cpp's llama-batched-bench runs the same workload, and with
 //! `--vs-celery` the Celery baseline runs in the same invocation; each prints its ratio line.
 
 use std::time::{Duration, Instant};
@@ -70,6 +71,11 @@ pub struct FleetBenchArgs {
     /// measurement at `--batch`), and print the fleet/engine ratio.
     #[arg(long)]
     vs_engine: bool,
+    /// Also run llama.cpp's llama-batched-bench on the same model and workload (`--batch`
+    /// sequences; built by scripts/build-llamacpp.sh) and print the fleet/llama.cpp ratio.
+    /// Needs `--engine llama` and a GGUF model.
+    #[arg(long)]
+    vs_llamacpp: bool,
     /// Also run the Celery baseline (scripts/celery-bench.sh) and print the ratio.
     #[arg(long)]
     vs_celery: bool,
@@ -153,6 +159,11 @@ fn start_workers(args: &FleetBenchArgs, settings: &Settings, run: &str) -> anyho
 }
 
 pub async fn run(common: &CommonArgs, args: FleetBenchArgs) -> anyhow::Result<std::process::ExitCode> {
+    if args.vs_llamacpp {
+        // Fail before the fleet run, not after it.
+        anyhow::ensure!(args.engine == "llama", "--vs-llamacpp compares the real model: add --engine llama");
+        super::llamacpp_binary()?;
+    }
     let settings = common.settings(Overrides::default())?;
     let run = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let results = ResultClient::connect(&settings.redis.url, &run).await?;
@@ -297,6 +308,12 @@ pub async fn run(common: &CommonArgs, args: FleetBenchArgs) -> anyhow::Result<st
         let ratio = fleet["generated_tokens_per_s"].as_f64().unwrap_or(0.0) / engine["total_generated_tokens_per_s"].as_f64().unwrap_or(f64::NAN);
         println!("{}", json!({"ratio": "fleet/engine", "generated_tokens_per_s": ratio}));
     }
+    if args.vs_llamacpp {
+        let theirs = tokio::task::block_in_place(|| llamacpp_alone(common, &args))?;
+        println!("{theirs}");
+        let ratio = fleet["generated_tokens_per_s"].as_f64().unwrap_or(0.0) / theirs["total_generated_tokens_per_s"].as_f64().unwrap_or(f64::NAN);
+        println!("{}", json!({"ratio": "fleet/llama.cpp", "generated_tokens_per_s": ratio}));
+    }
     if args.vs_celery {
         let theirs = tokio::task::block_in_place(|| celery::run(&settings, args.celery_jobs))?;
         println!("{theirs}");
@@ -331,6 +348,18 @@ fn engine_alone(common: &CommonArgs, args: &FleetBenchArgs) -> anyhow::Result<se
     };
     let r = run_engine_bench(engine.as_mut(), &spec)?;
     Ok(serde_json::to_value(&r)?)
+}
+
+/// llama.cpp's llama-batched-bench on the workers' model: `args.batch` sequences (at most
+/// `args.jobs`) with the fleet's prompt length and new tokens.
+fn llamacpp_alone(common: &CommonArgs, args: &FleetBenchArgs) -> anyhow::Result<serde_json::Value> {
+    let mut more = Overrides::default();
+    more.set("worker.model_path", args.model_path.as_ref());
+    let settings = common.settings(more)?;
+    let model = genq_worker::runner::resolve_model_path(&settings.worker.model_path).context("model not found")?;
+    let batch = [args.batch.min(args.jobs.max(1))];
+    let workload = super::LlamacppWorkload { batch_sizes: &batch, prompt_tokens: args.prompt_tokens, new_tokens: args.new_tokens as usize, threads: None };
+    super::llamacpp_bench(&model, &workload)?.into_iter().next().context("llama-batched-bench gave no result")
 }
 
 /// Deletes the run's queues and Redis keys (best effort).
