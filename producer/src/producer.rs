@@ -188,13 +188,6 @@ impl Producer {
         }
         let deadline = Instant::now() + Duration::from_secs(self.settings.retry_secs);
         let mut settled = out.iter().filter(|o| o.is_some()).count();
-        let ids: Vec<Option<String>> = {
-            let mut ids = vec![None; out.len()];
-            for (i, job) in &todo {
-                ids[*i] = job.id.clone();
-            }
-            ids
-        };
         let mut marked = Vec::new();
         loop {
             let lost = self.publish_pass(todo, &mut out, &mut settled, &mut marked, &mut progress).await;
@@ -207,8 +200,7 @@ impl Producer {
             }
             todo = lost;
         }
-        let unpublished: Vec<String> =
-            marked.into_iter().filter(|&i| !matches!(out[i], Some(Ok(_)))).filter_map(|i| ids[i].clone()).collect();
+        let unpublished: Vec<String> = marked.into_iter().filter(|(i, _)| !matches!(out[*i], Some(Ok(_)))).map(|(_, id)| id).collect();
         self.unmark_unpublished(unpublished).await;
         out.into_iter().map(|r| r.unwrap_or_else(|| Err(PublishError::Encode("not published".into())))).collect()
     }
@@ -227,17 +219,17 @@ impl Producer {
     }
 
     /// Records a chunk of `(index, id, model)` jobs `queued` in Redis on a task of its own, so the
-    /// chunk before it is published meanwhile. Answers the indexes of the jobs it marked (not
-    /// those an earlier job with the same id had marked already); none when Redis failed (the
-    /// jobs are published all the same: a worker records them when it starts them).
-    fn spawn_mark_queued(&self, chunk: Vec<(usize, String, String)>) -> Option<tokio::task::JoinHandle<Vec<usize>>> {
+    /// chunk before it is published meanwhile. Answers the index and id of each job it marked
+    /// (not those an earlier job with the same id had marked already); none when Redis failed
+    /// (the jobs are published all the same: a worker records them when it starts them).
+    fn spawn_mark_queued(&self, chunk: Vec<(usize, String, String)>) -> Option<tokio::task::JoinHandle<Vec<(usize, String)>>> {
         let results = self.results.clone()?;
         Some(tokio::spawn(async move {
-            let pairs: Vec<(String, String)> = chunk.iter().map(|(_, id, model)| (id.clone(), model.clone())).collect();
+            let (indexes, pairs): (Vec<usize>, Vec<(String, String)>) = chunk.into_iter().map(|(i, id, model)| (i, (id, model))).unzip();
             match results.mark_queued(&pairs).await {
-                Ok(marked) => chunk.iter().zip(marked).filter(|(_, m)| *m).map(|((i, _, _), _)| *i).collect(),
+                Ok(marked) => indexes.into_iter().zip(pairs).zip(marked).filter(|(_, m)| *m).map(|((i, (id, _)), _)| (i, id)).collect(),
                 Err(e) => {
-                    tracing::warn!(error = %e, jobs = chunk.len(), "could not record the jobs as queued in Redis; publishing them anyway");
+                    tracing::warn!(error = %e, jobs = pairs.len(), "could not record the jobs as queued in Redis; publishing them anyway");
                     Vec::new()
                 }
             }
@@ -247,9 +239,6 @@ impl Producer {
     /// Takes back the `queued` marks of jobs whose publish failed for good.
     async fn unmark_unpublished(&self, ids: Vec<String>) {
         let Some(results) = &self.results else { return };
-        if ids.is_empty() {
-            return;
-        }
         if let Err(e) = results.unmark_queued(&ids).await {
             tracing::warn!(error = %e, jobs = ids.len(), "could not take back the queued marks of unpublished jobs");
         }
@@ -260,14 +249,14 @@ impl Producer {
     /// storing each outcome in `out`. Each chunk of [`MARK_CHUNK`] jobs is recorded `queued` before
     /// any of it is published (the next chunk's marks are written while this one is published),
     /// so a worker always finds the mark already there, and a mark can never land after a result
-    /// that has since expired. Adds the indexes of the jobs it marked to `marked`. Returns the
+    /// that has since expired. Adds the index and id of each job it marked to `marked`. Returns the
     /// jobs lost to a broker error (their `out` holds that error until a retry succeeds).
     async fn publish_pass(
         &self,
         todo: Vec<(usize, JobRequest)>,
         out: &mut [Option<Result<String, PublishError>>],
         settled: &mut usize,
-        marked: &mut Vec<usize>,
+        marked: &mut Vec<(usize, String)>,
         progress: &mut impl FnMut(usize),
     ) -> Vec<(usize, JobRequest)> {
         let max = self.settings.max_in_flight.max(1);

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use genq_worker::redis_conn::RedisConn;
+use genq_worker::redis_conn::{array_items, RedisConn};
 
 use genq_shared::keys::KeySchema;
 use genq_shared::{JobResult, JobStatus};
@@ -56,14 +56,6 @@ fn result_of_hash(id: &str, hash: &redis::Value) -> Option<JobResult> {
     (!pairs.is_empty()).then(|| JobResult::from_pairs(id, pairs))
 }
 
-/// The items of an array answer (one script call's per-job answers); none for anything else.
-fn redis_array(v: redis::Value) -> Vec<redis::Value> {
-    match v {
-        redis::Value::Array(items) => items,
-        _ => Vec::new(),
-    }
-}
-
 /// Reads results. Cheap to clone.
 #[derive(Clone)]
 pub struct ResultClient {
@@ -72,7 +64,6 @@ pub struct ResultClient {
     keys: KeySchema,
     ttl_secs: u64,
     unknown_after: Duration,
-    mark_queued_script: Arc<redis::Script>,
     /// Blocking connections of finished waits, reused by the next ones (a gateway waits once per
     /// synchronous request; connecting each time would cost a TCP and RESP handshake).
     idle_waiters: Arc<Mutex<Vec<RedisConn>>>,
@@ -117,11 +108,18 @@ return out
 
 /// Takes back `queued` marks of jobs whose publish failed for good: deletes each hash whose
 /// status is still `queued` (one a worker began or finished is left alone). KEYS: the hashes.
+/// Answers per job 1 when it deleted it, else 0.
 const UNMARK_QUEUED_LUA: &str = r#"
+local out = {}
 for i = 1, #KEYS do
-  if redis.call('HGET', KEYS[i], 'status') == 'queued' then redis.call('DEL', KEYS[i]) end
+  if redis.call('HGET', KEYS[i], 'status') == 'queued' then
+    redis.call('DEL', KEYS[i])
+    out[i] = 1
+  else
+    out[i] = 0
+  end
 end
-return #KEYS
+return out
 "#;
 
 /// TTL of the keys a client writes unless `with_ttl` says otherwise: 24 h, like the workers.
@@ -139,7 +137,7 @@ const READ_WINDOW: usize = 512;
 /// [`READ_WINDOW`] while every job in it is final).
 const MIN_READ_WINDOW: usize = 16;
 
-/// Jobs marked `queued` per script call on one server.
+/// Jobs per `queued`-mark script call on one server (and per round of one-job calls on a cluster).
 const MARKS_PER_CALL: usize = 512;
 
 /// Idle blocking connections a client keeps for later waits, at most.
@@ -160,7 +158,6 @@ impl ResultClient {
             keys: KeySchema::new(key_prefix),
             ttl_secs: DEFAULT_TTL_SECS,
             unknown_after: DEFAULT_UNKNOWN_AFTER,
-            mark_queued_script: Arc::new(redis::Script::new(MARK_QUEUED_LUA)),
             idle_waiters: Arc::default(),
         })
     }
@@ -179,71 +176,53 @@ impl ResultClient {
         self
     }
 
+    /// Runs a per-job script over `jobs` (id and its own argument, if any), [`MARKS_PER_CALL`]
+    /// jobs per EVAL on one server; on a cluster, where jobs' keys live in different slots, one
+    /// EVAL per job. KEYS: the jobs' hashes; ARGV: `common`, then each job's argument. Answers
+    /// the script's per-job answers, checked to be one per job.
+    async fn eval_per_job(&self, source: &str, jobs: &[(&str, Option<&str>)], common: &[String]) -> Result<Vec<redis::Value>, ResultError> {
+        let eval = |chunk: &[(&str, Option<&str>)]| {
+            let mut c = redis::cmd("EVAL");
+            c.arg(source).arg(chunk.len());
+            for (id, _) in chunk {
+                c.arg(self.keys.job(id));
+            }
+            c.arg(common);
+            for (_, arg) in chunk {
+                c.arg(*arg);
+            }
+            c
+        };
+        let per_call = if self.conn.is_cluster() { 1 } else { MARKS_PER_CALL };
+        let mut answers = Vec::with_capacity(jobs.len());
+        for calls in jobs.chunks(MARKS_PER_CALL) {
+            let cmds: Vec<redis::Cmd> = calls.chunks(per_call).map(eval).collect();
+            answers.extend(self.conn.query_all(&cmds).await.map_err(redis_err)?.into_iter().flat_map(array_items));
+        }
+        if answers.len() != jobs.len() {
+            return Err(ResultError::Redis(format!("a script answered for {} jobs out of {}", answers.len(), jobs.len())));
+        }
+        Ok(answers)
+    }
+
     /// Records `(id, model)` jobs as `queued` (with `created_ms` and the TTL), so waiters can
     /// tell a queued job from an unknown one; [`Producer`](crate::Producer) does so before it
     /// publishes them, so no worker can have started them yet. Never overwrites a status already
     /// stored (an earlier job with the same id). Answers, per job, whether this call marked it.
-    /// On one server each chunk of [`MARKS_PER_CALL`] jobs is one script call (one answer to
-    /// parse instead of four per job); on a cluster, where jobs' keys live in different slots,
-    /// the same script runs once per job, its source sent along (as the worker's sink does).
+    /// One script call per [`MARKS_PER_CALL`] jobs on one server, one per job on a cluster.
     pub async fn mark_queued(&self, jobs: &[(String, String)]) -> Result<Vec<bool>, ResultError> {
-        let now = genq_shared::now_ms();
-        let mut marked = Vec::with_capacity(jobs.len());
-        for chunk in jobs.chunks(MARKS_PER_CALL) {
-            let answers: Vec<redis::Value> = if self.conn.is_cluster() {
-                let cmds: Vec<redis::Cmd> = chunk
-                    .iter()
-                    .map(|(id, model)| {
-                        let mut c = redis::cmd("EVAL");
-                        c.arg(MARK_QUEUED_LUA).arg(1).arg(self.keys.job(id)).arg(now).arg(self.ttl_secs).arg(model);
-                        c
-                    })
-                    .collect();
-                self.conn.query_all(&cmds).await.map_err(redis_err)?.into_iter().flat_map(redis_array).collect()
-            } else {
-                let mut invocation = self.mark_queued_script.prepare_invoke();
-                invocation.arg(now).arg(self.ttl_secs);
-                for (id, model) in chunk {
-                    invocation.key(self.keys.job(id)).arg(model);
-                }
-                let mut conn = self.conn.clone();
-                redis_array(invocation.invoke_async(&mut conn).await.map_err(redis_err)?)
-            };
-            if answers.len() != chunk.len() {
-                return Err(ResultError::Redis(format!("queued marks answered for {} jobs out of {}", answers.len(), chunk.len())));
-            }
-            marked.extend(answers.iter().map(|v| redis::from_redis_value_ref::<i64>(v).ok() == Some(1)));
-        }
-        Ok(marked)
+        let jobs: Vec<(&str, Option<&str>)> = jobs.iter().map(|(id, model)| (id.as_str(), Some(model.as_str()))).collect();
+        let common = [genq_shared::now_ms().to_string(), self.ttl_secs.to_string()];
+        let answers = self.eval_per_job(MARK_QUEUED_LUA, &jobs, &common).await?;
+        Ok(answers.iter().map(|v| redis::from_redis_value_ref::<i64>(v).ok() == Some(1)).collect())
     }
 
     /// Takes back the `queued` marks of jobs that were never published: each job whose status is
     /// still `queued` is deleted, so a waiter answers "unknown" instead of waiting for a job no
     /// queue holds. Jobs a worker began or finished are left alone.
     pub async fn unmark_queued(&self, ids: &[String]) -> Result<(), ResultError> {
-        for chunk in ids.chunks(MARKS_PER_CALL) {
-            let mut cmd = redis::cmd("EVAL");
-            cmd.arg(UNMARK_QUEUED_LUA).arg(1);
-            let cmds: Vec<redis::Cmd> = if self.conn.is_cluster() {
-                chunk
-                    .iter()
-                    .map(|id| {
-                        let mut c = cmd.clone();
-                        c.arg(self.keys.job(id));
-                        c
-                    })
-                    .collect()
-            } else {
-                let mut c = redis::cmd("EVAL");
-                c.arg(UNMARK_QUEUED_LUA).arg(chunk.len());
-                for id in chunk {
-                    c.arg(self.keys.job(id));
-                }
-                vec![c]
-            };
-            self.conn.query_all(&cmds).await.map_err(redis_err)?;
-        }
-        Ok(())
+        let jobs: Vec<(&str, Option<&str>)> = ids.iter().map(|id| (id.as_str(), None)).collect();
+        self.eval_per_job(UNMARK_QUEUED_LUA, &jobs, &[]).await.map(|_| ())
     }
 
     /// Asks for a queued or running job to be cancelled. A worker that has not started it yet

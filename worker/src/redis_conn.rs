@@ -66,6 +66,15 @@ impl RedisConn {
     }
 }
 
+/// The items of an array answer, e.g. a multi-job script call's per-job answers; none for
+/// anything else.
+pub fn array_items(answer: Value) -> Vec<Value> {
+    match answer {
+        Value::Array(items) => items,
+        _ => Vec::new(),
+    }
+}
+
 impl ConnectionLike for RedisConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use redis::{Cmd, Value};
 
 use crate::metrics::WorkerMetrics;
-use crate::redis_conn::RedisConn;
+use crate::redis_conn::{array_items, RedisConn};
 
 use genq_shared::keys::KeySchema;
 
@@ -219,14 +219,6 @@ impl RedisSink {
     }
 }
 
-/// The per-job answers inside one script call's answer (an array with one entry per job).
-fn per_job(call: Value) -> Vec<Value> {
-    match call {
-        Value::Array(items) => items,
-        _ => Vec::new(),
-    }
-}
-
 /// Checks that the script calls answered once per job, so no answer is matched to the wrong job.
 fn answer_count<T>(answers: Vec<T>, jobs: usize) -> Result<Vec<T>, SinkError> {
     if answers.len() == jobs {
@@ -276,7 +268,7 @@ impl ResultSink for RedisSink {
         let answers = self.run(&cmds).await?;
         let begins: Vec<Begin> = answers
             .into_iter()
-            .flat_map(per_job)
+            .flat_map(array_items)
             .map(|answer| match ints(&answer).as_slice() {
                 [1, suspect, solo] => Begin::Fresh { suspect: *suspect == 1, solo_runs: (*solo).max(0) as u64 },
                 [2] => Begin::Cancelled,
@@ -329,7 +321,7 @@ impl ResultSink for RedisSink {
                 cmd
             })
             .collect();
-        let answers = answer_count(self.run(&cmds).await?.into_iter().flat_map(per_job).collect(), results.len())?;
+        let answers = answer_count(self.run(&cmds).await?.into_iter().flat_map(array_items).collect(), results.len())?;
         let mut written = Vec::with_capacity(results.len());
         let mut counts = Vec::new();
         for (f, answer) in results.iter().zip(&answers) {
