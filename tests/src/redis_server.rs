@@ -26,8 +26,16 @@ impl PrivateRedis {
         let dir = crate::scratch_dir().join(crate::unique("redis"));
         let _ = std::fs::create_dir_all(&dir);
         let mut r = PrivateRedis { port: free_port(), dir, extra: extra.iter().map(|s| s.to_string()).collect(), child: None };
-        r.spawn();
-        r
+        // A port found free can be taken again before redis-server binds it (by another test's
+        // server, or as the local port of an outgoing connection): then it exits, and the next
+        // free port is tried.
+        for _ in 0..5 {
+            if r.try_spawn() {
+                return r;
+            }
+            r.port = free_port();
+        }
+        panic!("private redis did not start on any of 5 free ports")
     }
 
     /// Its port.
@@ -40,8 +48,13 @@ impl PrivateRedis {
         &self.dir
     }
 
-    /// Starts the process (again, after [`PrivateRedis::stop`]).
+    /// Starts the process (again, after [`PrivateRedis::stop`]) on the same port.
     pub fn spawn(&mut self) {
+        assert!(self.try_spawn(), "private redis did not start again on port {}", self.port);
+    }
+
+    /// Starts the process; false if it exited before serving its port (the port was taken).
+    fn try_spawn(&mut self) -> bool {
         let port = self.port.to_string();
         let tls = self.extra.iter().any(|a| a == "--tls-port");
         let mut cmd = Command::new("redis-server");
@@ -62,10 +75,28 @@ impl PrivateRedis {
             .expect("redis-server");
         self.child = Some(child);
         let until = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        loop {
+            if self.exited() {
+                self.child = None;
+                return false;
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                // Whoever answered, the server must still be alive once it has had time to bind.
+                std::thread::sleep(Duration::from_millis(50));
+                if self.exited() {
+                    self.child = None;
+                    return false;
+                }
+                return true;
+            }
             assert!(Instant::now() < until, "private redis did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Whether the process has exited.
+    fn exited(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
     }
 
     /// Stops the process (SIGTERM: Redis flushes its append-only file and exits).
