@@ -78,13 +78,13 @@ pub enum CancelOutcome {
     AlreadyFinal(JobStatus),
 }
 
-/// Marks a job cancelled unless it is unknown or final: `{'requested'}`, `{'final', status}` or
-/// `{'unknown'}`.
+/// Asks for a job to be cancelled (sets ARGV[1], the cancel field, in its hash) unless it is
+/// unknown or final: `{'requested'}`, `{'final', status}` or `{'unknown'}`.
 const CANCEL_LUA: &str = r#"
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return {'unknown'} end
 if st == 'done' or st == 'failed' or st == 'expired' or st == 'cancelled' then return {'final', st} end
-redis.call('SET', KEYS[2], '1', 'EX', ARGV[1])
+redis.call('HSET', KEYS[1], ARGV[1], '1')
 return {'requested'}
 "#;
 
@@ -162,7 +162,7 @@ impl ResultClient {
         })
     }
 
-    /// Sets the TTL of the keys this client writes (queued marks, cancel requests); the
+    /// Sets the TTL of the keys this client writes (queued marks); the
     /// `redis.result_ttl_secs` setting.
     pub fn with_ttl(mut self, ttl_secs: u64) -> Self {
         self.ttl_secs = ttl_secs.max(1);
@@ -232,8 +232,7 @@ impl ResultClient {
         let mut conn = self.conn.clone();
         let answer: Vec<String> = redis::Script::new(CANCEL_LUA)
             .key(self.keys.job(id))
-            .key(self.keys.cancel(id))
-            .arg(self.ttl_secs)
+            .arg(genq_shared::keys::CANCEL_FIELD)
             .invoke_async(&mut conn)
             .await
             .map_err(redis_err)?;

@@ -1,5 +1,9 @@
 //! The Redis key schema. The `{id}` hash tag keeps one job's keys in one Redis Cluster slot.
 
+/// Field of a job's hash that `genq cancel` sets to ask for the job to be cancelled; the worker
+/// reads it when it begins the job and between engine steps. Internal: not part of a result.
+pub const CANCEL_FIELD: &str = "cancel_requested";
+
 /// Builds the Redis keys of jobs and batches under one prefix (`genq` by default; tests use
 /// their own so they never collide).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,11 +36,6 @@ impl KeySchema {
     /// `genq:job:{<id>}:stream`: streamed text chunks, then an end marker.
     pub fn stream(&self, id: &str) -> String {
         format!("{}:job:{{{id}}}:stream", self.prefix)
-    }
-
-    /// `genq:job:{<id>}:cancel`: set by `genq cancel`; the worker checks it between steps.
-    pub fn cancel(&self, id: &str) -> String {
-        format!("{}:job:{{{id}}}:cancel", self.prefix)
     }
 
     /// `genq:batch:{<id>}`: counts per final status for a batch.

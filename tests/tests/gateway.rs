@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use genq_shared::keys::KeySchema;
+use genq_shared::keys::{KeySchema, CANCEL_FIELD};
 use genq_shared::{JobResult, JobStatus};
 use genq_tests::{bin, default_model, redis_url, scratch_dir, workspace_root, Sandbox};
 
@@ -128,7 +128,7 @@ fn assert_error(reply: &Reply, status: u16, param: Option<&str>, code: Option<&s
     }
 }
 
-/// Waits until the gateway has asked for job `id` to be cancelled (its cancel key is set) and
+/// Waits until the gateway has asked for job `id` to be cancelled (its cancel field is set) and
 /// the worker has ended it `cancelled`.
 async fn assert_cancelled(sb: &Sandbox, id: &str, what: &str) {
     let keys = KeySchema::new(sb.prefix.clone());
@@ -138,7 +138,7 @@ async fn assert_cancelled(sb: &Sandbox, id: &str, what: &str) {
     let until = Instant::now() + Duration::from_secs(30);
     let (mut requested, mut last) = (false, None);
     while Instant::now() < until {
-        requested |= redis::cmd("EXISTS").arg(keys.cancel(id)).query_async::<i64>(&mut conn).await.expect("EXISTS") == 1;
+        requested |= redis::cmd("HEXISTS").arg(keys.job(id)).arg(CANCEL_FIELD).query_async::<i64>(&mut conn).await.expect("HEXISTS") == 1;
         last = results.get(id).await.expect("redis");
         if requested && last.as_ref().and_then(|r| r.status) == Some(JobStatus::Cancelled) {
             return;
@@ -327,7 +327,7 @@ async fn with_no_worker_a_full_queue_is_429_and_a_wait_past_the_timeout_is_504()
     let client = redis::Client::open(redis_url()).expect("redis url");
     let mut conn = client.get_multiplexed_async_connection().await.expect("redis");
     let until = Instant::now() + Duration::from_secs(5);
-    while redis::cmd("EXISTS").arg(keys.cancel("waits-in-vain")).query_async::<i64>(&mut conn).await.expect("EXISTS") == 0 {
+    while redis::cmd("HEXISTS").arg(keys.job("waits-in-vain")).arg(CANCEL_FIELD).query_async::<i64>(&mut conn).await.expect("HEXISTS") == 0 {
         assert!(Instant::now() < until, "a request that timed out cancels its job");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

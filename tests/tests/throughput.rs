@@ -89,22 +89,33 @@ async fn copies_of_a_job_in_one_intake_batch_leave_one_result_and_an_empty_queue
     sb.cleanup().await;
 }
 
-/// `genq bench fleet` on a small run: one JSON line, every job done, none missing.
+/// `genq bench fleet --vs-broker` on a small run: the fleet's JSON line with every job done and
+/// none missing, then RabbitMQ alone's line (every job consumed) and the ratio of the two.
 #[test]
-fn the_fleet_benchmark_reads_back_every_job() {
+fn the_fleet_benchmark_reads_back_every_job_and_compares_with_rabbitmq_alone() {
     let amqp = genq_tests::amqp_url();
     let redis = genq_tests::redis_url();
     let out = std::process::Command::new(bin("genq"))
-        .args(["--amqp-url", &amqp, "--redis-url", &redis, "bench", "fleet", "--jobs", "500", "--engine", "echo"])
+        .args(["--amqp-url", &amqp, "--redis-url", &redis, "bench", "fleet", "--jobs", "500", "--engine", "echo", "--vs-broker"])
         .env("GENQ_WORKER_BIN", bin("genq-worker"))
         .output()
         .expect("run genq bench fleet");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let line = stdout.lines().find(|l| l.starts_with('{')).expect("a JSON line");
-    let v: serde_json::Value = serde_json::from_str(line).expect("JSON");
+    let lines: Vec<serde_json::Value> = stdout.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).expect("JSON")).collect();
+    assert_eq!(lines.len(), 3, "fleet, RabbitMQ alone, ratio: {stdout}");
+    let v = &lines[0];
     assert_eq!(v["done"], 500, "{v}");
     assert_eq!(v["missing"], 0, "{v}");
     assert!(v["jobs_per_s"].as_f64().is_some_and(|x| x > 0.0), "{v}");
     assert!(v["worker"][0]["peak_rss_mib"].as_f64().is_some_and(|x| x > 0.0), "{v}");
+    let alone = &lines[1];
+    assert_eq!(alone["system"], "rabbitmq alone", "{alone}");
+    assert_eq!(alone["jobs"], 500, "{alone}");
+    assert!(alone["jobs_per_s"].as_f64().is_some_and(|x| x > 0.0), "{alone}");
+    assert!(alone["cpu_us_per_job"]["rabbitmq"].as_f64().is_some_and(|x| x > 0.0), "{alone}");
+    let ratio = &lines[2];
+    assert_eq!(ratio["ratio"], "fleet/rabbitmq-alone", "{ratio}");
+    let expected = v["jobs_per_s"].as_f64().unwrap_or_default() / alone["jobs_per_s"].as_f64().unwrap_or(f64::NAN);
+    assert!(ratio["jobs_per_s"].as_f64().is_some_and(|r| (r - expected).abs() < 1e-9), "{ratio}");
 }

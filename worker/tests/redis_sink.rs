@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use genq_shared::keys::KeySchema;
+use genq_shared::keys::{KeySchema, CANCEL_FIELD};
 use genq_shared::{JobResult, JobStatus};
 use genq_worker::sink::redis::{RedisSink, RedisSinkSettings};
 use genq_worker::sink::{Begin, FinalResult, JobStart, ResultSink};
@@ -63,17 +63,23 @@ async fn begin_and_finish_answer_each_job_of_a_large_batch_in_order() {
 
     let ids: Vec<String> = (0..JOBS).map(|i| format!("job-{i}")).collect();
     // Every 7th job is already done, every 11th has a cancel request, every 13th was started by
-    // another worker that ran it alone twice, every 17th already has its created_ms.
-    let preset_created = |i: usize| i.is_multiple_of(17) && !i.is_multiple_of(7) && !i.is_multiple_of(11) && !i.is_multiple_of(13);
+    // another worker that ran it alone twice, every 17th already has its created_ms, every 19th
+    // has a producer's `queued` mark (with its own TTL, which begin keeps).
+    let plain = |i: usize| !i.is_multiple_of(7) && !i.is_multiple_of(11) && !i.is_multiple_of(13);
+    let preset_created = |i: usize| i.is_multiple_of(17) && plain(i);
+    let queued_mark = |i: usize| i.is_multiple_of(19) && !i.is_multiple_of(17) && plain(i);
     for (i, id) in ids.iter().enumerate() {
         if i.is_multiple_of(7) {
             let _: () = conn.hset_multiple(keys.job(id), &[("status", "done"), ("text", "earlier")]).await.expect("redis");
         } else if i.is_multiple_of(11) {
-            let _: () = conn.set(keys.cancel(id), "1").await.expect("redis");
+            let _: () = conn.hset(keys.job(id), CANCEL_FIELD, "1").await.expect("redis");
         } else if i.is_multiple_of(13) {
             let _: () = conn.hset_multiple(keys.job(id), &[("status", "running"), ("worker", "w-dead"), ("solo_runs", "2"), ("attempts", "1")]).await.expect("redis");
         } else if preset_created(i) {
             let _: () = conn.hset(keys.job(id), "created_ms", "5").await.expect("redis");
+        } else if queued_mark(i) {
+            let _: () = conn.hset_multiple(keys.job(id), &[("status", "queued"), ("created_ms", "6")]).await.expect("redis");
+            let _: () = conn.expire(keys.job(id), 300).await.expect("redis");
         }
     }
 
@@ -101,13 +107,20 @@ async fn begin_and_finish_answer_each_job_of_a_large_batch_in_order() {
                 assert_eq!(field(&h, "model"), Some(s.model.as_str()), "{id}: {h:?}");
                 assert_eq!(field(&h, "started_ms"), Some(s.started_ms.to_string().as_str()), "{id}: {h:?}");
                 assert_eq!(field(&h, "attempts"), Some(if i.is_multiple_of(13) { "2" } else { "1" }), "{id}: {h:?}");
-                let created = if preset_created(i) { Some("5".to_string()) } else { s.created_ms.map(|c| c.to_string()) };
+                let created = if preset_created(i) {
+                    Some("5".to_string())
+                } else if queued_mark(i) {
+                    Some("6".to_string())
+                } else {
+                    s.created_ms.map(|c| c.to_string())
+                };
                 assert_eq!(h.get("created_ms"), created.as_ref(), "created_ms is kept when present, absent when unknown: {id}: {h:?}");
                 let ttl: i64 = conn.ttl(keys.job(id)).await.expect("redis");
-                assert!(ttl > 0 && ttl <= 600, "{id} has the TTL, got {ttl}");
+                let most = if queued_mark(i) { 300 } else { 600 };
+                assert!(ttl > 0 && ttl <= most, "{id} has the TTL (at most {most}), got {ttl}");
             }
             Begin::Duplicate => assert_eq!(field(&h, "status"), Some("done"), "a final job is left alone: {h:?}"),
-            Begin::Cancelled => assert!(h.is_empty(), "a cancelled job is not marked running: {h:?}"),
+            Begin::Cancelled => assert_eq!(field(&h, "status"), None, "a cancelled job is not marked running: {h:?}"),
         }
     }
 
@@ -147,7 +160,7 @@ async fn begin_and_finish_answer_each_job_of_a_large_batch_in_order() {
 
     let mut doomed: Vec<String> = Vec::new();
     for id in &ids {
-        doomed.extend([keys.job(id), keys.done(id), keys.stream(id), keys.cancel(id)]);
+        doomed.extend([keys.job(id), keys.done(id), keys.stream(id)]);
     }
     let _: () = conn.unlink(doomed).await.expect("redis");
 }

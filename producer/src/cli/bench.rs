@@ -6,8 +6,10 @@
 //! - [`fleet`]: the whole path end to end (producer, RabbitMQ, workers, Redis, reader).
 //! - [`workers`]: the `genq-worker` processes a fleet run starts and stops.
 //! - [`procstat`]: CPU time and memory of those processes, from `/proc`.
+//! - [`broker`]: RabbitMQ alone on the same jobs (the ceiling the queue sets).
 //! - [`celery`]: the Celery baseline, run through `scripts/celery-bench.sh`.
 
+mod broker;
 mod celery;
 mod fleet;
 mod procstat;

@@ -13,26 +13,28 @@ use redis::{Cmd, Value};
 use crate::metrics::WorkerMetrics;
 use crate::redis_conn::{array_items, RedisConn};
 
-use genq_shared::keys::KeySchema;
+use genq_shared::keys::{KeySchema, CANCEL_FIELD};
 
 use super::{Begin, FinalResult, JobStart, ResultSink, SinkError};
 
-/// Begins several jobs in one call. KEYS: each job's hash and cancel key, in pairs; ARGV: TTL,
-/// then `worker`, `started_ms`, `created_ms`, `kind`, `model` per job. Answers per job `{0}` for a
-/// duplicate, `{2}` for a cancelled job, else `{1, suspect, solo_runs}`. Per job one HMGET reads
-/// what the decision needs and one HSET writes the running state (attempts and, when absent,
-/// created_ms included).
+/// Begins several jobs in one call. KEYS: each job's hash; ARGV: TTL, the cancel field's name,
+/// then `worker`, `started_ms`, `created_ms`, `kind`, `model` per job. Answers three integers
+/// per job in one flat array: `0,0,0` for a duplicate, `2,0,0` for a cancelled job, else
+/// `1, suspect, solo_runs`. Per job one HMGET reads what the decision needs (the cancel request
+/// included) and one HSET writes the running state (attempts and, when absent, created_ms
+/// included); the TTL is set unless the hash is a `queued` mark, which has it already.
 const BEGIN_LUA: &str = r#"
 local out = {}
-for i = 1, #KEYS / 2 do
-  local job, cancel = KEYS[2 * i - 1], KEYS[2 * i]
-  local a = 5 * i - 3
-  local h = redis.call('HMGET', job, 'status', 'worker', 'solo_runs', 'created_ms', 'attempts')
+for i = 1, #KEYS do
+  local job = KEYS[i]
+  local a = 5 * i - 2
+  local h = redis.call('HMGET', job, 'status', 'worker', 'solo_runs', 'created_ms', 'attempts', ARGV[2])
   local st = h[1]
+  local o = 3 * i - 2
   if st == 'done' or st == 'failed' or st == 'expired' or st == 'cancelled' then
-    out[i] = {0}
-  elseif redis.call('EXISTS', cancel) == 1 then
-    out[i] = {2}
+    out[o], out[o + 1], out[o + 2] = 0, 0, 0
+  elseif h[6] then
+    out[o], out[o + 1], out[o + 2] = 2, 0, 0
   else
     local suspect = 0
     if st == 'running' and h[2] ~= ARGV[a] then suspect = 1 end
@@ -42,8 +44,8 @@ for i = 1, #KEYS / 2 do
     else
       redis.call('HSET', job, 'status', 'running', 'worker', ARGV[a], 'started_ms', ARGV[a + 1], 'kind', ARGV[a + 3], 'model', ARGV[a + 4], 'attempts', attempts)
     end
-    redis.call('EXPIRE', job, ARGV[1])
-    out[i] = {1, suspect, tonumber(h[3] or '0')}
+    if st ~= 'queued' then redis.call('EXPIRE', job, ARGV[1]) end
+    out[o], out[o + 1], out[o + 2] = 1, suspect, tonumber(h[3] or '0')
   end
 end
 return out
@@ -51,8 +53,8 @@ return out
 
 /// Finishes several jobs in one call. KEYS: each job's hash, done list and stream, in threes;
 /// ARGV: TTL, then per job its status, `1` if it streams, the number of hash arguments and those
-/// field/value arguments. Writes a job only if it has no final status yet; answers per job `{1}`,
-/// or `{0, status}` with the status already stored.
+/// field/value arguments. Writes a job only if it has no final status yet; answers one element
+/// per job in a flat array: `1` when written, else the final status already stored.
 const FINISH_LUA: &str = r#"
 local out = {}
 local a = 2
@@ -61,7 +63,7 @@ for i = 1, #KEYS / 3 do
   local n = tonumber(ARGV[a + 2])
   local st = redis.call('HGET', job, 'status')
   if st == 'done' or st == 'failed' or st == 'expired' or st == 'cancelled' then
-    out[i] = {0, st}
+    out[i] = st
   else
     if n > 0 then redis.call('HSET', job, unpack(ARGV, a + 3, a + 2 + n)) end
     redis.call('EXPIRE', job, ARGV[1])
@@ -71,7 +73,7 @@ for i = 1, #KEYS / 3 do
       redis.call('XADD', stream, '*', 'end', ARGV[a])
       redis.call('EXPIRE', stream, ARGV[1])
     end
-    out[i] = {1}
+    out[i] = 1
   end
   a = a + 3 + n
 end
@@ -219,29 +221,32 @@ impl RedisSink {
     }
 }
 
-/// Checks that the script calls answered once per job, so no answer is matched to the wrong job.
-fn answer_count<T>(answers: Vec<T>, jobs: usize) -> Result<Vec<T>, SinkError> {
-    if answers.len() == jobs {
+/// Checks that the script calls answered `per_job` values for each of `jobs` jobs, so no answer
+/// is matched to the wrong job.
+fn answer_count<T>(answers: Vec<T>, jobs: usize, per_job: usize) -> Result<Vec<T>, SinkError> {
+    if answers.len() == jobs * per_job {
         Ok(answers)
     } else {
-        Err(SinkError(format!("redis scripts answered for {} jobs out of {jobs}", answers.len())))
+        Err(SinkError(format!("redis scripts answered {} values for {jobs} jobs, not {per_job} per job", answers.len())))
     }
 }
 
-/// `{1}` -> (true, None); `{0, status}` -> (false, Some(status)).
-fn ints_or_status(v: &Value) -> (bool, Option<String>) {
+/// A finish answer: `1` -> (true, None); the stored status -> (false, Some(status)).
+fn written_or_status(v: &Value) -> (bool, Option<String>) {
     match v {
-        Value::Array(items) => {
-            let fresh = items.first().and_then(|x| redis::from_redis_value_ref::<i64>(x).ok()) == Some(1);
-            let status = items.get(1).and_then(|x| redis::from_redis_value_ref::<String>(x).ok());
-            (fresh, status)
-        }
-        _ => (false, None),
+        Value::Int(1) => (true, None),
+        other => (false, redis::from_redis_value_ref::<String>(other).ok()),
     }
 }
 
-fn ints(v: &Value) -> Vec<i64> {
-    redis::from_redis_value_ref::<Vec<i64>>(v).unwrap_or_default()
+/// A begin answer: three integers per job.
+fn begin_of(answer: &[Value]) -> Begin {
+    let int = |i: usize| answer.get(i).and_then(|v| redis::from_redis_value_ref::<i64>(v).ok()).unwrap_or(0);
+    match int(0) {
+        1 => Begin::Fresh { suspect: int(1) == 1, solo_runs: int(2).max(0) as u64 },
+        2 => Begin::Cancelled,
+        _ => Begin::Duplicate,
+    }
 }
 
 impl ResultSink for RedisSink {
@@ -252,9 +257,9 @@ impl ResultSink for RedisSink {
         let cmds: Vec<Cmd> = starts
             .chunks(self.jobs_per_script_call())
             .map(|chunk| {
-                let keys: Vec<String> = chunk.iter().flat_map(|s| [self.keys.job(&s.id), self.keys.cancel(&s.id)]).collect();
+                let keys: Vec<String> = chunk.iter().map(|s| self.keys.job(&s.id)).collect();
                 let mut cmd = self.script(&self.begin, BEGIN_LUA, &keys);
-                cmd.arg(self.ttl_secs);
+                cmd.arg(self.ttl_secs).arg(CANCEL_FIELD);
                 for start in chunk {
                     cmd.arg(&start.worker)
                         .arg(start.started_ms)
@@ -266,16 +271,9 @@ impl ResultSink for RedisSink {
             })
             .collect();
         let answers = self.run(&cmds).await?;
-        let begins: Vec<Begin> = answers
-            .into_iter()
-            .flat_map(array_items)
-            .map(|answer| match ints(&answer).as_slice() {
-                [1, suspect, solo] => Begin::Fresh { suspect: *suspect == 1, solo_runs: (*solo).max(0) as u64 },
-                [2] => Begin::Cancelled,
-                _ => Begin::Duplicate,
-            })
-            .collect();
-        answer_count(begins, starts.len())
+        let flat: Vec<Value> = answers.into_iter().flat_map(array_items).collect();
+        let flat = answer_count(flat, starts.len(), 3)?;
+        Ok(flat.chunks(3).map(begin_of).collect())
     }
 
     async fn record_solo_run(&self, id: &str) -> Result<(), SinkError> {
@@ -288,8 +286,8 @@ impl ResultSink for RedisSink {
         let cmds: Vec<Cmd> = ids
             .iter()
             .map(|id| {
-                let mut c = redis::cmd("EXISTS");
-                c.arg(self.keys.cancel(id));
+                let mut c = redis::cmd("HEXISTS");
+                c.arg(self.keys.job(id)).arg(CANCEL_FIELD);
                 c
             })
             .collect();
@@ -321,11 +319,11 @@ impl ResultSink for RedisSink {
                 cmd
             })
             .collect();
-        let answers = answer_count(self.run(&cmds).await?.into_iter().flat_map(array_items).collect(), results.len())?;
+        let answers = answer_count(self.run(&cmds).await?.into_iter().flat_map(array_items).collect(), results.len(), 1)?;
         let mut written = Vec::with_capacity(results.len());
         let mut counts = Vec::new();
         for (f, answer) in results.iter().zip(&answers) {
-            let answer = ints_or_status(answer);
+            let answer = written_or_status(answer);
             let fresh = answer.0;
             written.push(fresh);
             // A duplicate still counts (idempotently) with the stored status: the first delivery

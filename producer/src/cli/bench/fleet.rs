@@ -5,8 +5,9 @@
 //! finished_ms of the stored results), and each worker's CPU time and memory (read from `/proc`
 //! before it exits, with RSS sampled through the run to show whether it stays flat). With
 //! `--vs-engine` the engine alone runs the same jobs in this process afterwards, with
-//! `--vs-llamacpp` llama.cpp's llama-batched-bench runs the same workload, and with
-//! `--vs-celery` the Celery baseline runs in the same invocation; each prints its ratio line.
+//! `--vs-llamacpp` llama.cpp's llama-batched-bench runs the same workload, with `--vs-broker`
+//! RabbitMQ alone carries the same jobs (the queue's ceiling), and with `--vs-celery` the Celery
+//! baseline runs in the same invocation; each prints its ratio line.
 
 use std::time::{Duration, Instant};
 
@@ -19,7 +20,7 @@ use genq_shared::settings::{Overrides, ProducerSettings, Settings};
 use genq_shared::{JobRequest, JobStatus};
 use genq_worker::bench::{bench_prompt, run_engine_bench, EngineBenchSpec};
 
-use super::celery;
+use super::{broker, celery};
 use super::procstat::{self, RssTrace};
 use super::workers::WorkerProcess;
 use crate::cli::CommonArgs;
@@ -76,6 +77,10 @@ pub struct FleetBenchArgs {
     /// Needs `--engine llama` and a GGUF model.
     #[arg(long)]
     vs_llamacpp: bool,
+    /// Also run the same jobs through RabbitMQ alone (the producer library publishing, a bare
+    /// consumer acking; no Redis, no worker) and print the fleet/RabbitMQ-alone ratio.
+    #[arg(long)]
+    vs_broker: bool,
     /// Also run the Celery baseline (scripts/celery-bench.sh) and print the ratio.
     #[arg(long)]
     vs_celery: bool,
@@ -101,7 +106,7 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[(((sorted.len() - 1) as f64) * p).round() as usize]
 }
 
-fn jobs(args: &FleetBenchArgs, run: &str) -> Vec<JobRequest> {
+fn make_jobs(args: &FleetBenchArgs, run: &str) -> Vec<JobRequest> {
     (0..args.jobs)
         .map(|i| JobRequest {
             id: Some(format!("{run}-{i}")),
@@ -172,7 +177,7 @@ pub async fn run(common: &CommonArgs, args: FleetBenchArgs) -> anyhow::Result<st
     if !args.no_queued_marks {
         producer = producer.with_results(results.clone());
     }
-    let jobs = jobs(&args, &run);
+    let jobs = make_jobs(&args, &run);
     let ids: Vec<String> = jobs.iter().filter_map(|j| j.id.clone()).collect();
 
     let mut workers = Vec::new();
@@ -313,6 +318,14 @@ pub async fn run(common: &CommonArgs, args: FleetBenchArgs) -> anyhow::Result<st
         println!("{theirs}");
         let ratio = fleet["generated_tokens_per_s"].as_f64().unwrap_or(0.0) / theirs["total_generated_tokens_per_s"].as_f64().unwrap_or(f64::NAN);
         println!("{}", json!({"ratio": "fleet/llama.cpp", "generated_tokens_per_s": ratio}));
+    }
+    if args.vs_broker {
+        let alone_run = format!("{run}-broker");
+        let prefetch = args.prefetch.unwrap_or(settings.worker.prefetch);
+        let alone = broker::run(&settings, &alone_run, make_jobs(&args, &alone_run), prefetch, Duration::from_secs(args.timeout_secs)).await?;
+        println!("{alone}");
+        let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+        println!("{}", json!({"ratio": "fleet/rabbitmq-alone", "jobs_per_s": f(&fleet, "jobs_per_s") / f(&alone, "jobs_per_s")}));
     }
     if args.vs_celery {
         let theirs = tokio::task::block_in_place(|| celery::run(&settings, args.celery_jobs))?;
