@@ -7,7 +7,6 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use futures::stream::{self, StreamExt};
 use futures::FutureExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
@@ -70,30 +69,37 @@ pub async fn run(settings: &Settings, run: &str, jobs: Vec<JobRequest>, prefetch
     let outcomes = producer.submit_many(jobs, |_| {}).await;
     let publish_time = started.elapsed();
     let refused = outcomes.iter().filter(|o| o.is_err()).count();
-    let wall = if refused == 0 {
-        tokio::time::timeout(timeout, consume).await.context("RabbitMQ alone: timed out")?.context("consumer task")??
+    let consumed = if refused == 0 {
+        match tokio::time::timeout(timeout, consume).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => Err(anyhow::Error::from(e).context("consumer task")),
+            Err(_) => Err(anyhow::anyhow!("RabbitMQ alone: timed out waiting for the deliveries")),
+        }
     } else {
         consume.abort();
-        anyhow::bail!("RabbitMQ alone: {refused} publishes refused");
+        Err(anyhow::anyhow!("RabbitMQ alone: {refused} publishes refused"))
     };
-    let per_job = |secs: f64| (1e6 * secs / total.max(1) as f64).round();
-    let figures = json!({
-        "system": "rabbitmq alone",
-        "jobs": total,
-        "prefetch": prefetch,
-        "publish_jobs_per_s": total as f64 / publish_time.as_secs_f64().max(1e-9),
-        "jobs_per_s": total as f64 / wall.as_secs_f64().max(1e-9),
-        "seconds": wall.as_secs_f64(),
-        "cpu_us_per_job": {
-            "rabbitmq": per_job(procstat::cpu_secs(&rabbitmq) - rabbitmq_before),
-            "bench_producer_and_consumer": per_job(procstat::cpu_secs(&me) - me_before),
-        },
+    let figures = consumed.map(|wall| {
+        let per_job = |secs: f64| (1e6 * secs / total.max(1) as f64).round();
+        json!({
+            "system": "rabbitmq alone",
+            "jobs": total,
+            "prefetch": prefetch,
+            "publish_jobs_per_s": total as f64 / publish_time.as_secs_f64().max(1e-9),
+            "jobs_per_s": total as f64 / wall.as_secs_f64().max(1e-9),
+            "seconds": wall.as_secs_f64(),
+            "cpu_us_per_job": {
+                "rabbitmq": per_job(procstat::cpu_secs(&rabbitmq) - rabbitmq_before),
+                "bench_producer_and_consumer": per_job(procstat::cpu_secs(&me) - me_before),
+            },
+        })
     });
+    // The run's queues go whatever happened.
     for priority in [Priority::Normal, Priority::High] {
         let queue = topology::queue_name(run, priority);
         let _ = channel.queue_delete(queue.as_str().into(), Default::default()).await;
     }
     producer.close().await;
     let _ = connection.close(200, "bye".into()).await;
-    Ok(figures)
+    figures
 }
