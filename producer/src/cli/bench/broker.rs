@@ -95,10 +95,7 @@ pub async fn run(settings: &Settings, run: &str, jobs: Vec<JobRequest>, prefetch
         })
     });
     // The run's queues go whatever happened.
-    for priority in [Priority::Normal, Priority::High] {
-        let queue = topology::queue_name(run, priority);
-        let _ = channel.queue_delete(queue.as_str().into(), Default::default()).await;
-    }
+    super::fleet::delete_queues(&channel, run).await;
     producer.close().await;
     let _ = connection.close(200, "bye".into()).await;
     figures

@@ -99,6 +99,11 @@ struct Collected {
     latencies_ms: Vec<u64>,
 }
 
+/// A number of a benchmark's JSON line; NaN when absent, so a ratio with it reads as NaN.
+fn figure(v: &serde_json::Value, key: &str) -> f64 {
+    v[key].as_f64().unwrap_or(f64::NAN)
+}
+
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
@@ -324,19 +329,17 @@ pub async fn run(common: &CommonArgs, args: FleetBenchArgs) -> anyhow::Result<st
         let prefetch = args.prefetch.unwrap_or(settings.worker.prefetch);
         let alone = broker::run(&settings, &alone_run, make_jobs(&args, &alone_run), prefetch, Duration::from_secs(args.timeout_secs)).await?;
         println!("{alone}");
-        let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
-        println!("{}", json!({"ratio": "fleet/rabbitmq-alone", "jobs_per_s": f(&fleet, "jobs_per_s") / f(&alone, "jobs_per_s")}));
+        println!("{}", json!({"ratio": "fleet/rabbitmq-alone", "jobs_per_s": figure(&fleet, "jobs_per_s") / figure(&alone, "jobs_per_s")}));
     }
     if args.vs_celery {
         let theirs = tokio::task::block_in_place(|| celery::run(&settings, args.celery_jobs))?;
         println!("{theirs}");
-        let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
         println!(
             "{}",
             json!({
                 "ratio": "genq/celery",
-                "jobs_per_s": f(&fleet, "jobs_per_s") / f(&theirs, "jobs_per_s"),
-                "publish_jobs_per_s": f(&fleet, "publish_jobs_per_s") / f(&theirs, "publish_jobs_per_s"),
+                "jobs_per_s": figure(&fleet, "jobs_per_s") / figure(&theirs, "jobs_per_s"),
+                "publish_jobs_per_s": figure(&fleet, "publish_jobs_per_s") / figure(&theirs, "publish_jobs_per_s"),
             })
         );
     }
@@ -375,14 +378,21 @@ fn llamacpp_alone(common: &CommonArgs, args: &FleetBenchArgs) -> anyhow::Result<
     super::llamacpp_bench(&model, &workload)?.into_iter().next().context("llama-batched-bench gave no result")
 }
 
+/// Deletes the run's two job queues (best effort).
+pub(super) async fn delete_queues(channel: &lapin::Channel, run: &str) {
+    for p in [genq_shared::Priority::Normal, genq_shared::Priority::High] {
+        let q = genq_shared::topology::queue_name(run, p);
+        if let Err(e) = channel.queue_delete(q.as_str().into(), Default::default()).await {
+            tracing::warn!(error = %e, queue = %q, "could not delete the run's queue");
+        }
+    }
+}
+
 /// Deletes the run's queues and Redis keys (best effort).
 async fn cleanup(settings: &Settings, run: &str, results: &ResultClient, ids: &[String]) {
     if let Ok(conn) = genq_worker::broker::connect(&settings.amqp.url, "genq-bench").await {
         if let Ok(ch) = conn.create_channel().await {
-            for p in [genq_shared::Priority::Normal, genq_shared::Priority::High] {
-                let q = genq_shared::topology::queue_name(run, p);
-                let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
-            }
+            delete_queues(&ch, run).await;
         }
         let _ = conn.close(200, "bye".into()).await;
     }
