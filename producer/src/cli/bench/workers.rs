@@ -31,8 +31,14 @@ impl WorkerProcess {
     pub fn spawn(args: &[String], name: &str) -> anyhow::Result<Self> {
         let log = std::env::temp_dir().join(format!("{name}.log"));
         let file = std::fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
+        // Readiness is the worker's `worker ready` info line: keep it whatever RUST_LOG says.
+        let filter = match std::env::var("RUST_LOG") {
+            Ok(f) if !f.trim().is_empty() => format!("{f},genq_worker=info"),
+            _ => "info".to_string(),
+        };
         let child = Command::new(worker_binary()?)
             .args(args)
+            .env("RUST_LOG", filter)
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
