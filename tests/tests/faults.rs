@@ -174,6 +174,39 @@ async fn rabbitmq_restart_while_publishing_and_consuming_loses_nothing() {
     sb.cleanup().await;
 }
 
+/// Stops or restarts (`action`: `stop_server`, `restart_server`) the Ra server behind a quorum
+/// queue of vhost `/` on this node: stopped, the queue exists but cannot be consumed from, and
+/// RabbitMQ answers a `basic.consume` by closing the connection with INTERNAL_ERROR, as it does
+/// for a just-declared queue whose replica is not running yet.
+fn quorum_replica(action: &str, queue: &str) {
+    let expr = format!(
+        "{{ok, Q}} = rabbit_amqqueue:lookup(rabbit_misc:r(<<\"/\">>, queue, <<\"{queue}\">>)), \
+         {{Name, _}} = amqqueue:get_pid(Q), ok = ra:{action}(quorum_queues, {{Name, node()}})."
+    );
+    rabbitmqctl(&["eval", &expr]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_started_while_its_queue_is_unavailable_waits_for_it() {
+    let _serial = SERIAL.lock().await;
+    let sb = Sandbox::new("qqdown");
+    let ids = publish(&sb, jobs("q", 200, 3)).await;
+    let high = genq_shared::topology::queue_name(&sb.model, genq_shared::Priority::High);
+    quorum_replica("stop_server", &high);
+    let worker = sb.worker(&["--engine", "echo"]);
+    let refused = worker.wait_for_log("failed the worker's setup on its side", Duration::from_secs(30));
+    let ready_while_down = worker.log_text().contains("worker ready");
+    quorum_replica("restart_server", &high);
+    assert!(refused, "the worker met the unavailable queue:\n{}", worker.log_text());
+    assert!(!ready_while_down, "not ready while its queue cannot be consumed:\n{}", worker.log_text());
+    assert!(worker.wait_for_log("worker ready", Duration::from_secs(60)), "worker did not start:\n{}", worker.log_text());
+    let t = tally(&sb, &ids, Duration::from_secs(60)).await;
+    t.print("quorum queue unavailable at worker start");
+    assert_eq!((t.lost, t.done), (0, 200), "{t:?}\n{}", worker.log_text());
+    drop(worker);
+    sb.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_restart_while_workers_write_loses_nothing() {
     let _serial = SERIAL.lock().await;

@@ -40,6 +40,37 @@ impl BrokerError {
     pub fn protocol(what: impl Into<String>, source: lapin::Error) -> Self {
         BrokerError::Protocol { what: what.into(), source }
     }
+
+    /// Whether trying again later may succeed: the broker answered, but failed the operation
+    /// on its side (RabbitMQ closes the connection with INTERNAL_ERROR when a quorum queue's
+    /// replica is not running yet or times out under load, CONNECTION_FORCED when it restarts,
+    /// RESOURCE_ERROR under a memory or disk alarm) or the connection dropped half-way. A
+    /// failure to connect at all (a wrong URL, refused credentials) and a refusal that names
+    /// the request (PRECONDITION_FAILED for mismatched queue arguments, ACCESS_REFUSED,
+    /// NOT_FOUND) are not: retrying would only hide the mistake.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            BrokerError::Connect { .. } | BrokerError::NoUrl => false,
+            BrokerError::Closed => true,
+            BrokerError::Protocol { source, .. } => transient_lapin_error(source),
+        }
+    }
+}
+
+fn transient_lapin_error(e: &lapin::Error) -> bool {
+    use lapin::protocol::{AMQPErrorKind, AMQPHardError};
+    use lapin::ErrorKind;
+    match e.kind() {
+        ErrorKind::ProtocolError(amqp) => matches!(
+            amqp.kind(),
+            AMQPErrorKind::Hard(AMQPHardError::INTERNALERROR | AMQPHardError::CONNECTIONFORCED | AMQPHardError::RESOURCEERROR)
+        ),
+        ErrorKind::IOError(_)
+        | ErrorKind::InvalidConnectionState(_)
+        | ErrorKind::InvalidChannelState(..)
+        | ErrorKind::MissingHeartbeatError => true,
+        _ => false,
+    }
 }
 
 /// `scheme://user:***@host/...`: a URL fit for logs (each of a comma-separated list).
@@ -144,7 +175,31 @@ fn job_queue_args(limits: QueueLimits) -> FieldTable {
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use lapin::protocol::{AMQPError, AMQPErrorKind, AMQPHardError, AMQPSoftError};
+
+    use super::{redact_url, BrokerError};
+
+    fn amqp(kind: AMQPErrorKind) -> BrokerError {
+        BrokerError::protocol("basic.consume", lapin::Error::from(lapin::ErrorKind::ProtocolError(AMQPError::new(kind, "x".into()))))
+    }
+
+    #[test]
+    fn broker_side_failures_are_retried_and_mistakes_are_not() {
+        assert!(amqp(AMQPErrorKind::Hard(AMQPHardError::INTERNALERROR)).is_transient());
+        assert!(amqp(AMQPErrorKind::Hard(AMQPHardError::CONNECTIONFORCED)).is_transient());
+        assert!(amqp(AMQPErrorKind::Hard(AMQPHardError::RESOURCEERROR)).is_transient());
+        assert!(BrokerError::Closed.is_transient());
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(BrokerError::protocol("queue.declare", lapin::Error::from(reset)).is_transient());
+
+        assert!(!amqp(AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)).is_transient());
+        assert!(!amqp(AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)).is_transient());
+        assert!(!amqp(AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)).is_transient());
+        assert!(!amqp(AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED)).is_transient());
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(!BrokerError::Connect { url: "amqp://h".into(), source: lapin::Error::from(refused) }.is_transient());
+        assert!(!BrokerError::NoUrl.is_transient());
+    }
 
     #[test]
     fn passwords_never_reach_logs() {

@@ -58,13 +58,31 @@ pub struct AmqpSource {
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 /// Longest wait between reconnect attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a worker starting up retries a setup the broker failed on its side before it
+/// gives up (and its supervisor restarts it).
+const STARTUP_RETRY: Duration = Duration::from_secs(60);
 
 impl AmqpSource {
     /// Connects, declares the topology for the model and starts consuming. Fails fast when the
-    /// broker cannot be reached at start (a wrong URL should be seen at once); later losses are
-    /// retried for as long as it takes.
+    /// broker cannot be reached at start or refuses the request (a wrong URL or mismatched
+    /// queue arguments should be seen at once); a failure on the broker's side
+    /// ([`BrokerError::is_transient`], e.g. a just-declared quorum queue not running yet) is
+    /// retried with backoff for up to [`STARTUP_RETRY`]. Later losses are retried for as long as
+    /// it takes.
     pub async fn connect(settings: &AmqpSourceSettings) -> Result<Self, BrokerError> {
-        let link = Self::open(settings).await?;
+        let started = std::time::Instant::now();
+        let mut backoff = FIRST_BACKOFF;
+        let link = loop {
+            match Self::open(settings).await {
+                Ok(link) => break link,
+                Err(e) if e.is_transient() && started.elapsed() < STARTUP_RETRY => {
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "RabbitMQ failed the worker's setup on its side; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                Err(e) => return Err(e),
+            }
+        };
         Ok(Self { settings: settings.clone(), link: Some(link), stopped: false, metrics: None })
     }
 
