@@ -7,11 +7,12 @@ pub mod prometheus;
 pub mod redis_server;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use lapin::options::{BasicPublishOptions, QueueDeleteOptions};
 use lapin::BasicProperties;
+
+pub use genq_worker::process::WorkerProcess;
 
 /// RabbitMQ URL used by tests (`GENQ_TEST_AMQP_URL`, else the local default).
 pub fn amqp_url() -> String {
@@ -100,16 +101,9 @@ impl Sandbox {
     /// As [`Sandbox::worker`], with extra environment variables (thread counts, settings).
     pub fn worker_with_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Worker {
         let log = scratch_dir().join(format!("{}-{}.log", self.model, uuid::Uuid::new_v4().simple()));
-        let file = std::fs::File::create(&log).expect("worker log file");
         let mut cmd = Command::new(bin("genq-worker"));
-        cmd.args(self.flags())
-            .args(["--model-name", &self.model, "--metrics-addr", "127.0.0.1:0"])
-            .args(extra)
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(file);
-        let child = cmd.spawn().expect("spawn genq-worker");
-        Worker { child: Some(child), log }
+        cmd.args(self.flags()).args(["--model-name", &self.model, "--metrics-addr", "127.0.0.1:0"]).args(extra).envs(env.iter().copied());
+        Worker(WorkerProcess::spawn(cmd, log).expect("spawn genq-worker"))
     }
 
     /// A `genq` command for this sandbox (model name set as the default model).
@@ -188,52 +182,19 @@ impl Sandbox {
     }
 }
 
-fn send_signal(pid: u32, name: &str) {
-    if pid > 0 {
-        let _ = Command::new("kill").args([format!("-{name}"), pid.to_string()]).status();
-    }
-}
+/// A running `genq-worker` ([`WorkerProcess`]: SIGTERM, then SIGKILL, when dropped), with the
+/// test helpers that read its metrics.
+pub struct Worker(WorkerProcess);
 
-/// A running `genq-worker`; sent SIGTERM (then killed) when dropped.
-pub struct Worker {
-    child: Option<Child>,
-    /// Its log file.
-    pub log: PathBuf,
+impl std::ops::Deref for Worker {
+    type Target = WorkerProcess;
+
+    fn deref(&self) -> &WorkerProcess {
+        &self.0
+    }
 }
 
 impl Worker {
-    /// The process id.
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
-    }
-
-    /// Sends a signal (`TERM`, `KILL`) with `kill(1)`; does nothing once the process is reaped.
-    pub fn signal(&self, name: &str) {
-        if let Some(child) = &self.child {
-            send_signal(child.id(), name);
-        }
-    }
-
-    /// Waits for the process to exit; returns its exit code (None if killed by a signal or still
-    /// running after `timeout`).
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<Option<i32>> {
-        let child = self.child.as_mut()?;
-        let until = Instant::now() + timeout;
-        while Instant::now() < until {
-            if let Ok(Some(status)) = child.try_wait() {
-                self.child = None;
-                return Some(status.code());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
-    }
-
-    /// The worker's log so far.
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
     /// The address of its `/metrics` listener, from its `worker ready` log line.
     pub fn metrics_addr(&self) -> Option<String> {
         let log = self.log_text();
@@ -245,34 +206,5 @@ impl Worker {
     pub fn metric(&self, series: &str) -> Option<f64> {
         let (_, text) = prometheus::http_get(&self.metrics_addr()?, "/metrics").ok()?;
         text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
-    }
-
-    /// Waits until the log contains `needle` (e.g. `worker ready`).
-    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
-        let until = Instant::now() + timeout;
-        while Instant::now() < until {
-            if self.log_text().contains(needle) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        false
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            send_signal(child.id(), "TERM");
-            let until = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < until {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }

@@ -125,7 +125,7 @@ async fn sigterm_under_load_drains_and_loses_nothing() {
     let _serial = SERIAL.lock().await;
     let sb = Sandbox::new("term");
     let ids = publish(&sb, jobs("t", 500, 20)).await;
-    let mut first = echo_worker(&sb, "5", &["--shutdown-grace-secs", "20"]);
+    let first = echo_worker(&sb, "5", &["--shutdown-grace-secs", "20"]);
     until_done(&sb, &ids, 50).await;
     first.signal("TERM");
     let code = first.wait_exit(Duration::from_secs(30)).expect("worker exits within its grace period");

@@ -174,7 +174,7 @@ async fn sigterm_during_a_run_loses_no_job() {
         ids.push(producer.submit(job).await.expect("published"));
     }
     producer.close().await;
-    let mut first = sb.worker(&["--model-path", &model, "--max-batch-size", "4", "--prefetch", "8"]);
+    let first = sb.worker(&["--model-path", &model, "--max-batch-size", "4", "--prefetch", "8"]);
     let client = sb.results().await;
     // Wait until work is under way, then ask the worker to stop.
     let until = std::time::Instant::now() + Duration::from_secs(120);

@@ -20,7 +20,7 @@ fn row<'a>(rows: &'a [serde_json::Value], model: &str) -> Option<&'a serde_json:
 #[tokio::test(flavor = "multi_thread")]
 async fn genq_models_lists_a_live_worker_and_forgets_it_once_stopped() {
     let sb = Sandbox::new("models");
-    let mut worker = sb.worker(&["--engine", "echo", "--worker-id", "models-w1"]);
+    let worker = sb.worker(&["--engine", "echo", "--worker-id", "models-w1"]);
     assert!(worker.wait_for_log("worker ready", Duration::from_secs(30)), "worker did not start:\n{}", worker.log_text());
 
     // The first heartbeat is sent at start; allow for it to land.
@@ -85,7 +85,7 @@ async fn a_rolling_model_update_loses_and_fails_no_job() {
     // queues), then the old ones get SIGTERM and drain, while jobs keep arriving.
     let sb = Sandbox::new("rolling");
     let old_flags = ["--engine", "echo", "--worker-id", "v1", "--max-batch-size", "2", "--prefetch", "4"];
-    let mut old = sb.worker(&old_flags);
+    let old = sb.worker(&old_flags);
     assert!(old.wait_for_log("worker ready", Duration::from_secs(30)), "{}", old.log_text());
     let producer = sb.producer().await;
     let results = sb.results().await;

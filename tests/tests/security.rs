@@ -40,7 +40,7 @@ async fn redis_auth_works_and_the_password_never_reaches_the_logs() {
 
     // A wrong password is refused with a clear error that does not echo it.
     let bad = Sandbox::new("badauth").with_redis(&format!("redis://:wrong-pass@127.0.0.1:{}", redis.port()));
-    let mut w = bad.worker(&["--engine", "echo"]);
+    let w = bad.worker(&["--engine", "echo"]);
     let code = w.wait_exit(Duration::from_secs(30)).expect("the worker stops");
     assert_ne!(code, Some(0));
     let log = w.log_text();
@@ -91,7 +91,7 @@ async fn rediss_urls_connect_over_tls_verified_against_the_ca() {
     submit_and_wait(&sb, &trust);
 
     // Without the CA the server's certificate is not trusted: the worker refuses to start.
-    let mut untrusted = sb.worker_with_env(&["--engine", "echo"], &[("SSL_CERT_FILE", "/nonexistent")]);
+    let untrusted = sb.worker_with_env(&["--engine", "echo"], &[("SSL_CERT_FILE", "/nonexistent")]);
     let code = untrusted.wait_exit(Duration::from_secs(30)).expect("the worker stops");
     assert_ne!(code, Some(0), "{}", untrusted.log_text());
     drop(worker);
@@ -143,7 +143,7 @@ async fn amqps_urls_connect_over_tls_verified_against_the_ca() {
     submit_and_wait(&sb, &trust);
 
     // Without the CA the broker's certificate is not trusted: the worker refuses to start.
-    let mut untrusted = sb.worker_with_env(&["--engine", "echo"], &[("SSL_CERT_FILE", "/nonexistent")]);
+    let untrusted = sb.worker_with_env(&["--engine", "echo"], &[("SSL_CERT_FILE", "/nonexistent")]);
     let code = untrusted.wait_exit(Duration::from_secs(30)).expect("the worker stops");
     assert_ne!(code, Some(0), "{}", untrusted.log_text());
     drop(worker);

@@ -28,7 +28,7 @@ async fn status_of(sb: &Sandbox, ids: &[String]) -> Vec<Option<JobStatus>> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_running_job_survives_a_crash_after_later_jobs_were_acked() {
     let sb = Sandbox::new("acks");
-    let mut first = echo_worker(&sb, "20");
+    let first = echo_worker(&sb, "20");
     let producer = sb.producer().await;
     let long = format!("{}-long", sb.model);
     let short: Vec<String> = (0..60).map(|i| format!("{}-short-{i}", sb.model)).collect();

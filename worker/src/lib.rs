@@ -23,6 +23,7 @@ pub mod http;
 pub mod intake;
 pub mod metrics;
 pub mod pipeline;
+pub mod process;
 pub mod redis_conn;
 pub mod registry;
 pub mod runner;

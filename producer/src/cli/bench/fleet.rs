@@ -19,10 +19,10 @@ use genq_producer::{Producer, ResultClient};
 use genq_shared::settings::{Overrides, ProducerSettings, Settings};
 use genq_shared::{JobRequest, JobStatus};
 use genq_worker::bench::{bench_prompt, run_engine_bench, EngineBenchSpec};
+use genq_worker::process::WorkerProcess;
 
-use super::{broker, celery};
+use super::{broker, celery, workers};
 use super::procstat::{self, RssTrace};
-use super::workers::WorkerProcess;
 use crate::cli::CommonArgs;
 
 /// Arguments of `genq bench fleet`.
@@ -158,14 +158,13 @@ fn worker_args(args: &FleetBenchArgs, settings: &Settings, run: &str, i: usize) 
 }
 
 fn start_workers(args: &FleetBenchArgs, settings: &Settings, run: &str) -> anyhow::Result<Vec<WorkerProcess>> {
-    let mut workers = Vec::new();
-    for i in 0..args.workers.max(1) {
-        workers.push(WorkerProcess::spawn(&worker_args(args, settings, run, i), &format!("{run}-w{i}"))?);
+    let started = (0..args.workers.max(1))
+        .map(|i| workers::spawn(&worker_args(args, settings, run, i), &format!("{run}-w{i}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for w in &started {
+        w.wait_ready(Duration::from_secs(600)).map_err(anyhow::Error::msg)?;
     }
-    for w in &mut workers {
-        w.wait_ready(Duration::from_secs(600))?;
-    }
-    Ok(workers)
+    Ok(started)
 }
 
 pub async fn run(common: &CommonArgs, args: FleetBenchArgs) -> anyhow::Result<std::process::ExitCode> {
@@ -263,7 +262,7 @@ pub async fn run(common: &CommonArgs, args: FleetBenchArgs) -> anyhow::Result<st
         traces.push(t.await.unwrap_or_default());
     }
     producer.close().await;
-    tokio::task::block_in_place(|| workers.iter_mut().for_each(|w| w.stop(Duration::from_secs(30))));
+    tokio::task::block_in_place(|| workers.iter().for_each(|w| w.stop(Duration::from_secs(30))));
     if let Err(e) = read {
         workers_ok = Err(format!("reading results: {e}"));
     }
