@@ -118,4 +118,27 @@ fn the_fleet_benchmark_reads_back_every_job_and_compares_with_rabbitmq_alone() {
     assert_eq!(ratio["ratio"], "fleet/rabbitmq-alone", "{ratio}");
     let expected = v["jobs_per_s"].as_f64().unwrap_or_default() / alone["jobs_per_s"].as_f64().unwrap_or(f64::NAN);
     assert!(ratio["jobs_per_s"].as_f64().is_some_and(|r| (r - expected).abs() < 1e-9), "{ratio}");
+    let run = v["run"].as_str().expect("the run's name");
+    let left = tokio::runtime::Runtime::new().expect("runtime").block_on(queues_left(&[run.to_string(), format!("{run}-broker")]));
+    assert!(left.is_empty(), "the benchmark left queues behind: {left:?}");
+}
+
+/// Which of the job queues (normal and `.high`) of `models` still exist.
+async fn queues_left(models: &[String]) -> Vec<String> {
+    let conn = genq_worker::broker::connect(&genq_tests::amqp_url(), "genq-test").await.expect("amqp");
+    let mut left = Vec::new();
+    for model in models {
+        for p in [genq_shared::Priority::Normal, genq_shared::Priority::High] {
+            let queue = genq_shared::topology::queue_name(model, p);
+            // A passive declare of a missing queue closes the channel (NOT_FOUND): one channel each.
+            let ch = conn.create_channel().await.expect("channel");
+            let passive = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
+            if ch.queue_declare(queue.as_str().into(), passive, Default::default()).await.is_ok() {
+                left.push(queue);
+                let _ = ch.close(200, "bye".into()).await;
+            }
+        }
+    }
+    let _ = conn.close(200, "bye".into()).await;
+    left
 }

@@ -94,8 +94,14 @@ pub async fn run(settings: &Settings, run: &str, jobs: Vec<JobRequest>, prefetch
             },
         })
     });
-    // The run's queues go whatever happened.
-    super::fleet::delete_queues(&channel, run).await;
+    // The run's queues go whatever happened, once their consumers are gone: deleting a queue
+    // while its consumer is being cancelled (lapin cancels a dropped consumer) makes RabbitMQ
+    // crash the channel with INTERNAL_ERROR, and the second queue was left behind.
+    let _ = channel.close(200, "consumed".into()).await;
+    match connection.create_channel().await {
+        Ok(cleanup) => super::fleet::delete_queues(&cleanup, run).await,
+        Err(e) => tracing::warn!(error = %e, "could not open a channel to delete the run's queues"),
+    }
     producer.close().await;
     let _ = connection.close(200, "bye".into()).await;
     figures

@@ -288,6 +288,7 @@ pub async fn run(common: &CommonArgs, args: FleetBenchArgs) -> anyhow::Result<st
         .collect();
     let fleet = json!({
         "system": "genq",
+        "run": run,
         "engine": args.engine,
         "workers": args.workers,
         "jobs": args.jobs,
@@ -392,6 +393,9 @@ async fn cleanup(settings: &Settings, run: &str, results: &ResultClient, ids: &[
     if let Ok(conn) = genq_worker::broker::connect(&settings.amqp.url, "genq-bench").await {
         if let Ok(ch) = conn.create_channel().await {
             delete_queues(&ch, run).await;
+            // Closed before the connection: a channel closing on drop races the connection's
+            // close, and lapin logs that as an error.
+            let _ = ch.close(200, "bye".into()).await;
         }
         let _ = conn.close(200, "bye".into()).await;
     }
