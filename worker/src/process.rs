@@ -2,7 +2,7 @@
 //! integration tests): its log in a file, waited on until ready, signalled, and stopped
 //! (SIGTERM, then SIGKILL) when dropped, so a failed run never leaves workers behind.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -44,11 +44,6 @@ impl WorkerProcess {
         }
         let child = command.stdout(Stdio::null()).stderr(file).spawn()?;
         Ok(Self { state: Mutex::new(State::Running(child)), log })
-    }
-
-    /// Its log file.
-    pub fn log_path(&self) -> &Path {
-        &self.log
     }
 
     /// Its log so far.

@@ -71,18 +71,8 @@ impl AmqpSource {
     /// it takes.
     pub async fn connect(settings: &AmqpSourceSettings) -> Result<Self, BrokerError> {
         let started = std::time::Instant::now();
-        let mut backoff = FIRST_BACKOFF;
-        let link = loop {
-            match Self::open(settings).await {
-                Ok(link) => break link,
-                Err(e) if e.is_transient() && started.elapsed() < STARTUP_RETRY => {
-                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "RabbitMQ failed the worker's setup on its side; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-                Err(e) => return Err(e),
-            }
-        };
+        let retry = |e: &BrokerError| e.is_transient() && started.elapsed() < STARTUP_RETRY;
+        let link = Self::open_with_backoff(settings, false, retry, "RabbitMQ failed the worker's setup on its side; retrying").await?;
         Ok(Self { settings: settings.clone(), link: Some(link), stopped: false, metrics: None })
     }
 
@@ -117,27 +107,44 @@ impl AmqpSource {
         Ok(Link { connection, channel, tags, deliveries, settler })
     }
 
-    /// Reconnects with exponential backoff until it succeeds.
-    async fn reconnect(&mut self) {
+    /// Opens a link, trying again after a failure for which `keep_trying` says so, with waits
+    /// from [`FIRST_BACKOFF`] doubling up to [`MAX_BACKOFF`] (the first one before the first
+    /// try when `wait_first`); each failure retried is logged as `retrying`.
+    async fn open_with_backoff(
+        settings: &AmqpSourceSettings,
+        wait_first: bool,
+        keep_trying: impl Fn(&BrokerError) -> bool,
+        retrying: &str,
+    ) -> Result<Link, BrokerError> {
         let mut backoff = FIRST_BACKOFF;
-        let lost_at = std::time::Instant::now();
-        loop {
+        if wait_first {
             tokio::time::sleep(backoff).await;
-            match Self::open(&self.settings).await {
-                Ok(link) => {
-                    tracing::warn!(outage_ms = lost_at.elapsed().as_millis() as u64, "reconnected to RabbitMQ; consuming again");
-                    if let Some(m) = &self.metrics {
-                        m.reconnected("amqp");
-                    }
-                    self.link = Some(link);
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "RabbitMQ still unreachable");
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+        loop {
+            match Self::open(settings).await {
+                Ok(link) => return Ok(link),
+                Err(e) if keep_trying(&e) => {
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "{retrying}");
+                    tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
+                Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Reconnects with exponential backoff until it succeeds.
+    async fn reconnect(&mut self) {
+        let lost_at = std::time::Instant::now();
+        let Ok(link) = Self::open_with_backoff(&self.settings, true, |_| true, "RabbitMQ still unreachable").await else {
+            unreachable!("every failure is retried")
+        };
+        tracing::warn!(outage_ms = lost_at.elapsed().as_millis() as u64, "reconnected to RabbitMQ; consuming again");
+        if let Some(m) = &self.metrics {
+            m.reconnected("amqp");
+        }
+        self.link = Some(link);
     }
 }
 
