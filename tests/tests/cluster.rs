@@ -83,7 +83,7 @@ async fn the_fleet_runs_on_a_redis_cluster_and_a_node_list_with_a_dead_first_nod
     let dead_first = format!("amqp://guest:guest@127.0.0.1:{}/%2f,{}", free_port(), amqp_url());
     let sb = Sandbox::new("cluster").with_redis(&cluster.urls()).with_amqp(&dead_first);
     let worker = sb.worker(&["--engine", "echo"]);
-    assert!(worker.wait_for_log("worker ready", Duration::from_secs(30)), "{}", worker.log_text());
+    worker.wait_ready(Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}"));
     assert!(worker.log_text().contains("trying the next one"), "the dead node was tried first");
 
     let lines: String = (0..300).map(|i| format!("{{\"id\":\"c-{i}\",\"prompt\":\"w{i} x y\",\"max_new_tokens\":3,\"batch\":\"cb\"}}\n")).collect();

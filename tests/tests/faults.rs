@@ -83,7 +83,7 @@ fn echo_worker(sb: &Sandbox, step_ms: &str, extra: &[&str]) -> Worker {
     let mut flags = vec!["--engine", "echo", "--max-batch-size", "32", "--prefetch", "64"];
     flags.extend_from_slice(extra);
     let w = sb.worker_with_env(&flags, &[("GENQ_ECHO_STEP_MS", step_ms)]);
-    assert!(w.wait_for_log("worker ready", Duration::from_secs(30)), "worker did not start:\n{}", w.log_text());
+    w.wait_ready(Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}"));
     w
 }
 
@@ -195,11 +195,11 @@ async fn a_worker_started_while_its_queue_is_unavailable_waits_for_it() {
     quorum_replica("stop_server", &high);
     let worker = sb.worker(&["--engine", "echo"]);
     let refused = worker.wait_for_log("failed the worker's setup on its side", Duration::from_secs(30));
-    let ready_while_down = worker.log_text().contains("worker ready");
+    let ready_while_down = worker.log_text().contains(genq_worker::process::READY_LINE);
     quorum_replica("restart_server", &high);
     assert!(refused, "the worker met the unavailable queue:\n{}", worker.log_text());
     assert!(!ready_while_down, "not ready while its queue cannot be consumed:\n{}", worker.log_text());
-    assert!(worker.wait_for_log("worker ready", Duration::from_secs(60)), "worker did not start:\n{}", worker.log_text());
+    worker.wait_ready(Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}"));
     let t = tally(&sb, &ids, Duration::from_secs(60)).await;
     t.print("quorum queue unavailable at worker start");
     assert_eq!((t.lost, t.done), (0, 200), "{t:?}\n{}", worker.log_text());

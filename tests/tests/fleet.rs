@@ -53,7 +53,7 @@ fn http_get(addr: &str, path: &str) -> String {
 async fn every_submitted_job_comes_back_done_in_input_order() {
     let sb = Sandbox::new("fleet");
     let worker = sb.worker(&["--engine", "echo"]);
-    assert!(worker.wait_for_log("worker ready", Duration::from_secs(30)), "worker did not start:\n{}", worker.log_text());
+    worker.wait_ready(Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}"));
     let lines: Vec<String> = (0..200).map(|i| format!(r#"{{"prompt":"word{i} alpha beta","max_new_tokens":5}}"#)).collect();
     let file = write_jobs(&lines);
     let out = sb.genq().args(["submit", file.path(), "--wait", "--timeout", "120"]).output().expect("run genq submit");
@@ -81,7 +81,7 @@ async fn every_submitted_job_comes_back_done_in_input_order() {
 async fn a_job_with_a_bad_field_fails_naming_the_field() {
     let sb = Sandbox::new("invalid");
     let worker = sb.worker(&["--engine", "echo"]);
-    assert!(worker.wait_for_log("worker ready", Duration::from_secs(30)), "{}", worker.log_text());
+    worker.wait_ready(Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}"));
     sb.publish_raw(br#"{"id":"bad-top-p","prompt":"hi","top_p":5}"#, None).await;
     sb.publish_raw(br#"{"id":"bad-typo","prompt":"hi","temprature":0.5}"#, None).await;
     sb.publish_raw(br#"{"prompt":"hi","max_new_tokens":"many"}"#, Some("bad-type")).await;

@@ -162,7 +162,7 @@ async fn curl_and_the_openai_client_get_answers_from_a_real_worker() {
     let worker = sb.worker(&["--model-path", model.to_str().unwrap_or_default(), "--weights", "q8_0", "--max-batch-size", "4"]);
     let gw = GatewayProcess::start(&sb, &["--request-timeout", "60", "--max-body-bytes", "65536"], &[("GENQ__GATEWAY__API_KEYS", TOKEN)]);
     let base = gw.base.clone();
-    assert!(worker.wait_for_log("worker ready", Duration::from_secs(60)), "worker did not start:\n{}", worker.log_text());
+    worker.wait_ready(Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}"));
     assert!(!gw.log_text().contains(TOKEN), "the token must never be logged:\n{}", gw.log_text());
 
     // Health and auth: probes need no token; the API does.

@@ -11,7 +11,7 @@ fn slow_echo_worker(sb: &Sandbox, extra: &[&str]) -> genq_tests::Worker {
     let mut flags = vec!["--engine", "echo"];
     flags.extend_from_slice(extra);
     let w = sb.worker_with_env(&flags, &[("GENQ_ECHO_STEP_MS", "20")]);
-    assert!(w.wait_for_log("worker ready", Duration::from_secs(30)), "{}", w.log_text());
+    w.wait_ready(Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}"));
     w
 }
 
@@ -104,7 +104,7 @@ async fn an_expired_result_is_answered_unknown_not_waited_for_forever() {
 async fn every_kind_of_bad_job_fails_naming_its_field_and_the_worker_goes_on() {
     let sb = Sandbox::new("badjobs");
     let worker = sb.worker(&["--engine", "echo", "--max-prompt-bytes", "20000"]);
-    assert!(worker.wait_for_log("worker ready", Duration::from_secs(30)), "{}", worker.log_text());
+    worker.wait_ready(Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}"));
     let m = &sb.model;
     let too_many_stops: Vec<String> = (0..9).map(|i| format!("s{i}")).collect();
     let long_prompt = "w ".repeat(8190);

@@ -21,7 +21,7 @@ fn row<'a>(rows: &'a [serde_json::Value], model: &str) -> Option<&'a serde_json:
 async fn genq_models_lists_a_live_worker_and_forgets_it_once_stopped() {
     let sb = Sandbox::new("models");
     let worker = sb.worker(&["--engine", "echo", "--worker-id", "models-w1"]);
-    assert!(worker.wait_for_log("worker ready", Duration::from_secs(30)), "worker did not start:\n{}", worker.log_text());
+    worker.wait_ready(Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}"));
 
     // The first heartbeat is sent at start; allow for it to land.
     let until = Instant::now() + Duration::from_secs(10);
@@ -86,7 +86,7 @@ async fn a_rolling_model_update_loses_and_fails_no_job() {
     let sb = Sandbox::new("rolling");
     let old_flags = ["--engine", "echo", "--worker-id", "v1", "--max-batch-size", "2", "--prefetch", "4"];
     let old = sb.worker(&old_flags);
-    assert!(old.wait_for_log("worker ready", Duration::from_secs(30)), "{}", old.log_text());
+    old.wait_ready(Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}"));
     let producer = sb.producer().await;
     let results = sb.results().await;
     let job = |i: usize| {
@@ -99,7 +99,7 @@ async fn a_rolling_model_update_loses_and_fails_no_job() {
         producer.submit_many((0..300).map(job).collect(), |_| {}).await.into_iter().map(|r| r.expect("published")).collect();
 
     let new = sb.worker(&["--engine", "echo", "--worker-id", "v2", "--max-batch-size", "2", "--prefetch", "4"]);
-    assert!(new.wait_for_log("worker ready", Duration::from_secs(30)), "{}", new.log_text());
+    new.wait_ready(Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}"));
     old.signal("TERM");
     let after: Vec<String> =
         producer.submit_many((300..600).map(job).collect(), |_| {}).await.into_iter().map(|r| r.expect("published")).collect();

@@ -20,7 +20,7 @@ const INTERVAL: &str = "30s";
 const RANGE: &str = "5m";
 
 fn metrics_addr(worker: &Worker) -> String {
-    assert!(worker.wait_for_log("worker ready", Duration::from_secs(30)), "worker did not start:\n{}", worker.log_text());
+    worker.wait_ready(Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}"));
     let log = worker.log_text();
     let at = log.find("metrics=").map(|i| i + "metrics=".len()).expect("worker logs its metrics address");
     log[at..].split_whitespace().next().unwrap_or_default().trim_matches('"').to_string()

@@ -51,7 +51,7 @@ async fn measure(plan: &Plan<'_>, workers: usize) -> Run {
         procs.push(sb.worker_with_env(&flags, &plan.worker_env));
     }
     for w in &procs {
-        assert!(w.wait_for_log("worker ready", plan.ready_timeout), "worker did not start:\n{}", w.log_text());
+        w.wait_ready(plan.ready_timeout).unwrap_or_else(|e| panic!("{e}"));
     }
     let producer = sb.producer().await;
     let results = sb.results().await;

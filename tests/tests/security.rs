@@ -32,7 +32,7 @@ async fn redis_auth_works_and_the_password_never_reaches_the_logs() {
     let url = format!("redis://:{password}@127.0.0.1:{}", redis.port());
     let sb = Sandbox::new("auth").with_redis(&url);
     let worker = sb.worker_with_env(&["--engine", "echo"], &[("RUST_LOG", "debug")]);
-    assert!(worker.wait_for_log("worker ready", Duration::from_secs(30)), "{}", worker.log_text());
+    worker.wait_ready(Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}"));
     let stderr = submit_and_wait(&sb, &[("RUST_LOG", "debug")]);
     let log = worker.log_text();
     assert!(log.contains(":***@127.0.0.1"), "the URL is logged redacted: {log}");
@@ -87,7 +87,7 @@ async fn rediss_urls_connect_over_tls_verified_against_the_ca() {
     // rustls-native-certs reads the trusted roots from SSL_CERT_FILE.
     let trust = [("SSL_CERT_FILE", ca.as_str())];
     let worker = sb.worker_with_env(&["--engine", "echo"], &trust);
-    assert!(worker.wait_for_log("worker ready", Duration::from_secs(30)), "{}", worker.log_text());
+    worker.wait_ready(Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}"));
     submit_and_wait(&sb, &trust);
 
     // Without the CA the server's certificate is not trusted: the worker refuses to start.
@@ -138,7 +138,7 @@ async fn amqps_urls_connect_over_tls_verified_against_the_ca() {
     let ca = path("ca.pem");
     let trust = [("SSL_CERT_FILE", ca.as_str())];
     let worker = sb.worker_with_env(&["--engine", "echo"], &trust);
-    assert!(worker.wait_for_log("worker ready", Duration::from_secs(30)), "{}", worker.log_text());
+    worker.wait_ready(Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}"));
     assert!(worker.log_text().contains("amqps://guest:***@localhost"), "the URL is logged redacted");
     submit_and_wait(&sb, &trust);
 

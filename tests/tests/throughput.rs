@@ -10,7 +10,7 @@ use genq_tests::{bin, Sandbox, Worker};
 fn echo_worker(sb: &Sandbox, step_ms: &str) -> Worker {
     let flags = ["--engine", "echo", "--max-batch-size", "8", "--prefetch", "64"];
     let w = sb.worker_with_env(&flags, &[("GENQ_ECHO_STEP_MS", step_ms)]);
-    assert!(w.wait_for_log("worker ready", Duration::from_secs(30)), "worker did not start:\n{}", w.log_text());
+    w.wait_ready(Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}"));
     w
 }
 

@@ -216,7 +216,8 @@ async fn main() -> anyhow::Result<()> {
         amqp = %redact_url(&settings.amqp.url),
         redis = %redact_url(&settings.redis.url),
         metrics = %addr,
-        "worker ready"
+        "{}",
+        genq_worker::process::READY_LINE
     );
     let heartbeat = registry::spawn_heartbeat(
         registry::HeartbeatSettings {
