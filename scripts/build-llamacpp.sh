@@ -17,13 +17,7 @@ if ! command -v cmake >/dev/null || ! command -v ninja >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake ninja-build >/dev/null
 fi
 src="$cache/src"
-if [[ ! -d "$src" ]]; then
-  tmp="$(mktemp -d)"
-  python3 -m pip download --quiet --no-deps --no-binary :all: -d "$tmp" "llama-cpp-python==$version"
-  mkdir -p "$src"
-  tar -xzf "$tmp"/llama_cpp_python-*.tar.gz -C "$src" --strip-components=1
-  rm -rf "$tmp"
-fi
+"$root/scripts/fetch-llamacpp-src.sh" >/dev/null
 # Native CPU flags, but without AMX unless LLAMACPP_AMX=1: on the virtual machines this was
 # measured on, the CPU lists AMX yet the first tile instruction dies with SIGILL (genq's own
 # kernels use AVX-512 VNNI at most, so the comparison stays like for like).

@@ -8,6 +8,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.ca
 scripts/services.sh
 scripts/prometheus.sh   # prometheus + promtool binaries for tests/tests/observability.rs
 scripts/fetch-model.sh
+scripts/fetch-llamacpp-src.sh >/dev/null   # llama.cpp's vocabularies, tokenizer cases and chat templates
 scripts/validate-deploy.sh   # compose, k8s + KEDA schemas, hadolint: no Docker engine needed
 # All targets in one build: the tests' dev-dependencies change features of shared crates (num,
 # idna), so building the binaries alone would compile candle, redis and lapin a second time.
