@@ -13,8 +13,8 @@ use serde_json::json;
 use genq_shared::valid::{validate, Limits};
 use genq_shared::JobRequest;
 use genq_worker::bench::{run_engine_bench, EngineBenchSpec};
-use genq_worker::engine::llama::model::HfConfig;
-use genq_worker::engine::llama::synth::RandomLlama;
+use genq_worker::engine::llama::arch::{Arch, HfConfig, ModelConfig};
+use genq_worker::engine::llama::synth::RandomModel;
 use genq_worker::engine::llama::{LlamaEngine, LlamaSettings};
 use genq_worker::engine::{Engine, StepLimits};
 use genq_worker::runner;
@@ -29,11 +29,14 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Write a random-weight Llama (config.json, tokenizer.json, model.safetensors) into a folder.
+    /// Write a random-weight model (config.json, tokenizer.json, model.safetensors) into a folder.
     WriteModel {
-        /// `smollm2` (SmolLM2-135M's shape) or `tiny` (2 layers, hidden 64).
+        /// `smollm2` (SmolLM2-135M's shape, llama) or `tiny` (2 layers, hidden 64, any `--arch`).
         #[arg(long, default_value = "smollm2")]
         shape: String,
+        /// Architecture of a `tiny` model: llama, qwen2, qwen3, phi3, gpt2.
+        #[arg(long, default_value = "llama")]
+        arch: String,
         /// Weights dtype in the file: bf16, f16 or f32.
         #[arg(long, default_value = "bf16")]
         dtype: String,
@@ -114,11 +117,12 @@ enum Command {
 
 fn main() -> anyhow::Result<ExitCode> {
     match Cli::parse().command {
-        Command::WriteModel { shape, dtype, out } => {
+        Command::WriteModel { shape, arch, dtype, out } => {
+            let arch = Arch::from_gguf_name(&arch).map_err(|e| anyhow::anyhow!("--arch: {e}"))?;
             let shape = match shape.as_str() {
-                "smollm2" => RandomLlama::smollm2(),
-                "tiny" => RandomLlama::tiny(),
-                other => anyhow::bail!("--shape {other:?}: expected smollm2 or tiny"),
+                "smollm2" if arch == Arch::Llama => RandomModel::smollm2(),
+                "tiny" => RandomModel::tiny_of(arch),
+                other => anyhow::bail!("--shape {other:?}: expected smollm2 (llama only) or tiny"),
             };
             let dtype = match dtype.as_str() {
                 "bf16" => DType::BF16,
@@ -276,17 +280,13 @@ fn read_lines(path: &Path) -> anyhow::Result<Vec<serde_json::Value>> {
 
 /// Decode tokens/s at the memory-bandwidth bound: every step reads every weight once plus each
 /// sequence's KV cache (on average the prompt and half the new tokens).
-fn bound(cfg: &HfConfig, batch: f64, prompt: f64, new: f64, bandwidth_gbs: f64, bytes: f64) -> f64 {
-    let heads = cfg.num_attention_heads as f64;
-    let kv_heads = cfg.num_key_value_heads.unwrap_or(cfg.num_attention_heads) as f64;
-    let head_dim = cfg
-        .head_dim
-        .unwrap_or(cfg.hidden_size / cfg.num_attention_heads.max(1)) as f64;
+fn bound(cfg: &ModelConfig, batch: f64, prompt: f64, new: f64, bandwidth_gbs: f64, bytes: f64) -> f64 {
+    let (heads, kv_heads, head_dim) = (cfg.heads as f64, cfg.kv_heads as f64, cfg.head_dim as f64);
     let (hidden, ffn, layers, vocab) = (
-        cfg.hidden_size as f64,
-        cfg.intermediate_size as f64,
-        cfg.num_hidden_layers as f64,
-        cfg.vocab_size as f64,
+        cfg.hidden as f64,
+        cfg.ffn as f64,
+        cfg.layers as f64,
+        cfg.vocab as f64,
     );
     let per_layer =
         hidden * head_dim * (2.0 * heads + 2.0 * kv_heads) + 3.0 * hidden * ffn + 2.0 * hidden;
@@ -306,6 +306,7 @@ fn table(
     gpu_name: &str,
 ) -> anyhow::Result<()> {
     let cfg: HfConfig = serde_json::from_str(&std::fs::read_to_string(model.join("config.json"))?)?;
+    let cfg = ModelConfig::from_hf(&cfg)?;
     let gpu_rows = read_lines(gpu)?;
     let cpu_rows = match cpu {
         Some(p) if p.exists() => read_lines(p)?,

@@ -1,9 +1,12 @@
-//! The device path of the Llama engine: [`DeviceModel`] holds the weights on a candle [`Device`]
+//! The device path of the engine: [`DeviceModel`] holds the weights on a candle [`Device`]
 //! (CUDA; the CPU too, which is how its tests run here) and runs a step with a number of kernel
 //! launches that does not grow with the number of sequences. [`Backend`] picks it or the CPU
 //! [`LlamaModel`] from `worker.device`; the engine in `mod.rs` talks only to [`Backend`].
 //!
 //! How a step runs on the device:
+//! - Architectures: every one of [`super::arch`], loaded through the same [`super::layout`]
+//!   description as the CPU model (biases, LayerNorm, per-head q/k norms, GELU, learned positions
+//!   are per-row operations here too).
 //! - Weights: safetensors in bf16 (f16 when the file is f16; f32 with `weights=f32`), GGUF
 //!   quantized tensors kept quantized as candle `QMatMul`s (its CUDA MMQ/MMVQ kernels), or
 //!   re-quantized to Q8_0 (`weights=q8_0`). Norms, RoPE tables and the embedding in the same dtype.
@@ -23,7 +26,7 @@
 //! kernels by shape.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -31,7 +34,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{bail, DType, Device, Module, Result, Tensor};
 
-use super::model::{HfConfig, KvCache, LlamaModel, ModelConfig, RopeStyle, SeqInput, WeightFormat, GGUF_NAMES, HF_NAMES};
+use super::arch::{HfConfig, MlpKind, ModelConfig, RopeStyle};
+use super::layout::{self, Format, GgufSource, Linear, Loader, Norm, Part, Raw, SafetensorsSource, TensorSource};
+use super::model::{KvCache, LlamaModel, SeqInput, WeightFormat};
 
 /// Where a model runs, from `worker.device`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -362,61 +367,54 @@ impl Pool {
     }
 }
 
-struct DeviceLayer {
-    attn_norm: Tensor,
-    qkv: QMatMul,
-    o: QMatMul,
-    ffn_norm: Tensor,
-    gate_up: QMatMul,
-    down: QMatMul,
+/// A norm on the device: RMSNorm, or LayerNorm when it has a bias.
+struct DeviceNorm {
+    weight: Tensor,
+    bias: Option<Tensor>,
 }
 
-/// A Llama-family decoder on a candle device, with a slot-pool KV cache and batched attention.
+impl DeviceNorm {
+    fn apply(&self, x: &Tensor, eps: f32) -> Result<Tensor> {
+        match &self.bias {
+            None => candle_nn::ops::rms_norm(x, &self.weight, eps),
+            Some(b) => candle_nn::ops::layer_norm(&x.contiguous()?, &self.weight, b, eps),
+        }
+    }
+}
+
+/// A (possibly fused) projection on the device with its bias.
+struct DeviceLinear {
+    mm: QMatMul,
+    bias: Option<Tensor>,
+}
+
+struct DeviceLayer {
+    attn_norm: DeviceNorm,
+    qkv: DeviceLinear,
+    /// Per-head RMSNorm weights of q and k (qwen3).
+    qk_norm: Option<(Tensor, Tensor)>,
+    o: DeviceLinear,
+    ffn_norm: DeviceNorm,
+    /// Gate and up (gated MLP), or up alone (GELU).
+    up: DeviceLinear,
+    down: DeviceLinear,
+}
+
+/// A decoder of any of genq's architectures on a candle device, with a slot-pool KV cache and
+/// batched attention.
 pub struct DeviceModel {
     cfg: ModelConfig,
     device: Device,
     dtype: DType,
     embed: Tensor,
+    /// Learned positions `[context, hidden]` (GPT-2).
+    positions: Option<Tensor>,
     layers: Vec<DeviceLayer>,
-    norm: Tensor,
-    lm_head: QMatMul,
-    cos: Tensor,
-    sin: Tensor,
+    norm: DeviceNorm,
+    lm_head: DeviceLinear,
+    /// RoPE tables `[context, head_dim/2]`, when the model rotates.
+    rope: Option<(Tensor, Tensor)>,
     pool: Arc<Mutex<Pool>>,
-}
-
-/// A weight as read from the file, on the CPU.
-enum Raw {
-    Quant(QTensor),
-    Dense(Tensor),
-}
-
-impl Raw {
-    fn dims(&self) -> Result<(usize, usize)> {
-        match self {
-            Raw::Quant(q) => q.shape().dims2(),
-            Raw::Dense(t) => t.dims2(),
-        }
-    }
-
-    fn f32(&self) -> Result<Tensor> {
-        match self {
-            Raw::Quant(q) => q.dequantize(&Device::Cpu),
-            Raw::Dense(t) => t.to_dtype(DType::F32),
-        }
-    }
-
-    /// Quantized blocks worth keeping quantized (not a float type stored in GGUF).
-    fn quant_dtype(&self) -> Option<GgmlDType> {
-        match self {
-            Raw::Quant(q)
-                if !matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) =>
-            {
-                Some(q.dtype())
-            }
-            _ => None,
-        }
-    }
 }
 
 /// How the device model holds its weights and computes: decided once at load.
@@ -487,158 +485,131 @@ impl Plan<'_> {
     }
 }
 
-/// Tensor names: llama.cpp's (GGUF) or Hugging Face's, as the CPU loader names them.
-fn tensor_name(gguf: bool, layer: Option<usize>, part: &str) -> String {
-    let names = if gguf { &GGUF_NAMES } else { &HF_NAMES };
-    match part {
-        "embed" => names.embed.into(),
-        "norm" => names.norm.into(),
-        "lm_head" => names.lm_head.into(),
-        p => (names.layer)(layer.unwrap_or(0), p),
+impl Plan<'_> {
+    fn norm(&self, n: Norm) -> Result<DeviceNorm> {
+        Ok(DeviceNorm {
+            weight: self.dense(&n.weight)?,
+            bias: n.bias.as_ref().map(|b| self.dense(b)).transpose()?,
+        })
+    }
+
+    fn linear(&self, l: Linear) -> Result<DeviceLinear> {
+        Ok(DeviceLinear {
+            mm: self.matmul(&l.parts)?,
+            bias: l.bias.as_ref().map(|b| self.dense(b)).transpose()?,
+        })
     }
 }
 
 impl DeviceModel {
-    /// Loads a GGUF llama onto `device`.
+    /// Loads a GGUF model onto `device`.
     pub fn from_gguf(
         content: &gguf_file::Content,
         file: &mut File,
         format: WeightFormat,
         device: &Device,
     ) -> Result<Self> {
-        let cfg = ModelConfig::from_gguf(content)?;
+        let mut src = GgufSource { content, file };
+        let cfg = ModelConfig::from_gguf(content, &mut |name| {
+            src.read(name)?.f32()?.flatten_all()?.to_vec1::<f32>()
+        })?;
         let plan = Plan::new(format, None, device);
-        let mut read = |name: &str| -> Result<Raw> {
-            Ok(Raw::Quant(content.tensor(file, name, &Device::Cpu)?))
-        };
-        let has = |name: &str| content.tensor_infos.contains_key(name);
-        Self::build(cfg, &plan, true, &mut read, &has)
+        Self::build(cfg, &plan, &mut src, Format::Gguf)
     }
 
-    /// Loads a Hugging Face llama (`config` plus every tensor of `files`) onto `device`.
+    /// Loads a Hugging Face model (`config` plus every tensor of `files`) onto `device`.
     pub fn from_safetensors(
         config: &HfConfig,
         files: &[impl AsRef<Path>],
         format: WeightFormat,
         device: &Device,
     ) -> Result<Self> {
-        let mut tensors: HashMap<String, Tensor> = HashMap::new();
-        for f in files {
-            tensors.extend(candle_core::safetensors::load(f, &Device::Cpu)?);
-        }
-        if config.tie_word_embeddings == Some(true) {
-            tensors.remove(&tensor_name(false, None, "lm_head"));
-        }
-        let file_dtype = tensors
-            .get(&tensor_name(false, None, "embed"))
-            .map(Tensor::dtype);
+        let cfg = ModelConfig::from_hf(config)?;
+        let mut src = SafetensorsSource::load(files, config.tied())?;
+        let embed = layout::file_name(cfg.arch, Format::Hf, Part::TokenEmbd, None, false);
+        let file_dtype = embed.and_then(|(name, _)| src.dtype(&name));
         let plan = Plan::new(format, file_dtype, device);
-        let names: Vec<String> = tensors.keys().cloned().collect();
-        let mut read = |name: &str| -> Result<Raw> {
-            match tensors.remove(name) {
-                Some(t) => Ok(Raw::Dense(t)),
-                None => bail!("safetensors: no tensor named {name}"),
-            }
-        };
-        let has = |name: &str| names.iter().any(|n| n == name);
-        Self::build(ModelConfig::from_hf(config), &plan, false, &mut read, &has)
+        Self::build(cfg, &plan, &mut src, Format::Hf)
     }
 
     fn build(
         cfg: ModelConfig,
         plan: &Plan<'_>,
-        gguf: bool,
-        read: &mut dyn FnMut(&str) -> Result<Raw>,
-        has: &dyn Fn(&str) -> bool,
+        src: &mut dyn TensorSource,
+        file_format: Format,
     ) -> Result<Self> {
-        cfg.check_heads()?;
-        let name = |layer: Option<usize>, part: &str| tensor_name(gguf, layer, part);
-        let vector = |raw: Raw, what: &str| -> Result<Tensor> {
-            let t = raw.f32()?.flatten_all()?;
-            if t.dims1()? != cfg.hidden {
-                bail!(
-                    "{what}: expected {} values, found {:?}",
-                    cfg.hidden,
-                    t.shape()
-                );
-            }
-            plan.dense(&t)
-        };
-        let (q_rows, kv_rows) = (cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim);
+        cfg.check()?;
+        let mut ld = Loader::new(&cfg, src, file_format);
         let mut layers = Vec::with_capacity(cfg.layers);
         for i in 0..cfg.layers {
-            let l = Some(i);
-            let qkv = [
-                read(&name(l, "q"))?,
-                read(&name(l, "k"))?,
-                read(&name(l, "v"))?,
-            ];
-            let gate_up = [read(&name(l, "gate"))?, read(&name(l, "up"))?];
-            let shapes = qkv
-                .iter()
-                .chain(gate_up.iter())
-                .map(|r| r.dims().map(|d| d.0))
-                .collect::<Result<Vec<_>>>()?;
-            if shapes != [q_rows, kv_rows, kv_rows, cfg.ffn, cfg.ffn] {
-                bail!("layer {i}: projection shapes {shapes:?} do not match the config");
-            }
+            let w = ld.layer(i)?;
+            let qk_norm = match &w.qk_norm {
+                Some((q, k)) => Some((plan.dense(q)?, plan.dense(k)?)),
+                None => None,
+            };
             layers.push(DeviceLayer {
-                attn_norm: vector(read(&name(l, "attn_norm"))?, "attn_norm")?,
-                qkv: plan.matmul(&qkv)?,
-                o: plan.matmul(&[read(&name(l, "o"))?])?,
-                ffn_norm: vector(read(&name(l, "ffn_norm"))?, "ffn_norm")?,
-                gate_up: plan.matmul(&gate_up)?,
-                down: plan.matmul(&[read(&name(l, "down"))?])?,
+                attn_norm: plan.norm(w.attn_norm)?,
+                qkv: plan.linear(w.qkv)?,
+                qk_norm,
+                o: plan.linear(w.o)?,
+                ffn_norm: plan.norm(w.ffn_norm)?,
+                up: plan.linear(w.up)?,
+                down: plan.linear(w.down)?,
             });
         }
-        let norm = vector(read(&name(None, "norm"))?, "output norm")?;
-        let embed_raw = read(&name(None, "embed"))?;
-        if embed_raw.dims()? != (cfg.vocab, cfg.hidden) {
-            bail!(
-                "embedding is {:?}, expected {}x{}",
-                embed_raw.dims()?,
-                cfg.vocab,
-                cfg.hidden
-            );
-        }
+        let norm = plan.norm(ld.output_norm()?)?;
+        let positions = ld.positions()?.map(|p| plan.dense(&p)).transpose()?;
+        let embed_raw = ld.embedding()?;
+        let head = ld.head()?;
+        ld.finish()?;
         // Rows are gathered from the embedding, so it is dense; the output head may stay quantized.
         let embed = plan.dense(&embed_raw.f32()?)?;
-        let lm_head = if has(&name(None, "lm_head")) {
-            plan.matmul(&[read(&name(None, "lm_head"))?])?
-        } else if plan.format == WeightFormat::F32
-            || (plan.format == WeightFormat::Native && embed_raw.quant_dtype().is_none())
-        {
-            QMatMul::Tensor(embed.clone())
-        } else {
-            plan.matmul(&[embed_raw])?
+        let lm_head = match head {
+            Some(h) => plan.linear(h)?,
+            None if plan.format == WeightFormat::F32
+                || (plan.format == WeightFormat::Native && embed_raw.quant_dtype().is_none()) =>
+            {
+                DeviceLinear {
+                    mm: QMatMul::Tensor(embed.clone()),
+                    bias: None,
+                }
+            }
+            None => DeviceLinear {
+                mm: plan.matmul(&[embed_raw])?,
+                bias: None,
+            },
         };
-        let (cos, sin) = rope_tables(&cfg, plan)?;
+        let rope = match &cfg.rope {
+            Some(r) => {
+                let (cos, sin) = r.tables(cfg.head_dim, cfg.context_length)?;
+                Some((plan.dense(&cos)?, plan.dense(&sin)?))
+            }
+            None => None,
+        };
         let pool = Arc::new(Mutex::new(Pool::new(&cfg, plan.dtype, plan.device)));
         Ok(Self {
             cfg,
             device: plan.device.clone(),
             dtype: plan.dtype,
             embed,
+            positions,
             layers,
             norm,
             lm_head,
-            cos,
-            sin,
+            rope,
             pool,
         })
+    }
+
+    /// The network's shape.
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
     }
 
     /// The dtype activations, the KV cache and dense weights use.
     pub fn dtype(&self) -> DType {
         self.dtype
     }
-}
-
-/// `cos`/`sin` of every (position, frequency) pair: `[context, head_dim/2]`, in the model dtype
-/// and on its device (the CPU path's tables, moved).
-fn rope_tables(cfg: &ModelConfig, plan: &Plan<'_>) -> Result<(Tensor, Tensor)> {
-    let (cos, sin) = super::model::rope_tables(cfg)?;
-    Ok((plan.dense(&cos)?, plan.dense(&sin)?))
 }
 
 /// Sequences of a step that feed the same number of tokens: one batched attention.
@@ -753,23 +724,41 @@ impl DeviceModel {
         let pos = Tensor::from_vec(pos, total, dev)?;
         let write = Tensor::from_vec(write, (total * kvh, d), dev)?;
         let half = d / 2;
-        let cos = self.cos.index_select(&pos, 0)?.reshape((total, 1, half))?;
-        let sin = self.sin.index_select(&pos, 0)?.reshape((total, 1, half))?;
-        let rope = |x: &Tensor, heads: usize| -> Result<Tensor> {
-            let x = x.contiguous()?.reshape((total, heads, 1, d))?;
-            match cfg.rope {
-                RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&x, &cos, &sin),
-                RopeStyle::Halves => candle_nn::rotary_emb::rope(&x, &cos, &sin),
-            }
+        let tables = match &self.rope {
+            Some((cos, sin)) => Some((
+                cos.index_select(&pos, 0)?.reshape((total, 1, half))?,
+                sin.index_select(&pos, 0)?.reshape((total, 1, half))?,
+            )),
+            None => None,
         };
         let eps = cfg.eps as f32;
+        // Per-head RMSNorm (qwen3), then RoPE; `[T, heads*dim]` in, `[T, heads, 1, dim]` out.
+        let position = |x: &Tensor, norm: Option<&Tensor>, heads: usize| -> Result<Tensor> {
+            let mut x = x.contiguous()?;
+            if let Some(w) = norm {
+                x = candle_nn::ops::rms_norm(&x.reshape((total * heads, d))?, w, eps)?;
+            }
+            let x = x.reshape((total, heads, 1, d))?;
+            match (&tables, cfg.rope.as_ref().map(|r| r.style)) {
+                (Some((cos, sin)), Some(RopeStyle::Interleaved)) => candle_nn::rotary_emb::rope_i(&x, cos, sin),
+                (Some((cos, sin)), Some(RopeStyle::Halves)) => candle_nn::rotary_emb::rope(&x, cos, sin),
+                _ => Ok(x),
+            }
+        };
         let (q_width, kv_width) = (cfg.heads * d, kvh * d);
         let mut x = self.embed.index_select(&ids, 0)?;
+        if let Some(p) = &self.positions {
+            x = (x + p.index_select(&pos, 0)?)?;
+        }
         for (li, layer) in self.layers.iter().enumerate() {
-            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?;
+            let h = layer.attn_norm.apply(&x, eps)?;
             let qkv = self.mm(&layer.qkv, &h)?;
-            let q = rope(&qkv.narrow(1, 0, q_width)?, cfg.heads)?.reshape((total, q_width))?;
-            let k = rope(&qkv.narrow(1, q_width, kv_width)?, kvh)?.reshape((total * kvh, d))?;
+            let (qn, kn) = match &layer.qk_norm {
+                Some((q, k)) => (Some(q), Some(k)),
+                None => (None, None),
+            };
+            let q = position(&qkv.narrow(1, 0, q_width)?, qn, cfg.heads)?.reshape((total, q_width))?;
+            let k = position(&qkv.narrow(1, q_width, kv_width)?, kn, kvh)?.reshape((total * kvh, d))?;
             let v = qkv
                 .narrow(1, q_width + kv_width, kv_width)?
                 .contiguous()?
@@ -787,17 +776,22 @@ impl DeviceModel {
                 Tensor::cat(&outs, 0)?
             };
             x = (x + self.mm(&layer.o, &attn)?)?;
-            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
-            let gu = self.mm(&layer.gate_up, &h)?;
-            let gate = gu.narrow(1, 0, cfg.ffn)?;
-            let up = gu.narrow(1, cfg.ffn, cfg.ffn)?;
-            let m = (candle_nn::ops::silu(&gate.contiguous()?)? * up)?;
+            let h = layer.ffn_norm.apply(&x, eps)?;
+            let up = self.mm(&layer.up, &h)?;
+            let m = match cfg.mlp {
+                MlpKind::GatedSilu => {
+                    let gate = up.narrow(1, 0, cfg.ffn)?;
+                    let up = up.narrow(1, cfg.ffn, cfg.ffn)?;
+                    (candle_nn::ops::silu(&gate.contiguous()?)? * up)?
+                }
+                MlpKind::Gelu => up.gelu()?,
+            };
             x = (x + self.mm(&layer.down, &m)?)?;
         }
         drop(pool);
         let n_rows = rows.len();
         let rows = Tensor::from_vec(rows, n_rows, dev)?;
-        let last = candle_nn::ops::rms_norm(&x.index_select(&rows, 0)?, &self.norm, eps)?;
+        let last = self.norm.apply(&x.index_select(&rows, 0)?, eps)?;
         let logits = self.mm(&self.lm_head, &last)?.to_dtype(DType::F32)?;
         for s in seqs.iter_mut() {
             s.cache.len += s.tokens.len();
@@ -805,9 +799,13 @@ impl DeviceModel {
         Ok(logits)
     }
 
-    /// `x @ wᵀ` in the model dtype (quantized kernels may answer in f32).
-    fn mm(&self, w: &QMatMul, x: &Tensor) -> Result<Tensor> {
-        w.forward(x)?.to_dtype(self.dtype)
+    /// `x @ wᵀ + b` in the model dtype (quantized kernels may answer in f32).
+    fn mm(&self, w: &DeviceLinear, x: &Tensor) -> Result<Tensor> {
+        let y = w.mm.forward(x)?.to_dtype(self.dtype)?;
+        match &w.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
     }
 
     /// Attention of one group's queries `[seqs * n, heads * dim]` against the pool.

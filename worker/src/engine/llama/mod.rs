@@ -1,10 +1,16 @@
 //! The candle engine for Llama-family models: [`LlamaEngine`] loads a GGUF file or a Hugging Face
 //! safetensors folder and runs continuous batching on the CPU or a GPU, one packed forward per step.
 //!
-//! - [`model`]: weights, the packed forward pass and the per-sequence KV cache (CPU).
+//! - [`arch`]: the architectures (llama, qwen2, qwen3, phi3, gpt2) and what varies between them.
+//! - [`layout`]: where each tensor lives in a GGUF or Hugging Face checkpoint, read into one
+//!   description the CPU and device models both build from.
+//! - [`model`]: the CPU model and its packed forward pass.
+//! - [`linear`]: CPU projections (formats, fusing, biases) and a batch-invariant matmul.
+//! - [`attention`]: the CPU path's per-sequence KV cache and attention.
 //! - [`packed`]: genq's own quantized matmul (4/8-bit weights, AVX-512 VNNI), the CPU default.
 //! - [`gpu`]: the device path (slot-pool KV cache, batched attention) and the CPU/device switch.
-//! - [`synth`]: random-weight Llama checkpoints (GPU checks and tests need no download).
+//! - [`synth`]: random-weight checkpoints of every architecture (GPU checks and tests need no
+//!   download).
 //! - [`sampler`]: per-sequence sampling with a seeded RNG.
 //! - [`detok`]: streaming detokenization that never splits a character.
 //! - [`tokenizer`]: tokenizers from GGUF metadata or `tokenizer.json`, special token ids.
@@ -14,9 +20,13 @@
 //! step plan (prefill chunks under the token budget plus one token per decoding sequence),
 //! sampling, stops and scoring. The scheduler decides which jobs are admitted and when.
 
+pub mod arch;
+mod attention;
 pub mod chat;
 pub mod detok;
 pub mod gpu;
+mod layout;
+mod linear;
 pub mod model;
 pub mod packed;
 pub mod sampler;

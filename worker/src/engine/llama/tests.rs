@@ -13,6 +13,8 @@ use super::model::{KvCache, SeqInput};
 use super::{LlamaEngine, LlamaSettings, WeightFormat};
 use crate::engine::{Engine, SeqDone, SeqId, StepLimits};
 
+mod archs;
+
 fn gguf_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf")
 }

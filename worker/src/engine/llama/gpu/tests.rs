@@ -7,7 +7,7 @@ use candle_core::{DType, Device};
 
 use super::{Backend, DeviceChoice, DeviceModel, SeqCache, StepInput};
 use crate::engine::llama::model::{HfConfig, LlamaModel, WeightFormat};
-use crate::engine::llama::synth::RandomLlama;
+use crate::engine::llama::synth::RandomModel;
 use crate::engine::llama::{LlamaEngine, LlamaSettings};
 
 fn config(dir: &Path) -> HfConfig {
@@ -88,7 +88,7 @@ fn toks(start: u32, n: usize) -> Vec<u32> {
 #[test]
 fn device_path_gives_the_cpu_logits_through_joins_leaves_and_chunks() {
     let dir = tempfile::tempdir().expect("tempdir");
-    RandomLlama::tiny()
+    RandomModel::tiny()
         .write(dir.path(), DType::F32)
         .expect("write");
     let (cpu, dev) = pair(dir.path());
@@ -108,7 +108,7 @@ fn device_path_gives_the_cpu_logits_through_joins_leaves_and_chunks() {
 #[test]
 fn device_pool_grows_in_slots_and_positions() {
     let dir = tempfile::tempdir().expect("tempdir");
-    RandomLlama::tiny()
+    RandomModel::tiny()
         .write(dir.path(), DType::F32)
         .expect("write");
     let (cpu, dev) = pair(dir.path());
@@ -145,7 +145,7 @@ fn device_choice_parses_cpu_cuda_and_cuda_n() {
 #[test]
 fn cuda_device_on_a_cpu_build_names_the_cuda_feature() {
     let dir = tempfile::tempdir().expect("tempdir");
-    RandomLlama::tiny()
+    RandomModel::tiny()
         .write(dir.path(), DType::F32)
         .expect("write");
     let err = LlamaEngine::load(&LlamaSettings {
@@ -165,7 +165,7 @@ fn cuda_device_on_a_cpu_build_names_the_cuda_feature() {
 
 #[test]
 fn random_smollm2_shape_counts_135m_parameters() {
-    let n = RandomLlama::smollm2().parameters();
+    let n = RandomModel::smollm2().parameters();
     assert!((134_000_000..136_000_000).contains(&n), "{n}");
 }
 
