@@ -1,20 +1,17 @@
-//! Chat templates: turns a job's `messages` into the prompt text the model was trained on, by
-//! running the model's own Jinja template (`tokenizer.chat_template`) with minijinja, in the
-//! context Hugging Face's `apply_chat_template` gives it.
-//!
-//! Tokenizing the rendered prompt is not this module's business (see [`super::tokenizer`]);
-//! the rendered text carries its markers (`<|im_start|>`) as text, which the tokenizer
-//! recognises as special tokens.
-//!
-//! minijinja is not Jinja2: without `minijinja-contrib`'s `pycompat` callback, Python string
-//! methods (`content.strip()`, `.startswith(..)`, used by e.g. Qwen's templates) fail at render
-//! time, and without minijinja's `loop_controls` feature `{% break %}` fails to compile.
-//! SmolLM2's template needs neither.
+//! [`ChatTemplate`]: one model's chat template, compiled once, rendering a job's messages in
+//! the context `apply_chat_template` gives (`messages`, `add_generation_prompt`, `bos_token`,
+//! `eos_token`, `tools` and `documents` as `None`), and where it comes from (GGUF metadata, or
+//! ChatML for a model that has none).
+
+use std::borrow::Cow;
 
 use candle_core::quantized::gguf_file::Content;
 use genq_shared::ChatMessage;
-use minijinja::{context, Environment, ErrorKind};
+use minijinja::{context, Environment, Value};
 use tokenizers::Tokenizer;
+
+use super::clock::Clock;
+use super::environment::{environment, set_clock, translate_generation_tags, Raised};
 
 const KEY_TEMPLATE: &str = "tokenizer.chat_template";
 const TEMPLATE_NAME: &str = "chat";
@@ -31,15 +28,35 @@ pub enum ChatError {
     /// `tokenizer.chat_template` is present but not a string.
     #[error("GGUF metadata `tokenizer.chat_template` is not a string")]
     NotAString,
-    /// The template is not valid (mini)Jinja: a broken model file, or a construct minijinja
-    /// lacks (`{% break %}`, `{% continue %}`).
+    /// The template is not valid Jinja (as minijinja reads it): a broken model file.
     #[error("chat template does not compile: {0}")]
     Compile(#[source] minijinja::Error),
-    /// Rendering failed, usually because the messages break the template's rules (it called
-    /// `raise_exception`, e.g. "roles must alternate user/assistant"), or the template calls
-    /// a Python method minijinja does not have (`.strip()`).
-    #[error("chat template rejected the messages: {0}")]
+    /// The template refused the messages through `raise_exception(message)`, e.g. "roles must
+    /// alternate user/assistant": the job's input is at fault, not the model.
+    #[error("chat template refused the messages: {message}")]
+    Refused {
+        /// The template's own words.
+        message: String,
+    },
+    /// Rendering failed otherwise: the template does something minijinja cannot (a Python
+    /// method `pycompat` lacks, a type error), named with its line.
+    #[error("chat template failed to render: {0}")]
     Render(#[source] minijinja::Error),
+}
+
+impl ChatError {
+    fn from_render(err: minijinja::Error) -> Self {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
+        while let Some(e) = source {
+            if let Some(raised) = e.downcast_ref::<Raised>() {
+                return ChatError::Refused {
+                    message: raised.0.clone(),
+                };
+            }
+            source = e.source();
+        }
+        ChatError::Render(err)
+    }
 }
 
 /// A compiled chat template with the BOS/EOS strings it may refer to.
@@ -53,20 +70,21 @@ pub struct ChatTemplate {
 
 impl ChatTemplate {
     /// Compiles `template_source`; `bos` and `eos` are the strings it sees as `bos_token` and
-    /// `eos_token`.
-    ///
-    /// The environment matches `transformers`' (`trim_blocks`, `lstrip_blocks`, a trailing
-    /// newline dropped) and adds `raise_exception(message)`.
+    /// `eos_token`. `strftime_now` reads the system clock (see [`ChatTemplate::with_clock`]).
     pub fn new(template_source: String, bos: String, eos: String) -> Result<Self, ChatError> {
-        let mut env = environment();
-        env.add_template_owned(TEMPLATE_NAME, template_source)
+        let mut env = environment(Clock::System);
+        let source = match translate_generation_tags(&template_source) {
+            Cow::Owned(translated) => translated,
+            Cow::Borrowed(_) => template_source,
+        };
+        env.add_template_owned(TEMPLATE_NAME, source)
             .map_err(ChatError::Compile)?;
         Ok(Self { env, bos, eos })
     }
 
     /// Plain ChatML (`<|im_start|>role\ncontent<|im_end|>\n`), for models without a template.
     pub fn chatml() -> Self {
-        let mut env = environment();
+        let mut env = environment(Clock::System);
         // A constant that compiles (tested); were it ever broken, `render` would report the
         // missing template rather than this panicking.
         let _ = env.add_template(TEMPLATE_NAME, CHATML);
@@ -75,6 +93,13 @@ impl ChatTemplate {
             bos: String::new(),
             eos: "<|im_end|>".to_owned(),
         }
+    }
+
+    /// The same template with `strftime_now` reading `clock`: a fixed date makes prompts of
+    /// templates that print today's date (Llama 3.2, Mistral Small 3.2) reproducible.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        set_clock(&mut self.env, clock);
+        self
     }
 
     /// Renders `messages`; with `add_generation_prompt` the text ends where the assistant's
@@ -91,11 +116,13 @@ impl ChatTemplate {
         template
             .render(context! {
                 messages => messages,
+                tools => Value::from(()),
+                documents => Value::from(()),
                 add_generation_prompt => add_generation_prompt,
                 bos_token => &self.bos,
                 eos_token => &self.eos,
             })
-            .map_err(ChatError::Render)
+            .map_err(ChatError::from_render)
     }
 }
 
@@ -124,24 +151,10 @@ pub fn chat_template_from_gguf(
     ))
 }
 
-/// A template environment configured like `transformers`' `_compile_jinja_template`.
-fn environment() -> Environment<'static> {
-    let mut env = Environment::new();
-    env.set_trim_blocks(true);
-    env.set_lstrip_blocks(true);
-    env.set_keep_trailing_newline(false);
-    env.add_function("raise_exception", raise_exception);
-    env
-}
-
-/// `raise_exception(message)`, as `transformers` defines it for templates.
-fn raise_exception(message: String) -> Result<String, minijinja::Error> {
-    Err(minijinja::Error::new(ErrorKind::InvalidOperation, message))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::llama::chat::clock::DateTime;
     use crate::engine::llama::tokenizer::tests::smollm2_gguf;
     use crate::engine::llama::tokenizer::tokenizer_from_gguf;
 
@@ -271,7 +284,12 @@ mod tests {
         let err = template
             .render(&[msg("assistant", "hi")], false)
             .expect_err("must raise");
-        assert!(matches!(err, ChatError::Render(_)), "{err:?}");
+        match &err {
+            ChatError::Refused { message } => {
+                assert_eq!(message, "Conversation must start with a user message")
+            }
+            other => panic!("not a refusal: {other:?}"),
+        }
         assert!(
             err.to_string()
                 .contains("Conversation must start with a user message"),
@@ -299,30 +317,53 @@ mod tests {
     }
 
     #[test]
-    fn python_string_methods_are_not_available() {
-        // Documents the missing pycompat layer (minijinja-contrib); flip when it is added.
+    fn python_string_methods_work_as_in_jinja2() {
         let template = ChatTemplate::new(
-            "{{ messages[0].content.strip() }}".into(),
-            String::new(),
-            String::new(),
-        )
-        .expect("compiles; the method is looked up at render time");
-        let err = template
-            .render(&[msg("user", " hi ")], false)
-            .expect_err("no .strip()");
-        assert!(matches!(err, ChatError::Render(_)), "{err:?}");
-        // The equivalent filter works.
-        let template = ChatTemplate::new(
-            "{{ messages[0].content | trim }}".into(),
+            "[{{ messages[0].content.strip() }}][{{ messages[0].content.startswith(' h') }}]\
+             [{{ messages[0].content.split() | join(',') }}]"
+                .into(),
             String::new(),
             String::new(),
         )
         .expect("compile");
         assert_eq!(
             template
-                .render(&[msg("user", " hi ")], false)
+                .render(&[msg("user", " hi there ")], false)
                 .expect("render"),
-            "hi"
+            "[hi there][True][hi,there]"
+        );
+    }
+
+    #[test]
+    fn an_unknown_method_is_a_render_error_naming_it() {
+        let template = ChatTemplate::new(
+            "{{ messages[0].content.frobnicate() }}".into(),
+            String::new(),
+            String::new(),
+        )
+        .expect("compiles; methods are looked up at render time");
+        let err = template
+            .render(&[msg("user", "hi")], false)
+            .expect_err("no such method");
+        assert!(matches!(err, ChatError::Render(_)), "{err:?}");
+        assert!(err.to_string().contains("frobnicate"), "{err}");
+    }
+
+    #[test]
+    fn strftime_now_reads_the_templates_clock() {
+        let template = ChatTemplate::new(
+            "{{ strftime_now('%d %b %Y') }}".into(),
+            String::new(),
+            String::new(),
+        )
+        .expect("compile");
+        let fixed = DateTime::new(2024, 7, 26, 12, 0, 0).expect("valid date");
+        assert_eq!(
+            template
+                .with_clock(Clock::Fixed(fixed))
+                .render(&[], false)
+                .expect("render"),
+            "26 Jul 2024"
         );
     }
 
