@@ -90,6 +90,17 @@ if ! stage greedy-f32 120 "$bin/genq-gpu-check" compare --model "$out/tiny-rando
 fi
 stage greedy-bf16 120 "$bin/genq-gpu-check" compare --model "$out/tiny-random" --device "$device" \
   --weights native --jobs 16 --new-tokens 32 || status=1
+# The other architectures (qwen2 biases, qwen3 q/k norms, phi3 fused tensors, gpt2 LayerNorm,
+# GELU and learned positions): tiny f32 models, greedy CPU vs GPU must be equal as for llama.
+for arch in qwen2 qwen3 phi3 gpt2; do
+  if stage "write-$arch" 60 "$bin/genq-gpu-check" write-model --shape tiny --arch "$arch" --dtype f32 \
+    --out "$out/tiny-$arch"; then
+    stage "greedy-f32-$arch" 120 "$bin/genq-gpu-check" compare --model "$out/tiny-$arch" --device "$device" \
+      --weights f32 --jobs 16 --new-tokens 32 --require-equal || status=1
+  else
+    status=1
+  fi
+done
 
 # `genq bench engine` when genq is there; else the same benchmark function in genq-gpu-check.
 if [[ -x "$bin/genq" ]]; then

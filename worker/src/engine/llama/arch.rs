@@ -676,3 +676,81 @@ impl HfConfig {
             .unwrap_or_else(|| arch.is_ok_and(Arch::hf_ties_by_default))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: serde_json::Value) -> ModelConfig {
+        let mut c = serde_json::json!({
+            "model_type": "llama",
+            "hidden_size": 4096,
+            "intermediate_size": 14336,
+            "num_hidden_layers": 32,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 8,
+            "rms_norm_eps": 1e-5,
+            "rope_theta": 500000.0,
+            "max_position_embeddings": 131072,
+            "vocab_size": 128256,
+        });
+        if let (Some(c), Some(extra)) = (c.as_object_mut(), extra.as_object()) {
+            c.extend(extra.clone());
+        }
+        let hf: HfConfig = serde_json::from_value(c).expect("config");
+        ModelConfig::from_hf(&hf).expect("model config")
+    }
+
+    #[test]
+    fn llama31_rope_factors_run_from_1_to_the_factor() {
+        let cfg = config(serde_json::json!({"rope_scaling": {"rope_type": "llama3", "factor": 8.0,
+            "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}}));
+        let f = cfg.rope.and_then(|r| r.factors).expect("factors");
+        assert_eq!(f.len(), 64);
+        assert_eq!((f[0], f[63]), (1.0, 8.0));
+        assert!(f.windows(2).all(|w| w[0] <= w[1]), "{f:?}");
+        assert_eq!(cfg.context_length, 131072);
+    }
+
+    #[test]
+    fn phi3_longrope_runs_the_short_factors_up_to_the_original_context() {
+        let short: Vec<f64> = (0..48).map(|i| 1.0 + i as f64 / 100.0).collect();
+        let cfg = config(serde_json::json!({"model_type": "phi3", "hidden_size": 3072, "num_attention_heads": 32,
+            "num_key_value_heads": 32, "max_position_embeddings": 131072, "original_max_position_embeddings": 4096,
+            "sliding_window": 262144,
+            "rope_scaling": {"type": "longrope", "short_factor": short, "long_factor": vec![2.0; 48]}}));
+        assert_eq!(cfg.arch, Arch::Phi3);
+        assert_eq!(cfg.context_length, 4096);
+        let rope = cfg.rope.expect("rope");
+        assert_eq!(rope.factors.expect("factors")[1], 1.01);
+        let want = (1.0 + (32f64).ln() / (4096f64).ln()).sqrt();
+        assert!((rope.attn_factor - want).abs() < 1e-12, "{}", rope.attn_factor);
+    }
+
+    #[test]
+    fn mistral_sliding_window_caps_the_context_and_linear_scaling_scales_positions() {
+        let cfg = config(serde_json::json!({"model_type": "mistral", "sliding_window": 4096,
+            "rope_scaling": {"type": "linear", "factor": 4.0}}));
+        assert_eq!((cfg.arch, cfg.context_length), (Arch::Llama, 4096));
+        assert_eq!(cfg.rope.map(|r| r.freq_scale), Some(0.25));
+    }
+
+    #[test]
+    fn partial_rotary_and_unknown_activations_are_refused() {
+        for (extra, needle) in [
+            (serde_json::json!({"partial_rotary_factor": 0.5}), "partial_rotary_factor"),
+            (serde_json::json!({"hidden_act": "gelu"}), "gelu"),
+            (serde_json::json!({"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}), "dynamic"),
+        ] {
+            let mut c = serde_json::json!({"model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
+                "num_hidden_layers": 1, "num_attention_heads": 4, "rms_norm_eps": 1e-5,
+                "max_position_embeddings": 64, "vocab_size": 10});
+            if let (Some(c), Some(extra)) = (c.as_object_mut(), extra.as_object()) {
+                c.extend(extra.clone());
+            }
+            let hf: HfConfig = serde_json::from_value(c).expect("config");
+            let err = ModelConfig::from_hf(&hf).expect_err("refused").to_string();
+            assert!(err.contains(needle), "{err}");
+        }
+    }
+}
