@@ -39,11 +39,10 @@ use candle_core::quantized::gguf_file;
 use genq_shared::valid::{validate, Limits};
 use genq_shared::{JobKind, JobRequest};
 use genq_worker::engine::llama::detok::Detokenizer;
-use genq_worker::engine::llama::tokenizer::tokenizer_from_gguf;
+use genq_worker::engine::llama::tokenizer::{tokenizer_from_gguf, Tokenizer};
 use genq_worker::engine::llama::{LlamaEngine, LlamaSettings, WeightFormat};
 use genq_worker::engine::{Engine, StepLimits};
 use serde::Deserialize;
-use tokenizers::Tokenizer;
 
 /// Leading generated tokens that must equal llama.cpp's, for at least as many prompts as
 /// llama.cpp reaches against itself (f16 vs f32 KV cache; `calibration` in the fixture).
@@ -208,8 +207,9 @@ fn run_engine(
         .map(|c| (&c.name, &c.text, &c.prompt_ids))
         .chain(fx.score.iter().map(|c| (&c.name, &c.text, &c.prompt_ids)))
     {
-        let enc = tok.encode(text.as_str(), false).expect("encode");
-        assert_eq!(enc.get_ids(), ids.as_slice(), "{name}: genq's tokenization differs from llama.cpp's for {text:?}");
+        // Prompts parse special tokens, as the engine does.
+        let enc = tok.encode(text.as_str(), true).expect("encode");
+        assert_eq!(enc, ids.as_slice(), "{name}: genq's tokenization differs from llama.cpp's for {text:?}");
     }
 
     for (i, case) in fx.generate.iter().enumerate() {

@@ -7,6 +7,7 @@
 //! - [`models`]: the models with live workers (heartbeats in Redis, consumers in RabbitMQ).
 //! - [`status`]: queue depths, per-worker throughput and a batch's progress on one screen.
 //! - [`serve`]: the HTTP gateway (`/generate`, OpenAI-compatible routes, `/v1/jobs`).
+//! - [`tokenize`]: a model's token ids for texts, as the engine tokenizes prompts.
 
 mod bench;
 mod models;
@@ -15,6 +16,7 @@ mod run;
 mod serve;
 mod status;
 mod submit;
+mod tokenize;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -126,6 +128,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// One screen: queue depths (ready, unacked, dead), per-worker throughput, a batch's progress.
     Status(status::StatusArgs),
+    /// Print the token ids the engine feeds for texts (the model's tokenizer and BOS rule).
+    Tokenize(tokenize::TokenizeArgs),
 }
 
 /// Warnings, except lapin's report of a returned message, which prints the whole body (a
@@ -162,6 +166,7 @@ pub fn main() -> ExitCode {
             Command::Models(args) => models::run(&cli.common, args).await,
             Command::Serve(args) => serve::run(&cli.common, args).await,
             Command::Status(args) => status::run(&cli.common, args).await,
+            Command::Tokenize(args) => tokenize::run(&cli.common, args).await,
         }
     });
     match result {

@@ -43,7 +43,6 @@ use candle_core::quantized::gguf_file;
 use genq_shared::job::JobKind;
 use genq_shared::valid::PromptInput;
 use genq_shared::{FinishReason, ValidJob};
-use tokenizers::Tokenizer;
 
 use self::chat::ChatTemplate;
 use self::detok::Detokenizer;
@@ -51,7 +50,8 @@ pub use self::model::WeightFormat;
 use self::gpu::{Backend, DeviceChoice, SeqCache, StepInput};
 use self::model::HfConfig;
 use self::sampler::Sampler;
-use self::tokenizer::SpecialIds;
+use self::tokenizer::hf::json_ids;
+use self::tokenizer::{SpecialIds, Tokenizer};
 use super::stops::StopMatcher;
 use super::{
     AdmitError, Admitted, Engine, EngineError, EngineInfo, Score, SeqDone, SeqId, SeqUpdate,
@@ -162,22 +162,6 @@ fn read_json(path: &Path) -> Result<serde_json::Value, LoadError> {
     })
 }
 
-/// The first id of a `config.json` entry that may be a number or a list of numbers.
-fn json_ids(v: Option<&serde_json::Value>) -> Vec<u32> {
-    match v {
-        Some(serde_json::Value::Number(n)) => n
-            .as_u64()
-            .and_then(|n| u32::try_from(n).ok())
-            .into_iter()
-            .collect(),
-        Some(serde_json::Value::Array(a)) => a
-            .iter()
-            .filter_map(|n| n.as_u64().and_then(|n| u32::try_from(n).ok()))
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
 impl LlamaEngine {
     /// Loads the model, its tokenizer and chat template.
     pub fn load(settings: &LlamaSettings) -> Result<Self, LoadError> {
@@ -226,7 +210,7 @@ impl LlamaEngine {
         })?;
         let content = gguf_file::Content::read(&mut file).map_err(weights_err(path))?;
         let tokenizer = tokenizer::tokenizer_from_gguf(&content)?;
-        let special = tokenizer::special_ids(&content, &tokenizer);
+        let special = tokenizer::special_ids(&tokenizer);
         let template = match chat::chat_template_from_gguf(&content, &tokenizer) {
             Some(t) => t.map_err(|e| LoadError::ChatTemplate(e.to_string()))?,
             None => ChatTemplate::chatml(),
@@ -279,45 +263,7 @@ impl LlamaEngine {
         } else {
             None
         };
-        let eos_ids = json_ids(config_json.get("eos_token_id"));
-        let eos = eos_ids
-            .first()
-            .copied()
-            .or_else(|| {
-                ["<|im_end|>", "<|endoftext|>", "</s>"]
-                    .iter()
-                    .find_map(|t| tokenizer.token_to_id(t))
-            })
-            .unwrap_or(0);
-        let mut extra_stops: Vec<u32> = eos_ids.iter().skip(1).copied().collect();
-        for t in [
-            "<|im_end|>",
-            "<|endoftext|>",
-            "<|eot_id|>",
-            "<|end|>",
-            "<end_of_turn>",
-        ] {
-            if let Some(id) = tokenizer.token_to_id(t) {
-                if id != eos && !extra_stops.contains(&id) {
-                    extra_stops.push(id);
-                }
-            }
-        }
-        let add_bos = tok_config
-            .as_ref()
-            .and_then(|c| c.get("add_bos_token"))
-            .and_then(|v| v.as_bool())
-            .unwrap_or(false);
-        let bos = if add_bos {
-            json_ids(config_json.get("bos_token_id")).first().copied()
-        } else {
-            None
-        };
-        let special = SpecialIds {
-            bos,
-            eos,
-            extra_stops,
-        };
+        let special = tokenizer::hf::special_ids(&config_json, tok_config.as_ref(), &tokenizer);
         let template = match tok_config
             .as_ref()
             .and_then(|c| c.get("chat_template"))
@@ -329,7 +275,7 @@ impl LlamaEngine {
                         .unwrap_or_default()
                 };
                 let bos_name = name(json_ids(config_json.get("bos_token_id")).first().copied());
-                ChatTemplate::new(src.to_string(), bos_name, name(Some(eos)))
+                ChatTemplate::new(src.to_string(), bos_name, name(Some(special.eos)))
                     .map_err(|e| LoadError::ChatTemplate(e.to_string()))?
             }
             None => ChatTemplate::chatml(),
@@ -363,17 +309,13 @@ impl LlamaEngine {
                 (text, "messages")
             }
         };
-        let enc = self
-            .tokenizer
-            .encode(text.as_str(), false)
-            .map_err(|e| AdmitError {
+        let ids = tokenizer::prompt_ids(&self.tokenizer, &self.special, &text, true).map_err(
+            |e| AdmitError {
                 field,
                 message: format!("cannot be tokenized: {e}"),
-            })?;
-        let mut ids = Vec::with_capacity(enc.len() + 1);
-        ids.extend(self.special.bos);
-        ids.extend_from_slice(enc.get_ids());
-        if enc.get_ids().is_empty() {
+            },
+        )?;
+        if ids.len() == usize::from(self.special.bos.is_some()) {
             return Err(AdmitError {
                 field,
                 message: "is empty after tokenization".into(),

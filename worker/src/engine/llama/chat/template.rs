@@ -8,7 +8,8 @@ use std::borrow::Cow;
 use candle_core::quantized::gguf_file::Content;
 use genq_shared::ChatMessage;
 use minijinja::{context, Environment, Value};
-use tokenizers::Tokenizer;
+
+use crate::engine::llama::tokenizer::Tokenizer;
 
 use super::clock::Clock;
 use super::environment::{environment, set_clock, translate_generation_tags, Raised};
@@ -211,8 +212,8 @@ mod tests {
         assert_eq!(prompt, expected);
         // The rendered markers tokenize as the model's control tokens.
         let ids = tok.encode(prompt.as_str(), true).expect("encode");
-        assert_eq!(&ids.get_ids()[..3], &[1, 9690, 198]);
-        assert_eq!(&ids.get_ids()[ids.len() - 4..], &[1, 520, 9531, 198]);
+        assert_eq!(&ids[..3], &[1, 9690, 198]);
+        assert_eq!(&ids[ids.len() - 4..], &[1, 520, 9531, 198]);
     }
 
     #[test]
