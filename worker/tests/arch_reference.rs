@@ -527,7 +527,6 @@ fn check_arch(arch: &str) {
 }
 
 #[test]
-#[ignore = "genq does not apply Llama 3.1 rope scaling (rope_freqs) yet: logits off by 6e-2 of the largest"]
 fn llama3() {
     check_arch("llama3");
 }
@@ -538,25 +537,21 @@ fn llama2() {
 }
 
 #[test]
-#[ignore = "the qwen2 architecture is not in the engine yet (issue 17)"]
 fn qwen2() {
     check_arch("qwen2");
 }
 
 #[test]
-#[ignore = "the qwen3 architecture is not in the engine yet (issue 17)"]
 fn qwen3() {
     check_arch("qwen3");
 }
 
 #[test]
-#[ignore = "the phi3 architecture is not in the engine yet (issue 17): no blk.0.attn_q.weight"]
 fn phi3() {
     check_arch("phi3");
 }
 
 #[test]
-#[ignore = "the gpt2 architecture is not in the engine yet (issue 17): no blk.0.attn_q.weight"]
 fn gpt2() {
     check_arch("gpt2");
 }
