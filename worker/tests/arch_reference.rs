@@ -30,18 +30,21 @@
 //!
 //! Tolerances (`tol`, relative to the row's largest |logit|, about 2 for these models) by model
 //! type and weight path, with the largest relative error measured over every stored logit of
-//! every row (llama2, the family genq ran before issue 17; llama.cpp 0.3.36's vendored build):
+//! every row of all six families (llama.cpp of llama-cpp-python 0.3.36):
 //!
-//! | model | path                          | tol  | measured | why |
-//! |-------|-------------------------------|------|----------|-----|
-//! | f32   | F32, Native, HF F32           | 1e-3 | 2.7e-4   | the issue's rule: same weights; genq's CPU KV cache is f16 |
-//! | f32   | device model F32              | 1e-3 | 2.7e-5   | f32 KV cache: only summation order differs |
-//! | f32   | Q8_0, Packed                  | 3e-2 | 2.0e-2   | genq quantizes the f32 weights to 8 bits per block of 32 at load |
-//! | q8_0  | every path                    | 2e-2 | 1.0e-2   | the same Q8_0 weights; llama.cpp rounds activations to Q8_0 in every matmul, genq's paths round differently or not at all |
+//! | model | path                          | tol    | measured | why |
+//! |-------|-------------------------------|--------|----------|-----|
+//! | f32   | F32, Native, HF F32           | 1e-3   | 3.1e-4   | the issue's rule: same weights; genq's CPU KV cache is f16 |
+//! | f32   | device model F32              | 1e-3   | 2.0e-4   | f32 KV cache: only summation order differs (2.5e-5 but for gpt2) |
+//! | f32   | Q8_0, Packed                  | 3e-2   | 2.1e-2   | genq quantizes the f32 weights to 8 bits per block of 32 at load |
+//! | q8_0  | every path                    | 2.5e-2 | 1.5e-2   | the same Q8_0 weights; llama.cpp rounds activations to Q8_0 in every matmul, genq's paths round differently or not at all |
 //!
-//! A real fault moves logits by far more: ignoring Llama 3's `rope_freqs` (genq before issue
-//! 17) is off by 6e-2 on every path. Greedy divergences measured: none on the f32 paths of the
-//! f32 model; on the quantized paths 1-3 of 96 steps, all at llama.cpp gaps below 0.022.
+//! A real fault moves logits by far more: ignoring Llama 3's `rope_freqs` (genq before issue 17)
+//! was off by 6e-2 on every path, and diverged at llama.cpp gaps up to 0.12. Greedy divergences
+//! measured: none on the f32 paths of the f32 models; 0-8 of 96 steps on the quantized paths,
+//! all at llama.cpp top-2 gaps of at most 0.021 (the allowance, `2 * tol * scale`, is about
+//! 0.005 on the f32 paths and 0.1-0.14 on the quantized ones).
+//!
 //! One `#[test]` per family so a failure names it; each test reports every path's worst error
 //! and all failures together.
 //!
@@ -102,7 +105,7 @@ fn tolerance(model_type: &str, path: &GenqPath) -> f64 {
     match model_type {
         "f32" if exact_weights => 1e-3,
         "f32" => 3e-2,
-        _ => 2e-2,
+        _ => 2.5e-2,
     }
 }
 
@@ -492,7 +495,7 @@ fn check_arch(arch: &str) {
             let tol = tolerance(model_type, &path);
             let o = check(&fx, &m, tol);
             println!(
-                "  {label}: worst logit error {:.2e} x scale (tol {tol:.0e}), worst gap error {:.2e}, \
+                "  {label}: worst logit error {:.2e} x scale (tol {tol:.1e}), worst gap error {:.2e}, \
                  {}/{} greedy steps equal{}",
                 o.score_rel,
                 o.gap_rel,
