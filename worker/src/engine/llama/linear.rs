@@ -27,8 +27,8 @@ pub enum WeightFormat {
     Q8_0,
     /// Everything dequantized to f32 (about 4 bytes per parameter: ~540 MB for SmolLM2-135M).
     F32,
-    /// genq's packed integer format: Q4_1 kept 4-bit and Q8_0 8-bit, exactly; anything else
-    /// quantized to 8 bits per block of 32. Multiplied by the AVX-512 VNNI kernel (a portable
+    /// genq's packed integer format: Q4_0 and Q4_1 kept 4-bit, Q5_0, Q5_1 and Q8_0 8-bit,
+    /// exactly; anything else quantized to 8 bits per block of 32. Multiplied by the AVX-512 VNNI kernel (a portable
     /// reference on other CPUs, correct but slow).
     Packed,
 }
@@ -95,17 +95,19 @@ impl Weight {
         }
     }
 
-    /// The weight as packed-kernel rows: Q4_1 and Q8_0 blocks exactly, anything else through f32.
+    /// The weight as packed-kernel rows: Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 blocks exactly,
+    /// anything else through f32.
     pub(super) fn quant_rows(&self) -> Result<QuantRows> {
         let (rows, cols) = (self.rows()?, self.cols()?);
         let rows = match self {
             Weight::Rows(r) => Ok(r.clone()),
-            Weight::Quant(q) if q.dtype() == GgmlDType::Q4_1 => QuantRows::from_q4_1(&q.data()?, rows, cols),
-            Weight::Quant(q) if q.dtype() == GgmlDType::Q8_0 => QuantRows::from_q8_0(&q.data()?, rows, cols),
-            Weight::Quant(q) => {
-                let values = q.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
-                QuantRows::from_f32(&values, rows, cols)
-            }
+            Weight::Quant(q) => match QuantRows::from_ggml(q.dtype(), &q.data()?, rows, cols) {
+                Some(exact) => exact,
+                None => {
+                    let values = q.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+                    QuantRows::from_f32(&values, rows, cols)
+                }
+            },
             Weight::Dense(t) => {
                 let values = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
                 QuantRows::from_f32(&values, rows, cols)

@@ -13,6 +13,7 @@
 //!   download).
 //! - [`sampler`]: per-sequence sampling with a seeded RNG.
 //! - [`detok`]: streaming detokenization that never splits a character.
+//! - [`gguf_types`]: the tensor types of a GGUF file, checked before loading.
 //! - [`tokenizer`]: tokenizers from GGUF metadata or `tokenizer.json`, special token ids.
 //! - [`chat`]: chat templates.
 //!
@@ -24,6 +25,7 @@ pub mod arch;
 mod attention;
 pub mod chat;
 pub mod detok;
+pub mod gguf_types;
 pub mod gpu;
 mod layout;
 mod linear;
@@ -110,6 +112,14 @@ pub enum LoadError {
     /// The tokenizer could not be built.
     #[error("loading the tokenizer: {0}")]
     Tokenizer(#[from] tokenizer::TokenizerError),
+    /// The GGUF holds a tensor of a type genq does not load (the error names the tensor).
+    #[error("{}: {source}", path.display())]
+    TensorType {
+        /// The file.
+        path: PathBuf,
+        /// The tensor and its type.
+        source: gguf_types::GgufTypeError,
+    },
     /// The model's chat template could not be compiled.
     #[error("compiling the chat template: {0}")]
     ChatTemplate(String),
@@ -205,6 +215,10 @@ impl LlamaEngine {
         device: DeviceChoice,
     ) -> Result<(Backend, Tokenizer, SpecialIds, ChatTemplate), LoadError> {
         let mut file = File::open(path).map_err(|source| LoadError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        gguf_types::check(&mut file).map_err(|source| LoadError::TensorType {
             path: path.to_owned(),
             source,
         })?;

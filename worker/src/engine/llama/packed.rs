@@ -1,7 +1,8 @@
 //! genq's own quantized matmul for the CPU ("packed" weights).
 //!
 //! Weights are unsigned 4- or 8-bit levels in blocks of 32 inputs, each block with a scale and
-//! a minimum (`w = scale * level + min`, GGUF's Q4_1 shape; Q4_1 and Q8_0 tensors load exactly).
+//! a minimum (`w = scale * level + min`, GGUF's Q4_1 shape; Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0
+//! tensors load exactly, the 5-bit ones as 8-bit levels).
 //! They are interleaved sixteen output rows at a time, the layout AVX-512 VNNI's `vpdpbusd`
 //! reads. Activations are quantized per row to signed 8-bit blocks (scale and level sum per
 //! block). A block's dot product is an exact integer sum, and the blocks are combined in a fixed
@@ -15,6 +16,7 @@ mod vnni;
 
 use std::sync::OnceLock;
 
+use candle_core::quantized::GgmlDType;
 use half::f16;
 use rayon::prelude::*;
 
@@ -119,6 +121,77 @@ impl QuantRows {
             out.levels.extend(qs.iter().map(|b| b >> 4));
         }
         Ok(out)
+    }
+
+    /// From GGUF Q4_0 blocks (`f16 d, 16 bytes`, `w = d * (q - 8)`, nibbles as Q4_1's), as
+    /// levels `q` with minimum `-8 d`. Exact: `-8 d` only shifts `d`'s exponent.
+    pub fn from_q4_0(data: &[u8], rows: usize, cols: usize) -> Result<Self, PackError> {
+        Self::check(rows, cols, data, 18, "Q4_0")?;
+        let mut out = Self::with_capacity(rows, cols, 4);
+        for block in data.chunks_exact(18) {
+            let d = f16_at(block, 0);
+            out.scale.push(d);
+            out.min.push(-8.0 * d);
+            let qs = &block[2..18];
+            out.levels.extend(qs.iter().map(|b| b & 0x0F));
+            out.levels.extend(qs.iter().map(|b| b >> 4));
+        }
+        Ok(out)
+    }
+
+    /// From GGUF Q5_0 blocks (`f16 d, u32 high bits, 16 bytes`, `w = d * (q - 16)`), as 8-bit
+    /// levels `q` (below 32) with minimum `-16 d`. Exact.
+    pub fn from_q5_0(data: &[u8], rows: usize, cols: usize) -> Result<Self, PackError> {
+        Self::check(rows, cols, data, 22, "Q5_0")?;
+        let mut out = Self::with_capacity(rows, cols, 8);
+        for block in data.chunks_exact(22) {
+            let d = f16_at(block, 0);
+            out.scale.push(d);
+            out.min.push(-16.0 * d);
+            out.push_q5_levels(&block[2..22]);
+        }
+        Ok(out)
+    }
+
+    /// From GGUF Q5_1 blocks (`f16 d, f16 m, u32 high bits, 16 bytes`, `w = d * q + m`), as
+    /// 8-bit levels `q` (below 32). Exact.
+    pub fn from_q5_1(data: &[u8], rows: usize, cols: usize) -> Result<Self, PackError> {
+        Self::check(rows, cols, data, 24, "Q5_1")?;
+        let mut out = Self::with_capacity(rows, cols, 8);
+        for block in data.chunks_exact(24) {
+            out.scale.push(f16_at(block, 0));
+            out.min.push(f16_at(block, 2));
+            out.push_q5_levels(&block[4..24]);
+        }
+        Ok(out)
+    }
+
+    /// The 32 five-bit levels of a Q5 block (`u32` of high bits, then 16 bytes of nibbles:
+    /// element `j` in the low nibble of byte `j`, element `j + 16` in its high nibble).
+    fn push_q5_levels(&mut self, bytes: &[u8]) {
+        let high = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+        let qs = &bytes[4..20];
+        let bit = |j: usize| (((high >> j) & 1) as u8) << 4;
+        self.levels.extend(qs.iter().enumerate().map(|(j, b)| (b & 0x0F) | bit(j)));
+        self.levels.extend(qs.iter().enumerate().map(|(j, b)| (b >> 4) | bit(j + 16)));
+    }
+
+    /// Rows in a GGUF block type whose levels the packed format holds exactly (Q4_0, Q4_1, Q5_0,
+    /// Q5_1, Q8_0); `None` for any other type, which is re-quantized from f32 instead.
+    pub fn from_ggml(dtype: GgmlDType, data: &[u8], rows: usize, cols: usize) -> Option<Result<Self, PackError>> {
+        Some(match dtype {
+            GgmlDType::Q4_0 => Self::from_q4_0(data, rows, cols),
+            GgmlDType::Q4_1 => Self::from_q4_1(data, rows, cols),
+            GgmlDType::Q5_0 => Self::from_q5_0(data, rows, cols),
+            GgmlDType::Q5_1 => Self::from_q5_1(data, rows, cols),
+            GgmlDType::Q8_0 => Self::from_q8_0(data, rows, cols),
+            _ => return None,
+        })
+    }
+
+    fn with_capacity(rows: usize, cols: usize, bits: u8) -> Self {
+        let n = rows * cols / BLOCK;
+        Self { rows, cols, bits, scale: Vec::with_capacity(n), min: Vec::with_capacity(n), levels: Vec::with_capacity(rows * cols) }
     }
 
     /// From GGUF Q8_0 blocks (`f16 d, 32 signed bytes`), as levels `q + 128` with minimum

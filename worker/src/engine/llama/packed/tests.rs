@@ -23,15 +23,15 @@ fn gguf_blocks_load_exactly() {
     let mut rng = StdRng::seed_from_u64(1);
     let (rows, cols) = (24, 96);
     let w = random(&mut rng, rows * cols);
-    for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
+    for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q5_1, GgmlDType::Q8_0] {
         let (q, deq) = ggml(&w, rows, cols, dtype);
         let data = q.data().expect("data");
-        let parsed = match dtype {
-            GgmlDType::Q4_1 => QuantRows::from_q4_1(&data, rows, cols),
-            _ => QuantRows::from_q8_0(&data, rows, cols),
-        }
-        .expect("parse");
+        let parsed = QuantRows::from_ggml(dtype, &data, rows, cols).expect("a packed type").expect("parse");
+        assert_eq!(parsed.bits, if matches!(dtype, GgmlDType::Q4_0 | GgmlDType::Q4_1) { 4 } else { 8 }, "{dtype:?}");
         assert_eq!(parsed.dequantize(), deq, "{dtype:?}");
+    }
+    for dtype in [GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K, GgmlDType::F16] {
+        assert!(QuantRows::from_ggml(dtype, &[], rows, cols).is_none(), "{dtype:?} is re-quantized, not read");
     }
 }
 
