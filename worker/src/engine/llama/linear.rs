@@ -28,8 +28,8 @@ pub enum WeightFormat {
     /// Everything dequantized to f32 (about 4 bytes per parameter: ~540 MB for SmolLM2-135M).
     F32,
     /// genq's packed integer format: Q4_0 and Q4_1 kept 4-bit, Q5_0, Q5_1 and Q8_0 8-bit,
-    /// exactly; anything else quantized to 8 bits per block of 32. Multiplied by the AVX-512 VNNI kernel (a portable
-    /// reference on other CPUs, correct but slow).
+    /// exactly; anything else quantized to 8 bits per block of 32. Multiplied by the AVX-512
+    /// VNNI kernel (a portable reference on other CPUs, correct but slow).
     Packed,
 }
 
