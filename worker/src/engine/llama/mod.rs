@@ -52,7 +52,7 @@ pub use self::model::WeightFormat;
 use self::gpu::{Backend, DeviceChoice, SeqCache, StepInput};
 use self::model::HfConfig;
 use self::sampler::Sampler;
-use self::tokenizer::hf::json_ids;
+use self::tokenizer::hf::{json_ids, token_text};
 use self::tokenizer::{SpecialIds, Tokenizer};
 use super::stops::StopMatcher;
 use super::{
@@ -288,8 +288,15 @@ impl LlamaEngine {
                     id.and_then(|id| tokenizer.id_to_token(id))
                         .unwrap_or_default()
                 };
-                let bos_name = name(json_ids(config_json.get("bos_token_id")).first().copied());
-                ChatTemplate::new(src.to_string(), bos_name, name(Some(special.eos)))
+                // The strings the template sees are tokenizer_config.json's, as transformers
+                // passes them (Llama 3.1 Instruct: eos_token `<|eot_id|>`, where config.json's
+                // first eos id is `<|end_of_text|>`); the ids' names when it has none.
+                let bos_name = token_text(tok_config.as_ref(), "bos_token").unwrap_or_else(|| {
+                    name(json_ids(config_json.get("bos_token_id")).first().copied())
+                });
+                let eos_name = token_text(tok_config.as_ref(), "eos_token")
+                    .unwrap_or_else(|| name(Some(special.eos)));
+                ChatTemplate::new(src.to_string(), bos_name, eos_name)
                     .map_err(|e| LoadError::ChatTemplate(e.to_string()))?
             }
             None => ChatTemplate::chatml(),

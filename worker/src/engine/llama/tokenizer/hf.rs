@@ -121,6 +121,25 @@ pub fn json_ids(v: Option<&serde_json::Value>) -> Vec<u32> {
     }
 }
 
+/// A special token's text in `tokenizer_config.json`: `"eos_token": "</s>"` or
+/// `"eos_token": {"content": "</s>", ...}`.
+pub fn token_text(tok_config: Option<&serde_json::Value>, key: &str) -> Option<String> {
+    let v = tok_config?.get(key)?;
+    v.as_str()
+        .or_else(|| v.get("content").and_then(|c| c.as_str()))
+        .map(str::to_owned)
+}
+
+#[cfg(test)]
+#[test]
+fn token_text_reads_plain_and_object_entries() {
+    let c = serde_json::json!({"eos_token": "<|eot_id|>", "bos_token": {"content": "<s>", "lstrip": false}, "pad_token": null});
+    assert_eq!(token_text(Some(&c), "eos_token").as_deref(), Some("<|eot_id|>"));
+    assert_eq!(token_text(Some(&c), "bos_token").as_deref(), Some("<s>"));
+    assert_eq!(token_text(Some(&c), "pad_token"), None);
+    assert_eq!(token_text(None, "eos_token"), None);
+}
+
 /// Reads a JSON file.
 pub fn read_json(path: &Path) -> Result<serde_json::Value, TokenizerError> {
     let err = |message: String| TokenizerError::Read {
