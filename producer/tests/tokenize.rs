@@ -50,16 +50,7 @@ fn lines(out: &Output) -> Vec<(String, Vec<u32>)> {
 }
 
 fn llamacpp_models() -> PathBuf {
-    let dir = std::env::var_os("GENQ_LLAMACPP_SRC").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/llamacpp/src/vendor/llama.cpp"),
-        PathBuf::from,
-    );
-    assert!(
-        dir.join("models").is_dir(),
-        "llama.cpp's sources are not at {}: run scripts/fetch-llamacpp-src.sh (or set GENQ_LLAMACPP_SRC)",
-        dir.display()
-    );
-    dir.join("models")
+    genq_worker::engine::llama::llamacpp_src::dir().unwrap_or_else(|e| panic!("{e}")).join("models")
 }
 
 #[test]

@@ -171,15 +171,8 @@ fn manifest_dir() -> PathBuf {
 }
 
 fn llamacpp_src() -> PathBuf {
-    let src = std::env::var_os("GENQ_LLAMACPP_SRC")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| manifest_dir().join("../.cache/llamacpp/src/vendor/llama.cpp"));
-    assert!(
-        src.join("gguf-py/gguf").is_dir() && src.join("models").is_dir(),
-        "llama.cpp sources not found at {} (gguf-py/ and models/ are needed to regenerate the \
-         test models): run scripts/fetch-llamacpp-src.sh, or set GENQ_LLAMACPP_SRC",
-        src.display()
-    );
+    let src = genq_worker::engine::llama::llamacpp_src::dir().unwrap_or_else(|e| panic!("{e}"));
+    assert!(src.join("gguf-py/gguf").is_dir(), "{} has no gguf-py/ to regenerate the test models", src.display());
     src
 }
 

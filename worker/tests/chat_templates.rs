@@ -77,21 +77,7 @@ fn fixture() -> Fixture {
 
 /// llama.cpp's `models/templates` directory.
 fn templates_dir() -> PathBuf {
-    let llamacpp = std::env::var_os("GENQ_LLAMACPP_SRC").map_or_else(
-        || {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../.cache/llamacpp/src/vendor/llama.cpp")
-        },
-        PathBuf::from,
-    );
-    let dir = llamacpp.join("models/templates");
-    assert!(
-        dir.is_dir(),
-        "{} is missing: run scripts/fetch-llamacpp-src.sh (or point GENQ_LLAMACPP_SRC at a \
-         llama.cpp source tree)",
-        dir.display()
-    );
-    dir
+    genq_worker::engine::llama::llamacpp_src::dir().unwrap_or_else(|e| panic!("{e}")).join("models/templates")
 }
 
 /// The fixture's fixed instant.

@@ -37,16 +37,7 @@ const REQUIRED: &[&str] = &[
 const SEPARATOR: &str = "\n__ggml_vocab_test__\n";
 
 fn llamacpp_src() -> PathBuf {
-    let dir = std::env::var_os("GENQ_LLAMACPP_SRC").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/llamacpp/src/vendor/llama.cpp"),
-        PathBuf::from,
-    );
-    assert!(
-        dir.join("models").is_dir(),
-        "llama.cpp's sources are not at {}: run scripts/fetch-llamacpp-src.sh (or set GENQ_LLAMACPP_SRC)",
-        dir.display()
-    );
-    dir
+    genq_worker::engine::llama::llamacpp_src::dir().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// One vocabulary's cases: (text, llama.cpp's ids).

@@ -13,6 +13,7 @@
 //!   download).
 //! - [`sampler`]: per-sequence sampling with a seeded RNG.
 //! - [`detok`]: streaming detokenization that never splits a character.
+//! - [`llamacpp_src`]: where the tests find llama.cpp's sources.
 //! - [`gguf_types`]: the tensor types of a GGUF file, checked before loading.
 //! - [`tokenizer`]: tokenizers from GGUF metadata or `tokenizer.json`, special token ids.
 //! - [`chat`]: chat templates.
@@ -27,6 +28,7 @@ pub mod chat;
 pub mod detok;
 pub mod gguf_types;
 pub mod gpu;
+pub mod llamacpp_src;
 mod layout;
 mod linear;
 pub mod model;

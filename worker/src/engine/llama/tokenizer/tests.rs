@@ -21,18 +21,9 @@ pub(crate) fn smollm2_gguf() -> Option<Content> {
     Some(Content::read(&mut file).expect("read the GGUF header"))
 }
 
-/// llama.cpp's sources: `GENQ_LLAMACPP_SRC`, else where the fetch script puts them.
+/// llama.cpp's sources.
 fn llamacpp_src() -> PathBuf {
-    let dir = std::env::var_os("GENQ_LLAMACPP_SRC").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/llamacpp/src/vendor/llama.cpp"),
-        PathBuf::from,
-    );
-    assert!(
-        dir.join("models").is_dir(),
-        "llama.cpp's sources are not at {}: run scripts/fetch-llamacpp-src.sh (or set GENQ_LLAMACPP_SRC)",
-        dir.display()
-    );
-    dir
+    crate::engine::llama::llamacpp_src::dir().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The tokenizer of llama.cpp's `models/ggml-vocab-<name>.gguf`.
