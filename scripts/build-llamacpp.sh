@@ -4,8 +4,11 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cache="$root/.cache/llamacpp"
-bin="$cache/bin/llama-batched-bench"
-version="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
+# LLAMACPP_AMX=1 builds a second binary with AMX (llama-batched-bench-amx, its own build dir).
+amx="${LLAMACPP_AMX:-0}"
+suffix=""
+[[ "$amx" == 1 ]] && suffix="-amx"
+bin="$cache/bin/llama-batched-bench$suffix"
 if [[ -x "$bin" ]]; then
   echo "$bin"
   exit 0
@@ -18,15 +21,15 @@ if ! command -v cmake >/dev/null || ! command -v ninja >/dev/null; then
 fi
 src="$cache/src"
 "$root/scripts/fetch-llamacpp-src.sh" >/dev/null
-# Native CPU flags, but without AMX unless LLAMACPP_AMX=1: on the virtual machines this was
-# measured on, the CPU lists AMX yet the first tile instruction dies with SIGILL (genq's own
-# kernels use AVX-512 VNNI at most, so the comparison stays like for like).
+# Native CPU flags, without AMX by default (llama.cpp's AVX-512 VNNI kernels); LLAMACPP_AMX=1
+# keeps AMX, to compare with genq's AMX kernel on CPUs that have it.
 no_amx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
-[[ "${LLAMACPP_AMX:-0}" == 1 ]] && no_amx=""
-cmake -S "$src/vendor/llama.cpp" -B "$cache/build" -DCMAKE_BUILD_TYPE=Release \
+[[ "$amx" == 1 ]] && no_amx=""
+build="$cache/build$suffix"
+cmake -S "$src/vendor/llama.cpp" -B "$build" -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_C_FLAGS="$no_amx" -DCMAKE_CXX_FLAGS="$no_amx" \
   -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF >/dev/null
-cmake --build "$cache/build" --target llama-batched-bench -j "$(nproc)" >/dev/null
+cmake --build "$build" --target llama-batched-bench -j "$(nproc)" >/dev/null
 mkdir -p "$cache/bin"
-cp "$cache/build/bin/llama-batched-bench" "$bin"
+cp "$build/bin/llama-batched-bench" "$bin"
 echo "$bin"

@@ -9,9 +9,12 @@
 //! order with the same fused multiply-adds whatever the batch, so a row's outputs are bitwise
 //! the same alone or among 63 others, in one step or another.
 //!
-//! [`vnni`] holds the AVX-512 kernel (the crate's only `unsafe`); [`reference`] computes the
-//! same numbers in plain Rust, for CPUs without VNNI and for the tests.
+//! [`amx`] (AMX-INT8 tiles, for four tokens and more) and [`vnni`] (AVX-512 VNNI) are the fast
+//! kernels, the crate's only `unsafe`; [`reference`] computes the same numbers in plain Rust, for
+//! other CPUs and for the tests. All three give bitwise the same outputs, so which one runs
+//! never changes a result.
 
+mod amx;
 mod vnni;
 
 use std::sync::OnceLock;
@@ -31,11 +34,68 @@ const ROUNDING_SHIFT: f32 = 12_582_912.0;
 /// Tokens multiplied together against one loaded weight vector.
 const TOKEN_TILE: usize = 8;
 
-/// True when this CPU runs the VNNI kernel (AVX-512 F, BW and VNNI); otherwise the portable
+/// Token tiles with fewer tokens than this go to the VNNI kernel under [`Kernel::Amx`]: a tile
+/// multiply costs the same for one token as for sixteen.
+const AMX_MIN_TOKENS: usize = 4;
+
+/// The code that multiplies packed weights. Every kernel gives bitwise the same outputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// Plain Rust, any CPU (slow).
+    Reference,
+    /// AVX-512 F, BW and VNNI: sixteen rows against up to eight tokens per pass.
+    Avx512Vnni,
+    /// AMX-INT8 tile multiplies for four tokens or more, AVX-512 VNNI below.
+    Amx,
+}
+
+impl Kernel {
+    /// Every kernel, fastest first.
+    pub const ALL: [Kernel; 3] = [Kernel::Amx, Kernel::Avx512Vnni, Kernel::Reference];
+
+    /// Whether this CPU (and OS, for AMX's tile state) runs the kernel. Detected once.
+    pub fn available(self) -> bool {
+        static VNNI: OnceLock<bool> = OnceLock::new();
+        static AMX: OnceLock<bool> = OnceLock::new();
+        match self {
+            Kernel::Reference => true,
+            Kernel::Avx512Vnni => *VNNI.get_or_init(vnni::available),
+            Kernel::Amx => *AMX.get_or_init(amx::available),
+        }
+    }
+
+    /// The fastest kernel this CPU runs.
+    pub fn best() -> Kernel {
+        Self::ALL.into_iter().find(|k| k.available()).unwrap_or(Kernel::Reference)
+    }
+
+    /// The name settings and metrics use: `amx`, `avx512-vnni`, `reference`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Reference => "reference",
+            Kernel::Avx512Vnni => "avx512-vnni",
+            Kernel::Amx => "amx",
+        }
+    }
+
+    /// The kernel a name stands for ([`Kernel::name`]).
+    pub fn from_name(name: &str) -> Option<Kernel> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// Token tile size: the most tokens one pass over a group's weights takes.
+    fn tokens(self) -> usize {
+        match self {
+            Kernel::Amx => amx::TOKENS,
+            _ => TOKEN_TILE,
+        }
+    }
+}
+
+/// True when this CPU runs a fast kernel (AVX-512 VNNI or AMX); otherwise the portable
 /// reference computes the same numbers, much more slowly.
 pub fn fast_kernel_available() -> bool {
-    static AVAILABLE: OnceLock<bool> = OnceLock::new();
-    *AVAILABLE.get_or_init(vnni::available)
+    Kernel::Avx512Vnni.available()
 }
 
 /// Quantized weight rows before interleaving: per (row, block) a scale and a minimum, per weight
@@ -388,28 +448,33 @@ impl PackedLinear {
     /// `x @ w^T` for `x: [t, cols]`: `[t, rows]`.
     pub fn forward(&self, x: &[f32], t: usize) -> Vec<f32> {
         let acts = QuantActs::new(x, t, self.cols);
-        self.forward_quantized(&acts, fast_kernel_available())
+        self.forward_quantized(&acts, Kernel::best())
     }
 
-    /// The product for quantized activations, by the VNNI kernel when `fast` (and available),
-    /// else by the reference. Groups are split between rayon's threads.
-    pub fn forward_quantized(&self, acts: &QuantActs, fast: bool) -> Vec<f32> {
+    /// The product for quantized activations by `kernel` (the reference where this CPU cannot
+    /// run it). Groups are split between rayon's threads.
+    pub fn forward_quantized(&self, acts: &QuantActs, kernel: Kernel) -> Vec<f32> {
         let t = acts.rows;
         let groups = self.groups();
         if t == 0 || groups == 0 {
             return Vec::new();
         }
-        let fast = fast && fast_kernel_available();
+        let kernel = if kernel.available() { kernel } else { Kernel::Reference };
         // [group, token, lane]: each chunk of groups is a contiguous run, written by one thread.
         let mut by_group = vec![0f32; groups * t * LANES];
         let per_group = t * LANES;
         let threads = rayon::current_num_threads().max(1);
         let work = groups * t * self.cols;
         let chunk = if work < 1 << 16 { groups } else { groups.div_ceil(threads * 4).max(1) };
+        let tile = kernel.tokens();
         by_group.par_chunks_mut(chunk * per_group).enumerate().for_each(|(i, out)| {
             let g0 = i * chunk;
-            for (j, dst) in out.chunks_exact_mut(per_group).enumerate() {
-                self.group(g0 + j, acts, dst, fast);
+            // Token tiles outside, groups inside: one tile configuration per tile size.
+            for t0 in (0..t).step_by(tile) {
+                let n = tile.min(t - t0);
+                for (j, dst) in out.chunks_exact_mut(per_group).enumerate() {
+                    self.group_tile(g0 + j, acts, t0, n, &mut dst[t0 * LANES..(t0 + n) * LANES], kernel);
+                }
             }
         });
         let mut y = vec![0f32; t * self.rows];
@@ -423,8 +488,8 @@ impl PackedLinear {
         y
     }
 
-    /// One group of rows against every token: `out` is `[token, lane]`.
-    fn group(&self, g: usize, acts: &QuantActs, out: &mut [f32], fast: bool) {
+    /// One group of rows against tokens `t0..t0 + n`: `out` is `[token, lane]`.
+    fn group_tile(&self, g: usize, acts: &QuantActs, t0: usize, n: usize, out: &mut [f32], kernel: Kernel) {
         let blocks = self.blocks();
         let bytes = Self::block_bytes(self.bits);
         let w = GroupView {
@@ -434,20 +499,27 @@ impl PackedLinear {
             min: &self.min[g * blocks * LANES..(g + 1) * blocks * LANES],
             blocks,
         };
-        for t0 in (0..acts.rows).step_by(TOKEN_TILE) {
-            let n = TOKEN_TILE.min(acts.rows - t0);
-            let tile = ActsView {
-                levels: &acts.levels[t0 * self.cols..(t0 + n) * self.cols],
-                scale: &acts.scale[t0 * blocks..(t0 + n) * blocks],
-                sum: &acts.sum[t0 * blocks..(t0 + n) * blocks],
-                tokens: n,
-            };
-            let dst = &mut out[t0 * LANES..(t0 + n) * LANES];
-            if fast {
-                vnni::tile(&w, &tile, dst);
-            } else {
-                reference::tile(&w, &tile, dst);
+        let tile = ActsView {
+            levels: &acts.levels[t0 * self.cols..(t0 + n) * self.cols],
+            scale: &acts.scale[t0 * blocks..(t0 + n) * blocks],
+            sum: &acts.sum[t0 * blocks..(t0 + n) * blocks],
+            tokens: n,
+        };
+        match kernel {
+            Kernel::Amx if n >= AMX_MIN_TOKENS => amx::tile(&w, &tile, out),
+            Kernel::Amx | Kernel::Avx512Vnni => {
+                for s in (0..n).step_by(TOKEN_TILE) {
+                    let m = TOKEN_TILE.min(n - s);
+                    let sub = ActsView {
+                        levels: &tile.levels[s * self.cols..(s + m) * self.cols],
+                        scale: &tile.scale[s * blocks..(s + m) * blocks],
+                        sum: &tile.sum[s * blocks..(s + m) * blocks],
+                        tokens: m,
+                    };
+                    vnni::tile(&w, &sub, &mut out[s * LANES..(s + m) * LANES]);
+                }
             }
+            Kernel::Reference => reference::tile(&w, &tile, out),
         }
     }
 }
@@ -461,7 +533,7 @@ struct GroupView<'a> {
     blocks: usize,
 }
 
-/// Up to [`TOKEN_TILE`] tokens' quantized activations.
+/// A tile of tokens' quantized activations (at most what the kernel given it takes).
 struct ActsView<'a> {
     levels: &'a [i8],
     scale: &'a [f32],

@@ -5,7 +5,7 @@ use candle_core::{Device, Tensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::{fast_kernel_available, PackedLinear, QuantActs, QuantRows};
+use super::{Kernel, PackedLinear, QuantActs, QuantRows};
 
 fn random(rng: &mut StdRng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
@@ -95,22 +95,31 @@ fn a_row_is_bitwise_the_same_alone_or_batched() {
 }
 
 #[test]
-fn the_kernel_matches_its_reference_bitwise() {
-    if !fast_kernel_available() {
-        eprintln!("this CPU has no AVX-512 VNNI: only the reference runs");
-        return;
-    }
+fn every_kernel_matches_the_reference_bitwise() {
     let mut rng = StdRng::seed_from_u64(9);
+    let fast: Vec<Kernel> = Kernel::ALL.into_iter().filter(|k| *k != Kernel::Reference && k.available()).collect();
+    eprintln!("kernels this CPU runs besides the reference: {fast:?}");
     for (rows, _) in cases() {
         let packed = PackedLinear::new(&rows);
-        for t in [1, 3, 8, 13, 40] {
+        // One token, a partial VNNI tile, AMX's smallest tile, full and partial tiles of both.
+        for t in [1, 3, 4, 5, 8, 13, 16, 17, 40] {
             let x = random(&mut rng, t * rows.cols);
             let acts = QuantActs::new(&x, t, rows.cols);
-            let fast = packed.forward_quantized(&acts, true);
-            let slow = packed.forward_quantized(&acts, false);
-            assert_eq!(fast, slow, "{}-bit, {t} tokens", rows.bits);
+            let slow = packed.forward_quantized(&acts, Kernel::Reference);
+            for &kernel in &fast {
+                assert_eq!(packed.forward_quantized(&acts, kernel), slow, "{kernel:?}, {}-bit, {t} tokens", rows.bits);
+            }
         }
     }
+}
+
+#[test]
+fn kernels_are_named_for_settings() {
+    for kernel in Kernel::ALL {
+        assert_eq!(Kernel::from_name(kernel.name()), Some(kernel));
+    }
+    assert_eq!(Kernel::from_name("avx2"), None);
+    assert!(Kernel::best().available());
 }
 
 #[test]

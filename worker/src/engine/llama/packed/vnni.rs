@@ -2,7 +2,7 @@
 //! tokens, `vpdpbusd` multiplying four unsigned weight levels by four signed activation levels
 //! per lane per instruction.
 //!
-//! This is the crate's only `unsafe`: calling a `#[target_feature]` function after checking the
+//! With [`super::amx`], this is where the crate uses `unsafe`: calling a `#[target_feature]` function after checking the
 //! CPU has the features, and unaligned vector loads whose bounds are asserted before the loops.
 #![allow(unsafe_code)]
 
