@@ -108,6 +108,9 @@ pub struct WorkerSettings {
     /// on a GPU `native`: GGUF quantized, safetensors bf16), `native`
     /// (as stored), `q8_0` (re-quantized at load; SIMD kernels on CPU) or `f32` (dequantized).
     pub weights: String,
+    /// The CPU kernel for packed weights: `auto` (the fastest this CPU runs: `amx`, else
+    /// `avx512-vnni`, else `reference`) or one of those names. All give the same numbers.
+    pub cpu_kernel: String,
     /// Prompt tokens prefilled per engine step at most, so running sequences keep decoding.
     pub max_prefill_tokens: usize,
     /// Unacked deliveries held at once (AMQP `basic_qos`), which bounds memory.
@@ -146,6 +149,7 @@ impl Default for WorkerSettings {
             engine: EngineKind::Llama,
             device: "cpu".into(),
             weights: "auto".into(),
+            cpu_kernel: "auto".into(),
             max_prefill_tokens: 512,
             prefetch: 64,
             max_batch_size: 16,

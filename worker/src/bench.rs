@@ -27,6 +27,8 @@ pub struct EngineBenchSpec {
 pub struct EngineBenchResult {
     /// Always `genq`.
     pub engine: String,
+    /// What multiplied the weights ([`crate::engine::EngineInfo::kernel`]).
+    pub kernel: String,
     /// Sequences.
     pub batch: usize,
     /// Mean prompt tokens per sequence, as tokenized.
@@ -103,6 +105,7 @@ pub fn run_engine_bench(engine: &mut dyn Engine, spec: &EngineBenchSpec) -> Resu
     let decode_s = (seconds - prefill_s).max(1e-9);
     Ok(EngineBenchResult {
         engine: "genq".into(),
+        kernel: engine.info().kernel.clone(),
         batch: spec.batch,
         prompt_tokens: prompt_total as f64 / spec.batch.max(1) as f64,
         new_tokens: spec.new_tokens,

@@ -174,7 +174,7 @@ async fn main() -> anyhow::Result<()> {
     let info = engine.info().clone();
     let pipeline_settings = runner::pipeline_settings(&settings, info.context_length);
     let metrics = WorkerMetrics::new().context("metrics registry")?;
-    metrics.set_info(&info.model, &info.device);
+    metrics.set_info(&info.model, &info.device, &info.kernel);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut http_stop = stop_rx.clone();

@@ -87,7 +87,7 @@ impl WorkerMetrics {
             jobs.with_label_values(&[status.as_str()]);
         }
         let worker_info =
-            IntGaugeVec::new(Opts::new(names::WORKER_INFO, "Worker build and model."), &["model", "device", "version"])?;
+            IntGaugeVec::new(Opts::new(names::WORKER_INFO, "Worker build, model and kernel."), &["model", "device", "kernel", "version"])?;
         registry.register(Box::new(worker_info.clone()))?;
         let reconnects = IntCounterVec::new(
             Opts::new(names::RECONNECTS_TOTAL, "Connections re-established after a loss, by target."),
@@ -159,9 +159,9 @@ impl WorkerMetrics {
         (count > 0).then(|| self.received.0.load(Ordering::Relaxed) as f64 / count as f64)
     }
 
-    /// Sets `genq_worker_info{model,device,version} 1`.
-    pub fn set_info(&self, model: &str, device: &str) {
-        self.worker_info.with_label_values(&[model, device, env!("CARGO_PKG_VERSION")]).set(1);
+    /// Sets `genq_worker_info{model,device,kernel,version} 1`.
+    pub fn set_info(&self, model: &str, device: &str, kernel: &str) {
+        self.worker_info.with_label_values(&[model, device, kernel, env!("CARGO_PKG_VERSION")]).set(1);
     }
 
     /// The registry in Prometheus' text format.

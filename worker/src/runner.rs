@@ -7,6 +7,7 @@ use std::time::Duration;
 use genq_shared::settings::{EngineKind, Settings, WorkerSettings};
 
 use crate::engine::echo::EchoEngine;
+use crate::engine::llama::packed::Kernel;
 use crate::engine::llama::{LlamaEngine, LlamaSettings, WeightFormat};
 use crate::engine::Engine;
 use crate::intake::IntakeRules;
@@ -54,6 +55,8 @@ pub fn build_engine(worker: &WorkerSettings) -> Result<Box<dyn Engine>, RunnerEr
     match worker.engine {
         EngineKind::Echo => Ok(Box::new(EchoEngine::new(&worker.model_name))),
         EngineKind::Llama => {
+            let kernel = Kernel::parse_setting(&worker.cpu_kernel).map_err(|e| RunnerError::Setting(e.to_string()))?;
+            Kernel::select(kernel).map_err(|e| RunnerError::Setting(e.to_string()))?;
             let path = resolve_model_path(&worker.model_path)
                 .ok_or_else(|| RunnerError::ModelMissing { path: worker.model_path.clone() })?;
             let settings = LlamaSettings {

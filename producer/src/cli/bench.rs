@@ -65,6 +65,10 @@ struct EngineBenchArgs {
     /// Threads for llama.cpp (default: all cores, like candle).
     #[arg(long)]
     threads: Option<usize>,
+    /// Packed-weight kernels to run one after the other in this run (comma-separated, e.g.
+    /// `amx,avx512-vnni`); each result line names its kernel. Default: `--cpu-kernel`'s.
+    #[arg(long, value_delimiter = ',')]
+    cpu_kernels: Vec<String>,
 }
 
 pub async fn run(common: &CommonArgs, args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -78,18 +82,23 @@ fn engine_bench(common: &CommonArgs, args: EngineBenchArgs) -> anyhow::Result<Ex
     let mut more = Overrides::default();
     args.model.apply(&mut more);
     let settings = common.settings(more)?;
-    let mut engine = runner::build_engine(&settings.worker)?;
+    let kernels = if args.cpu_kernels.is_empty() { vec![settings.worker.cpu_kernel.clone()] } else { args.cpu_kernels.clone() };
     let mut ours = Vec::new();
-    for &batch in &args.batch_sizes {
-        let spec = EngineBenchSpec {
-            batch,
-            prompt_tokens: args.prompt_tokens,
-            new_tokens: args.new_tokens,
-            max_prefill_tokens: if args.max_prefill_tokens == 0 { batch * args.prompt_tokens * 2 } else { args.max_prefill_tokens },
-        };
-        let r = run_engine_bench(engine.as_mut(), &spec)?;
-        println!("{}", serde_json::to_string(&r)?);
-        ours.push(r);
+    for kernel in kernels {
+        let mut worker = settings.worker.clone();
+        worker.cpu_kernel = kernel;
+        let mut engine = runner::build_engine(&worker)?;
+        for &batch in &args.batch_sizes {
+            let spec = EngineBenchSpec {
+                batch,
+                prompt_tokens: args.prompt_tokens,
+                new_tokens: args.new_tokens,
+                max_prefill_tokens: if args.max_prefill_tokens == 0 { batch * args.prompt_tokens * 2 } else { args.max_prefill_tokens },
+            };
+            let r = run_engine_bench(engine.as_mut(), &spec)?;
+            println!("{}", serde_json::to_string(&r)?);
+            ours.push(r);
+        }
     }
     if args.vs_llamacpp {
         let model = runner::resolve_model_path(&settings.worker.model_path).context("model not found")?;
@@ -111,6 +120,7 @@ fn ratio_line(r: &EngineBenchResult, t: &serde_json::Value) -> serde_json::Value
     let f = |k: &str| t[k].as_f64().unwrap_or(f64::NAN);
     json!({
         "ratio": "genq/llama.cpp",
+        "kernel": r.kernel,
         "batch": r.batch,
         "prefill": r.prefill_tokens_per_s / f("prefill_tokens_per_s"),
         "decode": r.decode_tokens_per_s / f("decode_tokens_per_s"),

@@ -96,6 +96,9 @@ struct ModelArgs {
     /// Device: cpu, cuda or cuda:N (a build with the `cuda` feature) [worker.device].
     #[arg(long)]
     device: Option<String>,
+    /// Kernel for packed weights: auto, amx, avx512-vnni, reference [worker.cpu_kernel].
+    #[arg(long)]
+    cpu_kernel: Option<String>,
 }
 
 impl ModelArgs {
@@ -104,7 +107,8 @@ impl ModelArgs {
         o.set("worker.engine", self.engine.as_ref())
             .set("worker.model_path", self.model_path.as_ref())
             .set("worker.weights", self.weights.as_ref())
-            .set("worker.device", self.device.as_ref());
+            .set("worker.device", self.device.as_ref())
+            .set("worker.cpu_kernel", self.cpu_kernel.as_ref());
     }
 }
 

@@ -86,7 +86,7 @@ impl EchoEngine {
     /// An echo engine answering for `model`.
     pub fn new(model: &str) -> Self {
         Self {
-            info: EngineInfo { model: model.to_string(), device: "cpu".into(), context_length: ECHO_CONTEXT_LENGTH },
+            info: EngineInfo { model: model.to_string(), device: "cpu".into(), kernel: "none".into(), context_length: ECHO_CONTEXT_LENGTH },
             seqs: BTreeMap::new(),
             crash_on: std::env::var(CRASH_ON_ENV).ok().filter(|w| !w.is_empty()),
             step_delay: std::env::var(STEP_MS_ENV).ok().and_then(|v| v.parse().ok()).map(std::time::Duration::from_millis),

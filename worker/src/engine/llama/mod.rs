@@ -190,6 +190,10 @@ impl LlamaEngine {
         let info = EngineInfo {
             model: settings.model_name.clone(),
             device: device.label(),
+            kernel: match (device, settings.weights) {
+                (DeviceChoice::Cpu, WeightFormat::Packed) => packed::Kernel::active().name().to_string(),
+                _ => "candle".to_string(),
+            },
             context_length: model.config().context_length,
         };
         tracing::info!(
@@ -197,6 +201,7 @@ impl LlamaEngine {
             path = %path.display(),
             device = %info.device,
             weights = ?settings.weights,
+            kernel = %info.kernel,
             layers = model.config().layers,
             context_length = info.context_length,
             "llama engine loaded"

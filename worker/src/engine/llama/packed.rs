@@ -17,6 +17,7 @@
 mod amx;
 mod vnni;
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
 
 use candle_core::quantized::GgmlDType;
@@ -33,6 +34,10 @@ const ROUNDING_SHIFT: f32 = 12_582_912.0;
 
 /// Tokens multiplied together against one loaded weight vector.
 const TOKEN_TILE: usize = 8;
+
+/// Weight bytes one thread multiplies by every token tile before moving on (half a typical
+/// server core's L2).
+const CHUNK_BYTES: usize = 512 * 1024;
 
 /// Token tiles with fewer tokens than this go to the VNNI kernel under [`Kernel::Amx`]: a tile
 /// multiply costs the same for one token as for sixteen.
@@ -69,6 +74,34 @@ impl Kernel {
         Self::ALL.into_iter().find(|k| k.available()).unwrap_or(Kernel::Reference)
     }
 
+    /// The kernel packed matmuls use in this process: [`Kernel::select`]'s, else [`Kernel::best`].
+    pub fn active() -> Kernel {
+        match SELECTED.load(Ordering::Relaxed) {
+            0 => Self::best(),
+            i => Self::ALL[usize::from(i) - 1],
+        }
+    }
+
+    /// Makes `kernel` the one this process uses (`None`: back to the fastest), unless this CPU
+    /// cannot run it. Results do not change, only their speed.
+    pub fn select(kernel: Option<Kernel>) -> Result<(), KernelError> {
+        let code = match kernel {
+            None => 0,
+            Some(k) if k.available() => Self::ALL.iter().position(|a| *a == k).map_or(0, |i| i as u8 + 1),
+            Some(k) => return Err(KernelError::Unavailable { kernel: k.name(), best: Self::best().name() }),
+        };
+        SELECTED.store(code, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Parses the `worker.cpu_kernel` setting: `auto` or a kernel's name.
+    pub fn parse_setting(name: &str) -> Result<Option<Kernel>, KernelError> {
+        match name {
+            "auto" => Ok(None),
+            other => Self::from_name(other).map(Some).ok_or_else(|| KernelError::Unknown { name: other.to_string() }),
+        }
+    }
+
     /// The name settings and metrics use: `amx`, `avx512-vnni`, `reference`.
     pub fn name(self) -> &'static str {
         match self {
@@ -90,6 +123,28 @@ impl Kernel {
             _ => TOKEN_TILE,
         }
     }
+}
+
+/// [`Kernel::select`]'s choice: 0 for none, else 1 + its index in [`Kernel::ALL`].
+static SELECTED: AtomicU8 = AtomicU8::new(0);
+
+/// A kernel setting that cannot be followed.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    /// Not a kernel's name.
+    #[error("`worker.cpu_kernel` is {name:?}; expected auto, amx, avx512-vnni or reference")]
+    Unknown {
+        /// The name given.
+        name: String,
+    },
+    /// This CPU (or OS) cannot run it.
+    #[error("`worker.cpu_kernel` is {kernel:?}, which this CPU cannot run (the fastest it runs is {best:?})")]
+    Unavailable {
+        /// The kernel asked for.
+        kernel: &'static str,
+        /// The fastest available.
+        best: &'static str,
+    },
 }
 
 /// True when this CPU runs a fast kernel (AVX-512 VNNI or AMX); otherwise the portable
@@ -392,6 +447,26 @@ impl QuantActs {
     }
 }
 
+impl QuantActs {
+    /// The levels regrouped for the AMX kernel: per tile of `tile` tokens (starting at
+    /// `t0 * cols`, as in [`QuantActs::levels`]), per block, the 32 levels of each of the tile's
+    /// tokens in turn, so one block's tile is contiguous.
+    pub fn levels_by_block(&self, tile: usize) -> Vec<i8> {
+        let blocks = self.cols / BLOCK;
+        let mut out = Vec::with_capacity(self.levels.len());
+        for t0 in (0..self.rows).step_by(tile.max(1)) {
+            let n = tile.min(self.rows - t0);
+            for b in 0..blocks {
+                for i in 0..n {
+                    let at = (t0 + i) * self.cols + b * BLOCK;
+                    out.extend_from_slice(&self.levels[at..at + BLOCK]);
+                }
+            }
+        }
+        out
+    }
+}
+
 impl PackedLinear {
     /// Interleaves `rows` for the kernel.
     pub fn new(rows: &QuantRows) -> Self {
@@ -448,7 +523,7 @@ impl PackedLinear {
     /// `x @ w^T` for `x: [t, cols]`: `[t, rows]`.
     pub fn forward(&self, x: &[f32], t: usize) -> Vec<f32> {
         let acts = QuantActs::new(x, t, self.cols);
-        self.forward_quantized(&acts, Kernel::best())
+        self.forward_quantized(&acts, Kernel::active())
     }
 
     /// The product for quantized activations by `kernel` (the reference where this CPU cannot
@@ -465,15 +540,21 @@ impl PackedLinear {
         let per_group = t * LANES;
         let threads = rayon::current_num_threads().max(1);
         let work = groups * t * self.cols;
-        let chunk = if work < 1 << 16 { groups } else { groups.div_ceil(threads * 4).max(1) };
+        // Each thread takes a run of groups at a time, small enough that the run's weights stay
+        // in its L2 cache while every token tile passes over them.
+        let group_bytes = self.blocks() * (Self::block_bytes(self.bits) + 2 * LANES * 2);
+        let cache_fit = (CHUNK_BYTES / group_bytes.max(1)).max(1);
+        let chunk = if work < 1 << 16 { groups } else { groups.div_ceil(threads * 4).clamp(1, cache_fit) };
         let tile = kernel.tokens();
+        let by_block = (kernel == Kernel::Amx && t >= AMX_MIN_TOKENS).then(|| acts.levels_by_block(tile));
         by_group.par_chunks_mut(chunk * per_group).enumerate().for_each(|(i, out)| {
             let g0 = i * chunk;
             // Token tiles outside, groups inside: one tile configuration per tile size.
             for t0 in (0..t).step_by(tile) {
                 let n = tile.min(t - t0);
                 for (j, dst) in out.chunks_exact_mut(per_group).enumerate() {
-                    self.group_tile(g0 + j, acts, t0, n, &mut dst[t0 * LANES..(t0 + n) * LANES], kernel);
+                    let tokens = TokenTile { t0, n, by_block: by_block.as_deref() };
+                    self.group_tile(g0 + j, acts, &tokens, &mut dst[t0 * LANES..(t0 + n) * LANES], kernel);
                 }
             }
         });
@@ -488,8 +569,9 @@ impl PackedLinear {
         y
     }
 
-    /// One group of rows against tokens `t0..t0 + n`: `out` is `[token, lane]`.
-    fn group_tile(&self, g: usize, acts: &QuantActs, t0: usize, n: usize, out: &mut [f32], kernel: Kernel) {
+    /// One group of rows against a tile of tokens: `out` is `[token, lane]`.
+    fn group_tile(&self, g: usize, acts: &QuantActs, tokens: &TokenTile<'_>, out: &mut [f32], kernel: Kernel) {
+        let TokenTile { t0, n, by_block } = *tokens;
         let blocks = self.blocks();
         let bytes = Self::block_bytes(self.bits);
         let w = GroupView {
@@ -505,9 +587,11 @@ impl PackedLinear {
             sum: &acts.sum[t0 * blocks..(t0 + n) * blocks],
             tokens: n,
         };
-        match kernel {
-            Kernel::Amx if n >= AMX_MIN_TOKENS => amx::tile(&w, &tile, out),
-            Kernel::Amx | Kernel::Avx512Vnni => {
+        match (kernel, by_block) {
+            (Kernel::Amx, Some(levels)) if n >= AMX_MIN_TOKENS => {
+                amx::tile(&w, &ActsView { levels: &levels[t0 * self.cols..(t0 + n) * self.cols], ..tile }, out)
+            }
+            (Kernel::Amx | Kernel::Avx512Vnni, _) => {
                 for s in (0..n).step_by(TOKEN_TILE) {
                     let m = TOKEN_TILE.min(n - s);
                     let sub = ActsView {
@@ -519,9 +603,18 @@ impl PackedLinear {
                     vnni::tile(&w, &sub, &mut out[s * LANES..(s + m) * LANES]);
                 }
             }
-            Kernel::Reference => reference::tile(&w, &tile, out),
+            (Kernel::Reference, _) => reference::tile(&w, &tile, out),
         }
     }
+}
+
+/// Tokens `t0..t0 + n` of a product, and, when the AMX kernel runs, the levels of all tokens
+/// by block ([`QuantActs::levels_by_block`] for its tile size).
+#[derive(Clone, Copy)]
+struct TokenTile<'a> {
+    t0: usize,
+    n: usize,
+    by_block: Option<&'a [i8]>,
 }
 
 /// One group's weights, as the kernels read them.

@@ -27,7 +27,8 @@ pub(super) fn available() -> bool {
 }
 
 /// `out[n * LANES + lane]` = the dot product of token `n` with row `lane` of the group, for up
-/// to [`TOKENS`] tokens.
+/// to [`TOKENS`] tokens whose levels are laid out by block ([`super::QuantActs::levels_by_block`]):
+/// block `b`'s 32 levels of every token, then block `b + 1`'s.
 ///
 /// Panics when the slices are shorter than the shapes they claim, or when AMX is not usable
 /// (callers pick the kernel with [`super::Kernel::best`]).
@@ -175,25 +176,49 @@ mod x86 {
         }
     }
 
-    /// Starts block `b`'s tile multiply in slot `b % 2` (4-bit weights unpacked first).
+    /// Scratch buffers for unpacked 4-bit blocks: block `b` is unpacked two blocks ahead of its
+    /// tile load, so the vector stores have reached the cache when the tile reads them.
+    const RING: usize = 3;
+
+    /// Where block `b`'s weights are, as 8-bit levels (for 4-bit weights, in the ring).
+    ///
+    /// # Safety
+    /// As [`tile`]'s, for block `b`; 4-bit blocks were unpacked by [`unpack`].
+    unsafe fn weights<const FOUR: bool>(q: *const u8, b: usize, ring: &[Scratch; RING]) -> *const u8 {
+        if FOUR {
+            ring[b % RING].0.as_ptr()
+        } else {
+            q.add(b * LANES * BLOCK)
+        }
+    }
+
+    /// Starts block `b`'s tile multiply in slot `b % 2`: its tokens' levels are `N` rows of 32
+    /// bytes at `lv + b * N * 32`.
     ///
     /// # Safety
     /// As [`tile`]'s, for block `b`.
-    #[target_feature(enable = "avx512f,avx512bw")]
-    unsafe fn start<const FOUR: bool>(q: *const u8, lv: *const i8, cols: usize, b: usize, unpacked: &mut [Scratch; 2]) {
-        let slot = b % 2;
-        let weights = if FOUR {
-            unpack(q.add(b * LANES * BLOCK / 2), &mut unpacked[slot]);
-            unpacked[slot].0.as_ptr()
+    unsafe fn start<const N: usize, const FOUR: bool>(q: *const u8, lv: *const i8, b: usize, ring: &[Scratch; RING]) {
+        let weights = weights::<FOUR>(q, b, ring);
+        let acts = lv.add(b * N * BLOCK);
+        if b % 2 == 0 {
+            multiply!(0, 2, 4, weights, acts, BLOCK);
         } else {
-            q.add(b * LANES * BLOCK)
-        };
-        let acts = lv.add(b * BLOCK);
-        if slot == 0 {
-            multiply!(0, 2, 4, weights, acts, cols);
-        } else {
-            multiply!(1, 3, 5, weights, acts, cols);
+            multiply!(1, 3, 5, weights, acts, BLOCK);
         }
+    }
+
+    /// Runs `$body` with `$n` bound to each token index below `N`, unrolled, so the
+    /// accumulators stay in registers.
+    macro_rules! each_token {
+        ($n:ident, $body:block) => {
+            each_token!(@ $n, $body, 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15)
+        };
+        (@ $n:ident, $body:block, $($i:literal)*) => {
+            $(if $i < N {
+                let $n: usize = $i;
+                $body
+            })*
+        };
     }
 
     /// `N` tokens against the group, two blocks in flight: block `b + 1`'s tile multiply runs
@@ -202,20 +227,27 @@ mod x86 {
     /// # Safety
     /// The CPU has AMX-INT8 and AVX-512 F and BW, the process holds the tile state, and the views
     /// hold the lengths [`super::tile`] asserts.
-    #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx512f,avx512bw")]
     pub(super) unsafe fn tile<const N: usize, const FOUR: bool>(w: &GroupView<'_>, a: &ActsView<'_>, out: &mut [f32]) {
         configure(N);
-        let cols = w.blocks * BLOCK;
         let q = w.quants.as_ptr();
         let lv = a.levels.as_ptr();
-        let mut unpacked = [Scratch([0; LANES * BLOCK]), Scratch([0; LANES * BLOCK])];
+        let mut ring = [Scratch([0; LANES * BLOCK]), Scratch([0; LANES * BLOCK]), Scratch([0; LANES * BLOCK])];
         let mut sums = [Sums([0; super::TOKENS * LANES]), Sums([0; super::TOKENS * LANES])];
         let mut facc = [_mm512_setzero_ps(); N];
-        start::<FOUR>(q, lv, cols, 0, &mut unpacked);
+        let four_bytes = LANES * BLOCK / 2;
+        if FOUR {
+            for b in 0..w.blocks.min(2) {
+                unpack(q.add(b * four_bytes), &mut ring[b % RING]);
+            }
+        }
+        start::<N, FOUR>(q, lv, 0, &ring);
         for b in 0..w.blocks {
+            if FOUR && b + 2 < w.blocks {
+                unpack(q.add((b + 2) * four_bytes), &mut ring[(b + 2) % RING]);
+            }
             if b + 1 < w.blocks {
-                start::<FOUR>(q, lv, cols, b + 1, &mut unpacked);
+                start::<N, FOUR>(q, lv, b + 1, &ring);
             }
             let slot = b % 2;
             let dst = sums[slot].0.as_mut_ptr();
@@ -224,16 +256,17 @@ mod x86 {
             } else {
                 store!(1, dst);
             }
-            let dots = sums[slot].0.as_ptr() as *const i32;
+            let dots = sums[slot].0.as_ptr();
             let scale = _mm512_cvtph_ps(_mm256_loadu_si256(w.scale.as_ptr().add(b * LANES) as *const __m256i));
             let min = _mm512_cvtph_ps(_mm256_loadu_si256(w.min.as_ptr().add(b * LANES) as *const __m256i));
-            for n in 0..N {
+            let (sum, act_scale) = (a.sum.as_ptr(), a.scale.as_ptr());
+            each_token!(n, {
                 let dot = _mm512_load_si512(dots.add(n * LANES) as *const _);
                 let at = n * w.blocks + b;
-                let t1 = _mm512_mul_ps(min, _mm512_set1_ps(*a.sum.get_unchecked(at)));
+                let t1 = _mm512_mul_ps(min, _mm512_set1_ps(*sum.add(at)));
                 let t2 = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(dot), t1);
-                facc[n] = _mm512_fmadd_ps(_mm512_set1_ps(*a.scale.get_unchecked(at)), t2, facc[n]);
-            }
+                facc[n] = _mm512_fmadd_ps(_mm512_set1_ps(*act_scale.add(at)), t2, facc[n]);
+            });
         }
         for (n, acc) in facc.iter().enumerate() {
             _mm512_storeu_ps(out.as_mut_ptr().add(n * LANES), *acc);

@@ -120,6 +120,14 @@ fn kernels_are_named_for_settings() {
     }
     assert_eq!(Kernel::from_name("avx2"), None);
     assert!(Kernel::best().available());
+    assert_eq!(Kernel::parse_setting("auto").ok(), Some(None));
+    assert_eq!(Kernel::parse_setting("reference").ok(), Some(Some(Kernel::Reference)));
+    let err = Kernel::parse_setting("fast").expect_err("unknown");
+    assert!(err.to_string().contains("worker.cpu_kernel") && err.to_string().contains("\"fast\""), "{err}");
+    if let Some(missing) = Kernel::ALL.into_iter().find(|k| !k.available()) {
+        let err = Kernel::select(Some(missing)).expect_err("unavailable");
+        assert!(err.to_string().contains(missing.name()), "{err}");
+    }
 }
 
 #[test]
