@@ -129,7 +129,8 @@ pub(super) fn attention(
     }
     bounds.push(rows.len());
     bounds.dedup();
-    std::thread::scope(|scope| {
+    // On rayon's pool, which the step already runs on: no thread is started per layer.
+    rayon::scope(|scope| {
         let mut rest: &mut [f32] = &mut out;
         for w in bounds.windows(2) {
             let (lo, hi) = (w[0], w[1]);
@@ -137,7 +138,7 @@ pub(super) fn attention(
             rest = tail;
             let rows = &rows[lo..hi];
             let q = &q[lo * q_row..hi * q_row];
-            scope.spawn(move || attend_rows(cfg, rows, q, mine));
+            scope.spawn(move |_| attend_rows(cfg, rows, q, mine));
         }
     });
     out

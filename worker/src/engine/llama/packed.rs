@@ -35,6 +35,14 @@ const ROUNDING_SHIFT: f32 = 12_582_912.0;
 /// Tokens multiplied together against one loaded weight vector.
 const TOKEN_TILE: usize = 8;
 
+/// Outputs from which the `[group, token, lane]` to `[token, row]` gather runs in parallel.
+const PARALLEL_GATHER_MIN: usize = 1 << 16;
+
+thread_local! {
+    /// [`PackedLinear::forward_quantized`]'s `[group, token, lane]` buffer, kept between calls.
+    static BY_GROUP: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Weight bytes one thread multiplies by every token tile before moving on (half a typical
 /// server core's L2).
 const CHUNK_BYTES: usize = 512 * 1024;
@@ -417,34 +425,50 @@ impl QuantActs {
     /// Quantizes `[rows, cols]` activations (`cols` a multiple of [`BLOCK`]), each block
     /// symmetrically to its largest magnitude.
     pub fn new(x: &[f32], rows: usize, cols: usize) -> Self {
-        let n = rows * cols / BLOCK;
-        let mut out = Self { rows, cols, levels: Vec::with_capacity(rows * cols), scale: Vec::with_capacity(n), sum: Vec::with_capacity(n) };
-        for block in x.chunks_exact(BLOCK) {
-            // Eight running maxima, and rounding by adding 1.5 * 2^23 (ties to even, exact for
-            // |v| < 2^22): both vectorize on any x86-64, where `round` is a libm call per value.
-            let mut lanes = [0f32; 8];
-            for c in block.chunks_exact(8) {
-                for (m, v) in lanes.iter_mut().zip(c) {
-                    *m = m.max(v.abs());
-                }
+        let n = x.len() / BLOCK;
+        let mut out = Self { rows, cols, levels: vec![0; n * BLOCK], scale: vec![0.0; n], sum: vec![0.0; n] };
+        let run = |((x, levels), (scale, sum)): ((&[f32], &mut [i8]), (&mut [f32], &mut [f32]))| {
+            let blocks = x.chunks_exact(BLOCK).zip(levels.chunks_exact_mut(BLOCK));
+            for ((block, levels), (scale, sum)) in blocks.zip(scale.iter_mut().zip(sum.iter_mut())) {
+                (*scale, *sum) = quantize_block(block, levels);
             }
-            let amax = lanes.iter().fold(0f32, |m, &v| m.max(v));
-            let scale = amax / 127.0;
-            let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-            // The scale is kept in f16, as llama.cpp's Q8_1 blocks keep it (levels use the exact one).
-            let scale = f16::from_f32(scale).to_f32();
-            let mut levels = [0i8; BLOCK];
-            for (q, &v) in levels.iter_mut().zip(block) {
-                let shifted = (v * inv).clamp(-127.0, 127.0) + ROUNDING_SHIFT;
-                *q = (shifted.to_bits() as i32 - ROUNDING_SHIFT.to_bits() as i32) as i8;
-            }
-            let sum: i32 = levels.iter().map(|&q| q as i32).sum();
-            out.levels.extend_from_slice(&levels);
-            out.scale.push(scale);
-            out.sum.push(sum as f32);
+        };
+        if n >= PARALLEL_QUANTIZE_MIN_BLOCKS {
+            let per = PARALLEL_QUANTIZE_MIN_BLOCKS / 4;
+            let inputs = x.par_chunks(per * BLOCK).zip(out.levels.par_chunks_mut(per * BLOCK));
+            inputs.zip(out.scale.par_chunks_mut(per).zip(out.sum.par_chunks_mut(per))).for_each(run);
+        } else {
+            run(((x, &mut out.levels[..]), (&mut out.scale[..], &mut out.sum[..])));
         }
         out
     }
+}
+
+/// Blocks from which activations are quantized in parallel (in runs of a quarter of it).
+const PARALLEL_QUANTIZE_MIN_BLOCKS: usize = 512;
+
+/// Quantizes one block of 32 activations into `levels`, symmetrically to its largest
+/// magnitude; returns the block's scale and the sum of its levels.
+fn quantize_block(block: &[f32], levels: &mut [i8]) -> (f32, f32) {
+    // Eight running maxima, and rounding by adding 1.5 * 2^23 (ties to even, exact for
+    // |v| < 2^22): both vectorize on any x86-64, where `round` is a libm call per value.
+    let mut lanes = [0f32; 8];
+    for c in block.chunks_exact(8) {
+        for (m, v) in lanes.iter_mut().zip(c) {
+            *m = m.max(v.abs());
+        }
+    }
+    let amax = lanes.iter().fold(0f32, |m, &v| m.max(v));
+    let scale = amax / 127.0;
+    let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+    let mut sum = 0i32;
+    for (q, &v) in levels.iter_mut().zip(block) {
+        let shifted = (v * inv).clamp(-127.0, 127.0) + ROUNDING_SHIFT;
+        *q = (shifted.to_bits() as i32 - ROUNDING_SHIFT.to_bits() as i32) as i8;
+        sum += *q as i32;
+    }
+    // The scale is kept in f16, as llama.cpp's Q8_1 blocks keep it (levels use the exact one).
+    (f16::from_f32(scale).to_f32(), sum as f32)
 }
 
 impl QuantActs {
@@ -536,7 +560,11 @@ impl PackedLinear {
         }
         let kernel = if kernel.available() { kernel } else { Kernel::Reference };
         // [group, token, lane]: each chunk of groups is a contiguous run, written by one thread.
-        let mut by_group = vec![0f32; groups * t * LANES];
+        // [group, token, lane], from a buffer this thread keeps between calls (every element is
+        // written before it is read, so it is not cleared); a fresh one when it is in use.
+        let mut kept = BY_GROUP.with(|b| b.try_borrow_mut().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default());
+        kept.resize(groups * t * LANES, 0.0);
+        let mut by_group = kept;
         let per_group = t * LANES;
         let threads = rayon::current_num_threads().max(1);
         let work = groups * t * self.cols;
@@ -559,13 +587,28 @@ impl PackedLinear {
             }
         });
         let mut y = vec![0f32; t * self.rows];
-        for (g, src) in by_group.chunks_exact(per_group).enumerate() {
-            let lanes = LANES.min(self.rows - g * LANES);
-            for tok in 0..t {
-                let at = tok * self.rows + g * LANES;
-                y[at..at + lanes].copy_from_slice(&src[tok * LANES..tok * LANES + lanes]);
+        let gather = |(tok, row): (usize, &mut [f32])| {
+            let mut lanes = row.chunks_exact_mut(LANES);
+            for (g, dst) in lanes.by_ref().enumerate() {
+                let at = (g * t + tok) * LANES;
+                dst.copy_from_slice(&by_group[at..at + LANES]);
             }
+            let last = lanes.into_remainder();
+            if !last.is_empty() {
+                let at = ((self.rows / LANES) * t + tok) * LANES;
+                last.copy_from_slice(&by_group[at..at + last.len()]);
+            }
+        };
+        if y.len() >= PARALLEL_GATHER_MIN {
+            y.par_chunks_mut(self.rows).enumerate().for_each(gather);
+        } else {
+            y.chunks_mut(self.rows).enumerate().for_each(gather);
         }
+        BY_GROUP.with(|b| {
+            if let Ok(mut kept) = b.try_borrow_mut() {
+                *kept = by_group;
+            }
+        });
         y
     }
 

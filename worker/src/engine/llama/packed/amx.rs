@@ -180,6 +180,9 @@ mod x86 {
     /// tile load, so the vector stores have reached the cache when the tile reads them.
     const RING: usize = 3;
 
+    /// How many blocks ahead the weights are prefetched.
+    const PREFETCH_BLOCKS: usize = 8;
+
     /// Where block `b`'s weights are, as 8-bit levels (for 4-bit weights, in the ring).
     ///
     /// # Safety
@@ -242,7 +245,14 @@ mod x86 {
             }
         }
         start::<N, FOUR>(q, lv, 0, &ring);
+        let block_bytes = if FOUR { four_bytes } else { LANES * BLOCK };
         for b in 0..w.blocks {
+            // The weights stream from memory once per step: ask for them well ahead (past the
+            // group's end too, where the next group's weights follow; a prefetch never faults).
+            let ahead = q.wrapping_add((b + PREFETCH_BLOCKS) * block_bytes);
+            for line in (0..block_bytes).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line) as *const i8);
+            }
             if FOUR && b + 2 < w.blocks {
                 unpack(q.add((b + 2) * four_bytes), &mut ring[(b + 2) % RING]);
             }

@@ -53,15 +53,18 @@ fn dense_product(w: &[f32], x: &[f32], rows: usize, cols: usize, t: usize) -> Ve
     y
 }
 
-/// Weights of both widths, 40 rows (a padded last group), 13 tokens (a partial tile).
+/// Weights of both widths, 40 rows (a padded last group) and 48 (whole groups only).
 fn cases() -> Vec<(QuantRows, Vec<f32>)> {
     let mut rng = StdRng::seed_from_u64(7);
-    let (rows, cols) = (40, 128);
-    let w = random(&mut rng, rows * cols);
-    let (q4, _) = ggml(&w, rows, cols, GgmlDType::Q4_1);
-    let four = QuantRows::from_q4_1(&q4.data().expect("data"), rows, cols).expect("q4_1");
-    let eight = QuantRows::from_f32(&w, rows, cols).expect("f32");
-    vec![(four, w.clone()), (eight, w)]
+    let mut out = Vec::new();
+    for (rows, cols) in [(40, 128), (48, 96)] {
+        let w = random(&mut rng, rows * cols);
+        let (q4, _) = ggml(&w, rows, cols, GgmlDType::Q4_1);
+        let four = QuantRows::from_q4_1(&q4.data().expect("data"), rows, cols).expect("q4_1");
+        let eight = QuantRows::from_f32(&w, rows, cols).expect("f32");
+        out.extend([(four, w.clone()), (eight, w)]);
+    }
+    out
 }
 
 #[test]
@@ -84,12 +87,14 @@ fn a_row_is_bitwise_the_same_alone_or_batched() {
     let mut rng = StdRng::seed_from_u64(5);
     for (rows, _) in cases() {
         let packed = PackedLinear::new(&rows);
-        let t = 13;
-        let x = random(&mut rng, t * rows.cols);
-        let all = packed.forward(&x, t);
-        for i in [0, 7, 8, 12] {
-            let alone = packed.forward(&x[i * rows.cols..(i + 1) * rows.cols], 1);
-            assert_eq!(alone, all[i * rows.rows..(i + 1) * rows.rows], "{}-bit, token {i}", rows.bits);
+        // 13 tokens: partial tiles; 1366: the parallel quantization and output gather.
+        for (t, picks) in [(13, vec![0, 7, 8, 12]), (1366, vec![0, 700, 1365])] {
+            let x = random(&mut rng, t * rows.cols);
+            let all = packed.forward(&x, t);
+            for i in picks {
+                let alone = packed.forward(&x[i * rows.cols..(i + 1) * rows.cols], 1);
+                assert_eq!(alone, all[i * rows.rows..(i + 1) * rows.rows], "{}-bit, token {i} of {t}", rows.bits);
+            }
         }
     }
 }
