@@ -35,14 +35,6 @@ const ROUNDING_SHIFT: f32 = 12_582_912.0;
 /// Tokens multiplied together against one loaded weight vector.
 const TOKEN_TILE: usize = 8;
 
-/// Outputs from which the `[group, token, lane]` to `[token, row]` gather runs in parallel.
-const PARALLEL_GATHER_MIN: usize = 1 << 16;
-
-thread_local! {
-    /// [`PackedLinear::forward_quantized`]'s `[group, token, lane]` buffer, kept between calls.
-    static BY_GROUP: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
 /// Weight bytes one thread multiplies by every token tile before moving on (half a typical
 /// server core's L2).
 const CHUNK_BYTES: usize = 512 * 1024;
@@ -559,13 +551,6 @@ impl PackedLinear {
             return Vec::new();
         }
         let kernel = if kernel.available() { kernel } else { Kernel::Reference };
-        // [group, token, lane]: each chunk of groups is a contiguous run, written by one thread.
-        // [group, token, lane], from a buffer this thread keeps between calls (every element is
-        // written before it is read, so it is not cleared); a fresh one when it is in use.
-        let mut kept = BY_GROUP.with(|b| b.try_borrow_mut().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default());
-        kept.resize(groups * t * LANES, 0.0);
-        let mut by_group = kept;
-        let per_group = t * LANES;
         let threads = rayon::current_num_threads().max(1);
         let work = groups * t * self.cols;
         // Each thread takes a run of groups at a time, small enough that the run's weights stay
@@ -575,38 +560,38 @@ impl PackedLinear {
         let chunk = if work < 1 << 16 { groups } else { groups.div_ceil(threads * 4).clamp(1, cache_fit) };
         let tile = kernel.tokens();
         let by_block = (kernel == Kernel::Amx && t >= AMX_MIN_TOKENS).then(|| acts.levels_by_block(tile));
-        by_group.par_chunks_mut(chunk * per_group).enumerate().for_each(|(i, out)| {
+        let mut y = vec![0f32; t * self.rows];
+        // A run's outputs: in every token's row, the run's columns.
+        let mut runs: Vec<Vec<&mut [f32]>> = (0..groups.div_ceil(chunk)).map(|_| Vec::with_capacity(t)).collect();
+        for row in y.chunks_mut(self.rows) {
+            let mut rest = row;
+            for run in runs.iter_mut() {
+                let width = (chunk * LANES).min(rest.len());
+                let (mine, tail) = std::mem::take(&mut rest).split_at_mut(width);
+                run.push(mine);
+                rest = tail;
+            }
+        }
+        runs.into_par_iter().enumerate().for_each(|(i, mut rows)| {
             let g0 = i * chunk;
+            let mut tile_out = [0f32; amx::TOKENS * LANES];
             // Token tiles outside, groups inside: one tile configuration per tile size.
             for t0 in (0..t).step_by(tile) {
                 let n = tile.min(t - t0);
-                for (j, dst) in out.chunks_exact_mut(per_group).enumerate() {
-                    let tokens = TokenTile { t0, n, by_block: by_block.as_deref() };
-                    self.group_tile(g0 + j, acts, &tokens, &mut dst[t0 * LANES..(t0 + n) * LANES], kernel);
+                let tokens = TokenTile { t0, n, by_block: by_block.as_deref() };
+                for g in g0..(g0 + chunk).min(groups) {
+                    self.group_tile(g, acts, &tokens, &mut tile_out[..n * LANES], kernel);
+                    let at = (g - g0) * LANES;
+                    for (row, out) in rows[t0..t0 + n].iter_mut().zip(tile_out.chunks_exact(LANES)) {
+                        match row.get_mut(at..at + LANES) {
+                            Some(dst) => dst.copy_from_slice(out),
+                            None => {
+                                let dst = &mut row[at..];
+                                dst.copy_from_slice(&out[..dst.len()]);
+                            }
+                        }
+                    }
                 }
-            }
-        });
-        let mut y = vec![0f32; t * self.rows];
-        let gather = |(tok, row): (usize, &mut [f32])| {
-            let mut lanes = row.chunks_exact_mut(LANES);
-            for (g, dst) in lanes.by_ref().enumerate() {
-                let at = (g * t + tok) * LANES;
-                dst.copy_from_slice(&by_group[at..at + LANES]);
-            }
-            let last = lanes.into_remainder();
-            if !last.is_empty() {
-                let at = ((self.rows / LANES) * t + tok) * LANES;
-                last.copy_from_slice(&by_group[at..at + last.len()]);
-            }
-        };
-        if y.len() >= PARALLEL_GATHER_MIN {
-            y.par_chunks_mut(self.rows).enumerate().for_each(gather);
-        } else {
-            y.chunks_mut(self.rows).enumerate().for_each(gather);
-        }
-        BY_GROUP.with(|b| {
-            if let Ok(mut kept) = b.try_borrow_mut() {
-                *kept = by_group;
             }
         });
         y
