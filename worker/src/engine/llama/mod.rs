@@ -380,7 +380,7 @@ impl LlamaEngine {
         };
         let token = seq
             .sampler
-            .sample(logits.to_vec(), &banned)
+            .sample(logits, &banned)
             .map_err(|e| fail("sampling", &e))?;
         seq.sampler.observe(token);
         seq.generated += 1;

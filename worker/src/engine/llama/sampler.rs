@@ -14,6 +14,8 @@ const GREEDY_BELOW: f64 = 1e-7;
 /// Chooses one sequence's next tokens.
 pub struct Sampler {
     processor: LogitsProcessor,
+    /// Greedy: the largest logit, found without copying the row.
+    greedy: bool,
     repetition_penalty: f32,
     /// Tokens of the prompt and the generation, for the repetition penalty (empty when it is off).
     seen: HashSet<u32>,
@@ -39,6 +41,7 @@ impl Sampler {
     pub fn new(params: &SamplingParams, seed: u64) -> Self {
         Self {
             processor: LogitsProcessor::from_sampling(seed, sampling_mode(params)),
+            greedy: matches!(sampling_mode(params), Sampling::ArgMax),
             repetition_penalty: params.repetition_penalty,
             seen: HashSet::new(),
         }
@@ -52,7 +55,11 @@ impl Sampler {
     }
 
     /// Picks the next token from `logits`; `banned` tokens are never chosen.
-    pub fn sample(&mut self, mut logits: Vec<f32>, banned: &[u32]) -> Result<u32> {
+    pub fn sample(&mut self, logits: &[f32], banned: &[u32]) -> Result<u32> {
+        if self.greedy && self.repetition_penalty == 1.0 {
+            return argmax(logits, banned);
+        }
+        let mut logits = logits.to_vec();
         let penalty = self.repetition_penalty;
         if penalty != 1.0 {
             for &t in &self.seen {
@@ -77,6 +84,24 @@ impl Sampler {
     }
 }
 
+/// The index of the largest logit, banned ones counting as minus infinity: the first of equal
+/// ones, as candle's `argmax` picks (a row starting with NaN answers 0, as there).
+fn argmax(logits: &[f32], banned: &[u32]) -> Result<u32> {
+    let allowed = |i: usize| !banned.contains(&(i as u32));
+    let first = match logits.first() {
+        Some(&v) if allowed(0) => v,
+        Some(_) => f32::NEG_INFINITY,
+        None => candle_core::bail!("sampling from an empty row of logits"),
+    };
+    let mut best = (0, first);
+    for (i, &v) in logits.iter().enumerate().skip(1) {
+        if v > best.1 && allowed(i) {
+            best = (i, v);
+        }
+    }
+    Ok(best.0 as u32)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,20 +124,20 @@ mod tests {
     #[test]
     fn zero_temperature_picks_the_largest_logit() {
         let mut s = Sampler::new(&params(0.0, None, 1.0, 1.0), 1);
-        assert_eq!(s.sample(vec![0.1, 3.0, 2.0], &[]).ok(), Some(1));
+        assert_eq!(s.sample(&[0.1, 3.0, 2.0], &[]).ok(), Some(1));
     }
 
     #[test]
     fn banned_token_is_never_chosen() {
         let mut s = Sampler::new(&params(0.0, None, 1.0, 1.0), 1);
-        assert_eq!(s.sample(vec![0.1, 3.0, 2.0], &[1]).ok(), Some(2));
+        assert_eq!(s.sample(&[0.1, 3.0, 2.0], &[1]).ok(), Some(2));
     }
 
     #[test]
     fn repetition_penalty_demotes_seen_tokens() {
         let mut s = Sampler::new(&params(0.0, None, 1.0, 2.0), 1);
         s.observe(1);
-        assert_eq!(s.sample(vec![0.1, 3.0, 2.0], &[]).ok(), Some(2));
+        assert_eq!(s.sample(&[0.1, 3.0, 2.0], &[]).ok(), Some(2));
     }
 
     #[test]
@@ -121,7 +146,7 @@ mod tests {
             let mut s = Sampler::new(&params(1.0, Some(5), 0.9, 1.0), seed);
             (0..20)
                 .map(|_| {
-                    s.sample(vec![1.0, 1.1, 0.9, 1.05, 0.2, 0.3], &[])
+                    s.sample(&[1.0, 1.1, 0.9, 1.05, 0.2, 0.3], &[])
                         .unwrap_or(99)
                 })
                 .collect::<Vec<_>>()
@@ -131,10 +156,35 @@ mod tests {
     }
 
     #[test]
+    fn greedy_picks_what_candles_argmax_picks() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        for case in 0..200 {
+            // Few distinct values: ties are common; sometimes the first or the best one banned.
+            let row: Vec<f32> = (0..50).map(|_| rng.random_range(0..6) as f32).collect();
+            let banned: Vec<u32> = match case % 3 {
+                0 => vec![],
+                1 => vec![0],
+                _ => vec![rng.random_range(0..50), rng.random_range(0..50)],
+            };
+            let mut masked = row.clone();
+            for &b in &banned {
+                masked[b as usize] = f32::NEG_INFINITY;
+            }
+            let want = LogitsProcessor::from_sampling(1, Sampling::ArgMax)
+                .sample(&Tensor::from_vec(masked, 50, &Device::Cpu).expect("tensor"))
+                .expect("candle");
+            let mut s = Sampler::new(&params(0.0, None, 1.0, 1.0), 1);
+            assert_eq!(s.sample(&row, &banned).ok(), Some(want), "{row:?} banned {banned:?}");
+        }
+        assert!(argmax(&[], &[]).is_err());
+    }
+
+    #[test]
     fn top_k_one_is_greedy() {
         let mut s = Sampler::new(&params(1.5, Some(1), 1.0, 1.0), 3);
         for _ in 0..10 {
-            assert_eq!(s.sample(vec![0.5, 0.4, 0.6, 0.1], &[]).ok(), Some(2));
+            assert_eq!(s.sample(&[0.5, 0.4, 0.6, 0.1], &[]).ok(), Some(2));
         }
     }
 }
