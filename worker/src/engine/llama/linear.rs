@@ -13,7 +13,7 @@ use super::packed::{PackedLinear, QuantRows};
 
 /// How the projection weights are held in memory.
 ///
-/// Measured with `genq bench engine` (README, Benchmarks): on a CPU with AVX-512 VNNI, `Packed`
+/// Measured with `genq bench engine` (docs/benchmarks.md): on a CPU with AVX-512 VNNI, `Packed`
 /// (genq's own integer kernel, [`super::packed`]) is fastest at every batch size and smallest;
 /// the worker's `auto` picks it there. Without VNNI, candle's Q4_1 dot product is scalar
 /// (slowest everywhere), Q8_0 reads 4x fewer bytes than f32 and wins for a single sequence, and
