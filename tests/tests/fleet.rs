@@ -71,7 +71,7 @@ async fn every_submitted_job_comes_back_done_in_input_order() {
     let addr = metrics_addr(&worker.log_text()).expect("worker logs its metrics address");
     let metrics = http_get(&addr, "/metrics");
     assert!(metrics.contains("genq_jobs_total{status=\"done\"} 200"), "{metrics}");
-    assert!(metrics.contains("genq_worker_info{"), "{metrics}");
+    assert!(metrics.contains("genq_worker_info{") && metrics.contains(r#"kernel="none""#), "{metrics}");
     assert!(http_get(&addr, "/healthz").starts_with("HTTP/1.1 200"));
     drop(worker);
     sb.cleanup().await;

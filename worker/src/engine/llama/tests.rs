@@ -470,6 +470,8 @@ fn tiny_safetensors_llama_generates_greedily() {
     for format in [WeightFormat::Native, WeightFormat::Q8_0, WeightFormat::F32, WeightFormat::Packed] {
         let mut e = tiny(dir.path(), format);
         assert_eq!(e.info().context_length, 512);
+        let kernel = if format == WeightFormat::Packed { super::packed::Kernel::active().name() } else { "candle" };
+        assert_eq!(e.info().kernel, kernel, "{format:?}");
         let j = job(
             r#"{"id":"t","prompt":"the cat sat on the mat","max_new_tokens":10,"temperature":0}"#,
         );
