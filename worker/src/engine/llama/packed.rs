@@ -419,7 +419,7 @@ impl QuantActs {
     pub fn new(x: &[f32], rows: usize, cols: usize) -> Self {
         let n = x.len() / BLOCK;
         let mut out = Self { rows, cols, levels: vec![0; n * BLOCK], scale: vec![0.0; n], sum: vec![0.0; n] };
-        let run = |((x, levels), (scale, sum)): ((&[f32], &mut [i8]), (&mut [f32], &mut [f32]))| {
+        let run = |((x, levels), (scale, sum)): QuantizeRun<'_>| {
             let blocks = x.chunks_exact(BLOCK).zip(levels.chunks_exact_mut(BLOCK));
             for ((block, levels), (scale, sum)) in blocks.zip(scale.iter_mut().zip(sum.iter_mut())) {
                 (*scale, *sum) = quantize_block(block, levels);
@@ -435,6 +435,9 @@ impl QuantActs {
         out
     }
 }
+
+/// A run of blocks to quantize: inputs and levels, then scales and sums.
+type QuantizeRun<'a> = ((&'a [f32], &'a mut [i8]), (&'a mut [f32], &'a mut [f32]));
 
 /// Blocks from which activations are quantized in parallel (in runs of a quarter of it).
 const PARALLEL_QUANTIZE_MIN_BLOCKS: usize = 512;

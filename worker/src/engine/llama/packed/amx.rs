@@ -203,7 +203,7 @@ mod x86 {
     unsafe fn start<const N: usize, const FOUR: bool>(q: *const u8, lv: *const i8, b: usize, ring: &[Scratch; RING]) {
         let weights = weights::<FOUR>(q, b, ring);
         let acts = lv.add(b * N * BLOCK);
-        if b % 2 == 0 {
+        if b.is_multiple_of(2) {
             multiply!(0, 2, 4, weights, acts, BLOCK);
         } else {
             multiply!(1, 3, 5, weights, acts, BLOCK);
