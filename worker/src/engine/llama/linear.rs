@@ -271,6 +271,11 @@ impl Fused {
         }
     }
 
+    /// The widths of the parts, in order.
+    pub(super) fn widths(&self) -> &[usize] {
+        &self.widths
+    }
+
     /// `[T, in]` -> `[T, out]`, bias added.
     pub(super) fn forward_whole(&self, x: &Tensor) -> Result<Tensor> {
         let y = matmul(&self.mm, x)?;
@@ -313,8 +318,8 @@ pub(super) fn matmul(w: &Proj, x: &Tensor) -> Result<Tensor> {
             if cols != p.cols() {
                 bail!("matmul: {cols} inputs for a weight of {}", p.cols());
             }
-            let x = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-            return Tensor::from_vec(p.forward(&x, rows), (rows, p.rows()), &Device::Cpu);
+            let y = super::model::with_f32(x, |x| p.forward(x, rows))?;
+            return Tensor::from_vec(y, (rows, p.rows()), &Device::Cpu);
         }
     };
     let n = wt.dim(1)?;

@@ -359,6 +359,81 @@ impl LlamaEngine {
         Ok(ids)
     }
 
+    /// Takes one step's logits (`[rows, vocab]`, rows in `in_step` order): samples decoding
+    /// sequences, records prompt progress and scores; returns the updates.
+    fn accept_step(&mut self, in_step: Vec<(SeqId, usize)>, logits: &[f32], vocab: usize) -> Result<Vec<SeqUpdate>, EngineError> {
+        let mut rows = logits.chunks_exact(vocab);
+        let mut updates = Vec::with_capacity(in_step.len());
+        for (id, n) in in_step {
+            let Some(seq) = self.seqs.get_mut(&id) else {
+                continue;
+            };
+            let update = if seq.pending.is_some() {
+                let row = rows
+                    .next()
+                    .ok_or_else(|| EngineError("missing logits row".into()))?;
+                Self::accept_logits(&self.tokenizer, &self.special, id, seq, row)?
+            } else {
+                let start = seq.prefilled;
+                seq.prefilled += n;
+                let prompt_done = seq.prefilled == seq.prompt.len();
+                match seq.kind {
+                    JobKind::Score => {
+                        for i in 0..n {
+                            let row = rows
+                                .next()
+                                .ok_or_else(|| EngineError("missing logits row".into()))?;
+                            if let Some(&target) = seq.prompt.get(start + i + 1) {
+                                seq.logprobs.push(log_prob(row, target));
+                            }
+                        }
+                        let done = prompt_done.then(|| {
+                            let logprobs = std::mem::take(&mut seq.logprobs);
+                            let mean = if logprobs.is_empty() {
+                                0.0
+                            } else {
+                                logprobs.iter().sum::<f64>() / logprobs.len() as f64
+                            };
+                            SeqDone {
+                                finish_reason: None,
+                                score: Some(Score {
+                                    logprobs,
+                                    perplexity: (-mean).exp(),
+                                }),
+                            }
+                        });
+                        SeqUpdate {
+                            id,
+                            text: String::new(),
+                            new_tokens: 0,
+                            done,
+                        }
+                    }
+                    JobKind::Generate => {
+                        let row = rows
+                            .next()
+                            .ok_or_else(|| EngineError("missing logits row".into()))?;
+                        if prompt_done {
+                            Self::accept_logits(&self.tokenizer, &self.special, id, seq, row)?
+                        } else {
+                            SeqUpdate {
+                                id,
+                                text: String::new(),
+                                new_tokens: 0,
+                                done: None,
+                            }
+                        }
+                    }
+                }
+            };
+            if update.done.is_some() {
+                self.seqs.remove(&id);
+            }
+            updates.push(update);
+        }
+        Ok(updates)
+    }
+
     /// Samples from one logits row and advances the sequence's text; returns the update.
     fn accept_logits(
         tokenizer: &Tokenizer,
@@ -536,81 +611,8 @@ impl Engine for LlamaEngine {
             .map_err(|e| EngineError(format!("forward: {e}")))?;
         drop(inputs);
         let vocab = self.model.config().vocab;
-        let logits = logits
-            .flatten_all()
-            .and_then(|t| t.to_vec1::<f32>())
-            .map_err(|e| EngineError(format!("reading logits: {e}")))?;
-        let mut rows = logits.chunks_exact(vocab);
-
-        let mut updates = Vec::with_capacity(in_step.len());
-        for (id, n) in in_step {
-            let Some(seq) = self.seqs.get_mut(&id) else {
-                continue;
-            };
-            let update = if seq.pending.is_some() {
-                let row = rows
-                    .next()
-                    .ok_or_else(|| EngineError("missing logits row".into()))?;
-                Self::accept_logits(&self.tokenizer, &self.special, id, seq, row)?
-            } else {
-                let start = seq.prefilled;
-                seq.prefilled += n;
-                let prompt_done = seq.prefilled == seq.prompt.len();
-                match seq.kind {
-                    JobKind::Score => {
-                        for i in 0..n {
-                            let row = rows
-                                .next()
-                                .ok_or_else(|| EngineError("missing logits row".into()))?;
-                            if let Some(&target) = seq.prompt.get(start + i + 1) {
-                                seq.logprobs.push(log_prob(row, target));
-                            }
-                        }
-                        let done = prompt_done.then(|| {
-                            let logprobs = std::mem::take(&mut seq.logprobs);
-                            let mean = if logprobs.is_empty() {
-                                0.0
-                            } else {
-                                logprobs.iter().sum::<f64>() / logprobs.len() as f64
-                            };
-                            SeqDone {
-                                finish_reason: None,
-                                score: Some(Score {
-                                    logprobs,
-                                    perplexity: (-mean).exp(),
-                                }),
-                            }
-                        });
-                        SeqUpdate {
-                            id,
-                            text: String::new(),
-                            new_tokens: 0,
-                            done,
-                        }
-                    }
-                    JobKind::Generate => {
-                        let row = rows
-                            .next()
-                            .ok_or_else(|| EngineError("missing logits row".into()))?;
-                        if prompt_done {
-                            Self::accept_logits(&self.tokenizer, &self.special, id, seq, row)?
-                        } else {
-                            SeqUpdate {
-                                id,
-                                text: String::new(),
-                                new_tokens: 0,
-                                done: None,
-                            }
-                        }
-                    }
-                }
-            };
-            if update.done.is_some() {
-                self.seqs.remove(&id);
-            }
-            updates.push(update);
-        }
-        Ok(updates)
+        model::with_f32(&logits, |logits| self.accept_step(in_step, logits, vocab))
+            .map_err(|e| EngineError(format!("reading logits: {e}")))?
     }
 
     fn release(&mut self, id: SeqId) {

@@ -14,6 +14,7 @@ use std::path::Path;
 
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{bail, DType, Device, Result, Tensor};
+use rayon::prelude::*;
 
 use super::attention::attention;
 pub use super::arch::{HfConfig, ModelConfig, RopeStyle};
@@ -49,6 +50,47 @@ impl NormWeights {
             Some((w, b)) => layer_norm(x, w, b, eps as f32),
         }
     }
+}
+
+/// Calls `f` with the f32 values of `t` in row-major order: read in place when it is a
+/// contiguous f32 tensor on the CPU, else from a copy (another dtype, a view, a GPU).
+pub(super) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    {
+        let (storage, layout) = t.storage_and_layout();
+        if let (candle_core::Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) {
+            if let Ok(values) = cpu.as_slice::<f32>() {
+                return Ok(f(&values[start..end]));
+            }
+        }
+    }
+    let values = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    Ok(f(&values))
+}
+
+/// Rows of at least this many values go through SwiGLU in parallel.
+const PARALLEL_SWIGLU_MIN: usize = 1 << 14;
+
+/// `silu(gate) * up` for `[T, 2 * ff]` rows holding gate then up: `[T, ff]`. The same operations
+/// as candle's `silu` then `mul` (`g / (1 + exp(-g)) * u`), in one parallel pass.
+fn swiglu(gate_up: &Tensor) -> Result<Tensor> {
+    let (rows, width) = gate_up.dims2()?;
+    let ff = width / 2;
+    let out = with_f32(gate_up, |gu| {
+        let mut out = vec![0f32; rows * ff];
+        let row = |(dst, src): (&mut [f32], &[f32])| {
+            let (gate, up) = src.split_at(ff);
+            for ((d, &g), &u) in dst.iter_mut().zip(gate).zip(up) {
+                *d = g / (1.0 + (-g).exp()) * u;
+            }
+        };
+        if rows * ff >= PARALLEL_SWIGLU_MIN {
+            out.par_chunks_mut(ff).zip(gu.par_chunks(width)).for_each(row);
+        } else {
+            out.chunks_mut(ff).zip(gu.chunks(width)).for_each(row);
+        }
+        out
+    })?;
+    Tensor::from_vec(out, (rows, ff), &Device::Cpu)
 }
 
 /// LayerNorm of each row as ggml computes it: the mean summed in f64, the variance in a second
@@ -338,13 +380,10 @@ impl LlamaModel {
             x = (x + layer.o.forward_whole(&attn)?)?;
             let h = layer.ffn_norm.apply(&x, cfg.eps)?;
             let m = match cfg.mlp {
-                MlpKind::GatedSilu => {
-                    let [gate, up]: [Tensor; 2] = match layer.up.forward(&h)?.try_into() {
-                        Ok(parts) => parts,
-                        Err(_) => bail!("gate/up: expected two parts"),
-                    };
-                    (candle_nn::ops::silu(&gate)? * up)?.contiguous()?
-                }
+                MlpKind::GatedSilu => match layer.up.widths() {
+                    [gate, up] if gate == up => swiglu(&layer.up.forward_whole(&h)?)?,
+                    widths => bail!("gate/up: expected two parts of one width, got {widths:?}"),
+                },
                 MlpKind::Gelu => gelu(&layer.up.forward_whole(&h)?)?,
             };
             x = (x + layer.down.forward_whole(&m)?)?;
