@@ -47,6 +47,7 @@ use candle_core::quantized::gguf_file;
 use genq_shared::job::JobKind;
 use genq_shared::valid::PromptInput;
 use genq_shared::{FinishReason, ValidJob};
+use rayon::prelude::*;
 
 use self::chat::ChatTemplate;
 use self::detok::Detokenizer;
@@ -61,6 +62,15 @@ use super::{
     AdmitError, Admitted, Engine, EngineError, EngineInfo, Score, SeqDone, SeqId, SeqUpdate,
     StepLimits,
 };
+
+/// Tokens a sequence may not draw now: EOS and end-of-turn tokens until `min_new_tokens` exist.
+fn banned(special: &SpecialIds, seq: &Sequence) -> Vec<u32> {
+    if seq.generated < seq.min_new {
+        std::iter::once(special.eos).chain(special.extra_stops.iter().copied()).collect()
+    } else {
+        Vec::new()
+    }
+}
 
 /// What to load and how.
 #[derive(Debug, Clone, PartialEq)]
@@ -362,6 +372,7 @@ impl LlamaEngine {
     /// Takes one step's logits (`[rows, vocab]`, rows in `in_step` order): samples decoding
     /// sequences, records prompt progress and scores; returns the updates.
     fn accept_step(&mut self, in_step: Vec<(SeqId, usize)>, logits: &[f32], vocab: usize) -> Result<Vec<SeqUpdate>, EngineError> {
+        let mut picks = self.stateless_picks(&in_step, logits, vocab).into_iter();
         let mut rows = logits.chunks_exact(vocab);
         let mut updates = Vec::with_capacity(in_step.len());
         for (id, n) in in_step {
@@ -372,7 +383,7 @@ impl LlamaEngine {
                 let row = rows
                     .next()
                     .ok_or_else(|| EngineError("missing logits row".into()))?;
-                Self::accept_logits(&self.tokenizer, &self.special, id, seq, row)?
+                Self::accept_logits(&self.tokenizer, &self.special, id, seq, row, picks.next().flatten())?
             } else {
                 let start = seq.prefilled;
                 seq.prefilled += n;
@@ -414,7 +425,7 @@ impl LlamaEngine {
                             .next()
                             .ok_or_else(|| EngineError("missing logits row".into()))?;
                         if prompt_done {
-                            Self::accept_logits(&self.tokenizer, &self.special, id, seq, row)?
+                            Self::accept_logits(&self.tokenizer, &self.special, id, seq, row, picks.next().flatten())?
                         } else {
                             SeqUpdate {
                                 id,
@@ -434,29 +445,52 @@ impl LlamaEngine {
         Ok(updates)
     }
 
-    /// Samples from one logits row and advances the sequence's text; returns the update.
+    /// The rows [`Self::accept_logits`] will sample from in this step, in order, each with the
+    /// pick its sampler makes without state ([`Sampler::stateless_pick`]), found in parallel.
+    fn stateless_picks(&self, in_step: &[(SeqId, usize)], logits: &[f32], vocab: usize) -> Vec<Option<Result<u32, String>>> {
+        let mut at = 0;
+        let mut sampled = Vec::new();
+        for &(id, n) in in_step {
+            let Some(seq) = self.seqs.get(&id) else {
+                continue;
+            };
+            let rows = match (seq.pending.is_some(), seq.kind) {
+                (true, _) | (false, JobKind::Generate) => 1,
+                (false, JobKind::Score) => n,
+            };
+            let samples = seq.pending.is_some() || (seq.kind == JobKind::Generate && seq.prefilled + n == seq.prompt.len());
+            if samples {
+                sampled.push((seq, logits.get(at * vocab..(at + 1) * vocab)));
+            }
+            at += rows;
+        }
+        sampled
+            .into_par_iter()
+            .map(|(seq, row)| {
+                let row = row?;
+                let pick = seq.sampler.stateless_pick(row, &banned(&self.special, seq))?;
+                Some(pick.map_err(|e| e.to_string()))
+            })
+            .collect()
+    }
+
+    /// Samples from one logits row (or takes `pick`, its stateless choice) and advances the
+    /// sequence's text; returns the update.
     fn accept_logits(
         tokenizer: &Tokenizer,
         special: &SpecialIds,
         id: SeqId,
         seq: &mut Sequence,
         logits: &[f32],
+        pick: Option<Result<u32, String>>,
     ) -> Result<SeqUpdate, EngineError> {
         let fail = |what: &str, e: &dyn std::fmt::Display| {
             EngineError(format!("sequence {id}: {what}: {e}"))
         };
-        // EOS and end-of-turn tokens cannot be drawn until min_new_tokens exist.
-        let banned: Vec<u32> = if seq.generated < seq.min_new {
-            std::iter::once(special.eos)
-                .chain(special.extra_stops.iter().copied())
-                .collect()
-        } else {
-            Vec::new()
+        let token = match pick {
+            Some(pick) => pick.map_err(|e| fail("sampling", &e))?,
+            None => seq.sampler.sample(logits, &banned(special, seq)).map_err(|e| fail("sampling", &e))?,
         };
-        let token = seq
-            .sampler
-            .sample(logits, &banned)
-            .map_err(|e| fail("sampling", &e))?;
         seq.sampler.observe(token);
         seq.generated += 1;
         let armed = seq.generated >= seq.min_new;

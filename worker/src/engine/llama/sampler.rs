@@ -54,10 +54,16 @@ impl Sampler {
         }
     }
 
+    /// The token [`Sampler::sample`] will pick, when that needs no state (greedy without a
+    /// repetition penalty): `None` otherwise. Many rows can be read at once this way.
+    pub fn stateless_pick(&self, logits: &[f32], banned: &[u32]) -> Option<Result<u32>> {
+        (self.greedy && self.repetition_penalty == 1.0).then(|| argmax(logits, banned))
+    }
+
     /// Picks the next token from `logits`; `banned` tokens are never chosen.
     pub fn sample(&mut self, logits: &[f32], banned: &[u32]) -> Result<u32> {
-        if self.greedy && self.repetition_penalty == 1.0 {
-            return argmax(logits, banned);
+        if let Some(pick) = self.stateless_pick(logits, banned) {
+            return pick;
         }
         let mut logits = logits.to_vec();
         let penalty = self.repetition_penalty;
