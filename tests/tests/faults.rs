@@ -262,14 +262,28 @@ async fn malformed_messages_mixed_into_good_ones_never_stop_the_worker() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_poison_job_is_dead_lettered_while_the_others_flow() {
+    poison_job_is_isolated("poison", &[]).await;
+}
+
+/// Compose and Kubernetes restart a worker under the same name (a kept hostname with PID 1, a pod
+/// name): the restarted worker must still see the job its predecessor died on as a suspect.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_poison_job_is_isolated_when_the_restarted_worker_keeps_its_name() {
+    poison_job_is_isolated("poison-same-id", &["--worker-id", "worker-0"]).await;
+}
+
+/// A job that kills its worker, among 200 good ones, with the worker restarted each time it dies
+/// (as a restart policy does): the others finish, the poison ends `failed` (`poison`), and no job
+/// is left `running`.
+async fn poison_job_is_isolated(name: &str, extra_flags: &[&str]) {
     let _serial = SERIAL.lock().await;
-    let sb = Sandbox::new("poison");
+    let sb = Sandbox::new(name);
     let mut all = jobs("p", 200, 5);
     all.insert(37, JobRequest { id: Some("poison".into()), ..JobRequest::prompt("this one is POISON") });
     let ids = publish(&sb, all).await;
-    // Like a container restart policy: a worker that dies is started again.
     let env = [("GENQ_ECHO_STEP_MS", "2"), ("GENQ_ECHO_CRASH_ON", "POISON")];
-    let flags = ["--engine", "echo", "--max-batch-size", "32", "--prefetch", "64"];
+    let mut flags = vec!["--engine", "echo", "--max-batch-size", "32", "--prefetch", "64"];
+    flags.extend_from_slice(extra_flags);
     let mut worker = sb.worker_with_env(&flags, &env);
     let mut restarts = 0;
     let until = Instant::now() + Duration::from_secs(120);
@@ -285,9 +299,11 @@ async fn a_poison_job_is_dead_lettered_while_the_others_flow() {
         }
     }
     let t = tally(&sb, &ids, Duration::from_secs(5)).await;
-    t.print(&format!("poison job ({restarts} worker restarts)"));
-    let failed: Vec<_> = sb.results().await.get_many(&ids).await.expect("redis").into_iter().flatten().filter(|r| r.status == Some(JobStatus::Failed)).collect();
+    t.print(&format!("{name}: poison job ({restarts} worker restarts)"));
+    let results: Vec<_> = sb.results().await.get_many(&ids).await.expect("redis").into_iter().flatten().collect();
+    let failed: Vec<_> = results.iter().filter(|r| r.status == Some(JobStatus::Failed)).collect();
     assert_eq!((t.lost, t.done, t.failed), (0, 200, 1), "{t:?} {failed:?}\n{}", worker.log_text());
+    assert!(results.iter().all(|r| r.status != Some(JobStatus::Running)), "no job is left running");
     let poison = sb.results().await.get("poison").await.expect("redis").expect("poison has a result");
     assert_eq!(poison.error_kind.as_deref(), Some("poison"), "{poison:?}");
     drop(worker);

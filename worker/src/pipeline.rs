@@ -28,6 +28,8 @@ use crate::source::{Delivery, JobSource, Settle, Settlement};
 pub struct PipelineSettings {
     /// Name written into results.
     pub worker_id: String,
+    /// This process start's identity ([`crate::runner::instance_id`]).
+    pub instance: String,
     /// Edge rules.
     pub rules: IntakeRules,
     /// Batching.
@@ -191,6 +193,7 @@ where
                         kind: String::new(),
                         model: settings.rules.model.clone(),
                         worker: settings.worker_id.clone(),
+                        instance: settings.instance.clone(),
                         created_ms: delivery.created_ms,
                         started_ms: now_ms(),
                     };
@@ -206,6 +209,7 @@ where
                         kind: job.kind.as_str().to_string(),
                         model: job.model.clone(),
                         worker: settings.worker_id.clone(),
+                        instance: settings.instance.clone(),
                         created_ms: delivery.created_ms,
                         started_ms: now_ms(),
                     });

@@ -102,11 +102,20 @@ pub fn worker_id(worker: &WorkerSettings) -> String {
     format!("{host}-{}", std::process::id())
 }
 
+/// This process start's identity: the worker's name, `#`, and a nonce drawn at start. Restarted
+/// containers keep their name (a pod name, a hostname with the same PID 1), never this.
+pub fn instance_id(worker_id: &str) -> String {
+    static NONCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let nonce = NONCE.get_or_init(|| format!("{:016x}", rand::random::<u64>()));
+    format!("{worker_id}#{nonce}")
+}
+
 /// Pipeline settings for an engine with `context_length`.
 pub fn pipeline_settings(settings: &Settings, context_length: usize) -> PipelineSettings {
     let w = &settings.worker;
     PipelineSettings {
         worker_id: worker_id(w),
+        instance: instance_id(&worker_id(w)),
         rules: IntakeRules { limits: w.limits(context_length), max_body_bytes: w.max_body_bytes, model: w.model_name.clone() },
         scheduler: SchedulerSettings {
             max_batch_size: w.max_batch_size.max(1),

@@ -25,6 +25,7 @@ fn start(i: usize, id: &str) -> JobStart {
         kind: if i.is_multiple_of(2) { "generate" } else { "score" }.into(),
         model: format!("model-{i}"),
         worker: "w-test".into(),
+        instance: "w-test#1".into(),
         created_ms: (!i.is_multiple_of(3)).then_some(70_000 + i as u64),
         started_ms: 1_000 + i as u64,
     }
@@ -64,8 +65,12 @@ async fn begin_and_finish_answer_each_job_of_a_large_batch_in_order() {
     let ids: Vec<String> = (0..JOBS).map(|i| format!("job-{i}")).collect();
     // Every 7th job is already done, every 11th has a cancel request, every 13th was started by
     // another worker that ran it alone twice, every 17th already has its created_ms, every 19th
-    // has a producer's `queued` mark (with its own TTL, which begin keeps).
+    // has a producer's `queued` mark (with its own TTL, which begin keeps). Every 23rd was left
+    // running by an earlier start of a worker with this one's name (a restarted container: a
+    // suspect), every 29th by this very start (redelivered after a broker reconnect: not one).
     let plain = |i: usize| !i.is_multiple_of(7) && !i.is_multiple_of(11) && !i.is_multiple_of(13);
+    let same_name = |i: usize| i.is_multiple_of(23) && plain(i);
+    let same_instance = |i: usize| i.is_multiple_of(29) && plain(i);
     let preset_created = |i: usize| i.is_multiple_of(17) && plain(i);
     let queued_mark = |i: usize| i.is_multiple_of(19) && !i.is_multiple_of(17) && plain(i);
     for (i, id) in ids.iter().enumerate() {
@@ -74,7 +79,11 @@ async fn begin_and_finish_answer_each_job_of_a_large_batch_in_order() {
         } else if i.is_multiple_of(11) {
             let _: () = conn.hset(keys.job(id), CANCEL_FIELD, "1").await.expect("redis");
         } else if i.is_multiple_of(13) {
-            let _: () = conn.hset_multiple(keys.job(id), &[("status", "running"), ("worker", "w-dead"), ("solo_runs", "2"), ("attempts", "1")]).await.expect("redis");
+            let _: () = conn.hset_multiple(keys.job(id), &[("status", "running"), ("worker", "w-dead"), ("instance", "w-dead#7"), ("solo_runs", "2"), ("attempts", "1")]).await.expect("redis");
+        } else if same_name(i) {
+            let _: () = conn.hset_multiple(keys.job(id), &[("status", "running"), ("worker", "w-test"), ("instance", "w-test#0"), ("attempts", "1")]).await.expect("redis");
+        } else if same_instance(i) {
+            let _: () = conn.hset_multiple(keys.job(id), &[("status", "running"), ("worker", "w-test"), ("instance", "w-test#1"), ("attempts", "1")]).await.expect("redis");
         } else if preset_created(i) {
             let _: () = conn.hset(keys.job(id), "created_ms", "5").await.expect("redis");
         } else if queued_mark(i) {
@@ -93,6 +102,8 @@ async fn begin_and_finish_answer_each_job_of_a_large_batch_in_order() {
             Begin::Cancelled
         } else if i.is_multiple_of(13) {
             Begin::Fresh { suspect: true, solo_runs: 2 }
+        } else if same_name(i) {
+            Begin::Fresh { suspect: true, solo_runs: 0 }
         } else {
             Begin::Fresh { suspect: false, solo_runs: 0 }
         };
@@ -103,10 +114,12 @@ async fn begin_and_finish_answer_each_job_of_a_large_batch_in_order() {
                 let s = &starts[i];
                 assert_eq!(field(&h, "status"), Some("running"), "{id}: {h:?}");
                 assert_eq!(field(&h, "worker"), Some("w-test"), "{id}: {h:?}");
+                assert_eq!(field(&h, "instance"), Some("w-test#1"), "{id}: {h:?}");
                 assert_eq!(field(&h, "kind"), Some(s.kind.as_str()), "{id}: {h:?}");
                 assert_eq!(field(&h, "model"), Some(s.model.as_str()), "{id}: {h:?}");
                 assert_eq!(field(&h, "started_ms"), Some(s.started_ms.to_string().as_str()), "{id}: {h:?}");
-                assert_eq!(field(&h, "attempts"), Some(if i.is_multiple_of(13) { "2" } else { "1" }), "{id}: {h:?}");
+                let again = i.is_multiple_of(13) || same_name(i) || same_instance(i);
+                assert_eq!(field(&h, "attempts"), Some(if again { "2" } else { "1" }), "{id}: {h:?}");
                 let created = if preset_created(i) {
                     Some("5".to_string())
                 } else if queued_mark(i) {

@@ -14,6 +14,8 @@ pub struct MemorySink {
     chunks: Arc<Mutex<HashMap<String, String>>>,
     cancels: Arc<Mutex<HashSet<String>>>,
     solo_runs: Arc<Mutex<HashMap<String, u64>>>,
+    /// The instance that began each job last.
+    instances: Arc<Mutex<HashMap<String, String>>>,
 }
 
 impl MemorySink {
@@ -58,7 +60,8 @@ impl MemorySink {
         if cancelled {
             return Ok(Begin::Cancelled);
         }
-        let suspect = entry.status == Some(JobStatus::Running) && entry.worker.as_deref() != Some(start.worker.as_str());
+        let previous = self.instances.lock().ok().and_then(|mut m| m.insert(start.id.clone(), start.instance.clone()));
+        let suspect = entry.status == Some(JobStatus::Running) && previous.as_deref() != Some(start.instance.as_str());
         let solo_runs = self.solo_runs.lock().ok().and_then(|m| m.get(&start.id).copied()).unwrap_or(0);
         entry.status = Some(JobStatus::Running);
         entry.kind = Some(start.kind.clone());

@@ -25,8 +25,11 @@ pub struct JobStart {
     pub kind: String,
     /// Model name.
     pub model: String,
-    /// Worker name.
+    /// Worker name (stable across restarts: results, metrics and logs show it).
     pub worker: String,
+    /// This start of the worker process (its name plus a per-start nonce): a job left `running`
+    /// by another instance is a suspect, even when that instance had the same name.
+    pub instance: String,
     /// Publish time, when known.
     pub created_ms: Option<u64>,
     /// Now.

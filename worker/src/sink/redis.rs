@@ -18,7 +18,8 @@ use genq_shared::keys::{KeySchema, CANCEL_FIELD};
 use super::{Begin, FinalResult, JobStart, ResultSink, SinkError};
 
 /// Begins several jobs in one call. KEYS: each job's hash; ARGV: TTL, the cancel field's name,
-/// then `worker`, `started_ms`, `created_ms`, `kind`, `model` per job. Answers three integers
+/// then `worker`, `started_ms`, `created_ms`, `kind`, `model`, `instance` per job. A job left
+/// `running` by another instance (a worker start that died with it) is a suspect. Answers three integers
 /// per job in one flat array: `0,0,0` for a duplicate, `2,0,0` for a cancelled job, else
 /// `1, suspect, solo_runs`. Per job one HMGET reads what the decision needs (the cancel request
 /// included) and one HSET writes the running state (attempts and, when absent, created_ms
@@ -27,8 +28,8 @@ const BEGIN_LUA: &str = r#"
 local out = {}
 for i = 1, #KEYS do
   local job = KEYS[i]
-  local a = 5 * i - 2
-  local h = redis.call('HMGET', job, 'status', 'worker', 'solo_runs', 'created_ms', 'attempts', ARGV[2])
+  local a = 6 * i - 3
+  local h = redis.call('HMGET', job, 'status', 'instance', 'solo_runs', 'created_ms', 'attempts', ARGV[2])
   local st = h[1]
   local o = 3 * i - 2
   if st == 'done' or st == 'failed' or st == 'expired' or st == 'cancelled' then
@@ -37,12 +38,12 @@ for i = 1, #KEYS do
     out[o], out[o + 1], out[o + 2] = 2, 0, 0
   else
     local suspect = 0
-    if st == 'running' and h[2] ~= ARGV[a] then suspect = 1 end
+    if st == 'running' and h[2] ~= ARGV[a + 5] then suspect = 1 end
     local attempts = tonumber(h[5] or '0') + 1
     if ARGV[a + 2] ~= '' and not h[4] then
-      redis.call('HSET', job, 'status', 'running', 'worker', ARGV[a], 'started_ms', ARGV[a + 1], 'kind', ARGV[a + 3], 'model', ARGV[a + 4], 'attempts', attempts, 'created_ms', ARGV[a + 2])
+      redis.call('HSET', job, 'status', 'running', 'worker', ARGV[a], 'instance', ARGV[a + 5], 'started_ms', ARGV[a + 1], 'kind', ARGV[a + 3], 'model', ARGV[a + 4], 'attempts', attempts, 'created_ms', ARGV[a + 2])
     else
-      redis.call('HSET', job, 'status', 'running', 'worker', ARGV[a], 'started_ms', ARGV[a + 1], 'kind', ARGV[a + 3], 'model', ARGV[a + 4], 'attempts', attempts)
+      redis.call('HSET', job, 'status', 'running', 'worker', ARGV[a], 'instance', ARGV[a + 5], 'started_ms', ARGV[a + 1], 'kind', ARGV[a + 3], 'model', ARGV[a + 4], 'attempts', attempts)
     end
     if st ~= 'queued' then redis.call('EXPIRE', job, ARGV[1]) end
     out[o], out[o + 1], out[o + 2] = 1, suspect, tonumber(h[3] or '0')
@@ -265,7 +266,8 @@ impl ResultSink for RedisSink {
                         .arg(start.started_ms)
                         .arg(start.created_ms.map(|v| v.to_string()).unwrap_or_default())
                         .arg(&start.kind)
-                        .arg(&start.model);
+                        .arg(&start.model)
+                        .arg(&start.instance);
                 }
                 cmd
             })
