@@ -127,7 +127,7 @@ pub struct WorkerSettings {
     pub max_body_bytes: usize,
     /// Largest prompt accepted, in bytes.
     pub max_prompt_bytes: usize,
-    /// Address of `/metrics` and `/healthz` (loopback by default).
+    /// Address of `/metrics`, `/livez` and `/readyz` (loopback by default).
     pub metrics_addr: String,
     /// Name written into results and logs; empty means `<hostname>-<pid>`.
     pub worker_id: String,

@@ -302,7 +302,7 @@ fn container_env(res: &BTreeMap<(String, String), Value>, container: &Value) -> 
 }
 
 #[test]
-fn k8s_workers_probe_healthz_on_their_metrics_port_and_outlive_the_drain() {
+fn k8s_workers_probe_livez_and_readyz_on_their_metrics_port_and_outlive_the_drain() {
     let res = k8s_resources();
     for name in ["genq-worker", "genq-worker-gpu"] {
         let d = k8s(&res, "Deployment", name);
@@ -314,8 +314,8 @@ fn k8s_workers_probe_healthz_on_their_metrics_port_and_outlive_the_drain() {
         let ports = get(c, "ports").as_sequence().expect("container ports");
         let metrics_port = ports.iter().find(|p| text(get(p, "name")) == "metrics").expect("a port named metrics");
         assert_eq!(text(get(metrics_port, "containerPort")), port.to_string(), "{name}: containerPort vs worker.metrics_addr");
-        for probe in ["readinessProbe", "livenessProbe"] {
-            assert_eq!(text(get(c, &format!("{probe}.httpGet.path"))), "/healthz", "{name} {probe}");
+        for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/livez"), ("startupProbe", "/livez")] {
+            assert_eq!(text(get(c, &format!("{probe}.httpGet.path"))), path, "{name} {probe}");
             let p = text(get(c, &format!("{probe}.httpGet.port")));
             assert!(p == "metrics" || p == port.to_string(), "{name} {probe} port {p}");
         }

@@ -226,6 +226,54 @@ async fn redis_restart_while_workers_write_loses_nothing() {
     sb.cleanup().await;
 }
 
+/// Polls `probe` every 100 ms until it holds; panics naming `what` after `timeout`.
+async fn eventually(what: &str, timeout: Duration, mut probe: impl FnMut() -> bool) {
+    let until = Instant::now() + timeout;
+    while !probe() {
+        assert!(Instant::now() < until, "{what}: not within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `/livez` answers 200 while the process and its engine run; `/readyz` only while the worker
+/// consumes with Redis reachable and is not draining: 503 naming why through a RabbitMQ outage,
+/// a Redis outage and a SIGTERM drain, 200 again after each outage.
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_follows_broker_and_redis_outages_and_the_drain() {
+    let _serial = SERIAL.lock().await;
+    let mut redis = PrivateRedis::start(&[]);
+    let sb = Sandbox::new("probes").with_redis(&redis.url());
+    let worker = echo_worker(&sb, "40", &["--shutdown-grace-secs", "30"]);
+    let addr = worker.metrics_addr().expect("the worker logs its metrics address");
+    let get = |path: &str| genq_tests::prometheus::http_get(&addr, path).unwrap_or((0, String::new()));
+    let ready = || get("/readyz");
+    eventually("ready once consuming", Duration::from_secs(30), || ready().0 == 200).await;
+    assert_eq!(get("/livez").0, 200);
+
+    rabbitmqctl(&["stop_app"]);
+    eventually("not ready without RabbitMQ", Duration::from_secs(30), || ready() == (503, "not ready: not consuming from RabbitMQ\n".into())).await;
+    assert_eq!(get("/livez").0, 200, "a broker outage does not make the worker dead");
+    rabbitmqctl(&["start_app"]);
+    rabbitmqctl(&["await_startup"]);
+    eventually("ready again after RabbitMQ is back", Duration::from_secs(60), || ready().0 == 200).await;
+
+    redis.stop();
+    eventually("not ready without Redis", Duration::from_secs(30), || ready() == (503, "not ready: Redis unreachable\n".into())).await;
+    assert_eq!(get("/livez").0, 200, "a Redis outage does not make the worker dead");
+    redis.spawn();
+    eventually("ready again after Redis is back", Duration::from_secs(60), || ready().0 == 200).await;
+
+    // Slow jobs in flight, then SIGTERM: not ready while it drains, alive until it exits.
+    let ids = publish(&sb, jobs("drain", 20, 100)).await;
+    until_done(&sb, &ids, 1).await;
+    worker.signal("TERM");
+    eventually("not ready while draining", Duration::from_secs(10), || ready() == (503, "not ready: draining after a shutdown signal\n".into())).await;
+    assert_eq!(get("/livez").0, 200, "alive while it drains");
+    let code = worker.wait_exit(Duration::from_secs(60)).expect("the worker exits after its drain");
+    assert_eq!(code, Some(0), "{}", worker.log_text());
+    sb.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_messages_mixed_into_good_ones_never_stop_the_worker() {
     let _serial = SERIAL.lock().await;

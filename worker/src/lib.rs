@@ -8,7 +8,8 @@
 //! - [`engine`]: the `Engine` trait, the candle Llama engine, the echo engine.
 //! - [`sink`]: `ResultSink` (Redis, in-memory).
 //! - [`pipeline`]: the stages wired together, with shutdown and drain.
-//! - [`metrics`], [`http`]: Prometheus metrics and the `/metrics` + `/healthz` listener.
+//! - [`metrics`], [`http`], [`health`]: Prometheus metrics, liveness and readiness, and the
+//!   `/metrics` + `/livez` + `/readyz` listener.
 //! - [`backlog`]: the autoscaling signal: queue depth polling and token estimates of waiting jobs.
 //! - [`bench`]: the engine benchmark behind `genq bench engine`.
 //! - [`runner`]: builds a worker from settings (used by `genq-worker` and `genq run`).
@@ -19,6 +20,7 @@ pub mod backlog;
 pub mod bench;
 pub mod broker;
 pub mod engine;
+pub mod health;
 pub mod http;
 pub mod intake;
 pub mod metrics;

@@ -1,5 +1,5 @@
 //! `genq-worker`: consumes a model's job queues from RabbitMQ, runs the jobs with continuous
-//! batching, writes results to Redis, and serves `/metrics` and `/healthz`.
+//! batching, writes results to Redis, and serves `/metrics`, `/livez` and `/readyz`.
 
 use std::path::PathBuf;
 
@@ -79,7 +79,7 @@ struct Cli {
     /// Largest prompt in bytes [worker.max_prompt_bytes; default 262144].
     #[arg(long)]
     max_prompt_bytes: Option<usize>,
-    /// Address of /metrics and /healthz [worker.metrics_addr; default 127.0.0.1:9464].
+    /// Address of /metrics, /livez and /readyz [worker.metrics_addr; default 127.0.0.1:9464].
     #[arg(long)]
     metrics_addr: Option<String>,
     /// Worker name in results [worker.worker_id; default <hostname>-<pid>].
@@ -225,10 +225,16 @@ async fn main() -> anyhow::Result<()> {
             key_prefix: settings.redis.key_prefix.clone(),
             model: w.model_name.clone(),
             worker_id: pipeline_settings.worker_id.clone(),
+            health: Some(metrics.health.clone()),
         },
         stop_rx.clone(),
     );
-    let report = pipeline::run(source, sink, engine, pipeline_settings, metrics, shutdown_signal()).await?;
+    let health = metrics.health.clone();
+    let shutdown = async move {
+        shutdown_signal().await;
+        health.draining();
+    };
+    let report = pipeline::run(source, sink, engine, pipeline_settings, metrics, shutdown).await?;
     let _ = stop_tx.send(true);
     let _ = monitor.await;
     let _ = heartbeat.await;

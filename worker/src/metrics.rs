@@ -57,6 +57,8 @@ pub struct WorkerMetrics {
     pub queue_backlog_tokens: IntGaugeVec,
     /// Estimated tokens of every job received, and how many: the mean sizes the queue's backlog.
     received: Arc<(AtomicU64, AtomicU64)>,
+    /// Liveness and readiness flags, which the parts reporting metrics also set.
+    pub health: crate::health::Health,
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, buckets: &[f64]) -> prometheus::Result<Histogram> {
@@ -138,6 +140,7 @@ impl WorkerMetrics {
             queue_backlog_tokens,
             received: Arc::default(),
             registry,
+            health: crate::health::Health::new(),
         })
     }
 

@@ -50,6 +50,8 @@ pub struct HeartbeatSettings {
     pub model: String,
     /// This worker's id (`worker.worker_id` or `<hostname>-<pid>`).
     pub worker_id: String,
+    /// Told whether each heartbeat reached Redis (readiness while no result is written).
+    pub health: Option<crate::health::Health>,
 }
 
 /// A model and its live workers, newest heartbeat first.
@@ -115,7 +117,11 @@ pub async fn heartbeat(settings: HeartbeatSettings, mut stop: watch::Receiver<bo
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                if let Err(e) = beat(&mut conn, &settings).await {
+                let result = beat(&mut conn, &settings).await;
+                if let Some(h) = &settings.health {
+                    h.set_redis_reachable(result.is_ok());
+                }
+                if let Err(e) = result {
                     tracing::warn!(error = %e, "worker heartbeat failed");
                 }
             }

@@ -426,6 +426,17 @@ pub struct EngineHandle {
     pub thread: std::thread::JoinHandle<()>,
 }
 
+/// Tells the health flags that the engine thread ended when dropped.
+struct EngineStopped(Option<crate::health::Health>);
+
+impl Drop for EngineStopped {
+    fn drop(&mut self) {
+        if let Some(h) = &self.0 {
+            h.engine_stopped();
+        }
+    }
+}
+
 /// Starts the engine thread. It owns `engine`, takes jobs from a channel of `queue_bound`, and
 /// sends events to `events`. It exits once the job channel is closed and all its work is done.
 pub fn spawn_engine_thread(
@@ -439,7 +450,10 @@ pub fn spawn_engine_thread(
 ) -> std::io::Result<EngineHandle> {
     let (tx, mut rx) = mpsc::channel::<ScheduledJob>(queue_bound.max(1));
     let (cancel_tx, mut cancel_rx) = mpsc::unbounded_channel::<Ticket>();
+    let stopped = EngineStopped(metrics.as_ref().map(|m| m.health.clone()));
     let thread = std::thread::Builder::new().name("genq-engine".into()).spawn(move || {
+        // Reports the thread's end to `/livez`, however it ends (a panic included).
+        let _stopped = stopped;
         let mut sched = Scheduler::new(settings);
         let mut open = true;
         let mut out = Vec::new();

@@ -154,6 +154,9 @@ impl RedisSink {
 
     /// Notes whether Redis answered, logging the start and end of an outage.
     fn observe<T>(&self, result: Result<T, SinkError>) -> Result<T, SinkError> {
+        if let Some(m) = &self.metrics {
+            m.health.set_redis_reachable(result.is_ok());
+        }
         match &result {
             Ok(_) => {
                 if self.failing.swap(false, Ordering::Relaxed) {

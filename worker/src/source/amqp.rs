@@ -76,8 +76,12 @@ impl AmqpSource {
         Ok(Self { settings: settings.clone(), link: Some(link), stopped: false, metrics: None })
     }
 
-    /// Counts reconnects in `metrics` (`genq_reconnects_total{target="amqp"}`).
+    /// Counts reconnects in `metrics` (`genq_reconnects_total{target="amqp"}`) and reports
+    /// whether it consumes in `metrics.health`.
     pub fn with_metrics(mut self, metrics: WorkerMetrics) -> Self {
+        if let Some(link) = &self.link {
+            watch_link(link, &metrics);
+        }
         self.metrics = Some(metrics);
         self
     }
@@ -143,9 +147,24 @@ impl AmqpSource {
         tracing::warn!(outage_ms = lost_at.elapsed().as_millis() as u64, "reconnected to RabbitMQ; consuming again");
         if let Some(m) = &self.metrics {
             m.reconnected("amqp");
+            watch_link(&link, m);
         }
         self.link = Some(link);
     }
+
+    /// Notes that the consumers are gone (readiness turns false until the reconnect).
+    fn lost(&self) {
+        if let Some(m) = &self.metrics {
+            m.health.set_consuming(false);
+        }
+    }
+}
+
+/// Marks the worker as consuming on `link`, as long as its connection is up: lapin tracks that
+/// state even while no delivery is awaited.
+fn watch_link(link: &Link, metrics: &WorkerMetrics) {
+    let status = link.connection.status().clone();
+    metrics.health.consuming_on(move || status.connected());
 }
 
 fn priority_name(p: Priority) -> &'static str {
@@ -183,6 +202,7 @@ impl JobSource for AmqpSource {
                 Some(Err(e)) => tracing::warn!(error = %e, "lost the RabbitMQ connection; reconnecting"),
                 None => tracing::warn!("RabbitMQ ended the consumers; reconnecting"),
             }
+            self.lost();
             if let Some(old) = self.link.take() {
                 let _ = old.connection.close(200, "reconnecting".into()).await;
             }
@@ -205,6 +225,7 @@ impl JobSource for AmqpSource {
 
     async fn stop(&mut self) {
         self.stopped = true;
+        self.lost();
         let Some((channel, tags)) = self.link.as_ref().map(|l| (l.channel.clone(), l.tags.clone())) else { return };
         for tag in &tags {
             if let Err(e) = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await {
