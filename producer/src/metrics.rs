@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
 
 use genq_shared::metrics as names;
 
@@ -45,6 +45,8 @@ pub struct ProducerMetrics {
     pub published: IntCounterVec,
     /// Publish to broker confirm (every outcome that got an answer).
     pub publish_duration: Histogram,
+    /// Jobs published again on a new connection after theirs was lost unconfirmed.
+    pub publish_retries: IntCounter,
 }
 
 impl ProducerMetrics {
@@ -62,7 +64,12 @@ impl ProducerMetrics {
                 .buckets(names::LATENCY_BUCKETS.to_vec()),
         )?;
         registry.register(Box::new(publish_duration.clone()))?;
-        Ok(Self { registry, published, publish_duration })
+        let publish_retries = IntCounter::new(
+            names::PUBLISH_RETRIES_TOTAL,
+            "Jobs published again (same ids) after their publish or confirm was lost with the connection.",
+        )?;
+        registry.register(Box::new(publish_retries.clone()))?;
+        Ok(Self { registry, published, publish_duration, publish_retries })
     }
 
     /// Counts one publish that ended with `outcome` after `elapsed`.

@@ -198,6 +198,9 @@ impl Producer {
             if !self.reconnect(deadline).await {
                 break;
             }
+            if let Some(m) = &self.metrics {
+                m.publish_retries.inc_by(lost.len() as u64);
+            }
             todo = lost;
         }
         let unpublished: Vec<String> = marked.into_iter().filter(|(i, _)| !matches!(out[*i], Some(Ok(_)))).map(|(_, id)| id).collect();

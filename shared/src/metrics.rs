@@ -48,6 +48,8 @@ pub const QUEUE_BACKLOG_TOKENS: &str = "genq_queue_backlog_tokens";
 pub const PUBLISHED_TOTAL: &str = "genq_published_total";
 /// Time from publishing a job to the broker's confirm (histogram, seconds).
 pub const PUBLISH_DURATION_SECONDS: &str = "genq_publish_duration_seconds";
+/// Jobs published again after their publish or confirm was lost with the connection (counter).
+pub const PUBLISH_RETRIES_TOTAL: &str = "genq_publish_retries_total";
 /// HTTP requests answered by the gateway, by `route` (the route pattern, never a job id) and
 /// `status` (the HTTP status code).
 pub const HTTP_REQUESTS_TOTAL: &str = "genq_http_requests_total";

@@ -174,6 +174,53 @@ async fn rabbitmq_restart_while_publishing_and_consuming_loses_nothing() {
     sb.cleanup().await;
 }
 
+/// RabbitMQ closes the producer's connection (as a broker restart or a network cut does) while
+/// a burst of publishes is unconfirmed: those jobs are published again on a new connection,
+/// counted in `genq_publish_retries_total`, and every job still ends `done` exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_closed_under_unconfirmed_publishes_republishes_them() {
+    let _serial = SERIAL.lock().await;
+    let sb = Sandbox::new("republish");
+    let worker = echo_worker(&sb, "1", &[]);
+    let metrics = genq_producer::metrics::ProducerMetrics::new().expect("metrics");
+    let producer = sb.producer().await.with_metrics(metrics.clone());
+    // The producer's connection, found before publishing starts (`rabbitmqctl` takes a second).
+    let out = Command::new("rabbitmqctl").args(["list_connections", "pid", "client_properties", "-q", "--no-table-headers"]).output().expect("rabbitmqctl");
+    let listing = String::from_utf8_lossy(&out.stdout).to_string();
+    let pids: Vec<String> = listing.lines().filter(|l| l.contains("genq-producer")).filter_map(|l| l.split_whitespace().next()).map(str::to_string).collect();
+    assert!(!pids.is_empty(), "the producer's connection is listed: {listing}");
+    let all = jobs("u", 40_000, 1);
+    let publisher = tokio::spawn(async move {
+        let out = producer.submit_many(all, |_| {}).await;
+        producer.close().await;
+        out
+    });
+    // Close it from the broker side once publishes are in flight.
+    let until = Instant::now() + Duration::from_secs(30);
+    let mut closed = false;
+    while !closed && Instant::now() < until && !publisher.is_finished() {
+        if metrics.published.with_label_values(&["confirmed"]).get() > 500 {
+            for pid in &pids {
+                rabbitmqctl(&["close_connection", pid, "test: connection dropped under unconfirmed publishes"]);
+            }
+            closed = true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(closed, "found and closed the producer's connection while it published");
+    let results = publisher.await.expect("publisher task");
+    let ids: Vec<String> = results.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
+    assert_eq!(ids.len(), 40_000, "every job is confirmed after the re-publish: {:?}", results.iter().find(|r| r.is_err()));
+    let retries = metrics.publish_retries.get();
+    let t = tally(&sb, &ids, Duration::from_secs(180)).await;
+    t.print(&format!("connection closed under unconfirmed publishes ({retries} re-published)"));
+    assert!(retries >= 1, "the jobs lost unconfirmed were published again and counted");
+    assert_eq!((t.lost, t.done, t.failed), (0, 40_000, 0), "{t:?}\n{}", worker.log_text());
+    assert!(metrics.render().contains(&format!("genq_publish_retries_total {retries}")), "exported as a metric");
+    drop(worker);
+    sb.cleanup().await;
+}
+
 /// Stops or restarts (`action`: `stop_server`, `restart_server`) the Ra server behind a quorum
 /// queue of vhost `/` on this node: stopped, the queue exists but cannot be consumed from, and
 /// RabbitMQ answers a `basic.consume` by closing the connection with INTERNAL_ERROR, as it does
