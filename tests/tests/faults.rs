@@ -137,10 +137,11 @@ async fn sigterm_under_load_drains_and_loses_nothing() {
     sb.cleanup().await;
 }
 
-/// Runs `rabbitmqctl`; panics with its output when it fails.
-fn rabbitmqctl(args: &[&str]) {
+/// Runs `rabbitmqctl`; panics with its output when it fails, else returns what it printed.
+fn rabbitmqctl(args: &[&str]) -> String {
     let out = Command::new("rabbitmqctl").args(args).output().expect("rabbitmqctl is installed with RabbitMQ");
     assert!(out.status.success(), "rabbitmqctl {args:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -185,8 +186,7 @@ async fn a_connection_closed_under_unconfirmed_publishes_republishes_them() {
     let metrics = genq_producer::metrics::ProducerMetrics::new().expect("metrics");
     let producer = sb.producer().await.with_metrics(metrics.clone());
     // The producer's connection, found before publishing starts (`rabbitmqctl` takes a second).
-    let out = Command::new("rabbitmqctl").args(["list_connections", "pid", "client_properties", "-q", "--no-table-headers"]).output().expect("rabbitmqctl");
-    let listing = String::from_utf8_lossy(&out.stdout).to_string();
+    let listing = rabbitmqctl(&["list_connections", "pid", "client_properties", "-q", "--no-table-headers"]);
     let pids: Vec<String> = listing.lines().filter(|l| l.contains("genq-producer")).filter_map(|l| l.split_whitespace().next()).map(str::to_string).collect();
     assert!(!pids.is_empty(), "the producer's connection is listed: {listing}");
     let all = jobs("u", 40_000, 1);

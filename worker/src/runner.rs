@@ -113,9 +113,10 @@ pub fn instance_id(worker_id: &str) -> String {
 /// Pipeline settings for an engine with `context_length`.
 pub fn pipeline_settings(settings: &Settings, context_length: usize) -> PipelineSettings {
     let w = &settings.worker;
+    let worker_id = worker_id(w);
     PipelineSettings {
-        worker_id: worker_id(w),
-        instance: instance_id(&worker_id(w)),
+        instance: instance_id(&worker_id),
+        worker_id,
         rules: IntakeRules { limits: w.limits(context_length), max_body_bytes: w.max_body_bytes, model: w.model_name.clone() },
         scheduler: SchedulerSettings {
             max_batch_size: w.max_batch_size.max(1),

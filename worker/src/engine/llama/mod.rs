@@ -72,6 +72,15 @@ fn banned(special: &SpecialIds, seq: &Sequence) -> Vec<u32> {
     }
 }
 
+/// How one sequence of a step uses the step's logits: its rows start at `first_row`, it fed
+/// `tokens`, and a token is sampled from its row when `samples`.
+struct RowUse {
+    id: SeqId,
+    tokens: usize,
+    first_row: usize,
+    samples: bool,
+}
+
 /// What to load and how.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlamaSettings {
@@ -372,28 +381,24 @@ impl LlamaEngine {
     /// Takes one step's logits (`[rows, vocab]`, rows in `in_step` order): samples decoding
     /// sequences, records prompt progress and scores; returns the updates.
     fn accept_step(&mut self, in_step: Vec<(SeqId, usize)>, logits: &[f32], vocab: usize) -> Result<Vec<SeqUpdate>, EngineError> {
-        let mut picks = self.stateless_picks(&in_step, logits, vocab).into_iter();
-        let mut rows = logits.chunks_exact(vocab);
-        let mut updates = Vec::with_capacity(in_step.len());
-        for (id, n) in in_step {
-            let Some(seq) = self.seqs.get_mut(&id) else {
+        let uses = self.row_uses(&in_step);
+        let picks = self.stateless_picks(&uses, logits, vocab);
+        let row = |r: usize| logits.get(r * vocab..(r + 1) * vocab).ok_or_else(|| EngineError("missing logits row".into()));
+        let mut updates = Vec::with_capacity(uses.len());
+        for (u, pick) in uses.into_iter().zip(picks) {
+            let Some(seq) = self.seqs.get_mut(&u.id) else {
                 continue;
             };
             let update = if seq.pending.is_some() {
-                let row = rows
-                    .next()
-                    .ok_or_else(|| EngineError("missing logits row".into()))?;
-                Self::accept_logits(&self.tokenizer, &self.special, id, seq, row, picks.next().flatten())?
+                Self::accept_logits(&self.tokenizer, &self.special, u.id, seq, row(u.first_row)?, pick)?
             } else {
                 let start = seq.prefilled;
-                seq.prefilled += n;
+                seq.prefilled += u.tokens;
                 let prompt_done = seq.prefilled == seq.prompt.len();
                 match seq.kind {
                     JobKind::Score => {
-                        for i in 0..n {
-                            let row = rows
-                                .next()
-                                .ok_or_else(|| EngineError("missing logits row".into()))?;
+                        for i in 0..u.tokens {
+                            let row = row(u.first_row + i)?;
                             if let Some(&target) = seq.prompt.get(start + i + 1) {
                                 seq.logprobs.push(log_prob(row, target));
                             }
@@ -414,21 +419,19 @@ impl LlamaEngine {
                             }
                         });
                         SeqUpdate {
-                            id,
+                            id: u.id,
                             text: String::new(),
                             new_tokens: 0,
                             done,
                         }
                     }
                     JobKind::Generate => {
-                        let row = rows
-                            .next()
-                            .ok_or_else(|| EngineError("missing logits row".into()))?;
-                        if prompt_done {
-                            Self::accept_logits(&self.tokenizer, &self.special, id, seq, row, picks.next().flatten())?
+                        let row = row(u.first_row)?;
+                        if u.samples {
+                            Self::accept_logits(&self.tokenizer, &self.special, u.id, seq, row, pick)?
                         } else {
                             SeqUpdate {
-                                id,
+                                id: u.id,
                                 text: String::new(),
                                 new_tokens: 0,
                                 done: None,
@@ -438,36 +441,39 @@ impl LlamaEngine {
                 }
             };
             if update.done.is_some() {
-                self.seqs.remove(&id);
+                self.seqs.remove(&u.id);
             }
             updates.push(update);
         }
         Ok(updates)
     }
 
-    /// The rows [`Self::accept_logits`] will sample from in this step, in order, each with the
-    /// pick its sampler makes without state ([`Sampler::stateless_pick`]), found in parallel.
-    fn stateless_picks(&self, in_step: &[(SeqId, usize)], logits: &[f32], vocab: usize) -> Vec<Option<Result<u32, String>>> {
-        let mut at = 0;
-        let mut sampled = Vec::new();
-        for &(id, n) in in_step {
+    /// Where each sequence of the step finds its logits rows (one per fed token for a score job
+    /// being prefilled, else one) and whether a token is sampled from its row.
+    fn row_uses(&self, in_step: &[(SeqId, usize)]) -> Vec<RowUse> {
+        let mut first_row = 0;
+        let mut uses = Vec::with_capacity(in_step.len());
+        for &(id, tokens) in in_step {
             let Some(seq) = self.seqs.get(&id) else {
                 continue;
             };
-            let rows = match (seq.pending.is_some(), seq.kind) {
-                (true, _) | (false, JobKind::Generate) => 1,
-                (false, JobKind::Score) => n,
-            };
-            let samples = seq.pending.is_some() || (seq.kind == JobKind::Generate && seq.prefilled + n == seq.prompt.len());
-            if samples {
-                sampled.push((seq, logits.get(at * vocab..(at + 1) * vocab)));
-            }
-            at += rows;
+            let decoding = seq.pending.is_some();
+            let rows = if !decoding && seq.kind == JobKind::Score { tokens } else { 1 };
+            let samples = decoding || (seq.kind == JobKind::Generate && seq.prefilled + tokens == seq.prompt.len());
+            uses.push(RowUse { id, tokens, first_row, samples });
+            first_row += rows;
         }
-        sampled
-            .into_par_iter()
-            .map(|(seq, row)| {
-                let row = row?;
+        uses
+    }
+
+    /// For each of `uses`, the pick its sampler makes without state when it samples
+    /// ([`Sampler::stateless_pick`]), found in parallel; `None` where the row is sampled (or
+    /// not) in order afterwards.
+    fn stateless_picks(&self, uses: &[RowUse], logits: &[f32], vocab: usize) -> Vec<Option<Result<u32, String>>> {
+        uses.par_iter()
+            .map(|u| {
+                let seq = self.seqs.get(&u.id).filter(|_| u.samples)?;
+                let row = logits.get(u.first_row * vocab..(u.first_row + 1) * vocab)?;
                 let pick = seq.sampler.stateless_pick(row, &banned(&self.special, seq))?;
                 Some(pick.map_err(|e| e.to_string()))
             })

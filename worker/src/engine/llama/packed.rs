@@ -439,6 +439,24 @@ impl QuantActs {
         }
         out
     }
+
+    /// The levels regrouped for the AMX kernel: per tile of `tile` tokens (starting at
+    /// `t0 * cols`, as in [`QuantActs::levels`]), per block, the 32 levels of each of the tile's
+    /// tokens in turn, so one block's tile is contiguous.
+    pub fn levels_by_block(&self, tile: usize) -> Vec<i8> {
+        let blocks = self.cols / BLOCK;
+        let mut out = Vec::with_capacity(self.levels.len());
+        for t0 in (0..self.rows).step_by(tile.max(1)) {
+            let n = tile.min(self.rows - t0);
+            for b in 0..blocks {
+                for i in 0..n {
+                    let at = (t0 + i) * self.cols + b * BLOCK;
+                    out.extend_from_slice(&self.levels[at..at + BLOCK]);
+                }
+            }
+        }
+        out
+    }
 }
 
 /// A run of blocks to quantize: inputs and levels, then scales and sums.
@@ -470,25 +488,6 @@ fn quantize_block(block: &[f32], levels: &mut [i8]) -> (f32, f32) {
     (scale, sum as f32)
 }
 
-impl QuantActs {
-    /// The levels regrouped for the AMX kernel: per tile of `tile` tokens (starting at
-    /// `t0 * cols`, as in [`QuantActs::levels`]), per block, the 32 levels of each of the tile's
-    /// tokens in turn, so one block's tile is contiguous.
-    pub fn levels_by_block(&self, tile: usize) -> Vec<i8> {
-        let blocks = self.cols / BLOCK;
-        let mut out = Vec::with_capacity(self.levels.len());
-        for t0 in (0..self.rows).step_by(tile.max(1)) {
-            let n = tile.min(self.rows - t0);
-            for b in 0..blocks {
-                for i in 0..n {
-                    let at = (t0 + i) * self.cols + b * BLOCK;
-                    out.extend_from_slice(&self.levels[at..at + BLOCK]);
-                }
-            }
-        }
-        out
-    }
-}
 
 impl PackedLinear {
     /// Interleaves `rows` for the kernel.
@@ -616,12 +615,7 @@ impl PackedLinear {
             min: &self.min[g * blocks * LANES..(g + 1) * blocks * LANES],
             blocks,
         };
-        let tile = ActsView {
-            levels: &acts.levels[t0 * self.cols..(t0 + n) * self.cols],
-            scale: &acts.scale[t0 * blocks..(t0 + n) * blocks],
-            sum: &acts.sum[t0 * blocks..(t0 + n) * blocks],
-            tokens: n,
-        };
+        let tile = ActsView::all(acts).tokens(t0, n, self.cols);
         match (kernel, by_block) {
             (Kernel::Amx, Some(levels)) if n >= AMX_MIN_TOKENS => {
                 amx::tile(&w, &ActsView { levels: &levels[t0 * self.cols..(t0 + n) * self.cols], ..tile }, out)
@@ -629,13 +623,7 @@ impl PackedLinear {
             (Kernel::Amx | Kernel::Avx512Vnni, _) => {
                 for s in (0..n).step_by(TOKEN_TILE) {
                     let m = TOKEN_TILE.min(n - s);
-                    let sub = ActsView {
-                        levels: &tile.levels[s * self.cols..(s + m) * self.cols],
-                        scale: &tile.scale[s * blocks..(s + m) * blocks],
-                        sum: &tile.sum[s * blocks..(s + m) * blocks],
-                        tokens: m,
-                    };
-                    vnni::tile(&w, &sub, &mut out[s * LANES..(s + m) * LANES]);
+                    vnni::tile(&w, &tile.tokens(s, m, self.cols), &mut out[s * LANES..(s + m) * LANES]);
                 }
             }
             (Kernel::Reference, _) => reference::tile(&w, &tile, out),
@@ -667,6 +655,40 @@ struct ActsView<'a> {
     scale: &'a [f32],
     sum: &'a [f32],
     tokens: usize,
+}
+
+impl<'a> ActsView<'a> {
+    /// Every token of `acts`.
+    fn all(acts: &'a QuantActs) -> Self {
+        Self { levels: &acts.levels, scale: &acts.scale, sum: &acts.sum, tokens: acts.rows }
+    }
+
+    /// Tokens `from..from + n` of this view, whose rows hold `cols` inputs.
+    fn tokens(&self, from: usize, n: usize, cols: usize) -> ActsView<'a> {
+        let blocks = cols / BLOCK;
+        ActsView {
+            levels: &self.levels[from * cols..(from + n) * cols],
+            scale: &self.scale[from * blocks..(from + n) * blocks],
+            sum: &self.sum[from * blocks..(from + n) * blocks],
+            tokens: n,
+        }
+    }
+}
+
+impl GroupView<'_> {
+    /// Panics unless the views hold everything a kernel reads for `a`'s tokens (at most
+    /// `max_tokens`) against this group, and `out` room for their outputs. The kernels assert
+    /// this before their loops.
+    fn assert_holds(&self, a: &ActsView<'_>, max_tokens: usize, out: &[f32]) {
+        let cols = self.blocks * BLOCK;
+        let bytes = if self.four_bit { LANES * BLOCK / 2 } else { LANES * BLOCK };
+        assert!(self.quants.len() >= self.blocks * bytes);
+        assert!(self.scale.len() >= self.blocks * LANES && self.min.len() >= self.blocks * LANES);
+        assert!(a.tokens <= max_tokens);
+        assert!(a.levels.len() >= a.tokens * cols);
+        assert!(a.scale.len() >= a.tokens * self.blocks && a.sum.len() >= a.tokens * self.blocks);
+        assert!(out.len() >= a.tokens * LANES);
+    }
 }
 
 /// The kernel's arithmetic in plain Rust, lane by lane, with the same fused operations in the

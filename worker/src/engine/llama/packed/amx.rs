@@ -8,7 +8,7 @@
 //! AVX-512 intrinsics, each after its bounds are asserted.
 #![allow(unsafe_code)]
 
-use super::{ActsView, GroupView, BLOCK, LANES};
+use super::{ActsView, GroupView};
 
 /// Most tokens one tile multiply takes (the tile's rows).
 pub(super) const TOKENS: usize = 16;
@@ -34,14 +34,8 @@ pub(super) fn available() -> bool {
 /// (callers pick the kernel with [`super::Kernel::best`]).
 pub(super) fn tile(w: &GroupView<'_>, a: &ActsView<'_>, out: &mut [f32]) {
     assert!(super::Kernel::Amx.available(), "the AMX kernel needs AMX-INT8 and the tile state");
-    let cols = w.blocks * BLOCK;
-    let bytes = if w.four_bit { LANES * BLOCK / 2 } else { LANES * BLOCK };
-    assert!(w.quants.len() >= w.blocks * bytes);
-    assert!(w.scale.len() >= w.blocks * LANES && w.min.len() >= w.blocks * LANES);
-    assert!((1..=TOKENS).contains(&a.tokens));
-    assert!(a.levels.len() >= a.tokens * cols);
-    assert!(a.scale.len() >= a.tokens * w.blocks && a.sum.len() >= a.tokens * w.blocks);
-    assert!(out.len() >= a.tokens * LANES);
+    assert!(a.tokens >= 1, "the AMX kernel takes at least one token");
+    w.assert_holds(a, TOKENS, out);
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
     // SAFETY: AMX and AVX-512 were detected and the tile state granted (asserted above), and
     // every length the kernel reads or writes is asserted.

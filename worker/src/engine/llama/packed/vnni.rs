@@ -6,7 +6,7 @@
 //! CPU has the features, and unaligned vector loads whose bounds are asserted before the loops.
 #![allow(unsafe_code)]
 
-use super::{ActsView, GroupView, BLOCK, LANES, TOKEN_TILE};
+use super::{ActsView, GroupView, TOKEN_TILE};
 
 /// True when the CPU has what [`tile`] uses (detected once, by [`super::fast_kernel_available`]).
 pub(super) fn available() -> bool {
@@ -28,14 +28,7 @@ pub(super) fn available() -> bool {
 /// kernel's features (callers check [`super::fast_kernel_available`] first).
 pub(super) fn tile(w: &GroupView<'_>, a: &ActsView<'_>, out: &mut [f32]) {
     assert!(super::fast_kernel_available(), "the VNNI kernel needs AVX-512 F, BW and VNNI");
-    let cols = w.blocks * BLOCK;
-    let bytes = if w.four_bit { LANES * BLOCK / 2 } else { LANES * BLOCK };
-    assert!(w.quants.len() >= w.blocks * bytes);
-    assert!(w.scale.len() >= w.blocks * LANES && w.min.len() >= w.blocks * LANES);
-    assert!(a.tokens <= TOKEN_TILE);
-    assert!(a.levels.len() >= a.tokens * cols);
-    assert!(a.scale.len() >= a.tokens * w.blocks && a.sum.len() >= a.tokens * w.blocks);
-    assert!(out.len() >= a.tokens * LANES);
+    w.assert_holds(a, TOKEN_TILE, out);
     #[cfg(target_arch = "x86_64")]
     // SAFETY: the features were detected above, and every length the kernel reads is asserted.
     unsafe {
