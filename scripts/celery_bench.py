@@ -2,7 +2,9 @@
 
 RabbitMQ broker, Redis result backend, acks_late, prefetch 64 (2 prefork processes x a
 multiplier of 32), a no-op task. Publishes N tasks, runs them in a worker started here, fetches
-every result, and prints one JSON line: publish rate, end-to-end jobs/s, p50/p99 latency.
+every result with Celery's fastest read (one ResultSet joined natively: the Redis backend reads
+the results in bulk as they land, not one blocking get() at a time), and prints one JSON line:
+publish rate, end-to-end jobs/s, p50/p99 latency.
 Queue and result keys are private to the run (a random queue name), and removed after.
 Run through scripts/celery-bench.sh, which installs Celery into a venv.
 """
@@ -17,6 +19,7 @@ import time
 import uuid
 
 from celery import Celery
+from celery.result import ResultSet
 
 
 def make_app(amqp_url, redis_url, queue):
@@ -90,11 +93,9 @@ def main():
         for i in range(args.jobs):
             sent.append((time.time(), noop.apply_async((i,), queue=queue)))
         published = time.time()
-        latencies = []
-        for t0, r in sent:
-            value = r.get(timeout=600)
-            latencies.append(max(0.0, value["finished"] - t0))
+        values = ResultSet([r for _, r in sent]).join_native(timeout=600)
         finished = time.time()
+        latencies = [max(0.0, value["finished"] - t0) for (t0, _), value in zip(sent, values)]
         for _, r in sent:
             r.forget()
         latencies.sort()
@@ -105,6 +106,7 @@ def main():
             "jobs": args.jobs,
             "processes": args.concurrency,
             "prefetch": 32 * args.concurrency,
+            "read": "ResultSet.join_native",
             "publish_jobs_per_s": args.jobs / max(1e-9, published - started),
             "jobs_per_s": args.jobs / max(1e-9, wall),
             "seconds": wall,

@@ -85,12 +85,10 @@ fn tokenize_gives_llamacpps_ids_for_llama2_with_bos() {
 }
 
 #[test]
+#[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
 fn tokenize_parses_chat_markers_only_with_special() {
     let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !model.exists() {
-        println!("skipped: {} is missing (scripts/fetch-model.sh)", model.display());
-        return;
-    }
+    assert!(model.exists(), "the default model is missing at {}: run scripts/fetch-model.sh", model.display());
     let model = model.to_string_lossy();
     let text = "<|im_start|>user\nhi<|im_end|>";
     let special = lines(&genq(&["tokenize", "--model-path", &model, "--special", text], ""));

@@ -34,6 +34,11 @@ pub struct JobRequest {
     /// Upper bound on generated tokens (default 64).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_new_tokens: Option<u32>,
+    /// Prompt plus new tokens at most, counted by the worker's tokenizer: the job generates
+    /// `min(max_new_tokens, max_length - prompt tokens)` tokens, at least one. With it and no
+    /// `max_new_tokens`, `max_new_tokens` defaults to `max_length` (capped by the model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_length: Option<u32>,
     /// EOS and stop strings are ignored until this many tokens exist (default 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_new_tokens: Option<u32>,

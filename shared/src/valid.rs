@@ -50,6 +50,16 @@ pub enum PromptInput {
     Chat(Vec<ChatMessage>),
 }
 
+impl PromptInput {
+    /// The prompt's bytes, or the sum of the messages' contents.
+    pub fn bytes(&self) -> usize {
+        match self {
+            PromptInput::Text(text) => text.len(),
+            PromptInput::Chat(messages) => messages.iter().map(|m| m.content.len()).sum(),
+        }
+    }
+}
+
 /// How the next token is chosen.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SamplingParams {
@@ -78,6 +88,8 @@ pub struct ValidJob {
     pub model: String,
     /// At most this many new tokens.
     pub max_new_tokens: u32,
+    /// Prompt plus new tokens at most (see [`ValidJob::new_token_budget`]).
+    pub max_length: Option<u32>,
     /// EOS and stops are ignored until this many tokens exist.
     pub min_new_tokens: u32,
     /// Sampling settings.
@@ -92,6 +104,19 @@ pub struct ValidJob {
     pub stream: bool,
     /// Batch id.
     pub batch: Option<String>,
+}
+
+impl ValidJob {
+    /// New tokens this job may generate after a prompt of `prompt_tokens`: `max_new_tokens`,
+    /// within `max_length` (prompt plus new) when given, and at least one (as a Hugging Face
+    /// pipeline does when the prompt alone reaches `max_length`).
+    pub fn new_token_budget(&self, prompt_tokens: usize) -> usize {
+        let max_new = self.max_new_tokens as usize;
+        match self.max_length {
+            Some(total) => max_new.min((total as usize).saturating_sub(prompt_tokens)).max(1),
+            None => max_new,
+        }
+    }
 }
 
 fn check_id(field: &'static str, id: &str) -> Result<(), ValidationError> {
@@ -183,7 +208,14 @@ pub fn validate(req: &JobRequest, limits: &Limits) -> Result<ValidJob, Validatio
     if model.is_empty() || model.len() > 128 || !model.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
         return Err(invalid("model", "must be 1..=128 characters of [A-Za-z0-9._-]"));
     }
-    let max_new_tokens = req.max_new_tokens.unwrap_or(DEFAULT_MAX_NEW_TOKENS);
+    if req.max_length == Some(0) {
+        return Err(invalid("max_length", "must be >= 1"));
+    }
+    let max_new_tokens = match (req.max_new_tokens, req.max_length) {
+        (Some(n), _) => n,
+        (None, Some(total)) => total.min(limits.max_new_tokens),
+        (None, None) => DEFAULT_MAX_NEW_TOKENS,
+    };
     if max_new_tokens == 0 || max_new_tokens > limits.max_new_tokens {
         return Err(invalid("max_new_tokens", format!("must be 1..={}", limits.max_new_tokens)));
     }
@@ -202,6 +234,7 @@ pub fn validate(req: &JobRequest, limits: &Limits) -> Result<ValidJob, Validatio
         input,
         model,
         max_new_tokens,
+        max_length: req.max_length,
         min_new_tokens,
         sampling,
         stop,
@@ -245,6 +278,7 @@ mod tests {
             (r#"{"id":"a","prompt":"hi","max_new_tokens":0}"#, "max_new_tokens"),
             (r#"{"id":"a","prompt":"hi","max_new_tokens":9000}"#, "max_new_tokens"),
             (r#"{"id":"a","prompt":"hi","max_new_tokens":4,"min_new_tokens":5}"#, "min_new_tokens"),
+            (r#"{"id":"a","prompt":"hi","max_length":0}"#, "max_length"),
             (r#"{"id":"a","prompt":"hi","temperature":-1}"#, "temperature"),
             (r#"{"id":"a","prompt":"hi","top_p":0}"#, "top_p"),
             (r#"{"id":"a","prompt":"hi","top_p":1.5}"#, "top_p"),
@@ -259,6 +293,21 @@ mod tests {
             assert_eq!(err.field, field, "{json}: {err}");
             assert!(err.to_string().contains(&format!("`{field}`")), "{err}");
         }
+    }
+
+    #[test]
+    fn max_length_bounds_prompt_plus_new_tokens_with_at_least_one_new() {
+        let j = job(r#"{"id":"a","prompt":"hi","max_length":50}"#).expect("valid");
+        assert_eq!(j.max_new_tokens, 50, "max_length alone sets the new-token bound");
+        assert_eq!(j.new_token_budget(30), 20);
+        assert_eq!(j.new_token_budget(50), 1);
+        assert_eq!(j.new_token_budget(80), 1);
+        let j = job(r#"{"id":"a","prompt":"hi","max_length":50,"max_new_tokens":8}"#).expect("valid");
+        assert_eq!(j.new_token_budget(30), 8, "the smaller bound wins");
+        assert_eq!(j.new_token_budget(45), 5);
+        let j = job(r#"{"id":"a","prompt":"hi","max_length":100000}"#).expect("valid");
+        assert_eq!(j.max_new_tokens, Limits::default().max_new_tokens, "capped by the model");
+        assert_eq!(job(r#"{"id":"a","prompt":"hi"}"#).expect("valid").new_token_budget(10_000), 64);
     }
 
     #[test]

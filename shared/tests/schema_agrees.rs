@@ -93,6 +93,7 @@ fn schema_lists_every_field_of_the_rust_type() {
         messages: Some(vec![]),
         model: Some("m".into()),
         max_new_tokens: Some(1),
+        max_length: Some(2),
         min_new_tokens: Some(0),
         temperature: Some(1.0),
         top_p: Some(1.0),

@@ -1,10 +1,13 @@
 //! Helpers for genq's integration tests: unique names so tests never collide on the shared
 //! RabbitMQ and Redis, the built `genq` / `genq-worker` binaries, and worker processes that are
 //! stopped (SIGTERM, then SIGKILL) when dropped. [`prometheus`] runs a real Prometheus;
-//! [`redis_server`] a private Redis a test may restart or configure (AUTH, TLS).
+//! [`redis_server`] a private Redis a test may restart or configure (AUTH, TLS); [`rabbit_cluster`]
+//! a three-node RabbitMQ cluster; [`tally`] counts what came back after faults.
 
 pub mod prometheus;
+pub mod rabbit_cluster;
 pub mod redis_server;
+pub mod tally;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -44,10 +47,12 @@ pub fn scratch_dir() -> PathBuf {
     dir
 }
 
-/// The default model file, if it has been fetched.
-pub fn default_model() -> Option<PathBuf> {
+/// The default model file; its tests are ignored without `cfg(genq_model)`, and fail here
+/// when the test command requires the model (`GENQ_REQUIRE_MODEL=1`) and it is missing.
+pub fn default_model() -> PathBuf {
     let p = workspace_root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    p.exists().then_some(p)
+    assert!(p.exists(), "the default model is missing at {}: run scripts/fetch-model.sh", p.display());
+    p
 }
 
 /// A name unique to this test run: used as model name (so queues are private to the test)

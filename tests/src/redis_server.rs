@@ -107,6 +107,14 @@ impl PrivateRedis {
         }
     }
 
+    /// Kills the process (SIGKILL: no chance to flush anything), as a crash or an OOM kill does.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// `redis://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)

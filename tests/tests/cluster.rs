@@ -1,12 +1,15 @@
 //! Beyond one broker and one Redis: the whole fleet against a real 3-master Redis Cluster
-//! started on loopback ports, and against an AMQP URL list whose first node is dead.
+//! started on loopback ports, against an AMQP URL list whose first node is dead, and against a
+//! real three-node RabbitMQ cluster whose job-queue leader is killed.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use genq_shared::{JobResult, JobStatus};
+use genq_tests::rabbit_cluster::RabbitCluster;
 use genq_tests::redis_server::free_port;
-use genq_tests::{amqp_url, scratch_dir, Sandbox};
+use genq_tests::tally::{jobs, publish, tally};
+use genq_tests::{amqp_url, scratch_dir, Sandbox, Worker};
 
 /// Three `redis-server --cluster-enabled yes` nodes joined by `redis-cli --cluster create`.
 struct RedisCluster {
@@ -125,4 +128,58 @@ async fn the_fleet_runs_on_a_redis_cluster_and_a_node_list_with_a_dead_first_nod
     client.forget_many(&["c-marked".to_string()]).await.expect("cleanup");
     drop(worker);
     sb.cleanup().await;
+}
+
+/// A real three-node RabbitMQ cluster (quorum queues replicated on all three): the node leading
+/// the job queue is killed with SIGKILL while jobs are published and consumed, then brought
+/// back. Publishers and workers are given all three URLs, each in a different order.
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_the_job_queue_leader_of_a_rabbitmq_cluster_loses_no_job() {
+    let mut cluster = RabbitCluster::start();
+    let urls = cluster.amqp_urls();
+    let rotated = |k: usize| (0..urls.len()).map(|i| urls[(i + k) % urls.len()].clone()).collect::<Vec<_>>().join(",");
+    let sb = Sandbox::new("mqcluster").with_amqp(&rotated(0));
+    let mut ids = publish(&sb, jobs("c", 1000, 10)).await;
+    let queue = genq_shared::topology::queue_name(&sb.model, genq_shared::Priority::Normal);
+    let members = cluster.ctl(0, &["list_queues", "name", "members", "--quiet", "--no-table-headers"]);
+    let line = members.lines().find(|l| l.starts_with(queue.as_str())).unwrap_or_default().to_string();
+    assert_eq!(line.matches('@').count(), 3, "the job queue is replicated on all three nodes: {members}");
+    let leader = cluster.leader_of(&queue);
+    let workers: Vec<Worker> = (1..=2)
+        .map(|k| {
+            let w = Sandbox { amqp: rotated(k), ..sb.clone() }.worker_with_env(&["--engine", "echo", "--max-batch-size", "32", "--prefetch", "64"], &[("GENQ_ECHO_STEP_MS", "3")]);
+            w.wait_ready(Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}"));
+            w
+        })
+        .collect();
+    // Publish more while the leader dies and comes back: the producer reconnects to another node.
+    let publisher = {
+        let sb = Sandbox { amqp: rotated(leader), ..sb.clone() };
+        tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for round in 0..20 {
+                ids.extend(publish(&sb, jobs(&format!("p{round}"), 100, 10)).await);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            ids
+        })
+    };
+    let results = sb.results().await;
+    let until = Instant::now() + Duration::from_secs(60);
+    while results.get_many(&ids).await.expect("redis").iter().flatten().filter(|r| r.status == Some(JobStatus::Done)).count() < 200 {
+        assert!(Instant::now() < until, "jobs do not flow through the cluster");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::task::block_in_place(|| {
+        cluster.kill(leader);
+        std::thread::sleep(Duration::from_secs(3));
+        cluster.restart(leader);
+    });
+    ids.extend(publisher.await.expect("publisher task"));
+    let t = tally(&sb, &ids, Duration::from_secs(180)).await;
+    t.print(&format!("kill -9 the job queue's leader (node {leader} of 3)"));
+    assert_eq!(t.confirmed, 3000, "every publish is confirmed across the failover: {t:?}");
+    let logs: Vec<String> = workers.iter().map(|w| w.log_text()).collect();
+    assert_eq!((t.lost, t.done), (0, 3000), "{t:?}\n{}", logs.join("\n---\n"));
+    drop(workers);
 }

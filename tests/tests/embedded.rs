@@ -21,8 +21,9 @@ fn embedded_run_with_the_echo_engine_needs_no_services() {
 }
 
 #[test]
+#[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
 fn embedded_run_on_the_default_model_prints_real_text() {
-    let model = default_model().expect("the default model must be fetched (scripts/fetch-model.sh)");
+    let model = default_model();
     let examples = workspace_root().join("examples/prompts.jsonl");
     let (results, stderr, code) = run(&[examples.to_str().unwrap_or_default(), "--model-path", model.to_str().unwrap_or_default()]);
     assert_eq!(code, Some(0), "{stderr}");

@@ -13,71 +13,11 @@ use std::time::{Duration, Instant};
 
 use genq_shared::{JobRequest, JobStatus};
 use genq_tests::redis_server::PrivateRedis;
+use genq_tests::tally::{jobs, publish, tally, Tally};
 use genq_tests::{scratch_dir, Sandbox, Worker};
 
 /// Scenarios restart RabbitMQ or kill workers: never two at once.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// What one scenario ended with.
-#[derive(Debug, Default)]
-struct Tally {
-    confirmed: usize,
-    done: usize,
-    failed: usize,
-    lost: usize,
-    duplicate_executions: usize,
-}
-
-impl Tally {
-    fn print(&self, scenario: &str) -> String {
-        let line = format!(
-            "{scenario}: {} confirmed, {} done, {} failed, {} lost, {} duplicate-executions",
-            self.confirmed, self.done, self.failed, self.lost, self.duplicate_executions
-        );
-        println!("{line}");
-        let _ = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(scratch_dir().join("faults.txt"))
-            .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes()));
-        line
-    }
-}
-
-/// Jobs of `n` words each, so each runs `tokens` echo steps; ids `<tag>-<i>`.
-fn jobs(tag: &str, n: usize, tokens: u32) -> Vec<JobRequest> {
-    (0..n)
-        .map(|i| JobRequest { id: Some(format!("{tag}-{i}")), max_new_tokens: Some(tokens), ..JobRequest::prompt(format!("w{i} a b")) })
-        .collect()
-}
-
-async fn publish(sb: &Sandbox, jobs: Vec<JobRequest>) -> Vec<String> {
-    let producer = sb.producer().await;
-    let ids: Vec<String> = producer.submit_many(jobs, |_| {}).await.into_iter().filter_map(Result::ok).collect();
-    producer.close().await;
-    ids
-}
-
-/// Waits until every id has a final result or `timeout` passes, then counts.
-async fn tally(sb: &Sandbox, ids: &[String], timeout: Duration) -> Tally {
-    let client = sb.results().await;
-    let until = Instant::now() + timeout;
-    loop {
-        let results = client.get_many(ids).await.expect("redis");
-        let finished = results.iter().flatten().filter(|r| r.status.is_some_and(JobStatus::is_final)).count();
-        if finished == ids.len() || Instant::now() > until {
-            let count = |s: JobStatus| results.iter().flatten().filter(|r| r.status == Some(s)).count();
-            return Tally {
-                confirmed: ids.len(),
-                done: count(JobStatus::Done),
-                failed: count(JobStatus::Failed),
-                lost: ids.len() - finished,
-                duplicate_executions: results.iter().flatten().filter(|r| r.attempts.unwrap_or(0) > 1).count(),
-            };
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 fn echo_worker(sb: &Sandbox, step_ms: &str, extra: &[&str]) -> Worker {
     let mut flags = vec!["--engine", "echo", "--max-batch-size", "32", "--prefetch", "64"];
@@ -254,23 +194,53 @@ async fn a_worker_started_while_its_queue_is_unavailable_waits_for_it() {
     sb.cleanup().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn redis_restart_while_workers_write_loses_nothing() {
-    let _serial = SERIAL.lock().await;
-    let mut redis = PrivateRedis::start(&[]);
-    let sb = Sandbox::new("rdrestart").with_redis(&redis.url());
+/// Ids of `ids` whose result is `done` now.
+async fn done_ids(sb: &Sandbox, ids: &[String]) -> Vec<String> {
+    let results = sb.results().await.get_many(ids).await.expect("redis");
+    ids.iter().zip(results).filter(|(_, r)| r.as_ref().is_some_and(|r| r.status == Some(JobStatus::Done))).map(|(id, _)| id.clone()).collect()
+}
+
+/// Redis is killed (SIGKILL) while workers write, and restarted: returns the jobs done before the
+/// kill, and the tally after the restart.
+async fn kill_redis_while_workers_write(tag: &str, redis_flags: &[&str]) -> (Vec<String>, Vec<String>, Tally) {
+    let mut redis = PrivateRedis::start(redis_flags);
+    let sb = Sandbox::new(tag).with_redis(&redis.url());
     let ids = publish(&sb, jobs("d", 800, 10)).await;
     let worker = echo_worker(&sb, "3", &[]);
     until_done(&sb, &ids, 100).await;
-    redis.stop();
+    let before = done_ids(&sb, &ids).await;
+    redis.kill();
     tokio::time::sleep(Duration::from_secs(2)).await;
     redis.spawn();
     let t = tally(&sb, &ids, Duration::from_secs(120)).await;
-    t.print("restart Redis");
-    assert_eq!((t.lost, t.done), (0, 800), "{t:?}\n{}", worker.log_text());
     assert!(worker.metric("genq_reconnects_total{target=\"redis\"}").unwrap_or(0.0) >= 1.0, "the outage is counted");
+    let after = done_ids(&sb, &ids).await;
     drop(worker);
     sb.cleanup().await;
+    (before, after, t)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_killed_with_persistence_loses_no_result() {
+    let _serial = SERIAL.lock().await;
+    // The private Redis writes an append-only file, fsynced on every write.
+    let (before, after, t) = kill_redis_while_workers_write("rdaof", &[]).await;
+    t.print(&format!("kill -9 Redis with appendonly yes ({} results stored before)", before.len()));
+    assert_eq!((t.lost, t.done), (0, 800), "{t:?}");
+    assert!(before.iter().all(|id| after.contains(id)), "every result stored before the kill is still there");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_killed_without_persistence_loses_stored_results_but_no_job() {
+    let _serial = SERIAL.lock().await;
+    let (before, after, t) = kill_redis_while_workers_write("rdmem", &["--appendonly", "no"]).await;
+    t.print(&format!("kill -9 Redis with persistence off ({} results stored before)", before.len()));
+    // Results stored before the kill are gone with it (their jobs were acked); every job that
+    // was queued or running then is redelivered and ends done.
+    let missing: Vec<&String> = before.iter().filter(|id| !after.contains(id)).collect();
+    assert!(!missing.is_empty(), "an in-memory Redis forgets what it held");
+    assert_eq!(t.done + missing.len(), 800, "only results stored before the kill are missing: {t:?}");
+    assert_eq!(t.lost, missing.len(), "{t:?}");
 }
 
 /// Polls `probe` every 100 ms until it holds; panics naming `what` after `timeout`.

@@ -148,9 +148,7 @@ async fn one_two_and_three_echo_workers_share_one_queue_fairly() {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "real model, minutes on 2 cores: scripts/bench-scaling.sh"]
 async fn one_two_and_three_model_workers_share_one_queue_fairly() {
-    let Some(model) = default_model() else {
-        panic!("the default model is missing: scripts/fetch-model.sh");
-    };
+    let model = default_model();
     let model = model.to_string_lossy().to_string();
     let plan = Plan {
         tag: "scale-model",

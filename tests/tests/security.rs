@@ -1,6 +1,8 @@
 //! Security against real services: Redis AUTH with the password kept out of every log line,
 //! Redis over TLS (`rediss://`) and RabbitMQ over TLS (`amqps://`, through a `socat` TLS front
-//! on the real broker) verified against a CA the test makes with `openssl`.
+//! on the real broker) verified against a CA the test makes with `openssl`, and refused when the
+//! client trusts only another CA the test makes (so the refusal is for the certificate's issuer,
+//! not for a missing trust file).
 
 use std::path::Path;
 use std::process::Command;
@@ -65,6 +67,26 @@ fn make_certificates(dir: &Path) {
     );
 }
 
+/// A second CA, unrelated to the server's: a client trusting only it must refuse the server.
+fn other_ca() -> std::path::PathBuf {
+    let dir = scratch_dir().join(genq_tests::unique("other-ca"));
+    std::fs::create_dir_all(&dir).expect("cert dir");
+    openssl(&dir, &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=genq other CA", "-keyout", "ca.key", "-out", "ca.pem"]);
+    dir
+}
+
+/// A worker trusting only another CA stops, and its log says the certificate was refused.
+fn assert_refused_by_another_ca(sb: &Sandbox) {
+    let other = other_ca();
+    let ca = other.join("ca.pem").to_string_lossy().to_string();
+    let untrusted = sb.worker_with_env(&["--engine", "echo"], &[("SSL_CERT_FILE", ca.as_str())]);
+    let code = untrusted.wait_exit(Duration::from_secs(30)).expect("the worker stops");
+    let log = untrusted.log_text();
+    assert_ne!(code, Some(0), "{log}");
+    assert!(log.contains("UnknownIssuer") || log.to_lowercase().contains("unknown issuer"), "refused for the certificate's issuer: {log}");
+    let _ = std::fs::remove_dir_all(&other);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn rediss_urls_connect_over_tls_verified_against_the_ca() {
     let certs = scratch_dir().join(genq_tests::unique("tls"));
@@ -90,10 +112,8 @@ async fn rediss_urls_connect_over_tls_verified_against_the_ca() {
     worker.wait_ready(Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}"));
     submit_and_wait(&sb, &trust);
 
-    // Without the CA the server's certificate is not trusted: the worker refuses to start.
-    let untrusted = sb.worker_with_env(&["--engine", "echo"], &[("SSL_CERT_FILE", "/nonexistent")]);
-    let code = untrusted.wait_exit(Duration::from_secs(30)).expect("the worker stops");
-    assert_ne!(code, Some(0), "{}", untrusted.log_text());
+    // Trusting another CA, the server's certificate is refused: the worker does not start.
+    assert_refused_by_another_ca(&sb);
     drop(worker);
     sb.cleanup().await;
     let _ = std::fs::remove_dir_all(&certs);
@@ -142,10 +162,8 @@ async fn amqps_urls_connect_over_tls_verified_against_the_ca() {
     assert!(worker.log_text().contains("amqps://guest:***@localhost"), "the URL is logged redacted");
     submit_and_wait(&sb, &trust);
 
-    // Without the CA the broker's certificate is not trusted: the worker refuses to start.
-    let untrusted = sb.worker_with_env(&["--engine", "echo"], &[("SSL_CERT_FILE", "/nonexistent")]);
-    let code = untrusted.wait_exit(Duration::from_secs(30)).expect("the worker stops");
-    assert_ne!(code, Some(0), "{}", untrusted.log_text());
+    // Trusting another CA, the broker's certificate is refused: the worker does not start.
+    assert_refused_by_another_ca(&sb);
     drop(worker);
     drop(front);
     let plain = Sandbox { amqp: genq_tests::amqp_url(), ..sb };

@@ -42,7 +42,7 @@ pub fn estimated_tokens(job: &ValidJob) -> u64 {
     let prompt = (prompt_bytes as u64).div_ceil(BYTES_PER_TOKEN_ESTIMATE).max(1);
     match job.kind {
         JobKind::Score => prompt,
-        JobKind::Generate => prompt + u64::from(job.max_new_tokens),
+        JobKind::Generate => prompt + job.new_token_budget(prompt as usize) as u64,
     }
 }
 

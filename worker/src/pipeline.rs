@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use genq_shared::result::error_kind;
 use genq_shared::{now_ms, JobResult, JobStatus, ValidJob};
 
-use crate::engine::Engine;
+use crate::engine::{AdmitError, Engine, PromptEncoder};
 use crate::intake::{self, IntakeRules};
 use crate::metrics::WorkerMetrics;
 use crate::scheduler::{self, EngineEvent, EventSender, JobOutcome, ScheduledJob, SchedulerSettings, Ticket};
@@ -137,6 +137,7 @@ where
             }
         }
     });
+    let encoder = engine.encoder();
     let engine_handle = scheduler::spawn_engine_thread(
         engine,
         settings.scheduler,
@@ -155,7 +156,7 @@ where
     let mut deliveries: Vec<Delivery> = Vec::with_capacity(settings.intake_batch_size);
     let mut admits: Vec<Admit> = Vec::with_capacity(settings.intake_batch_size);
     let mut starts: Vec<JobStart> = Vec::with_capacity(settings.intake_batch_size);
-    let intake = Intake { settings: &settings, pending: &pending, events: &events_tx, metrics: &metrics };
+    let intake = Intake { settings: &settings, encoder: &encoder, pending: &pending, events: &events_tx, metrics: &metrics };
     tokio::pin!(shutdown);
     'intake: loop {
         let more = tokio::select! {
@@ -321,9 +322,34 @@ enum Admitted {
     Stopped(Box<dyn Settle>),
 }
 
+/// Prompts of at least this many bytes are encoded on a blocking thread rather than on the
+/// intake task's runtime thread (shorter ones take microseconds).
+const ENCODE_INLINE_BYTES: usize = 16 * 1024;
+
+/// Renders and tokenizes a job's prompt before it goes to the engine thread, so the running
+/// batch never waits for a long prompt's tokenizer.
+async fn encode(encoder: &Arc<dyn PromptEncoder>, job: Box<ValidJob>) -> (Box<ValidJob>, Result<Vec<u32>, AdmitError>) {
+    if job.input.bytes() < ENCODE_INLINE_BYTES {
+        let prompt = encoder.encode(&job);
+        return (job, prompt);
+    }
+    let encoder = encoder.clone();
+    let id = job.id.clone();
+    match tokio::task::spawn_blocking(move || {
+        let prompt = encoder.encode(&job);
+        (job, prompt)
+    })
+    .await
+    {
+        Ok(done) => done,
+        Err(e) => std::panic::resume_unwind(e.try_into_panic().unwrap_or_else(|_| Box::new(format!("encoding job {id} was cancelled")))),
+    }
+}
+
 /// The intake's view of the pipeline, for the per-delivery steps after validation.
 struct Intake<'a> {
     settings: &'a PipelineSettings,
+    encoder: &'a Arc<dyn PromptEncoder>,
     pending: &'a PendingMap,
     events: &'a EventSender,
     metrics: &'a WorkerMetrics,
@@ -369,11 +395,23 @@ impl Intake<'_> {
         if let Some(created) = start.created_ms {
             self.metrics.queue_wait.observe(start.started_ms.saturating_sub(created) as f64 / 1000.0);
         }
+        let (job, prompt) = match encode(self.encoder, job).await {
+            (job, Ok(prompt)) => (job, prompt),
+            (job, Err(e)) => {
+                tracing::info!(job = %job.id, error = %e, "the model cannot take the job's prompt");
+                let outcome = scheduler::outcome(JobStatus::Failed, String::new(), Some((e.to_string(), error_kind::UNSUPPORTED)));
+                let p = Pending { settler, start, batch: job.batch.clone(), stream: job.stream, settle_as: Settlement::Ack };
+                if self.finish_now(ticket, p, outcome).await {
+                    return Admitted::Queued;
+                }
+                return Admitted::Stopped(self.take_back(ticket));
+            }
+        };
         tracing::debug!(job = %job.id, attempt, "job admitted to the engine queue");
         let started_ms = start.started_ms;
         self.metrics.job_received(crate::backlog::estimated_tokens(&job));
-        put(self.pending, ticket, pending(settler, start, Settlement::Ack));
-        if engine.send(ScheduledJob { ticket, job: *job, started_ms, isolated }).await.is_err() {
+        put(self.pending, ticket, Pending { settler, start, batch: job.batch.clone(), stream: job.stream, settle_as: Settlement::Ack });
+        if engine.send(ScheduledJob { ticket, job: *job, prompt, started_ms, isolated }).await.is_err() {
             return Admitted::Stopped(self.take_back(ticket));
         }
         Admitted::Queued
@@ -560,4 +598,81 @@ async fn write_results<K: ResultSink>(
         finals_stored.fetch_add(finals_in_batch, Ordering::SeqCst);
     }
     report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::echo::EchoEngine;
+    use crate::engine::{AdmitError, Admitted, EngineError, EngineInfo, SeqId, SeqUpdate, StepLimits};
+    use crate::sink::memory::MemorySink;
+    use crate::source::memory::memory_queue;
+
+    type Threads = Arc<Mutex<Vec<String>>>;
+
+    /// An encoder that notes the thread each prompt is encoded on.
+    struct Watched {
+        inner: Arc<dyn PromptEncoder>,
+        threads: Threads,
+    }
+
+    impl PromptEncoder for Watched {
+        fn encode(&self, job: &ValidJob) -> Result<Vec<u32>, AdmitError> {
+            let name = std::thread::current().name().unwrap_or("unnamed").to_string();
+            self.threads.lock().expect("thread log").push(name);
+            self.inner.encode(job)
+        }
+    }
+
+    /// The echo engine with a [`Watched`] encoder.
+    struct WatchedEcho {
+        inner: EchoEngine,
+        threads: Threads,
+    }
+
+    impl Engine for WatchedEcho {
+        fn info(&self) -> &EngineInfo {
+            self.inner.info()
+        }
+        fn encoder(&self) -> Arc<dyn PromptEncoder> {
+            Arc::new(Watched { inner: self.inner.encoder(), threads: self.threads.clone() })
+        }
+        fn admit(&mut self, id: SeqId, job: &ValidJob, prompt: Vec<u32>, seed: u64) -> Result<Admitted, AdmitError> {
+            self.inner.admit(id, job, prompt, seed)
+        }
+        fn step(&mut self, limits: &StepLimits) -> Result<Vec<SeqUpdate>, EngineError> {
+            self.inner.step(limits)
+        }
+        fn release(&mut self, id: SeqId) {
+            self.inner.release(id)
+        }
+        fn active(&self) -> usize {
+            self.inner.active()
+        }
+        fn cached_tokens(&self) -> usize {
+            self.inner.cached_tokens()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn prompts_are_encoded_before_the_engine_thread_short_and_long() {
+        let threads: Threads = Arc::default();
+        let engine = Box::new(WatchedEcho { inner: EchoEngine::new("m"), threads: threads.clone() });
+        let mut settings = crate::runner::pipeline_settings(&genq_shared::settings::Settings::default(), 8192);
+        settings.rules.model = "m".into();
+        let (queue, source, _log) = memory_queue(8);
+        let sink = MemorySink::new();
+        let long = "word ".repeat(ENCODE_INLINE_BYTES / 4);
+        for (id, prompt) in [("short", "a few words"), ("long", long.as_str())] {
+            let body = serde_json::json!({"id": id, "model": "m", "prompt": prompt, "max_new_tokens": 3});
+            queue.push(body.to_string().into_bytes()).await.expect("push");
+        }
+        drop(queue);
+        let metrics = WorkerMetrics::new().expect("metrics");
+        let report = run(source, sink.clone(), engine, settings, metrics, std::future::pending()).await.expect("pipeline");
+        assert_eq!(report.finished.get("done"), Some(&2), "{report:?}");
+        let threads = threads.lock().expect("thread log").clone();
+        assert_eq!(threads.len(), 2, "each prompt encoded once: {threads:?}");
+        assert!(threads.iter().all(|t| t != "genq-engine"), "encoded on the engine thread: {threads:?}");
+    }
 }

@@ -72,7 +72,7 @@ impl WorkerProcess {
     }
 
     /// Its exit code (None when a signal killed it) once it has exited; None while it runs.
-    fn exit_code(&self) -> Option<Option<i32>> {
+    pub fn exit_code(&self) -> Option<Option<i32>> {
         let mut state = self.state();
         if let State::Running(child) = &mut *state {
             let status = child.try_wait().ok().flatten()?;

@@ -29,6 +29,8 @@ pub struct ScheduledJob {
     pub ticket: Ticket,
     /// The validated job.
     pub job: ValidJob,
+    /// Its prompt as the engine's [`crate::engine::PromptEncoder`] made it.
+    pub prompt: Vec<u32>,
     /// When the worker started on it (Unix ms).
     pub started_ms: u64,
     /// A suspect (it may have killed a worker): it runs alone in the batch, and only after the
@@ -273,11 +275,12 @@ impl Scheduler {
     }
 
     /// Admits one job into the engine; a job the engine refuses ends `failed`.
-    fn start(&mut self, engine: &mut dyn Engine, next: ScheduledJob, events: &mut Vec<EngineEvent>) -> Option<SeqId> {
+    fn start(&mut self, engine: &mut dyn Engine, mut next: ScheduledJob, events: &mut Vec<EngineEvent>) -> Option<SeqId> {
         let seq = self.next_seq;
         self.next_seq += 1;
         let seed = next.job.sampling.seed.unwrap_or_else(rand::random);
-        match engine.admit(seq, &next.job, seed) {
+        let prompt = std::mem::take(&mut next.prompt);
+        match engine.admit(seq, &next.job, prompt, seed) {
             Ok(admitted) => {
                 tracing::debug!(job = %next.job.id, seq, prompt_tokens = admitted.prompt_tokens, solo = next.isolated, "job joins the running batch");
                 self.running.insert(
@@ -547,7 +550,9 @@ mod tests {
 
     fn scheduled(ticket: Ticket, json: &str) -> ScheduledJob {
         let req: JobRequest = serde_json::from_str(json).expect("json");
-        ScheduledJob { ticket, job: validate(&req, &Limits::default()).expect("valid"), started_ms: now_ms(), isolated: false }
+        let job = validate(&req, &Limits::default()).expect("valid");
+        let prompt = EchoEngine::new("m").encoder().encode(&job).expect("encodes");
+        ScheduledJob { ticket, job, prompt, started_ms: now_ms(), isolated: false }
     }
 
     fn settings(max: usize) -> SchedulerSettings {

@@ -221,13 +221,13 @@ fn run_engine(
             ..JobRequest::prompt(case.text.clone())
         };
         let job = validate(&req, &Limits::default()).expect("valid generate job");
-        let admitted = engine.admit(i as u64, &job, 0).expect("admit");
+        let admitted = engine.encode_and_admit(i as u64, &job, 0).expect("admit");
         assert_eq!(admitted.prompt_tokens, case.prompt_ids.len(), "{}: prompt tokens admitted", case.name);
     }
     for (j, case) in fx.score.iter().enumerate() {
         let req = JobRequest { id: Some(format!("score-{j}")), kind: JobKind::Score, ..JobRequest::prompt(case.text.clone()) };
         let job = validate(&req, &Limits::default()).expect("valid score job");
-        let admitted = engine.admit((n_gen + j) as u64, &job, 0).expect("admit");
+        let admitted = engine.encode_and_admit((n_gen + j) as u64, &job, 0).expect("admit");
         assert_eq!(admitted.prompt_tokens, case.prompt_ids.len(), "{}: prompt tokens admitted", case.name);
     }
 
@@ -384,22 +384,26 @@ fn check_against_llamacpp(format: WeightFormat) {
 }
 
 #[test]
+#[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
 fn native_weights_match_llamacpp() {
     check_against_llamacpp(WeightFormat::Native);
 }
 
 #[test]
+#[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
 fn q8_0_weights_match_llamacpp() {
     check_against_llamacpp(WeightFormat::Q8_0);
 }
 
 #[test]
+#[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
 fn f32_weights_match_llamacpp() {
     check_against_llamacpp(WeightFormat::F32);
 }
 
 /// genq's own kernel (the CPU default where AVX-512 VNNI exists; its portable reference elsewhere).
 #[test]
+#[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
 fn packed_weights_match_llamacpp() {
     check_against_llamacpp(WeightFormat::Packed);
 }

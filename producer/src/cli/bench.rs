@@ -1,7 +1,8 @@
 //! `genq bench engine`: the engine alone, in process, at several batch sizes, printing one JSON
 //! line per run; with `--vs-llamacpp`, the same workload through llama.cpp's
 //! `llama-batched-bench` in the same run, and the ratios. `genq bench fleet` lives in [`fleet`]
-//! (its `--vs-llamacpp` runs the same llama.cpp measurement).
+//! (its `--vs-llamacpp` runs the same llama.cpp measurement). `genq bench latency` measures
+//! inter-token latency while long prompts arrive.
 //!
 //! - [`fleet`]: the whole path end to end (producer, RabbitMQ, workers, Redis, reader).
 //! - [`workers`]: the `genq-worker` processes a fleet run starts and stops.
@@ -22,6 +23,7 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 
 use genq_shared::settings::Overrides;
+use genq_worker::bench::latency::{run_latency_bench, LatencySpec};
 use genq_worker::bench::{run_engine_bench, EngineBenchResult, EngineBenchSpec};
 use genq_worker::runner;
 
@@ -40,6 +42,26 @@ enum BenchWhat {
     Engine(EngineBenchArgs),
     /// The fleet end to end: publish, RabbitMQ, `genq-worker` processes, Redis, every result read.
     Fleet(fleet::FleetBenchArgs),
+    /// Inter-token latency of running sequences while long prompts arrive, and without them.
+    Latency(LatencyBenchArgs),
+}
+
+#[derive(Args, Debug)]
+struct LatencyBenchArgs {
+    /// Sequences decoding together.
+    #[arg(long, default_value_t = 16)]
+    running: usize,
+    /// Tokens each generates.
+    #[arg(long, default_value_t = 64)]
+    new_tokens: usize,
+    /// Long prompts that arrive while they decode.
+    #[arg(long, default_value_t = 4)]
+    long_prompts: usize,
+    /// KiB of each long prompt (at most `worker.max_prompt_bytes`).
+    #[arg(long, default_value_t = 256)]
+    long_prompt_kib: usize,
+    #[command(flatten)]
+    model: ModelArgs,
 }
 
 #[derive(Args, Debug)]
@@ -75,7 +97,29 @@ pub async fn run(common: &CommonArgs, args: BenchArgs) -> anyhow::Result<ExitCod
     match args.what {
         BenchWhat::Engine(a) => tokio::task::block_in_place(|| engine_bench(common, a)),
         BenchWhat::Fleet(a) => fleet::run(common, a).await,
+        BenchWhat::Latency(a) => latency_bench(common, a).await,
     }
+}
+
+/// Without long prompts, then with them, each on a freshly loaded engine; then the ratio.
+async fn latency_bench(common: &CommonArgs, args: LatencyBenchArgs) -> anyhow::Result<ExitCode> {
+    let mut more = Overrides::default();
+    args.model.apply(&mut more);
+    let settings = common.settings(more)?;
+    let mut results = Vec::new();
+    for long_prompts in [0, args.long_prompts] {
+        let engine = tokio::task::block_in_place(|| runner::build_engine(&settings.worker))?;
+        let pipeline = runner::pipeline_settings(&settings, engine.info().context_length);
+        let spec = LatencySpec { running: args.running, new_tokens: args.new_tokens, long_prompts, long_prompt_bytes: args.long_prompt_kib * 1024 };
+        let r = run_latency_bench(engine, pipeline, &spec).await?;
+        println!("{}", serde_json::to_string(&r)?);
+        anyhow::ensure!(r.done >= args.running as u64, "only {} of the {} running jobs ended done", r.done, args.running);
+        results.push(r);
+    }
+    if let [quiet, busy] = &results[..] {
+        println!("{}", json!({"ratio": "with/without long prompts", "p50": busy.p50_ms / quiet.p50_ms, "p99": busy.p99_ms / quiet.p99_ms, "max": busy.max_ms / quiet.max_ms}));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn engine_bench(common: &CommonArgs, args: EngineBenchArgs) -> anyhow::Result<ExitCode> {

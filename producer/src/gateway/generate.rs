@@ -4,11 +4,10 @@
 //! The original ran a Hugging Face text-generation pipeline with `max_length=50`, and this route
 //! keeps its semantics: greedy unless asked otherwise (the pipeline's `do_sample=False`),
 //! `generatedText` is the prompt followed by its continuation (`return_full_text=True`), and at
-//! most 50 tokens in total. The gateway holds no tokenizer, so "50 in total" is kept with an
-//! estimate: `max_new_tokens = max_length - ceil(prompt bytes / 3)`, at least 1. Three bytes
-//! per token over-counts English prompts (SmolLM2's tokenizer averages about four), so the
-//! total stays within `max_length` and the continuation is a few tokens shorter than the
-//! original's. Giving `max_new_tokens` sets it exactly. Optional genq fields are accepted too.
+//! most 50 tokens in total. The job carries `max_length`, and the worker, which holds the
+//! model's tokenizer, generates `max_length - prompt tokens` new tokens (at least one, as the
+//! pipeline does). Giving `max_new_tokens` sets the number instead. Optional genq fields are
+//! accepted too.
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -26,8 +25,6 @@ use super::state::Gateway;
 
 /// The original pipeline's `max_length`: prompt and continuation together, in tokens.
 pub const DEFAULT_MAX_LENGTH: u32 = 50;
-/// Prompt bytes counted as one token when estimating the prompt's length (an over-count).
-const BYTES_PER_TOKEN_ESTIMATE: usize = 3;
 
 /// The request: the original's `text`, plus optional genq fields.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -35,7 +32,7 @@ const BYTES_PER_TOKEN_ESTIMATE: usize = 3;
 pub struct GenerateRequest {
     /// The prompt.
     pub text: String,
-    /// Prompt plus continuation, in tokens (estimated; default 50).
+    /// Prompt plus continuation, in the model's tokens (default 50).
     pub max_length: Option<u32>,
     /// Exactly this many new tokens at most; overrides `max_length`.
     pub max_new_tokens: Option<u32>,
@@ -74,12 +71,6 @@ pub struct GenerateResponse {
     pub generated_text: String,
 }
 
-/// New tokens for a prompt of `prompt_bytes` within `max_length` tokens in total (estimated).
-pub fn new_tokens_within(max_length: u32, prompt_bytes: usize) -> u32 {
-    let prompt_tokens = prompt_bytes.div_ceil(BYTES_PER_TOKEN_ESTIMATE).min(u32::MAX as usize) as u32;
-    max_length.saturating_sub(prompt_tokens).max(1)
-}
-
 impl GenerateRequest {
     /// The job this request asks for.
     pub fn to_job(&self) -> Result<JobRequest, ApiError> {
@@ -89,13 +80,16 @@ impl GenerateRequest {
         if self.max_length == Some(0) {
             return Err(ApiError::invalid_value("max_length", "must be >= 1"));
         }
-        let max_new_tokens = self
-            .max_new_tokens
-            .unwrap_or_else(|| new_tokens_within(self.max_length.unwrap_or(DEFAULT_MAX_LENGTH), self.text.len()));
+        // `max_new_tokens` overrides `max_length`; without it the worker counts the prompt.
+        let max_length = match self.max_new_tokens {
+            Some(_) => None,
+            None => Some(self.max_length.unwrap_or(DEFAULT_MAX_LENGTH)),
+        };
         Ok(JobRequest {
             id: self.id.clone(),
             model: self.model.clone(),
-            max_new_tokens: Some(max_new_tokens),
+            max_new_tokens: self.max_new_tokens,
+            max_length,
             min_new_tokens: self.min_new_tokens,
             temperature: Some(self.temperature.unwrap_or(0.0)),
             top_p: self.top_p,
@@ -141,21 +135,17 @@ mod tests {
     use axum::http::StatusCode;
 
     #[test]
-    fn the_default_keeps_prompt_and_continuation_within_fifty_tokens() {
-        // "The capital of France is" is 24 bytes: estimated 8 tokens (SmolLM2 makes it 5).
-        assert_eq!(new_tokens_within(DEFAULT_MAX_LENGTH, 24), 42);
-        assert_eq!(new_tokens_within(DEFAULT_MAX_LENGTH, 10_000), 1, "a long prompt still gets a token");
-    }
-
-    #[test]
     fn the_original_request_becomes_a_greedy_job() {
         let req: GenerateRequest = parse_json(br#"{"text":"Hello"}"#).expect("parses");
         let job = req.to_job().expect("valid");
         assert_eq!(job.prompt.as_deref(), Some("Hello"));
         assert_eq!(job.temperature, Some(0.0));
-        assert_eq!(job.max_new_tokens, Some(48));
+        assert_eq!((job.max_length, job.max_new_tokens), (Some(DEFAULT_MAX_LENGTH), None), "the worker counts the prompt");
+        let req: GenerateRequest = parse_json(br#"{"text":"Hello","max_length":20}"#).expect("parses");
+        assert_eq!(req.to_job().expect("valid").max_length, Some(20));
         let req: GenerateRequest = parse_json(br#"{"text":"Hello","max_new_tokens":7,"temperature":0.8,"seed":1}"#).expect("parses");
-        assert_eq!(req.to_job().expect("valid").max_new_tokens, Some(7));
+        let job = req.to_job().expect("valid");
+        assert_eq!((job.max_length, job.max_new_tokens), (None, Some(7)), "max_new_tokens overrides max_length");
     }
 
     #[test]

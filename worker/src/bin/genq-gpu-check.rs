@@ -252,7 +252,7 @@ fn generate(
         };
         let job = validate(&req, &Limits::default()).map_err(|e| anyhow::anyhow!("{e}"))?;
         engine
-            .admit(i as u64, &job, 0)
+            .encode_and_admit(i as u64, &job, 0)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     let mut texts = vec![String::new(); jobs];

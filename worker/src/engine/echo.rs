@@ -8,13 +8,14 @@
 //! has no such hooks.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use genq_shared::job::JobKind;
 use genq_shared::valid::PromptInput;
 use genq_shared::{FinishReason, ValidJob};
 
 use super::stops::StopMatcher;
-use super::{AdmitError, Admitted, Engine, EngineError, EngineInfo, Score, SeqDone, SeqId, SeqUpdate, StepLimits};
+use super::{check_score_length, AdmitError, Admitted, Engine, EngineError, EngineInfo, PromptEncoder, Score, SeqDone, SeqId, SeqUpdate, StepLimits};
 
 /// Context length the echo engine pretends to have.
 pub const ECHO_CONTEXT_LENGTH: usize = 8192;
@@ -69,6 +70,15 @@ struct EchoSeq {
     stops: StopMatcher,
 }
 
+/// The echo engine's "tokenizer": one id per word (its index).
+struct WordEncoder;
+
+impl PromptEncoder for WordEncoder {
+    fn encode(&self, job: &ValidJob) -> Result<Vec<u32>, AdmitError> {
+        Ok((0..Words::of(&job.input).len() as u32).collect())
+    }
+}
+
 /// The echo engine. Every sequence decodes one word per step, like a real model decodes a token.
 pub struct EchoEngine {
     info: EngineInfo,
@@ -99,23 +109,29 @@ impl Engine for EchoEngine {
         &self.info
     }
 
-    fn admit(&mut self, id: SeqId, job: &ValidJob, _seed: u64) -> Result<Admitted, AdmitError> {
+    fn encoder(&self) -> Arc<dyn PromptEncoder> {
+        Arc::new(WordEncoder)
+    }
+
+    fn admit(&mut self, id: SeqId, job: &ValidJob, prompt: Vec<u32>, _seed: u64) -> Result<Admitted, AdmitError> {
         let words = Words::of(&job.input);
-        if words.len() + job.max_new_tokens as usize > self.info.context_length {
+        let prompt_tokens = prompt.len();
+        check_score_length(job, prompt_tokens)?;
+        let max_new = job.new_token_budget(prompt_tokens);
+        if prompt_tokens + max_new > self.info.context_length {
             return Err(AdmitError {
                 field: "max_new_tokens",
-                message: format!("plus the prompt's {} tokens exceeds the context length {}", words.len(), self.info.context_length),
+                message: format!("plus the prompt's {prompt_tokens} tokens exceeds the context length {}", self.info.context_length),
             });
         }
-        let prompt_tokens = words.len();
         self.seqs.insert(
             id,
             EchoSeq {
                 words,
                 kind: job.kind,
                 generated: 0,
-                max_new: job.max_new_tokens as usize,
-                min_new: job.min_new_tokens as usize,
+                max_new,
+                min_new: (job.min_new_tokens as usize).min(max_new),
                 stops: StopMatcher::new(job.stop.clone()),
             },
         );
@@ -230,8 +246,8 @@ mod tests {
     #[test]
     fn echo_cycles_prompt_words_up_to_max_new_tokens() {
         let mut e = EchoEngine::new("m");
-        e.admit(1, &job(r#"{"id":"a","prompt":"one two","max_new_tokens":5}"#), 0).expect("admit");
-        e.admit(2, &job(r#"{"id":"b","prompt":"x y z","max_new_tokens":2}"#), 0).expect("admit");
+        e.encode_and_admit(1, &job(r#"{"id":"a","prompt":"one two","max_new_tokens":5}"#), 0).expect("admit");
+        e.encode_and_admit(2, &job(r#"{"id":"b","prompt":"x y z","max_new_tokens":2}"#), 0).expect("admit");
         let out = run_to_end(&mut e);
         assert_eq!(out[&1].0, "one two one two one");
         assert_eq!(out[&2].0, "x y");
@@ -239,9 +255,23 @@ mod tests {
     }
 
     #[test]
+    fn max_length_counts_the_prompt_and_one_word_scores_are_refused() {
+        let mut e = EchoEngine::new("m");
+        let admitted = e.encode_and_admit(1, &job(r#"{"id":"a","prompt":"one two three","max_length":5}"#), 0).expect("admit");
+        assert_eq!(admitted.prompt_tokens, 3);
+        e.encode_and_admit(2, &job(r#"{"id":"b","prompt":"x y z","max_length":2}"#), 0).expect("admit");
+        let out = run_to_end(&mut e);
+        assert_eq!(out[&1].0, "one two", "5 in total: 3 prompt words, 2 new");
+        assert_eq!(out[&2].0, "x", "a prompt past max_length still gets one new word");
+        let err = e.encode_and_admit(3, &job(r#"{"id":"c","kind":"score","prompt":"alone"}"#), 0).expect_err("one word");
+        assert_eq!(err.field, "prompt");
+        e.encode_and_admit(4, &job(r#"{"id":"d","kind":"score","prompt":"two words"}"#), 0).expect("two words score");
+    }
+
+    #[test]
     fn echo_honours_stop_strings() {
         let mut e = EchoEngine::new("m");
-        e.admit(1, &job(r#"{"id":"a","prompt":"a b STOP c","max_new_tokens":9,"stop":["STOP"]}"#), 0).expect("admit");
+        e.encode_and_admit(1, &job(r#"{"id":"a","prompt":"a b STOP c","max_new_tokens":9,"stop":["STOP"]}"#), 0).expect("admit");
         let out = run_to_end(&mut e);
         assert_eq!(out[&1].0, "a b ");
         assert_eq!(out[&1].1.as_ref().and_then(|d| d.finish_reason), Some(FinishReason::Stop));

@@ -5,11 +5,15 @@
 //! - [`stops`]: text-level stop strings, shared by every engine.
 //!
 //! The scheduler decides *which* jobs run and when; an engine decides *how* one step of all
-//! its admitted sequences is computed. Engines are synchronous and live on one OS thread.
+//! its admitted sequences is computed. Engines are synchronous and live on one OS thread; their
+//! [`PromptEncoder`] (chat template and tokenizer) runs before admission, on other threads, so a
+//! huge prompt never holds up the running batch.
 
 pub mod echo;
 pub mod llama;
 pub mod stops;
+
+use std::sync::Arc;
 
 use genq_shared::{FinishReason, ValidJob};
 
@@ -90,14 +94,51 @@ pub struct StepLimits {
     pub max_prefill_tokens: usize,
 }
 
+/// Turns a job's prompt or chat into the token ids its engine feeds. Shared across threads.
+pub trait PromptEncoder: Send + Sync {
+    /// The prompt's token ids (chat rendered with the model's template, BOS when the model adds
+    /// one), or the field at fault.
+    fn encode(&self, job: &ValidJob) -> Result<Vec<u32>, AdmitError>;
+}
+
+/// The wire field holding a job's input: `prompt` or `messages`.
+pub fn input_field(job: &ValidJob) -> &'static str {
+    match job.input {
+        genq_shared::valid::PromptInput::Text(_) => "prompt",
+        genq_shared::valid::PromptInput::Chat(_) => "messages",
+    }
+}
+
+/// A `score` job needs two tokens or more: the first token has no log-prob (nothing precedes
+/// it), so a one-token prompt would score nothing.
+pub fn check_score_length(job: &ValidJob, prompt_tokens: usize) -> Result<(), AdmitError> {
+    if job.kind == genq_shared::job::JobKind::Score && prompt_tokens < 2 {
+        return Err(AdmitError {
+            field: input_field(job),
+            message: format!("has {prompt_tokens} token; a score job needs at least 2 (the first token has no log-prob)"),
+        });
+    }
+    Ok(())
+}
+
 /// A model that advances all its admitted sequences one step at a time.
 pub trait Engine: Send {
     /// What this engine serves.
     fn info(&self) -> &EngineInfo;
 
-    /// Tokenizes `job` and adds it to the running batch; it joins at the next step.
-    /// `seed` is the job's seed, or one drawn by the caller when the job gave none.
-    fn admit(&mut self, id: SeqId, job: &ValidJob, seed: u64) -> Result<Admitted, AdmitError>;
+    /// This engine's prompt encoder, to run before [`Engine::admit`] on any thread.
+    fn encoder(&self) -> Arc<dyn PromptEncoder>;
+
+    /// Adds `job`, whose prompt [`Engine::encoder`] made `prompt`, to the running batch; it
+    /// joins at the next step. `seed` is the job's seed, or one drawn by the caller when the
+    /// job gave none.
+    fn admit(&mut self, id: SeqId, job: &ValidJob, prompt: Vec<u32>, seed: u64) -> Result<Admitted, AdmitError>;
+
+    /// Encodes on the calling thread, then admits (tests and benchmarks).
+    fn encode_and_admit(&mut self, id: SeqId, job: &ValidJob, seed: u64) -> Result<Admitted, AdmitError> {
+        let prompt = self.encoder().encode(job)?;
+        self.admit(id, job, prompt, seed)
+    }
 
     /// Runs one step over every admitted sequence: prefills pending prompt tokens (within
     /// `limits`) and decodes one token for each sequence whose prompt is in. Finished sequences

@@ -84,9 +84,9 @@ pub struct FleetBenchArgs {
     /// Also run the Celery baseline (scripts/celery-bench.sh) and print the ratio.
     #[arg(long)]
     vs_celery: bool,
-    /// Jobs of the Celery baseline.
-    #[arg(long, default_value_t = 4000)]
-    celery_jobs: usize,
+    /// Jobs of the Celery baseline (default: `--jobs`, like for like).
+    #[arg(long)]
+    celery_jobs: Option<usize>,
 }
 
 /// What the reader saw.
@@ -332,7 +332,7 @@ pub async fn run(common: &CommonArgs, args: FleetBenchArgs) -> anyhow::Result<st
         println!("{}", json!({"ratio": "fleet/rabbitmq-alone", "jobs_per_s": figure(&fleet, "jobs_per_s") / figure(&alone, "jobs_per_s")}));
     }
     if args.vs_celery {
-        let theirs = tokio::task::block_in_place(|| celery::run(&settings, args.celery_jobs))?;
+        let theirs = tokio::task::block_in_place(|| celery::run(&settings, args.celery_jobs.unwrap_or(args.jobs)))?;
         println!("{theirs}");
         println!(
             "{}",

@@ -17,8 +17,9 @@
 //! - [`gguf_types`]: the tensor types of a GGUF file, checked before loading.
 //! - [`tokenizer`]: tokenizers from GGUF metadata or `tokenizer.json`, special token ids.
 //! - [`chat`]: chat templates.
+//! - [`prompt`]: the prompt encoder (template and tokenizer), run before admission.
 //!
-//! This module owns the sequences' life: admission (rendering, tokenizing, context checks), the
+//! This module owns the sequences' life: admission (context checks), the
 //! step plan (prefill chunks under the token budget plus one token per decoding sequence),
 //! sampling, stops and scoring. The scheduler decides which jobs are admitted and when.
 
@@ -33,6 +34,7 @@ mod layout;
 mod linear;
 pub mod model;
 pub mod packed;
+mod prompt;
 pub mod sampler;
 pub mod synth;
 #[cfg(test)]
@@ -42,10 +44,10 @@ pub mod tokenizer;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::quantized::gguf_file;
 use genq_shared::job::JobKind;
-use genq_shared::valid::PromptInput;
 use genq_shared::{FinishReason, ValidJob};
 use rayon::prelude::*;
 
@@ -54,13 +56,14 @@ use self::detok::Detokenizer;
 pub use self::model::WeightFormat;
 use self::gpu::{Backend, DeviceChoice, SeqCache, StepInput};
 use self::model::HfConfig;
+use self::prompt::LlamaPrompts;
 use self::sampler::Sampler;
 use self::tokenizer::hf::{json_ids, token_text};
 use self::tokenizer::{SpecialIds, Tokenizer};
 use super::stops::StopMatcher;
 use super::{
-    AdmitError, Admitted, Engine, EngineError, EngineInfo, Score, SeqDone, SeqId, SeqUpdate,
-    StepLimits,
+    check_score_length, input_field, AdmitError, Admitted, Engine, EngineError, EngineInfo,
+    PromptEncoder, Score, SeqDone, SeqId, SeqUpdate, StepLimits,
 };
 
 /// Tokens a sequence may not draw now: EOS and end-of-turn tokens until `min_new_tokens` exist.
@@ -169,9 +172,7 @@ struct Sequence {
 pub struct LlamaEngine {
     info: EngineInfo,
     model: Backend,
-    tokenizer: Tokenizer,
-    special: SpecialIds,
-    template: ChatTemplate,
+    prompts: Arc<LlamaPrompts>,
     seqs: BTreeMap<SeqId, Sequence>,
 }
 
@@ -227,10 +228,13 @@ impl LlamaEngine {
         );
         Ok(Self {
             info,
+            prompts: Arc::new(LlamaPrompts {
+                tokenizer,
+                special,
+                template,
+                vocab: model.config().vocab,
+            }),
             model,
-            tokenizer,
-            special,
-            template,
             seqs: BTreeMap::new(),
         })
     }
@@ -341,43 +345,6 @@ impl LlamaEngine {
         }
     }
 
-    /// Renders and tokenizes a job's input (BOS first when the model asks for it).
-    fn prompt_tokens(&self, input: &PromptInput) -> Result<Vec<u32>, AdmitError> {
-        let (text, field) = match input {
-            PromptInput::Text(t) => (t.clone(), "prompt"),
-            PromptInput::Chat(messages) => {
-                let text = self
-                    .template
-                    .render(messages, true)
-                    .map_err(|e| AdmitError {
-                        field: "messages",
-                        message: format!("cannot be rendered with the chat template: {e}"),
-                    })?;
-                (text, "messages")
-            }
-        };
-        let ids = tokenizer::prompt_ids(&self.tokenizer, &self.special, &text, true).map_err(
-            |e| AdmitError {
-                field,
-                message: format!("cannot be tokenized: {e}"),
-            },
-        )?;
-        if ids.len() == usize::from(self.special.bos.is_some()) {
-            return Err(AdmitError {
-                field,
-                message: "is empty after tokenization".into(),
-            });
-        }
-        let vocab = self.model.config().vocab;
-        if let Some(&bad) = ids.iter().find(|&&t| t as usize >= vocab) {
-            return Err(AdmitError {
-                field,
-                message: format!("holds token {bad}, outside the model's vocabulary of {vocab}"),
-            });
-        }
-        Ok(ids)
-    }
-
     /// Takes one step's logits (`[rows, vocab]`, rows in `in_step` order): samples decoding
     /// sequences, records prompt progress and scores; returns the updates.
     fn accept_step(&mut self, in_step: Vec<(SeqId, usize)>, logits: &[f32], vocab: usize) -> Result<Vec<SeqUpdate>, EngineError> {
@@ -390,7 +357,7 @@ impl LlamaEngine {
                 continue;
             };
             let update = if seq.pending.is_some() {
-                Self::accept_logits(&self.tokenizer, &self.special, u.id, seq, row(u.first_row)?, pick)?
+                Self::accept_logits(&self.prompts.tokenizer, &self.prompts.special, u.id, seq, row(u.first_row)?, pick)?
             } else {
                 let start = seq.prefilled;
                 seq.prefilled += u.tokens;
@@ -428,7 +395,7 @@ impl LlamaEngine {
                     JobKind::Generate => {
                         let row = row(u.first_row)?;
                         if u.samples {
-                            Self::accept_logits(&self.tokenizer, &self.special, u.id, seq, row, pick)?
+                            Self::accept_logits(&self.prompts.tokenizer, &self.prompts.special, u.id, seq, row, pick)?
                         } else {
                             SeqUpdate {
                                 id: u.id,
@@ -474,7 +441,7 @@ impl LlamaEngine {
             .map(|u| {
                 let seq = self.seqs.get(&u.id).filter(|_| u.samples)?;
                 let row = logits.get(u.first_row * vocab..(u.first_row + 1) * vocab)?;
-                let pick = seq.sampler.stateless_pick(row, &banned(&self.special, seq))?;
+                let pick = seq.sampler.stateless_pick(row, &banned(&self.prompts.special, seq))?;
                 Some(pick.map_err(|e| e.to_string()))
             })
             .collect()
@@ -559,21 +526,27 @@ impl Engine for LlamaEngine {
         &self.info
     }
 
-    fn admit(&mut self, id: SeqId, job: &ValidJob, seed: u64) -> Result<Admitted, AdmitError> {
-        let prompt = self.prompt_tokens(&job.input)?;
+    fn encoder(&self) -> Arc<dyn PromptEncoder> {
+        self.prompts.clone()
+    }
+
+    fn admit(
+        &mut self,
+        id: SeqId,
+        job: &ValidJob,
+        prompt: Vec<u32>,
+        seed: u64,
+    ) -> Result<Admitted, AdmitError> {
         let ctx = self.info.context_length;
-        let field = if matches!(job.input, PromptInput::Chat(_)) {
-            "messages"
-        } else {
-            "prompt"
-        };
+        let field = input_field(job);
+        check_score_length(job, prompt.len())?;
         if prompt.len() > ctx || (job.kind == JobKind::Generate && prompt.len() >= ctx) {
             return Err(AdmitError {
                 field,
                 message: format!("has {} tokens, the context length is {ctx}", prompt.len()),
             });
         }
-        let max_new = job.max_new_tokens as usize;
+        let max_new = job.new_token_budget(prompt.len());
         if job.kind == JobKind::Generate && prompt.len() + max_new > ctx {
             return Err(AdmitError {
                 field: "max_new_tokens",
@@ -609,7 +582,7 @@ impl Engine for LlamaEngine {
                 pending: None,
                 generated: 0,
                 max_new,
-                min_new: job.min_new_tokens as usize,
+                min_new: (job.min_new_tokens as usize).min(max_new),
                 sampler,
                 stops: StopMatcher::new(job.stop.clone()),
                 logprobs: Vec::new(),

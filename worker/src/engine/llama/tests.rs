@@ -19,23 +19,21 @@ fn gguf_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
-/// The real model in `format`, or `None` (with a notice) when the file is missing.
-fn smollm2(format: WeightFormat) -> Option<LlamaEngine> {
+/// The real model in `format` (its tests are ignored without `cfg(genq_model)`).
+fn smollm2(format: WeightFormat) -> LlamaEngine {
     let path = gguf_path();
-    if !path.exists() {
-        println!(
-            "skipped: {} is missing (run scripts/fetch-model.sh)",
-            path.display()
-        );
-        return None;
-    }
+    assert!(
+        path.exists(),
+        "the default model is missing at {}: run scripts/fetch-model.sh",
+        path.display()
+    );
     let settings = LlamaSettings {
         model_path: path,
         model_name: "smollm2-135m-instruct".into(),
         device: "cpu".into(),
         weights: format,
     };
-    Some(LlamaEngine::load(&settings).expect("load the GGUF"))
+    LlamaEngine::load(&settings).expect("load the GGUF")
 }
 
 fn job(json: &str) -> ValidJob {
@@ -105,13 +103,12 @@ fn missing_model_names_the_path_and_the_fetch_script() {
 }
 
 #[test]
+#[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
 fn greedy_capital_of_france_is_paris() {
-    let Some(mut e) = smollm2(WeightFormat::for_this_cpu(64)) else {
-        return;
-    };
+    let mut e = smollm2(WeightFormat::for_this_cpu(64));
     assert_eq!(e.info().context_length, 8192);
     assert_eq!(e.info().device, "cpu");
-    e.admit(
+    e.encode_and_admit(
         1,
         &job(
             r#"{"id":"a","prompt":"The capital of France is","max_new_tokens":8,"temperature":0}"#,
@@ -119,7 +116,7 @@ fn greedy_capital_of_france_is_paris() {
         0,
     )
     .expect("admit");
-    e.admit(
+    e.encode_and_admit(
         2,
         &job(r#"{"id":"b","prompt":"The capital of France is","max_new_tokens":8,"temperature":0,"stop":["Paris"]}"#),
         0,
@@ -137,11 +134,10 @@ fn greedy_capital_of_france_is_paris() {
 }
 
 #[test]
+#[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
 fn chat_job_is_answered_and_ends_at_end_of_turn() {
-    let Some(mut e) = smollm2(WeightFormat::for_this_cpu(64)) else {
-        return;
-    };
-    e.admit(
+    let mut e = smollm2(WeightFormat::for_this_cpu(64));
+    e.encode_and_admit(
         1,
         &job(r#"{"id":"a","messages":[{"role":"user","content":"What is the capital of France? Answer in one word."}],"max_new_tokens":40,"temperature":0}"#),
         0,
@@ -159,11 +155,10 @@ fn chat_job_is_answered_and_ends_at_end_of_turn() {
 }
 
 #[test]
+#[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
 fn min_new_tokens_holds_off_end_of_turn() {
-    let Some(mut e) = smollm2(WeightFormat::for_this_cpu(64)) else {
-        return;
-    };
-    e.admit(
+    let mut e = smollm2(WeightFormat::for_this_cpu(64));
+    e.encode_and_admit(
         1,
         &job(r#"{"id":"a","messages":[{"role":"user","content":"Say yes."}],"max_new_tokens":30,"min_new_tokens":30,"temperature":0}"#),
         0,
@@ -185,10 +180,9 @@ const OTHER_PROMPTS: [&str; 7] = [
 ];
 
 #[test]
+#[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
 fn seeded_and_greedy_text_is_the_same_alone_and_in_a_batch() {
-    let Some(mut e) = smollm2(WeightFormat::for_this_cpu(64)) else {
-        return;
-    };
+    let mut e = smollm2(WeightFormat::for_this_cpu(64));
     let seeded = job(
         r#"{"id":"s","prompt":"My favourite animal is","max_new_tokens":24,"temperature":0.8,"top_p":0.95,"seed":42}"#,
     );
@@ -196,24 +190,24 @@ fn seeded_and_greedy_text_is_the_same_alone_and_in_a_batch() {
         r#"{"id":"g","prompt":"Here is a recipe for pancakes:","max_new_tokens":24,"temperature":0}"#,
     );
 
-    e.admit(1, &seeded, 42).expect("admit");
+    e.encode_and_admit(1, &seeded, 42).expect("admit");
     let alone_seeded = run_to_end(&mut e, 512)[&1].text.clone();
-    e.admit(1, &greedy, 0).expect("admit");
+    e.encode_and_admit(1, &greedy, 0).expect("admit");
     let alone_greedy = run_to_end(&mut e, 512)[&1].text.clone();
 
     // Others join before and after; a small budget chunks every prompt differently than alone.
     for (i, other) in OTHER_PROMPTS.iter().enumerate().take(4) {
-        e.admit(10 + i as u64, &job(other), 1000 + i as u64)
+        e.encode_and_admit(10 + i as u64, &job(other), 1000 + i as u64)
             .expect("admit");
     }
     e.step(&StepLimits {
         max_prefill_tokens: 5,
     })
     .expect("step");
-    e.admit(1, &seeded, 42).expect("admit");
-    e.admit(2, &greedy, 0).expect("admit");
+    e.encode_and_admit(1, &seeded, 42).expect("admit");
+    e.encode_and_admit(2, &greedy, 0).expect("admit");
     for (i, other) in OTHER_PROMPTS.iter().enumerate().skip(4) {
-        e.admit(10 + i as u64, &job(other), 1000 + i as u64)
+        e.encode_and_admit(10 + i as u64, &job(other), 1000 + i as u64)
             .expect("admit");
     }
     let batched = run_to_end(&mut e, 7);
@@ -225,29 +219,27 @@ fn seeded_and_greedy_text_is_the_same_alone_and_in_a_batch() {
 }
 
 #[test]
+#[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
 fn different_seeds_give_different_text() {
-    let Some(mut e) = smollm2(WeightFormat::for_this_cpu(64)) else {
-        return;
-    };
+    let mut e = smollm2(WeightFormat::for_this_cpu(64));
     let j = job(
         r#"{"id":"s","prompt":"My favourite animal is","max_new_tokens":16,"temperature":1.0}"#,
     );
-    e.admit(1, &j, 1).expect("admit");
-    e.admit(2, &j, 2).expect("admit");
-    e.admit(3, &j, 1).expect("admit");
+    e.encode_and_admit(1, &j, 1).expect("admit");
+    e.encode_and_admit(2, &j, 2).expect("admit");
+    e.encode_and_admit(3, &j, 1).expect("admit");
     let out = run_to_end(&mut e, 512);
     assert_eq!(out[&1].text, out[&3].text);
     assert_ne!(out[&1].text, out[&2].text);
 }
 
 #[test]
+#[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
 fn score_gives_one_logprob_per_predicted_token() {
-    let Some(mut e) = smollm2(WeightFormat::for_this_cpu(64)) else {
-        return;
-    };
+    let mut e = smollm2(WeightFormat::for_this_cpu(64));
     let j =
         job(r#"{"id":"s","kind":"score","prompt":"The quick brown fox jumps over the lazy dog."}"#);
-    let admitted = e.admit(1, &j, 0).expect("admit");
+    let admitted = e.encode_and_admit(1, &j, 0).expect("admit");
     let out = run_to_end(&mut e, 512);
     let done = out[&1].done.clone().expect("done");
     assert_eq!(done.finish_reason, None);
@@ -268,7 +260,7 @@ fn score_gives_one_logprob_per_predicted_token() {
     println!("perplexity {}", score.perplexity);
 
     // Chunked scoring gives the same numbers.
-    e.admit(1, &j, 0).expect("admit");
+    e.encode_and_admit(1, &j, 0).expect("admit");
     let chunked = run_to_end(&mut e, 3)[&1]
         .done
         .clone()
@@ -278,7 +270,7 @@ fn score_gives_one_logprob_per_predicted_token() {
         assert!((a - b).abs() < 1e-4, "{a} vs {b}");
     }
     // Natural text scores better than shuffled words.
-    e.admit(
+    e.encode_and_admit(
         1,
         &job(
             r#"{"id":"s","kind":"score","prompt":"dog lazy the over jumps fox brown quick The."}"#,
@@ -300,10 +292,42 @@ fn score_gives_one_logprob_per_predicted_token() {
 }
 
 #[test]
+#[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
+fn max_length_counts_digits_cjk_and_emoji_with_the_real_tokenizer() {
+    let mut e = smollm2(WeightFormat::for_this_cpu(64));
+    // Byte counts say little about token counts: SmolLM2 splits digits one by one.
+    let prompts = [
+        "123456789012345678901234567890",
+        "東京は日本の首都であり、世界最大の都市圏です。",
+        "🎉🚀🌍✨🔥 emoji party 🎈🎁",
+    ];
+    for (i, prompt) in prompts.iter().enumerate() {
+        let j = job(&serde_json::json!({"id": format!("m{i}"), "prompt": prompt, "max_length": 50, "min_new_tokens": 50, "temperature": 0}).to_string());
+        let prompt_tokens = e.encode_and_admit(i as u64, &j, 0).expect("admit").prompt_tokens;
+        assert!(prompt_tokens < 50, "{prompt:?}: {prompt_tokens} tokens");
+        let out = run_to_end(&mut e, 64);
+        assert_eq!(prompt_tokens + out[&(i as u64)].tokens, 50, "{prompt:?}: {prompt_tokens} prompt tokens");
+        assert_eq!(finish(&out[&(i as u64)]), Some(FinishReason::Length));
+    }
+    assert_eq!(e.encoder().encode(&job(r#"{"id":"d","prompt":"123456789012345678901234567890"}"#)).expect("encode").len(), 30);
+}
+
+#[test]
+#[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
+fn a_one_token_score_job_is_refused_naming_the_prompt() {
+    let mut e = smollm2(WeightFormat::for_this_cpu(64));
+    let one = job(r#"{"id":"s","kind":"score","prompt":"Hello"}"#);
+    assert_eq!(e.encoder().encode(&one).expect("encode").len(), 1, "SmolLM2 adds no BOS");
+    let err = e.encode_and_admit(1, &one, 0).expect_err("nothing to score");
+    assert_eq!(err.field, "prompt");
+    assert!(err.message.contains("at least 2"), "{err}");
+    e.encode_and_admit(2, &job(r#"{"id":"t","kind":"score","prompt":"Hello world"}"#), 0).expect("two tokens score");
+}
+
+#[test]
+#[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
 fn long_prompt_chunked_prefill_gives_the_same_greedy_text() {
-    let Some(mut e) = smollm2(WeightFormat::for_this_cpu(64)) else {
-        return;
-    };
+    let mut e = smollm2(WeightFormat::for_this_cpu(64));
     let prompt = "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg \
                   combined movable metal type, oil-based ink and a wooden press adapted from wine making. \
                   Within a few decades printing spread across Europe, and the number of books grew quickly. \
@@ -312,10 +336,10 @@ fn long_prompt_chunked_prefill_gives_the_same_greedy_text() {
         r#"{{"id":"l","prompt":{},"max_new_tokens":20,"temperature":0}}"#,
         serde_json::json!(prompt)
     ));
-    let admitted = e.admit(1, &j, 0).expect("admit");
+    let admitted = e.encode_and_admit(1, &j, 0).expect("admit");
     assert!(admitted.prompt_tokens > 40, "{}", admitted.prompt_tokens);
     let whole = run_to_end(&mut e, 4096)[&1].text.clone();
-    e.admit(1, &j, 0).expect("admit");
+    e.encode_and_admit(1, &j, 0).expect("admit");
     let mut steps_prefilling = 0;
     loop {
         let u = e
@@ -331,26 +355,25 @@ fn long_prompt_chunked_prefill_gives_the_same_greedy_text() {
     assert_eq!(steps_prefilling, admitted.prompt_tokens.div_ceil(13) - 1);
     e.release(1);
     assert_eq!(e.active(), 0);
-    e.admit(1, &j, 0).expect("admit");
+    e.encode_and_admit(1, &j, 0).expect("admit");
     let chunked = run_to_end(&mut e, 13)[&1].text.clone();
     println!("{whole:?}");
     assert_eq!(chunked, whole);
 }
 
 #[test]
+#[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
 fn prompt_plus_max_new_tokens_over_the_context_is_refused() {
-    let Some(mut e) = smollm2(WeightFormat::for_this_cpu(64)) else {
-        return;
-    };
+    let mut e = smollm2(WeightFormat::for_this_cpu(64));
     let err = e
-        .admit(
+        .encode_and_admit(
             1,
             &job(r#"{"id":"a","prompt":"Hello there","max_new_tokens":8191}"#),
             0,
         )
         .expect_err("over the context");
     assert_eq!(err.field, "max_new_tokens");
-    e.admit(
+    e.encode_and_admit(
         1,
         &job(r#"{"id":"a","prompt":"Hello there","max_new_tokens":8190}"#),
         0,
@@ -358,7 +381,7 @@ fn prompt_plus_max_new_tokens_over_the_context_is_refused() {
     .expect("fits exactly");
     let long = "word ".repeat(8200);
     let err = e
-        .admit(
+        .encode_and_admit(
             2,
             &job(&format!(
                 r#"{{"id":"b","prompt":"{long}","max_new_tokens":1}}"#
@@ -475,8 +498,8 @@ fn tiny_safetensors_llama_generates_greedily() {
         let j = job(
             r#"{"id":"t","prompt":"the cat sat on the mat","max_new_tokens":10,"temperature":0}"#,
         );
-        assert_eq!(e.admit(1, &j, 0).expect("admit").prompt_tokens, 6);
-        e.admit(2, &j, 0).expect("admit");
+        assert_eq!(e.encode_and_admit(1, &j, 0).expect("admit").prompt_tokens, 6);
+        e.encode_and_admit(2, &j, 0).expect("admit");
         let out = run_to_end(&mut e, 4);
         let o = &out[&1];
         println!("{format:?}: {:?} {:?}", o.text, o.done);
@@ -504,7 +527,7 @@ fn tiny_llama_refuses_empty_and_oversized_prompts() {
     write_tiny_llama(dir.path());
     let mut e = tiny(dir.path(), WeightFormat::F32);
     let err = e
-        .admit(
+        .encode_and_admit(
             1,
             &job(r#"{"id":"t","prompt":"   ","max_new_tokens":4}"#),
             0,
@@ -512,14 +535,14 @@ fn tiny_llama_refuses_empty_and_oversized_prompts() {
         .expect_err("empty");
     assert_eq!(err.field, "prompt");
     let err = e
-        .admit(
+        .encode_and_admit(
             1,
             &job(r#"{"id":"t","prompt":"the cat","max_new_tokens":511}"#),
             0,
         )
         .expect_err("too long");
     assert_eq!(err.field, "max_new_tokens");
-    e.admit(
+    e.encode_and_admit(
         1,
         &job(r#"{"id":"t","prompt":"the cat","max_new_tokens":510}"#),
         0,
@@ -700,15 +723,15 @@ fn tiny_llama_matches_candle_reference_llama() {
 // ---------------------------------------------------------------------------------------------
 // Throughput (release mode): cargo test --release -p genq-worker --lib engine::llama::tests::decode_throughput -- --ignored --nocapture
 
-fn decode_tokens_per_second(format: WeightFormat, batch: usize) -> Option<f64> {
+fn decode_tokens_per_second(format: WeightFormat, batch: usize) -> f64 {
     let load = Instant::now();
-    let mut e = smollm2(format)?;
+    let mut e = smollm2(format);
     let loaded = load.elapsed();
     for i in 0..batch {
         let j = job(&format!(
             r#"{{"id":"b{i}","prompt":"Write a long story about a robot number {i} who learns to paint.","max_new_tokens":64,"min_new_tokens":64,"temperature":0.7,"seed":{i}}}"#
         ));
-        e.admit(i as u64, &j, i as u64).expect("admit");
+        e.encode_and_admit(i as u64, &j, i as u64).expect("admit");
     }
     // Prefill everything and the first token, then time pure decode steps.
     e.step(&StepLimits {
@@ -732,7 +755,7 @@ fn decode_tokens_per_second(format: WeightFormat, batch: usize) -> Option<f64> {
         "{format:?} batch {batch:>2}: {tps:7.1} tokens/s (load {:.1}s)",
         loaded.as_secs_f64()
     );
-    Some(tps)
+    tps
 }
 
 #[test]
@@ -748,9 +771,7 @@ fn decode_throughput() {
         for batch in [1, 4, 16] {
             // Best of two: the machine may be shared.
             for _ in 0..2 {
-                if decode_tokens_per_second(format, batch).is_none() {
-                    return;
-                }
+                decode_tokens_per_second(format, batch);
             }
         }
     }

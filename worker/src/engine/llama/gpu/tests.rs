@@ -170,17 +170,16 @@ fn random_smollm2_shape_counts_135m_parameters() {
 }
 
 #[test]
+#[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
 fn device_path_reads_the_smollm2_gguf_like_the_cpu_path() {
     let path =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !path.exists() {
-        println!(
-            "skipped: {} is missing (run scripts/fetch-model.sh)",
+    let mut file = std::fs::File::open(&path).unwrap_or_else(|e| {
+        panic!(
+            "the default model is missing at {}: run scripts/fetch-model.sh ({e})",
             path.display()
-        );
-        return;
-    }
-    let mut file = std::fs::File::open(&path).expect("open");
+        )
+    });
     let content = candle_core::quantized::gguf_file::Content::read(&mut file).expect("gguf");
     // "The capital of France is" in SmolLM2's vocabulary, then decode steps, two sequences.
     let prompt = vec![504, 3575, 282, 4649, 314];

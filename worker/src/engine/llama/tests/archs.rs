@@ -302,17 +302,17 @@ fn every_arch_engine_samples_and_scores_the_same_alone_and_in_a_batch() {
         let dir = write(&m, GgmlDType::F32);
         for format in [WeightFormat::Packed, WeightFormat::F32] {
             let mut e = engine(dir.path(), format);
-            e.admit(1, &seeded, 7).expect("admit");
-            e.admit(2, &greedy, 0).expect("admit");
-            e.admit(3, &score, 0).expect("admit");
+            e.encode_and_admit(1, &seeded, 7).expect("admit");
+            e.encode_and_admit(2, &greedy, 0).expect("admit");
+            e.encode_and_admit(3, &score, 0).expect("admit");
             let alone = run_to_end(&mut e, 512);
             // Others join first; a small budget chunks every prompt differently.
             for (i, o) in others.iter().enumerate() {
-                e.admit(10 + i as u64, o, i as u64).expect("admit");
+                e.encode_and_admit(10 + i as u64, o, i as u64).expect("admit");
             }
-            e.admit(1, &seeded, 7).expect("admit");
-            e.admit(2, &greedy, 0).expect("admit");
-            e.admit(3, &score, 0).expect("admit");
+            e.encode_and_admit(1, &seeded, 7).expect("admit");
+            e.encode_and_admit(2, &greedy, 0).expect("admit");
+            e.encode_and_admit(3, &score, 0).expect("admit");
             let batched = run_to_end(&mut e, 3);
             for id in [1, 2] {
                 assert_eq!(alone[&id].tokens, 12, "{name} {format:?}");

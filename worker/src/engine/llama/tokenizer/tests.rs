@@ -9,16 +9,18 @@ use candle_core::quantized::gguf_file::{Content, Value};
 
 use super::*;
 
-/// The default model, shared with the chat template tests.
-pub(crate) fn smollm2_gguf() -> Option<Content> {
+/// The default model, shared with the chat template tests (whose tests are ignored without
+/// `cfg(genq_model)`).
+pub(crate) fn smollm2_gguf() -> Content {
     let path =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !path.exists() {
-        println!("skipped: {} is missing", path.display());
-        return None;
-    }
-    let mut file = File::open(&path).expect("open the GGUF");
-    Some(Content::read(&mut file).expect("read the GGUF header"))
+    let mut file = File::open(&path).unwrap_or_else(|e| {
+        panic!(
+            "the default model is missing at {}: run scripts/fetch-model.sh ({e})",
+            path.display()
+        )
+    });
+    Content::read(&mut file).expect("read the GGUF header")
 }
 
 /// llama.cpp's sources.
@@ -47,10 +49,9 @@ fn reference_corpus() -> Vec<Case> {
 }
 
 #[test]
+#[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
 fn matches_reference_corpus() {
-    let Some(content) = smollm2_gguf() else {
-        return;
-    };
+    let content = smollm2_gguf();
     let tok = tokenizer_from_gguf(&content).expect("tokenizer");
     let corpus = reference_corpus();
     assert!(corpus.len() >= 20, "fixture lost its cases");
@@ -78,10 +79,9 @@ fn matches_reference_corpus() {
 }
 
 #[test]
+#[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
 fn chat_markers_are_single_tokens_only_when_special_tokens_are_parsed() {
-    let Some(content) = smollm2_gguf() else {
-        return;
-    };
+    let content = smollm2_gguf();
     let tok = tokenizer_from_gguf(&content).expect("tokenizer");
     let text = "<|im_start|>user\nhi<|im_end|>";
     let ids = tok.encode(text, true).expect("encode");
@@ -98,10 +98,9 @@ fn chat_markers_are_single_tokens_only_when_special_tokens_are_parsed() {
 }
 
 #[test]
+#[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
 fn digits_are_split_one_by_one() {
-    let Some(content) = smollm2_gguf() else {
-        return;
-    };
+    let content = smollm2_gguf();
     let tok = tokenizer_from_gguf(&content).expect("tokenizer");
     let texts = |text: &str| -> Vec<String> {
         let ids = tok.encode(text, false).expect("encode");
@@ -113,10 +112,9 @@ fn digits_are_split_one_by_one() {
 }
 
 #[test]
+#[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
 fn smollm2_special_ids() {
-    let Some(content) = smollm2_gguf() else {
-        return;
-    };
+    let content = smollm2_gguf();
     let tok = tokenizer_from_gguf(&content).expect("tokenizer");
     let ids = special_ids(&tok);
     assert_eq!(ids.bos, None);
@@ -136,10 +134,9 @@ fn smollm2_special_ids() {
 }
 
 #[test]
+#[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
 fn bos_is_prepended_when_the_gguf_asks() {
-    let Some(mut content) = smollm2_gguf() else {
-        return;
-    };
+    let mut content = smollm2_gguf();
     content
         .metadata
         .insert("tokenizer.ggml.add_bos_token".into(), Value::Bool(true));

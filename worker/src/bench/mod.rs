@@ -1,5 +1,10 @@
 //! The engine benchmark behind `genq bench engine`: drives an [`Engine`] directly (no queue, no
 //! Redis) with B identical-length jobs and measures prefill and decode throughput and memory.
+//!
+//! - [`latency`]: `genq bench latency`, inter-token latency through the pipeline while long
+//!   prompts arrive.
+
+pub mod latency;
 
 use std::time::Instant;
 
@@ -78,7 +83,7 @@ pub fn run_engine_bench(engine: &mut dyn Engine, spec: &EngineBenchSpec) -> Resu
             ..JobRequest::prompt(bench_prompt(spec.prompt_tokens, i))
         };
         let job = validate(&req, &Limits::default()).map_err(|e| EngineError(e.to_string()))?;
-        let admitted = engine.admit(i as u64 + 1, &job, 0).map_err(|e| EngineError(e.to_string()))?;
+        let admitted = engine.encode_and_admit(i as u64 + 1, &job, 0).map_err(|e| EngineError(e.to_string()))?;
         prompt_total += admitted.prompt_tokens;
     }
     let limits = StepLimits { max_prefill_tokens: spec.max_prefill_tokens };

@@ -1,0 +1,100 @@
+//! Counting what came back: the fault suite, the RabbitMQ cluster scenario and the chaos soak
+//! publish uniquely identified jobs, inject faults, then read every result and print one line —
+//! confirmed, done, failed (by reason), lost, duplicate executions, longest wait.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use genq_shared::{JobRequest, JobResult, JobStatus};
+
+use crate::{scratch_dir, Sandbox};
+
+/// What one scenario ended with.
+#[derive(Debug, Default, Clone)]
+pub struct Tally {
+    /// Jobs the broker confirmed.
+    pub confirmed: usize,
+    /// Ended `done`.
+    pub done: usize,
+    /// Ended `failed`.
+    pub failed: usize,
+    /// Failed jobs by `error_kind`.
+    pub failed_by_kind: BTreeMap<String, usize>,
+    /// Confirmed jobs with no final result.
+    pub lost: usize,
+    /// Jobs started more than once (`attempts` > 1).
+    pub duplicate_executions: usize,
+    /// Longest time from publish to final result, ms.
+    pub longest_wait_ms: u64,
+}
+
+impl Tally {
+    /// Counts `results` of `confirmed` jobs (`None`: no result at all).
+    pub fn of(confirmed: usize, results: &[Option<JobResult>]) -> Self {
+        let finals: Vec<&JobResult> = results.iter().flatten().filter(|r| r.status.is_some_and(JobStatus::is_final)).collect();
+        let mut failed_by_kind = BTreeMap::new();
+        for r in finals.iter().filter(|r| r.status == Some(JobStatus::Failed)) {
+            *failed_by_kind.entry(r.error_kind.clone().unwrap_or_else(|| "unknown".into())).or_default() += 1;
+        }
+        Tally {
+            confirmed,
+            done: finals.iter().filter(|r| r.status == Some(JobStatus::Done)).count(),
+            failed: finals.iter().filter(|r| r.status == Some(JobStatus::Failed)).count(),
+            failed_by_kind,
+            lost: confirmed - finals.len(),
+            duplicate_executions: results.iter().flatten().filter(|r| r.attempts.unwrap_or(0) > 1).count(),
+            longest_wait_ms: finals.iter().filter_map(|r| Some(r.finished_ms?.saturating_sub(r.created_ms?))).max().unwrap_or(0),
+        }
+    }
+
+    /// Prints the scenario's line (and appends it to `faults.txt` in the scratch folder).
+    pub fn print(&self, scenario: &str) -> String {
+        let reasons: Vec<String> = self.failed_by_kind.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        let reasons = if reasons.is_empty() { String::new() } else { format!(" ({})", reasons.join(", ")) };
+        let line = format!(
+            "{scenario}: {} confirmed, {} done, {} failed{reasons}, {} lost, {} duplicate-executions, longest wait {:.1} s",
+            self.confirmed,
+            self.done,
+            self.failed,
+            self.lost,
+            self.duplicate_executions,
+            self.longest_wait_ms as f64 / 1000.0
+        );
+        println!("{line}");
+        let _ = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(scratch_dir().join("faults.txt"))
+            .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes()));
+        line
+    }
+}
+
+/// Jobs of three words each, so each runs `tokens` echo steps; ids `<tag>-<i>`.
+pub fn jobs(tag: &str, n: usize, tokens: u32) -> Vec<JobRequest> {
+    (0..n)
+        .map(|i| JobRequest { id: Some(format!("{tag}-{i}")), max_new_tokens: Some(tokens), ..JobRequest::prompt(format!("w{i} a b")) })
+        .collect()
+}
+
+/// Publishes `jobs` with a producer of `sb`; returns the ids the broker confirmed.
+pub async fn publish(sb: &Sandbox, jobs: Vec<JobRequest>) -> Vec<String> {
+    let producer = sb.producer().await;
+    let ids: Vec<String> = producer.submit_many(jobs, |_| {}).await.into_iter().filter_map(Result::ok).collect();
+    producer.close().await;
+    ids
+}
+
+/// Waits until every id has a final result or `timeout` passes, then counts.
+pub async fn tally(sb: &Sandbox, ids: &[String], timeout: Duration) -> Tally {
+    let client = sb.results().await;
+    let until = Instant::now() + timeout;
+    loop {
+        let results = client.get_many(ids).await.expect("redis");
+        let finished = results.iter().flatten().filter(|r| r.status.is_some_and(JobStatus::is_final)).count();
+        if finished == ids.len() || Instant::now() > until {
+            return Tally::of(ids.len(), &results);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
