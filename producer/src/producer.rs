@@ -31,8 +31,9 @@ pub enum PublishError {
         /// The model.
         model: String,
     },
-    /// The broker refused the message (the queue is at its max length: backpressure).
-    #[error("rejected by RabbitMQ (queue full: backpressure); retry later")]
+    /// The broker refused the message: the queue is at its max length (backpressure), or its
+    /// quorum queue has no leader for a moment (a node failover).
+    #[error("rejected by RabbitMQ (queue full: backpressure, or no queue leader during a failover); retry later")]
     Nacked,
     /// The connection or channel failed.
     #[error(transparent)]

@@ -77,6 +77,31 @@ pub fn jobs(tag: &str, n: usize, tokens: u32) -> Vec<JobRequest> {
         .collect()
 }
 
+/// Publishes `jobs` through `producer`, and again (after a pause) those RabbitMQ nacked, as its
+/// error asks: a quorum queue nacks publishes while it has no leader, during a node failover.
+/// Returns the confirmed ids and the number of nacks.
+pub async fn publish_through_nacks(producer: &genq_producer::Producer, mut jobs: Vec<JobRequest>) -> (Vec<String>, usize) {
+    let (mut ids, mut nacks) = (Vec::new(), 0);
+    for _ in 0..60 {
+        let results = producer.submit_many(jobs.clone(), |_| {}).await;
+        let mut nacked = Vec::new();
+        for (job, r) in jobs.into_iter().zip(results) {
+            match r {
+                Ok(id) => ids.push(id),
+                Err(genq_producer::PublishError::Nacked) => nacked.push(job),
+                Err(e) => println!("not published: {e}"),
+            }
+        }
+        jobs = nacked;
+        if jobs.is_empty() {
+            break;
+        }
+        nacks += jobs.len();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    (ids, nacks)
+}
+
 /// Publishes `jobs` with a producer of `sb`; returns the ids the broker confirmed.
 pub async fn publish(sb: &Sandbox, jobs: Vec<JobRequest>) -> Vec<String> {
     let producer = sb.producer().await;

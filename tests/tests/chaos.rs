@@ -20,7 +20,7 @@ use rand::{Rng, SeedableRng};
 use genq_shared::JobRequest;
 use genq_tests::rabbit_cluster::RabbitCluster;
 use genq_tests::redis_server::PrivateRedis;
-use genq_tests::tally::{jobs, tally};
+use genq_tests::tally::{jobs, publish_through_nacks, tally};
 use genq_tests::{Sandbox, Worker};
 
 /// The word that makes the echo engine abort its process (a job that crashes the model).
@@ -85,8 +85,7 @@ async fn chaos_soak_loses_no_job_and_explains_every_failure() {
             let producer = sb.producer().await;
             let mut round = 0;
             while !stop.load(Ordering::SeqCst) {
-                let batch = jobs(&format!("j{round}"), 50, 5);
-                let ids: Vec<String> = producer.submit_many(batch, |_| {}).await.into_iter().filter_map(Result::ok).collect();
+                let (ids, _) = publish_through_nacks(&producer, jobs(&format!("j{round}"), 50, 5)).await;
                 confirmed.lock().expect("ids").extend(ids);
                 round += 1;
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -142,11 +141,9 @@ async fn chaos_soak_loses_no_job_and_explains_every_failure() {
                 let id = format!("poison-{}", injected.len());
                 let job = JobRequest { id: Some(id.clone()), max_new_tokens: Some(5), ..JobRequest::prompt(format!("this one is {POISON}")) };
                 let producer = sb.producer().await;
-                let published = producer.submit_many(vec![job], |_| {}).await;
+                let (published, _) = publish_through_nacks(&producer, vec![job]).await;
                 producer.close().await;
-                if published.iter().all(Result::is_ok) {
-                    poison.push(id);
-                }
+                poison.extend(published);
             }
         }
     }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use genq_shared::{JobResult, JobStatus};
 use genq_tests::rabbit_cluster::RabbitCluster;
 use genq_tests::redis_server::free_port;
-use genq_tests::tally::{jobs, publish, tally};
+use genq_tests::tally::{jobs, publish, publish_through_nacks, tally};
 use genq_tests::{amqp_url, scratch_dir, Sandbox, Worker};
 
 /// Three `redis-server --cluster-enabled yes` nodes joined by `redis-cli --cluster create`.
@@ -156,12 +156,16 @@ async fn killing_the_job_queue_leader_of_a_rabbitmq_cluster_loses_no_job() {
     let publisher = {
         let sb = Sandbox { amqp: rotated(leader), ..sb.clone() };
         tokio::spawn(async move {
-            let mut ids = Vec::new();
+            let (mut ids, mut nacks) = (Vec::new(), 0);
             for round in 0..20 {
-                ids.extend(publish(&sb, jobs(&format!("p{round}"), 100, 10)).await);
+                let producer = sb.producer().await;
+                let (confirmed, nacked) = publish_through_nacks(&producer, jobs(&format!("p{round}"), 100, 10)).await;
+                producer.close().await;
+                ids.extend(confirmed);
+                nacks += nacked;
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            ids
+            (ids, nacks)
         })
     };
     let results = sb.results().await;
@@ -175,9 +179,10 @@ async fn killing_the_job_queue_leader_of_a_rabbitmq_cluster_loses_no_job() {
         std::thread::sleep(Duration::from_secs(3));
         cluster.restart(leader);
     });
-    ids.extend(publisher.await.expect("publisher task"));
+    let (more, nacks) = publisher.await.expect("publisher task");
+    ids.extend(more);
     let t = tally(&sb, &ids, Duration::from_secs(180)).await;
-    t.print(&format!("kill -9 the job queue's leader (node {leader} of 3)"));
+    t.print(&format!("kill -9 the job queue's leader (node {leader} of 3; {nacks} publishes nacked during the failover, published again)"));
     assert_eq!(t.confirmed, 3000, "every publish is confirmed across the failover: {t:?}");
     let logs: Vec<String> = workers.iter().map(|w| w.log_text()).collect();
     assert_eq!((t.lost, t.done), (0, 3000), "{t:?}\n{}", logs.join("\n---\n"));

@@ -280,7 +280,7 @@ async fn curl_and_the_openai_client_get_answers_from_a_real_worker() {
     // Metrics: publishes by outcome, requests by route and status.
     let metrics = curl(None, &[&format!("{base}/metrics")]);
     assert!(metrics.body.contains("genq_published_total{outcome=\"confirmed\"}"), "{}", metrics.body);
-    assert!(metrics.body.contains("genq_http_requests_total{route=\"/generate\",status=\"200\"} 1"), "{}", metrics.body);
+    assert!(metrics.body.contains("genq_http_requests_total{route=\"/generate\",status=\"200\"} 4"), "{}", metrics.body);
     assert!(metrics.body.contains("genq_http_requests_total{route=\"/v1/jobs/{id}\",status=\"404\"} 1"), "{}", metrics.body);
     drop(gw);
     drop(worker);
