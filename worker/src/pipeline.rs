@@ -1,7 +1,8 @@
 //! The worker pipeline: source -> intake -> engine thread -> result writer -> settle.
 //!
-//! Three stages joined by bounded channels: the intake task validates deliveries and hands jobs
-//! to the engine thread; the engine thread runs the scheduler; the writer task stores results in
+//! Three stages joined by bounded channels: the intake task validates deliveries, encodes their
+//! prompts (chat template and tokenizer, long ones on a blocking thread) and hands jobs to the
+//! engine thread; the engine thread runs the scheduler; the writer task stores results in
 //! batches and settles each delivery only after its result is stored. A watcher polls the sink for
 //! cancel requests of in-flight jobs and passes them to the engine thread. Shutdown stops intake,
 //! lets in-flight jobs finish within the grace period, and requeues whatever is left.
@@ -363,28 +364,31 @@ impl Intake<'_> {
         self.events.send(EngineEvent::Finished { ticket, outcome }).await.is_ok()
     }
 
+    /// Finishes a job that does not run (cancelled, poison, a prompt the model refuses): queued
+    /// for its settle like any other, or handed back when the writer is gone.
+    async fn finish_unrun(&self, ticket: Ticket, p: Pending, outcome: JobOutcome) -> Admitted {
+        if self.finish_now(ticket, p, outcome).await {
+            return Admitted::Queued;
+        }
+        Admitted::Stopped(self.take_back(ticket))
+    }
+
     /// Acts on what `begin` found for one job: run it, finish it without running, or ack a duplicate.
     async fn admit(&self, a: Admit, start: JobStart, begun: Begin, engine: &mpsc::Sender<ScheduledJob>) -> Admitted {
         let Admit { ticket, settler, attempt, job } = a;
-        let pending = |settler, start, settle_as| Pending { settler, start, batch: job.batch.clone(), stream: job.stream, settle_as };
+        let pending = |job: &ValidJob, settler, start, settle_as| Pending { settler, start, batch: job.batch.clone(), stream: job.stream, settle_as };
         let isolated = match begun {
             Begin::Fresh { suspect, solo_runs } if solo_runs >= self.settings.poison_after_solo_runs => {
                 tracing::error!(job = %job.id, solo_runs, suspect, "poison job: its worker died each time it ran alone; failing and dead-lettering it");
                 let error = format!("the job's worker died each of the {solo_runs} times it ran alone; it is not run again");
                 let outcome = scheduler::outcome(JobStatus::Failed, String::new(), Some((error, error_kind::POISON)));
-                if self.finish_now(ticket, pending(settler, start, Settlement::DeadLetter), outcome).await {
-                    return Admitted::Queued;
-                }
-                return Admitted::Stopped(self.take_back(ticket));
+                return self.finish_unrun(ticket, pending(&job, settler, start, Settlement::DeadLetter), outcome).await;
             }
             Begin::Fresh { suspect, solo_runs } => suspect || solo_runs > 0,
             Begin::Cancelled => {
                 tracing::info!(job = %job.id, "job cancelled before it started");
                 let outcome = scheduler::outcome(JobStatus::Cancelled, String::new(), None);
-                if self.finish_now(ticket, pending(settler, start, Settlement::Ack), outcome).await {
-                    return Admitted::Queued;
-                }
-                return Admitted::Stopped(self.take_back(ticket));
+                return self.finish_unrun(ticket, pending(&job, settler, start, Settlement::Ack), outcome).await;
             }
             Begin::Duplicate => {
                 tracing::info!(job = %job.id, "duplicate delivery of a finished job; acking it");
@@ -400,17 +404,13 @@ impl Intake<'_> {
             (job, Err(e)) => {
                 tracing::info!(job = %job.id, error = %e, "the model cannot take the job's prompt");
                 let outcome = scheduler::outcome(JobStatus::Failed, String::new(), Some((e.to_string(), error_kind::UNSUPPORTED)));
-                let p = Pending { settler, start, batch: job.batch.clone(), stream: job.stream, settle_as: Settlement::Ack };
-                if self.finish_now(ticket, p, outcome).await {
-                    return Admitted::Queued;
-                }
-                return Admitted::Stopped(self.take_back(ticket));
+                return self.finish_unrun(ticket, pending(&job, settler, start, Settlement::Ack), outcome).await;
             }
         };
         tracing::debug!(job = %job.id, attempt, "job admitted to the engine queue");
         let started_ms = start.started_ms;
         self.metrics.job_received(crate::backlog::estimated_tokens(&job));
-        put(self.pending, ticket, Pending { settler, start, batch: job.batch.clone(), stream: job.stream, settle_as: Settlement::Ack });
+        put(self.pending, ticket, pending(&job, settler, start, Settlement::Ack));
         if engine.send(ScheduledJob { ticket, job: *job, prompt, started_ms, isolated }).await.is_err() {
             return Admitted::Stopped(self.take_back(ticket));
         }
