@@ -354,38 +354,42 @@ impl RabbitCluster {
         self.nodes[i].wrapper.as_mut().is_none_or(|c| !matches!(c.try_wait(), Ok(None)))
     }
 
+    /// Polls `probe` every `pause` until it answers `Ok`; fails naming node `i` when its script
+    /// exits (`during` says what the node was doing) or when `deadline` passes (with the probe's
+    /// last answer).
+    fn poll(&mut self, i: usize, deadline: Instant, pause: Duration, during: &str, mut probe: impl FnMut(&Self) -> Result<(), String>) {
+        loop {
+            if self.exited(i) {
+                self.fail(i, &format!("exited while {during}"));
+            }
+            match probe(self) {
+                Ok(()) => return,
+                Err(why) if Instant::now() > deadline => self.fail(i, &why),
+                Err(_) => std::thread::sleep(pause),
+            }
+        }
+    }
+
     /// Waits until node `i` has registered with epmd and booted, and notes its VM's pid.
     fn await_boot(&mut self, i: usize) {
         let deadline = Instant::now() + BOOT_TIMEOUT;
         // `rabbitmqctl await_startup` fails at once while the node is not in epmd yet, and each
         // try costs a second of CPU: first watch epmd, which is cheap.
         let registered = format!("name {} at port", self.nodes[i].short);
-        loop {
-            if self.exited(i) {
-                self.fail(i, "exited while starting");
-            }
+        self.poll(i, deadline, Duration::from_millis(200), "starting", |_| {
             if epmd_names().is_some_and(|names| names.lines().any(|l| l.starts_with(&registered))) {
-                break;
+                Ok(())
+            } else {
+                Err(format!("did not register with epmd in {BOOT_TIMEOUT:?}"))
             }
-            if Instant::now() > deadline {
-                self.fail(i, &format!("did not register with epmd in {BOOT_TIMEOUT:?}"));
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        loop {
+        });
+        self.poll(i, deadline, Duration::from_millis(500), "starting", |c| {
             let left = deadline.saturating_duration_since(Instant::now()).as_secs().max(5).to_string();
-            let (ok, stdout, stderr) = self.try_ctl(i, &["-q", "await_startup", "-t", &left]);
-            if ok {
-                break;
+            match c.try_ctl(i, &["-q", "await_startup", "-t", &left]) {
+                (true, _, _) => Ok(()),
+                (false, stdout, stderr) => Err(format!("did not boot in {BOOT_TIMEOUT:?}: {stdout}{stderr}")),
             }
-            if self.exited(i) {
-                self.fail(i, "exited while starting");
-            }
-            if Instant::now() > deadline {
-                self.fail(i, &format!("did not boot in {BOOT_TIMEOUT:?}: {stdout}{stderr}"));
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
+        });
         let wrapper = self.nodes[i].wrapper.as_ref().map(|c| c.id()).expect("node script");
         match beam_of(wrapper) {
             Some(pid) => self.nodes[i].beam = Some(pid),
@@ -397,23 +401,18 @@ impl RabbitCluster {
     fn await_clustered(&mut self, i: usize) {
         let want: Vec<String> = self.nodes.iter().filter(|n| n.wrapper.is_some()).map(|n| n.name.clone()).collect();
         let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let (ok, stdout, stderr) = self.try_ctl(i, &["cluster_status", "--formatter", "json"]);
+        self.poll(i, deadline, Duration::from_millis(500), "joining the cluster", |c| {
+            let (ok, stdout, stderr) = c.try_ctl(i, &["cluster_status", "--formatter", "json"]);
             let running: Vec<String> = serde_json::from_str::<serde_json::Value>(&stdout)
                 .ok()
                 .and_then(|v| Some(v.get("running_nodes")?.as_array()?.iter().filter_map(|n| Some(n.as_str()?.to_string())).collect()))
                 .unwrap_or_default();
             if ok && want.iter().all(|n| running.contains(n)) {
-                return;
+                Ok(())
+            } else {
+                Err(format!("does not see all of {want:?} running (cluster_status: {stdout}{stderr})"))
             }
-            if self.exited(i) {
-                self.fail(i, "exited while joining the cluster");
-            }
-            if Instant::now() > deadline {
-                self.fail(i, &format!("does not see all of {want:?} running (cluster_status: {stdout}{stderr})"));
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
+        });
     }
 
     /// SIGKILLs node `i`'s VM (and its script, if it lingers) and waits until both are gone;

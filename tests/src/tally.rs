@@ -110,6 +110,21 @@ pub async fn publish(sb: &Sandbox, jobs: Vec<JobRequest>) -> Vec<String> {
     ids
 }
 
+/// Ids of `ids` whose result is `done` now.
+pub async fn done_ids(sb: &Sandbox, ids: &[String]) -> Vec<String> {
+    let results = sb.results().await.get_many(ids).await.expect("redis");
+    ids.iter().zip(results).filter(|(_, r)| r.as_ref().is_some_and(|r| r.status == Some(JobStatus::Done))).map(|(id, _)| id.clone()).collect()
+}
+
+/// Waits until at least `n` of `ids` are done (60 s at most).
+pub async fn until_done(sb: &Sandbox, ids: &[String], n: usize) {
+    let until = Instant::now() + Duration::from_secs(60);
+    while done_ids(sb, ids).await.len() < n {
+        assert!(Instant::now() < until, "fewer than {n} jobs finished in time");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits until every id has a final result or `timeout` passes, then counts.
 pub async fn tally(sb: &Sandbox, ids: &[String], timeout: Duration) -> Tally {
     let client = sb.results().await;

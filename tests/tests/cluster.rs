@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use genq_shared::{JobResult, JobStatus};
 use genq_tests::rabbit_cluster::RabbitCluster;
 use genq_tests::redis_server::free_port;
-use genq_tests::tally::{jobs, publish, publish_through_nacks, tally};
+use genq_tests::tally::{jobs, publish, publish_through_nacks, tally, until_done};
 use genq_tests::{amqp_url, scratch_dir, Sandbox, Worker};
 
 /// Three `redis-server --cluster-enabled yes` nodes joined by `redis-cli --cluster create`.
@@ -168,12 +168,7 @@ async fn killing_the_job_queue_leader_of_a_rabbitmq_cluster_loses_no_job() {
             (ids, nacks)
         })
     };
-    let results = sb.results().await;
-    let until = Instant::now() + Duration::from_secs(60);
-    while results.get_many(&ids).await.expect("redis").iter().flatten().filter(|r| r.status == Some(JobStatus::Done)).count() < 200 {
-        assert!(Instant::now() < until, "jobs do not flow through the cluster");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_done(&sb, &ids, 200).await;
     tokio::task::block_in_place(|| {
         cluster.kill(leader);
         std::thread::sleep(Duration::from_secs(3));

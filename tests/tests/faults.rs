@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use genq_shared::{JobRequest, JobStatus};
 use genq_tests::redis_server::PrivateRedis;
-use genq_tests::tally::{jobs, publish, tally, Tally};
+use genq_tests::tally::{done_ids, jobs, publish, tally, until_done, Tally};
 use genq_tests::{scratch_dir, Sandbox, Worker};
 
 /// Scenarios restart RabbitMQ or kill workers: never two at once.
@@ -27,19 +27,6 @@ fn echo_worker(sb: &Sandbox, step_ms: &str, extra: &[&str]) -> Worker {
     w
 }
 
-async fn done_count(sb: &Sandbox, ids: &[String]) -> usize {
-    let results = sb.results().await.get_many(ids).await.expect("redis");
-    results.iter().flatten().filter(|r| r.status == Some(JobStatus::Done)).count()
-}
-
-/// Waits until at least `n` of `ids` are done.
-async fn until_done(sb: &Sandbox, ids: &[String], n: usize) {
-    let until = Instant::now() + Duration::from_secs(60);
-    while done_count(sb, ids).await < n {
-        assert!(Instant::now() < until, "fewer than {n} jobs finished in time");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_mid_batch_twice_loses_nothing() {
@@ -192,12 +179,6 @@ async fn a_worker_started_while_its_queue_is_unavailable_waits_for_it() {
     assert_eq!((t.lost, t.done), (0, 200), "{t:?}\n{}", worker.log_text());
     drop(worker);
     sb.cleanup().await;
-}
-
-/// Ids of `ids` whose result is `done` now.
-async fn done_ids(sb: &Sandbox, ids: &[String]) -> Vec<String> {
-    let results = sb.results().await.get_many(ids).await.expect("redis");
-    ids.iter().zip(results).filter(|(_, r)| r.as_ref().is_some_and(|r| r.status == Some(JobStatus::Done))).map(|(id, _)| id.clone()).collect()
 }
 
 /// Redis is killed (SIGKILL) while workers write, and restarted: returns the jobs done before the
