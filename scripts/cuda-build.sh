@@ -23,7 +23,7 @@ fi
 eval "$(scripts/cuda-toolkit.sh)"
 export CARGO_TARGET_DIR="${GENQ_CUDA_TARGET_DIR:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/genq/target-cuda}"
 start=$SECONDS
-cargo build --release --locked --features genq-worker/cuda,genq-producer/cuda \
+cargo build --release --locked --features genq-worker/cuda,genq-cli/cuda \
   --bin genq-worker --bin genq --bin genq-gpu-check "$@" >&2
 echo "cuda-build: built in $((SECONDS - start)) s for compute capability $CUDA_COMPUTE_CAP" >&2
 if (( stage )); then

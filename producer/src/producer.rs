@@ -12,7 +12,8 @@ use genq_shared::settings::{ProducerSettings, QueueSettings};
 use genq_shared::topology::{self, CREATED_MS_HEADER, JOBS_EXCHANGE};
 use genq_shared::valid::{self, Limits};
 use genq_shared::{now_ms, JobRequest};
-use genq_worker::broker::{self, BrokerError};
+use genq_protocol::backoff::Backoff;
+use genq_protocol::broker::{self, BrokerError};
 
 use crate::results::ResultClient;
 
@@ -88,7 +89,7 @@ impl Producer {
 
     /// Replaces the connection, retrying with backoff until `deadline`; false if it never came.
     async fn reconnect(&self, deadline: Instant) -> bool {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), MAX_BACKOFF);
         loop {
             match Self::open(&self.url, &self.settings, &self.queue).await {
                 Ok(link) => {
@@ -98,10 +99,9 @@ impl Producer {
                     }
                     return true;
                 }
-                Err(e) if Instant::now() + backoff < deadline => {
-                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "RabbitMQ unreachable; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                Err(e) if Instant::now() + backoff.peek() < deadline => {
+                    tracing::warn!(error = %e, retry_in_ms = backoff.peek().as_millis() as u64, "RabbitMQ unreachable; retrying");
+                    backoff.sleep().await;
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "RabbitMQ still unreachable; giving up on the unconfirmed publishes");

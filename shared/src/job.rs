@@ -8,8 +8,8 @@ pub const WIRE_VERSION: u32 = 1;
 /// The model a job is routed to when it names none.
 pub const DEFAULT_MODEL: &str = "smollm2-135m-instruct";
 
-/// A job as published: every field of DESIGN.md's wire format v1. Unknown fields are an error,
-/// so a typo (`max_tokens`) fails loudly instead of silently using a default.
+/// A job as published: every field of the wire format v1 (`docs/protocol.md`). Unknown fields
+/// are an error, so a typo (`max_tokens`) fails loudly instead of silently using a default.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct JobRequest {

@@ -4,6 +4,12 @@
 /// reads it when it begins the job and between engine steps. Internal: not part of a result.
 pub const CANCEL_FIELD: &str = "cancel_requested";
 
+/// Field of a stream entry that carries a chunk of generated text.
+pub const STREAM_TEXT_FIELD: &str = "text";
+
+/// Field of the stream entry that ends a job's stream; its value is the job's final status.
+pub const STREAM_END_FIELD: &str = "end";
+
 /// Builds the Redis keys of jobs and batches under one prefix (`genq` by default; tests use
 /// their own so they never collide).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +54,17 @@ impl KeySchema {
     pub fn batch_members(&self, id: &str) -> String {
         format!("{}:batch:{{{id}}}:members", self.prefix)
     }
+
+    /// `genq:workers:{<model>}`: sorted set of `model`'s workers, scored by their last heartbeat
+    /// (Unix ms); the hash tag keeps one model's key in one Redis Cluster slot.
+    pub fn workers(&self, model: &str) -> String {
+        format!("{}:workers:{{{model}}}", self.prefix)
+    }
+
+    /// `genq:models`: sorted set of the models with workers, scored by the last heartbeat of any.
+    pub fn models(&self) -> String {
+        format!("{}:models", self.prefix)
+    }
 }
 
 #[cfg(test)]
@@ -62,5 +79,7 @@ mod tests {
         assert_eq!(keys.stream("a1"), "genq:job:{a1}:stream");
         assert_eq!(keys.batch("b"), "genq:batch:{b}");
         assert_eq!(KeySchema::new("t9").job("x"), "t9:job:{x}");
+        assert_eq!(keys.workers("smollm2-135m-instruct"), "genq:workers:{smollm2-135m-instruct}");
+        assert_eq!(keys.models(), "genq:models");
     }
 }

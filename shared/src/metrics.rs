@@ -28,7 +28,7 @@ pub const WAITING_JOBS: &str = "genq_waiting_jobs";
 pub const INFLIGHT_DELIVERIES: &str = "genq_inflight_deliveries";
 /// Messages rejected to the dead-letter queue because they are not jobs at all.
 pub const DEAD_LETTERED_TOTAL: &str = "genq_dead_lettered_total";
-/// Constant 1 labelled with the worker's `model`, `device` and `version`.
+/// Constant 1 labelled with the worker's `model`, `device`, `version` and CPU `kernel`.
 pub const WORKER_INFO: &str = "genq_worker_info";
 /// Tokens held in the KV caches of the running sequences (gauge).
 pub const KV_CACHE_TOKENS: &str = "genq_kv_cache_tokens";

@@ -104,8 +104,9 @@ pub struct WorkerSettings {
     pub engine: EngineKind,
     /// `cpu`, `cuda` (GPU 0) or `cuda:N`; a GPU needs a build with the `cuda` feature.
     pub device: String,
-    /// How weights are held in memory: `auto` (on CPU `q8_0` when `max_batch_size` <= 2, else `f32`;
-    /// on a GPU `native`: GGUF quantized, safetensors bf16), `native`
+    /// How weights are held in memory: `auto` (on a CPU with AVX-512 VNNI `packed`; on other CPUs
+    /// `q8_0` when `max_batch_size` <= 2, else `f32`; on a GPU `native`: GGUF quantized,
+    /// safetensors bf16), `packed` (genq's own 4/8-bit kernels), `native`
     /// (as stored), `q8_0` (re-quantized at load; SIMD kernels on CPU) or `f32` (dequantized).
     pub weights: String,
     /// The CPU kernel for packed weights: `auto` (the fastest this CPU runs: `amx`, else
@@ -113,7 +114,8 @@ pub struct WorkerSettings {
     pub cpu_kernel: String,
     /// Prompt tokens prefilled per engine step at most, so running sequences keep decoding.
     pub max_prefill_tokens: usize,
-    /// Unacked deliveries held at once (AMQP `basic_qos`), which bounds memory.
+    /// Unacked deliveries held at once per consumer (AMQP `basic_qos`; a worker consumes the
+    /// model's two queues, so up to twice this), which bounds memory.
     pub prefetch: u16,
     /// Most sequences in the running batch.
     pub max_batch_size: usize,

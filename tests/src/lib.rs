@@ -137,10 +137,10 @@ impl Sandbox {
 
     /// Publishes a raw body to this sandbox's normal queue, as any AMQP client could.
     pub async fn publish_raw(&self, body: &[u8], message_id: Option<&str>) {
-        let conn = genq_worker::broker::connect(&self.amqp, "genq-test").await.expect("amqp");
+        let conn = genq_protocol::broker::connect(&self.amqp, "genq-test").await.expect("amqp");
         let ch = conn.create_channel().await.expect("channel");
         ch.confirm_select(Default::default()).await.expect("confirms");
-        genq_worker::broker::declare_topology(&ch, &self.model, genq_shared::settings::QueueSettings::default().limits())
+        genq_protocol::broker::declare_topology(&ch, &self.model, genq_shared::settings::QueueSettings::default().limits())
             .await
             .expect("topology");
         let mut props = BasicProperties::default().with_delivery_mode(2);
@@ -159,7 +159,7 @@ impl Sandbox {
 
     /// Number of messages ready in this sandbox's normal queue.
     pub async fn ready_messages(&self) -> u32 {
-        let conn = genq_worker::broker::connect(&self.amqp, "genq-test").await.expect("amqp");
+        let conn = genq_protocol::broker::connect(&self.amqp, "genq-test").await.expect("amqp");
         let ch = conn.create_channel().await.expect("channel");
         let q = ch
             .queue_declare(
@@ -176,7 +176,7 @@ impl Sandbox {
 
     /// Deletes this sandbox's queues.
     pub async fn cleanup(&self) {
-        let Ok(conn) = genq_worker::broker::connect(&self.amqp, "genq-test").await else { return };
+        let Ok(conn) = genq_protocol::broker::connect(&self.amqp, "genq-test").await else { return };
         if let Ok(ch) = conn.create_channel().await {
             for p in [genq_shared::Priority::Normal, genq_shared::Priority::High] {
                 let q = genq_shared::topology::queue_name(&self.model, p);

@@ -209,7 +209,8 @@ fn compose_gateway_listens_on_the_port_it_publishes_and_every_service_setting_is
     let c = compose();
     let gw = get(&c, "services.gateway");
     let command: Vec<String> = get(gw, "command").as_sequence().expect("gateway command").iter().map(text).collect();
-    assert_eq!(command[..2], ["genq".to_string(), "serve".to_string()], "{command:?}");
+    assert_eq!(command[0], "genq-gateway", "{command:?}");
+    assert_eq!(text(get(gw, "build.target")), "gateway", "the gateway image is the Dockerfile's model-free target");
     let s = load_settings("compose gateway", &compose_env(gw));
     let port = port_of(&s.gateway.listen);
     assert_eq!(host_of(&s.gateway.listen), "0.0.0.0");
@@ -389,7 +390,7 @@ fn k8s_gateway_service_targets_the_port_genq_serve_listens_on() {
     let d = k8s(&res, "Deployment", "genq-gateway");
     let c = get(&d, "spec.template.spec.containers.0");
     let command: Vec<String> = get(c, "command").as_sequence().expect("command").iter().map(text).collect();
-    assert_eq!(command[..2], ["genq".to_string(), "serve".to_string()]);
+    assert_eq!(command[0], "genq-gateway", "{command:?}");
     let s = load_settings("Deployment genq-gateway", &container_env(&res, c));
     let port = port_of(&s.gateway.listen);
     assert_eq!(host_of(&s.gateway.listen), "0.0.0.0");

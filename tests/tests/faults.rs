@@ -189,8 +189,13 @@ async fn kill_redis_while_workers_write(tag: &str, redis_flags: &[&str]) -> (Vec
     let ids = publish(&sb, jobs("d", 800, 10)).await;
     let worker = echo_worker(&sb, "3", &[]);
     until_done(&sb, &ids, 100).await;
+    // The worker is frozen while the stored results are listed and Redis is killed, so that the
+    // list is exactly what Redis held when it died (no write lands in between).
+    worker.signal("STOP");
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let before = done_ids(&sb, &ids).await;
     redis.kill();
+    worker.signal("CONT");
     tokio::time::sleep(Duration::from_secs(2)).await;
     redis.spawn();
     let t = tally(&sb, &ids, Duration::from_secs(120)).await;

@@ -14,7 +14,7 @@ use genq_tests::{bin, default_model, redis_url, scratch_dir, workspace_root, San
 /// The bearer token the test gateway accepts (given through the environment, as in production).
 const TOKEN: &str = "test-token-5be1";
 
-/// A running `genq serve`, stopped when dropped.
+/// A running `genq-gateway` (the gateway's own binary, without model code), stopped when dropped.
 struct GatewayProcess {
     child: Child,
     /// `http://127.0.0.1:PORT`.
@@ -25,15 +25,15 @@ struct GatewayProcess {
 impl GatewayProcess {
     fn start(sb: &Sandbox, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let log = scratch_dir().join(format!("{}-gateway.log", sb.model));
-        let mut cmd = Command::new(bin("genq"));
+        let mut cmd = Command::new(bin("genq-gateway"));
         cmd.args(sb.flags())
-            .args(["--model", &sb.model, "serve", "--listen", "127.0.0.1:0"])
+            .args(["--model", &sb.model, "--listen", "127.0.0.1:0"])
             .args(extra)
             .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn genq serve");
+        let mut child = cmd.spawn().expect("spawn genq-gateway");
         let stderr = child.stderr.take().expect("stderr");
         let (tx, rx) = std::sync::mpsc::channel();
         let log_path = log.clone();
@@ -50,7 +50,7 @@ impl GatewayProcess {
                 }
             }
         });
-        let base = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| panic!("genq serve did not start; log: {}", log.display()));
+        let base = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| panic!("genq-gateway did not start; log: {}", log.display()));
         Self { child, base, log }
     }
 

@@ -18,7 +18,7 @@ async fn a_consumer_finds_every_job_already_marked_queued() {
     let sb = Sandbox::new("marks");
     let producer = sb.producer().await;
     let keys = KeySchema::new(sb.prefix.clone());
-    let amqp = genq_worker::broker::connect(&sb.amqp, "genq-test").await.expect("amqp");
+    let amqp = genq_protocol::broker::connect(&sb.amqp, "genq-test").await.expect("amqp");
     let channel = amqp.create_channel().await.expect("channel");
     let queue = topology::queue_name(&sb.model, Priority::Normal);
     let mut consumer = channel

@@ -125,7 +125,7 @@ fn the_fleet_benchmark_reads_back_every_job_and_compares_with_rabbitmq_alone() {
 
 /// Which of the job queues (normal and `.high`) of `models` still exist.
 async fn queues_left(models: &[String]) -> Vec<String> {
-    let conn = genq_worker::broker::connect(&genq_tests::amqp_url(), "genq-test").await.expect("amqp");
+    let conn = genq_protocol::broker::connect(&genq_tests::amqp_url(), "genq-test").await.expect("amqp");
     let mut left = Vec::new();
     for model in models {
         for p in [genq_shared::Priority::Normal, genq_shared::Priority::High] {

@@ -14,9 +14,7 @@
 
 use std::time::Duration;
 
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
-use lapin::{Channel, Connection};
+use lapin::Connection;
 use tokio::sync::watch;
 
 use genq_shared::job::{JobKind, Priority};
@@ -25,7 +23,7 @@ use genq_shared::topology;
 use genq_shared::valid::PromptInput;
 use genq_shared::ValidJob;
 
-use crate::broker::{self, BrokerError};
+use genq_protocol::broker::{self, BrokerError};
 use crate::metrics::WorkerMetrics;
 
 /// How often the job queues' depth is polled.
@@ -57,31 +55,17 @@ pub struct QueueMonitorSettings {
     pub name: String,
 }
 
+/// The monitor's connection (each probe opens its own channel, see [`broker::probe_queue`]).
 struct Poller {
     connection: Connection,
-    channel: Channel,
 }
 
 impl Poller {
     async fn connect(settings: &QueueMonitorSettings) -> Result<Self, BrokerError> {
-        let connection = broker::connect(&settings.url, &settings.name).await?;
-        let channel = connection.create_channel().await.map_err(|e| BrokerError::protocol("open channel", e))?;
-        Ok(Self { connection, channel })
-    }
-
-    /// `(ready messages, consumers)` of `queue`.
-    async fn depth(&self, queue: &str) -> Result<(u32, u32), BrokerError> {
-        let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-        let q = self
-            .channel
-            .queue_declare(queue.into(), passive, FieldTable::default())
-            .await
-            .map_err(|e| BrokerError::protocol(format!("poll queue {queue}"), e))?;
-        Ok((q.message_count(), q.consumer_count()))
+        Ok(Self { connection: broker::connect(&settings.url, &settings.name).await? })
     }
 
     async fn close(self) {
-        let _ = self.channel.close(200, "bye".into()).await;
         let _ = self.connection.close(200, "bye".into()).await;
     }
 }
@@ -120,8 +104,10 @@ pub fn spawn_queue_monitor(
                 }
                 if let Some(p) = &poller {
                     for queue in &queues {
-                        let (ready, consumers) = p.depth(queue).await?;
-                        record(&metrics, queue, ready, consumers);
+                        // A queue not declared yet has no depth to report.
+                        if let Some(q) = broker::probe_queue(&p.connection, queue).await? {
+                            record(&metrics, queue, q.ready, q.consumers);
+                        }
                     }
                 }
                 Ok::<(), BrokerError>(())

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 /// What to do with one delivery.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Intake {
+pub enum Verdict {
     /// Not a job at all: reject without requeue so it lands in `genq.dead`.
     DeadLetter {
         /// Why, for the log.
@@ -46,9 +46,9 @@ pub struct IntakeRules {
 }
 
 /// Decides what to do with `body` (its AMQP `message_id` used as the id when the body has none).
-pub fn inspect(body: &[u8], message_id: Option<&str>, rules: &IntakeRules) -> Intake {
+pub fn inspect(body: &[u8], message_id: Option<&str>, rules: &IntakeRules) -> Verdict {
     if body.len() > rules.max_body_bytes {
-        return Intake::DeadLetter { reason: format!("body is {} bytes, over the limit of {}", body.len(), rules.max_body_bytes) };
+        return Verdict::DeadLetter { reason: format!("body is {} bytes, over the limit of {}", body.len(), rules.max_body_bytes) };
     }
     // The common case, a well-formed job, is read once straight into its type; anything else
     // is read again as a JSON value below to say precisely what is wrong with it.
@@ -59,28 +59,28 @@ pub fn inspect(body: &[u8], message_id: Option<&str>, rules: &IntakeRules) -> In
         }
     }
     let Ok(text) = std::str::from_utf8(body) else {
-        return Intake::DeadLetter { reason: "body is not valid UTF-8".into() };
+        return Verdict::DeadLetter { reason: "body is not valid UTF-8".into() };
     };
     let value: serde_json::Value = match serde_json::from_str(text) {
         Ok(v) => v,
-        Err(e) => return Intake::DeadLetter { reason: format!("body is not JSON: {e}") },
+        Err(e) => return Verdict::DeadLetter { reason: format!("body is not JSON: {e}") },
     };
     let Some(object) = value.as_object() else {
-        return Intake::DeadLetter { reason: "body is not a JSON object".into() };
+        return Verdict::DeadLetter { reason: "body is not a JSON object".into() };
     };
     let id = match object.get("id") {
         Some(serde_json::Value::String(s)) => s.clone(),
-        Some(_) => return Intake::DeadLetter { reason: "`id` is not a string".into() },
+        Some(_) => return Verdict::DeadLetter { reason: "`id` is not a string".into() },
         None => match message_id {
             Some(m) => m.to_string(),
-            None => return Intake::DeadLetter { reason: "job has no `id` and the message no message_id".into() },
+            None => return Verdict::DeadLetter { reason: "job has no `id` and the message no message_id".into() },
         },
     };
     if let Err(e) = valid::check_job_id(&id) {
-        return Intake::DeadLetter { reason: e.to_string() };
+        return Verdict::DeadLetter { reason: e.to_string() };
     }
     let batch = object.get("batch").and_then(|b| b.as_str()).map(str::to_string);
-    let fail = |error: String, kind: &'static str| Intake::Fail(RejectedJob { id: id.clone(), error, error_kind: kind, batch: batch.clone() });
+    let fail = |error: String, kind: &'static str| Verdict::Fail(RejectedJob { id: id.clone(), error, error_kind: kind, batch: batch.clone() });
     let mut request: JobRequest = match serde_path_to_error::deserialize(&value) {
         Ok(r) => r,
         Err(e) => {
@@ -95,14 +95,14 @@ pub fn inspect(body: &[u8], message_id: Option<&str>, rules: &IntakeRules) -> In
 }
 
 /// A body that parsed as a job: checks its id (or `message_id`), then its fields.
-fn inspect_request(mut request: JobRequest, message_id: Option<&str>, rules: &IntakeRules) -> Intake {
+fn inspect_request(mut request: JobRequest, message_id: Option<&str>, rules: &IntakeRules) -> Verdict {
     let id = match (&request.id, message_id) {
         (Some(id), _) => id.clone(),
         (None, Some(m)) => m.to_string(),
-        (None, None) => return Intake::DeadLetter { reason: "job has no `id` and the message no message_id".into() },
+        (None, None) => return Verdict::DeadLetter { reason: "job has no `id` and the message no message_id".into() },
     };
     if let Err(e) = valid::check_job_id(&id) {
-        return Intake::DeadLetter { reason: e.to_string() };
+        return Verdict::DeadLetter { reason: e.to_string() };
     }
     request.id.get_or_insert_with(|| id.clone());
     let batch = request.batch.clone();
@@ -110,14 +110,14 @@ fn inspect_request(mut request: JobRequest, message_id: Option<&str>, rules: &In
 }
 
 /// Validates a parsed job against the rules.
-fn decide(request: &JobRequest, id: String, batch: Option<String>, rules: &IntakeRules) -> Intake {
-    let fail = |error: String, kind: &'static str| Intake::Fail(RejectedJob { id: id.clone(), error, error_kind: kind, batch: batch.clone() });
+fn decide(request: &JobRequest, id: String, batch: Option<String>, rules: &IntakeRules) -> Verdict {
+    let fail = |error: String, kind: &'static str| Verdict::Fail(RejectedJob { id: id.clone(), error, error_kind: kind, batch: batch.clone() });
     match valid::validate(request, &rules.limits) {
         Ok(job) if job.model != rules.model => fail(
             format!("`model` is {:?}, but this queue's worker serves {:?}", job.model, rules.model),
             error_kind::UNSUPPORTED,
         ),
-        Ok(job) => Intake::Run(Box::new(job)),
+        Ok(job) => Verdict::Run(Box::new(job)),
         Err(e) => fail(e.to_string(), error_kind::INVALID),
     }
 }
@@ -131,12 +131,12 @@ mod tests {
     }
 
     fn dead(body: &[u8]) -> bool {
-        matches!(inspect(body, None, &rules()), Intake::DeadLetter { .. })
+        matches!(inspect(body, None, &rules()), Verdict::DeadLetter { .. })
     }
 
     fn failed_field(body: &str) -> String {
         match inspect(body.as_bytes(), None, &rules()) {
-            Intake::Fail(r) => r.error,
+            Verdict::Fail(r) => r.error,
             other => panic!("expected failure for {body}, got {other:?}"),
         }
     }
@@ -161,7 +161,7 @@ mod tests {
     #[test]
     fn message_id_stands_in_for_a_missing_id() {
         match inspect(br#"{"prompt":"x"}"#, Some("m-1"), &rules()) {
-            Intake::Run(job) => assert_eq!(job.id, "m-1"),
+            Verdict::Run(job) => assert_eq!(job.id, "m-1"),
             other => panic!("{other:?}"),
         }
     }

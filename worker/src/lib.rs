@@ -1,7 +1,6 @@
 //! genq's worker: takes jobs from a [`source`], runs them through the [`scheduler`] and an
 //! [`engine`], stores results in a [`sink`], and settles deliveries only after the write.
 //!
-//! - [`broker`]: RabbitMQ connection and topology declaration.
 //! - [`source`]: `JobSource` (AMQP, in-memory).
 //! - [`intake`]: raw body -> dead-letter / failed / valid job.
 //! - [`scheduler`]: continuous batching on the engine thread.
@@ -12,23 +11,23 @@
 //!   `/metrics` + `/livez` + `/readyz` listener.
 //! - [`backlog`]: the autoscaling signal: queue depth polling and token estimates of waiting jobs.
 //! - [`bench`]: the engine benchmark behind `genq bench engine`.
-//! - [`runner`]: builds a worker from settings (used by `genq-worker` and `genq run`).
-//! - [`redis_conn`]: one Redis connection type for a single server or a Redis Cluster.
-//! - [`registry`]: worker heartbeats in Redis, by model (what `genq models` lists).
+//! - [`setup`]: builds a worker from settings (used by `genq-worker` and `genq run`).
+//! - [`heartbeat`]: the worker's registry heartbeat (what `genq models` lists).
+//!
+//! The RabbitMQ and Redis protocol both sides speak (connections, topology, Lua scripts) is
+//! `genq-protocol`'s.
 
 pub mod backlog;
 pub mod bench;
-pub mod broker;
 pub mod engine;
 pub mod health;
+pub mod heartbeat;
 pub mod http;
 pub mod intake;
 pub mod metrics;
 pub mod pipeline;
 pub mod process;
-pub mod redis_conn;
-pub mod registry;
-pub mod runner;
 pub mod scheduler;
+pub mod setup;
 pub mod sink;
 pub mod source;

@@ -7,11 +7,13 @@ use anyhow::Context;
 use clap::Parser;
 
 use genq_shared::settings::{Overrides, Settings};
-use genq_worker::broker::redact_url;
+use genq_protocol::process::{init_logs, shutdown_signal};
+use genq_protocol::registry::Announcement;
+use genq_protocol::url::redact_url;
 use genq_worker::metrics::WorkerMetrics;
 use genq_worker::sink::redis::{RedisSink, RedisSinkSettings};
 use genq_worker::source::amqp::{AmqpSource, AmqpSourceSettings};
-use genq_worker::{backlog, http, pipeline, registry, runner};
+use genq_worker::{backlog, heartbeat, http, pipeline, setup};
 
 /// genq worker. Every setting can come from the TOML file (`--config`), from the environment as
 /// `GENQ__SECTION__KEY` (e.g. `GENQ__WORKER__PREFETCH=32`), or from the flags below; flags win
@@ -130,49 +132,15 @@ impl Cli {
     }
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
-}
-
-fn init_logs(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logs(cli.log_json);
+    init_logs(cli.log_json, "info");
     let settings = Settings::load(cli.config.as_deref(), &cli.overrides().0)?;
     let w = &settings.worker;
-    let engine = tokio::task::block_in_place(|| runner::build_engine(w))?;
+    let engine = tokio::task::block_in_place(|| setup::build_engine(w))?;
     let info = engine.info().clone();
-    let pipeline_settings = runner::pipeline_settings(&settings, info.context_length);
+    let pipeline_settings = setup::pipeline_settings(&settings, info.context_length);
     let metrics = WorkerMetrics::new().context("metrics registry")?;
     metrics.set_info(&info.model, &info.device, &info.kernel);
 
@@ -219,12 +187,14 @@ async fn main() -> anyhow::Result<()> {
         "{}",
         genq_worker::process::READY_LINE
     );
-    let heartbeat = registry::spawn_heartbeat(
-        registry::HeartbeatSettings {
+    let heartbeat = heartbeat::spawn_heartbeat(
+        heartbeat::HeartbeatSettings {
             url: settings.redis.url.clone(),
-            key_prefix: settings.redis.key_prefix.clone(),
-            model: w.model_name.clone(),
-            worker_id: pipeline_settings.worker_id.clone(),
+            announcement: Announcement {
+                key_prefix: settings.redis.key_prefix.clone(),
+                model: w.model_name.clone(),
+                worker_id: pipeline_settings.worker_id.clone(),
+            },
             health: Some(metrics.health.clone()),
         },
         stop_rx.clone(),

@@ -4,13 +4,16 @@
 //!
 //! [`Scheduler`] is the pure state (unit-tested without a runtime); [`spawn_engine_thread`] is
 //! the thin loop that feeds it from a channel and reports [`EngineEvent`]s.
+//!
+//! Each job carries its own reply (`R`: for the pipeline, what settles its delivery) through the
+//! scheduler and back out in its final event, so no table on the side maps jobs to deliveries.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use genq_shared::job::Priority;
 use genq_shared::result::error_kind;
@@ -19,14 +22,11 @@ use genq_shared::{now_ms, FinishReason, JobStatus, ValidJob};
 use crate::engine::{Engine, Score, SeqId, StepLimits};
 use crate::metrics::WorkerMetrics;
 
-/// Identifies a job between the pipeline and the engine thread.
-pub type Ticket = u64;
-
-/// A job handed to the engine thread.
+/// A job handed to the engine thread, with its reply `R`, which comes back in its final event.
 #[derive(Debug, Clone)]
-pub struct ScheduledJob {
-    /// Pipeline ticket.
-    pub ticket: Ticket,
+pub struct ScheduledJob<R> {
+    /// What the job's final event carries back (the pipeline: what settles its delivery).
+    pub reply: R,
     /// The validated job.
     pub job: ValidJob,
     /// Its prompt as the engine's [`crate::engine::PromptEncoder`] made it.
@@ -65,71 +65,33 @@ pub struct JobOutcome {
 
 /// What the engine thread reports.
 #[derive(Debug, Clone, PartialEq)]
-pub enum EngineEvent {
+pub enum EngineEvent<R> {
     /// New text of a streaming job.
     Chunk {
-        /// Job ticket.
-        ticket: Ticket,
+        /// Job id.
+        id: String,
         /// Text.
         text: String,
     },
     /// The job reached a final status.
     Finished {
-        /// Job ticket.
-        ticket: Ticket,
+        /// The job's reply.
+        reply: R,
         /// How it ended.
         outcome: JobOutcome,
     },
     /// The engine failed with this job in the batch: put it back for another try.
     Retry {
-        /// Job ticket.
-        ticket: Ticket,
+        /// The job's reply.
+        reply: R,
         /// Why.
         reason: String,
     },
 }
 
-/// The result writer has stopped: events can no longer be delivered.
+/// Whoever takes the engine thread's events has stopped: no more can be delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WriterGone;
-
-/// The channel of [`EngineEvent`]s to the result writer, counting the final outcomes sent, so the
-/// writer's own count of outcomes stored tells when every outcome sent so far is stored.
-#[derive(Clone)]
-pub struct EventSender {
-    tx: mpsc::Sender<EngineEvent>,
-    finals_sent: Arc<AtomicU64>,
-}
-
-impl EventSender {
-    /// Wraps the sending half of the writer's channel.
-    pub fn new(tx: mpsc::Sender<EngineEvent>) -> Self {
-        Self { tx, finals_sent: Arc::default() }
-    }
-
-    fn count(&self, ev: &EngineEvent) {
-        if !matches!(ev, EngineEvent::Chunk { .. }) {
-            self.finals_sent.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    /// Sends from async code; `Err` when the writer is gone.
-    pub async fn send(&self, ev: EngineEvent) -> Result<(), WriterGone> {
-        self.count(&ev);
-        self.tx.send(ev).await.map_err(|_| WriterGone)
-    }
-
-    /// Sends from the engine thread; `Err` when the writer is gone.
-    pub fn blocking_send(&self, ev: EngineEvent) -> Result<(), WriterGone> {
-        self.count(&ev);
-        self.tx.blocking_send(ev).map_err(|_| WriterGone)
-    }
-
-    /// Final outcomes (`Finished`, `Retry`) sent so far.
-    pub fn finals_sent(&self) -> u64 {
-        self.finals_sent.load(Ordering::SeqCst)
-    }
-}
+pub struct EventsClosed;
 
 /// Scheduling settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,8 +104,9 @@ pub struct SchedulerSettings {
     pub max_prefill_tokens: usize,
 }
 
-struct Running {
-    ticket: Ticket,
+struct Running<R> {
+    reply: R,
+    id: String,
     stream: bool,
     deadline_ms: Option<u64>,
     prompt_tokens: u64,
@@ -155,14 +118,14 @@ struct Running {
 }
 
 /// Waiting and running jobs, and the decisions between steps.
-pub struct Scheduler {
+pub struct Scheduler<R> {
     settings: SchedulerSettings,
-    high: VecDeque<ScheduledJob>,
-    normal: VecDeque<ScheduledJob>,
-    running: HashMap<SeqId, Running>,
+    high: VecDeque<ScheduledJob<R>>,
+    normal: VecDeque<ScheduledJob<R>>,
+    running: HashMap<SeqId, Running<R>>,
     next_seq: SeqId,
     /// Suspect jobs, admitted one at a time into an empty batch.
-    suspects: VecDeque<ScheduledJob>,
+    suspects: VecDeque<ScheduledJob<R>>,
     /// The suspect running alone, if any.
     solo: Option<SeqId>,
 }
@@ -183,7 +146,7 @@ pub(crate) fn outcome(status: JobStatus, text: String, error: Option<(String, &'
     }
 }
 
-impl Scheduler {
+impl<R> Scheduler<R> {
     /// An empty scheduler.
     pub fn new(settings: SchedulerSettings) -> Self {
         Self {
@@ -198,7 +161,7 @@ impl Scheduler {
     }
 
     /// Queues a job for admission.
-    pub fn enqueue(&mut self, job: ScheduledJob) {
+    pub fn enqueue(&mut self, job: ScheduledJob<R>) {
         if job.isolated {
             self.suspects.push_back(job);
             return;
@@ -235,7 +198,7 @@ impl Scheduler {
     /// Suspects come first and run alone: the batch drains, then one suspect is admitted once
     /// `solo_gate` returns true (it records the solo run; false leaves the suspect waiting), and
     /// nothing joins it until it leaves.
-    pub fn admit(&mut self, engine: &mut dyn Engine, events: &mut Vec<EngineEvent>, solo_gate: &mut dyn FnMut(&ScheduledJob) -> bool) {
+    pub fn admit(&mut self, engine: &mut dyn Engine, events: &mut Vec<EngineEvent<R>>, solo_gate: &mut dyn FnMut(&ValidJob) -> bool) {
         if self.solo.is_some_and(|s| self.running.contains_key(&s)) {
             return;
         }
@@ -245,10 +208,8 @@ impl Scheduler {
                 return;
             }
             while let Some(next) = self.suspects.pop_front() {
-                if self.expired_before_start(&next, events) {
-                    continue;
-                }
-                if !solo_gate(&next) {
+                let Some(next) = self.unless_expired(next, events) else { continue };
+                if !solo_gate(&next.job) {
                     self.suspects.push_front(next);
                     return;
                 }
@@ -260,22 +221,23 @@ impl Scheduler {
         }
         while self.running.len() < self.settings.max_batch_size {
             let Some(next) = self.high.pop_front().or_else(|| self.normal.pop_front()) else { break };
-            if !self.expired_before_start(&next, events) {
+            if let Some(next) = self.unless_expired(next, events) {
                 self.start(engine, next, events);
             }
         }
     }
 
-    fn expired_before_start(&self, job: &ScheduledJob, events: &mut Vec<EngineEvent>) -> bool {
-        let expired = job.job.deadline_ms.is_some_and(|d| d <= now_ms());
-        if expired {
-            events.push(EngineEvent::Finished { ticket: job.ticket, outcome: outcome(JobStatus::Expired, String::new(), None) });
+    /// The job, unless its deadline has passed: then it ends `expired` without running.
+    fn unless_expired(&self, job: ScheduledJob<R>, events: &mut Vec<EngineEvent<R>>) -> Option<ScheduledJob<R>> {
+        if job.job.deadline_ms.is_some_and(|d| d <= now_ms()) {
+            events.push(EngineEvent::Finished { reply: job.reply, outcome: outcome(JobStatus::Expired, String::new(), None) });
+            return None;
         }
-        expired
+        Some(job)
     }
 
     /// Admits one job into the engine; a job the engine refuses ends `failed`.
-    fn start(&mut self, engine: &mut dyn Engine, mut next: ScheduledJob, events: &mut Vec<EngineEvent>) -> Option<SeqId> {
+    fn start(&mut self, engine: &mut dyn Engine, mut next: ScheduledJob<R>, events: &mut Vec<EngineEvent<R>>) -> Option<SeqId> {
         let seq = self.next_seq;
         self.next_seq += 1;
         let seed = next.job.sampling.seed.unwrap_or_else(rand::random);
@@ -286,7 +248,8 @@ impl Scheduler {
                 self.running.insert(
                     seq,
                     Running {
-                        ticket: next.ticket,
+                        reply: next.reply,
+                        id: next.job.id,
                         stream: next.job.stream,
                         deadline_ms: next.job.deadline_ms,
                         prompt_tokens: admitted.prompt_tokens as u64,
@@ -301,7 +264,7 @@ impl Scheduler {
             }
             Err(e) => {
                 events.push(EngineEvent::Finished {
-                    ticket: next.ticket,
+                    reply: next.reply,
                     outcome: outcome(JobStatus::Failed, String::new(), Some((e.to_string(), error_kind::UNSUPPORTED))),
                 });
                 None
@@ -310,7 +273,7 @@ impl Scheduler {
     }
 
     /// Ends running sequences whose deadline has passed, keeping what they generated.
-    pub fn expire(&mut self, engine: &mut dyn Engine, events: &mut Vec<EngineEvent>) {
+    pub fn expire(&mut self, engine: &mut dyn Engine, events: &mut Vec<EngineEvent<R>>) {
         let now = now_ms();
         let expired: Vec<SeqId> =
             self.running.iter().filter(|(_, r)| r.deadline_ms.is_some_and(|d| d <= now)).map(|(&id, _)| id).collect();
@@ -319,45 +282,66 @@ impl Scheduler {
         }
     }
 
-    /// Ends the jobs in `tickets` `cancelled`: waiting ones without running, running ones keeping
-    /// what they generated. Removes from `tickets` those it found.
-    pub fn cancel(&mut self, tickets: &mut HashSet<Ticket>, engine: &mut dyn Engine, events: &mut Vec<EngineEvent>) {
-        if tickets.is_empty() {
+    /// Ends the jobs whose ids are in `ids` `cancelled`: waiting ones without running, running
+    /// ones keeping what they generated. Removes from `ids` those it found.
+    pub fn cancel(&mut self, ids: &mut HashSet<String>, engine: &mut dyn Engine, events: &mut Vec<EngineEvent<R>>) {
+        if ids.is_empty() {
             return;
         }
         for queue in [&mut self.high, &mut self.normal, &mut self.suspects] {
-            queue.retain(|job| {
-                if !tickets.remove(&job.ticket) {
-                    return true;
+            for job in std::mem::take(queue) {
+                if ids.remove(&job.job.id) {
+                    events.push(EngineEvent::Finished { reply: job.reply, outcome: outcome(JobStatus::Cancelled, String::new(), None) });
+                } else {
+                    queue.push_back(job);
                 }
-                events.push(EngineEvent::Finished { ticket: job.ticket, outcome: outcome(JobStatus::Cancelled, String::new(), None) });
-                false
-            });
-        }
-        let running: Vec<SeqId> = self.running.iter().filter(|(_, r)| tickets.contains(&r.ticket)).map(|(&id, _)| id).collect();
-        for id in running {
-            if let Some(r) = self.running.get(&id) {
-                tickets.remove(&r.ticket);
             }
-            self.end_early(engine, id, JobStatus::Cancelled, events);
+        }
+        let running: Vec<SeqId> = self.running.iter().filter(|(_, r)| ids.contains(&r.id)).map(|(&seq, _)| seq).collect();
+        for seq in running {
+            if let Some(r) = self.running.get(&seq) {
+                ids.remove(&r.id);
+            }
+            self.end_early(engine, seq, JobStatus::Cancelled, events);
         }
     }
 
+    /// The ids of every job waiting or running.
+    pub fn job_ids(&self) -> Vec<String> {
+        let waiting = self.high.iter().chain(&self.normal).chain(&self.suspects).map(|j| j.job.id.clone());
+        waiting.chain(self.running.values().map(|r| r.id.clone())).collect()
+    }
+
+    /// Takes every job out, waiting and running (releasing their sequences), and returns their
+    /// replies: what a stop before the jobs finished hands back.
+    pub fn take_all(&mut self, engine: &mut dyn Engine) -> Vec<R> {
+        let mut replies: Vec<R> = Vec::new();
+        for queue in [&mut self.high, &mut self.normal, &mut self.suspects] {
+            replies.extend(queue.drain(..).map(|j| j.reply));
+        }
+        for (seq, r) in self.running.drain() {
+            engine.release(seq);
+            replies.push(r.reply);
+        }
+        self.solo = None;
+        replies
+    }
+
     /// Releases a running sequence before it finished, reporting `status` with its text so far.
-    fn end_early(&mut self, engine: &mut dyn Engine, id: SeqId, status: JobStatus, events: &mut Vec<EngineEvent>) {
+    fn end_early(&mut self, engine: &mut dyn Engine, id: SeqId, status: JobStatus, events: &mut Vec<EngineEvent<R>>) {
         engine.release(id);
         if let Some(r) = self.running.remove(&id) {
             let mut o = outcome(status, r.text, None);
             o.prompt_tokens = r.prompt_tokens;
             o.completion_tokens = r.tokens;
             o.first_token_ms = r.first_token_ms;
-            events.push(EngineEvent::Finished { ticket: r.ticket, outcome: o });
+            events.push(EngineEvent::Finished { reply: r.reply, outcome: o });
         }
     }
 
     /// Runs one engine step and turns its updates into events. A failed step puts every running
     /// job back for another try.
-    pub fn step(&mut self, engine: &mut dyn Engine, metrics: Option<&WorkerMetrics>, events: &mut Vec<EngineEvent>) {
+    pub fn step(&mut self, engine: &mut dyn Engine, metrics: Option<&WorkerMetrics>, events: &mut Vec<EngineEvent<R>>) {
         if self.running.is_empty() {
             return;
         }
@@ -369,7 +353,7 @@ impl Scheduler {
                 tracing::error!(error = %e, sequences = batch, "engine step failed; requeueing the batch");
                 for (id, r) in self.running.drain() {
                     engine.release(id);
-                    events.push(EngineEvent::Retry { ticket: r.ticket, reason: e.to_string() });
+                    events.push(EngineEvent::Retry { reply: r.reply, reason: e.to_string() });
                 }
                 return;
             }
@@ -393,7 +377,7 @@ impl Scheduler {
             }
             if !u.text.is_empty() {
                 if r.stream {
-                    events.push(EngineEvent::Chunk { ticket: r.ticket, text: u.text.clone() });
+                    events.push(EngineEvent::Chunk { id: r.id.clone(), text: u.text.clone() });
                 }
                 r.text.push_str(&u.text);
             }
@@ -405,7 +389,7 @@ impl Scheduler {
                     o.completion_tokens = r.tokens;
                     o.first_token_ms = r.first_token_ms;
                     o.score = done.score;
-                    events.push(EngineEvent::Finished { ticket: r.ticket, outcome: o });
+                    events.push(EngineEvent::Finished { reply: r.reply, outcome: o });
                 }
             }
         }
@@ -419,14 +403,32 @@ impl Scheduler {
     }
 }
 
-/// Handle of the engine thread: send jobs in; dropping it lets the thread finish its work and exit.
-pub struct EngineHandle {
-    /// Jobs for the engine (bounded).
-    pub jobs: mpsc::Sender<ScheduledJob>,
-    /// Tickets of jobs to cancel, waiting or running.
-    pub cancels: mpsc::UnboundedSender<Ticket>,
-    /// The thread, joined on shutdown.
-    pub thread: std::thread::JoinHandle<()>,
+/// Handle of the engine thread (its job channel is apart: dropping that lets the thread finish
+/// its work and exit); [`EngineHandle::stop`] makes it stop at the next step boundary and hand
+/// back the jobs it still holds.
+pub struct EngineHandle<R> {
+    /// Ids of jobs to cancel, waiting or running.
+    pub cancels: mpsc::UnboundedSender<String>,
+    /// The ids of the jobs the thread holds (waiting or running), as of its last loop.
+    pub holding: watch::Receiver<Vec<String>>,
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<R>>,
+}
+
+impl<R: Send + 'static> EngineHandle<R> {
+    /// Waits for the thread to end after its job channel closed and its work is done.
+    pub async fn join(self) -> Vec<R> {
+        let thread = self.thread;
+        tokio::task::spawn_blocking(move || thread.join().unwrap_or_default()).await.unwrap_or_default()
+    }
+
+    /// Stops the thread at its next step boundary and returns the replies of the jobs it still
+    /// held, waiting or running (none if it panicked).
+    pub async fn stop(self) -> Vec<R> {
+        self.stop.store(true, Ordering::SeqCst);
+        let thread = self.thread;
+        tokio::task::spawn_blocking(move || thread.join().unwrap_or_default()).await.unwrap_or_default()
+    }
 }
 
 /// Tells the health flags that the engine thread ended when dropped.
@@ -440,29 +442,42 @@ impl Drop for EngineStopped {
     }
 }
 
-/// Starts the engine thread. It owns `engine`, takes jobs from a channel of `queue_bound`, and
-/// sends events to `events`. It exits once the job channel is closed and all its work is done.
-pub fn spawn_engine_thread(
+/// Where the engine thread sends its events; `Err` when nobody takes them any more.
+pub type EmitEvent<R> = Box<dyn FnMut(EngineEvent<R>) -> Result<(), EventsClosed> + Send>;
+
+/// Decides whether a suspect may start running alone now (see [`Scheduler::admit`]).
+pub type SoloGate = Box<dyn FnMut(&ValidJob) -> bool + Send>;
+
+/// Starts the engine thread. It owns `engine`, takes jobs from the channel of `queue_bound` it
+/// returns, and hands events to `emit`. It exits once that channel is closed and all its work is
+/// done, or at the next step boundary after [`EngineHandle::stop`].
+pub fn spawn_engine_thread<R: Send + 'static>(
     mut engine: Box<dyn Engine>,
     settings: SchedulerSettings,
     queue_bound: usize,
-    events: EventSender,
+    mut emit: EmitEvent<R>,
     metrics: Option<WorkerMetrics>,
     runtime: tokio::runtime::Handle,
-    mut solo_gate: Box<dyn FnMut(&ScheduledJob) -> bool + Send>,
-) -> std::io::Result<EngineHandle> {
-    let (tx, mut rx) = mpsc::channel::<ScheduledJob>(queue_bound.max(1));
-    let (cancel_tx, mut cancel_rx) = mpsc::unbounded_channel::<Ticket>();
+    mut solo_gate: SoloGate,
+) -> std::io::Result<(mpsc::Sender<ScheduledJob<R>>, EngineHandle<R>)> {
+    let (tx, mut rx) = mpsc::channel::<ScheduledJob<R>>(queue_bound.max(1));
+    let (cancel_tx, mut cancel_rx) = mpsc::unbounded_channel::<String>();
+    let (holding_tx, holding_rx) = watch::channel(Vec::new());
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_flag = stop.clone();
     let stopped = EngineStopped(metrics.as_ref().map(|m| m.health.clone()));
     let thread = std::thread::Builder::new().name("genq-engine".into()).spawn(move || {
         // Reports the thread's end to `/livez`, however it ends (a panic included).
         let _stopped = stopped;
-        let mut sched = Scheduler::new(settings);
+        let mut sched: Scheduler<R> = Scheduler::new(settings);
         let mut open = true;
         let mut out = Vec::new();
         // Cancel requests not matched yet: the job may still be in the channel.
-        let mut to_cancel: HashSet<Ticket> = HashSet::new();
+        let mut to_cancel: HashSet<String> = HashSet::new();
         loop {
+            if stop_flag.load(Ordering::SeqCst) {
+                break;
+            }
             if sched.is_idle() {
                 if !open {
                     break;
@@ -498,8 +513,8 @@ pub fn spawn_engine_thread(
             // The pipeline counted each job in `waiting_tokens` when it sent it; jobs leave the
             // count as they leave the waiting queues (admitted, cancelled or expired).
             let waiting_before = sched.waiting_tokens();
-            while let Ok(ticket) = cancel_rx.try_recv() {
-                to_cancel.insert(ticket);
+            while let Ok(id) = cancel_rx.try_recv() {
+                to_cancel.insert(id);
             }
             sched.cancel(&mut to_cancel, engine.as_mut(), &mut out);
             if sched.is_idle() {
@@ -524,10 +539,18 @@ pub fn spawn_engine_thread(
                 m.running_sequences.set(sched.running() as i64);
                 m.kv_cache_tokens.set(engine.cached_tokens() as i64);
             }
+            let ids = sched.job_ids();
+            holding_tx.send_if_modified(|held| {
+                let changed = *held != ids;
+                if changed {
+                    *held = ids;
+                }
+                changed
+            });
             for ev in out.drain(..) {
-                if events.blocking_send(ev).is_err() {
+                if emit(ev).is_err() {
                     tracing::error!("event channel closed; engine thread stops");
-                    return;
+                    return sched.take_all(engine.as_mut());
                 }
             }
         }
@@ -537,8 +560,15 @@ pub fn spawn_engine_thread(
             m.waiting_tokens.set(0);
             m.kv_cache_tokens.set(0);
         }
+        // Jobs still in the channel count as held too.
+        let mut left = sched.take_all(engine.as_mut());
+        rx.close();
+        while let Ok(job) = rx.try_recv() {
+            left.push(job.reply);
+        }
+        left
     })?;
-    Ok(EngineHandle { jobs: tx, cancels: cancel_tx, thread })
+    Ok((tx, EngineHandle { cancels: cancel_tx, holding: holding_rx, stop, thread }))
 }
 
 #[cfg(test)]
@@ -548,22 +578,24 @@ mod tests {
     use genq_shared::valid::{validate, Limits};
     use genq_shared::JobRequest;
 
-    fn scheduled(ticket: Ticket, json: &str) -> ScheduledJob {
+    type Ticket = u64;
+
+    fn scheduled(ticket: Ticket, json: &str) -> ScheduledJob<Ticket> {
         let req: JobRequest = serde_json::from_str(json).expect("json");
         let job = validate(&req, &Limits::default()).expect("valid");
         let prompt = EchoEngine::new("m").encoder().encode(&job).expect("encodes");
-        ScheduledJob { ticket, job, prompt, started_ms: now_ms(), isolated: false }
+        ScheduledJob { reply: ticket, job, prompt, started_ms: now_ms(), isolated: false }
     }
 
     fn settings(max: usize) -> SchedulerSettings {
         SchedulerSettings { max_batch_size: max, batch_wait: Duration::ZERO, max_prefill_tokens: 256 }
     }
 
-    fn finished(events: &[EngineEvent]) -> Vec<(Ticket, JobStatus)> {
+    fn finished(events: &[EngineEvent<Ticket>]) -> Vec<(Ticket, JobStatus)> {
         events
             .iter()
             .filter_map(|e| match e {
-                EngineEvent::Finished { ticket, outcome } => Some((*ticket, outcome.status)),
+                EngineEvent::Finished { reply, outcome } => Some((*reply, outcome.status)),
                 _ => None,
             })
             .collect()
@@ -626,7 +658,7 @@ mod tests {
         }
     }
 
-    fn suspect(ticket: Ticket, json: &str) -> ScheduledJob {
+    fn suspect(ticket: Ticket, json: &str) -> ScheduledJob<Ticket> {
         ScheduledJob { isolated: true, ..scheduled(ticket, json) }
     }
 
@@ -644,10 +676,10 @@ mod tests {
         s.step(&mut engine, None, &mut ev);
         let mut gated = Vec::new();
         s.admit(&mut engine, &mut ev, &mut |j| {
-            gated.push(j.ticket);
+            gated.push(j.id.clone());
             true
         });
-        assert_eq!((s.running(), gated), (1, vec![2]), "the suspect runs alone, after its gate");
+        assert_eq!((s.running(), gated), (1, vec!["s".to_string()]), "the suspect runs alone, after its gate");
         s.step(&mut engine, None, &mut ev);
         s.admit(&mut engine, &mut ev, &mut |_| true);
         assert_eq!(s.running(), 1, "still alone on its second token");
@@ -678,13 +710,13 @@ mod tests {
         let mut ev = Vec::new();
         s.admit(&mut engine, &mut ev, &mut |_| true);
         s.step(&mut engine, None, &mut ev);
-        let mut tickets: HashSet<Ticket> = [1, 2, 77].into();
-        s.cancel(&mut tickets, &mut engine, &mut ev);
-        assert_eq!(tickets, [77].into(), "unknown tickets stay for later");
+        let mut ids: HashSet<String> = ["a".to_string(), "b".to_string(), "zz".to_string()].into();
+        s.cancel(&mut ids, &mut engine, &mut ev);
+        assert_eq!(ids, ["zz".to_string()].into(), "unknown ids stay for later");
         assert_eq!(finished(&ev), vec![(2, JobStatus::Cancelled), (1, JobStatus::Cancelled)]);
         assert!(s.is_idle());
         let kept = ev.iter().find_map(|e| match e {
-            EngineEvent::Finished { ticket: 1, outcome } => Some((outcome.text.clone(), outcome.completion_tokens)),
+            EngineEvent::Finished { reply: 1, outcome } => Some((outcome.text.clone(), outcome.completion_tokens)),
             _ => None,
         });
         assert_eq!(kept, Some(("w1".to_string(), 1)));

@@ -12,7 +12,7 @@
 //! the one llama.cpp ran (SHA-256 in the fixture), and loads it with genq on every path:
 //!
 //! - the CPU model ([`LlamaModel`]) with weights as `F32`, `Native`, `Q8_0` and `Packed`;
-//! - the device model ([`DeviceModel`], `gpu.rs`) on `Device::Cpu` (`F32`);
+//! - the device model ([`DeviceModel`], `engine/llama/device`) on `Device::Cpu` (`F32`);
 //! - for the f32 model, the Hugging Face folder of the same weights (`--hf`: `config.json`,
 //!   `model.safetensors`, `tokenizer.json`) on the CPU model, `F32`.
 //!
@@ -57,7 +57,8 @@ use std::sync::Mutex;
 
 use candle_core::quantized::gguf_file;
 use candle_core::Device;
-use genq_worker::engine::llama::gpu::{Backend, DeviceModel, StepInput};
+use genq_worker::engine::llama::backend::{Backend, StepInput};
+use genq_worker::engine::llama::device::DeviceModel;
 use genq_worker::engine::llama::model::{HfConfig, LlamaModel};
 use genq_worker::engine::llama::WeightFormat;
 use serde::Deserialize;
@@ -314,7 +315,7 @@ fn load(dir: &Path, path: &GenqPath) -> Result<Backend, String> {
 /// Rows of logits for `tokens` fed in one step after `cache`'s positions.
 fn forward(
     m: &Backend,
-    cache: &mut genq_worker::engine::llama::gpu::SeqCache,
+    cache: &mut genq_worker::engine::llama::backend::SeqCache,
     tokens: &[u32],
     all: bool,
 ) -> Result<Vec<Vec<f32>>, String> {

@@ -206,7 +206,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_running_job_is_measured_and_long_prompts_pass_through() {
-        let mut settings = crate::runner::pipeline_settings(&genq_shared::settings::Settings::default(), 8192);
+        let mut settings = crate::setup::pipeline_settings(&genq_shared::settings::Settings::default(), 8192);
         settings.rules.model = "m".into();
         let spec = LatencySpec { running: 4, new_tokens: 12, long_prompts: 2, long_prompt_bytes: 32 * 1024 };
         let r = run_latency_bench(Box::new(EchoEngine::new("m")), settings, &spec).await.expect("runs");

@@ -17,7 +17,7 @@ use genq_worker::engine::llama::arch::{Arch, HfConfig, ModelConfig};
 use genq_worker::engine::llama::synth::RandomModel;
 use genq_worker::engine::llama::{LlamaEngine, LlamaSettings};
 use genq_worker::engine::{Engine, StepLimits};
-use genq_worker::runner;
+use genq_worker::setup;
 
 /// Helpers of scripts/gpu-check.sh.
 #[derive(Parser, Debug)]
@@ -188,7 +188,7 @@ fn main() -> anyhow::Result<ExitCode> {
                 model_path: model,
                 model_name: "bench".into(),
                 device: device.clone(),
-                weights: runner::weights_for_device(&weights, &device, largest)?,
+                weights: setup::weights_for_device(&weights, &device, largest)?,
             })?;
             for batch in batch_sizes {
                 // As `genq bench engine` with its default: the whole batch prefilled in one step.
@@ -238,7 +238,7 @@ fn generate(
         model_path: model.to_path_buf(),
         model_name: "check".into(),
         device: device.into(),
-        weights: runner::weights_for_device(weights, device, jobs)?,
+        weights: setup::weights_for_device(weights, device, jobs)?,
     })?;
     for i in 0..jobs {
         let req = JobRequest {

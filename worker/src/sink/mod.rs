@@ -1,7 +1,8 @@
 //! Where results go: the [`ResultSink`] trait and its implementations.
 //!
-//! - [`redis`]: the job hash, done list, stream and batch counters of DESIGN.md, written by Lua
-//!   scripts so a final status is written once and every key gets the TTL.
+//! - [`redis`]: the job hash, done list, stream and batch counters of `docs/protocol.md`,
+//!   written by `genq_protocol`'s scripts so a final status is written once and every key gets
+//!   the TTL.
 //! - [`memory`]: a map in process memory, for `genq run --embedded` and tests.
 
 pub mod memory;

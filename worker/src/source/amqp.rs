@@ -17,7 +17,8 @@ use genq_shared::topology::{self, QueueLimits, CREATED_MS_HEADER};
 
 use super::acks::{spawn_settler, SettlerHandle};
 use super::{Delivery, JobSource, SourceError};
-use crate::broker::{self, BrokerError};
+use genq_protocol::backoff::Backoff;
+use genq_protocol::broker::{self, BrokerError};
 use crate::metrics::WorkerMetrics;
 
 /// Where and how to consume.
@@ -120,18 +121,16 @@ impl AmqpSource {
         keep_trying: impl Fn(&BrokerError) -> bool,
         retrying: &str,
     ) -> Result<Link, BrokerError> {
-        let mut backoff = FIRST_BACKOFF;
+        let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
         if wait_first {
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            backoff.sleep().await;
         }
         loop {
             match Self::open(settings).await {
                 Ok(link) => return Ok(link),
                 Err(e) if keep_trying(&e) => {
-                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "{retrying}");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    tracing::warn!(error = %e, retry_in_ms = backoff.peek().as_millis() as u64, "{retrying}");
+                    backoff.sleep().await;
                 }
                 Err(e) => return Err(e),
             }

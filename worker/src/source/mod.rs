@@ -16,7 +16,8 @@ use std::pin::Pin;
 pub enum Settlement {
     /// Done with: the result is stored (or the job was a duplicate).
     Ack,
-    /// Not a job at all: reject without requeue, so it is dead-lettered for a person to read.
+    /// Reject without requeue, so it is dead-lettered for a person to read: a message that is
+    /// not a job at all, or a poison job (after its `failed` result is stored).
     DeadLetter,
     /// Could not be finished here: put it back for another try.
     Requeue,

@@ -8,7 +8,8 @@
 //! - [`linear`]: CPU projections (formats, fusing, biases) and a batch-invariant matmul.
 //! - [`attention`]: the CPU path's per-sequence KV cache and attention.
 //! - [`packed`]: genq's own quantized matmul (4/8-bit weights, AVX-512 VNNI), the CPU default.
-//! - [`gpu`]: the device path (slot-pool KV cache, batched attention) and the CPU/device switch.
+//! - [`backend`]: the CPU/device switch (`worker.device`) the engine talks to.
+//! - [`device`]: the device path (slot-pool KV cache, batched attention).
 //! - [`synth`]: random-weight checkpoints of every architecture (GPU checks and tests need no
 //!   download).
 //! - [`sampler`]: per-sequence sampling with a seeded RNG.
@@ -28,7 +29,8 @@ mod attention;
 pub mod chat;
 pub mod detok;
 pub mod gguf_types;
-pub mod gpu;
+pub mod backend;
+pub mod device;
 pub mod llamacpp_src;
 mod layout;
 mod linear;
@@ -54,7 +56,7 @@ use rayon::prelude::*;
 use self::chat::ChatTemplate;
 use self::detok::Detokenizer;
 pub use self::model::WeightFormat;
-use self::gpu::{Backend, DeviceChoice, SeqCache, StepInput};
+use self::backend::{Backend, DeviceChoice, SeqCache, StepInput};
 use self::model::HfConfig;
 use self::prompt::LlamaPrompts;
 use self::sampler::Sampler;

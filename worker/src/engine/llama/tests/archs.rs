@@ -20,7 +20,8 @@ use candle_nn::VarBuilder;
 
 use super::{job, max_abs_diff, run_to_end};
 use crate::engine::llama::arch::{Arch, HfConfig};
-use crate::engine::llama::gpu::{Backend, DeviceModel, SeqCache, StepInput};
+use crate::engine::llama::backend::{Backend, SeqCache, StepInput};
+use crate::engine::llama::device::DeviceModel;
 use crate::engine::llama::model::{KvCache, LlamaModel, SeqInput};
 use crate::engine::llama::synth::RandomModel;
 use crate::engine::llama::{LlamaEngine, LlamaSettings, WeightFormat};

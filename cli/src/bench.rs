@@ -1,0 +1,229 @@
+//! `genq bench engine`: the engine alone, in process, at several batch sizes, printing one JSON
+//! line per run; with `--vs-llamacpp`, the same workload through llama.cpp's
+//! `llama-batched-bench` in the same run, and the ratios. `genq bench fleet` lives in [`fleet`]
+//! (its `--vs-llamacpp` runs the same llama.cpp measurement). `genq bench latency` measures
+//! inter-token latency while long prompts arrive.
+//!
+//! - [`fleet`]: the whole path end to end (producer, RabbitMQ, workers, Redis, reader).
+//! - [`workers`]: the `genq-worker` processes a fleet run starts and stops.
+//! - [`procstat`]: CPU time and memory of those processes, from `/proc`.
+//! - [`broker`]: RabbitMQ alone on the same jobs (the ceiling the queue sets).
+//! - [`celery`]: the Celery baseline, run through `scripts/celery-bench.sh`.
+
+mod broker;
+mod celery;
+mod fleet;
+mod procstat;
+mod workers;
+
+use std::process::{Command, ExitCode};
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use genq_shared::settings::Overrides;
+use genq_worker::bench::latency::{run_latency_bench, LatencySpec};
+use genq_worker::bench::{run_engine_bench, EngineBenchResult, EngineBenchSpec};
+use genq_worker::setup;
+
+use super::{CommonArgs, ModelArgs};
+
+/// Arguments of `genq bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    what: BenchWhat,
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchWhat {
+    /// The engine alone: prefill and decode tokens/s and peak memory per batch size.
+    Engine(EngineBenchArgs),
+    /// The fleet end to end: publish, RabbitMQ, `genq-worker` processes, Redis, every result read.
+    Fleet(fleet::FleetBenchArgs),
+    /// Inter-token latency of running sequences while long prompts arrive, and without them.
+    Latency(LatencyBenchArgs),
+}
+
+#[derive(Args, Debug)]
+struct LatencyBenchArgs {
+    /// Sequences decoding together.
+    #[arg(long, default_value_t = 16)]
+    running: usize,
+    /// Tokens each generates.
+    #[arg(long, default_value_t = 64)]
+    new_tokens: usize,
+    /// Long prompts that arrive while they decode.
+    #[arg(long, default_value_t = 4)]
+    long_prompts: usize,
+    /// KiB of each long prompt (at most `worker.max_prompt_bytes`).
+    #[arg(long, default_value_t = 256)]
+    long_prompt_kib: usize,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+#[derive(Args, Debug)]
+struct EngineBenchArgs {
+    /// Batch sizes, comma-separated.
+    #[arg(long, default_value = "1,8,32,64", value_delimiter = ',')]
+    batch_sizes: Vec<usize>,
+    /// Prompt length in tokens (approximate for genq; exact for llama.cpp).
+    #[arg(long, default_value_t = 32)]
+    prompt_tokens: usize,
+    /// Tokens generated per sequence.
+    #[arg(long, default_value_t = 64)]
+    new_tokens: usize,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Prompt tokens per step; 0 prefills the whole batch in one step.
+    #[arg(long, default_value_t = 0)]
+    max_prefill_tokens: usize,
+    /// Also run llama.cpp's llama-batched-bench on the same model and workload (built by
+    /// scripts/build-llamacpp.sh, or named by GENQ_LLAMA_BATCHED_BENCH).
+    #[arg(long)]
+    vs_llamacpp: bool,
+    /// Threads for llama.cpp (default: all cores, like candle).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Packed-weight kernels to run one after the other in this run (comma-separated, e.g.
+    /// `amx,avx512-vnni`); each result line names its kernel. Default: `--cpu-kernel`'s.
+    #[arg(long, value_delimiter = ',')]
+    cpu_kernels: Vec<String>,
+}
+
+pub async fn run(common: &CommonArgs, args: BenchArgs) -> anyhow::Result<ExitCode> {
+    match args.what {
+        BenchWhat::Engine(a) => tokio::task::block_in_place(|| engine_bench(common, a)),
+        BenchWhat::Fleet(a) => fleet::run(common, a).await,
+        BenchWhat::Latency(a) => latency_bench(common, a).await,
+    }
+}
+
+/// Without long prompts, then with them, each on a freshly loaded engine; then the ratio.
+async fn latency_bench(common: &CommonArgs, args: LatencyBenchArgs) -> anyhow::Result<ExitCode> {
+    let mut more = Overrides::default();
+    args.model.apply(&mut more);
+    let settings = common.settings(more)?;
+    let mut results = Vec::new();
+    for long_prompts in [0, args.long_prompts] {
+        let engine = tokio::task::block_in_place(|| setup::build_engine(&settings.worker))?;
+        let pipeline = setup::pipeline_settings(&settings, engine.info().context_length);
+        let spec = LatencySpec { running: args.running, new_tokens: args.new_tokens, long_prompts, long_prompt_bytes: args.long_prompt_kib * 1024 };
+        let r = run_latency_bench(engine, pipeline, &spec).await?;
+        println!("{}", serde_json::to_string(&r)?);
+        anyhow::ensure!(r.done >= args.running as u64, "only {} of the {} running jobs ended done", r.done, args.running);
+        results.push(r);
+    }
+    if let [quiet, busy] = &results[..] {
+        println!("{}", json!({"ratio": "with/without long prompts", "p50": busy.p50_ms / quiet.p50_ms, "p99": busy.p99_ms / quiet.p99_ms, "max": busy.max_ms / quiet.max_ms}));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn engine_bench(common: &CommonArgs, args: EngineBenchArgs) -> anyhow::Result<ExitCode> {
+    let mut more = Overrides::default();
+    args.model.apply(&mut more);
+    let settings = common.settings(more)?;
+    let kernels = if args.cpu_kernels.is_empty() { vec![settings.worker.cpu_kernel.clone()] } else { args.cpu_kernels.clone() };
+    let mut ours = Vec::new();
+    for kernel in kernels {
+        let mut worker = settings.worker.clone();
+        worker.cpu_kernel = kernel;
+        let mut engine = setup::build_engine(&worker)?;
+        for &batch in &args.batch_sizes {
+            let spec = EngineBenchSpec {
+                batch,
+                prompt_tokens: args.prompt_tokens,
+                new_tokens: args.new_tokens,
+                max_prefill_tokens: if args.max_prefill_tokens == 0 { batch * args.prompt_tokens * 2 } else { args.max_prefill_tokens },
+            };
+            let r = run_engine_bench(engine.as_mut(), &spec)?;
+            println!("{}", serde_json::to_string(&r)?);
+            ours.push(r);
+        }
+    }
+    if args.vs_llamacpp {
+        let model = setup::resolve_model_path(&settings.worker.model_path).context("model not found")?;
+        let workload = LlamacppWorkload { batch_sizes: &args.batch_sizes, prompt_tokens: args.prompt_tokens, new_tokens: args.new_tokens, threads: args.threads };
+        let theirs = llamacpp_bench(&model, &workload)?;
+        for t in &theirs {
+            println!("{t}");
+        }
+        for r in &ours {
+            if let Some(t) = theirs.iter().find(|t| t["batch"] == json!(r.batch)) {
+                println!("{}", ratio_line(r, t));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn ratio_line(r: &EngineBenchResult, t: &serde_json::Value) -> serde_json::Value {
+    let f = |k: &str| t[k].as_f64().unwrap_or(f64::NAN);
+    json!({
+        "ratio": "genq/llama.cpp",
+        "kernel": r.kernel,
+        "batch": r.batch,
+        "prefill": r.prefill_tokens_per_s / f("prefill_tokens_per_s"),
+        "decode": r.decode_tokens_per_s / f("decode_tokens_per_s"),
+        "total_generated": r.total_generated_tokens_per_s / f("total_generated_tokens_per_s"),
+    })
+}
+
+fn llamacpp_binary() -> anyhow::Result<std::path::PathBuf> {
+    if let Ok(p) = std::env::var("GENQ_LLAMA_BATCHED_BENCH") {
+        return Ok(p.into());
+    }
+    setup::resolve_model_path(".cache/llamacpp/bin/llama-batched-bench")
+        .context("llama-batched-bench not found: run scripts/build-llamacpp.sh (or set GENQ_LLAMA_BATCHED_BENCH)")
+}
+
+/// What llama-batched-bench runs: `batch_sizes` sequences of `prompt_tokens` prompt tokens,
+/// `new_tokens` generated each, on `threads` threads (default: all cores, like candle).
+struct LlamacppWorkload<'a> {
+    batch_sizes: &'a [usize],
+    prompt_tokens: usize,
+    new_tokens: usize,
+    threads: Option<usize>,
+}
+
+/// Runs llama-batched-bench and reads its table: `| PP | TG | B | N_KV | T_PP s | S_PP t/s | T_TG s | S_TG t/s | T s | S t/s |`.
+fn llamacpp_bench(model: &std::path::Path, args: &LlamacppWorkload) -> anyhow::Result<Vec<serde_json::Value>> {
+    let bin = llamacpp_binary()?;
+    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
+    let batches: Vec<String> = args.batch_sizes.iter().map(|b| b.to_string()).collect();
+    let out = Command::new(&bin)
+        .arg("-m")
+        .arg(model)
+        .args(["-c", "8192", "-b", "2048", "-ub", "512", "-npp", &args.prompt_tokens.to_string(), "-ntg", &args.new_tokens.to_string()])
+        .args(["-npl", &batches.join(","), "-t", &threads.to_string()])
+        .output()
+        .with_context(|| format!("run {}", bin.display()))?;
+    anyhow::ensure!(out.status.success(), "llama-batched-bench failed: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut rows = Vec::new();
+    for line in text.lines() {
+        let cells: Vec<f64> = line.split('|').map(str::trim).filter(|c| !c.is_empty()).filter_map(|c| c.parse().ok()).collect();
+        if cells.len() != 10 {
+            continue;
+        }
+        let (pp, tg, b, t_pp, t_tg, t) = (cells[0], cells[1], cells[2], cells[4], cells[6], cells[8]);
+        rows.push(json!({
+            "engine": "llama.cpp",
+            "batch": b as usize,
+            "prompt_tokens": pp,
+            "new_tokens": tg,
+            "prefill_tokens_per_s": cells[5],
+            "decode_tokens_per_s": cells[7],
+            "total_generated_tokens_per_s": b * tg / t.max(1e-9),
+            "seconds": t,
+            "prefill_seconds": t_pp,
+            "decode_seconds": t_tg,
+            "threads": threads,
+        }));
+    }
+    anyhow::ensure!(!rows.is_empty(), "no result rows in llama-batched-bench output:\n{text}");
+    Ok(rows)
+}

@@ -1,0 +1,360 @@
+//! The worker pipeline: source -> intake -> engine thread -> result writer -> settle.
+//!
+//! Three stages joined by bounded channels: the intake validates deliveries, marks them running
+//! and admits them ([`admission`]: prompts encoded, long ones on a blocking thread) to the
+//! engine thread; the engine thread runs the scheduler; the [`writer`] stores results in batches
+//! and settles each delivery only after its result is stored. Each delivery travels as one
+//! [`inflight::InFlight`] that exactly one stage owns at a time. The [`cancels`] watcher passes
+//! cancel requests of the engine thread's jobs to it. Shutdown stops intake, lets in-flight jobs
+//! finish within the grace period, and requeues whatever is left.
+
+mod admission;
+mod cancels;
+mod inflight;
+mod writer;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use genq_shared::{now_ms, JobStatus};
+
+use crate::engine::Engine;
+use crate::intake::{self, IntakeRules, Verdict};
+use crate::metrics::WorkerMetrics;
+use crate::scheduler::{self, SchedulerSettings};
+use crate::sink::{JobStart, ResultSink};
+use crate::source::{Delivery, JobSource, Settlement};
+
+use admission::{begin_with_retry, Admission, Admit, AdmitOutcome};
+use inflight::{settle, InFlight, ToWriter, WriterSender};
+use writer::{write_results, WriteBatching};
+
+/// Pipeline settings.
+#[derive(Debug, Clone)]
+pub struct PipelineSettings {
+    /// Name written into results.
+    pub worker_id: String,
+    /// This process start's identity ([`crate::setup::instance_id`]).
+    pub instance: String,
+    /// Edge rules.
+    pub rules: IntakeRules,
+    /// Batching.
+    pub scheduler: SchedulerSettings,
+    /// Bound of the channel into the engine thread.
+    pub engine_queue: usize,
+    /// Deliveries validated and marked running together (one Redis round trip) at most.
+    pub intake_batch_size: usize,
+    /// Results per Redis round trip at most.
+    pub write_batch_size: usize,
+    /// How long a write batch waits to fill.
+    pub write_wait: Duration,
+    /// How long shutdown waits for in-flight jobs.
+    pub shutdown_grace: Duration,
+    /// How often in-flight jobs are checked for cancel requests (zero: never).
+    pub cancel_poll: Duration,
+    /// Unfinished solo runs after which a suspect job is poison.
+    pub poison_after_solo_runs: u64,
+}
+
+/// Counts of what the pipeline did, returned when it stops.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PipelineReport {
+    /// Deliveries taken from the source.
+    pub received: u64,
+    /// Final results stored, by status.
+    pub finished: HashMap<&'static str, u64>,
+    /// Deliveries that were duplicates of an already-final job.
+    pub duplicates: u64,
+    /// Bodies dead-lettered.
+    pub dead_lettered: u64,
+    /// Deliveries put back for another try.
+    pub requeued: u64,
+    /// Tokens generated.
+    pub generated_tokens: u64,
+    /// Set when the pipeline stopped because its source failed (e.g. the broker connection was
+    /// lost), not because it was asked to or ran dry; the process should exit non-zero.
+    pub source_error: Option<String>,
+}
+
+/// The [`JobStart`] of a delivery taken now.
+fn job_start(settings: &PipelineSettings, id: &str, kind: &str, model: &str, delivery: &Delivery) -> JobStart {
+    JobStart {
+        id: id.to_string(),
+        kind: kind.to_string(),
+        model: model.to_string(),
+        worker: settings.worker_id.clone(),
+        instance: settings.instance.clone(),
+        created_ms: delivery.created_ms,
+        started_ms: now_ms(),
+    }
+}
+
+/// Runs the pipeline until the source ends or `shutdown` resolves, then drains.
+pub async fn run<S, K>(
+    mut source: S,
+    sink: K,
+    engine: Box<dyn Engine>,
+    settings: PipelineSettings,
+    metrics: WorkerMetrics,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> std::io::Result<PipelineReport>
+where
+    S: JobSource + 'static,
+    K: ResultSink + Clone,
+{
+    let sink = Arc::new(sink);
+    let (tx, writer_rx) = mpsc::channel::<ToWriter>(settings.write_batch_size.max(1) * 4);
+    let to_writer = WriterSender::new(tx);
+    let stored: Arc<AtomicU64> = Arc::default();
+    let runtime = tokio::runtime::Handle::current();
+    let (gate_sink, gate_runtime, gate_sent, gate_stored) = (sink.clone(), runtime.clone(), to_writer.clone(), stored.clone());
+    let solo_gate: scheduler::SoloGate = Box::new(move |job| {
+        // Every earlier outcome must be stored first: if this job kills the worker, a job that
+        // finished just before it must not be blamed (and run alone again) for want of a write.
+        if gate_stored.load(Ordering::SeqCst) < gate_sent.endings_sent() {
+            return false;
+        }
+        match gate_runtime.block_on(gate_sink.record_solo_run(&job.id)) {
+            Ok(()) => {
+                tracing::warn!(job = %job.id, "running a suspect job alone (its last worker died while it ran)");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(job = %job.id, error = %e, "cannot record a suspect's solo run; it waits");
+                false
+            }
+        }
+    });
+    let engine_events = to_writer.clone();
+    let emit: scheduler::EmitEvent<InFlight> = Box::new(move |ev| engine_events.blocking_send(ToWriter::from(ev)));
+    let encoder = engine.encoder();
+    let (engine_jobs, engine_thread) =
+        scheduler::spawn_engine_thread(engine, settings.scheduler, settings.engine_queue, emit, Some(metrics.clone()), runtime, solo_gate)?;
+    let batching = WriteBatching { max_items: settings.write_batch_size, wait: settings.write_wait };
+    let writer = tokio::spawn(write_results(writer_rx, sink.clone(), batching, metrics.clone(), stored));
+    let watcher = (!settings.cancel_poll.is_zero()).then(|| {
+        let (holding, cancels) = (engine_thread.holding.clone(), engine_thread.cancels.clone());
+        tokio::spawn(cancels::watch_cancels(sink.clone(), holding, cancels, settings.cancel_poll))
+    });
+
+    let mut report = PipelineReport::default();
+    let mut deliveries: Vec<Delivery> = Vec::with_capacity(settings.intake_batch_size);
+    let mut admits: Vec<Admit> = Vec::with_capacity(settings.intake_batch_size);
+    let mut starts: Vec<JobStart> = Vec::with_capacity(settings.intake_batch_size);
+    let admission = Admission { settings: &settings, encoder: &encoder, engine: &engine_jobs, writer: &to_writer, metrics: &metrics };
+    let mut stopped: Vec<InFlight> = Vec::new();
+    tokio::pin!(shutdown);
+    'intake: loop {
+        let more = tokio::select! {
+            _ = &mut shutdown => {
+                tracing::info!("shutdown requested: no new jobs are taken; finishing in-flight work");
+                break;
+            }
+            d = source.next_batch(settings.intake_batch_size, &mut deliveries) => d,
+        };
+        match more {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => {
+                tracing::error!(error = %e, "job source failed; draining and stopping");
+                report.source_error = Some(e.to_string());
+                break;
+            }
+        }
+        report.received += deliveries.len() as u64;
+        // Validate every delivery of the batch; those that will run are begun together below.
+        for delivery in deliveries.drain(..) {
+            match intake::inspect(&delivery.body, delivery.message_id.as_deref(), &settings.rules) {
+                Verdict::DeadLetter { reason } => {
+                    tracing::warn!(reason, message_id = ?delivery.message_id, "message is not a job; dead-lettering it");
+                    metrics.dead_lettered.inc();
+                    report.dead_lettered += 1;
+                    settle(delivery.settler, Settlement::DeadLetter).await;
+                }
+                Verdict::Fail(rejected) => {
+                    tracing::info!(job = %rejected.id, error = %rejected.error, "job failed validation");
+                    let start = job_start(&settings, &rejected.id, "", &settings.rules.model, &delivery);
+                    let mut job = InFlight::new(delivery.settler, &start, None, metrics.inflight_deliveries.clone());
+                    job.batch = rejected.batch;
+                    let outcome = scheduler::outcome(JobStatus::Failed, String::new(), Some((rejected.error, rejected.error_kind)));
+                    if let AdmitOutcome::Stopped(job) = admission.finish_unrun(job, outcome).await {
+                        stopped.push(job);
+                        break 'intake;
+                    }
+                }
+                Verdict::Run(job) => {
+                    starts.push(job_start(&settings, &job.id, job.kind.as_str(), &job.model, &delivery));
+                    admits.push(Admit { settler: delivery.settler, attempt: delivery.attempt, job });
+                }
+            }
+        }
+        if admits.is_empty() {
+            continue;
+        }
+        // One round trip marks the whole batch running.
+        let begun = tokio::select! {
+            _ = &mut shutdown => {
+                tracing::info!(jobs = admits.len(), "shutdown while Redis is unreachable; requeueing the jobs");
+                for a in admits.drain(..) {
+                    report.requeued += 1;
+                    settle(a.settler, Settlement::Requeue).await;
+                }
+                starts.clear();
+                break;
+            }
+            b = begin_with_retry(&*sink, &starts) => b,
+        };
+        let mut batch = admits.drain(..).zip(starts.drain(..)).zip(begun);
+        for ((admit, start), begun) in batch.by_ref() {
+            match admission.admit(admit, start, begun).await {
+                AdmitOutcome::Queued => {}
+                AdmitOutcome::Duplicate => report.duplicates += 1,
+                AdmitOutcome::Stopped(job) => {
+                    tracing::error!("engine thread or result writer stopped");
+                    stopped.push(job);
+                    for ((rest, _), _) in batch {
+                        report.requeued += 1;
+                        settle(rest.settler, Settlement::Requeue).await;
+                    }
+                    break 'intake;
+                }
+            }
+        }
+    }
+    for job in stopped {
+        report.requeued += 1;
+        job.settle(Settlement::Requeue).await;
+    }
+    source.stop().await;
+    if let Some(w) = &watcher {
+        w.abort();
+    }
+    // The engine thread finishes its jobs and exits once its job channel is closed; the writer
+    // once the engine thread and the intake are gone.
+    drop(admission);
+    drop(engine_jobs);
+    drop(to_writer);
+    let mut writer = writer;
+    let grace = settings.shutdown_grace;
+    let written = match tokio::time::timeout(grace, &mut writer).await {
+        Ok(Ok(w)) => Some(w),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "result writer panicked");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(grace_secs = grace.as_secs(), "grace period over; requeueing unfinished jobs");
+            // Without its writer the engine thread's next send fails and it hands its jobs back;
+            // deliveries the writer held are requeued by the broker when the source closes.
+            writer.abort();
+            None
+        }
+    };
+    let left = match tokio::time::timeout(ENGINE_STOP_WAIT, engine_thread.stop()).await {
+        Ok(left) => left,
+        Err(_) => {
+            tracing::error!("the engine thread did not stop; its jobs are requeued by the broker when the source closes");
+            Vec::new()
+        }
+    };
+    for job in left {
+        report.requeued += 1;
+        job.settle(Settlement::Requeue).await;
+    }
+    metrics.inflight_deliveries.set(0);
+    source.close().await;
+    if let Some(w) = written {
+        report.finished = w.finished;
+        report.requeued += w.requeued;
+        report.generated_tokens = w.generated_tokens;
+    }
+    Ok(report)
+}
+
+/// How long a stopped engine thread may take to finish its current step and hand back its jobs.
+const ENGINE_STOP_WAIT: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::admission::ENCODE_INLINE_BYTES;
+    use super::*;
+    use crate::engine::echo::EchoEngine;
+    use crate::engine::{AdmitError, Admitted, EngineError, EngineInfo, PromptEncoder, SeqId, SeqUpdate, StepLimits};
+    use genq_shared::ValidJob;
+    use crate::sink::memory::MemorySink;
+    use crate::source::memory::memory_queue;
+
+    type Threads = Arc<Mutex<Vec<String>>>;
+
+    /// An encoder that notes the thread each prompt is encoded on.
+    struct Watched {
+        inner: Arc<dyn PromptEncoder>,
+        threads: Threads,
+    }
+
+    impl PromptEncoder for Watched {
+        fn encode(&self, job: &ValidJob) -> Result<Vec<u32>, AdmitError> {
+            let name = std::thread::current().name().unwrap_or("unnamed").to_string();
+            self.threads.lock().expect("thread log").push(name);
+            self.inner.encode(job)
+        }
+    }
+
+    /// The echo engine with a [`Watched`] encoder.
+    struct WatchedEcho {
+        inner: EchoEngine,
+        threads: Threads,
+    }
+
+    impl Engine for WatchedEcho {
+        fn info(&self) -> &EngineInfo {
+            self.inner.info()
+        }
+        fn encoder(&self) -> Arc<dyn PromptEncoder> {
+            Arc::new(Watched { inner: self.inner.encoder(), threads: self.threads.clone() })
+        }
+        fn admit(&mut self, id: SeqId, job: &ValidJob, prompt: Vec<u32>, seed: u64) -> Result<Admitted, AdmitError> {
+            self.inner.admit(id, job, prompt, seed)
+        }
+        fn step(&mut self, limits: &StepLimits) -> Result<Vec<SeqUpdate>, EngineError> {
+            self.inner.step(limits)
+        }
+        fn release(&mut self, id: SeqId) {
+            self.inner.release(id)
+        }
+        fn active(&self) -> usize {
+            self.inner.active()
+        }
+        fn cached_tokens(&self) -> usize {
+            self.inner.cached_tokens()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn prompts_are_encoded_before_the_engine_thread_short_and_long() {
+        let threads: Threads = Arc::default();
+        let engine = Box::new(WatchedEcho { inner: EchoEngine::new("m"), threads: threads.clone() });
+        let mut settings = crate::setup::pipeline_settings(&genq_shared::settings::Settings::default(), 8192);
+        settings.rules.model = "m".into();
+        let (queue, source, _log) = memory_queue(8);
+        let sink = MemorySink::new();
+        let long = "word ".repeat(ENCODE_INLINE_BYTES / 4);
+        for (id, prompt) in [("short", "a few words"), ("long", long.as_str())] {
+            let body = serde_json::json!({"id": id, "model": "m", "prompt": prompt, "max_new_tokens": 3});
+            queue.push(body.to_string().into_bytes()).await.expect("push");
+        }
+        drop(queue);
+        let metrics = WorkerMetrics::new().expect("metrics");
+        let report = run(source, sink.clone(), engine, settings, metrics, std::future::pending()).await.expect("pipeline");
+        assert_eq!(report.finished.get("done"), Some(&2), "{report:?}");
+        let threads = threads.lock().expect("thread log").clone();
+        assert_eq!(threads.len(), 2, "each prompt encoded once: {threads:?}");
+        assert!(threads.iter().all(|t| t != "genq-engine"), "encoded on the engine thread: {threads:?}");
+    }
+}
