@@ -8,10 +8,12 @@
 //! - [`scripts`]: the Lua scripts of a job's lifecycle, with the final statuses from `JobStatus`.
 //! - [`registry`]: worker heartbeats by model (what `genq models` lists).
 //! - [`backoff`]: exponential backoff for reconnect and retry loops.
+//! - [`batch`]: filling a batch from a channel until it is full or a deadline passes.
 //! - [`url`]: URL lists and redaction for logs.
 //! - `process` (feature `process`): the shutdown signal and log set-up of every `main`.
 
 pub mod backoff;
+pub mod batch;
 pub mod broker;
 #[cfg(feature = "process")]
 pub mod process;

@@ -1,9 +1,11 @@
-//! genq's contract, shared by the producer, the worker and the tests. No I/O here.
+//! genq's contract, shared by the client library, the gateway, the worker and the tests. No I/O
+//! here. `docs/protocol.md` documents it for producers and workers in other languages; the I/O
+//! that follows it (AMQP, Redis scripts) is `genq-protocol`'s.
 //!
 //! - [`job`]: wire format v1 of a job, exactly as published to RabbitMQ.
 //! - [`valid`]: validation of a wire job into a [`valid::ValidJob`], with errors that name the field.
 //! - [`result`]: job statuses, finish reasons and the result record kept in Redis.
-//! - [`keys`]: the Redis key schema.
+//! - [`keys`]: the Redis key schema and the field names of a job's stream.
 //! - [`topology`]: AMQP exchange, queue and routing-key names and queue arguments.
 //! - [`settings`]: configuration structs and their layered loading (defaults < file < env < flags).
 //! - [`metrics`]: Prometheus metric names, declared once.

@@ -487,20 +487,12 @@ pub fn spawn_engine_thread<R: Send + 'static>(
                     Some(job) => sched.enqueue(job),
                     None => break,
                 }
-                let until = Instant::now() + settings.batch_wait;
-                while sched.waiting() < settings.max_batch_size {
-                    let left = until.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        break;
-                    }
-                    match runtime.block_on(async { tokio::time::timeout(left, rx.recv()).await }) {
-                        Ok(Some(job)) => sched.enqueue(job),
-                        Ok(None) => {
-                            open = false;
-                            break;
-                        }
-                        Err(_) => break,
-                    }
+                let max = settings.max_batch_size;
+                if sched.waiting() < max {
+                    open = runtime.block_on(genq_protocol::batch::gather(&mut rx, settings.batch_wait, |job| {
+                        sched.enqueue(job);
+                        sched.waiting() < max
+                    }));
                 }
             }
             while open && sched.waiting() < settings.max_batch_size.saturating_mul(2) {

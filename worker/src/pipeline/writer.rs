@@ -5,11 +5,12 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 
 use genq_protocol::backoff::Backoff;
+use genq_protocol::batch::gather;
 use genq_shared::JobResult;
 
 use crate::metrics::WorkerMetrics;
@@ -80,22 +81,12 @@ fn final_result(job: &InFlight, o: JobOutcome) -> FinalResult {
 async fn fill<T>(rx: &mut mpsc::Receiver<T>, batch: &mut Vec<T>, batching: WriteBatching) -> bool {
     let Some(first) = rx.recv().await else { return false };
     batch.push(first);
-    let until = Instant::now() + batching.wait;
-    while batch.len() < batching.max_items {
-        match rx.try_recv() {
-            Ok(item) => batch.push(item),
-            Err(mpsc::error::TryRecvError::Disconnected) => break,
-            Err(mpsc::error::TryRecvError::Empty) => {
-                let left = until.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    break;
-                }
-                match tokio::time::timeout(left, rx.recv()).await {
-                    Ok(Some(item)) => batch.push(item),
-                    _ => break,
-                }
-            }
-        }
+    if batch.len() < batching.max_items {
+        gather(rx, batching.wait, |item| {
+            batch.push(item);
+            batch.len() < batching.max_items
+        })
+        .await;
     }
     true
 }
