@@ -16,7 +16,7 @@ use crate::scheduler::{self, JobOutcome, ScheduledJob};
 use crate::sink::{Begin, JobStart, ResultSink};
 use crate::source::{Settle, Settlement};
 
-use super::inflight::{settle, InFlight, ToWriter, WriterSender};
+use super::inflight::{settle, InFlight, Taken, ToWriter, WriterSender};
 use super::writer::{SINK_FIRST_RETRY, SINK_MAX_RETRY};
 use super::PipelineSettings;
 
@@ -24,6 +24,7 @@ use super::PipelineSettings;
 pub(crate) struct Admit {
     pub settler: Box<dyn Settle>,
     pub attempt: u64,
+    pub taken: Taken,
     pub job: Box<ValidJob>,
 }
 
@@ -100,10 +101,10 @@ impl Admission<'_> {
     }
 
     /// Acts on what `begin` found for one job: run it, finish it without running, or ack a duplicate.
-    pub async fn admit(&self, a: Admit, start: JobStart, begun: Begin) -> AdmitOutcome {
-        let Admit { settler, attempt, job } = a;
+    pub async fn admit(&self, a: Admit, begun: Begin) -> AdmitOutcome {
+        let Admit { settler, attempt, taken, job } = a;
         let in_flight = |settle_as: Settlement, job: &ValidJob, settler: Box<dyn Settle>| {
-            let mut f = InFlight::new(settler, &start, Some(job.kind.as_str().to_string()), self.metrics.inflight_deliveries.clone());
+            let mut f = InFlight::new(settler, &taken, Some(job.kind.as_str().to_string()), self.metrics.inflight_deliveries.clone());
             f.batch = job.batch.clone();
             f.stream = job.stream;
             f.settle_as = settle_as;
@@ -128,8 +129,8 @@ impl Admission<'_> {
                 return AdmitOutcome::Duplicate;
             }
         };
-        if let Some(created) = start.created_ms {
-            self.metrics.queue_wait.observe(start.started_ms.saturating_sub(created) as f64 / 1000.0);
+        if let Some(created) = taken.created_ms {
+            self.metrics.queue_wait.observe(taken.started_ms.saturating_sub(created) as f64 / 1000.0);
         }
         let (job, prompt) = match encode(self.encoder, job).await {
             (job, Ok(prompt)) => (job, prompt),
@@ -142,7 +143,7 @@ impl Admission<'_> {
         tracing::debug!(job = %job.id, attempt, "job admitted to the engine queue");
         self.metrics.job_received(crate::backlog::estimated_tokens(&job));
         let reply = in_flight(Settlement::Ack, &job, settler);
-        let scheduled = ScheduledJob { reply, job: *job, prompt, started_ms: start.started_ms, isolated };
+        let scheduled = ScheduledJob { reply, job: *job, prompt, started_ms: taken.started_ms, isolated };
         match self.engine.send(scheduled).await {
             Ok(()) => AdmitOutcome::Queued,
             Err(refused) => AdmitOutcome::Stopped(refused.0.reply),

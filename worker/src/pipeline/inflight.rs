@@ -12,6 +12,38 @@ use crate::scheduler::{EngineEvent, EventsClosed, JobOutcome};
 use crate::sink::JobStart;
 use crate::source::{Settle, Settlement};
 
+/// Who took a delivery, when, and for which job: what the job's start and its result record.
+#[derive(Debug, Clone)]
+pub(crate) struct Taken {
+    /// Job id.
+    pub id: String,
+    /// Model name.
+    pub model: String,
+    /// Worker name.
+    pub worker: String,
+    /// This start of the worker process.
+    pub instance: String,
+    /// Publish time, when known.
+    pub created_ms: Option<u64>,
+    /// When the worker took it (Unix ms).
+    pub started_ms: u64,
+}
+
+impl Taken {
+    /// The sink's record of the job starting, as a job of `kind`.
+    pub fn job_start(&self, kind: &str) -> JobStart {
+        JobStart {
+            id: self.id.clone(),
+            kind: kind.to_string(),
+            model: self.model.clone(),
+            worker: self.worker.clone(),
+            instance: self.instance.clone(),
+            created_ms: self.created_ms,
+            started_ms: self.started_ms,
+        }
+    }
+}
+
 /// One delivery not yet settled, and what its result needs.
 pub(crate) struct InFlight {
     settler: Box<dyn Settle>,
@@ -38,19 +70,19 @@ pub(crate) struct InFlight {
 }
 
 impl InFlight {
-    /// A delivery taken by the worker for the job `start` describes (`kind` none when it failed
-    /// validation); counted in `gauge` until settled.
-    pub fn new(settler: Box<dyn Settle>, start: &JobStart, kind: Option<String>, gauge: IntGauge) -> Self {
+    /// A delivery `taken` for a job of `kind` (none when it failed validation); counted in
+    /// `gauge` until settled.
+    pub fn new(settler: Box<dyn Settle>, taken: &Taken, kind: Option<String>, gauge: IntGauge) -> Self {
         gauge.inc();
         Self {
             settler,
             gauge,
-            id: start.id.clone(),
+            id: taken.id.clone(),
             kind,
-            model: start.model.clone(),
-            worker: start.worker.clone(),
-            created_ms: start.created_ms,
-            started_ms: start.started_ms,
+            model: taken.model.clone(),
+            worker: taken.worker.clone(),
+            created_ms: taken.created_ms,
+            started_ms: taken.started_ms,
             batch: None,
             stream: false,
             settle_as: Settlement::Ack,

@@ -30,7 +30,7 @@ use crate::sink::{JobStart, ResultSink};
 use crate::source::{Delivery, JobSource, Settlement};
 
 use admission::{begin_with_retry, Admission, Admit, AdmitOutcome};
-use inflight::{settle, InFlight, ToWriter, WriterSender};
+use inflight::{settle, InFlight, Taken, ToWriter, WriterSender};
 use writer::{write_results, WriteBatching};
 
 /// Pipeline settings.
@@ -80,11 +80,10 @@ pub struct PipelineReport {
     pub source_error: Option<String>,
 }
 
-/// The [`JobStart`] of a delivery taken now.
-fn job_start(settings: &PipelineSettings, id: &str, kind: &str, model: &str, delivery: &Delivery) -> JobStart {
-    JobStart {
+/// A delivery of job `id` for `model`, taken now.
+fn taken_now(settings: &PipelineSettings, id: &str, model: &str, delivery: &Delivery) -> Taken {
+    Taken {
         id: id.to_string(),
-        kind: kind.to_string(),
         model: model.to_string(),
         worker: settings.worker_id.clone(),
         instance: settings.instance.clone(),
@@ -177,8 +176,8 @@ where
                 }
                 Verdict::Fail(rejected) => {
                     tracing::info!(job = %rejected.id, error = %rejected.error, "job failed validation");
-                    let start = job_start(&settings, &rejected.id, "", &settings.rules.model, &delivery);
-                    let mut job = InFlight::new(delivery.settler, &start, None, metrics.inflight_deliveries.clone());
+                    let taken = taken_now(&settings, &rejected.id, &settings.rules.model, &delivery);
+                    let mut job = InFlight::new(delivery.settler, &taken, None, metrics.inflight_deliveries.clone());
                     job.batch = rejected.batch;
                     let outcome = scheduler::outcome(JobStatus::Failed, String::new(), Some((rejected.error, rejected.error_kind)));
                     if let AdmitOutcome::Stopped(job) = admission.finish_unrun(job, outcome).await {
@@ -187,8 +186,9 @@ where
                     }
                 }
                 Verdict::Run(job) => {
-                    starts.push(job_start(&settings, &job.id, job.kind.as_str(), &job.model, &delivery));
-                    admits.push(Admit { settler: delivery.settler, attempt: delivery.attempt, job });
+                    let taken = taken_now(&settings, &job.id, &job.model, &delivery);
+                    starts.push(taken.job_start(job.kind.as_str()));
+                    admits.push(Admit { settler: delivery.settler, attempt: delivery.attempt, taken, job });
                 }
             }
         }
@@ -208,15 +208,16 @@ where
             }
             b = begin_with_retry(&*sink, &starts) => b,
         };
-        let mut batch = admits.drain(..).zip(starts.drain(..)).zip(begun);
-        for ((admit, start), begun) in batch.by_ref() {
-            match admission.admit(admit, start, begun).await {
+        starts.clear();
+        let mut batch = admits.drain(..).zip(begun);
+        for (admit, begun) in batch.by_ref() {
+            match admission.admit(admit, begun).await {
                 AdmitOutcome::Queued => {}
                 AdmitOutcome::Duplicate => report.duplicates += 1,
                 AdmitOutcome::Stopped(job) => {
                     tracing::error!("engine thread or result writer stopped");
                     stopped.push(job);
-                    for ((rest, _), _) in batch {
+                    for (rest, _) in batch {
                         report.requeued += 1;
                         settle(rest.settler, Settlement::Requeue).await;
                     }

@@ -135,6 +135,9 @@ fn begin_of(answer: &[Value]) -> Begin {
 
 impl ResultSink for RedisSink {
     async fn begin_many(&self, starts: &[JobStart]) -> Result<Vec<Begin>, SinkError> {
+        if starts.is_empty() {
+            return Ok(Vec::new());
+        }
         let flat = self
             .per_job(
                 &scripts().begin,
@@ -175,6 +178,9 @@ impl ResultSink for RedisSink {
     }
 
     async fn finish(&self, results: &[FinalResult]) -> Result<Vec<bool>, SinkError> {
+        if results.is_empty() {
+            return Ok(Vec::new());
+        }
         let answers = self
             .per_job(
                 &scripts().finish,
