@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use genq_shared::job::Priority;
 use genq_shared::result::error_kind;
@@ -88,10 +88,6 @@ pub enum EngineEvent<R> {
         reason: String,
     },
 }
-
-/// Whoever takes the engine thread's events has stopped: no more can be delivered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EventsClosed;
 
 /// Scheduling settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -412,22 +408,18 @@ pub struct EngineHandle<R> {
     /// The ids of the jobs the thread holds (waiting or running), as of its last loop.
     pub holding: watch::Receiver<Vec<String>>,
     stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<Vec<R>>,
+    /// What the thread hands back when it ends: the replies of the jobs it still held.
+    ended: oneshot::Receiver<Vec<R>>,
 }
 
 impl<R: Send + 'static> EngineHandle<R> {
-    /// Waits for the thread to end after its job channel closed and its work is done.
-    pub async fn join(self) -> Vec<R> {
-        let thread = self.thread;
-        tokio::task::spawn_blocking(move || thread.join().unwrap_or_default()).await.unwrap_or_default()
-    }
-
-    /// Stops the thread at its next step boundary and returns the replies of the jobs it still
-    /// held, waiting or running (none if it panicked).
+    /// Stops the thread at its next step boundary (at once if it already ended) and returns the
+    /// replies of the jobs it still held: waiting, running, in its channel, or in events nobody
+    /// took. None if it panicked; their deliveries then come back when the source closes. The
+    /// thread is never joined, so a step that never ends cannot hold the process.
     pub async fn stop(self) -> Vec<R> {
         self.stop.store(true, Ordering::SeqCst);
-        let thread = self.thread;
-        tokio::task::spawn_blocking(move || thread.join().unwrap_or_default()).await.unwrap_or_default()
+        self.ended.await.unwrap_or_default()
     }
 }
 
@@ -442,8 +434,40 @@ impl Drop for EngineStopped {
     }
 }
 
-/// Where the engine thread sends its events; `Err` when nobody takes them any more.
-pub type EmitEvent<R> = Box<dyn FnMut(EngineEvent<R>) -> Result<(), EventsClosed> + Send>;
+/// Where the engine thread sends its events; when nobody takes them any more, `Err` with the reply
+/// the event carried, if any.
+pub type EmitEvent<R> = Box<dyn FnMut(EngineEvent<R>) -> Result<(), Undelivered<R>> + Send>;
+
+/// An event nobody took, with the reply it carried (none for streamed text).
+pub struct Undelivered<R>(pub Option<R>);
+
+impl<R> EngineEvent<R> {
+    /// The reply this event carries (none for streamed text).
+    pub fn into_reply(self) -> Option<R> {
+        match self {
+            EngineEvent::Chunk { .. } => None,
+            EngineEvent::Finished { reply, .. } | EngineEvent::Retry { reply, .. } => Some(reply),
+        }
+    }
+}
+
+/// Hands `out` to `emit` in order. Once an event is not taken, the replies of it and of every
+/// later one go to `undelivered` instead, and the answer is false.
+fn deliver<R>(emit: &mut EmitEvent<R>, out: &mut Vec<EngineEvent<R>>, undelivered: &mut Vec<R>) -> bool {
+    let mut open = undelivered.is_empty();
+    for ev in out.drain(..) {
+        if !open {
+            undelivered.extend(ev.into_reply());
+            continue;
+        }
+        if let Err(Undelivered(reply)) = emit(ev) {
+            tracing::error!("event channel closed; engine thread stops");
+            undelivered.extend(reply);
+            open = false;
+        }
+    }
+    open
+}
 
 /// Decides whether a suspect may start running alone now (see [`Scheduler::admit`]).
 pub type SoloGate = Box<dyn FnMut(&ValidJob) -> bool + Send>;
@@ -466,12 +490,15 @@ pub fn spawn_engine_thread<R: Send + 'static>(
     let stop = Arc::new(AtomicBool::new(false));
     let stop_flag = stop.clone();
     let stopped = EngineStopped(metrics.as_ref().map(|m| m.health.clone()));
-    let thread = std::thread::Builder::new().name("genq-engine".into()).spawn(move || {
+    let (ended_tx, ended_rx) = oneshot::channel();
+    std::thread::Builder::new().name("genq-engine".into()).spawn(move || {
         // Reports the thread's end to `/livez`, however it ends (a panic included).
         let _stopped = stopped;
         let mut sched: Scheduler<R> = Scheduler::new(settings);
         let mut open = true;
         let mut out = Vec::new();
+        // Replies of events nobody took (the writer is gone): handed back with the rest.
+        let mut undelivered: Vec<R> = Vec::new();
         // Cancel requests not matched yet: the job may still be in the channel.
         let mut to_cancel: HashSet<String> = HashSet::new();
         loop {
@@ -514,6 +541,10 @@ pub fn spawn_engine_thread<R: Send + 'static>(
                 to_cancel.clear();
             }
             sched.expire(engine.as_mut(), &mut out);
+            // Sent before admission, so the solo gate sees these outcomes among those sent.
+            if !deliver(&mut emit, &mut out, &mut undelivered) {
+                break;
+            }
             sched.admit(engine.as_mut(), &mut out, solo_gate.as_mut());
             if let Some(m) = &metrics {
                 m.waiting_tokens.sub(i64::try_from(waiting_before.saturating_sub(sched.waiting_tokens())).unwrap_or(0));
@@ -539,11 +570,8 @@ pub fn spawn_engine_thread<R: Send + 'static>(
                 }
                 changed
             });
-            for ev in out.drain(..) {
-                if emit(ev).is_err() {
-                    tracing::error!("event channel closed; engine thread stops");
-                    return sched.take_all(engine.as_mut());
-                }
+            if !deliver(&mut emit, &mut out, &mut undelivered) {
+                break;
             }
         }
         if let Some(m) = &metrics {
@@ -554,13 +582,14 @@ pub fn spawn_engine_thread<R: Send + 'static>(
         }
         // Jobs still in the channel count as held too.
         let mut left = sched.take_all(engine.as_mut());
+        left.append(&mut undelivered);
         rx.close();
         while let Ok(job) = rx.try_recv() {
             left.push(job.reply);
         }
-        left
+        let _ = ended_tx.send(left);
     })?;
-    Ok((tx, EngineHandle { cancels: cancel_tx, holding: holding_rx, stop, thread }))
+    Ok((tx, EngineHandle { cancels: cancel_tx, holding: holding_rx, stop, ended: ended_rx }))
 }
 
 #[cfg(test)]
@@ -712,5 +741,24 @@ mod tests {
             _ => None,
         });
         assert_eq!(kept, Some(("w1".to_string(), 1)));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_a_writer_the_engine_thread_hands_back_every_job_exactly_once() {
+        // Every event is refused, as when the result writer is gone: the replies of finished jobs
+        // come back with the waiting, running and still-queued ones, none lost, none twice.
+        let emit: EmitEvent<Ticket> = Box::new(|ev| Err(Undelivered(ev.into_reply())));
+        let runtime = tokio::runtime::Handle::current();
+        let (jobs, handle) =
+            spawn_engine_thread(Box::new(EchoEngine::new("m")), settings(2), 8, emit, None, runtime, Box::new(|_| true)).expect("thread");
+        for t in 1..=6 {
+            let tokens = if t % 2 == 0 { 1 } else { 40 };
+            jobs.send(scheduled(t, &format!(r#"{{"id":"j{t}","prompt":"a b c","max_new_tokens":{tokens}}}"#))).await.expect("send");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut back = handle.stop().await;
+        drop(jobs);
+        back.sort_unstable();
+        assert_eq!(back, (1..=6).collect::<Vec<Ticket>>());
     }
 }

@@ -95,8 +95,10 @@ impl Admission<'_> {
     pub async fn finish_unrun(&self, job: InFlight, outcome: JobOutcome) -> AdmitOutcome {
         match self.writer.send(ToWriter::Final { job, outcome }).await {
             Ok(()) => AdmitOutcome::Queued,
-            Err(ToWriter::Final { job, .. } | ToWriter::Requeue { job, .. }) => AdmitOutcome::Stopped(job),
-            Err(ToWriter::Chunk { .. }) => unreachable!("a final outcome was sent"),
+            Err(item) => match item.into_job() {
+                Some(job) => AdmitOutcome::Stopped(job),
+                None => unreachable!("a final outcome carries its delivery"),
+            },
         }
     }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use prometheus::IntGauge;
 use tokio::sync::mpsc;
 
-use crate::scheduler::{EngineEvent, EventsClosed, JobOutcome};
+use crate::scheduler::{EngineEvent, JobOutcome, Undelivered};
 use crate::sink::JobStart;
 use crate::source::{Settle, Settlement};
 
@@ -146,6 +146,14 @@ impl From<EngineEvent<InFlight>> for ToWriter {
 }
 
 impl ToWriter {
+    /// The delivery this item carries (none for streamed text).
+    pub fn into_job(self) -> Option<InFlight> {
+        match self {
+            ToWriter::Chunk { .. } => None,
+            ToWriter::Final { job, .. } | ToWriter::Requeue { job, .. } => Some(job),
+        }
+    }
+
     /// Whether this ends a delivery (a final outcome or a requeue), as opposed to streamed text.
     pub fn ends_a_delivery(&self) -> bool {
         !matches!(self, ToWriter::Chunk { .. })
@@ -178,10 +186,11 @@ impl WriterSender {
         self.tx.send(item).await.map_err(|e| e.0)
     }
 
-    /// Sends from the engine thread.
-    pub fn blocking_send(&self, item: ToWriter) -> Result<(), EventsClosed> {
+    /// Sends from the engine thread; when the writer is gone, gives back the delivery the item
+    /// carried.
+    pub fn blocking_send(&self, item: ToWriter) -> Result<(), Undelivered<InFlight>> {
         self.count(&item);
-        self.tx.blocking_send(item).map_err(|_| EventsClosed)
+        self.tx.blocking_send(item).map_err(|e| Undelivered(e.0.into_job()))
     }
 
     /// Items that end a delivery sent so far.

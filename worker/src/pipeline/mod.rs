@@ -166,7 +166,13 @@ where
         }
         report.received += deliveries.len() as u64;
         // Validate every delivery of the batch; those that will run are begun together below.
+        let mut writer_gone = false;
         for delivery in deliveries.drain(..) {
+            if writer_gone {
+                report.requeued += 1;
+                settle(delivery.settler, Settlement::Requeue).await;
+                continue;
+            }
             match intake::inspect(&delivery.body, delivery.message_id.as_deref(), &settings.rules) {
                 Verdict::DeadLetter { reason } => {
                     tracing::warn!(reason, message_id = ?delivery.message_id, "message is not a job; dead-lettering it");
@@ -181,8 +187,9 @@ where
                     job.batch = rejected.batch;
                     let outcome = scheduler::outcome(JobStatus::Failed, String::new(), Some((rejected.error, rejected.error_kind)));
                     if let AdmitOutcome::Stopped(job) = admission.finish_unrun(job, outcome).await {
+                        tracing::error!("result writer stopped");
                         stopped.push(job);
-                        break 'intake;
+                        writer_gone = true;
                     }
                 }
                 Verdict::Run(job) => {
@@ -191,6 +198,14 @@ where
                     admits.push(Admit { settler: delivery.settler, attempt: delivery.attempt, taken, job });
                 }
             }
+        }
+        if writer_gone {
+            for a in admits.drain(..) {
+                report.requeued += 1;
+                settle(a.settler, Settlement::Requeue).await;
+            }
+            starts.clear();
+            break;
         }
         if admits.is_empty() {
             continue;
@@ -249,8 +264,9 @@ where
         }
         Err(_) => {
             tracing::warn!(grace_secs = grace.as_secs(), "grace period over; requeueing unfinished jobs");
-            // Without its writer the engine thread's next send fails and it hands its jobs back;
-            // deliveries the writer held are requeued by the broker when the source closes.
+            // Without its writer the engine thread's next send fails and it hands back its jobs
+            // and the events nobody took; deliveries the writer held are requeued by the broker
+            // when the source closes.
             writer.abort();
             None
         }
