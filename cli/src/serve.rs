@@ -7,6 +7,6 @@ use genq_gateway::args::ServeArgs;
 use super::CommonArgs;
 
 pub async fn run(common: &CommonArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
-    genq_gateway::run(common.settings(args.overrides())?).await?;
+    genq_gateway::run(common.settings(args.overrides())?, "genq serve").await?;
     Ok(ExitCode::SUCCESS)
 }

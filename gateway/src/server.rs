@@ -87,16 +87,16 @@ pub async fn serve(
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Listens on `gateway.listen` and serves until SIGTERM or Ctrl-C (what `genq serve` and
-/// `genq-gateway` run). Prints one line naming the address, which scripts and tests read to
-/// find a port picked with `:0`.
-pub async fn run(settings: genq_shared::settings::Settings) -> anyhow::Result<()> {
+/// `genq-gateway` run, each passing its name as `program`). Prints one line naming the address,
+/// which scripts and tests read to find a port picked with `:0`.
+pub async fn run(settings: genq_shared::settings::Settings, program: &str) -> anyhow::Result<()> {
     use anyhow::Context;
     let listen = settings.gateway.listen.clone();
     let auth = if settings.gateway.api_key_list().is_empty() { "off" } else { "bearer" };
     let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
     let gw = Gateway::new(settings).await.context("cannot register the gateway's metrics")?;
-    eprintln!("genq serve listening on http://{addr} (auth: {auth})");
+    eprintln!("{program} listening on http://{addr} (auth: {auth})");
     tracing::info!(%addr, auth, "gateway listening");
     serve(listener, gw, genq_protocol::process::shutdown_signal(), SHUTDOWN_GRACE).await?;
     Ok(())

@@ -25,16 +25,6 @@ pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     Ok((status, body))
 }
 
-/// Percent-encodes a query-string value.
-pub fn url_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// A scrape job: Prometheus `job` name and `host:port` targets.
 pub struct ScrapeJob<'a> {
     /// `job_name`.
@@ -97,7 +87,8 @@ impl Prometheus {
     /// Evaluates `expr` at `time` (Unix seconds) through `/api/v1/query`; returns `data.result`,
     /// or the error Prometheus gave.
     pub fn query(&self, expr: &str, time: f64) -> Result<Vec<serde_json::Value>, String> {
-        let path = format!("/api/v1/query?query={}&time={time:.3}", url_encode(expr));
+        let query: String = url::form_urlencoded::Serializer::new(String::new()).append_pair("query", expr).append_pair("time", &format!("{time:.3}")).finish();
+        let path = format!("/api/v1/query?{query}");
         let (status, body) = http_get(&self.addr, &path).map_err(|e| format!("query {expr}: {e}"))?;
         let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| format!("HTTP {status}, not JSON ({e}): {body}"))?;
         if v["status"] != "success" {

@@ -2,10 +2,10 @@
 //! `genq-worker` -> Redis -> `genq submit --wait` / `genq wait`, with the echo engine (fast and
 //! predictable) and with the real default model.
 
-use std::io::{Read, Write};
 use std::time::Duration;
 
 use genq_shared::{JobRequest, JobResult, JobStatus};
+use genq_tests::prometheus::http_get;
 use genq_tests::{default_model, redis_url, Sandbox};
 
 fn write_jobs(lines: &[String]) -> tempfile_path::TempFile {
@@ -36,19 +36,6 @@ fn results_from(stdout: &[u8]) -> Vec<JobResult> {
     String::from_utf8_lossy(stdout).lines().map(|l| serde_json::from_str(l).expect("result line is JSON")).collect()
 }
 
-fn metrics_addr(log: &str) -> Option<String> {
-    let at = log.find("metrics=")? + "metrics=".len();
-    Some(log[at..].split_whitespace().next()?.to_string())
-}
-
-fn http_get(addr: &str, path: &str) -> String {
-    let mut s = std::net::TcpStream::connect(addr).expect("connect metrics listener");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("send");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read");
-    out
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn every_submitted_job_comes_back_done_in_input_order() {
     let sb = Sandbox::new("fleet");
@@ -68,11 +55,11 @@ async fn every_submitted_job_comes_back_done_in_input_order() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("published 200 jobs, rejected 0"), "{stderr}");
 
-    let addr = metrics_addr(&worker.log_text()).expect("worker logs its metrics address");
-    let metrics = http_get(&addr, "/metrics");
+    let addr = worker.metrics_addr().expect("worker logs its metrics address");
+    let (_, metrics) = http_get(&addr, "/metrics").expect("read /metrics");
     assert!(metrics.contains("genq_jobs_total{status=\"done\"} 200"), "{metrics}");
     assert!(metrics.contains("genq_worker_info{") && metrics.contains(r#"kernel="none""#), "{metrics}");
-    assert!(http_get(&addr, "/healthz").starts_with("HTTP/1.1 200"));
+    assert_eq!(http_get(&addr, "/healthz").expect("read /healthz").0, 200);
     drop(worker);
     sb.cleanup().await;
 }

@@ -21,9 +21,7 @@ const RANGE: &str = "5m";
 
 fn metrics_addr(worker: &Worker) -> String {
     worker.wait_ready(Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}"));
-    let log = worker.log_text();
-    let at = log.find("metrics=").map(|i| i + "metrics=".len()).expect("worker logs its metrics address");
-    log[at..].split_whitespace().next().unwrap_or_default().trim_matches('"').to_string()
+    worker.metrics_addr().expect("worker logs its metrics address")
 }
 
 /// Serves `metrics` on a loopback port, as the gateway's `/metrics` does; returns the address.

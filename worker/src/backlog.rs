@@ -55,21 +55,6 @@ pub struct QueueMonitorSettings {
     pub name: String,
 }
 
-/// The monitor's connection (each probe opens its own channel, see [`broker::probe_queue`]).
-struct Poller {
-    connection: Connection,
-}
-
-impl Poller {
-    async fn connect(settings: &QueueMonitorSettings) -> Result<Self, BrokerError> {
-        Ok(Self { connection: broker::connect(&settings.url, &settings.name).await? })
-    }
-
-    async fn close(self) {
-        let _ = self.connection.close(200, "bye".into()).await;
-    }
-}
-
 /// Sets the per-queue gauges from one poll.
 fn record(metrics: &WorkerMetrics, queue: &str, ready: u32, consumers: u32) {
     metrics.queue_ready_messages.with_label_values(&[queue]).set(i64::from(ready));
@@ -89,7 +74,8 @@ pub fn spawn_queue_monitor(
     tokio::spawn(async move {
         let queues: Vec<String> =
             [Priority::Normal, Priority::High].into_iter().map(|p| topology::queue_name(&settings.model, p)).collect();
-        let mut poller: Option<Poller> = None;
+        // Each probe opens its own channel on it (see `broker::probe_queue`).
+        let mut connection: Option<Connection> = None;
         let mut failing = false;
         let mut tick = tokio::time::interval(POLL_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -99,13 +85,13 @@ pub fn spawn_queue_monitor(
                 _ = tick.tick() => {}
             }
             let result = async {
-                if poller.is_none() {
-                    poller = Some(Poller::connect(&settings).await?);
+                if connection.is_none() {
+                    connection = Some(broker::connect(&settings.url, &settings.name).await?);
                 }
-                if let Some(p) = &poller {
+                if let Some(c) = &connection {
                     for queue in &queues {
                         // A queue not declared yet has no depth to report.
-                        if let Some(q) = broker::probe_queue(&p.connection, queue).await? {
+                        if let Some(q) = broker::probe_queue(c, queue).await? {
                             record(&metrics, queue, q.ready, q.consumers);
                         }
                     }
@@ -120,16 +106,18 @@ pub fn spawn_queue_monitor(
                         tracing::warn!(error = %e, "cannot poll the job queues' depth; retrying every {}s", POLL_INTERVAL.as_secs());
                     }
                     failing = true;
-                    if let Some(p) = poller.take() {
-                        p.close().await;
-                    }
+                    close(connection.take()).await;
                 }
             }
         }
-        if let Some(p) = poller.take() {
-            p.close().await;
-        }
+        close(connection.take()).await;
     })
+}
+
+async fn close(connection: Option<Connection>) {
+    if let Some(c) = connection {
+        let _ = c.close(200, "bye".into()).await;
+    }
 }
 
 #[cfg(test)]

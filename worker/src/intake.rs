@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 /// What to do with one delivery.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Not a job at all: reject without requeue so it lands in `genq.dead`.
     DeadLetter {
         /// Why, for the log.
@@ -23,7 +23,7 @@ pub enum Verdict {
 
 /// A job that will end `failed` without running.
 #[derive(Debug, Clone, PartialEq)]
-pub struct RejectedJob {
+pub(crate) struct RejectedJob {
     /// Job id.
     pub id: String,
     /// Error naming the field.
@@ -46,7 +46,7 @@ pub struct IntakeRules {
 }
 
 /// Decides what to do with `body` (its AMQP `message_id` used as the id when the body has none).
-pub fn inspect(body: &[u8], message_id: Option<&str>, rules: &IntakeRules) -> Verdict {
+pub(crate) fn inspect(body: &[u8], message_id: Option<&str>, rules: &IntakeRules) -> Verdict {
     if body.len() > rules.max_body_bytes {
         return Verdict::DeadLetter { reason: format!("body is {} bytes, over the limit of {}", body.len(), rules.max_body_bytes) };
     }

@@ -17,17 +17,20 @@
 //! The RabbitMQ and Redis protocol both sides speak (connections, topology, Lua scripts) is
 //! `genq-protocol`'s.
 
+// Items the crate does not export are `pub(crate)`: what is `pub` is the library's API.
+#![deny(unreachable_pub)]
+
 pub mod backlog;
 pub mod bench;
 pub mod engine;
-pub mod health;
+pub(crate) mod health;
 pub mod heartbeat;
 pub mod http;
-pub mod intake;
+pub(crate) mod intake;
 pub mod metrics;
 pub mod pipeline;
 pub mod process;
-pub mod scheduler;
+pub(crate) mod scheduler;
 pub mod setup;
 pub mod sink;
 pub mod source;

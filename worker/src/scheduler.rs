@@ -24,7 +24,7 @@ use crate::metrics::WorkerMetrics;
 
 /// A job handed to the engine thread, with its reply `R`, which comes back in its final event.
 #[derive(Debug, Clone)]
-pub struct ScheduledJob<R> {
+pub(crate) struct ScheduledJob<R> {
     /// What the job's final event carries back (the pipeline: what settles its delivery).
     pub reply: R,
     /// The validated job.
@@ -40,7 +40,7 @@ pub struct ScheduledJob<R> {
 
 /// How a job ended on the engine thread.
 #[derive(Debug, Clone, PartialEq)]
-pub struct JobOutcome {
+pub(crate) struct JobOutcome {
     /// Final status.
     pub status: JobStatus,
     /// Generated text (partial for expired jobs).
@@ -65,7 +65,7 @@ pub struct JobOutcome {
 
 /// What the engine thread reports.
 #[derive(Debug, Clone, PartialEq)]
-pub enum EngineEvent<R> {
+pub(crate) enum EngineEvent<R> {
     /// New text of a streaming job.
     Chunk {
         /// Job id.
@@ -114,7 +114,7 @@ struct Running<R> {
 }
 
 /// Waiting and running jobs, and the decisions between steps.
-pub struct Scheduler<R> {
+pub(crate) struct Scheduler<R> {
     settings: SchedulerSettings,
     high: VecDeque<ScheduledJob<R>>,
     normal: VecDeque<ScheduledJob<R>>,
@@ -144,7 +144,7 @@ pub(crate) fn outcome(status: JobStatus, text: String, error: Option<(String, &'
 
 impl<R> Scheduler<R> {
     /// An empty scheduler.
-    pub fn new(settings: SchedulerSettings) -> Self {
+    pub(crate) fn new(settings: SchedulerSettings) -> Self {
         Self {
             settings,
             high: VecDeque::new(),
@@ -157,7 +157,7 @@ impl<R> Scheduler<R> {
     }
 
     /// Queues a job for admission.
-    pub fn enqueue(&mut self, job: ScheduledJob<R>) {
+    pub(crate) fn enqueue(&mut self, job: ScheduledJob<R>) {
         if job.isolated {
             self.suspects.push_back(job);
             return;
@@ -169,22 +169,22 @@ impl<R> Scheduler<R> {
     }
 
     /// Jobs waiting for admission.
-    pub fn waiting(&self) -> usize {
+    pub(crate) fn waiting(&self) -> usize {
         self.high.len() + self.normal.len() + self.suspects.len()
     }
 
     /// Estimated tokens of the jobs waiting for admission (see [`crate::backlog::estimated_tokens`]).
-    pub fn waiting_tokens(&self) -> u64 {
+    pub(crate) fn waiting_tokens(&self) -> u64 {
         self.high.iter().chain(&self.normal).map(|j| crate::backlog::estimated_tokens(&j.job)).sum()
     }
 
     /// Sequences running.
-    pub fn running(&self) -> usize {
+    pub(crate) fn running(&self) -> usize {
         self.running.len()
     }
 
     /// True when nothing is waiting or running.
-    pub fn is_idle(&self) -> bool {
+    pub(crate) fn is_idle(&self) -> bool {
         self.waiting() == 0 && self.running.is_empty()
     }
 
@@ -194,7 +194,7 @@ impl<R> Scheduler<R> {
     /// Suspects come first and run alone: the batch drains, then one suspect is admitted once
     /// `solo_gate` returns true (it records the solo run; false leaves the suspect waiting), and
     /// nothing joins it until it leaves.
-    pub fn admit(&mut self, engine: &mut dyn Engine, events: &mut Vec<EngineEvent<R>>, solo_gate: &mut dyn FnMut(&ValidJob) -> bool) {
+    pub(crate) fn admit(&mut self, engine: &mut dyn Engine, events: &mut Vec<EngineEvent<R>>, solo_gate: &mut dyn FnMut(&ValidJob) -> bool) {
         if self.solo.is_some_and(|s| self.running.contains_key(&s)) {
             return;
         }
@@ -269,7 +269,7 @@ impl<R> Scheduler<R> {
     }
 
     /// Ends running sequences whose deadline has passed, keeping what they generated.
-    pub fn expire(&mut self, engine: &mut dyn Engine, events: &mut Vec<EngineEvent<R>>) {
+    pub(crate) fn expire(&mut self, engine: &mut dyn Engine, events: &mut Vec<EngineEvent<R>>) {
         let now = now_ms();
         let expired: Vec<SeqId> =
             self.running.iter().filter(|(_, r)| r.deadline_ms.is_some_and(|d| d <= now)).map(|(&id, _)| id).collect();
@@ -280,7 +280,7 @@ impl<R> Scheduler<R> {
 
     /// Ends the jobs whose ids are in `ids` `cancelled`: waiting ones without running, running
     /// ones keeping what they generated. Removes from `ids` those it found.
-    pub fn cancel(&mut self, ids: &mut HashSet<String>, engine: &mut dyn Engine, events: &mut Vec<EngineEvent<R>>) {
+    pub(crate) fn cancel(&mut self, ids: &mut HashSet<String>, engine: &mut dyn Engine, events: &mut Vec<EngineEvent<R>>) {
         if ids.is_empty() {
             return;
         }
@@ -303,14 +303,14 @@ impl<R> Scheduler<R> {
     }
 
     /// The ids of every job waiting or running.
-    pub fn job_ids(&self) -> Vec<String> {
+    pub(crate) fn job_ids(&self) -> Vec<String> {
         let waiting = self.high.iter().chain(&self.normal).chain(&self.suspects).map(|j| j.job.id.clone());
         waiting.chain(self.running.values().map(|r| r.id.clone())).collect()
     }
 
     /// Takes every job out, waiting and running (releasing their sequences), and returns their
     /// replies: what a stop before the jobs finished hands back.
-    pub fn take_all(&mut self, engine: &mut dyn Engine) -> Vec<R> {
+    pub(crate) fn take_all(&mut self, engine: &mut dyn Engine) -> Vec<R> {
         let mut replies: Vec<R> = Vec::new();
         for queue in [&mut self.high, &mut self.normal, &mut self.suspects] {
             replies.extend(queue.drain(..).map(|j| j.reply));
@@ -337,7 +337,7 @@ impl<R> Scheduler<R> {
 
     /// Runs one engine step and turns its updates into events. A failed step puts every running
     /// job back for another try.
-    pub fn step(&mut self, engine: &mut dyn Engine, metrics: Option<&WorkerMetrics>, events: &mut Vec<EngineEvent<R>>) {
+    pub(crate) fn step(&mut self, engine: &mut dyn Engine, metrics: Option<&WorkerMetrics>, events: &mut Vec<EngineEvent<R>>) {
         if self.running.is_empty() {
             return;
         }
@@ -402,7 +402,7 @@ impl<R> Scheduler<R> {
 /// Handle of the engine thread (its job channel is apart: dropping that lets the thread finish
 /// its work and exit); [`EngineHandle::stop`] makes it stop at the next step boundary and hand
 /// back the jobs it still holds.
-pub struct EngineHandle<R> {
+pub(crate) struct EngineHandle<R> {
     /// Ids of jobs to cancel, waiting or running.
     pub cancels: mpsc::UnboundedSender<String>,
     /// The ids of the jobs the thread holds (waiting or running), as of its last loop.
@@ -417,7 +417,7 @@ impl<R: Send + 'static> EngineHandle<R> {
     /// replies of the jobs it still held: waiting, running, in its channel, or in events nobody
     /// took. None if it panicked; their deliveries then come back when the source closes. The
     /// thread is never joined, so a step that never ends cannot hold the process.
-    pub async fn stop(self) -> Vec<R> {
+    pub(crate) async fn stop(self) -> Vec<R> {
         self.stop.store(true, Ordering::SeqCst);
         self.ended.await.unwrap_or_default()
     }
@@ -436,14 +436,14 @@ impl Drop for EngineStopped {
 
 /// Where the engine thread sends its events; when nobody takes them any more, `Err` with the reply
 /// the event carried, if any.
-pub type EmitEvent<R> = Box<dyn FnMut(EngineEvent<R>) -> Result<(), Undelivered<R>> + Send>;
+pub(crate) type EmitEvent<R> = Box<dyn FnMut(EngineEvent<R>) -> Result<(), Undelivered<R>> + Send>;
 
 /// An event nobody took, with the reply it carried (none for streamed text).
-pub struct Undelivered<R>(pub Option<R>);
+pub(crate) struct Undelivered<R>(pub Option<R>);
 
 impl<R> EngineEvent<R> {
     /// The reply this event carries (none for streamed text).
-    pub fn into_reply(self) -> Option<R> {
+    pub(crate) fn into_reply(self) -> Option<R> {
         match self {
             EngineEvent::Chunk { .. } => None,
             EngineEvent::Finished { reply, .. } | EngineEvent::Retry { reply, .. } => Some(reply),
@@ -470,12 +470,12 @@ fn deliver<R>(emit: &mut EmitEvent<R>, out: &mut Vec<EngineEvent<R>>, undelivere
 }
 
 /// Decides whether a suspect may start running alone now (see [`Scheduler::admit`]).
-pub type SoloGate = Box<dyn FnMut(&ValidJob) -> bool + Send>;
+pub(crate) type SoloGate = Box<dyn FnMut(&ValidJob) -> bool + Send>;
 
 /// Starts the engine thread. It owns `engine`, takes jobs from the channel of `queue_bound` it
 /// returns, and hands events to `emit`. It exits once that channel is closed and all its work is
 /// done, or at the next step boundary after [`EngineHandle::stop`].
-pub fn spawn_engine_thread<R: Send + 'static>(
+pub(crate) fn spawn_engine_thread<R: Send + 'static>(
     mut engine: Box<dyn Engine>,
     settings: SchedulerSettings,
     queue_bound: usize,

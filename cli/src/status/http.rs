@@ -3,14 +3,12 @@
 
 use std::time::Duration;
 
+use genq_protocol::url::HttpTarget;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A GET failed.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
-    /// The URL is not `http://host:port/path`.
-    #[error("unsupported URL {0:?} (only http://host[:port]/path)")]
-    Url(String),
     /// Connecting, sending or reading failed, or it took too long.
     #[error("{addr}: {message}")]
     Io {
@@ -27,24 +25,6 @@ pub enum HttpError {
         /// The status code.
         status: u16,
     },
-}
-
-/// `(host:port, path)` of an `http://` URL, or of a bare `host:port` (path `/`).
-pub fn split_url(url: &str) -> Result<(String, String), HttpError> {
-    let rest = match url.split_once("://") {
-        Some(("http", rest)) => rest,
-        Some(_) => return Err(HttpError::Url(url.to_string())),
-        None => url,
-    };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    if authority.is_empty() || authority.contains('@') {
-        return Err(HttpError::Url(url.to_string()));
-    }
-    let addr = if authority.contains(':') { authority.to_string() } else { format!("{authority}:80") };
-    Ok((addr, path.to_string()))
 }
 
 fn base64(input: &[u8]) -> String {
@@ -64,9 +44,9 @@ fn base64(input: &[u8]) -> String {
     out
 }
 
-/// GETs `path` from `addr` (`host:port`), with basic auth when `auth` is given; returns the body
-/// of a 200 answer.
-pub async fn get(addr: &str, path: &str, auth: Option<(&str, &str)>, timeout: Duration) -> Result<String, HttpError> {
+/// GETs `target`, with basic auth when `auth` is given; returns the body of a 200 answer.
+pub async fn get(target: &HttpTarget, auth: Option<(&str, &str)>, timeout: Duration) -> Result<String, HttpError> {
+    let (addr, path) = (target.addr.as_str(), target.path.as_str());
     let io = |e: std::io::Error| HttpError::Io { addr: addr.to_string(), message: e.to_string() };
     let work = async {
         let mut stream = tokio::net::TcpStream::connect(addr).await.map_err(io)?;
@@ -99,13 +79,5 @@ mod tests {
         assert_eq!(base64(b"guest:guest"), "Z3Vlc3Q6Z3Vlc3Q=");
         assert_eq!(base64(b"ab"), "YWI=");
         assert_eq!(base64(b"abc"), "YWJj");
-    }
-
-    #[test]
-    fn worker_addresses_may_be_urls_or_host_port() {
-        assert_eq!(split_url("127.0.0.1:9464").ok(), Some(("127.0.0.1:9464".into(), "/".into())));
-        assert_eq!(split_url("http://w1:9464/metrics").ok(), Some(("w1:9464".into(), "/metrics".into())));
-        assert_eq!(split_url("http://rabbit").ok(), Some(("rabbit:80".into(), "/".into())));
-        assert!(split_url("https://rabbit:15671").is_err(), "no TLS");
     }
 }

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-
 use genq_protocol::broker;
+use genq_protocol::url::{join_segments, url_list, AmqpEndpoint, HttpTarget};
 
 use super::http;
 
@@ -45,43 +45,17 @@ pub struct QueueReport {
     pub source: DepthSource,
 }
 
-/// The parts of an AMQP URL the management API needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AmqpParts {
-    /// Host name.
-    pub host: String,
-    /// User (`guest` when the URL names none).
-    pub user: String,
-    /// Password.
-    pub password: String,
-    /// Virtual host, URL-encoded as the management API wants it (`%2F` for `/`).
-    pub vhost: String,
-}
-
-/// Splits `amqp://user:pass@host:port/vhost`.
-pub fn amqp_parts(url: &str) -> AmqpParts {
-    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
-    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let (userinfo, hostport) = authority.rsplit_once('@').unwrap_or(("guest:guest", authority));
-    let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
-    let host = hostport.rsplit_once(':').map(|(h, _)| h).unwrap_or(hostport);
-    let vhost = path.split('?').next().unwrap_or("");
-    let vhost = if vhost.is_empty() || vhost.eq_ignore_ascii_case("%2f") { "%2F".to_string() } else { vhost.to_string() };
-    AmqpParts { host: host.to_string(), user: user.to_string(), password: password.to_string(), vhost }
-}
-
 /// The management API URL guessed from an AMQP URL: same host, port 15672.
-pub fn default_management_url(amqp_url: &str) -> String {
-    format!("http://{}:15672", amqp_parts(amqp_url).host)
+pub fn default_management_url(amqp: &AmqpEndpoint) -> String {
+    format!("http://{}:15672", amqp.host)
 }
 
-async fn from_management(base: &str, parts: &AmqpParts, names: &[String]) -> Result<Vec<QueueDepth>, String> {
-    let (addr, prefix) = http::split_url(base).map_err(|e| e.to_string())?;
-    let prefix = prefix.trim_end_matches('/');
+async fn from_management(base: &str, amqp: &AmqpEndpoint, names: &[String]) -> Result<Vec<QueueDepth>, String> {
     let mut out = Vec::new();
     for name in names {
-        let path = format!("{prefix}/api/queues/{}/{}", parts.vhost, name);
-        let body = match http::get(&addr, &path, Some((&parts.user, &parts.password)), Duration::from_secs(5)).await {
+        let url = join_segments(base, &["api", "queues", &amqp.vhost, name]).map_err(|e| e.to_string())?;
+        let target = HttpTarget::parse(&url).map_err(|e| e.to_string())?;
+        let body = match http::get(&target, Some((&amqp.user, &amqp.password)), Duration::from_secs(5)).await {
             Ok(body) => body,
             Err(http::HttpError::Status { status: 404, .. }) => {
                 out.push(QueueDepth { name: name.clone(), exists: false, ready: None, unacked: None, consumers: None });
@@ -124,9 +98,11 @@ async fn from_amqp(amqp_url: &str, names: &[String]) -> Result<Vec<QueueDepth>, 
 /// Depths of `names`: from the management API at `management_url` (default: the AMQP host, port
 /// 15672) when it answers, else by passive declares over AMQP.
 pub async fn depths(amqp_url: &str, management_url: Option<&str>, names: &[String]) -> Result<QueueReport, String> {
-    let parts = amqp_parts(amqp_url);
-    let base = management_url.map(str::to_string).unwrap_or_else(|| default_management_url(amqp_url));
-    match from_management(&base, &parts, names).await {
+    // The management API of the first node listed; the AMQP fallback tries them all.
+    let first = url_list(amqp_url).first().copied().unwrap_or(amqp_url);
+    let amqp = AmqpEndpoint::parse(first).map_err(|e| e.to_string())?;
+    let base = management_url.map(str::to_string).unwrap_or_else(|| default_management_url(&amqp));
+    match from_management(&base, &amqp, names).await {
         Ok(mut queues) => {
             // The management API publishes a new queue's counts only after its first stats
             // interval (5 s): take those from a passive declare meanwhile.
@@ -156,9 +132,7 @@ mod tests {
 
     #[test]
     fn management_api_credentials_come_from_the_amqp_url() {
-        let p = amqp_parts("amqp://genq:s3cret@rabbitmq:5672/%2f");
-        assert_eq!((p.host.as_str(), p.user.as_str(), p.password.as_str(), p.vhost.as_str()), ("rabbitmq", "genq", "s3cret", "%2F"));
-        assert_eq!(amqp_parts("amqp://localhost/prod").vhost, "prod");
-        assert_eq!(default_management_url("amqp://guest:guest@127.0.0.1:5672/%2f"), "http://127.0.0.1:15672");
+        let amqp = AmqpEndpoint::parse("amqp://guest:guest@127.0.0.1:5672/%2f").unwrap();
+        assert_eq!(default_management_url(&amqp), "http://127.0.0.1:15672");
     }
 }

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use genq_protocol::url::{HttpTarget, UrlError};
 use genq_shared::metrics as names;
 
 use super::http;
@@ -88,14 +89,17 @@ pub struct WorkerStatus {
 }
 
 /// `host:port` or an `http://` URL of a worker's metrics; the path defaults to `/metrics`.
-fn metrics_target(addr: &str) -> Result<(String, String), http::HttpError> {
-    let (host, path) = http::split_url(addr)?;
-    Ok((host, if path == "/" { "/metrics".to_string() } else { path }))
+fn metrics_target(addr: &str) -> Result<HttpTarget, UrlError> {
+    let mut target = HttpTarget::parse(addr)?;
+    if target.path == "/" {
+        target.path = "/metrics".into();
+    }
+    Ok(target)
 }
 
 async fn scrape(addr: &str) -> Result<Vec<Sample>, String> {
-    let (host, path) = metrics_target(addr).map_err(|e| e.to_string())?;
-    http::get(&host, &path, None, Duration::from_secs(5)).await.map(|t| parse(&t)).map_err(|e| e.to_string())
+    let target = metrics_target(addr).map_err(|e| e.to_string())?;
+    http::get(&target, None, Duration::from_secs(5)).await.map(|t| parse(&t)).map_err(|e| e.to_string())
 }
 
 /// Reads `addr`'s metrics twice, `interval` apart.

@@ -18,7 +18,7 @@ use super::stops::StopMatcher;
 use super::{check_score_length, AdmitError, Admitted, Engine, EngineError, EngineInfo, PromptEncoder, Score, SeqDone, SeqId, SeqUpdate, StepLimits};
 
 /// Context length the echo engine pretends to have.
-pub const ECHO_CONTEXT_LENGTH: usize = 8192;
+pub(crate) const ECHO_CONTEXT_LENGTH: usize = 8192;
 
 /// A prompt's words: the text once, and where each word lies in it (one allocation each rather
 /// than one per word, so the echo engine costs next to nothing per job).
@@ -80,7 +80,7 @@ impl PromptEncoder for WordEncoder {
 }
 
 /// The echo engine. Every sequence decodes one word per step, like a real model decodes a token.
-pub struct EchoEngine {
+pub(crate) struct EchoEngine {
     info: EngineInfo,
     seqs: BTreeMap<SeqId, EchoSeq>,
     crash_on: Option<String>,
@@ -88,13 +88,13 @@ pub struct EchoEngine {
 }
 
 /// Environment variable naming the prompt word that makes the echo engine abort (tests only).
-pub const CRASH_ON_ENV: &str = "GENQ_ECHO_CRASH_ON";
+pub(crate) const CRASH_ON_ENV: &str = "GENQ_ECHO_CRASH_ON";
 /// Environment variable giving each echo step a duration in ms (tests only).
-pub const STEP_MS_ENV: &str = "GENQ_ECHO_STEP_MS";
+pub(crate) const STEP_MS_ENV: &str = "GENQ_ECHO_STEP_MS";
 
 impl EchoEngine {
     /// An echo engine answering for `model`.
-    pub fn new(model: &str) -> Self {
+    pub(crate) fn new(model: &str) -> Self {
         Self {
             info: EngineInfo { model: model.to_string(), device: "cpu".into(), kernel: "none".into(), context_length: ECHO_CONTEXT_LENGTH },
             seqs: BTreeMap::new(),

@@ -9,9 +9,9 @@
 //! [`PromptEncoder`] (chat template and tokenizer) runs before admission, on other threads, so a
 //! huge prompt never holds up the running batch.
 
-pub mod echo;
+pub(crate) mod echo;
 pub mod llama;
-pub mod stops;
+pub(crate) mod stops;
 
 use std::sync::Arc;
 

@@ -3,7 +3,7 @@
 
 /// Tracks the generated text of one sequence against its stop strings.
 #[derive(Debug, Clone, Default)]
-pub struct StopMatcher {
+pub(crate) struct StopMatcher {
     stops: Vec<String>,
     text: String,
     emitted: usize,
@@ -11,7 +11,7 @@ pub struct StopMatcher {
 
 /// What the matcher decided after new text arrived.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StopCheck {
+pub(crate) struct StopCheck {
     /// Text now safe to emit.
     pub emit: String,
     /// A stop string matched; the sequence is finished and the stop text is dropped.
@@ -20,13 +20,13 @@ pub struct StopCheck {
 
 impl StopMatcher {
     /// A matcher for `stops` (may be empty).
-    pub fn new(stops: Vec<String>) -> Self {
+    pub(crate) fn new(stops: Vec<String>) -> Self {
         Self { stops, text: String::new(), emitted: 0 }
     }
 
     /// Adds `piece` of generated text. When `armed` is false (below `min_new_tokens`) stops are
     /// not searched for, but text that could start one is still held back.
-    pub fn push(&mut self, piece: &str, armed: bool) -> StopCheck {
+    pub(crate) fn push(&mut self, piece: &str, armed: bool) -> StopCheck {
         self.text.push_str(piece);
         if armed {
             if let Some(at) = self.first_stop() {
@@ -43,14 +43,15 @@ impl StopMatcher {
     }
 
     /// Emits whatever is held back (the sequence ended for another reason).
-    pub fn flush(&mut self) -> String {
+    pub(crate) fn flush(&mut self) -> String {
         let rest = self.text[self.emitted..].to_string();
         self.emitted = self.text.len();
         rest
     }
 
     /// All text accepted so far (without any stop text).
-    pub fn text(&self) -> &str {
+    #[cfg(test)]
+    pub(crate) fn text(&self) -> &str {
         &self.text
     }
 

@@ -92,7 +92,7 @@ pub(crate) struct Admission<'a> {
 impl Admission<'_> {
     /// Sends an outcome decided without running the job to the writer; hands the delivery back
     /// when the writer is gone.
-    pub async fn finish_unrun(&self, job: InFlight, outcome: JobOutcome) -> AdmitOutcome {
+    pub(super) async fn finish_unrun(&self, job: InFlight, outcome: JobOutcome) -> AdmitOutcome {
         match self.writer.send(ToWriter::Final { job, outcome }).await {
             Ok(()) => AdmitOutcome::Queued,
             Err(item) => match item.into_job() {
@@ -103,7 +103,7 @@ impl Admission<'_> {
     }
 
     /// Acts on what `begin` found for one job: run it, finish it without running, or ack a duplicate.
-    pub async fn admit(&self, a: Admit, begun: Begin) -> AdmitOutcome {
+    pub(super) async fn admit(&self, a: Admit, begun: Begin) -> AdmitOutcome {
         let Admit { settler, attempt, taken, job } = a;
         let in_flight = |settle_as: Settlement, job: &ValidJob, settler: Box<dyn Settle>| {
             let mut f = InFlight::new(settler, &taken, Some(job.kind.as_str().to_string()), self.metrics.inflight_deliveries.clone());

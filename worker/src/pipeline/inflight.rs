@@ -31,7 +31,7 @@ pub(crate) struct Taken {
 
 impl Taken {
     /// The sink's record of the job starting, as a job of `kind`.
-    pub fn job_start(&self, kind: &str) -> JobStart {
+    pub(super) fn job_start(&self, kind: &str) -> JobStart {
         JobStart {
             id: self.id.clone(),
             kind: kind.to_string(),
@@ -72,7 +72,7 @@ pub(crate) struct InFlight {
 impl InFlight {
     /// A delivery `taken` for a job of `kind` (none when it failed validation); counted in
     /// `gauge` until settled.
-    pub fn new(settler: Box<dyn Settle>, taken: &Taken, kind: Option<String>, gauge: IntGauge) -> Self {
+    pub(super) fn new(settler: Box<dyn Settle>, taken: &Taken, kind: Option<String>, gauge: IntGauge) -> Self {
         gauge.inc();
         Self {
             settler,
@@ -90,13 +90,13 @@ impl InFlight {
     }
 
     /// Settles the delivery as its result asked (`settle_as`).
-    pub async fn settle_as_decided(self) {
+    pub(super) async fn settle_as_decided(self) {
         let how = self.settle_as;
         self.settle(how).await;
     }
 
     /// Settles the delivery `how`.
-    pub async fn settle(self, how: Settlement) {
+    pub(super) async fn settle(self, how: Settlement) {
         self.gauge.dec();
         settle(self.settler, how).await;
     }
@@ -147,7 +147,7 @@ impl From<EngineEvent<InFlight>> for ToWriter {
 
 impl ToWriter {
     /// The delivery this item carries (none for streamed text).
-    pub fn into_job(self) -> Option<InFlight> {
+    pub(super) fn into_job(self) -> Option<InFlight> {
         match self {
             ToWriter::Chunk { .. } => None,
             ToWriter::Final { job, .. } | ToWriter::Requeue { job, .. } => Some(job),
@@ -155,7 +155,7 @@ impl ToWriter {
     }
 
     /// Whether this ends a delivery (a final outcome or a requeue), as opposed to streamed text.
-    pub fn ends_a_delivery(&self) -> bool {
+    pub(super) fn ends_a_delivery(&self) -> bool {
         !matches!(self, ToWriter::Chunk { .. })
     }
 }
@@ -170,7 +170,7 @@ pub(crate) struct WriterSender {
 
 impl WriterSender {
     /// Wraps the sending half of the writer's channel.
-    pub fn new(tx: mpsc::Sender<ToWriter>) -> Self {
+    pub(super) fn new(tx: mpsc::Sender<ToWriter>) -> Self {
         Self { tx, sent: Arc::default() }
     }
 
@@ -181,20 +181,20 @@ impl WriterSender {
     }
 
     /// Sends from async code; gives the item back when the writer is gone.
-    pub async fn send(&self, item: ToWriter) -> Result<(), ToWriter> {
+    pub(super) async fn send(&self, item: ToWriter) -> Result<(), ToWriter> {
         self.count(&item);
         self.tx.send(item).await.map_err(|e| e.0)
     }
 
     /// Sends from the engine thread; when the writer is gone, gives back the delivery the item
     /// carried.
-    pub fn blocking_send(&self, item: ToWriter) -> Result<(), Undelivered<InFlight>> {
+    pub(super) fn blocking_send(&self, item: ToWriter) -> Result<(), Undelivered<InFlight>> {
         self.count(&item);
         self.tx.blocking_send(item).map_err(|e| Undelivered(e.0.into_job()))
     }
 
     /// Items that end a delivery sent so far.
-    pub fn endings_sent(&self) -> u64 {
+    pub(super) fn endings_sent(&self) -> u64 {
         self.sent.load(Ordering::SeqCst)
     }
 }

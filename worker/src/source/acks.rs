@@ -21,14 +21,14 @@ use super::{Settle, SettleFuture, Settlement};
 /// delivery can reach us after a later one of another consumer, so a gap is a delivery in transit
 /// that a multiple ack must not cover.
 #[derive(Debug, Default)]
-pub struct AckLedger {
+pub(crate) struct AckLedger {
     unsettled: BTreeSet<u64>,
     next_tag: u64,
 }
 
 /// The frames that settle a run of acks.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct AckPlan {
+pub(crate) struct AckPlan {
     /// One `basic.ack` with `multiple=true` up to this tag, when set.
     pub multiple_up_to: Option<u64>,
     /// Tags acked one by one (an earlier delivery is still unsettled).
@@ -37,7 +37,7 @@ pub struct AckPlan {
 
 impl AckLedger {
     /// Records a delivery taken from the channel.
-    pub fn delivered(&mut self, tag: u64) {
+    pub(crate) fn delivered(&mut self, tag: u64) {
         let first = self.next_tag.max(1);
         if tag >= first {
             self.unsettled.extend(first..tag);
@@ -47,13 +47,13 @@ impl AckLedger {
     }
 
     /// Records a delivery settled on its own (requeued, dead-lettered).
-    pub fn settled(&mut self, tag: u64) {
+    pub(crate) fn settled(&mut self, tag: u64) {
         self.unsettled.remove(&tag);
     }
 
     /// Marks `tags` acked and says which frames do it: the tags below every delivery still
     /// unsettled are covered by one multiple ack; the others are acked singly.
-    pub fn plan_acks(&mut self, tags: &mut Vec<u64>) -> AckPlan {
+    pub(crate) fn plan_acks(&mut self, tags: &mut Vec<u64>) -> AckPlan {
         for t in tags.iter() {
             self.unsettled.remove(t);
         }
@@ -69,7 +69,8 @@ impl AckLedger {
     }
 
     /// Deliveries not settled yet (gaps included).
-    pub fn unsettled(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn unsettled(&self) -> usize {
         self.unsettled.len()
     }
 }
@@ -83,14 +84,14 @@ enum Command {
 
 /// The sending side of one channel's settling task; cloned into every delivery's settler.
 #[derive(Clone)]
-pub struct SettlerHandle {
+pub(crate) struct SettlerHandle {
     tx: mpsc::UnboundedSender<Command>,
     ledger: Arc<Mutex<AckLedger>>,
 }
 
 impl SettlerHandle {
     /// Records a delivery and returns its settler.
-    pub fn track(&self, tag: u64) -> Box<dyn Settle> {
+    pub(crate) fn track(&self, tag: u64) -> Box<dyn Settle> {
         if let Ok(mut l) = self.ledger.lock() {
             l.delivered(tag);
         }
@@ -98,7 +99,7 @@ impl SettlerHandle {
     }
 
     /// Waits until every settlement asked for so far has been sent.
-    pub async fn flush(&self) {
+    pub(crate) async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
         if self.tx.send(Command::Flush(tx)).is_ok() {
             let _ = rx.await;
@@ -124,7 +125,7 @@ impl Settle for AmqpSettler {
 const MAX_PASS: usize = 4096;
 
 /// Starts the settling task of `channel`. It ends when every handle is dropped.
-pub fn spawn_settler(channel: Channel) -> SettlerHandle {
+pub(crate) fn spawn_settler(channel: Channel) -> SettlerHandle {
     let (tx, mut rx) = mpsc::unbounded_channel::<Command>();
     let ledger: Arc<Mutex<AckLedger>> = Arc::default();
     let handle = SettlerHandle { tx, ledger: ledger.clone() };

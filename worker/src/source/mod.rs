@@ -4,7 +4,7 @@
 //! - [`memory`]: an in-process queue, for `genq run --embedded` and tests.
 //! - [`acks`]: the AMQP source's settling task (acks combined with `multiple=true` where safe).
 
-pub mod acks;
+pub(crate) mod acks;
 pub mod amqp;
 pub mod memory;
 

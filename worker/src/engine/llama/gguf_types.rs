@@ -9,7 +9,7 @@ use std::io::{self, Read, Seek, SeekFrom};
 
 /// GGML type ids genq loads, with their names: floats, the legacy 4/5/8-bit blocks and the K-quants
 /// of 4 to 6 bits.
-pub const SUPPORTED: &[(u32, &str)] = &[
+pub(crate) const SUPPORTED: &[(u32, &str)] = &[
     (0, "F32"),
     (1, "F16"),
     (30, "BF16"),
@@ -78,7 +78,7 @@ fn supported_names() -> String {
 }
 
 /// The GGML name of type `id` (`GGML type id 99` when unknown).
-pub fn type_name(id: u32) -> String {
+pub(crate) fn type_name(id: u32) -> String {
     SUPPORTED
         .iter()
         .chain(OTHERS)
@@ -88,7 +88,7 @@ pub fn type_name(id: u32) -> String {
 
 /// Fails on the first tensor of `file` whose type genq does not load; leaves the reader at the
 /// start of the file.
-pub fn check<R: Read + Seek>(file: &mut R) -> Result<(), GgufTypeError> {
+pub(crate) fn check<R: Read + Seek>(file: &mut R) -> Result<(), GgufTypeError> {
     file.seek(SeekFrom::Start(0))?;
     let types = tensor_types(&mut io::BufReader::new(&mut *file))?;
     file.seek(SeekFrom::Start(0))?;
@@ -99,7 +99,7 @@ pub fn check<R: Read + Seek>(file: &mut R) -> Result<(), GgufTypeError> {
 }
 
 /// Every tensor's name and GGML type id, in header order.
-pub fn tensor_types<R: Read + Seek>(r: &mut R) -> Result<Vec<(String, u32)>, GgufTypeError> {
+pub(crate) fn tensor_types<R: Read + Seek>(r: &mut R) -> Result<Vec<(String, u32)>, GgufTypeError> {
     let mut magic = [0u8; 4];
     r.read_exact(&mut magic)?;
     if &magic != b"GGUF" {

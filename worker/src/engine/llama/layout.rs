@@ -20,7 +20,7 @@ use super::arch::{Arch, MlpKind, ModelConfig, NormKind};
 
 /// A weight as read from the file, on the CPU: quantized blocks (any GGUF tensor) or a dense
 /// tensor (safetensors).
-pub enum Raw {
+pub(super) enum Raw {
     /// A GGUF tensor (F32/F16 ones too).
     Quant(QTensor),
     /// A safetensors tensor, in its file dtype.
@@ -29,7 +29,7 @@ pub enum Raw {
 
 impl Raw {
     /// `(rows, cols)` of a matrix.
-    pub fn dims(&self) -> Result<(usize, usize)> {
+    pub(super) fn dims(&self) -> Result<(usize, usize)> {
         match self {
             Raw::Quant(q) => q.shape().dims2(),
             Raw::Dense(t) => t.dims2(),
@@ -37,7 +37,7 @@ impl Raw {
     }
 
     /// The values in f32 (dequantized).
-    pub fn f32(&self) -> Result<Tensor> {
+    pub(super) fn f32(&self) -> Result<Tensor> {
         match self {
             Raw::Quant(q) => q.dequantize(&Device::Cpu),
             Raw::Dense(t) => t.to_dtype(DType::F32),
@@ -45,7 +45,7 @@ impl Raw {
     }
 
     /// The quantization type of a GGUF tensor stored quantized (not F32/F16/BF16).
-    pub fn quant_dtype(&self) -> Option<GgmlDType> {
+    pub(super) fn quant_dtype(&self) -> Option<GgmlDType> {
         match self {
             Raw::Quant(q) if !matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) => {
                 Some(q.dtype())
@@ -57,7 +57,7 @@ impl Raw {
 
 /// A projection `x @ w^T (+ b)` whose weight may be stored in parts (q, k, v) or fused; its
 /// output splits into `widths` (q/k/v, or gate/up).
-pub struct Linear {
+pub(super) struct Linear {
     /// Weight parts, stacked along the output dimension in this order.
     pub parts: Vec<Raw>,
     /// How the output splits; sums to the parts' rows.
@@ -67,7 +67,7 @@ pub struct Linear {
 }
 
 /// A norm's weight (and LayerNorm's bias), f32 vectors.
-pub struct Norm {
+pub(super) struct Norm {
     /// Scale.
     pub weight: Tensor,
     /// Shift (LayerNorm).
@@ -75,7 +75,7 @@ pub struct Norm {
 }
 
 /// One transformer block.
-pub struct LayerWeights {
+pub(super) struct LayerWeights {
     /// Before attention.
     pub attn_norm: Norm,
     /// q, k, v: widths `[heads*dim, kv_heads*dim, kv_heads*dim]`.
@@ -94,7 +94,7 @@ pub struct LayerWeights {
 
 /// A tensor's role, by llama.cpp's name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Part {
+pub(super) enum Part {
     /// Token embedding `[vocab, hidden]`.
     TokenEmbd,
     /// Learned position embedding `[context, hidden]` (GPT-2).
@@ -131,7 +131,7 @@ pub enum Part {
 
 /// Where a checkpoint comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
+pub(super) enum Format {
     /// llama.cpp's names.
     Gguf,
     /// Hugging Face's names.
@@ -213,7 +213,7 @@ impl Part {
 }
 
 /// The file name of `part` (of `layer`), `.weight` or `.bias`, and whether it is transposed.
-pub fn file_name(arch: Arch, format: Format, part: Part, layer: Option<usize>, bias: bool) -> Option<(String, bool)> {
+pub(super) fn file_name(arch: Arch, format: Format, part: Part, layer: Option<usize>, bias: bool) -> Option<(String, bool)> {
     let suffix = if bias { "bias" } else { "weight" };
     match format {
         Format::Gguf => {
@@ -231,7 +231,7 @@ pub fn file_name(arch: Arch, format: Format, part: Part, layer: Option<usize>, b
 }
 
 /// Tensors by name: a GGUF file or safetensors files.
-pub trait TensorSource {
+pub(super) trait TensorSource {
     /// Reads (and, for safetensors, takes) a tensor.
     fn read(&mut self, name: &str) -> Result<Raw>;
     /// Whether the file has it.
@@ -241,7 +241,7 @@ pub trait TensorSource {
 }
 
 /// A GGUF file.
-pub struct GgufSource<'a> {
+pub(super) struct GgufSource<'a> {
     /// Its header.
     pub content: &'a gguf_file::Content,
     /// The open file.
@@ -261,7 +261,7 @@ impl TensorSource for GgufSource<'_> {
 }
 
 /// Every tensor of a Hugging Face folder's `*.safetensors`, in memory until read.
-pub struct SafetensorsSource {
+pub(super) struct SafetensorsSource {
     tensors: HashMap<String, Tensor>,
     all: Vec<String>,
 }
@@ -269,7 +269,7 @@ pub struct SafetensorsSource {
 impl SafetensorsSource {
     /// Reads `files`; GPT-2's `transformer.` prefix is dropped, and a tied model's stored
     /// `lm_head.weight` (a copy of the embedding) is left out.
-    pub fn load(files: &[impl AsRef<Path>], tied: bool) -> Result<Self> {
+    pub(super) fn load(files: &[impl AsRef<Path>], tied: bool) -> Result<Self> {
         let mut tensors = HashMap::new();
         for f in files {
             for (name, t) in candle_core::safetensors::load(f, &Device::Cpu)? {
@@ -285,7 +285,7 @@ impl SafetensorsSource {
     }
 
     /// The dtype of a tensor (the embedding's tells the file's dtype).
-    pub fn dtype(&self, name: &str) -> Option<DType> {
+    pub(super) fn dtype(&self, name: &str) -> Option<DType> {
         self.tensors.get(name).map(Tensor::dtype)
     }
 }
@@ -307,7 +307,7 @@ impl TensorSource for SafetensorsSource {
 
 /// Reads an architecture's tensors from a source into [`LayerWeights`] and the rest, checking
 /// every shape against the config, and remembers what it read.
-pub struct Loader<'a> {
+pub(super) struct Loader<'a> {
     cfg: &'a ModelConfig,
     src: &'a mut dyn TensorSource,
     format: Format,
@@ -317,7 +317,7 @@ pub struct Loader<'a> {
 
 impl<'a> Loader<'a> {
     /// A loader of `src` for `cfg`.
-    pub fn new(cfg: &'a ModelConfig, src: &'a mut dyn TensorSource, format: Format) -> Self {
+    pub(super) fn new(cfg: &'a ModelConfig, src: &'a mut dyn TensorSource, format: Format) -> Self {
         Self {
             cfg,
             src,
@@ -331,7 +331,7 @@ impl<'a> Loader<'a> {
     }
 
     /// Whether the file has the tensor.
-    pub fn has(&self, part: Part, layer: Option<usize>, bias: bool) -> bool {
+    pub(super) fn has(&self, part: Part, layer: Option<usize>, bias: bool) -> bool {
         self.name(part, layer, bias).is_some_and(|(n, _)| self.src.has(&n))
     }
 
@@ -423,7 +423,7 @@ impl<'a> Loader<'a> {
     }
 
     /// Block `i`.
-    pub fn layer(&mut self, i: usize) -> Result<LayerWeights> {
+    pub(super) fn layer(&mut self, i: usize) -> Result<LayerWeights> {
         let cfg = self.cfg;
         let l = Some(i);
         let attn_norm = self.norm(Part::AttnNorm, l)?;
@@ -464,7 +464,7 @@ impl<'a> Loader<'a> {
     }
 
     /// The token embedding, `[vocab, hidden]`.
-    pub fn embedding(&mut self) -> Result<Raw> {
+    pub(super) fn embedding(&mut self) -> Result<Raw> {
         let e = self.read(Part::TokenEmbd, None, false)?;
         if e.dims()? != (self.cfg.vocab, self.cfg.hidden) {
             bail!("embedding is {:?}, expected {}x{}", e.dims()?, self.cfg.vocab, self.cfg.hidden);
@@ -473,7 +473,7 @@ impl<'a> Loader<'a> {
     }
 
     /// Learned position embeddings `[context, hidden]` (f32), when the config has no RoPE.
-    pub fn positions(&mut self) -> Result<Option<Tensor>> {
+    pub(super) fn positions(&mut self) -> Result<Option<Tensor>> {
         if self.cfg.rope.is_some() {
             return Ok(None);
         }
@@ -490,12 +490,12 @@ impl<'a> Loader<'a> {
     }
 
     /// The final norm.
-    pub fn output_norm(&mut self) -> Result<Norm> {
+    pub(super) fn output_norm(&mut self) -> Result<Norm> {
         self.norm(Part::OutputNorm, None)
     }
 
     /// The output head, or `None` when it is tied to the embedding.
-    pub fn head(&mut self) -> Result<Option<Linear>> {
+    pub(super) fn head(&mut self) -> Result<Option<Linear>> {
         let Some(w) = self.optional(Part::Output, None, false)? else {
             return Ok(None);
         };
@@ -515,7 +515,7 @@ impl<'a> Loader<'a> {
 
     /// Refuses a file holding tensors the architecture does not use (an unknown layout: a
     /// mixture of experts, extra norms), naming them.
-    pub fn finish(self) -> Result<()> {
+    pub(super) fn finish(self) -> Result<()> {
         let mut unused: Vec<String> = self
             .src
             .names()

@@ -25,9 +25,9 @@ use half::{f16, slice::HalfFloatSliceExt};
 use rayon::prelude::*;
 
 /// Inputs per quantization block.
-pub const BLOCK: usize = 32;
+pub(crate) const BLOCK: usize = 32;
 /// Output rows per interleaved group (one 512-bit vector of 32-bit lanes).
-pub const LANES: usize = 16;
+pub(crate) const LANES: usize = 16;
 /// `1.5 * 2^23`: added to a float below `2^22` in magnitude, leaves its value rounded to an
 /// integer (ties to even) in the low mantissa bits.
 const ROUNDING_SHIFT: f32 = 12_582_912.0;
@@ -45,7 +45,7 @@ const AMX_MIN_TOKENS: usize = 4;
 
 /// The code that multiplies packed weights. Every kernel gives bitwise the same outputs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kernel {
+pub(crate) enum Kernel {
     /// Plain Rust, any CPU (slow).
     Reference,
     /// AVX-512 F, BW and VNNI: sixteen rows against up to eight tokens per pass.
@@ -56,10 +56,10 @@ pub enum Kernel {
 
 impl Kernel {
     /// Every kernel, fastest first.
-    pub const ALL: [Kernel; 3] = [Kernel::Amx, Kernel::Avx512Vnni, Kernel::Reference];
+    pub(crate) const ALL: [Kernel; 3] = [Kernel::Amx, Kernel::Avx512Vnni, Kernel::Reference];
 
     /// Whether this CPU (and OS, for AMX's tile state) runs the kernel. Detected once.
-    pub fn available(self) -> bool {
+    pub(crate) fn available(self) -> bool {
         static VNNI: OnceLock<bool> = OnceLock::new();
         static AMX: OnceLock<bool> = OnceLock::new();
         match self {
@@ -70,12 +70,12 @@ impl Kernel {
     }
 
     /// The fastest kernel this CPU runs.
-    pub fn best() -> Kernel {
+    pub(crate) fn best() -> Kernel {
         Self::ALL.into_iter().find(|k| k.available()).unwrap_or(Kernel::Reference)
     }
 
     /// The kernel packed matmuls use in this process: [`Kernel::select`]'s, else [`Kernel::best`].
-    pub fn active() -> Kernel {
+    pub(crate) fn active() -> Kernel {
         match SELECTED.load(Ordering::Relaxed) {
             0 => Self::best(),
             i => Self::ALL[usize::from(i) - 1],
@@ -84,7 +84,7 @@ impl Kernel {
 
     /// Makes `kernel` the one this process uses (`None`: back to the fastest), unless this CPU
     /// cannot run it. Results do not change, only their speed.
-    pub fn select(kernel: Option<Kernel>) -> Result<(), KernelError> {
+    pub(crate) fn select(kernel: Option<Kernel>) -> Result<(), KernelError> {
         let code = match kernel {
             None => 0,
             Some(k) if k.available() => Self::ALL.iter().position(|a| *a == k).map_or(0, |i| i as u8 + 1),
@@ -95,7 +95,7 @@ impl Kernel {
     }
 
     /// Parses the `worker.cpu_kernel` setting: `auto` or a kernel's name.
-    pub fn parse_setting(name: &str) -> Result<Option<Kernel>, KernelError> {
+    pub(crate) fn parse_setting(name: &str) -> Result<Option<Kernel>, KernelError> {
         match name {
             "auto" => Ok(None),
             other => Self::from_name(other).map(Some).ok_or_else(|| KernelError::Unknown { name: other.to_string() }),
@@ -103,7 +103,7 @@ impl Kernel {
     }
 
     /// The name settings and metrics use: `amx`, `avx512-vnni`, `reference`.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Kernel::Reference => "reference",
             Kernel::Avx512Vnni => "avx512-vnni",
@@ -112,7 +112,7 @@ impl Kernel {
     }
 
     /// The kernel a name stands for ([`Kernel::name`]).
-    pub fn from_name(name: &str) -> Option<Kernel> {
+    pub(crate) fn from_name(name: &str) -> Option<Kernel> {
         Self::ALL.into_iter().find(|k| k.name() == name)
     }
 
@@ -130,7 +130,7 @@ static SELECTED: AtomicU8 = AtomicU8::new(0);
 
 /// A kernel setting that cannot be followed.
 #[derive(Debug, thiserror::Error)]
-pub enum KernelError {
+pub(crate) enum KernelError {
     /// Not a kernel's name.
     #[error("`worker.cpu_kernel` is {name:?}; expected auto, amx, avx512-vnni or reference")]
     Unknown {
@@ -149,14 +149,14 @@ pub enum KernelError {
 
 /// True when this CPU runs a fast kernel (AVX-512 VNNI or AMX); otherwise the portable
 /// reference computes the same numbers, much more slowly.
-pub fn fast_kernel_available() -> bool {
+pub(crate) fn fast_kernel_available() -> bool {
     Kernel::Avx512Vnni.available()
 }
 
 /// Quantized weight rows before interleaving: per (row, block) a scale and a minimum, per weight
 /// an unsigned level below `2^bits`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct QuantRows {
+pub(crate) struct QuantRows {
     /// Output rows.
     pub rows: usize,
     /// Inputs per row (a multiple of [`BLOCK`]).
@@ -173,7 +173,7 @@ pub struct QuantRows {
 
 /// Why weights could not be packed.
 #[derive(Debug, thiserror::Error)]
-pub enum PackError {
+pub(crate) enum PackError {
     /// The row width is not a whole number of blocks.
     #[error("{cols} inputs per row is not a multiple of {BLOCK}")]
     Width {
@@ -224,7 +224,7 @@ impl QuantRows {
 
     /// From GGUF Q4_1 blocks (`f16 d, f16 m, 16 bytes`: element `j` in the low nibble of byte
     /// `j`, element `j + 16` in its high nibble). Exact.
-    pub fn from_q4_1(data: &[u8], rows: usize, cols: usize) -> Result<Self, PackError> {
+    pub(crate) fn from_q4_1(data: &[u8], rows: usize, cols: usize) -> Result<Self, PackError> {
         Self::check(rows, cols, data, 20, "Q4_1")?;
         let n = rows * cols / BLOCK;
         let mut out = Self { rows, cols, bits: 4, scale: Vec::with_capacity(n), min: Vec::with_capacity(n), levels: Vec::with_capacity(rows * cols) };
@@ -240,7 +240,7 @@ impl QuantRows {
 
     /// From GGUF Q4_0 blocks (`f16 d, 16 bytes`, `w = d * (q - 8)`, nibbles as Q4_1's), as
     /// levels `q` with minimum `-8 d`. Exact: `-8 d` only shifts `d`'s exponent.
-    pub fn from_q4_0(data: &[u8], rows: usize, cols: usize) -> Result<Self, PackError> {
+    pub(crate) fn from_q4_0(data: &[u8], rows: usize, cols: usize) -> Result<Self, PackError> {
         Self::check(rows, cols, data, 18, "Q4_0")?;
         let mut out = Self::with_capacity(rows, cols, 4);
         for block in data.chunks_exact(18) {
@@ -256,7 +256,7 @@ impl QuantRows {
 
     /// From GGUF Q5_0 blocks (`f16 d, u32 high bits, 16 bytes`, `w = d * (q - 16)`), as 8-bit
     /// levels `q` (below 32) with minimum `-16 d`. Exact.
-    pub fn from_q5_0(data: &[u8], rows: usize, cols: usize) -> Result<Self, PackError> {
+    pub(crate) fn from_q5_0(data: &[u8], rows: usize, cols: usize) -> Result<Self, PackError> {
         Self::check(rows, cols, data, 22, "Q5_0")?;
         let mut out = Self::with_capacity(rows, cols, 8);
         for block in data.chunks_exact(22) {
@@ -270,7 +270,7 @@ impl QuantRows {
 
     /// From GGUF Q5_1 blocks (`f16 d, f16 m, u32 high bits, 16 bytes`, `w = d * q + m`), as
     /// 8-bit levels `q` (below 32). Exact.
-    pub fn from_q5_1(data: &[u8], rows: usize, cols: usize) -> Result<Self, PackError> {
+    pub(crate) fn from_q5_1(data: &[u8], rows: usize, cols: usize) -> Result<Self, PackError> {
         Self::check(rows, cols, data, 24, "Q5_1")?;
         let mut out = Self::with_capacity(rows, cols, 8);
         for block in data.chunks_exact(24) {
@@ -293,7 +293,7 @@ impl QuantRows {
 
     /// Rows in a GGUF block type whose levels the packed format holds exactly (Q4_0, Q4_1, Q5_0,
     /// Q5_1, Q8_0); `None` for any other type, which is re-quantized from f32 instead.
-    pub fn from_ggml(dtype: GgmlDType, data: &[u8], rows: usize, cols: usize) -> Option<Result<Self, PackError>> {
+    pub(crate) fn from_ggml(dtype: GgmlDType, data: &[u8], rows: usize, cols: usize) -> Option<Result<Self, PackError>> {
         Some(match dtype {
             GgmlDType::Q4_0 => Self::from_q4_0(data, rows, cols),
             GgmlDType::Q4_1 => Self::from_q4_1(data, rows, cols),
@@ -311,7 +311,7 @@ impl QuantRows {
 
     /// From GGUF Q8_0 blocks (`f16 d, 32 signed bytes`), as levels `q + 128` with minimum
     /// `-128 d`. Exact.
-    pub fn from_q8_0(data: &[u8], rows: usize, cols: usize) -> Result<Self, PackError> {
+    pub(crate) fn from_q8_0(data: &[u8], rows: usize, cols: usize) -> Result<Self, PackError> {
         Self::check(rows, cols, data, 34, "Q8_0")?;
         let n = rows * cols / BLOCK;
         let mut out = Self { rows, cols, bits: 8, scale: Vec::with_capacity(n), min: Vec::with_capacity(n), levels: Vec::with_capacity(rows * cols) };
@@ -326,7 +326,7 @@ impl QuantRows {
 
     /// Quantizes dense `[rows, cols]` weights to 8 bits per block, from the block's minimum to its
     /// maximum in 255 steps (scale and minimum rounded to f16, as the packed layout holds them).
-    pub fn from_f32(values: &[f32], rows: usize, cols: usize) -> Result<Self, PackError> {
+    pub(crate) fn from_f32(values: &[f32], rows: usize, cols: usize) -> Result<Self, PackError> {
         if !cols.is_multiple_of(BLOCK) {
             return Err(PackError::Width { cols });
         }
@@ -349,7 +349,7 @@ impl QuantRows {
     }
 
     /// The weights these levels stand for, `[rows, cols]`.
-    pub fn dequantize(&self) -> Vec<f32> {
+    pub(crate) fn dequantize(&self) -> Vec<f32> {
         let blocks = self.blocks();
         self.levels
             .iter()
@@ -363,7 +363,7 @@ impl QuantRows {
 
     /// Stacks `parts` along the rows (q/k/v, gate/up). 4-bit parts among 8-bit ones are widened,
     /// exactly: their levels fit.
-    pub fn stack(parts: Vec<QuantRows>) -> Result<Self, PackError> {
+    pub(crate) fn stack(parts: Vec<QuantRows>) -> Result<Self, PackError> {
         let first = parts.first().ok_or(PackError::Empty)?;
         let cols = first.cols;
         let bits = parts.iter().map(|p| p.bits).max().unwrap_or(8);
@@ -385,7 +385,7 @@ impl QuantRows {
 /// rows), and within a group, per block, the scales, the minimums (both f16: at 4 bits a weight,
 /// f32 ones were a third of the bytes read) and the levels.
 #[derive(Debug, Clone)]
-pub struct PackedLinear {
+pub(crate) struct PackedLinear {
     rows: usize,
     cols: usize,
     bits: u8,
@@ -400,7 +400,7 @@ pub struct PackedLinear {
 
 /// What one matmul call reads of the activations: the rows quantized per block.
 #[derive(Debug, Clone, PartialEq)]
-pub struct QuantActs {
+pub(crate) struct QuantActs {
     /// Rows (tokens).
     pub rows: usize,
     /// Inputs per row.
@@ -416,7 +416,7 @@ pub struct QuantActs {
 impl QuantActs {
     /// Quantizes `[rows, cols]` activations (`cols` a multiple of [`BLOCK`]), each block
     /// symmetrically to its largest magnitude.
-    pub fn new(x: &[f32], rows: usize, cols: usize) -> Self {
+    pub(crate) fn new(x: &[f32], rows: usize, cols: usize) -> Self {
         let n = x.len() / BLOCK;
         let mut out = Self { rows, cols, levels: vec![0; n * BLOCK], scale: vec![0.0; n], sum: vec![0.0; n] };
         let run = |((x, levels), (scale, sum)): QuantizeRun<'_>| {
@@ -443,7 +443,7 @@ impl QuantActs {
     /// The levels regrouped for the AMX kernel: per tile of `tile` tokens (starting at
     /// `t0 * cols`, as in [`QuantActs::levels`]), per block, the 32 levels of each of the tile's
     /// tokens in turn, so one block's tile is contiguous.
-    pub fn levels_by_block(&self, tile: usize) -> Vec<i8> {
+    pub(crate) fn levels_by_block(&self, tile: usize) -> Vec<i8> {
         let blocks = self.cols / BLOCK;
         let mut out = Vec::with_capacity(self.levels.len());
         for t0 in (0..self.rows).step_by(tile.max(1)) {
@@ -491,7 +491,7 @@ fn quantize_block(block: &[f32], levels: &mut [i8]) -> (f32, f32) {
 
 impl PackedLinear {
     /// Interleaves `rows` for the kernel.
-    pub fn new(rows: &QuantRows) -> Self {
+    pub(crate) fn new(rows: &QuantRows) -> Self {
         let blocks = rows.blocks();
         let groups = rows.rows.div_ceil(LANES);
         let bytes = Self::block_bytes(rows.bits);
@@ -525,12 +525,12 @@ impl PackedLinear {
     }
 
     /// Output rows.
-    pub fn rows(&self) -> usize {
+    pub(crate) fn rows(&self) -> usize {
         self.rows
     }
 
     /// Inputs per row.
-    pub fn cols(&self) -> usize {
+    pub(crate) fn cols(&self) -> usize {
         self.cols
     }
 
@@ -543,14 +543,14 @@ impl PackedLinear {
     }
 
     /// `x @ w^T` for `x: [t, cols]`: `[t, rows]`.
-    pub fn forward(&self, x: &[f32], t: usize) -> Vec<f32> {
+    pub(crate) fn forward(&self, x: &[f32], t: usize) -> Vec<f32> {
         let acts = QuantActs::new(x, t, self.cols);
         self.forward_quantized(&acts, Kernel::active())
     }
 
     /// The product for quantized activations by `kernel` (the reference where this CPU cannot
     /// run it). Groups are split between rayon's threads.
-    pub fn forward_quantized(&self, acts: &QuantActs, kernel: Kernel) -> Vec<f32> {
+    pub(crate) fn forward_quantized(&self, acts: &QuantActs, kernel: Kernel) -> Vec<f32> {
         let t = acts.rows;
         let groups = self.groups();
         if t == 0 || groups == 0 {

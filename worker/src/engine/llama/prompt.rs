@@ -10,7 +10,7 @@ use super::tokenizer::{self, SpecialIds, Tokenizer};
 use crate::engine::{AdmitError, PromptEncoder};
 
 /// A model's tokenizer, special ids and chat template.
-pub struct LlamaPrompts {
+pub(super) struct LlamaPrompts {
     /// The tokenizer.
     pub tokenizer: Tokenizer,
     /// BOS, EOS and end-of-turn ids.

@@ -12,7 +12,7 @@ use genq_shared::valid::SamplingParams;
 const GREEDY_BELOW: f64 = 1e-7;
 
 /// Chooses one sequence's next tokens.
-pub struct Sampler {
+pub(crate) struct Sampler {
     processor: LogitsProcessor,
     /// Greedy: the largest logit, found without copying the row.
     greedy: bool,
@@ -38,7 +38,7 @@ fn sampling_mode(params: &SamplingParams) -> Sampling {
 
 impl Sampler {
     /// A sampler for `params`, its RNG seeded with `seed`.
-    pub fn new(params: &SamplingParams, seed: u64) -> Self {
+    pub(crate) fn new(params: &SamplingParams, seed: u64) -> Self {
         Self {
             processor: LogitsProcessor::from_sampling(seed, sampling_mode(params)),
             greedy: matches!(sampling_mode(params), Sampling::ArgMax),
@@ -48,7 +48,7 @@ impl Sampler {
     }
 
     /// Records a token of the context (prompt or generated) for the repetition penalty.
-    pub fn observe(&mut self, token: u32) {
+    pub(crate) fn observe(&mut self, token: u32) {
         if self.repetition_penalty != 1.0 {
             self.seen.insert(token);
         }
@@ -56,12 +56,12 @@ impl Sampler {
 
     /// The token [`Sampler::sample`] will pick, when that needs no state (greedy without a
     /// repetition penalty): `None` otherwise. Many rows can be read at once this way.
-    pub fn stateless_pick(&self, logits: &[f32], banned: &[u32]) -> Option<Result<u32>> {
+    pub(crate) fn stateless_pick(&self, logits: &[f32], banned: &[u32]) -> Option<Result<u32>> {
         (self.greedy && self.repetition_penalty == 1.0).then(|| argmax(logits, banned))
     }
 
     /// Picks the next token from `logits`; `banned` tokens are never chosen.
-    pub fn sample(&mut self, logits: &[f32], banned: &[u32]) -> Result<u32> {
+    pub(crate) fn sample(&mut self, logits: &[f32], banned: &[u32]) -> Result<u32> {
         if let Some(pick) = self.stateless_pick(logits, banned) {
             return pick;
         }

@@ -13,7 +13,7 @@
 //! - `json`: transformers' `tojson` (Python's `json.dumps`);
 //! - `pyrepr`: Python's `str()` of values, for what templates print.
 
-pub mod clock;
+pub(crate) mod clock;
 mod environment;
 mod json;
 mod pyrepr;

@@ -141,12 +141,12 @@ const PRE_TOKENIZERS: &[PreTokenizer] = &[
 
 impl PreTokenizer {
     /// llama.cpp's pre-tokenizer for `tokenizer.ggml.pre = name`.
-    pub fn named(name: &str) -> Option<Self> {
+    pub(super) fn named(name: &str) -> Option<Self> {
         PRE_TOKENIZERS.iter().find(|p| p.names.contains(&name)).copied()
     }
 
     /// Every name [`Self::named`] knows, for error messages.
-    pub fn known_names() -> Vec<&'static str> {
+    pub(super) fn known_names() -> Vec<&'static str> {
         PRE_TOKENIZERS.iter().flat_map(|p| p.names.iter().copied()).collect()
     }
 }
@@ -195,7 +195,7 @@ impl PartialOrd for Bigram {
 
 impl Bpe {
     /// Compiles `pre`'s regexes and reads the merges from `content`.
-    pub fn new(content: &Content, pre: PreTokenizer) -> Result<Self, TokenizerError> {
+    pub(super) fn new(content: &Content, pre: PreTokenizer) -> Result<Self, TokenizerError> {
         let regexes = pre
             .regexes
             .iter()
@@ -229,7 +229,7 @@ impl Bpe {
     }
 
     /// Appends the ids of `text` (a fragment between special tokens) to `out`.
-    pub fn encode(
+    pub(super) fn encode(
         &self,
         ids: &HashMap<String, u32>,
         text: &str,

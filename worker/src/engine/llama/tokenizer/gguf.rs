@@ -31,19 +31,19 @@ const KEY_NAME: &str = "general.name";
 /// Token attributes, llama.cpp's `llama_token_attr` bits (only those used here).
 pub(super) mod attr {
     /// `<unk>`: matched whole like a control token.
-    pub const UNKNOWN: u32 = 1 << 0;
+    pub(crate) const UNKNOWN: u32 = 1 << 0;
     /// A plain vocabulary entry.
-    pub const NORMAL: u32 = 1 << 2;
+    pub(crate) const NORMAL: u32 = 1 << 2;
     /// `<s>`, `<|im_end|>`: matched in text only when special tokens are parsed; skippable.
-    pub const CONTROL: u32 = 1 << 3;
+    pub(crate) const CONTROL: u32 = 1 << 3;
     /// Matched whole in text even when special tokens are not parsed; always decoded.
-    pub const USER_DEFINED: u32 = 1 << 4;
+    pub(crate) const USER_DEFINED: u32 = 1 << 4;
     /// `<0x0A>`: one byte (SentencePiece byte fallback).
-    pub const BYTE: u32 = 1 << 5;
+    pub(crate) const BYTE: u32 = 1 << 5;
     /// Whitespace before the token is dropped when it is matched in text.
-    pub const LSTRIP: u32 = 1 << 7;
+    pub(crate) const LSTRIP: u32 = 1 << 7;
     /// Whitespace after the token is dropped when it is matched in text.
-    pub const RSTRIP: u32 = 1 << 8;
+    pub(crate) const RSTRIP: u32 = 1 << 8;
 }
 
 /// The end-of-generation token texts llama.cpp recognises in any vocabulary (its

@@ -67,7 +67,7 @@ impl HfTokenizer {
 /// when a list; the others also stop), else the first of `<|im_end|>`, `<|endoftext|>`, `</s>`
 /// in the vocabulary; BOS from `bos_token_id` only when `tokenizer_config.json` sets
 /// `add_bos_token`; plus llama.cpp's end-of-generation texts present in the vocabulary.
-pub fn special_ids(
+pub(crate) fn special_ids(
     config: &serde_json::Value,
     tok_config: Option<&serde_json::Value>,
     tok: &Tokenizer,
@@ -106,7 +106,7 @@ pub fn special_ids(
 }
 
 /// The ids of a `config.json` entry that may be a number or a list of numbers.
-pub fn json_ids(v: Option<&serde_json::Value>) -> Vec<u32> {
+pub(crate) fn json_ids(v: Option<&serde_json::Value>) -> Vec<u32> {
     match v {
         Some(serde_json::Value::Number(n)) => n
             .as_u64()
@@ -123,7 +123,7 @@ pub fn json_ids(v: Option<&serde_json::Value>) -> Vec<u32> {
 
 /// A special token's text in `tokenizer_config.json`: `"eos_token": "</s>"` or
 /// `"eos_token": {"content": "</s>", ...}`.
-pub fn token_text(tok_config: Option<&serde_json::Value>, key: &str) -> Option<String> {
+pub(crate) fn token_text(tok_config: Option<&serde_json::Value>, key: &str) -> Option<String> {
     let v = tok_config?.get(key)?;
     v.as_str()
         .or_else(|| v.get("content").and_then(|c| c.as_str()))
@@ -141,7 +141,7 @@ fn token_text_reads_plain_and_object_entries() {
 }
 
 /// Reads a JSON file.
-pub fn read_json(path: &Path) -> Result<serde_json::Value, TokenizerError> {
+pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value, TokenizerError> {
     let err = |message: String| TokenizerError::Read {
         path: path.to_owned(),
         message,

@@ -13,8 +13,8 @@
 //! [`super::chat`]; streaming detokenisation in [`super::detok`].
 
 mod bpe;
-pub mod gguf;
-pub mod hf;
+pub(crate) mod gguf;
+pub(crate) mod hf;
 mod special;
 mod spm;
 #[cfg(test)]
