@@ -60,6 +60,14 @@ pub struct JobRequest {
     /// Stop strings (at most 8, each 1..=64 bytes), not included in the output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop: Option<Vec<String>>,
+    /// Return the log-prob of each generated token and this many most likely alternatives at
+    /// each position (0..=20); absent: no log-probs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<u32>,
+    /// Return the log-prob of each prompt token (the first has none) and this many most likely
+    /// alternatives at each position (0..=20); absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_logprobs: Option<u32>,
     /// Queue priority.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<Priority>,

@@ -84,6 +84,31 @@ pub mod error_kind {
     pub const POISON: &str = "poison";
 }
 
+/// One token's log-prob, with the most likely tokens at its position.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenLogprob {
+    /// Token id.
+    pub id: u32,
+    /// The token decoded alone (a piece of a character shows as U+FFFD).
+    pub token: String,
+    /// `log p(token | the tokens before it)`; `null` for a prompt's first token.
+    pub logprob: Option<f64>,
+    /// The most likely tokens at this position, most likely first (as many as the job asked).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub top: Vec<TopLogprob>,
+}
+
+/// One of the most likely tokens at a position.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TopLogprob {
+    /// Token id.
+    pub id: u32,
+    /// The token decoded alone.
+    pub token: String,
+    /// Its log-prob at this position.
+    pub logprob: f64,
+}
+
 /// A job's result as kept in its Redis hash. Every field but `id` and `status` is optional, since
 /// a job that failed validation has no tokens and a queued one has no text.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -116,6 +141,12 @@ pub struct JobResult {
     /// Score jobs: `exp(-mean log-prob)`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub perplexity: Option<f64>,
+    /// Jobs that asked for `logprobs`: one entry per generated token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_logprobs: Option<Vec<TokenLogprob>>,
+    /// Jobs that asked for `prompt_logprobs`: one entry per prompt token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_logprobs: Option<Vec<TokenLogprob>>,
     /// What went wrong, naming the field where one is at fault.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -160,6 +191,8 @@ impl JobResult {
         put("completion_tokens", self.completion_tokens.map(|v| v.to_string()));
         put("logprobs", self.logprobs.as_ref().and_then(|v| serde_json::to_string(v).ok()));
         put("perplexity", self.perplexity.map(|v| v.to_string()));
+        put("token_logprobs", self.token_logprobs.as_ref().and_then(|v| serde_json::to_string(v).ok()));
+        put("prompt_logprobs", self.prompt_logprobs.as_ref().and_then(|v| serde_json::to_string(v).ok()));
         put("error", self.error.clone());
         put("error_kind", self.error_kind.clone());
         put("worker", self.worker.clone());
@@ -193,6 +226,8 @@ impl JobResult {
                 "completion_tokens" => r.completion_tokens = num(),
                 "logprobs" => r.logprobs = serde_json::from_str(v).ok(),
                 "perplexity" => r.perplexity = v.parse().ok(),
+                "token_logprobs" => r.token_logprobs = serde_json::from_str(v).ok(),
+                "prompt_logprobs" => r.prompt_logprobs = serde_json::from_str(v).ok(),
                 "error" => r.error = Some(v.to_string()),
                 "error_kind" => r.error_kind = Some(v.to_string()),
                 "worker" => r.worker = Some(v.to_string()),
@@ -222,6 +257,13 @@ mod tests {
             completion_tokens: Some(3),
             logprobs: Some(vec![-0.5, -1.25]),
             perplexity: Some(2.5),
+            token_logprobs: Some(vec![TokenLogprob {
+                id: 7,
+                token: " hi".into(),
+                logprob: Some(-0.25),
+                top: vec![TopLogprob { id: 7, token: " hi".into(), logprob: -0.25 }, TopLogprob { id: 9, token: "!".into(), logprob: -2.0 }],
+            }]),
+            prompt_logprobs: Some(vec![TokenLogprob { id: 1, token: "<s>".into(), logprob: None, top: vec![] }]),
             ..JobResult::default()
         };
         let map: HashMap<String, String> = r.to_fields().into_iter().map(|(k, v)| (k.to_string(), v)).collect();

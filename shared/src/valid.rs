@@ -11,6 +11,8 @@ pub const MAX_STOP_BYTES: usize = 64;
 pub const MAX_ID_CHARS: usize = 128;
 /// `max_new_tokens` when the job gives none.
 pub const DEFAULT_MAX_NEW_TOKENS: u32 = 64;
+/// Most alternatives `logprobs` and `prompt_logprobs` may ask for at each position.
+pub const MAX_TOP_LOGPROBS: u32 = 20;
 
 /// Bounds that depend on the worker (its model and settings), not on the wire format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +98,10 @@ pub struct ValidJob {
     pub sampling: SamplingParams,
     /// Stop strings.
     pub stop: Vec<String>,
+    /// Generated tokens' log-probs with this many alternatives each.
+    pub logprobs: Option<u32>,
+    /// Prompt tokens' log-probs with this many alternatives each.
+    pub prompt_logprobs: Option<u32>,
     /// Queue priority.
     pub priority: Priority,
     /// Unix ms after which the job expires.
@@ -228,6 +234,14 @@ pub fn validate(req: &JobRequest, limits: &Limits) -> Result<ValidJob, Validatio
     if let Some(b) = &req.batch {
         check_id("batch", b)?;
     }
+    for (field, k) in [("logprobs", req.logprobs), ("prompt_logprobs", req.prompt_logprobs)] {
+        if k.is_some_and(|k| k > MAX_TOP_LOGPROBS) {
+            return Err(invalid(field, format!("must be 0..={MAX_TOP_LOGPROBS}")));
+        }
+    }
+    if req.kind == JobKind::Score && req.logprobs.is_some() {
+        return Err(invalid("logprobs", "is for generated tokens; a score job generates none (use prompt_logprobs)"));
+    }
     Ok(ValidJob {
         id,
         kind: req.kind,
@@ -238,6 +252,8 @@ pub fn validate(req: &JobRequest, limits: &Limits) -> Result<ValidJob, Validatio
         min_new_tokens,
         sampling,
         stop,
+        logprobs: req.logprobs,
+        prompt_logprobs: req.prompt_logprobs,
         priority: req.priority(),
         deadline_ms: req.deadline_ms,
         stream: req.stream.unwrap_or(false),
@@ -278,6 +294,9 @@ mod tests {
             (r#"{"id":"a","prompt":"hi","max_new_tokens":0}"#, "max_new_tokens"),
             (r#"{"id":"a","prompt":"hi","max_new_tokens":9000}"#, "max_new_tokens"),
             (r#"{"id":"a","prompt":"hi","max_new_tokens":4,"min_new_tokens":5}"#, "min_new_tokens"),
+            (r#"{"id":"a","prompt":"hi","logprobs":21}"#, "logprobs"),
+            (r#"{"id":"a","prompt":"hi","prompt_logprobs":21}"#, "prompt_logprobs"),
+            (r#"{"id":"a","kind":"score","prompt":"hi there","logprobs":1}"#, "logprobs"),
             (r#"{"id":"a","prompt":"hi","max_length":0}"#, "max_length"),
             (r#"{"id":"a","prompt":"hi","temperature":-1}"#, "temperature"),
             (r#"{"id":"a","prompt":"hi","top_p":0}"#, "top_p"),

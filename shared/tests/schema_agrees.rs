@@ -101,6 +101,8 @@ fn schema_lists_every_field_of_the_rust_type() {
         repetition_penalty: Some(1.0),
         seed: Some(1),
         stop: Some(vec![]),
+        logprobs: Some(1),
+        prompt_logprobs: Some(1),
         priority: Some(genq_shared::Priority::High),
         deadline_ms: Some(1),
         stream: Some(true),

@@ -19,7 +19,7 @@ use genq_shared::job::Priority;
 use genq_shared::result::error_kind;
 use genq_shared::{now_ms, FinishReason, JobStatus, ValidJob};
 
-use crate::engine::{Engine, Score, SeqId, StepLimits};
+use crate::engine::{Engine, Logprobs, Score, SeqId, StepLimits};
 use crate::metrics::WorkerMetrics;
 
 /// A job handed to the engine thread, with its reply `R`, which comes back in its final event.
@@ -53,6 +53,8 @@ pub(crate) struct JobOutcome {
     pub completion_tokens: u64,
     /// Score jobs.
     pub score: Option<Score>,
+    /// Token log-probs the job asked for.
+    pub logprobs: Logprobs,
     /// Error message naming the field, for failed jobs.
     pub error: Option<String>,
     /// Fixed error category.
@@ -135,6 +137,7 @@ pub(crate) fn outcome(status: JobStatus, text: String, error: Option<(String, &'
         prompt_tokens: 0,
         completion_tokens: 0,
         score: None,
+        logprobs: Logprobs::default(),
         error: error.as_ref().map(|e| e.0.clone()),
         error_kind: error.map(|e| e.1),
         first_token_ms: None,
@@ -385,6 +388,7 @@ impl<R> Scheduler<R> {
                     o.completion_tokens = r.tokens;
                     o.first_token_ms = r.first_token_ms;
                     o.score = done.score;
+                    o.logprobs = done.logprobs;
                     events.push(EngineEvent::Finished { reply: r.reply, outcome: o });
                 }
             }

@@ -117,6 +117,11 @@ impl Engine for EchoEngine {
         let words = Words::of(&job.input);
         let prompt_tokens = prompt.len();
         check_score_length(job, prompt_tokens)?;
+        for (field, asked) in [("logprobs", job.logprobs.is_some()), ("prompt_logprobs", job.prompt_logprobs.is_some())] {
+            if asked {
+                return Err(AdmitError { field, message: "is not served by the echo engine (it has no probabilities)".into() });
+            }
+        }
         let max_new = job.new_token_budget(prompt_tokens);
         if prompt_tokens + max_new > self.info.context_length {
             return Err(AdmitError {
@@ -158,7 +163,7 @@ impl Engine for EchoEngine {
                     id,
                     text: String::new(),
                     new_tokens: 0,
-                    done: Some(SeqDone { finish_reason: None, score: Some(Score { logprobs, perplexity: (-mean).exp() }) }),
+                    done: Some(SeqDone { finish_reason: None, score: Some(Score { logprobs, perplexity: (-mean).exp() }), logprobs: Default::default() }),
                 });
                 finished.push(id);
                 continue;
@@ -183,7 +188,7 @@ impl Engine for EchoEngine {
                 id,
                 text,
                 new_tokens: 1,
-                done: done.map(|r| SeqDone { finish_reason: Some(r), score: None }),
+                done: done.map(|r| SeqDone { finish_reason: Some(r), score: None, logprobs: Default::default() }),
             });
         }
         for id in finished {

@@ -15,6 +15,7 @@ pub(crate) mod stops;
 
 use std::sync::Arc;
 
+use genq_shared::result::TokenLogprob;
 use genq_shared::{FinishReason, ValidJob};
 
 /// Identifies one admitted sequence inside one engine.
@@ -65,6 +66,15 @@ pub struct Score {
     pub perplexity: f64,
 }
 
+/// The token log-probs a job asked for (`logprobs`, `prompt_logprobs`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Logprobs {
+    /// One per prompt token, when the job asked for `prompt_logprobs`.
+    pub prompt: Option<Vec<TokenLogprob>>,
+    /// One per generated token, when the job asked for `logprobs`.
+    pub generated: Option<Vec<TokenLogprob>>,
+}
+
 /// A sequence finished this step; the engine has already dropped it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SeqDone {
@@ -72,6 +82,8 @@ pub struct SeqDone {
     pub finish_reason: Option<FinishReason>,
     /// Score jobs only.
     pub score: Option<Score>,
+    /// What the job asked for.
+    pub logprobs: Logprobs,
 }
 
 /// What happened to one sequence in one step.

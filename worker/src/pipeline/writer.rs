@@ -62,6 +62,8 @@ fn final_result(job: &InFlight, o: JobOutcome) -> FinalResult {
             completion_tokens: Some(o.completion_tokens),
             logprobs,
             perplexity,
+            token_logprobs: o.logprobs.generated,
+            prompt_logprobs: o.logprobs.prompt,
             error: o.error,
             error_kind: o.error_kind.map(str::to_string),
             worker: Some(job.worker.clone()),

@@ -34,6 +34,7 @@ pub mod device;
 pub mod llamacpp_src;
 mod layout;
 mod linear;
+mod logprobs;
 pub mod model;
 pub(crate) mod packed;
 mod prompt;
@@ -65,8 +66,10 @@ use self::tokenizer::{SpecialIds, Tokenizer};
 use super::stops::StopMatcher;
 use super::{
     check_score_length, input_field, AdmitError, Admitted, Engine, EngineError, EngineInfo,
-    PromptEncoder, Score, SeqDone, SeqId, SeqUpdate, StepLimits,
+    Logprobs, PromptEncoder, Score, SeqDone, SeqId, SeqUpdate, StepLimits,
 };
+use self::logprobs::{log_prob, token_logprob};
+use genq_shared::result::TokenLogprob;
 
 /// Tokens a sequence may not draw now: EOS and end-of-turn tokens until `min_new_tokens` exist.
 fn banned(special: &SpecialIds, seq: &Sequence) -> Vec<u32> {
@@ -77,12 +80,15 @@ fn banned(special: &SpecialIds, seq: &Sequence) -> Vec<u32> {
     }
 }
 
-/// How one sequence of a step uses the step's logits: its rows start at `first_row`, it fed
-/// `tokens`, and a token is sampled from its row when `samples`.
+/// How one sequence of a step uses the step's logits: its rows start at `first_row` (one per
+/// fed token when `all_rows`, else one), it fed `tokens`, and a token is sampled from its last
+/// row, `sample_row`, when `samples`.
 struct RowUse {
     id: SeqId,
     tokens: usize,
     first_row: usize,
+    all_rows: bool,
+    sample_row: usize,
     samples: bool,
 }
 
@@ -168,6 +174,29 @@ struct Sequence {
     stops: StopMatcher,
     /// Score jobs: log-probs gathered so far.
     logprobs: Vec<f64>,
+    /// Alternatives per generated token's log-prob, when the job asked (`logprobs`).
+    top_logprobs: Option<usize>,
+    /// Alternatives per prompt token's log-prob, when the job asked (`prompt_logprobs`).
+    prompt_top_logprobs: Option<usize>,
+    /// Log-probs of the tokens generated so far (with `top_logprobs`).
+    generated_logprobs: Vec<TokenLogprob>,
+    /// Log-probs of the prompt tokens prefilled so far (with `prompt_top_logprobs`).
+    prompt_logprobs: Vec<TokenLogprob>,
+}
+
+impl Sequence {
+    /// Whether a prefill step needs the logits of every fed token, not just the last.
+    fn reads_prompt_rows(&self) -> bool {
+        self.kind == JobKind::Score || self.prompt_top_logprobs.is_some()
+    }
+
+    /// The log-probs asked for, taken out of the sequence when it finishes.
+    fn take_logprobs(&mut self) -> Logprobs {
+        Logprobs {
+            prompt: self.prompt_top_logprobs.map(|_| std::mem::take(&mut self.prompt_logprobs)),
+            generated: self.top_logprobs.map(|_| std::mem::take(&mut self.generated_logprobs)),
+        }
+    }
 }
 
 /// The candle Llama engine. Runs on one thread; every sequence owns its cache and sampler.
@@ -364,14 +393,23 @@ impl LlamaEngine {
                 let start = seq.prefilled;
                 seq.prefilled += u.tokens;
                 let prompt_done = seq.prefilled == seq.prompt.len();
+                if let (Some(k), 0) = (seq.prompt_top_logprobs, start) {
+                    seq.prompt_logprobs.push(token_logprob(&self.prompts.tokenizer, None, seq.prompt[0], k));
+                }
+                if u.all_rows {
+                    for i in 0..u.tokens {
+                        let row = row(u.first_row + i)?;
+                        let Some(&target) = seq.prompt.get(start + i + 1) else { continue };
+                        if seq.kind == JobKind::Score {
+                            seq.logprobs.push(log_prob(row, target));
+                        }
+                        if let Some(k) = seq.prompt_top_logprobs {
+                            seq.prompt_logprobs.push(token_logprob(&self.prompts.tokenizer, Some(row), target, k));
+                        }
+                    }
+                }
                 match seq.kind {
                     JobKind::Score => {
-                        for i in 0..u.tokens {
-                            let row = row(u.first_row + i)?;
-                            if let Some(&target) = seq.prompt.get(start + i + 1) {
-                                seq.logprobs.push(log_prob(row, target));
-                            }
-                        }
                         let done = prompt_done.then(|| {
                             let logprobs = std::mem::take(&mut seq.logprobs);
                             let mean = if logprobs.is_empty() {
@@ -385,6 +423,7 @@ impl LlamaEngine {
                                     logprobs,
                                     perplexity: (-mean).exp(),
                                 }),
+                                logprobs: seq.take_logprobs(),
                             }
                         });
                         SeqUpdate {
@@ -395,7 +434,7 @@ impl LlamaEngine {
                         }
                     }
                     JobKind::Generate => {
-                        let row = row(u.first_row)?;
+                        let row = row(u.sample_row)?;
                         if u.samples {
                             Self::accept_logits(&self.prompts.tokenizer, &self.prompts.special, u.id, seq, row, pick)?
                         } else {
@@ -427,9 +466,10 @@ impl LlamaEngine {
                 continue;
             };
             let decoding = seq.pending.is_some();
-            let rows = if !decoding && seq.kind == JobKind::Score { tokens } else { 1 };
+            let all_rows = !decoding && seq.reads_prompt_rows();
+            let rows = if all_rows { tokens } else { 1 };
             let samples = decoding || (seq.kind == JobKind::Generate && seq.prefilled + tokens == seq.prompt.len());
-            uses.push(RowUse { id, tokens, first_row, samples });
+            uses.push(RowUse { id, tokens, first_row, all_rows, sample_row: first_row + rows - 1, samples });
             first_row += rows;
         }
         uses
@@ -442,7 +482,7 @@ impl LlamaEngine {
         uses.par_iter()
             .map(|u| {
                 let seq = self.seqs.get(&u.id).filter(|_| u.samples)?;
-                let row = logits.get(u.first_row * vocab..(u.first_row + 1) * vocab)?;
+                let row = logits.get(u.sample_row * vocab..(u.sample_row + 1) * vocab)?;
                 let pick = seq.sampler.stateless_pick(row, &banned(&self.prompts.special, seq))?;
                 Some(pick.map_err(|e| e.to_string()))
             })
@@ -467,6 +507,9 @@ impl LlamaEngine {
             None => seq.sampler.sample(logits, &banned(special, seq)).map_err(|e| fail("sampling", &e))?,
         };
         seq.sampler.observe(token);
+        if let Some(k) = seq.top_logprobs {
+            seq.generated_logprobs.push(token_logprob(tokenizer, Some(logits), token, k));
+        }
         seq.generated += 1;
         let armed = seq.generated >= seq.min_new;
         let end_token = special.is_stop(token);
@@ -504,23 +547,16 @@ impl LlamaEngine {
             id,
             text,
             new_tokens: 1,
-            done: reason.map(|r| SeqDone {
-                finish_reason: Some(r),
-                score: None,
-            }),
+            done: match reason {
+                Some(r) => Some(SeqDone {
+                    finish_reason: Some(r),
+                    score: None,
+                    logprobs: seq.take_logprobs(),
+                }),
+                None => None,
+            },
         })
     }
-}
-
-/// `log p(target)` under one row of logits, in f64.
-fn log_prob(logits: &[f32], target: u32) -> f64 {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let sum: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
-    let t = logits
-        .get(target as usize)
-        .copied()
-        .unwrap_or(f32::NEG_INFINITY) as f64;
-    t - max - sum.ln()
 }
 
 impl Engine for LlamaEngine {
@@ -588,6 +624,10 @@ impl Engine for LlamaEngine {
                 sampler,
                 stops: StopMatcher::new(job.stop.clone()),
                 logprobs: Vec::new(),
+                top_logprobs: job.logprobs.map(|k| k as usize),
+                prompt_top_logprobs: job.prompt_logprobs.map(|k| k as usize),
+                generated_logprobs: Vec::new(),
+                prompt_logprobs: Vec::new(),
             },
         );
         Ok(Admitted { prompt_tokens })
@@ -611,10 +651,11 @@ impl Engine for LlamaEngine {
                 }
             };
             in_step.push((id, tokens.len()));
+            let all_logits = seq.pending.is_none() && seq.reads_prompt_rows();
             inputs.push(StepInput {
                 cache: &mut seq.cache,
                 tokens,
-                all_logits: seq.kind == JobKind::Score,
+                all_logits,
             });
         }
         if inputs.is_empty() {

@@ -14,6 +14,7 @@ use super::{LlamaEngine, LlamaSettings, WeightFormat};
 use crate::engine::{Engine, SeqDone, SeqId, StepLimits};
 
 mod archs;
+mod logprobs;
 
 fn gguf_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf")
