@@ -9,6 +9,7 @@
 //! - [`generate`]: `POST /generate`, the original contract.
 //! - [`openai`]: `POST /v1/completions` and `/v1/chat/completions`, plain or streamed.
 //! - [`models`]: `GET /v1/models`, the models with live workers.
+//! - [`logprobs`]: OpenAI's log-prob shapes from a result's token log-probs.
 //! - [`jobs`]: `/v1/jobs` (submit, status, cancel) and waiting with cancel-on-disconnect.
 //! - [`sse`]: following a job's Redis stream into Server-Sent Events.
 //! - [`request`]: reading bodies into typed requests, errors naming the field.
@@ -21,6 +22,7 @@ pub mod auth;
 pub mod error;
 pub mod generate;
 pub mod jobs;
+pub mod logprobs;
 pub mod metrics;
 pub mod models;
 pub mod openai;

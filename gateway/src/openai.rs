@@ -2,6 +2,10 @@
 //! in OpenAI's shapes with `usage`, or with `stream: true` as Server-Sent Events (`data:` chunks,
 //! then `data: [DONE]`).
 //!
+//! Log-probs: `logprobs: k` and `echo` on completions (`echo` with `max_tokens: 0` scores the
+//! prompt alone, as evaluation harnesses ask), `logprobs` and `top_logprobs` on chat; not with
+//! `stream: true`.
+//!
 //! Fields OpenAI defines that genq cannot honour are refused (400 naming the field) unless they
 //! hold their neutral value (`n: 1`, `presence_penalty: 0`, ...); fields OpenAI does not define
 //! are refused too, so a typo never silently changes the answer. genq's own `top_k`,
@@ -19,6 +23,7 @@ use genq_shared::{ChatMessage, FinishReason, JobRequest, JobResult, Priority};
 
 use super::error::ApiError;
 use super::jobs::{run_to_end, CancelOnDrop};
+use super::logprobs;
 use super::request::{body_bytes, parse_json, StopField};
 use super::sse::{self, json_event, StreamItem};
 use super::state::Gateway;
@@ -72,13 +77,13 @@ pub struct OpenAiRequest {
     pub frequency_penalty: Option<f64>,
     /// Only empty.
     pub logit_bias: Option<serde_json::Map<String, serde_json::Value>>,
-    /// Completions: a number of log-probs (refused); chat: a flag (only false).
+    /// Completions: alternatives per token (0..=20); chat: a flag.
     pub logprobs: Option<serde_json::Value>,
-    /// Chat: only absent.
+    /// Chat: alternatives per token (0..=20), with `logprobs: true`.
     pub top_logprobs: Option<u32>,
     /// Chat: only `{"type":"text"}`.
     pub response_format: Option<serde_json::Value>,
-    /// Completions: only false.
+    /// Completions: return the prompt before the completion (and its tokens' log-probs).
     pub echo: Option<bool>,
     /// Completions: only 1.
     pub best_of: Option<u32>,
@@ -187,6 +192,43 @@ impl OpenAiRequest {
         self.stream.unwrap_or(false)
     }
 
+    fn echo(&self) -> bool {
+        self.echo.unwrap_or(false)
+    }
+
+    /// `/v1/completions`' `logprobs`: alternatives per token, or `None` when not asked.
+    fn completion_logprobs(&self) -> Result<Option<u32>, ApiError> {
+        match &self.logprobs {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(v) => match v.as_u64() {
+                Some(k) if k <= u64::from(logprobs::MAX_TOP) => Ok(Some(k as u32)),
+                _ => Err(ApiError::invalid_value("logprobs", format!("must be an integer 0..={} on /v1/completions", logprobs::MAX_TOP))),
+            },
+        }
+    }
+
+    /// `/v1/chat/completions`' `logprobs` and `top_logprobs`: alternatives per token, or `None`.
+    fn chat_logprobs(&self) -> Result<Option<u32>, ApiError> {
+        let asked = match &self.logprobs {
+            None | Some(serde_json::Value::Null) => false,
+            Some(serde_json::Value::Bool(b)) => *b,
+            Some(_) => return Err(ApiError::invalid_value("logprobs", "must be true or false on /v1/chat/completions")),
+        };
+        match (asked, self.top_logprobs) {
+            (false, None) => Ok(None),
+            (false, Some(_)) => Err(ApiError::bad_field("top_logprobs", "requires `logprobs: true`")),
+            (true, Some(k)) if k > logprobs::MAX_TOP => Err(ApiError::invalid_value("top_logprobs", format!("must be 0..={}", logprobs::MAX_TOP))),
+            (true, k) => Ok(Some(k.unwrap_or(0))),
+        }
+    }
+
+    fn refuse_streamed_logprobs(&self, asked: bool) -> Result<(), ApiError> {
+        if self.streaming() && asked {
+            return Err(ApiError::bad_field("logprobs", "is not supported with `stream: true`"));
+        }
+        Ok(())
+    }
+
     fn include_usage(&self) -> bool {
         self.stream_options.as_ref().is_some_and(|o| o.include_usage)
     }
@@ -198,8 +240,11 @@ impl OpenAiRequest {
         not_on_route(self.max_completion_tokens.is_some(), "max_completion_tokens", ROUTE)?;
         not_on_route(self.top_logprobs.is_some(), "top_logprobs", ROUTE)?;
         not_on_route(self.response_format.is_some(), "response_format", ROUTE)?;
-        refuse_unless(!self.echo.unwrap_or(false), "echo", "the prompt is not echoed")?;
-        refuse_unless(self.logprobs.as_ref().is_none_or(|v| v.is_null()), "logprobs", "log-probs are not returned (use a `score` job)")?;
+        let k = self.completion_logprobs()?;
+        self.refuse_streamed_logprobs(k.is_some())?;
+        if self.echo() && self.streaming() {
+            return Err(ApiError::bad_field("echo", "is not supported with `stream: true`"));
+        }
         refuse_unless(self.best_of.unwrap_or(1) == 1, "best_of", "only best_of=1")?;
         refuse_unless(self.suffix.is_none(), "suffix", "insertion is not supported")?;
         let prompt = match &self.prompt {
@@ -210,6 +255,19 @@ impl OpenAiRequest {
         };
         let mut job = JobRequest::prompt(prompt);
         self.apply(&mut job, Some(COMPLETIONS_DEFAULT_MAX_TOKENS))?;
+        job.logprobs = k;
+        if self.echo() {
+            job.prompt_logprobs = k;
+        }
+        if self.max_tokens == Some(0) {
+            if !self.echo() {
+                return Err(ApiError::invalid_value("max_tokens", "must be >= 1 (0 only with `echo: true`, to score the prompt)"));
+            }
+            // The prompt alone, scored: a score job.
+            job.kind = genq_shared::JobKind::Score;
+            job.max_new_tokens = None;
+            job.logprobs = None;
+        }
         Ok(job)
     }
 
@@ -220,9 +278,8 @@ impl OpenAiRequest {
         not_on_route(self.echo.is_some(), "echo", ROUTE)?;
         not_on_route(self.best_of.is_some(), "best_of", ROUTE)?;
         not_on_route(self.suffix.is_some(), "suffix", ROUTE)?;
-        let no_logprobs = self.logprobs.as_ref().is_none_or(|v| v.is_null() || v.as_bool() == Some(false));
-        refuse_unless(no_logprobs, "logprobs", "log-probs are not returned")?;
-        refuse_unless(self.top_logprobs.is_none(), "top_logprobs", "log-probs are not returned")?;
+        let k = self.chat_logprobs()?;
+        self.refuse_streamed_logprobs(k.is_some())?;
         let text_format = self.response_format.as_ref().is_none_or(|f| f.get("type").and_then(|t| t.as_str()) == Some("text"));
         refuse_unless(text_format, "response_format", "only {\"type\":\"text\"}")?;
         let Some(messages_in) = &self.messages else { return Err(ApiError::bad_field("messages", "is required")) };
@@ -250,6 +307,7 @@ impl OpenAiRequest {
         }
         let mut job = JobRequest { v: genq_shared::job::WIRE_VERSION, messages: Some(messages), ..JobRequest::default() };
         self.apply(&mut job, None)?;
+        job.logprobs = k;
         if self.max_completion_tokens.is_some() {
             job.max_new_tokens = self.max_completion_tokens;
         }
@@ -291,12 +349,25 @@ fn response_id(route: Route, job_id: &str) -> String {
     }
 }
 
-fn full_response(route: Route, r: &JobResult, model: &str) -> serde_json::Value {
-    let text = r.text.clone().unwrap_or_default();
+/// What a completion echoes: the prompt before the text, and its tokens in `logprobs`.
+struct Echo<'a> {
+    prompt: &'a str,
+}
+
+fn full_response(route: Route, r: &JobResult, model: &str, echo: Option<Echo<'_>>) -> serde_json::Value {
+    let generated = r.token_logprobs.as_deref();
     let choice = match route {
-        Route::Completions => serde_json::json!({ "index": 0, "text": text, "logprobs": null, "finish_reason": finish_reason(r) }),
+        Route::Completions => {
+            let text = format!("{}{}", echo.as_ref().map_or("", |e| e.prompt), r.text.as_deref().unwrap_or(""));
+            let asked = generated.is_some() || r.prompt_logprobs.is_some();
+            let lp = if asked { logprobs::completion(r.prompt_logprobs.as_deref(), generated.unwrap_or_default()) } else { serde_json::Value::Null };
+            // A scored prompt (`echo` with `max_tokens: 0`) stopped at its length limit, 0.
+            let finish = if r.kind.as_deref() == Some("score") { "length" } else { finish_reason(r) };
+            serde_json::json!({ "index": 0, "text": text, "logprobs": lp, "finish_reason": finish })
+        }
         Route::Chat => serde_json::json!({
-            "index": 0, "message": { "role": "assistant", "content": text }, "logprobs": null, "finish_reason": finish_reason(r)
+            "index": 0, "message": { "role": "assistant", "content": r.text.as_deref().unwrap_or("") },
+            "logprobs": generated.map_or(serde_json::Value::Null, logprobs::chat), "finish_reason": finish_reason(r)
         }),
     };
     let object = if route == Route::Chat { "chat.completion" } else { "text_completion" };
@@ -368,8 +439,10 @@ fn with_job_header(mut response: Response, id: &str) -> Response {
 async fn answer(gw: Gateway, route: Route, job: JobRequest, common: &OpenAiRequest) -> Result<Response, ApiError> {
     let model = job.model.clone().unwrap_or_else(|| gw.default_model().to_string());
     if !common.streaming() {
+        let prompt = job.prompt.clone().unwrap_or_default();
         let r = run_to_end(&gw, job, openai_names).await?;
-        let body = full_response(route, &r, &model).to_string();
+        let echo = (route == Route::Completions && common.echo()).then_some(Echo { prompt: &prompt });
+        let body = full_response(route, &r, &model, echo).to_string();
         let response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
         return Ok(with_job_header(response, &r.id));
     }
@@ -464,6 +537,27 @@ mod tests {
     }
 
     #[test]
+    fn log_prob_requests_become_job_fields() {
+        let job = |body: &[u8]| parse_json::<OpenAiRequest>(body).expect("parses").completion_job();
+        let j = job(br#"{"prompt":"a b","logprobs":2}"#).expect("valid");
+        assert_eq!((j.logprobs, j.prompt_logprobs), (Some(2), None));
+        let j = job(br#"{"prompt":"a b","logprobs":1,"echo":true,"max_tokens":0}"#).expect("valid");
+        assert_eq!((j.kind, j.logprobs, j.prompt_logprobs, j.max_new_tokens), (genq_shared::JobKind::Score, None, Some(1), None));
+        let refused = |body: &[u8]| job(body).expect_err("refused").param;
+        assert_eq!(refused(br#"{"prompt":"a","max_tokens":0}"#).as_deref(), Some("max_tokens"));
+        assert_eq!(refused(br#"{"prompt":"a","logprobs":21}"#).as_deref(), Some("logprobs"));
+        assert_eq!(refused(br#"{"prompt":"a","logprobs":true}"#).as_deref(), Some("logprobs"));
+        assert_eq!(refused(br#"{"prompt":"a","logprobs":1,"stream":true}"#).as_deref(), Some("logprobs"));
+        let chat = |body: &[u8]| parse_json::<OpenAiRequest>(body).expect("parses").chat_job();
+        let msgs = r#""messages":[{"role":"user","content":"hi"}]"#;
+        let j = chat(format!(r#"{{{msgs},"logprobs":true,"top_logprobs":3}}"#).as_bytes()).expect("valid");
+        assert_eq!((j.logprobs, j.prompt_logprobs), (Some(3), None));
+        assert_eq!(chat(format!(r#"{{{msgs},"logprobs":false}}"#).as_bytes()).expect("valid").logprobs, None);
+        let e = chat(format!(r#"{{{msgs},"top_logprobs":3}}"#).as_bytes()).expect_err("needs logprobs");
+        assert_eq!(e.param.as_deref(), Some("top_logprobs"));
+    }
+
+    #[test]
     fn responses_carry_usage_and_openai_finish_reasons() {
         let r = JobResult {
             id: "j1".into(),
@@ -473,13 +567,13 @@ mod tests {
             completion_tokens: Some(3),
             ..JobResult::default()
         };
-        let chat = full_response(Route::Chat, &r, "m");
+        let chat = full_response(Route::Chat, &r, "m", None);
         assert_eq!(chat["id"], "chatcmpl-j1");
         assert_eq!(chat["object"], "chat.completion");
         assert_eq!(chat["choices"][0]["message"]["content"], "Paris.");
         assert_eq!(chat["choices"][0]["finish_reason"], "stop");
         assert_eq!(chat["usage"]["total_tokens"], 10);
-        let text = full_response(Route::Completions, &JobResult { finish_reason: Some(FinishReason::Length), ..r }, "m");
+        let text = full_response(Route::Completions, &JobResult { finish_reason: Some(FinishReason::Length), ..r }, "m", None);
         assert_eq!(text["choices"][0]["text"], "Paris.");
         assert_eq!(text["choices"][0]["finish_reason"], "length");
     }

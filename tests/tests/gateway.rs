@@ -154,6 +154,66 @@ fn python_with_openai() -> String {
     String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().trim().to_string()
 }
 
+/// Log-probs through the `openai` package: generated tokens' (greedy: each is the most likely),
+/// a prompt scored alone (`echo`, `max_tokens: 0`), a prompt echoed before its completion, chat.
+fn check_logprobs(python: &str, base: &str, model: &str) {
+    let out = Command::new(python)
+        .arg(workspace_root().join("tests/python/openai_logprobs.py"))
+        .args([&format!("{base}/v1"), model, TOKEN])
+        .output()
+        .expect("run the openai client");
+    assert!(out.status.success(), "openai client failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).expect("client prints JSON");
+    let strings = |v: &serde_json::Value| -> Vec<String> { v.as_array().expect("a list").iter().map(|s| s.as_str().unwrap_or_default().to_string()).collect() };
+    let numbers = |v: &serde_json::Value| -> Vec<Option<f64>> { v.as_array().expect("a list").iter().map(|x| x.as_f64()).collect() };
+    let most_likely = |top: &serde_json::Value| -> String {
+        let top = top.as_object().expect("alternatives");
+        top.iter().max_by(|a, b| a.1.as_f64().partial_cmp(&b.1.as_f64()).expect("numbers")).map(|(t, _)| t.clone()).unwrap_or_default()
+    };
+
+    let g = &seen["generated"];
+    let tokens = strings(&g["tokens"]);
+    assert_eq!(tokens.len(), 6, "{g}");
+    assert!(g["text"].as_str().is_some_and(|t| tokens.concat().starts_with(t)), "the tokens spell the text: {g}");
+    for (i, token) in tokens.iter().enumerate() {
+        let top = &g["top_logprobs"][i];
+        assert!((1..=3).contains(&top.as_object().map_or(0, |o| o.len())), "{top}");
+        assert_eq!(&most_likely(top), token, "greedy draws the most likely token: {g}");
+        assert!(g["token_logprobs"][i].as_f64().is_some_and(|l| l <= 0.0), "{g}");
+    }
+    let offsets: Vec<u64> = g["text_offset"].as_array().expect("offsets").iter().filter_map(|o| o.as_u64()).collect();
+    assert_eq!(offsets[0], 0);
+    assert_eq!(offsets.len(), tokens.len());
+
+    let s = &seen["scored"];
+    assert_eq!(s["text"], "The capital of France is", "echo returns the prompt: {s}");
+    assert_eq!(s["finish"], "length");
+    let scored = numbers(&s["token_logprobs"]);
+    assert_eq!(scored.len() as u64, s["prompt_tokens"].as_u64().unwrap_or(0), "one per prompt token: {s}");
+    assert_eq!(scored[0], None, "the first token has no log-prob");
+    assert!(scored[1..].iter().all(|l| l.is_some_and(|l| l < 0.0)), "{s}");
+    assert_eq!(strings(&s["tokens"]).concat(), "The capital of France is");
+
+    let e = &seen["echoed"];
+    assert!(e["text"].as_str().is_some_and(|t| t.starts_with("The capital of France is") && t.len() > 24), "{e}");
+    let echoed = numbers(&e["token_logprobs"]);
+    assert_eq!(echoed.len(), scored.len() + 4, "prompt tokens, then 4 generated: {e}");
+    for (i, (a, b)) in scored.iter().zip(&echoed).enumerate().skip(1) {
+        assert!((a.unwrap_or(1.0) - b.unwrap_or(-1.0)).abs() < 1e-3, "prompt token {i}: scored {a:?}, echoed {b:?}");
+    }
+
+    let c = &seen["chat"];
+    let entries = c["entries"].as_array().expect("entries");
+    assert_eq!(entries.len(), 6, "{c}");
+    for entry in entries {
+        let token = entry["token"].as_str().unwrap_or_default();
+        let bytes: Vec<u8> = entry["bytes"].as_array().expect("bytes").iter().filter_map(|b| b.as_u64().map(|b| b as u8)).collect();
+        assert_eq!(bytes, token.as_bytes());
+        assert_eq!(entry["top"].as_array().map(Vec::len), Some(2), "{entry}");
+        assert_eq!(entry["top"][0][0], entry["token"], "greedy: {entry}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 #[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
 async fn curl_and_the_openai_client_get_answers_from_a_real_worker() {
@@ -242,6 +302,7 @@ async fn curl_and_the_openai_client_get_answers_from_a_real_worker() {
     assert_eq!(errors["n"]["status"], 400, "{errors}");
     assert_eq!(errors["n"]["param"], "n", "{errors}");
     assert_eq!(errors["auth"]["status"], 401, "{errors}");
+    check_logprobs(&python, &base, &sb.model);
     let abandoned = seen["abandoned_stream_id"].as_str().and_then(|s| s.strip_prefix("chatcmpl-")).expect("stream id");
     assert_cancelled(&sb, abandoned, "a stream the client closed").await;
 
