@@ -20,7 +20,8 @@
 //!   that every divergence is at a near tie: llama.cpp's best and second-best logits there less
 //!   than [`MAX_GAP_AT_DIVERGENCE`] apart. A real bug (tokenization, RoPE, a wrong weight)
 //!   breaks (b) within the first tokens, and the log-prob check by whole nats;
-//! - score jobs: per-token log-probs within the measured tolerances below.
+//! - score jobs: per-token log-probs within the measured tolerances below, as the jobs'
+//!   `prompt_logprobs` report them (the same numbers as the score's, with their token ids).
 //!
 //! The engine reports text, not token ids, so generated tokens are compared as the text pieces
 //! genq's own streaming [`Detokenizer`] makes of them: the reference ids are run through the same
@@ -225,7 +226,12 @@ fn run_engine(
         assert_eq!(admitted.prompt_tokens, case.prompt_ids.len(), "{}: prompt tokens admitted", case.name);
     }
     for (j, case) in fx.score.iter().enumerate() {
-        let req = JobRequest { id: Some(format!("score-{j}")), kind: JobKind::Score, ..JobRequest::prompt(case.text.clone()) };
+        let req = JobRequest {
+            id: Some(format!("score-{j}")),
+            kind: JobKind::Score,
+            prompt_logprobs: Some(1),
+            ..JobRequest::prompt(case.text.clone())
+        };
         let job = validate(&req, &Limits::default()).expect("valid score job");
         let admitted = engine.encode_and_admit((n_gen + j) as u64, &job, 0).expect("admit");
         assert_eq!(admitted.prompt_tokens, case.prompt_ids.len(), "{}: prompt tokens admitted", case.name);
@@ -251,7 +257,15 @@ fn run_engine(
                 }
             } else if let Some(done) = u.done {
                 let s = done.score.expect("score job reports a score");
-                score.insert(idx - n_gen, ScoreOutcome { logprobs: s.logprobs });
+                // `prompt_logprobs` carries the same numbers with their tokens: those are what
+                // is compared with llama.cpp.
+                let case = &fx.score[idx - n_gen];
+                let prompt = done.logprobs.prompt.expect("the job asked for prompt_logprobs");
+                assert_eq!(prompt.iter().map(|t| t.id).collect::<Vec<_>>(), case.prompt_ids, "{}: prompt tokens", case.name);
+                assert!(prompt[0].logprob.is_none() && prompt[1..].iter().all(|t| t.top.len() == 1), "{}", case.name);
+                let logprobs: Vec<f64> = prompt[1..].iter().map(|t| t.logprob.expect("a log-prob after the first token")).collect();
+                assert_eq!(logprobs, s.logprobs, "{}: prompt_logprobs and the score's log-probs agree", case.name);
+                score.insert(idx - n_gen, ScoreOutcome { logprobs });
             }
         }
     }
