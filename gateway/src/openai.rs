@@ -63,7 +63,7 @@ pub struct OpenAiRequest {
     pub seed: Option<u64>,
     /// Stop strings.
     pub stop: Option<StopField>,
-    /// Choices wanted: only 1.
+    /// Choices wanted (1 to `gateway.max_n`), each its own job.
     pub n: Option<u32>,
     /// Answer as Server-Sent Events.
     pub stream: Option<bool>,
@@ -167,7 +167,6 @@ fn not_on_route(present: bool, field: &str, route: &str) -> Result<(), ApiError>
 impl OpenAiRequest {
     /// Checks the fields genq cannot honour and fills a job's sampling fields.
     fn apply(&self, job: &mut JobRequest, default_max_tokens: Option<u32>) -> Result<(), ApiError> {
-        refuse_unless(self.n.unwrap_or(1) == 1, "n", "only n=1 is served (one choice per request)")?;
         refuse_unless(self.presence_penalty.unwrap_or(0.0) == 0.0, "presence_penalty", "use `repetition_penalty`")?;
         refuse_unless(self.frequency_penalty.unwrap_or(0.0) == 0.0, "frequency_penalty", "use `repetition_penalty`")?;
         refuse_unless(self.logit_bias.as_ref().is_none_or(|m| m.is_empty()), "logit_bias", "it must be empty")?;
@@ -190,6 +189,18 @@ impl OpenAiRequest {
 
     fn streaming(&self) -> bool {
         self.stream.unwrap_or(false)
+    }
+
+    /// How many choices: `n`, within 1..=`max_n`; one when streaming.
+    fn choices(&self, max_n: u32) -> Result<u32, ApiError> {
+        let n = self.n.unwrap_or(1);
+        if n == 0 || n > max_n {
+            return Err(ApiError::invalid_value("n", format!("must be 1..={max_n} (gateway.max_n)")));
+        }
+        if n > 1 && self.streaming() {
+            return Err(ApiError::bad_field("n", "is not supported above 1 with `stream: true`"));
+        }
+        Ok(n)
     }
 
     fn echo(&self) -> bool {
@@ -354,27 +365,41 @@ struct Echo<'a> {
     prompt: &'a str,
 }
 
-fn full_response(route: Route, r: &JobResult, model: &str, echo: Option<Echo<'_>>) -> serde_json::Value {
+/// One choice of a response, from its job's result.
+fn choice(route: Route, index: usize, r: &JobResult, echo: Option<&Echo<'_>>) -> serde_json::Value {
     let generated = r.token_logprobs.as_deref();
-    let choice = match route {
+    match route {
         Route::Completions => {
             let text = format!("{}{}", echo.as_ref().map_or("", |e| e.prompt), r.text.as_deref().unwrap_or(""));
             let asked = generated.is_some() || r.prompt_logprobs.is_some();
             let lp = if asked { logprobs::completion(r.prompt_logprobs.as_deref(), generated.unwrap_or_default()) } else { serde_json::Value::Null };
             // A scored prompt (`echo` with `max_tokens: 0`) stopped at its length limit, 0.
             let finish = if r.kind.as_deref() == Some("score") { "length" } else { finish_reason(r) };
-            serde_json::json!({ "index": 0, "text": text, "logprobs": lp, "finish_reason": finish })
+            serde_json::json!({ "index": index, "text": text, "logprobs": lp, "finish_reason": finish })
         }
         Route::Chat => serde_json::json!({
-            "index": 0, "message": { "role": "assistant", "content": r.text.as_deref().unwrap_or("") },
+            "index": index, "message": { "role": "assistant", "content": r.text.as_deref().unwrap_or("") },
             "logprobs": generated.map_or(serde_json::Value::Null, logprobs::chat), "finish_reason": finish_reason(r)
         }),
-    };
+    }
+}
+
+/// The whole answer: one choice per result (job), in order; the prompt counted once in `usage`.
+fn full_response(route: Route, results: &[JobResult], model: &str, echo: Option<Echo<'_>>) -> serde_json::Value {
+    let choices: Vec<serde_json::Value> = results.iter().enumerate().map(|(i, r)| choice(route, i, r, echo.as_ref())).collect();
+    let first = results.first().cloned().unwrap_or_default();
+    let completion: u64 = results.iter().map(|r| r.completion_tokens.unwrap_or(0)).sum();
     let object = if route == Route::Chat { "chat.completion" } else { "text_completion" };
     serde_json::json!({
-        "id": response_id(route, &r.id), "object": object, "created": now_secs(), "model": model,
-        "choices": [choice], "usage": usage(r)
+        "id": response_id(route, &first.id), "object": object, "created": now_secs(), "model": model,
+        "choices": choices, "usage": usage(&JobResult { completion_tokens: Some(completion), ..first })
     })
+}
+
+/// The jobs of `n` choices: `job` itself for one; else copies whose seeds count up from the
+/// request's (`seed`, `seed + 1`, ...), or that each draw their own without one.
+fn choice_jobs(job: JobRequest, n: u32) -> Vec<JobRequest> {
+    (0..u64::from(n)).map(|i| JobRequest { seed: job.seed.map(|s| s.wrapping_add(i)), ..job.clone() }).collect()
 }
 
 /// Renders stream items as OpenAI chunks.
@@ -438,13 +463,18 @@ fn with_job_header(mut response: Response, id: &str) -> Response {
 
 async fn answer(gw: Gateway, route: Route, job: JobRequest, common: &OpenAiRequest) -> Result<Response, ApiError> {
     let model = job.model.clone().unwrap_or_else(|| gw.default_model().to_string());
+    let n = common.choices(gw.settings().gateway.max_n)?;
     if !common.streaming() {
         let prompt = job.prompt.clone().unwrap_or_default();
-        let r = run_to_end(&gw, job, openai_names).await?;
+        // Every choice runs as its own job, all at once; one failing fails the request, and the
+        // others are cancelled as their waits are dropped.
+        let waits = choice_jobs(job, n).into_iter().map(|j| run_to_end(&gw, j, openai_names));
+        let results = futures::future::try_join_all(waits).await?;
         let echo = (route == Route::Completions && common.echo()).then_some(Echo { prompt: &prompt });
-        let body = full_response(route, &r, &model, echo).to_string();
+        let body = full_response(route, &results, &model, echo).to_string();
         let response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
-        return Ok(with_job_header(response, &r.id));
+        let ids: Vec<&str> = results.iter().map(|r| r.id.as_str()).collect();
+        return Ok(with_job_header(response, &ids.join(",")));
     }
     let results = gw.results().await?;
     let id = gw.submit(job, openai_names).await?;
@@ -494,11 +524,18 @@ mod tests {
     }
 
     #[test]
-    fn more_than_one_choice_is_refused_naming_n() {
-        let req: OpenAiRequest = parse_json(br#"{"prompt":"x","n":2}"#).expect("parses");
-        let e = req.completion_job().expect_err("n=2");
-        assert_eq!(e.status, StatusCode::BAD_REQUEST);
-        assert_eq!(e.param.as_deref(), Some("n"));
+    fn choices_are_jobs_with_counting_seeds_within_the_limit() {
+        let req: OpenAiRequest = parse_json(br#"{"prompt":"x","n":3,"seed":7}"#).expect("parses");
+        assert_eq!(req.choices(8).expect("within the limit"), 3);
+        let jobs = choice_jobs(req.completion_job().expect("valid"), 3);
+        assert_eq!(jobs.iter().map(|j| j.seed).collect::<Vec<_>>(), vec![Some(7), Some(8), Some(9)]);
+        assert_eq!(choice_jobs(JobRequest::prompt("x"), 2).iter().map(|j| j.seed).collect::<Vec<_>>(), vec![None, None]);
+        let e = req.choices(2).expect_err("above gateway.max_n");
+        assert_eq!((e.status, e.param.as_deref()), (StatusCode::UNPROCESSABLE_ENTITY, Some("n")));
+        let streamed: OpenAiRequest = parse_json(br#"{"prompt":"x","n":2,"stream":true}"#).expect("parses");
+        assert_eq!(streamed.choices(8).expect_err("streamed").param.as_deref(), Some("n"));
+        let zero: OpenAiRequest = parse_json(br#"{"prompt":"x","n":0}"#).expect("parses");
+        assert!(zero.choices(8).is_err());
     }
 
     #[test]
@@ -567,13 +604,17 @@ mod tests {
             completion_tokens: Some(3),
             ..JobResult::default()
         };
-        let chat = full_response(Route::Chat, &r, "m", None);
+        let chat = full_response(Route::Chat, std::slice::from_ref(&r), "m", None);
         assert_eq!(chat["id"], "chatcmpl-j1");
         assert_eq!(chat["object"], "chat.completion");
         assert_eq!(chat["choices"][0]["message"]["content"], "Paris.");
         assert_eq!(chat["choices"][0]["finish_reason"], "stop");
         assert_eq!(chat["usage"]["total_tokens"], 10);
-        let text = full_response(Route::Completions, &JobResult { finish_reason: Some(FinishReason::Length), ..r }, "m", None);
+        let text = full_response(Route::Completions, &[JobResult { finish_reason: Some(FinishReason::Length), ..r.clone() }], "m", None);
+        assert_eq!(text["choices"][0]["text"], "Paris.");
+        let two = full_response(Route::Chat, &[r.clone(), JobResult { id: "j2".into(), completion_tokens: Some(5), ..r }], "m", None);
+        assert_eq!(two["choices"][1]["index"], 1);
+        assert_eq!(two["usage"], serde_json::json!({ "prompt_tokens": 7, "completion_tokens": 8, "total_tokens": 15 }), "the prompt counted once");
         assert_eq!(text["choices"][0]["text"], "Paris.");
         assert_eq!(text["choices"][0]["finish_reason"], "length");
     }

@@ -216,6 +216,8 @@ pub struct GatewaySettings {
     /// Models `GET /v1/models` looks for workers of, comma-separated, besides
     /// `producer.default_model`.
     pub models: String,
+    /// Most choices (`n`) one OpenAI request may ask for; each is its own job.
+    pub max_n: u32,
 }
 
 impl Default for GatewaySettings {
@@ -226,6 +228,7 @@ impl Default for GatewaySettings {
             api_keys: String::new(),
             max_body_bytes: 1024 * 1024,
             models: String::new(),
+            max_n: 8,
         }
     }
 }
@@ -239,6 +242,7 @@ impl std::fmt::Debug for GatewaySettings {
             .field("api_keys", &format_args!("<{} token(s)>", self.api_key_list().len()))
             .field("max_body_bytes", &self.max_body_bytes)
             .field("models", &self.models)
+            .field("max_n", &self.max_n)
             .finish()
     }
 }

@@ -71,12 +71,18 @@ for chunk in stream:
 stream.close()
 out["abandoned_stream_id"] = abandoned
 
+# Several choices (n): one job each, seeds counting up from the request's.
+c = client.completions.create(model=model, prompt=PROMPT, n=3, max_tokens=5, temperature=1.0, seed=11)
+out["choices"] = {"indexes": [ch.index for ch in c.choices], "texts": [ch.text for ch in c.choices], "usage": usage(c.usage)}
+r = client.chat.completions.create(model=model, messages=CHAT, n=2, max_tokens=5, temperature=1.0, seed=11)
+out["chat_choices"] = {"indexes": [ch.index for ch in r.choices], "contents": [ch.message.content for ch in r.choices], "usage": usage(r.usage)}
+
 out["models"] = [m.id for m in client.models.list().data]
 
 out["errors"] = {
     "top_p": error(lambda: client.completions.create(model=model, prompt=PROMPT, top_p=5, max_tokens=4)),
     "model": error(lambda: client.chat.completions.create(model="no-such-model", messages=CHAT, max_tokens=4)),
-    "n": error(lambda: client.completions.create(model=model, prompt=PROMPT, n=2, max_tokens=4)),
+    "n": error(lambda: client.completions.create(model=model, prompt=PROMPT, n=9, max_tokens=4)),
     "auth": error(lambda: openai.OpenAI(base_url=base_url, api_key="wrong-key", max_retries=0).models.list()),
 }
 

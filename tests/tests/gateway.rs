@@ -291,6 +291,12 @@ async fn curl_and_the_openai_client_get_answers_from_a_real_worker() {
     assert_eq!(cs["content"], chat["content"], "streamed chat equals the plain one");
     assert_eq!(cs["roles"], serde_json::json!(["assistant"]));
     assert_eq!(cs["finish"], chat["finish"]);
+    let choices = &seen["choices"];
+    assert_eq!(choices["indexes"], serde_json::json!([0, 1, 2]), "{choices}");
+    assert!(choices["texts"].as_array().is_some_and(|t| t.iter().all(|t| t.as_str().is_some_and(|t| !t.is_empty()))), "{choices}");
+    assert_eq!(choices["usage"]["prompt"], c["usage"]["prompt"], "the prompt is counted once: {choices}");
+    assert!(choices["usage"]["completion"].as_u64().is_some_and(|n| (3..=15).contains(&n)), "three choices of 1 to 5 tokens: {choices}");
+    assert_eq!(seen["chat_choices"]["indexes"], serde_json::json!([0, 1]), "{}", seen["chat_choices"]);
     let models = seen["models"].as_array().expect("models");
     assert!(models.iter().any(|m| m == sb.model.as_str()), "the live model is listed: {models:?}");
     assert!(!models.iter().any(|m| m == "no-such-model"));
@@ -299,7 +305,7 @@ async fn curl_and_the_openai_client_get_answers_from_a_real_worker() {
     assert_eq!(errors["top_p"]["param"], "top_p", "{errors}");
     assert_eq!(errors["model"]["status"], 404, "{errors}");
     assert_eq!(errors["model"]["code"], "model_not_found", "{errors}");
-    assert_eq!(errors["n"]["status"], 400, "{errors}");
+    assert_eq!(errors["n"]["status"], 422, "above gateway.max_n: {errors}");
     assert_eq!(errors["n"]["param"], "n", "{errors}");
     assert_eq!(errors["auth"]["status"], 401, "{errors}");
     check_logprobs(&python, &base, &sb.model);
