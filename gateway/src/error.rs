@@ -83,6 +83,11 @@ impl ApiError {
             .with_param("model")
     }
 
+    /// 404: an object (a file, a batch) that does not exist; `param` names the id's field.
+    pub fn not_found(code: &'static str, param: &str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, INVALID_REQUEST, code, message).with_param(param)
+    }
+
     /// 404: no such route.
     pub fn no_route(path: &str) -> Self {
         Self::new(StatusCode::NOT_FOUND, INVALID_REQUEST, "not_found", format!("no route {path}"))

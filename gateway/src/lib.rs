@@ -10,6 +10,7 @@
 //! - [`openai`]: `POST /v1/completions` and `/v1/chat/completions`, plain or streamed.
 //! - [`models`]: `GET /v1/models`, the models with live workers.
 //! - [`logprobs`]: OpenAI's log-prob shapes from a result's token log-probs.
+//! - [`files`], [`batches`]: OpenAI's Files and Batch APIs; a batch's requests run as jobs.
 //! - [`jobs`]: `/v1/jobs` (submit, status, cancel) and waiting with cancel-on-disconnect.
 //! - [`sse`]: following a job's Redis stream into Server-Sent Events.
 //! - [`request`]: reading bodies into typed requests, errors naming the field.
@@ -19,7 +20,9 @@
 
 pub mod args;
 pub mod auth;
+pub mod batches;
 pub mod error;
+pub mod files;
 pub mod generate;
 pub mod jobs;
 pub mod logprobs;

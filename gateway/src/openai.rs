@@ -347,9 +347,26 @@ fn now_secs() -> u64 {
 
 /// Which route is answering: decides the ids, object names and chunk shapes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Route {
+pub enum Route {
+    /// `/v1/completions`.
     Completions,
+    /// `/v1/chat/completions`.
     Chat,
+}
+
+impl Route {
+    /// The route's path.
+    pub fn path(self) -> &'static str {
+        match self {
+            Route::Completions => "/v1/completions",
+            Route::Chat => "/v1/chat/completions",
+        }
+    }
+
+    /// The route at `path`, if it is one of the two.
+    pub fn from_path(path: &str) -> Option<Route> {
+        [Route::Completions, Route::Chat].into_iter().find(|r| r.path() == path)
+    }
 }
 
 /// The response's `id` for job `job_id`.
@@ -361,7 +378,7 @@ fn response_id(route: Route, job_id: &str) -> String {
 }
 
 /// What a completion echoes: the prompt before the text, and its tokens in `logprobs`.
-struct Echo<'a> {
+pub(crate) struct Echo<'a> {
     prompt: &'a str,
 }
 
@@ -385,7 +402,7 @@ fn choice(route: Route, index: usize, r: &JobResult, echo: Option<&Echo<'_>>) ->
 }
 
 /// The whole answer: one choice per result (job), in order; the prompt counted once in `usage`.
-fn full_response(route: Route, results: &[JobResult], model: &str, echo: Option<Echo<'_>>) -> serde_json::Value {
+pub(crate) fn full_response(route: Route, results: &[JobResult], model: &str, echo: Option<Echo<'_>>) -> serde_json::Value {
     let choices: Vec<serde_json::Value> = results.iter().enumerate().map(|(i, r)| choice(route, i, r, echo.as_ref())).collect();
     let first = results.first().cloned().unwrap_or_default();
     let completion: u64 = results.iter().map(|r| r.completion_tokens.unwrap_or(0)).sum();

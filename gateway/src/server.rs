@@ -13,7 +13,7 @@ use axum::Router;
 
 use super::error::ApiError;
 use super::state::Gateway;
-use super::{auth, generate, jobs, metrics, models, openai};
+use super::{auth, batches, files, generate, jobs, metrics, models, openai};
 
 /// Every route of the gateway.
 pub fn router(gw: Gateway) -> Router {
@@ -25,6 +25,12 @@ pub fn router(gw: Gateway) -> Router {
         .route("/v1/models/{model}", get(models::retrieve))
         .route("/v1/jobs", post(jobs::submit))
         .route("/v1/jobs/{id}", get(jobs::get).delete(jobs::cancel))
+        .route("/v1/files", post(files::upload).get(files::list).layer(DefaultBodyLimit::max(gw.settings().gateway.file_max_bytes)))
+        .route("/v1/files/{id}", get(files::retrieve).delete(files::delete))
+        .route("/v1/files/{id}/content", get(files::content))
+        .route("/v1/batches", post(batches::create).get(batches::list))
+        .route("/v1/batches/{id}", get(batches::retrieve))
+        .route("/v1/batches/{id}/cancel", post(batches::cancel))
         .route_layer(from_fn_with_state(gw.tokens().clone(), auth::require_token));
     api.route("/healthz", get(healthz))
         .route("/metrics", get(render_metrics))

@@ -30,6 +30,8 @@ struct Inner {
     /// loss wait for one reconnect instead of each opening a connection.
     producer: Mutex<Option<Arc<Producer>>>,
     results: Mutex<Option<ResultClient>>,
+    /// The connection for the gateway's own records (files, batches).
+    records: Mutex<Option<RedisConn>>,
     keys: KeySchema,
     metrics: GatewayMetrics,
     models: ModelProbe,
@@ -47,6 +49,7 @@ impl Gateway {
                 tokens: BearerTokens::new(settings.gateway.api_key_list()),
                 producer: Mutex::new(None),
                 results: Mutex::new(None),
+                records: Mutex::new(None),
                 settings,
             }),
         };
@@ -146,6 +149,20 @@ impl Gateway {
     pub async fn submit(&self, job: JobRequest, rename: impl Fn(&'static str) -> &'static str) -> Result<String, ApiError> {
         let producer = self.producer().await?;
         producer.submit(job).await.map_err(|e| ApiError::from_publish(&e, rename))
+    }
+
+    /// The connection for files and batch records, connecting first if there is none. Its
+    /// connection manager reconnects by itself after a failure.
+    pub async fn records(&self) -> Result<RedisConn, ApiError> {
+        let mut slot = self.inner.records.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let conn = RedisConn::connect(&self.inner.settings.redis.url, Some(Duration::from_secs(30)))
+            .await
+            .map_err(|e| ApiError::unavailable("redis", e))?;
+        *slot = Some(conn.clone());
+        Ok(conn)
     }
 
     /// A connection of its own for blocking reads (`XREAD BLOCK`), which would stall every

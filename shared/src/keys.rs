@@ -65,6 +65,27 @@ impl KeySchema {
     pub fn models(&self) -> String {
         format!("{}:models", self.prefix)
     }
+
+    /// `genq:file:{<id>}`: a file uploaded to the gateway (`/v1/files`), or a batch's output.
+    pub fn file(&self, id: &str) -> String {
+        format!("{}:file:{{{id}}}", self.prefix)
+    }
+
+    /// `genq:files`: sorted set of file ids, scored by creation time (Unix seconds).
+    pub fn files(&self) -> String {
+        format!("{}:files", self.prefix)
+    }
+
+    /// `genq:openai-batch:{<id>}`: an OpenAI batch's record (`/v1/batches`); the hash tag is the
+    /// one of the batch's counters ([`KeySchema::batch`]).
+    pub fn openai_batch(&self, id: &str) -> String {
+        format!("{}:openai-batch:{{{id}}}", self.prefix)
+    }
+
+    /// `genq:openai-batches`: sorted set of batch ids, scored by creation time (Unix seconds).
+    pub fn openai_batches(&self) -> String {
+        format!("{}:openai-batches", self.prefix)
+    }
 }
 
 #[cfg(test)]

@@ -218,6 +218,12 @@ pub struct GatewaySettings {
     pub models: String,
     /// Most choices (`n`) one OpenAI request may ask for; each is its own job.
     pub max_n: u32,
+    /// Largest file `POST /v1/files` accepts, in bytes.
+    pub file_max_bytes: usize,
+    /// Most requests one batch input file may hold.
+    pub batch_max_requests: usize,
+    /// How long uploaded files, batch records and batch output files are kept, in seconds.
+    pub file_ttl_secs: u64,
 }
 
 impl Default for GatewaySettings {
@@ -229,6 +235,9 @@ impl Default for GatewaySettings {
             max_body_bytes: 1024 * 1024,
             models: String::new(),
             max_n: 8,
+            file_max_bytes: 200 * 1024 * 1024,
+            batch_max_requests: 50_000,
+            file_ttl_secs: 30 * 86_400,
         }
     }
 }
@@ -243,6 +252,9 @@ impl std::fmt::Debug for GatewaySettings {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("models", &self.models)
             .field("max_n", &self.max_n)
+            .field("file_max_bytes", &self.file_max_bytes)
+            .field("batch_max_requests", &self.batch_max_requests)
+            .field("file_ttl_secs", &self.file_ttl_secs)
             .finish()
     }
 }

@@ -355,6 +355,81 @@ async fn curl_and_the_openai_client_get_answers_from_a_real_worker() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
+async fn the_openai_client_runs_batches_through_files_and_the_batch_api() {
+    let model = default_model();
+    let python = python_with_openai();
+    let sb = Sandbox::new("batches");
+    let worker = sb.worker(&["--model-path", model.to_str().unwrap_or_default(), "--max-batch-size", "8"]);
+    let gw = GatewayProcess::start(&sb, &[], &[("GENQ__GATEWAY__API_KEYS", TOKEN)]);
+    worker.wait_ready(Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}"));
+    let out = Command::new(&python)
+        .arg(workspace_root().join("tests/python/openai_batch.py"))
+        .args([&format!("{}/v1", gw.base), &sb.model, TOKEN])
+        .output()
+        .expect("run the openai client");
+    assert!(out.status.success(), "openai client failed:\n{}\ngateway log:\n{}", String::from_utf8_lossy(&out.stderr), gw.log_text());
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).expect("client prints JSON");
+
+    assert_eq!(seen["file"]["purpose"], "batch", "{}", seen["file"]);
+    assert_eq!(seen["created_status"], "in_progress");
+    let b = &seen["completions"];
+    assert_eq!(b["status"], "completed", "{b}");
+    assert_eq!(b["counts"], serde_json::json!({ "total": 13, "completed": 12, "failed": 1 }), "{b}");
+    assert_eq!(b["metadata"], serde_json::json!({ "run": "ci" }));
+    assert!(b["completed_at"].as_u64() >= b["created_at"].as_u64(), "{b}");
+    let output = seen["output"].as_array().expect("output lines");
+    let custom: Vec<&str> = output.iter().map(|l| l["custom_id"].as_str().unwrap_or_default()).collect();
+    assert_eq!(custom, (0..12).map(|i| format!("req-{i}")).collect::<Vec<_>>(), "one line per request, in input order");
+    for l in output {
+        let body = &l["response"]["body"];
+        assert_eq!(l["response"]["status_code"], 200, "{l}");
+        assert_eq!(body["object"], "text_completion", "{l}");
+        assert!(body["choices"][0]["text"].as_str().is_some_and(|t| !t.is_empty()), "{l}");
+        assert_eq!(body["choices"][0]["logprobs"]["tokens"].as_array().map(Vec::len), body["usage"]["completion_tokens"].as_u64().map(|n| n as usize), "{l}");
+        assert_eq!(l["error"], serde_json::Value::Null);
+    }
+    let errors = seen["errors"].as_array().expect("error lines");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0]["custom_id"], "bad-top-p");
+    assert!(errors[0]["error"]["message"].as_str().is_some_and(|m| m.contains("top_p")), "{errors:?}");
+
+    let chat = &seen["chat"];
+    assert_eq!((chat["status"].as_str(), chat["endpoint"].as_str()), (Some("completed"), Some("/v1/chat/completions")), "{chat}");
+    let chat_out = seen["chat_output"].as_array().expect("chat lines");
+    assert_eq!(chat_out.len(), 3);
+    assert!(chat_out.iter().all(|l| l["response"]["body"]["choices"][0]["message"]["role"] == "assistant"), "{chat_out:?}");
+
+    let cancelled = &seen["cancelled"];
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+    assert_eq!(cancelled["counts"]["total"], 8);
+    assert_eq!(cancelled["counts"]["completed"].as_u64().unwrap_or(99) + cancelled["counts"]["failed"].as_u64().unwrap_or(99), 8, "{cancelled}");
+    assert!(cancelled["counts"]["failed"].as_u64() >= Some(1), "cancelled at once, so most never ran: {cancelled}");
+
+    let listed = seen["listed"].as_array().expect("listed");
+    for id in [&b["id"], &chat["id"], &cancelled["id"]] {
+        assert!(listed.contains(id), "every batch is listed, page after page: {listed:?}");
+    }
+    assert!(seen["files_listed"].as_array().is_some_and(|f| f.contains(&seen["file"]["id"])), "{}", seen["files_listed"]);
+    let refused = &seen["refused"];
+    assert_eq!(refused["duplicate"]["status"], 422, "{refused}");
+    assert!(refused["duplicate"]["message"].as_str().is_some_and(|m| m.contains("\"same\" appears twice")), "{refused}");
+    assert_eq!(refused["endpoint"]["param"], "endpoint", "{refused}");
+    assert_eq!(refused["unknown_batch"]["status"], 404, "{refused}");
+    assert_eq!(seen["deleted"], true);
+    assert_eq!(seen["after_delete"]["status"], 404);
+
+    // Every request of the batches ran as a job with a final result in Redis.
+    let results = sb.results().await;
+    let first = b["id"].as_str().expect("id");
+    let r: JobResult = results.get(&format!("{first}.0")).await.expect("redis").expect("the first request's job");
+    assert_eq!(r.status, Some(JobStatus::Done));
+    drop(gw);
+    drop(worker);
+    sb.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn an_unreachable_redis_answers_503_not_a_hang() {
     let sb = Sandbox::new("gateway-down");
     // Nothing listens on port 1: Redis is "down".

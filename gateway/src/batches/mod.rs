@@ -1,0 +1,210 @@
+//! OpenAI's Batch API: `POST /v1/batches`, `GET /v1/batches/{id}`, `GET /v1/batches` (`after`,
+//! `limit`) and `POST /v1/batches/{id}/cancel`, over files uploaded to `/v1/files`.
+//!
+//! A batch's requests become ordinary jobs on the model's queue (ids `<batch>.<line>`, counted in
+//! the batch's counters by the workers that finish them), so any number of workers serve it.
+//! Records and files live in Redis, so every gateway sees every batch and a restart loses
+//! nothing; whichever gateway first sees all of a batch's requests final writes its output and
+//! error files, once.
+//!
+//! - [`input`]: the input file read into jobs and refused lines.
+//! - [`record`]: the batch's record and OpenAI's batch object.
+//! - [`output`]: the output and error files.
+
+pub mod input;
+pub mod output;
+pub mod record;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::response::Response;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use self::input::read_input;
+use self::record::{BatchRecord, RequestCounts};
+use crate::error::ApiError;
+use crate::files::{file_content, file_meta, json_response};
+use crate::openai::{openai_names, Route};
+use crate::request::{body_bytes, parse_json};
+use crate::state::Gateway;
+
+/// The only completion window served.
+const COMPLETION_WINDOW: &str = "24h";
+const COMPLETION_WINDOW_SECS: u64 = 86_400;
+
+/// `POST /v1/batches`' body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBatch {
+    /// A file uploaded with `purpose=batch`.
+    pub input_file_id: String,
+    /// `/v1/completions` or `/v1/chat/completions`.
+    pub endpoint: String,
+    /// `24h`.
+    pub completion_window: String,
+    /// Kept and returned as given.
+    pub metadata: Option<Value>,
+}
+
+fn now_secs() -> u64 {
+    genq_shared::now_ms() / 1000
+}
+
+/// `POST /v1/batches`: reads the input file, publishes its valid requests as jobs, and answers
+/// the batch (`in_progress`).
+pub async fn create(State(gw): State<Gateway>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    let bytes = body_bytes(body, gw.settings().gateway.max_body_bytes)?;
+    let req: CreateBatch = parse_json(&bytes)?;
+    let route = Route::from_path(&req.endpoint)
+        .ok_or_else(|| ApiError::invalid_value("endpoint", format!("{:?} is not served in batches (/v1/completions, /v1/chat/completions)", req.endpoint)))?;
+    if req.completion_window != COMPLETION_WINDOW {
+        return Err(ApiError::invalid_value("completion_window", format!("must be {COMPLETION_WINDOW:?}")));
+    }
+    let meta = file_meta(&gw, &req.input_file_id).await?;
+    if meta.purpose != "batch" {
+        return Err(ApiError::invalid_value("input_file_id", format!("file {} has purpose {:?}, not \"batch\"", meta.id, meta.purpose)));
+    }
+    let content = file_content(&gw, &meta.id).await?;
+    let id = format!("batch-{}", uuid::Uuid::new_v4().simple());
+    let input = read_input(&content, &id, route, gw.settings().gateway.batch_max_requests)?;
+    let now = now_secs();
+    let mut rec = BatchRecord {
+        id,
+        endpoint: route.path().to_string(),
+        input_file_id: meta.id,
+        completion_window: req.completion_window,
+        status: "validating".into(),
+        metadata: req.metadata,
+        created_at: now,
+        in_progress_at: None,
+        expires_at: now + COMPLETION_WINDOW_SECS,
+        finalizing_at: None,
+        completed_at: None,
+        failed_at: None,
+        cancelling_at: None,
+        cancelled_at: None,
+        custom_ids: input.custom_ids,
+        invalid: input.invalid,
+        output_file_id: None,
+        error_file_id: None,
+        errors: None,
+    };
+    rec.save(&gw, true).await?;
+    let producer = gw.producer().await?;
+    let (lines, jobs): (Vec<usize>, Vec<_>) = input.jobs.into_iter().unzip();
+    let published = producer.submit_many(jobs, |_| {}).await;
+    for (line, outcome) in lines.into_iter().zip(published) {
+        if let Err(e) = outcome {
+            rec.invalid.push((line, ApiError::from_publish(&e, openai_names).message));
+        }
+    }
+    rec.invalid.sort_unstable_by_key(|(line, _)| *line);
+    rec.status = "in_progress".into();
+    rec.in_progress_at = Some(now_secs());
+    rec.save(&gw, false).await?;
+    let counts = refresh(&gw, &mut rec).await?;
+    Ok(json_response(&rec.json(counts)))
+}
+
+/// Current counts; when every request is final, the output files are written (by this gateway
+/// if no other has claimed them) and the batch ends `completed` (or `cancelled`).
+async fn refresh(gw: &Gateway, rec: &mut BatchRecord) -> Result<RequestCounts, ApiError> {
+    let counts = rec.counts(gw).await?;
+    let running = matches!(rec.status.as_str(), "in_progress" | "cancelling");
+    if !running || !counts.all_final() {
+        return Ok(counts);
+    }
+    if !rec.claim_finalizing(gw).await? {
+        rec.status = "finalizing".into();
+        return Ok(counts);
+    }
+    let cancelled = rec.status == "cancelling";
+    rec.status = "finalizing".into();
+    rec.finalizing_at = Some(now_secs());
+    rec.save(gw, false).await?;
+    output::write_files(gw, rec).await?;
+    let now = now_secs();
+    if cancelled {
+        rec.status = "cancelled".into();
+        rec.cancelled_at = Some(now);
+    } else {
+        rec.status = "completed".into();
+        rec.completed_at = Some(now);
+    }
+    rec.save(gw, false).await?;
+    Ok(counts)
+}
+
+/// `GET /v1/batches/{id}`.
+pub async fn retrieve(State(gw): State<Gateway>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let mut rec = BatchRecord::load(&gw, &id).await?;
+    let counts = refresh(&gw, &mut rec).await?;
+    Ok(json_response(&rec.json(counts)))
+}
+
+/// `POST /v1/batches/{id}/cancel`: asks every job of the batch to be cancelled; the batch is
+/// `cancelling` until they are all final, then `cancelled`, with the results of those that
+/// finished first in its output file.
+pub async fn cancel(State(gw): State<Gateway>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let mut rec = BatchRecord::load(&gw, &id).await?;
+    if rec.status == "in_progress" {
+        rec.status = "cancelling".into();
+        rec.cancelling_at = Some(now_secs());
+        rec.save(&gw, false).await?;
+        let results = gw.results().await?;
+        let refused: std::collections::HashSet<usize> = rec.invalid.iter().map(|(l, _)| *l).collect();
+        let ids: Vec<String> = (0..rec.custom_ids.len()).filter(|l| !refused.contains(l)).map(|l| input::job_id(&rec.id, l)).collect();
+        for chunk in ids.chunks(256) {
+            let asks = chunk.iter().map(|j| results.cancel(j));
+            futures::future::try_join_all(asks).await.map_err(|e| ApiError::from_result(&e))?;
+        }
+    }
+    let counts = refresh(&gw, &mut rec).await?;
+    Ok(json_response(&rec.json(counts)))
+}
+
+/// `GET /v1/batches` pagination.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListBatches {
+    /// The last id of the previous page.
+    pub after: Option<String>,
+    /// Page size, 1 to 100 (default 20).
+    pub limit: Option<usize>,
+}
+
+/// `GET /v1/batches`: newest first.
+pub async fn list(State(gw): State<Gateway>, Query(q): Query<ListBatches>) -> Result<Response, ApiError> {
+    let limit = q.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::invalid_value("limit", "must be 1..=100"));
+    }
+    let mut conn = gw.records().await?;
+    let ids: Vec<String> =
+        redis::cmd("ZREVRANGE").arg(gw.keys().openai_batches()).arg(0).arg(-1).query_async(&mut conn).await.map_err(|e| ApiError::unavailable("redis", e))?;
+    let start = match &q.after {
+        Some(after) => ids.iter().position(|i| i == after).map(|p| p + 1).ok_or_else(|| ApiError::invalid_value("after", format!("batch {after:?} is not listed")))?,
+        None => 0,
+    };
+    let mut data = Vec::new();
+    let mut rest = ids[start..].iter();
+    for id in rest.by_ref() {
+        match BatchRecord::load(&gw, id).await {
+            Ok(mut rec) => {
+                let counts = refresh(&gw, &mut rec).await?;
+                data.push(rec.json(counts));
+            }
+            Err(e) if e.status == axum::http::StatusCode::NOT_FOUND => continue,
+            Err(e) => return Err(e),
+        }
+        if data.len() == limit {
+            break;
+        }
+    }
+    let has_more = rest.next().is_some();
+    let first = data.first().map(|b| b["id"].clone());
+    let last = data.last().map(|b| b["id"].clone());
+    Ok(json_response(&json!({ "object": "list", "data": data, "first_id": first, "last_id": last, "has_more": has_more })))
+}

@@ -1,0 +1,153 @@
+//! A batch's record in Redis (`genq:openai-batch:{id}`, listed in `genq:openai-batches`): what
+//! it runs, its status and timestamps, and OpenAI's batch object built from it and from the
+//! counts workers keep for its jobs (`genq:batch:{id}`).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+use crate::state::Gateway;
+
+/// Field of the record's hash that holds it as JSON.
+const RECORD_FIELD: &str = "record";
+/// Field set once by the gateway that writes a batch's output files.
+pub const FINALIZER_FIELD: &str = "finalizer";
+
+/// One batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchRecord {
+    /// `batch-<hex>`.
+    pub id: String,
+    /// `/v1/completions` or `/v1/chat/completions`.
+    pub endpoint: String,
+    /// The input file.
+    pub input_file_id: String,
+    /// `24h`.
+    pub completion_window: String,
+    /// OpenAI's status names.
+    pub status: String,
+    /// The caller's metadata, as given.
+    pub metadata: Option<Value>,
+    /// Unix seconds of each step.
+    pub created_at: u64,
+    /// When publishing ended.
+    pub in_progress_at: Option<u64>,
+    /// When it will expire if unfinished.
+    pub expires_at: u64,
+    /// When the output began to be written.
+    pub finalizing_at: Option<u64>,
+    /// When it completed.
+    pub completed_at: Option<u64>,
+    /// When it failed.
+    pub failed_at: Option<u64>,
+    /// When a cancel was asked.
+    pub cancelling_at: Option<u64>,
+    /// When it ended cancelled.
+    pub cancelled_at: Option<u64>,
+    /// Each request's `custom_id`, by line.
+    pub custom_ids: Vec<String>,
+    /// Lines refused before running, with why.
+    pub invalid: Vec<(usize, String)>,
+    /// The results file.
+    pub output_file_id: Option<String>,
+    /// The errors file.
+    pub error_file_id: Option<String>,
+    /// Why the batch failed as a whole.
+    pub errors: Option<Value>,
+}
+
+/// Counts of a batch's requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RequestCounts {
+    /// Every line.
+    pub total: u64,
+    /// Finished `done`.
+    pub completed: u64,
+    /// Refused, failed, expired or cancelled.
+    pub failed: u64,
+}
+
+impl RequestCounts {
+    /// Whether every request has an outcome.
+    pub fn all_final(&self) -> bool {
+        self.completed + self.failed >= self.total
+    }
+}
+
+fn redis_error(e: redis::RedisError) -> ApiError {
+    ApiError::unavailable("redis", e)
+}
+
+/// 404 for a batch that does not exist or expired.
+pub fn unknown_batch(id: &str) -> ApiError {
+    ApiError::not_found("batch_not_found", "batch_id", format!("batch {id:?} does not exist or expired"))
+}
+
+impl BatchRecord {
+    /// Stores the record (with the files' TTL) and lists it when `new`.
+    pub async fn save(&self, gw: &Gateway, new: bool) -> Result<(), ApiError> {
+        let mut conn = gw.records().await?;
+        let key = gw.keys().openai_batch(&self.id);
+        let json = serde_json::to_string(self).map_err(|e| ApiError::internal(e.to_string()))?;
+        redis::pipe()
+            .cmd("HSET")
+            .arg(&key)
+            .arg(RECORD_FIELD)
+            .arg(json)
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(&key)
+            .arg(gw.settings().gateway.file_ttl_secs)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(redis_error)?;
+        if new {
+            redis::cmd("ZADD").arg(gw.keys().openai_batches()).arg(self.created_at).arg(&self.id).query_async::<()>(&mut conn).await.map_err(redis_error)?;
+        }
+        Ok(())
+    }
+
+    /// Batch `id`'s record.
+    pub async fn load(gw: &Gateway, id: &str) -> Result<BatchRecord, ApiError> {
+        let mut conn = gw.records().await?;
+        let raw: Option<String> = redis::cmd("HGET").arg(gw.keys().openai_batch(id)).arg(RECORD_FIELD).query_async(&mut conn).await.map_err(redis_error)?;
+        let raw = raw.ok_or_else(|| unknown_batch(id))?;
+        serde_json::from_str(&raw).map_err(|e| ApiError::internal(format!("batch {id} has an unreadable record: {e}")))
+    }
+
+    /// Claims the writing of the output files; false when another gateway has.
+    pub async fn claim_finalizing(&self, gw: &Gateway) -> Result<bool, ApiError> {
+        let mut conn = gw.records().await?;
+        let me = uuid::Uuid::new_v4().to_string();
+        redis::cmd("HSETNX").arg(gw.keys().openai_batch(&self.id)).arg(FINALIZER_FIELD).arg(me).query_async(&mut conn).await.map_err(redis_error)
+    }
+
+    /// Counts from the workers' per-status counters of the batch's jobs, plus the refused lines.
+    pub async fn counts(&self, gw: &Gateway) -> Result<RequestCounts, ApiError> {
+        let mut conn = gw.records().await?;
+        let raw: BTreeMap<String, u64> = redis::cmd("HGETALL").arg(gw.keys().batch(&self.id)).query_async(&mut conn).await.map_err(redis_error)?;
+        let n = |k: &str| raw.get(k).copied().unwrap_or(0);
+        Ok(RequestCounts {
+            total: self.custom_ids.len() as u64,
+            completed: n("done"),
+            failed: self.invalid.len() as u64 + n("failed") + n("expired") + n("cancelled"),
+        })
+    }
+
+    /// OpenAI's batch object.
+    pub fn json(&self, counts: RequestCounts) -> Value {
+        json!({
+            "id": self.id, "object": "batch", "endpoint": self.endpoint, "errors": self.errors,
+            "input_file_id": self.input_file_id, "completion_window": self.completion_window, "status": self.status,
+            "output_file_id": self.output_file_id, "error_file_id": self.error_file_id,
+            "created_at": self.created_at, "in_progress_at": self.in_progress_at, "expires_at": self.expires_at,
+            "finalizing_at": self.finalizing_at, "completed_at": self.completed_at, "failed_at": self.failed_at,
+            "expired_at": null, "cancelling_at": self.cancelling_at, "cancelled_at": self.cancelled_at,
+            "request_counts": { "total": counts.total, "completed": counts.completed, "failed": counts.failed },
+            "metadata": self.metadata,
+        })
+    }
+}
