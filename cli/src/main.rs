@@ -5,6 +5,7 @@
 //!
 //! - [`submit`]: publish a JSONL file, optionally wait for every result.
 //! - [`results`]: `get`, `wait` and `cancel` for one job.
+//! - [`batch`]: OpenAI batches (`create`, `status`, `results`), as `/v1/batches` serves them.
 //! - [`bench`]: `genq bench engine`, optionally side by side with llama.cpp.
 //! - [`run`]: the embedded pipeline (in-memory source and sink, no services).
 //! - [`models`]: the models with live workers (heartbeats in Redis, consumers in RabbitMQ).
@@ -12,6 +13,7 @@
 //! - [`serve`]: the HTTP gateway (`/generate`, OpenAI-compatible routes, `/v1/jobs`).
 //! - [`tokenize`]: a model's token ids for texts, as the engine tokenizes prompts.
 
+mod batch;
 mod bench;
 mod models;
 mod results;
@@ -86,6 +88,8 @@ enum Command {
     Run(run::RunArgs),
     /// List the models with live workers: heartbeats, consumers and ready jobs of each.
     Models(models::ModelsArgs),
+    /// OpenAI batches: `create FILE`, `status ID`, `results ID` (the gateway's `/v1/batches`).
+    Batch(batch::BatchArgs),
     /// Benchmarks (`genq bench engine`).
     Bench(bench::BenchArgs),
     /// Serve the HTTP gateway: `POST /generate`, OpenAI-compatible `/v1/...` routes, `/v1/jobs`.
@@ -118,6 +122,7 @@ fn main() -> ExitCode {
             Command::Cancel(args) => results::cancel(&cli.common, args).await,
             Command::Run(args) => run::run(&cli.common, args).await,
             Command::Bench(args) => bench::run(&cli.common, args).await,
+            Command::Batch(args) => batch::run(&cli.common, args).await,
             Command::Models(args) => models::run(&cli.common, args).await,
             Command::Serve(args) => serve::run(&cli.common, args).await,
             Command::Status(args) => status::run(&cli.common, args).await,

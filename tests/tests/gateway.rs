@@ -424,6 +424,29 @@ async fn the_openai_client_runs_batches_through_files_and_the_batch_api() {
     let first = b["id"].as_str().expect("id");
     let r: JobResult = results.get(&format!("{first}.0")).await.expect("redis").expect("the first request's job");
     assert_eq!(r.status, Some(JobStatus::Done));
+
+    // The same from the command line, without the gateway.
+    let input = scratch_dir().join(format!("{}-batch.jsonl", sb.model));
+    let lines: Vec<String> = (0..3)
+        .map(|i| format!(r#"{{"custom_id":"cli-{i}","method":"POST","url":"/v1/completions","body":{{"prompt":"Hello {i}","max_tokens":2}}}}"#))
+        .chain([r#"{"custom_id":"cli-bad","method":"POST","url":"/v1/completions","body":{"prompt":""}}"#.to_string()])
+        .collect();
+    std::fs::write(&input, lines.join("\n")).expect("write the batch file");
+    let created = sb.genq().args(["batch", "create", input.to_str().unwrap_or_default(), "--wait"]).output().expect("run genq batch create");
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let batch: serde_json::Value = serde_json::from_slice(&created.stdout).expect("a batch object");
+    assert_eq!(batch["status"], "completed", "{batch}");
+    assert_eq!(batch["request_counts"], serde_json::json!({ "total": 4, "completed": 3, "failed": 1 }), "{batch}");
+    let id = batch["id"].as_str().expect("id");
+    let status = sb.genq().args(["batch", "status", id]).output().expect("run genq batch status");
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&status.stdout).expect("json")["output_file_id"], batch["output_file_id"]);
+    let results = sb.genq().args(["batch", "results", id]).output().expect("run genq batch results");
+    let text = String::from_utf8_lossy(&results.stdout);
+    assert_eq!(text.lines().count(), 3, "{text}");
+    assert!(text.lines().all(|l| l.contains(r#""status_code":200"#)), "{text}");
+    let errors = sb.genq().args(["batch", "results", id, "--errors"]).output().expect("run genq batch results --errors");
+    let text = String::from_utf8_lossy(&errors.stdout);
+    assert!(text.contains("cli-bad") && text.contains("prompt"), "the refused line names its field: {text}");
     drop(gw);
     drop(worker);
     sb.cleanup().await;

@@ -57,6 +57,14 @@ fn now_secs() -> u64 {
 pub async fn create(State(gw): State<Gateway>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let bytes = body_bytes(body, gw.settings().gateway.max_body_bytes)?;
     let req: CreateBatch = parse_json(&bytes)?;
+    let (rec, counts) = create_batch(&gw, req).await?;
+    Ok(json_response(&rec.json(counts)))
+}
+
+/// Creates a batch (what `POST /v1/batches` and `genq batch create` do): reads the input file,
+/// publishes its valid requests as jobs; the batch is `in_progress` (or already over).
+pub async fn create_batch(gw: &Gateway, req: CreateBatch) -> Result<(BatchRecord, RequestCounts), ApiError> {
+    let gw = gw.clone();
     let route = Route::from_path(&req.endpoint)
         .ok_or_else(|| ApiError::invalid_value("endpoint", format!("{:?} is not served in batches (/v1/completions, /v1/chat/completions)", req.endpoint)))?;
     if req.completion_window != COMPLETION_WINDOW {
@@ -105,7 +113,14 @@ pub async fn create(State(gw): State<Gateway>, body: Result<Bytes, BytesRejectio
     rec.in_progress_at = Some(now_secs());
     rec.save(&gw, false).await?;
     let counts = refresh(&gw, &mut rec).await?;
-    Ok(json_response(&rec.json(counts)))
+    Ok((rec, counts))
+}
+
+/// Batch `id` as it is now (what `GET /v1/batches/{id}` and `genq batch status` answer).
+pub async fn batch_status(gw: &Gateway, id: &str) -> Result<(BatchRecord, RequestCounts), ApiError> {
+    let mut rec = BatchRecord::load(gw, id).await?;
+    let counts = refresh(gw, &mut rec).await?;
+    Ok((rec, counts))
 }
 
 /// Current counts; when every request is final, the output files are written (by this gateway
@@ -139,8 +154,7 @@ async fn refresh(gw: &Gateway, rec: &mut BatchRecord) -> Result<RequestCounts, A
 
 /// `GET /v1/batches/{id}`.
 pub async fn retrieve(State(gw): State<Gateway>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let mut rec = BatchRecord::load(&gw, &id).await?;
-    let counts = refresh(&gw, &mut rec).await?;
+    let (rec, counts) = batch_status(&gw, &id).await?;
     Ok(json_response(&rec.json(counts)))
 }
 
