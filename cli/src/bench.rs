@@ -10,6 +10,7 @@
 //! - [`broker`]: RabbitMQ alone on the same jobs (the ceiling the queue sets).
 //! - [`celery`]: the Celery baseline, run through `scripts/celery-bench.sh`.
 
+mod batch;
 mod broker;
 mod celery;
 mod fleet;

@@ -6,8 +6,9 @@
 //! before it exits, with RSS sampled through the run to show whether it stays flat). With
 //! `--vs-engine` the engine alone runs the same jobs in this process afterwards, with
 //! `--vs-llamacpp` llama.cpp's llama-batched-bench runs the same workload, with `--vs-broker`
-//! RabbitMQ alone carries the same jobs (the queue's ceiling), and with `--vs-celery` the Celery
-//! baseline runs in the same invocation; each prints its ratio line.
+//! RabbitMQ alone carries the same jobs (the queue's ceiling), with `--vs-batch` the same jobs
+//! run again as one OpenAI batch on the same workers, and with `--vs-celery` the Celery baseline
+//! runs in the same invocation; each prints its ratio line.
 
 use std::time::{Duration, Instant};
 
@@ -84,6 +85,10 @@ pub struct FleetBenchArgs {
     /// Also run the Celery baseline (scripts/celery-bench.sh) and print the ratio.
     #[arg(long)]
     vs_celery: bool,
+    /// Also run the same jobs as one OpenAI batch (file, create, status polled until its
+    /// output is written) on the same workers, and print the batch/fleet ratio.
+    #[arg(long)]
+    vs_batch: bool,
     /// Jobs of the Celery baseline (default: `--jobs`, like for like).
     #[arg(long)]
     celery_jobs: Option<usize>,
@@ -261,6 +266,10 @@ pub async fn run(common: &CommonArgs, args: FleetBenchArgs) -> anyhow::Result<st
     for t in tracers {
         traces.push(t.await.unwrap_or_default());
     }
+    let batch_run = match args.vs_batch && workers_ok.is_ok() {
+        true => Some(super::batch::run(&settings, &run, &make_jobs(&args, &run), Duration::from_secs(args.timeout_secs)).await),
+        false => None,
+    };
     producer.close().await;
     tokio::task::block_in_place(|| workers.iter().for_each(|w| w.stop(Duration::from_secs(30))));
     if let Err(e) = read {
@@ -311,6 +320,11 @@ pub async fn run(common: &CommonArgs, args: FleetBenchArgs) -> anyhow::Result<st
     println!("{fleet}");
     if let Err(e) = workers_ok {
         anyhow::bail!(e);
+    }
+    if let Some(batch) = batch_run {
+        let batch = batch?;
+        println!("{batch}");
+        println!("{}", json!({"ratio": "batch/fleet", "jobs_per_s": figure(&batch, "jobs_per_s") / figure(&fleet, "jobs_per_s")}));
     }
     if args.vs_engine {
         let engine = tokio::task::block_in_place(|| engine_alone(common, &args))?;
