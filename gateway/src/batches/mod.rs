@@ -33,6 +33,9 @@ use crate::state::Gateway;
 /// The only completion window served.
 const COMPLETION_WINDOW: &str = "24h";
 const COMPLETION_WINDOW_SECS: u64 = 86_400;
+/// A batch still `validating` this long after its creation lost the gateway that was publishing
+/// it (its creator never got an answer): it is marked `failed`.
+const ABANDONED_AFTER_SECS: u64 = 600;
 
 /// `POST /v1/batches`' body.
 #[derive(Debug, Deserialize)]
@@ -127,6 +130,14 @@ pub async fn batch_status(gw: &Gateway, id: &str) -> Result<(BatchRecord, Reques
 /// if no other has claimed them) and the batch ends `completed` (or `cancelled`).
 async fn refresh(gw: &Gateway, rec: &mut BatchRecord) -> Result<RequestCounts, ApiError> {
     let counts = rec.counts(gw).await?;
+    if rec.status == "validating" && now_secs() >= rec.created_at + ABANDONED_AFTER_SECS {
+        rec.status = "failed".into();
+        rec.failed_at = Some(now_secs());
+        let message = "the gateway creating this batch stopped before it had published its requests; create it again";
+        rec.errors = Some(json!({ "object": "list", "data": [{ "code": "publish_interrupted", "message": message, "param": null, "line": null }] }));
+        rec.save(gw, false).await?;
+        return Ok(counts);
+    }
     let running = matches!(rec.status.as_str(), "in_progress" | "cancelling");
     if !running || !counts.all_final() {
         return Ok(counts);
