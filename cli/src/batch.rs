@@ -35,6 +35,9 @@ enum BatchCommand {
         /// Wait until the batch is over before printing it.
         #[arg(long)]
         wait: bool,
+        /// With `--wait`: give up after this many seconds (exit code 2).
+        #[arg(long, default_value_t = 86_400)]
+        timeout: u64,
     },
     /// Print a batch as it is now (status, request counts, file ids).
     Status {
@@ -58,13 +61,19 @@ pub async fn run(common: &CommonArgs, args: BatchArgs) -> anyhow::Result<ExitCod
     let gw = Gateway::new(common.settings(Default::default())?).await.context("cannot register metrics")?;
     let api = |e: genq_gateway::ApiError| anyhow::anyhow!(e.message);
     match args.command {
-        BatchCommand::Create { file, endpoint, wait } => {
+        BatchCommand::Create { file, endpoint, wait, timeout } => {
             let content = std::fs::read(&file).with_context(|| format!("cannot read {file}"))?;
             let name = std::path::Path::new(&file).file_name().and_then(|n| n.to_str()).unwrap_or("input.jsonl");
             let input = put_file(&gw, "batch", name, &content).await.map_err(api)?;
             let req = CreateBatch { input_file_id: input.id, endpoint, completion_window: "24h".into(), metadata: None };
             let (mut rec, mut counts) = create_batch(&gw, req).await.map_err(api)?;
+            let until = std::time::Instant::now() + Duration::from_secs(timeout);
             while wait && !OVER.contains(&rec.status.as_str()) {
+                if std::time::Instant::now() > until {
+                    println!("{}", rec.json(counts));
+                    eprintln!("batch {} is still {} after {timeout} s", rec.id, rec.status);
+                    return Ok(ExitCode::from(2));
+                }
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 (rec, counts) = batch_status(&gw, &rec.id).await.map_err(api)?;
             }
@@ -80,8 +89,9 @@ pub async fn run(common: &CommonArgs, args: BatchArgs) -> anyhow::Result<ExitCod
                 eprintln!("batch {id} is {} ({} of {} requests final); no results yet", rec.status, counts.completed + counts.failed, counts.total);
                 return Ok(ExitCode::from(2));
             }
-            if let Some(file) = if errors { rec.error_file_id } else { rec.output_file_id } {
-                std::io::stdout().write_all(&file_content(&gw, &file).await.map_err(api)?)?;
+            match if errors { rec.error_file_id } else { rec.output_file_id } {
+                Some(file) => std::io::stdout().write_all(&file_content(&gw, &file).await.map_err(api)?)?,
+                None => eprintln!("batch {id} has no {} file: no request {}", if errors { "error" } else { "output" }, if errors { "failed" } else { "completed" }),
             }
         }
     }

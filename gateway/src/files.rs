@@ -174,9 +174,10 @@ pub async fn list(State(gw): State<Gateway>, Query(q): Query<ListFiles>) -> Resu
             Ok(m) if q.purpose.as_ref().is_none_or(|p| *p == m.purpose) => data.push(m.json()),
             Ok(_) => {}
             // Expired: drop it from the listing.
-            Err(_) => {
+            Err(e) if e.status == axum::http::StatusCode::NOT_FOUND => {
                 let _: Result<(), _> = redis::cmd("ZREM").arg(gw.keys().files()).arg(&id).query_async(&mut conn).await;
             }
+            Err(e) => return Err(e),
         }
     }
     Ok(json_response(&json!({ "object": "list", "data": data, "has_more": false })))

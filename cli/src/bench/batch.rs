@@ -69,5 +69,8 @@ async fn forget(gw: &Gateway, batch: &str, lines: usize, files: [Option<String>;
     for key in doomed {
         let _: Result<(), _> = redis::cmd("DEL").arg(key).query_async(&mut conn).await;
     }
-    let _: Result<(), _> = redis::cmd("DEL").arg(keys.files()).arg(keys.openai_batches()).query_async(&mut conn).await;
+    // The run's own listings (one key each: they may be in different cluster slots).
+    for key in [keys.files(), keys.openai_batches()] {
+        let _: Result<(), _> = redis::cmd("DEL").arg(key).query_async(&mut conn).await;
+    }
 }

@@ -96,13 +96,14 @@ pub async fn create_batch(gw: &Gateway, req: CreateBatch) -> Result<(BatchRecord
         failed_at: None,
         cancelling_at: None,
         cancelled_at: None,
+        expired_at: None,
         custom_ids: input.custom_ids,
         invalid: input.invalid,
         output_file_id: None,
         error_file_id: None,
         errors: None,
     };
-    rec.save(&gw, true).await?;
+    rec.save_new(&gw).await?;
     let producer = gw.producer().await?;
     let (lines, jobs): (Vec<usize>, Vec<_>) = input.jobs.into_iter().unzip();
     let published = producer.submit_many(jobs, |_| {}).await;
@@ -114,7 +115,7 @@ pub async fn create_batch(gw: &Gateway, req: CreateBatch) -> Result<(BatchRecord
     rec.invalid.sort_unstable_by_key(|(line, _)| *line);
     rec.status = "in_progress".into();
     rec.in_progress_at = Some(now_secs());
-    rec.save(&gw, false).await?;
+    rec.save_if_status(&gw, "validating").await?;
     let counts = refresh(&gw, &mut rec).await?;
     Ok((rec, counts))
 }
@@ -135,32 +136,78 @@ async fn refresh(gw: &Gateway, rec: &mut BatchRecord) -> Result<RequestCounts, A
         rec.failed_at = Some(now_secs());
         let message = "the gateway creating this batch stopped before it had published its requests; create it again";
         rec.errors = Some(json!({ "object": "list", "data": [{ "code": "publish_interrupted", "message": message, "param": null, "line": null }] }));
-        rec.save(gw, false).await?;
+        rec.save_if_status(gw, "validating").await?;
         return Ok(counts);
     }
+    let now = now_secs();
     let running = matches!(rec.status.as_str(), "in_progress" | "cancelling");
-    if !running || !counts.all_final() {
+    let window_over = now >= rec.expires_at;
+    let stuck_finalizing = rec.status == "finalizing";
+    if !(running && (counts.all_final() || window_over) || stuck_finalizing) {
         return Ok(counts);
     }
-    if !rec.claim_finalizing(gw).await? {
+    if !rec.claim_finalizing(gw, now).await? {
         rec.status = "finalizing".into();
         return Ok(counts);
     }
-    let cancelled = rec.status == "cancelling";
-    rec.status = "finalizing".into();
-    rec.finalizing_at = Some(now_secs());
-    rec.save(gw, false).await?;
-    output::write_files(gw, rec).await?;
-    let now = now_secs();
-    if cancelled {
-        rec.status = "cancelled".into();
-        rec.cancelled_at = Some(now);
-    } else {
-        rec.status = "completed".into();
-        rec.completed_at = Some(now);
-    }
-    rec.save(gw, false).await?;
+    let end = match (rec.cancelling_at.is_some(), counts.all_final()) {
+        (true, _) => "cancelled",
+        (false, true) => "completed",
+        (false, false) => "expired",
+    };
+    // In a task of its own, so a client that hangs up cannot stop it halfway; a failure gives
+    // the claim up so the next look tries again.
+    let (gw2, mut done) = (gw.clone(), rec.clone());
+    let task = tokio::spawn(async move {
+        match finalize(&gw2, &mut done, end).await {
+            Ok(()) => Ok(done),
+            Err(e) => {
+                done.release_finalizing(&gw2).await;
+                Err(e)
+            }
+        }
+    });
+    *rec = task.await.map_err(|e| ApiError::internal(format!("writing the batch's files: {e}")))??;
     Ok(counts)
+}
+
+/// Moves a batch to `finalizing`, writes its files, and ends it `end`.
+async fn finalize(gw: &Gateway, rec: &mut BatchRecord, end: &'static str) -> Result<(), ApiError> {
+    let from = rec.status.clone();
+    if from != "finalizing" {
+        rec.status = "finalizing".into();
+        rec.finalizing_at = Some(now_secs());
+        if !rec.save_if_status(gw, &from).await? {
+            // Another gateway moved it meanwhile: show what is stored.
+            *rec = BatchRecord::load(gw, &rec.id).await?;
+            return Ok(());
+        }
+    }
+    if end == "expired" {
+        cancel_jobs(gw, rec).await?;
+    }
+    output::write_files(gw, rec, end).await?;
+    let now = now_secs();
+    rec.status = end.into();
+    match end {
+        "cancelled" => rec.cancelled_at = Some(now),
+        "expired" => rec.expired_at = Some(now),
+        _ => rec.completed_at = Some(now),
+    }
+    rec.save_if_status(gw, "finalizing").await?;
+    Ok(())
+}
+
+/// Asks every job of the batch to stop (those already final are left as they are).
+async fn cancel_jobs(gw: &Gateway, rec: &BatchRecord) -> Result<(), ApiError> {
+    let results = gw.results().await?;
+    let refused: std::collections::HashSet<usize> = rec.invalid.iter().map(|(l, _)| *l).collect();
+    let ids: Vec<String> = (0..rec.custom_ids.len()).filter(|l| !refused.contains(l)).map(|l| input::job_id(&rec.id, l)).collect();
+    for chunk in ids.chunks(256) {
+        // A job already final, or whose record expired, has nothing to cancel: not an error.
+        futures::future::join_all(chunk.iter().map(|j| results.cancel(j))).await;
+    }
+    Ok(())
 }
 
 /// `GET /v1/batches/{id}`.
@@ -177,14 +224,13 @@ pub async fn cancel(State(gw): State<Gateway>, Path(id): Path<String>) -> Result
     if rec.status == "in_progress" {
         rec.status = "cancelling".into();
         rec.cancelling_at = Some(now_secs());
-        rec.save(&gw, false).await?;
-        let results = gw.results().await?;
-        let refused: std::collections::HashSet<usize> = rec.invalid.iter().map(|(l, _)| *l).collect();
-        let ids: Vec<String> = (0..rec.custom_ids.len()).filter(|l| !refused.contains(l)).map(|l| input::job_id(&rec.id, l)).collect();
-        for chunk in ids.chunks(256) {
-            let asks = chunk.iter().map(|j| results.cancel(j));
-            futures::future::try_join_all(asks).await.map_err(|e| ApiError::from_result(&e))?;
+        if !rec.save_if_status(&gw, "in_progress").await? {
+            rec = BatchRecord::load(&gw, &id).await?;
         }
+    }
+    // Sent again on every cancel while cancelling, so one cut short is completed by the next.
+    if rec.status == "cancelling" {
+        cancel_jobs(&gw, &rec).await?;
     }
     let counts = refresh(&gw, &mut rec).await?;
     Ok(json_response(&rec.json(counts)))

@@ -18,8 +18,9 @@ use crate::state::Gateway;
 /// Results read per round trip.
 const READ_CHUNK: usize = 512;
 
-/// Writes the batch's output and error files (each only if it has a line) and records their ids.
-pub async fn write_files(gw: &Gateway, rec: &mut BatchRecord) -> Result<(), ApiError> {
+/// Writes the batch's output and error files (each only if it has a line) and records their ids;
+/// `end` is the status the batch ends with.
+pub async fn write_files(gw: &Gateway, rec: &mut BatchRecord, end: &str) -> Result<(), ApiError> {
     let route = Route::from_path(&rec.endpoint).unwrap_or(Route::Completions);
     let refused: HashMap<usize, &str> = rec.invalid.iter().map(|(l, m)| (*l, m.as_str())).collect();
     let lines: Vec<usize> = (0..rec.custom_ids.len()).filter(|l| !refused.contains_key(l)).collect();
@@ -40,12 +41,18 @@ pub async fn write_files(gw: &Gateway, rec: &mut BatchRecord) -> Result<(), ApiE
                 let response = json!({ "status_code": 200, "request_id": request_id, "body": full_response(route, std::slice::from_ref(r), &model, None) });
                 (&mut out, json!({ "id": format!("batch_req_{request_id}"), "custom_id": custom_id, "response": response, "error": null }))
             }
-            (None, Some(r)) => {
+            (None, Some(r)) if r.status == Some(JobStatus::Cancelled) => {
+                (&mut err, error_line(&request_id, custom_id, None, "batch_cancelled", "cancelled before it finished"))
+            }
+            (None, Some(r)) if r.status == Some(JobStatus::Failed) || r.status == Some(JobStatus::Expired) => {
                 let e = ApiError::from_final(r).unwrap_or_else(|| ApiError::internal("not finished"));
                 let response = json!({ "status_code": e.status.as_u16(), "request_id": request_id, "body": e.body() });
-                (&mut err, error_line(&request_id, custom_id, Some(response), e.code.unwrap_or("failed"), &e.message))
+                (&mut err, json!({ "id": format!("batch_req_{request_id}"), "custom_id": custom_id, "response": response, "error": null }))
             }
-            (None, None) => (&mut err, error_line(&request_id, custom_id, None, "result_missing", "the result expired or was never stored")),
+            (None, _) if end == "expired" => {
+                (&mut err, error_line(&request_id, custom_id, None, "batch_expired", "the batch's completion window ended before it finished"))
+            }
+            (None, _) => (&mut err, error_line(&request_id, custom_id, None, "result_missing", "the result expired or was never stored")),
         };
         file.push_str(&entry.to_string());
         file.push('\n');

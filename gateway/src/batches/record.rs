@@ -12,8 +12,29 @@ use crate::state::Gateway;
 
 /// Field of the record's hash that holds it as JSON.
 const RECORD_FIELD: &str = "record";
-/// Field set once by the gateway that writes a batch's output files.
+/// Field holding when (Unix seconds) a gateway claimed the writing of a batch's output files.
 pub const FINALIZER_FIELD: &str = "finalizer";
+/// A claim older than this is taken over (its gateway stopped or failed midway).
+const FINALIZER_LEASE_SECS: u64 = 300;
+
+/// Replaces the record only if its status is still ARGV[1]. KEYS: the record's hash; ARGV:
+/// expected status, new record JSON, TTL.
+const SAVE_IF_STATUS: &str = r#"
+local raw = redis.call('HGET', KEYS[1], 'record')
+if not raw or cjson.decode(raw)['status'] ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'record', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+"#;
+
+/// Claims the writing of the output files unless a live claim exists. KEYS: the record's hash;
+/// ARGV: now (Unix seconds), lease seconds.
+const CLAIM: &str = r#"
+local t = tonumber(redis.call('HGET', KEYS[1], 'finalizer') or '0')
+if t + tonumber(ARGV[2]) > tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'finalizer', ARGV[1])
+return 1
+"#;
 
 /// One batch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,6 +67,9 @@ pub struct BatchRecord {
     pub cancelling_at: Option<u64>,
     /// When it ended cancelled.
     pub cancelled_at: Option<u64>,
+    /// When it expired (the completion window passed with requests unfinished).
+    #[serde(default)]
+    pub expired_at: Option<u64>,
     /// Each request's `custom_id`, by line.
     pub custom_ids: Vec<String>,
     /// Lines refused before running, with why.
@@ -86,8 +110,8 @@ pub fn unknown_batch(id: &str) -> ApiError {
 }
 
 impl BatchRecord {
-    /// Stores the record (with the files' TTL) and lists it when `new`.
-    pub async fn save(&self, gw: &Gateway, new: bool) -> Result<(), ApiError> {
+    /// Stores a new record (with the files' TTL) and lists it.
+    pub async fn save_new(&self, gw: &Gateway) -> Result<(), ApiError> {
         let mut conn = gw.records().await?;
         let key = gw.keys().openai_batch(&self.id);
         let json = serde_json::to_string(self).map_err(|e| ApiError::internal(e.to_string()))?;
@@ -104,9 +128,7 @@ impl BatchRecord {
             .query_async::<()>(&mut conn)
             .await
             .map_err(redis_error)?;
-        if new {
-            redis::cmd("ZADD").arg(gw.keys().openai_batches()).arg(self.created_at).arg(&self.id).query_async::<()>(&mut conn).await.map_err(redis_error)?;
-        }
+        redis::cmd("ZADD").arg(gw.keys().openai_batches()).arg(self.created_at).arg(&self.id).query_async::<()>(&mut conn).await.map_err(redis_error)?;
         Ok(())
     }
 
@@ -118,11 +140,41 @@ impl BatchRecord {
         serde_json::from_str(&raw).map_err(|e| ApiError::internal(format!("batch {id} has an unreadable record: {e}")))
     }
 
-    /// Claims the writing of the output files; false when another gateway has.
-    pub async fn claim_finalizing(&self, gw: &Gateway) -> Result<bool, ApiError> {
+    /// Saves the record only if its stored status is still `expected` (statuses only move
+    /// forward, so two gateways never undo each other's step); false when it was not.
+    pub async fn save_if_status(&self, gw: &Gateway, expected: &str) -> Result<bool, ApiError> {
         let mut conn = gw.records().await?;
-        let me = uuid::Uuid::new_v4().to_string();
-        redis::cmd("HSETNX").arg(gw.keys().openai_batch(&self.id)).arg(FINALIZER_FIELD).arg(me).query_async(&mut conn).await.map_err(redis_error)
+        let json = serde_json::to_string(self).map_err(|e| ApiError::internal(e.to_string()))?;
+        let saved: u32 = redis::Script::new(SAVE_IF_STATUS)
+            .key(gw.keys().openai_batch(&self.id))
+            .arg(expected)
+            .arg(json)
+            .arg(gw.settings().gateway.file_ttl_secs)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(redis_error)?;
+        Ok(saved == 1)
+    }
+
+    /// Claims the writing of the output files for a few minutes; false while another gateway
+    /// holds the claim.
+    pub async fn claim_finalizing(&self, gw: &Gateway, now: u64) -> Result<bool, ApiError> {
+        let mut conn = gw.records().await?;
+        let claimed: u32 = redis::Script::new(CLAIM)
+            .key(gw.keys().openai_batch(&self.id))
+            .arg(now)
+            .arg(FINALIZER_LEASE_SECS)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(redis_error)?;
+        Ok(claimed == 1)
+    }
+
+    /// Gives the claim up (after a failure), so the next look at the batch tries again.
+    pub async fn release_finalizing(&self, gw: &Gateway) {
+        if let Ok(mut conn) = gw.records().await {
+            let _: Result<(), _> = redis::cmd("HDEL").arg(gw.keys().openai_batch(&self.id)).arg(FINALIZER_FIELD).query_async(&mut conn).await;
+        }
     }
 
     /// Counts from the workers' per-status counters of the batch's jobs, plus the refused lines.
@@ -145,7 +197,7 @@ impl BatchRecord {
             "output_file_id": self.output_file_id, "error_file_id": self.error_file_id,
             "created_at": self.created_at, "in_progress_at": self.in_progress_at, "expires_at": self.expires_at,
             "finalizing_at": self.finalizing_at, "completed_at": self.completed_at, "failed_at": self.failed_at,
-            "expired_at": null, "cancelling_at": self.cancelling_at, "cancelled_at": self.cancelled_at,
+            "expired_at": self.expired_at, "cancelling_at": self.cancelling_at, "cancelled_at": self.cancelled_at,
             "request_counts": { "total": counts.total, "completed": counts.completed, "failed": counts.failed },
             "metadata": self.metadata,
         })

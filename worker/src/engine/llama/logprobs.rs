@@ -46,10 +46,40 @@ fn top_ids(row: &[f32], k: usize) -> Vec<u32> {
     top.into_iter().map(|(_, i)| i).collect()
 }
 
+/// Tokens' texts as they read inside running text. Decoding a token alone loses what a decoder
+/// drops at the start of a text (SentencePiece's leading space), so each is decoded after an
+/// anchor token and the anchor's text cut off.
+pub(crate) struct TokenTexts {
+    /// A one-token text (`a`) and what it decodes to.
+    anchor: Option<(u32, String)>,
+}
+
+impl TokenTexts {
+    /// The anchor of `tokenizer`, if `a` is one token in it.
+    pub(crate) fn new(tokenizer: &Tokenizer) -> TokenTexts {
+        let anchor = tokenizer
+            .encode("a", false)
+            .ok()
+            .filter(|ids| ids.len() == 1)
+            .and_then(|ids| Some((ids[0], tokenizer.decode(&ids, false).ok()?)));
+        TokenTexts { anchor }
+    }
+
+    /// Token `id`'s text.
+    pub(crate) fn text(&self, tokenizer: &Tokenizer, id: u32) -> String {
+        if let Some((anchor, anchor_text)) = &self.anchor {
+            if let Some(rest) = tokenizer.decode(&[*anchor, id], false).ok().and_then(|t| t.strip_prefix(anchor_text.as_str()).map(str::to_string)) {
+                return rest;
+            }
+        }
+        tokenizer.decode(&[id], false).unwrap_or_default()
+    }
+}
+
 /// `target`'s entry: its log-prob under `row` (`None` without a row: a prompt's first token) and
 /// the `k` most likely tokens of the row.
-pub(crate) fn token_logprob(tokenizer: &Tokenizer, row: Option<&[f32]>, target: u32, k: usize) -> TokenLogprob {
-    let text = |id: u32| tokenizer.decode(&[id], false).unwrap_or_default();
+pub(crate) fn token_logprob(tokenizer: &Tokenizer, texts: &TokenTexts, row: Option<&[f32]>, target: u32, k: usize) -> TokenLogprob {
+    let text = |id: u32| texts.text(tokenizer, id);
     let Some(row) = row else {
         return TokenLogprob { id: target, token: text(target), logprob: None, top: Vec::new() };
     };
@@ -61,6 +91,20 @@ pub(crate) fn token_logprob(tokenizer: &Tokenizer, row: Option<&[f32]>, target: 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sentencepiece_tokens_keep_their_leading_space() {
+        let src = crate::engine::llama::llamacpp_src::dir().unwrap_or_else(|e| panic!("{e}"));
+        let mut file = std::fs::File::open(src.join("models/ggml-vocab-llama-spm.gguf")).expect("llama.cpp's SentencePiece vocabulary");
+        let content = candle_core::quantized::gguf_file::Content::read(&mut file).expect("gguf");
+        let tok = crate::engine::llama::tokenizer::tokenizer_from_gguf(&content).expect("tokenizer");
+        let texts = TokenTexts::new(&tok);
+        let ids = tok.encode("Hello world, how are you?", false).expect("encode");
+        let joined: String = ids.iter().map(|&id| texts.text(&tok, id)).collect();
+        assert_eq!(joined, " Hello world, how are you?", "every word but the first keeps its space, and so does the first");
+        let alone: String = ids.iter().map(|&id| tok.decode(&[id], false).unwrap_or_default()).collect();
+        assert_ne!(alone, joined, "decoding alone drops the spaces this fixes");
+    }
 
     #[test]
     fn the_most_likely_come_first_and_ties_keep_the_lower_id() {

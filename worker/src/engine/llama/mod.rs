@@ -68,7 +68,7 @@ use super::{
     check_score_length, input_field, AdmitError, Admitted, Engine, EngineError, EngineInfo,
     Logprobs, PromptEncoder, Score, SeqDone, SeqId, SeqUpdate, StepLimits,
 };
-use self::logprobs::{log_prob, token_logprob};
+use self::logprobs::{log_prob, token_logprob, TokenTexts};
 use genq_shared::result::TokenLogprob;
 
 /// Tokens a sequence may not draw now: EOS and end-of-turn tokens until `min_new_tokens` exist.
@@ -204,6 +204,8 @@ pub struct LlamaEngine {
     info: EngineInfo,
     model: Backend,
     prompts: Arc<LlamaPrompts>,
+    /// How log-prob entries spell their tokens.
+    token_texts: TokenTexts,
     seqs: BTreeMap<SeqId, Sequence>,
 }
 
@@ -259,6 +261,7 @@ impl LlamaEngine {
         );
         Ok(Self {
             info,
+            token_texts: TokenTexts::new(&tokenizer),
             prompts: Arc::new(LlamaPrompts {
                 tokenizer,
                 special,
@@ -388,24 +391,30 @@ impl LlamaEngine {
                 continue;
             };
             let update = if seq.pending.is_some() {
-                Self::accept_logits(&self.prompts.tokenizer, &self.prompts.special, u.id, seq, row(u.first_row)?, pick)?
+                Self::accept_logits(&self.prompts.tokenizer, &self.token_texts, &self.prompts.special, u.id, seq, row(u.first_row)?, pick)?
             } else {
                 let start = seq.prefilled;
                 seq.prefilled += u.tokens;
                 let prompt_done = seq.prefilled == seq.prompt.len();
                 if let (Some(k), 0) = (seq.prompt_top_logprobs, start) {
-                    seq.prompt_logprobs.push(token_logprob(&self.prompts.tokenizer, None, seq.prompt[0], k));
+                    seq.prompt_logprobs.push(token_logprob(&self.prompts.tokenizer, &self.token_texts, None, seq.prompt[0], k));
                 }
                 if u.all_rows {
-                    for i in 0..u.tokens {
-                        let row = row(u.first_row + i)?;
-                        let Some(&target) = seq.prompt.get(start + i + 1) else { continue };
-                        if seq.kind == JobKind::Score {
-                            seq.logprobs.push(log_prob(row, target));
-                        }
-                        if let Some(k) = seq.prompt_top_logprobs {
-                            seq.prompt_logprobs.push(token_logprob(&self.prompts.tokenizer, Some(row), target, k));
-                        }
+                    // Row i scores the prompt token after it; rows in parallel (a long prompt
+                    // asking for alternatives would otherwise hold up the step).
+                    let (tokenizer, texts, prompt) = (&self.prompts.tokenizer, &self.token_texts, &seq.prompt);
+                    let (score, top) = (seq.kind == JobKind::Score, seq.prompt_top_logprobs);
+                    let scored: Vec<(Option<f64>, Option<TokenLogprob>)> = (0..u.tokens)
+                        .into_par_iter()
+                        .filter_map(|i| {
+                            let target = *prompt.get(start + i + 1)?;
+                            let row = row(u.first_row + i);
+                            Some(row.map(|row| (score.then(|| log_prob(row, target)), top.map(|k| token_logprob(tokenizer, texts, Some(row), target, k)))))
+                        })
+                        .collect::<Result<_, _>>()?;
+                    for (lp, entry) in scored {
+                        seq.logprobs.extend(lp);
+                        seq.prompt_logprobs.extend(entry);
                     }
                 }
                 match seq.kind {
@@ -436,7 +445,7 @@ impl LlamaEngine {
                     JobKind::Generate => {
                         let row = row(u.sample_row)?;
                         if u.samples {
-                            Self::accept_logits(&self.prompts.tokenizer, &self.prompts.special, u.id, seq, row, pick)?
+                            Self::accept_logits(&self.prompts.tokenizer, &self.token_texts, &self.prompts.special, u.id, seq, row, pick)?
                         } else {
                             SeqUpdate {
                                 id: u.id,
@@ -493,6 +502,7 @@ impl LlamaEngine {
     /// sequence's text; returns the update.
     fn accept_logits(
         tokenizer: &Tokenizer,
+        texts: &TokenTexts,
         special: &SpecialIds,
         id: SeqId,
         seq: &mut Sequence,
@@ -508,7 +518,7 @@ impl LlamaEngine {
         };
         seq.sampler.observe(token);
         if let Some(k) = seq.top_logprobs {
-            seq.generated_logprobs.push(token_logprob(tokenizer, Some(logits), token, k));
+            seq.generated_logprobs.push(token_logprob(tokenizer, texts, Some(logits), token, k));
         }
         seq.generated += 1;
         let armed = seq.generated >= seq.min_new;
