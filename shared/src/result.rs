@@ -89,7 +89,7 @@ pub mod error_kind {
 pub struct TokenLogprob {
     /// Token id.
     pub id: u32,
-    /// The token decoded alone (a piece of a character shows as U+FFFD).
+    /// The token's text as it reads inside running text (a piece of a character shows as U+FFFD).
     pub token: String,
     /// `log p(token | the tokens before it)`; `null` for a prompt's first token.
     pub logprob: Option<f64>,
