@@ -15,7 +15,7 @@ use genq_shared::settings::Settings;
 use genq_shared::JobRequest;
 
 /// How often the batch's status is read.
-const POLL: Duration = Duration::from_millis(100);
+const POLL: Duration = Duration::from_millis(20);
 
 /// Runs `jobs` as one batch on model `run` (the fleet's private queues and key prefix); prints
 /// nothing, returns the figures line.

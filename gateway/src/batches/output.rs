@@ -26,10 +26,16 @@ pub async fn write_files(gw: &Gateway, rec: &mut BatchRecord, end: &str) -> Resu
     let lines: Vec<usize> = (0..rec.custom_ids.len()).filter(|l| !refused.contains_key(l)).collect();
     let results_client = gw.results().await?;
     let mut results: HashMap<usize, JobResult> = HashMap::new();
-    for chunk in lines.chunks(READ_CHUNK) {
-        let ids: Vec<String> = chunk.iter().map(|&l| job_id(&rec.id, l)).collect();
-        let got = results_client.get_many(&ids).await.map_err(|e| ApiError::from_result(&e))?;
-        results.extend(chunk.iter().zip(got).filter_map(|(&l, r)| Some((l, r?))));
+    // A few reads in flight at once.
+    for group in lines.chunks(READ_CHUNK * 4) {
+        let reads = group.chunks(READ_CHUNK).map(|chunk| {
+            let ids: Vec<String> = chunk.iter().map(|&l| job_id(&rec.id, l)).collect();
+            let client = results_client.clone();
+            async move { client.get_many(&ids).await.map(|got| chunk.iter().copied().zip(got).collect::<Vec<_>>()) }
+        });
+        for read in futures::future::try_join_all(reads).await.map_err(|e| ApiError::from_result(&e))? {
+            results.extend(read.into_iter().filter_map(|(l, r)| Some((l, r?))));
+        }
     }
     let (mut out, mut err) = (String::new(), String::new());
     for (line, custom_id) in rec.custom_ids.iter().enumerate() {
