@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 export GENQ_REQUIRE_MODEL=1
 # Build outside the checkout by default, so a fresh clone (as CI makes) reuses compiled dependencies.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/genq/target}"
+# No incremental state: a fresh clone builds genq's crates once, and incremental state (several
+# GB per checkout path) would only fill the disk.
+export CARGO_INCREMENTAL=0
 scripts/services.sh
 scripts/prometheus.sh   # prometheus + promtool binaries for tests/tests/observability.rs
 scripts/fetch-model.sh

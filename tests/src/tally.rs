@@ -112,7 +112,8 @@ pub async fn publish(sb: &Sandbox, jobs: Vec<JobRequest>) -> Vec<String> {
 
 /// Ids of `ids` whose result is `done` now.
 pub async fn done_ids(sb: &Sandbox, ids: &[String]) -> Vec<String> {
-    let results = sb.results().await.get_many(ids).await.expect("redis");
+    // Nothing counts as done while Redis cannot answer (still loading after a restart).
+    let Ok(results) = sb.results().await.get_many(ids).await else { return Vec::new() };
     ids.iter().zip(results).filter(|(_, r)| r.as_ref().is_some_and(|r| r.status == Some(JobStatus::Done))).map(|(id, _)| id.clone()).collect()
 }
 
@@ -130,10 +131,16 @@ pub async fn tally(sb: &Sandbox, ids: &[String], timeout: Duration) -> Tally {
     let client = sb.results().await;
     let until = Instant::now() + timeout;
     loop {
-        let results = client.get_many(ids).await.expect("redis");
-        let finished = results.iter().flatten().filter(|r| r.status.is_some_and(JobStatus::is_final)).count();
-        if finished == ids.len() || Instant::now() > until {
-            return Tally::of(ids.len(), &results);
+        match client.get_many(ids).await {
+            Ok(results) => {
+                let finished = results.iter().flatten().filter(|r| r.status.is_some_and(JobStatus::is_final)).count();
+                if finished == ids.len() || Instant::now() > until {
+                    return Tally::of(ids.len(), &results);
+                }
+            }
+            // A Redis just restarted answers LOADING while it reads its append-only file back:
+            // ask again (the error, cut short, if it lasts past the timeout).
+            Err(e) => assert!(Instant::now() < until, "redis: {}", e.to_string().chars().take(300).collect::<String>()),
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
