@@ -266,9 +266,12 @@ async fn readiness_follows_broker_and_redis_outages_and_the_drain() {
     redis.spawn();
     eventually("ready again after Redis is back", Duration::from_secs(60), || ready().0 == 200).await;
 
-    // Slow jobs in flight, then SIGTERM: not ready while it drains, alive until it exits.
-    let ids = publish(&sb, jobs("drain", 20, 100)).await;
-    until_done(&sb, &ids, 1).await;
+    // Slow jobs in flight, then SIGTERM: not ready while it drains, alive until it exits. The
+    // signal comes once a short job is done, while the long ones (10 s at 40 ms a step) run on.
+    let short = publish(&sb, jobs("drain-short", 4, 10)).await;
+    let long = publish(&sb, jobs("drain-long", 16, 250)).await;
+    until_done(&sb, &short, 1).await;
+    assert!(done_ids(&sb, &long).await.is_empty(), "the long jobs are still running");
     worker.signal("TERM");
     eventually("not ready while draining", Duration::from_secs(10), || ready() == (503, "not ready: draining after a shutdown signal\n".into())).await;
     assert_eq!(get("/livez").0, 200, "alive while it drains");
