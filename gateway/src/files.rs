@@ -56,7 +56,8 @@ impl FileMeta {
     }
 }
 
-fn redis_error(e: redis::RedisError) -> ApiError {
+/// 503 for a failed Redis command on the gateway's records.
+pub(crate) fn redis_error(e: redis::RedisError) -> ApiError {
     ApiError::unavailable("redis", e)
 }
 
@@ -67,7 +68,7 @@ pub fn unknown_file(id: &str) -> ApiError {
 
 /// Stores `content` as a new file and lists it.
 pub async fn put_file(gw: &Gateway, purpose: &str, filename: &str, content: &[u8]) -> Result<FileMeta, ApiError> {
-    let now = genq_shared::now_ms() / 1000;
+    let now = crate::openai::now_secs();
     let ttl = gw.settings().gateway.file_ttl_secs;
     let meta = FileMeta {
         id: format!("file-{}", uuid::Uuid::new_v4().simple()),

@@ -341,7 +341,8 @@ pub fn usage(r: &JobResult) -> serde_json::Value {
     serde_json::json!({ "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion })
 }
 
-fn now_secs() -> u64 {
+/// Unix seconds, as OpenAI's objects give times.
+pub(crate) fn now_secs() -> u64 {
     genq_shared::now_ms() / 1000
 }
 
@@ -377,17 +378,13 @@ fn response_id(route: Route, job_id: &str) -> String {
     }
 }
 
-/// What a completion echoes: the prompt before the text, and its tokens in `logprobs`.
-pub(crate) struct Echo<'a> {
-    prompt: &'a str,
-}
-
-/// One choice of a response, from its job's result.
-fn choice(route: Route, index: usize, r: &JobResult, echo: Option<&Echo<'_>>) -> serde_json::Value {
+/// One choice of a response, from its job's result; `echo` is the prompt a completion echoes
+/// before its text (its tokens are in the result's `prompt_logprobs`).
+fn choice(route: Route, index: usize, r: &JobResult, echo: Option<&str>) -> serde_json::Value {
     let generated = r.token_logprobs.as_deref();
     match route {
         Route::Completions => {
-            let text = format!("{}{}", echo.as_ref().map_or("", |e| e.prompt), r.text.as_deref().unwrap_or(""));
+            let text = format!("{}{}", echo.unwrap_or(""), r.text.as_deref().unwrap_or(""));
             let asked = generated.is_some() || r.prompt_logprobs.is_some();
             let lp = if asked { logprobs::completion(r.prompt_logprobs.as_deref(), generated.unwrap_or_default()) } else { serde_json::Value::Null };
             // A scored prompt (`echo` with `max_tokens: 0`) stopped at its length limit, 0.
@@ -402,8 +399,8 @@ fn choice(route: Route, index: usize, r: &JobResult, echo: Option<&Echo<'_>>) ->
 }
 
 /// The whole answer: one choice per result (job), in order; the prompt counted once in `usage`.
-pub(crate) fn full_response(route: Route, results: &[JobResult], model: &str, echo: Option<Echo<'_>>) -> serde_json::Value {
-    let choices: Vec<serde_json::Value> = results.iter().enumerate().map(|(i, r)| choice(route, i, r, echo.as_ref())).collect();
+pub(crate) fn full_response(route: Route, results: &[JobResult], model: &str, echo: Option<&str>) -> serde_json::Value {
+    let choices: Vec<serde_json::Value> = results.iter().enumerate().map(|(i, r)| choice(route, i, r, echo)).collect();
     let first = results.first().cloned().unwrap_or_default();
     let completion: u64 = results.iter().map(|r| r.completion_tokens.unwrap_or(0)).sum();
     let object = if route == Route::Chat { "chat.completion" } else { "text_completion" };
@@ -487,7 +484,7 @@ async fn answer(gw: Gateway, route: Route, job: JobRequest, common: &OpenAiReque
         // others are cancelled as their waits are dropped.
         let waits = choice_jobs(job, n).into_iter().map(|j| run_to_end(&gw, j, openai_names));
         let results = futures::future::try_join_all(waits).await?;
-        let echo = (route == Route::Completions && common.echo()).then_some(Echo { prompt: &prompt });
+        let echo = (route == Route::Completions && common.echo()).then_some(prompt.as_str());
         let body = full_response(route, &results, &model, echo).to_string();
         let response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
         let ids: Vec<&str> = results.iter().map(|r| r.id.as_str()).collect();

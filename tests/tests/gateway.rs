@@ -154,16 +154,22 @@ fn python_with_openai() -> String {
     String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().trim().to_string()
 }
 
-/// Log-probs through the `openai` package: generated tokens' (greedy: each is the most likely),
-/// a prompt scored alone (`echo`, `max_tokens: 0`), a prompt echoed before its completion, chat.
-fn check_logprobs(python: &str, base: &str, model: &str) {
+/// Runs `tests/python/<script>` (the `openai` package) against the gateway at `base` and returns
+/// the JSON object it prints; on failure, panics with its stderr and `log()` (the gateway's log).
+fn run_openai_script(python: &str, script: &str, base: &str, model: &str, log: &dyn Fn() -> String) -> serde_json::Value {
     let out = Command::new(python)
-        .arg(workspace_root().join("tests/python/openai_logprobs.py"))
+        .arg(workspace_root().join("tests/python").join(script))
         .args([&format!("{base}/v1"), model, TOKEN])
         .output()
         .expect("run the openai client");
-    assert!(out.status.success(), "openai client failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).expect("client prints JSON");
+    assert!(out.status.success(), "openai client failed:\n{}\ngateway log:\n{}", String::from_utf8_lossy(&out.stderr), log());
+    serde_json::from_slice(&out.stdout).expect("client prints JSON")
+}
+
+/// Log-probs through the `openai` package: generated tokens' (greedy: each is the most likely),
+/// a prompt scored alone (`echo`, `max_tokens: 0`), a prompt echoed before its completion, chat.
+fn check_logprobs(python: &str, base: &str, model: &str) {
+    let seen = run_openai_script(python, "openai_logprobs.py", base, model, &String::new);
     let strings = |v: &serde_json::Value| -> Vec<String> { v.as_array().expect("a list").iter().map(|s| s.as_str().unwrap_or_default().to_string()).collect() };
     let numbers = |v: &serde_json::Value| -> Vec<Option<f64>> { v.as_array().expect("a list").iter().map(|x| x.as_f64()).collect() };
     let most_likely = |top: &serde_json::Value| -> String {
@@ -265,13 +271,7 @@ async fn curl_and_the_openai_client_get_answers_from_a_real_worker() {
     assert_error(&post_json(&base, "/generate", &big), 413, None, Some("body_too_large"));
 
     // The openai package: completions and chat, plain and streamed, models, errors.
-    let out = Command::new(&python)
-        .arg(workspace_root().join("tests/python/openai_client.py"))
-        .args([&format!("{base}/v1"), &sb.model, TOKEN])
-        .output()
-        .expect("run the openai client");
-    assert!(out.status.success(), "openai client failed:\n{}\ngateway log:\n{}", String::from_utf8_lossy(&out.stderr), gw.log_text());
-    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).expect("client prints JSON");
+    let seen = run_openai_script(&python, "openai_client.py", &base, &sb.model, &|| gw.log_text());
     let c = &seen["completion"];
     assert!(c["id"].as_str().is_some_and(|s| s.starts_with("cmpl-")), "{c}");
     assert!(c["text"].as_str().is_some_and(|t| !t.trim().is_empty()), "a completion: {c}");
@@ -363,13 +363,7 @@ async fn the_openai_client_runs_batches_through_files_and_the_batch_api() {
     let worker = sb.worker(&["--model-path", model.to_str().unwrap_or_default(), "--max-batch-size", "8"]);
     let gw = GatewayProcess::start(&sb, &[], &[("GENQ__GATEWAY__API_KEYS", TOKEN)]);
     worker.wait_ready(Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}"));
-    let out = Command::new(&python)
-        .arg(workspace_root().join("tests/python/openai_batch.py"))
-        .args([&format!("{}/v1", gw.base), &sb.model, TOKEN])
-        .output()
-        .expect("run the openai client");
-    assert!(out.status.success(), "openai client failed:\n{}\ngateway log:\n{}", String::from_utf8_lossy(&out.stderr), gw.log_text());
-    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).expect("client prints JSON");
+    let seen = run_openai_script(&python, "openai_batch.py", &gw.base, &sb.model, &|| gw.log_text());
 
     assert_eq!(seen["file"]["purpose"], "batch", "{}", seen["file"]);
     assert_eq!(seen["created_status"], "in_progress");

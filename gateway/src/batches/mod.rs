@@ -25,8 +25,8 @@ use serde_json::{json, Value};
 use self::input::read_input;
 use self::record::{BatchRecord, RequestCounts};
 use crate::error::ApiError;
-use crate::files::{file_content, file_meta, json_response};
-use crate::openai::{openai_names, Route};
+use crate::files::{file_content, file_meta, json_response, redis_error};
+use crate::openai::{now_secs, openai_names, Route};
 use crate::request::{body_bytes, parse_json};
 use crate::state::Gateway;
 
@@ -49,10 +49,6 @@ pub struct CreateBatch {
     pub completion_window: String,
     /// Kept and returned as given.
     pub metadata: Option<Value>,
-}
-
-fn now_secs() -> u64 {
-    genq_shared::now_ms() / 1000
 }
 
 /// `POST /v1/batches`: reads the input file, publishes its valid requests as jobs, and answers
@@ -201,8 +197,7 @@ async fn finalize(gw: &Gateway, rec: &mut BatchRecord, end: &'static str) -> Res
 /// Asks every job of the batch to stop (those already final are left as they are).
 async fn cancel_jobs(gw: &Gateway, rec: &BatchRecord) -> Result<(), ApiError> {
     let results = gw.results().await?;
-    let refused: std::collections::HashSet<usize> = rec.invalid.iter().map(|(l, _)| *l).collect();
-    let ids: Vec<String> = (0..rec.custom_ids.len()).filter(|l| !refused.contains(l)).map(|l| input::job_id(&rec.id, l)).collect();
+    let ids: Vec<String> = rec.job_lines().into_iter().map(|l| input::job_id(&rec.id, l)).collect();
     for chunk in ids.chunks(256) {
         // A job already final, or whose record expired, has nothing to cancel: not an error.
         futures::future::join_all(chunk.iter().map(|j| results.cancel(j))).await;
@@ -254,7 +249,7 @@ pub async fn list(State(gw): State<Gateway>, Query(q): Query<ListBatches>) -> Re
     }
     let mut conn = gw.records().await?;
     let ids: Vec<String> =
-        redis::cmd("ZREVRANGE").arg(gw.keys().openai_batches()).arg(0).arg(-1).query_async(&mut conn).await.map_err(|e| ApiError::unavailable("redis", e))?;
+        redis::cmd("ZREVRANGE").arg(gw.keys().openai_batches()).arg(0).arg(-1).query_async(&mut conn).await.map_err(redis_error)?;
     let start = match &q.after {
         Some(after) => ids.iter().position(|i| i == after).map(|p| p + 1).ok_or_else(|| ApiError::invalid_value("after", format!("batch {after:?} is not listed")))?,
         None => 0,

@@ -23,7 +23,7 @@ const READ_CHUNK: usize = 512;
 pub async fn write_files(gw: &Gateway, rec: &mut BatchRecord, end: &str) -> Result<(), ApiError> {
     let route = Route::from_path(&rec.endpoint).unwrap_or(Route::Completions);
     let refused: HashMap<usize, &str> = rec.invalid.iter().map(|(l, m)| (*l, m.as_str())).collect();
-    let lines: Vec<usize> = (0..rec.custom_ids.len()).filter(|l| !refused.contains_key(l)).collect();
+    let lines = rec.job_lines();
     let results_client = gw.results().await?;
     let mut results: HashMap<usize, JobResult> = HashMap::new();
     // A few reads in flight at once.

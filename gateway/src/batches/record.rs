@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
+use crate::files::redis_error;
 use crate::state::Gateway;
 
 /// Field of the record's hash that holds it as JSON.
@@ -100,10 +101,6 @@ impl RequestCounts {
     }
 }
 
-fn redis_error(e: redis::RedisError) -> ApiError {
-    ApiError::unavailable("redis", e)
-}
-
 /// 404 for a batch that does not exist or expired.
 pub fn unknown_batch(id: &str) -> ApiError {
     ApiError::not_found("batch_not_found", "batch_id", format!("batch {id:?} does not exist or expired"))
@@ -175,6 +172,12 @@ impl BatchRecord {
         if let Ok(mut conn) = gw.records().await {
             let _: Result<(), _> = redis::cmd("HDEL").arg(gw.keys().openai_batch(&self.id)).arg(FINALIZER_FIELD).query_async(&mut conn).await;
         }
+    }
+
+    /// The lines that run as jobs: every line but the refused ones.
+    pub fn job_lines(&self) -> Vec<usize> {
+        let refused: std::collections::HashSet<usize> = self.invalid.iter().map(|(l, _)| *l).collect();
+        (0..self.custom_ids.len()).filter(|l| !refused.contains(l)).collect()
     }
 
     /// Counts from the workers' per-status counters of the batch's jobs, plus the refused lines.
