@@ -17,7 +17,7 @@ logs="$(mktemp -d)"
 cleanup() {
   kill "${serve_pid:-}" "${worker_pid:-}" 2>/dev/null || true
   wait 2>/dev/null || true
-  for q in "genq.jobs.$model" "genq.jobs.$model.high"; do rabbitmqctl delete_queue "$q" >/dev/null 2>&1 || true; done
+  for q in "genq.jobs.$model" "genq.jobs.$model.high" "genq.jobs.$model.low"; do rabbitmqctl delete_queue "$q" >/dev/null 2>&1 || true; done
   redis-cli --scan --pattern "$model:*" | xargs -r -n 1000 redis-cli unlink >/dev/null || true
 }
 trap cleanup EXIT

@@ -39,9 +39,10 @@ struct ModelRow {
     workers: Vec<String>,
     /// Consumers of the normal queue, as RabbitMQ counts them (None: no queue).
     consumers: Option<u32>,
-    /// Ready jobs in the normal and the `.high` queue.
+    /// Ready jobs in the normal, the `.high` and the `.low` queue.
     ready: u32,
     ready_high: u32,
+    ready_low: u32,
 }
 
 impl ModelRow {
@@ -73,6 +74,9 @@ pub async fn run(common: &CommonArgs, args: ModelsArgs) -> anyhow::Result<ExitCo
         if let Some(q) = broker::probe_queue(&conn, &queue_name(&row.model, Priority::High)).await? {
             row.ready_high = q.ready;
         }
+        if let Some(q) = broker::probe_queue(&conn, &queue_name(&row.model, Priority::Low)).await? {
+            row.ready_low = q.ready;
+        }
     }
     let _ = conn.close(200, "bye".into()).await;
 
@@ -82,10 +86,18 @@ pub async fn run(common: &CommonArgs, args: ModelsArgs) -> anyhow::Result<ExitCo
             println!("{}", serde_json::to_string(row)?);
         }
     } else {
-        println!("{:<32} {:>8} {:>10} {:>10} {:>10}", "MODEL", "WORKERS", "CONSUMERS", "READY", "READY_HIGH");
+        println!("{:<32} {:>8} {:>10} {:>10} {:>10} {:>10}", "MODEL", "WORKERS", "CONSUMERS", "READY", "READY_HIGH", "READY_LOW");
         for row in &shown {
             let consumers = row.consumers.map_or_else(|| "no queue".to_string(), |c| c.to_string());
-            println!("{:<32} {:>8} {:>10} {:>10} {:>10}", row.model, row.workers.len(), consumers, row.ready, row.ready_high);
+            println!(
+                "{:<32} {:>8} {:>10} {:>10} {:>10} {:>10}",
+                row.model,
+                row.workers.len(),
+                consumers,
+                row.ready,
+                row.ready_high,
+                row.ready_low
+            );
         }
     }
     for row in rows.values().filter(|r| !r.live() && args.models.contains(&r.model)) {

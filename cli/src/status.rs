@@ -59,7 +59,7 @@ pub async fn run(common: &CommonArgs, args: StatusArgs) -> anyhow::Result<ExitCo
     println!("genq status: model {model}");
     println!();
 
-    let names: Vec<String> = [Priority::Normal, Priority::High]
+    let names: Vec<String> = Priority::ALL
         .into_iter()
         .map(|p| topology::queue_name(model, p))
         .chain([DEAD_QUEUE.to_string()])

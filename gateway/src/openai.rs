@@ -63,7 +63,7 @@ pub struct OpenAiRequest {
     pub seed: Option<u64>,
     /// Stop strings.
     pub stop: Option<StopField>,
-    /// Choices wanted (1 to `gateway.max_n`), each its own job.
+    /// Choices wanted (1 to `gateway.max_n`): samples of one job, which prefills the prompt once.
     pub n: Option<u32>,
     /// Answer as Server-Sent Events.
     pub stream: Option<bool>,
@@ -192,7 +192,7 @@ impl OpenAiRequest {
     }
 
     /// How many choices: `n`, within 1..=`max_n`; one when streaming.
-    fn choices(&self, max_n: u32) -> Result<u32, ApiError> {
+    pub(crate) fn choices(&self, max_n: u32) -> Result<u32, ApiError> {
         let n = self.n.unwrap_or(1);
         if n == 0 || n > max_n {
             return Err(ApiError::invalid_value("n", format!("must be 1..={max_n} (gateway.max_n)")));
@@ -398,22 +398,28 @@ fn choice(route: Route, index: usize, r: &JobResult, echo: Option<&str>) -> serd
     }
 }
 
-/// The whole answer: one choice per result (job), in order; the prompt counted once in `usage`.
-pub(crate) fn full_response(route: Route, results: &[JobResult], model: &str, echo: Option<&str>) -> serde_json::Value {
-    let choices: Vec<serde_json::Value> = results.iter().enumerate().map(|(i, r)| choice(route, i, r, echo)).collect();
-    let first = results.first().cloned().unwrap_or_default();
-    let completion: u64 = results.iter().map(|r| r.completion_tokens.unwrap_or(0)).sum();
+/// The whole answer to a request for `n` choices, from its job's result: the job's samples
+/// (`choices`) in order, or `n` copies of a scored prompt (all the same); `usage` counts the
+/// prompt once and the tokens of every sample.
+pub(crate) fn full_response(route: Route, r: &JobResult, n: u32, model: &str, echo: Option<&str>) -> serde_json::Value {
+    let samples: Vec<JobResult> = match &r.choices {
+        Some(choices) => choices
+            .iter()
+            .map(|c| JobResult {
+                text: Some(c.text.clone()),
+                finish_reason: c.finish_reason,
+                token_logprobs: c.token_logprobs.clone(),
+                ..r.clone()
+            })
+            .collect(),
+        None => vec![r.clone(); n.max(1) as usize],
+    };
+    let choices: Vec<serde_json::Value> = samples.iter().enumerate().map(|(i, s)| choice(route, i, s, echo)).collect();
     let object = if route == Route::Chat { "chat.completion" } else { "text_completion" };
     serde_json::json!({
-        "id": response_id(route, &first.id), "object": object, "created": now_secs(), "model": model,
-        "choices": choices, "usage": usage(&JobResult { completion_tokens: Some(completion), ..first })
+        "id": response_id(route, &r.id), "object": object, "created": now_secs(), "model": model,
+        "choices": choices, "usage": usage(r)
     })
-}
-
-/// The jobs of `n` choices: `job` itself for one; else copies whose seeds count up from the
-/// request's (`seed`, `seed + 1`, ...), or that each draw their own without one.
-fn choice_jobs(job: JobRequest, n: u32) -> Vec<JobRequest> {
-    (0..u64::from(n)).map(|i| JobRequest { seed: job.seed.map(|s| s.wrapping_add(i)), ..job.clone() }).collect()
 }
 
 /// Renders stream items as OpenAI chunks.
@@ -468,6 +474,16 @@ impl ChunkWriter {
     }
 }
 
+/// `job` asking for `n` samples: one job whose prompt is prefilled once, sample `i` drawing with
+/// seed `seed + i`. A scored prompt (`echo` with `max_tokens: 0`) is the same for every choice,
+/// so it runs once.
+pub(crate) fn with_samples(job: JobRequest, n: u32) -> JobRequest {
+    if n <= 1 || job.kind == genq_shared::JobKind::Score {
+        return job;
+    }
+    JobRequest { n: Some(n), ..job }
+}
+
 fn with_job_header(mut response: Response, id: &str) -> Response {
     if let Ok(v) = HeaderValue::from_str(id) {
         response.headers_mut().insert("x-genq-job-id", v);
@@ -480,15 +496,12 @@ async fn answer(gw: Gateway, route: Route, job: JobRequest, common: &OpenAiReque
     let n = common.choices(gw.settings().gateway.max_n)?;
     if !common.streaming() {
         let prompt = job.prompt.clone().unwrap_or_default();
-        // Every choice runs as its own job, all at once; one failing fails the request, and the
-        // others are cancelled as their waits are dropped.
-        let waits = choice_jobs(job, n).into_iter().map(|j| run_to_end(&gw, j, openai_names));
-        let results = futures::future::try_join_all(waits).await?;
+        let job = with_samples(job, n);
+        let result = run_to_end(&gw, job, openai_names).await?;
         let echo = (route == Route::Completions && common.echo()).then_some(prompt.as_str());
-        let body = full_response(route, &results, &model, echo).to_string();
+        let body = full_response(route, &result, n, &model, echo).to_string();
         let response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
-        let ids: Vec<&str> = results.iter().map(|r| r.id.as_str()).collect();
-        return Ok(with_job_header(response, &ids.join(",")));
+        return Ok(with_job_header(response, &result.id));
     }
     let results = gw.results().await?;
     let id = gw.submit(job, openai_names).await?;
@@ -524,6 +537,7 @@ pub async fn chat_completions(State(gw): State<Gateway>, body: Result<Bytes, Byt
 mod tests {
     use super::*;
     use axum::http::StatusCode;
+    use genq_shared::result::Choice;
 
     #[test]
     fn a_completion_request_becomes_a_job_with_openai_defaults() {
@@ -538,12 +552,13 @@ mod tests {
     }
 
     #[test]
-    fn choices_are_jobs_with_counting_seeds_within_the_limit() {
+    fn choices_are_samples_of_one_job_within_the_limit() {
         let req: OpenAiRequest = parse_json(br#"{"prompt":"x","n":3,"seed":7}"#).expect("parses");
         assert_eq!(req.choices(8).expect("within the limit"), 3);
-        let jobs = choice_jobs(req.completion_job().expect("valid"), 3);
-        assert_eq!(jobs.iter().map(|j| j.seed).collect::<Vec<_>>(), vec![Some(7), Some(8), Some(9)]);
-        assert_eq!(choice_jobs(JobRequest::prompt("x"), 2).iter().map(|j| j.seed).collect::<Vec<_>>(), vec![None, None]);
+        let job = with_samples(req.completion_job().expect("valid"), 3);
+        assert_eq!((job.n, job.seed), (Some(3), Some(7)));
+        let scored: OpenAiRequest = parse_json(br#"{"prompt":"x y","echo":true,"max_tokens":0,"logprobs":0,"n":2}"#).expect("parses");
+        assert_eq!(with_samples(scored.completion_job().expect("valid"), 2).n, None, "a scored prompt runs once");
         let e = req.choices(2).expect_err("above gateway.max_n");
         assert_eq!((e.status, e.param.as_deref()), (StatusCode::UNPROCESSABLE_ENTITY, Some("n")));
         let streamed: OpenAiRequest = parse_json(br#"{"prompt":"x","n":2,"stream":true}"#).expect("parses");
@@ -618,17 +633,21 @@ mod tests {
             completion_tokens: Some(3),
             ..JobResult::default()
         };
-        let chat = full_response(Route::Chat, std::slice::from_ref(&r), "m", None);
+        let chat = full_response(Route::Chat, &r, 1, "m", None);
         assert_eq!(chat["id"], "chatcmpl-j1");
         assert_eq!(chat["object"], "chat.completion");
         assert_eq!(chat["choices"][0]["message"]["content"], "Paris.");
         assert_eq!(chat["choices"][0]["finish_reason"], "stop");
         assert_eq!(chat["usage"]["total_tokens"], 10);
-        let text = full_response(Route::Completions, &[JobResult { finish_reason: Some(FinishReason::Length), ..r.clone() }], "m", None);
+        let text = full_response(Route::Completions, &JobResult { finish_reason: Some(FinishReason::Length), ..r.clone() }, 1, "m", None);
         assert_eq!(text["choices"][0]["text"], "Paris.");
-        let two = full_response(Route::Chat, &[r.clone(), JobResult { id: "j2".into(), completion_tokens: Some(5), ..r }], "m", None);
-        assert_eq!(two["choices"][1]["index"], 1);
+        let sample = |text: &str, tokens| Choice { text: text.into(), finish_reason: Some(FinishReason::Length), completion_tokens: tokens, token_logprobs: None };
+        let two = JobResult { completion_tokens: Some(8), choices: Some(vec![sample("Paris.", 3), sample("Lyon?", 5)]), ..r.clone() };
+        let two = full_response(Route::Chat, &two, 2, "m", None);
+        assert_eq!((two["choices"][1]["index"].clone(), two["choices"][1]["message"]["content"].clone()), (1.into(), "Lyon?".into()));
         assert_eq!(two["usage"], serde_json::json!({ "prompt_tokens": 7, "completion_tokens": 8, "total_tokens": 15 }), "the prompt counted once");
+        let scored = full_response(Route::Completions, &JobResult { kind: Some("score".into()), ..r }, 3, "m", Some("Hi"));
+        assert_eq!(scored["choices"].as_array().map(Vec::len), Some(3), "a scored prompt answers every choice");
         assert_eq!(text["choices"][0]["text"], "Paris.");
         assert_eq!(text["choices"][0]["finish_reason"], "length");
     }

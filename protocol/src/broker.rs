@@ -97,8 +97,8 @@ fn short(s: &str) -> ShortString {
     s.into()
 }
 
-/// Declares the exchanges, the dead-letter queue and `model`'s two job queues (normal and
-/// `.high`), all durable; quorum queues with the delivery limit, dead-lettering and
+/// Declares the exchanges, the dead-letter queue and `model`'s three job queues (normal, `.high`
+/// and `.low`), all durable; quorum queues with the delivery limit, dead-lettering and
 /// reject-publish overflow. Safe to call any number of times with the same limits.
 pub async fn declare_topology(channel: &Channel, model: &str, limits: QueueLimits) -> Result<(), BrokerError> {
     let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
@@ -121,7 +121,7 @@ pub async fn declare_topology(channel: &Channel, model: &str, limits: QueueLimit
         .queue_bind(short(DEAD_QUEUE), short(DEAD_LETTER_EXCHANGE), short(""), QueueBindOptions::default(), FieldTable::default())
         .await
         .map_err(|e| BrokerError::protocol(format!("bind {DEAD_QUEUE}"), e))?;
-    for priority in [Priority::Normal, Priority::High] {
+    for priority in Priority::ALL {
         let queue = topology::queue_name(model, priority);
         channel
             .queue_declare(short(&queue), qopts, job_queue_args(limits))

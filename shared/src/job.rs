@@ -68,6 +68,10 @@ pub struct JobRequest {
     /// alternatives at each position (0..=20); absent: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt_logprobs: Option<u32>,
+    /// Samples of the prompt (1..=16, generate jobs, not streamed): the prompt is prefilled once
+    /// and sample `i` draws with seed `seed + i`; the result lists them in `choices`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<u32>,
     /// Queue priority.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<Priority>,
@@ -124,15 +128,32 @@ impl JobKind {
     }
 }
 
-/// Queue priority: high-priority jobs go to the `.high` queue and are admitted first.
+/// Queue priority: each has its own queue (`.high`, `.low`); a worker admits high jobs first,
+/// then normal, then low.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
 pub enum Priority {
+    /// Admitted after every waiting normal and high job (bulk work: batch files).
+    Low,
     /// The default.
     #[default]
     Normal,
     /// Consumed and admitted before normal jobs.
     High,
+}
+
+impl Priority {
+    /// Every priority, in the order a worker admits them.
+    pub const ALL: [Priority; 3] = [Priority::High, Priority::Normal, Priority::Low];
+
+    /// `high`, `normal` or `low`, as on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::High => "high",
+            Priority::Normal => "normal",
+            Priority::Low => "low",
+        }
+    }
 }
 
 /// One chat message.

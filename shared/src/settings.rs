@@ -96,7 +96,7 @@ pub enum EngineKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WorkerSettings {
-    /// Name of the model served; the worker consumes `genq.jobs.<model_name>` (and `.high`).
+    /// Name of the model served; the worker consumes `genq.jobs.<model_name>` (and `.high`, `.low`).
     pub model_name: String,
     /// GGUF file or safetensors folder of the model.
     pub model_path: String,

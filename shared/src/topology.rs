@@ -16,6 +16,7 @@ pub fn routing_key(model: &str, priority: Priority) -> String {
     match priority {
         Priority::Normal => model.to_string(),
         Priority::High => format!("{model}.high"),
+        Priority::Low => format!("{model}.low"),
     }
 }
 
@@ -38,9 +39,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn high_priority_jobs_route_to_their_own_queue() {
+    fn high_and_low_priority_jobs_route_to_their_own_queues() {
         assert_eq!(queue_name("m", Priority::Normal), "genq.jobs.m");
         assert_eq!(queue_name("m", Priority::High), "genq.jobs.m.high");
         assert_eq!(routing_key("m", Priority::High), "m.high");
+        assert_eq!(queue_name("m", Priority::Low), "genq.jobs.m.low");
     }
 }

@@ -13,6 +13,8 @@ pub const MAX_ID_CHARS: usize = 128;
 pub const DEFAULT_MAX_NEW_TOKENS: u32 = 64;
 /// Most alternatives `logprobs` and `prompt_logprobs` may ask for at each position.
 pub const MAX_TOP_LOGPROBS: u32 = 20;
+/// Most samples (`n`) one job may ask for.
+pub const MAX_SAMPLES: u32 = 16;
 
 /// Bounds that depend on the worker (its model and settings), not on the wire format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +104,8 @@ pub struct ValidJob {
     pub logprobs: Option<u32>,
     /// Prompt tokens' log-probs with this many alternatives each.
     pub prompt_logprobs: Option<u32>,
+    /// Samples of the prompt (1 unless the job asked for more).
+    pub n: u32,
     /// Queue priority.
     pub priority: Priority,
     /// Unix ms after which the job expires.
@@ -242,6 +246,16 @@ pub fn validate(req: &JobRequest, limits: &Limits) -> Result<ValidJob, Validatio
     if req.kind == JobKind::Score && req.logprobs.is_some() {
         return Err(invalid("logprobs", "is for generated tokens; a score job generates none (use prompt_logprobs)"));
     }
+    let n = req.n.unwrap_or(1);
+    if n == 0 || n > MAX_SAMPLES {
+        return Err(invalid("n", format!("must be 1..={MAX_SAMPLES}")));
+    }
+    if n > 1 && req.kind == JobKind::Score {
+        return Err(invalid("n", "is for generate jobs; a score job samples nothing"));
+    }
+    if n > 1 && req.stream == Some(true) {
+        return Err(invalid("n", "above 1 cannot be streamed"));
+    }
     Ok(ValidJob {
         id,
         kind: req.kind,
@@ -254,6 +268,7 @@ pub fn validate(req: &JobRequest, limits: &Limits) -> Result<ValidJob, Validatio
         stop,
         logprobs: req.logprobs,
         prompt_logprobs: req.prompt_logprobs,
+        n,
         priority: req.priority(),
         deadline_ms: req.deadline_ms,
         stream: req.stream.unwrap_or(false),
@@ -297,6 +312,10 @@ mod tests {
             (r#"{"id":"a","prompt":"hi","logprobs":21}"#, "logprobs"),
             (r#"{"id":"a","prompt":"hi","prompt_logprobs":21}"#, "prompt_logprobs"),
             (r#"{"id":"a","kind":"score","prompt":"hi there","logprobs":1}"#, "logprobs"),
+            (r#"{"id":"a","prompt":"hi","n":0}"#, "n"),
+            (r#"{"id":"a","prompt":"hi","n":17}"#, "n"),
+            (r#"{"id":"a","kind":"score","prompt":"hi there","n":2}"#, "n"),
+            (r#"{"id":"a","prompt":"hi","n":2,"stream":true}"#, "n"),
             (r#"{"id":"a","prompt":"hi","max_length":0}"#, "max_length"),
             (r#"{"id":"a","prompt":"hi","temperature":-1}"#, "temperature"),
             (r#"{"id":"a","prompt":"hi","top_p":0}"#, "top_p"),

@@ -22,6 +22,7 @@ fn rust_accepts(json: &serde_json::Value) -> bool {
 
 const VALID: &[&str] = &[
     r#"{"prompt":"hello"}"#,
+    r#"{"prompt":"hello","n":16,"seed":3,"priority":"low"}"#,
     r#"{"v":1,"id":"job-1.a:b_c","prompt":"x","kind":"score"}"#,
     r#"{"messages":[{"role":"system","content":"be brief"},{"role":"user","content":"hi"}]}"#,
     r#"{"prompt":"x","model":"smollm2-135m-instruct","max_new_tokens":8192,"min_new_tokens":8}"#,
@@ -50,6 +51,8 @@ const INVALID: &[&str] = &[
     r#"{"prompt":"x","stop":["1","2","3","4","5","6","7","8","9"]}"#,
     r#"{"prompt":"x","stop":[""]}"#,
     r#"{"prompt":"x","priority":"urgent"}"#,
+    r#"{"prompt":"x","n":0}"#,
+    r#"{"prompt":"x","n":17}"#,
     r#"{"prompt":"x","stream":"yes"}"#,
     r#"{"prompt":"x","batch":"a/b"}"#,
     r#"{"prompt":"x","model":"a b"}"#,
@@ -103,6 +106,7 @@ fn schema_lists_every_field_of_the_rust_type() {
         stop: Some(vec![]),
         logprobs: Some(1),
         prompt_logprobs: Some(1),
+        n: Some(2),
         priority: Some(genq_shared::Priority::High),
         deadline_ms: Some(1),
         stream: Some(true),

@@ -71,7 +71,7 @@ for chunk in stream:
 stream.close()
 out["abandoned_stream_id"] = abandoned
 
-# Several choices (n): one job each, seeds counting up from the request's.
+# Several choices (n): samples of one job, seeds counting up from the request's.
 c = client.completions.create(model=model, prompt=PROMPT, n=3, max_tokens=5, temperature=1.0, seed=11)
 out["choices"] = {"indexes": [ch.index for ch in c.choices], "texts": [ch.text for ch in c.choices], "usage": usage(c.usage)}
 r = client.chat.completions.create(model=model, messages=CHAT, n=2, max_tokens=5, temperature=1.0, seed=11)

@@ -178,7 +178,7 @@ impl Sandbox {
     pub async fn cleanup(&self) {
         let Ok(conn) = genq_protocol::broker::connect(&self.amqp, "genq-test").await else { return };
         if let Ok(ch) = conn.create_channel().await {
-            for p in [genq_shared::Priority::Normal, genq_shared::Priority::High] {
+            for p in genq_shared::Priority::ALL {
                 let q = genq_shared::topology::queue_name(&self.model, p);
                 let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
             }

@@ -126,21 +126,23 @@ pub async fn until_done(sb: &Sandbox, ids: &[String], n: usize) {
     }
 }
 
-/// Waits until every id has a final result or `timeout` passes, then counts.
+/// Counts now; `Err` while Redis cannot answer (a Redis just restarted answers LOADING while it
+/// reads its append-only file back), the error cut short.
+pub async fn tally_now(sb: &Sandbox, ids: &[String]) -> Result<(Tally, usize), String> {
+    let results = sb.results().await.get_many(ids).await.map_err(|e| e.to_string().chars().take(300).collect::<String>())?;
+    let finished = results.iter().flatten().filter(|r| r.status.is_some_and(JobStatus::is_final)).count();
+    Ok((Tally::of(ids.len(), &results), finished))
+}
+
+/// Waits until every id has a final result or `timeout` passes, then counts; asks again while
+/// Redis cannot answer (the error if that lasts past the timeout).
 pub async fn tally(sb: &Sandbox, ids: &[String], timeout: Duration) -> Tally {
-    let client = sb.results().await;
     let until = Instant::now() + timeout;
     loop {
-        match client.get_many(ids).await {
-            Ok(results) => {
-                let finished = results.iter().flatten().filter(|r| r.status.is_some_and(JobStatus::is_final)).count();
-                if finished == ids.len() || Instant::now() > until {
-                    return Tally::of(ids.len(), &results);
-                }
-            }
-            // A Redis just restarted answers LOADING while it reads its append-only file back:
-            // ask again (the error, cut short, if it lasts past the timeout).
-            Err(e) => assert!(Instant::now() < until, "redis: {}", e.to_string().chars().take(300).collect::<String>()),
+        match tally_now(sb, ids).await {
+            Ok((t, finished)) if finished == ids.len() || Instant::now() > until => return t,
+            Ok(_) => {}
+            Err(e) => assert!(Instant::now() < until, "redis: {e}"),
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

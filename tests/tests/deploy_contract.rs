@@ -363,7 +363,7 @@ fn keda_scales_workers_on_their_models_queues_with_the_broker_url_from_the_secre
             }
         }
         queues.sort();
-        let mut expected = vec![queue_name(&s.worker.model_name, Priority::Normal), queue_name(&s.worker.model_name, Priority::High)];
+        let mut expected: Vec<String> = Priority::ALL.into_iter().map(|p| queue_name(&s.worker.model_name, p)).collect();
         expected.sort();
         assert_eq!(queues, expected, "{so_name} must scale on the queues its workers consume");
     }

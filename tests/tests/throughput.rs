@@ -123,12 +123,12 @@ fn the_fleet_benchmark_reads_back_every_job_and_compares_with_rabbitmq_alone() {
     assert!(left.is_empty(), "the benchmark left queues behind: {left:?}");
 }
 
-/// Which of the job queues (normal and `.high`) of `models` still exist.
+/// Which of the job queues (normal, `.high`, `.low`) of `models` still exist.
 async fn queues_left(models: &[String]) -> Vec<String> {
     let conn = genq_protocol::broker::connect(&genq_tests::amqp_url(), "genq-test").await.expect("amqp");
     let mut left = Vec::new();
     for model in models {
-        for p in [genq_shared::Priority::Normal, genq_shared::Priority::High] {
+        for p in genq_shared::Priority::ALL {
             let queue = genq_shared::topology::queue_name(model, p);
             // A passive declare of a missing queue closes the channel (NOT_FOUND): one channel each.
             let ch = conn.create_channel().await.expect("channel");

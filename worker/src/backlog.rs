@@ -30,7 +30,7 @@ use crate::metrics::WorkerMetrics;
 pub const POLL_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Estimated tokens of `job`: its prompt at [`BYTES_PER_TOKEN_ESTIMATE`] bytes a token, plus the
-/// tokens it may generate (none for `score` jobs, which only read their prompt).
+/// tokens each of its samples may generate (none for `score` jobs, which only read their prompt).
 pub fn estimated_tokens(job: &ValidJob) -> u64 {
     let prompt_bytes: usize = match &job.input {
         PromptInput::Text(text) => text.len(),
@@ -40,7 +40,7 @@ pub fn estimated_tokens(job: &ValidJob) -> u64 {
     let prompt = (prompt_bytes as u64).div_ceil(BYTES_PER_TOKEN_ESTIMATE).max(1);
     match job.kind {
         JobKind::Score => prompt,
-        JobKind::Generate => prompt + job.new_token_budget(prompt as usize) as u64,
+        JobKind::Generate => prompt + job.new_token_budget(prompt as usize) as u64 * u64::from(job.n),
     }
 }
 
@@ -73,7 +73,7 @@ pub fn spawn_queue_monitor(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let queues: Vec<String> =
-            [Priority::Normal, Priority::High].into_iter().map(|p| topology::queue_name(&settings.model, p)).collect();
+            Priority::ALL.into_iter().map(|p| topology::queue_name(&settings.model, p)).collect();
         // Each probe opens its own channel on it (see `broker::probe_queue`).
         let mut connection: Option<Connection> = None;
         let mut failing = false;

@@ -42,7 +42,7 @@ struct Cli {
     /// Ready jobs before publishes are rejected [queue.max_length; default 1000000].
     #[arg(long)]
     max_queue_length: Option<u32>,
-    /// Model name served; consumes genq.jobs.<name> and .high [worker.model_name; default smollm2-135m-instruct].
+    /// Model name served; consumes genq.jobs.<name>, .high and .low [worker.model_name; default smollm2-135m-instruct].
     #[arg(long)]
     model_name: Option<String>,
     /// GGUF file or safetensors folder [worker.model_path; default models/SmolLM2-135M-Instruct.Q4_1.gguf].

@@ -1,5 +1,5 @@
 //! The engine thread and its scheduler: continuous batching at the token level. Between steps it
-//! retires finished, cancelled and expired sequences and admits waiting jobs (high priority first, then age)
+//! retires finished, cancelled and expired sequences and admits waiting jobs (high priority first, then normal, then low; oldest first within each)
 //! under the sequence cap; each step advances every running sequence by one token.
 //!
 //! [`Scheduler`] is the pure state (unit-tested without a runtime); [`spawn_engine_thread`] is
@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use genq_shared::job::Priority;
 use genq_shared::result::error_kind;
+use genq_shared::result::Choice;
 use genq_shared::{now_ms, FinishReason, JobStatus, ValidJob};
 
 use crate::engine::{Engine, Logprobs, Score, SeqId, StepLimits};
@@ -55,6 +56,8 @@ pub(crate) struct JobOutcome {
     pub score: Option<Score>,
     /// Token log-probs the job asked for.
     pub logprobs: Logprobs,
+    /// A job with `n` above 1: every sample, in order.
+    pub choices: Option<Vec<Choice>>,
     /// Error message naming the field, for failed jobs.
     pub error: Option<String>,
     /// Fixed error category.
@@ -107,6 +110,8 @@ struct Running<R> {
     id: String,
     stream: bool,
     deadline_ms: Option<u64>,
+    /// Sequences it holds in the engine (its samples, `n`).
+    width: usize,
     prompt_tokens: u64,
     text: String,
     tokens: u64,
@@ -118,8 +123,8 @@ struct Running<R> {
 /// Waiting and running jobs, and the decisions between steps.
 pub(crate) struct Scheduler<R> {
     settings: SchedulerSettings,
-    high: VecDeque<ScheduledJob<R>>,
-    normal: VecDeque<ScheduledJob<R>>,
+    /// Waiting jobs by priority, in [`Priority::ALL`]'s order (high, normal, low).
+    waiting: [VecDeque<ScheduledJob<R>>; 3],
     running: HashMap<SeqId, Running<R>>,
     next_seq: SeqId,
     /// Suspect jobs, admitted one at a time into an empty batch.
@@ -138,6 +143,7 @@ pub(crate) fn outcome(status: JobStatus, text: String, error: Option<(String, &'
         completion_tokens: 0,
         score: None,
         logprobs: Logprobs::default(),
+        choices: None,
         error: error.as_ref().map(|e| e.0.clone()),
         error_kind: error.map(|e| e.1),
         first_token_ms: None,
@@ -150,8 +156,7 @@ impl<R> Scheduler<R> {
     pub(crate) fn new(settings: SchedulerSettings) -> Self {
         Self {
             settings,
-            high: VecDeque::new(),
-            normal: VecDeque::new(),
+            waiting: Default::default(),
             running: HashMap::new(),
             next_seq: 1,
             suspects: VecDeque::new(),
@@ -165,20 +170,18 @@ impl<R> Scheduler<R> {
             self.suspects.push_back(job);
             return;
         }
-        match job.job.priority {
-            Priority::High => self.high.push_back(job),
-            Priority::Normal => self.normal.push_back(job),
-        }
+        let rank = Priority::ALL.iter().position(|&p| p == job.job.priority).expect("every priority is in ALL");
+        self.waiting[rank].push_back(job);
     }
 
     /// Jobs waiting for admission.
     pub(crate) fn waiting(&self) -> usize {
-        self.high.len() + self.normal.len() + self.suspects.len()
+        self.waiting.iter().map(VecDeque::len).sum::<usize>() + self.suspects.len()
     }
 
     /// Estimated tokens of the jobs waiting for admission (see [`crate::backlog::estimated_tokens`]).
     pub(crate) fn waiting_tokens(&self) -> u64 {
-        self.high.iter().chain(&self.normal).map(|j| crate::backlog::estimated_tokens(&j.job)).sum()
+        self.waiting.iter().flatten().map(|j| crate::backlog::estimated_tokens(&j.job)).sum()
     }
 
     /// Sequences running.
@@ -218,8 +221,15 @@ impl<R> Scheduler<R> {
                 }
             }
         }
-        while self.running.len() < self.settings.max_batch_size {
-            let Some(next) = self.high.pop_front().or_else(|| self.normal.pop_front()) else { break };
+        // A job counts as many sequences as it has samples; the first one always fits.
+        loop {
+            let width: usize = self.running.values().map(|r| r.width).sum();
+            let Some(queue) = self.waiting.iter_mut().find(|q| !q.is_empty()) else { break };
+            let next_width = queue.front().map_or(1, |j| j.job.n as usize);
+            if width > 0 && width + next_width > self.settings.max_batch_size {
+                break;
+            }
+            let Some(next) = queue.pop_front() else { break };
             if let Some(next) = self.unless_expired(next, events) {
                 self.start(engine, next, events);
             }
@@ -251,6 +261,7 @@ impl<R> Scheduler<R> {
                         id: next.job.id,
                         stream: next.job.stream,
                         deadline_ms: next.job.deadline_ms,
+                        width: next.job.n as usize,
                         prompt_tokens: admitted.prompt_tokens as u64,
                         text: String::new(),
                         tokens: 0,
@@ -287,7 +298,7 @@ impl<R> Scheduler<R> {
         if ids.is_empty() {
             return;
         }
-        for queue in [&mut self.high, &mut self.normal, &mut self.suspects] {
+        for queue in self.waiting.iter_mut().chain([&mut self.suspects]) {
             for job in std::mem::take(queue) {
                 if ids.remove(&job.job.id) {
                     events.push(EngineEvent::Finished { reply: job.reply, outcome: outcome(JobStatus::Cancelled, String::new(), None) });
@@ -307,7 +318,7 @@ impl<R> Scheduler<R> {
 
     /// The ids of every job waiting or running.
     pub(crate) fn job_ids(&self) -> Vec<String> {
-        let waiting = self.high.iter().chain(&self.normal).chain(&self.suspects).map(|j| j.job.id.clone());
+        let waiting = self.waiting.iter().flatten().chain(&self.suspects).map(|j| j.job.id.clone());
         waiting.chain(self.running.values().map(|r| r.id.clone())).collect()
     }
 
@@ -315,7 +326,7 @@ impl<R> Scheduler<R> {
     /// replies: what a stop before the jobs finished hands back.
     pub(crate) fn take_all(&mut self, engine: &mut dyn Engine) -> Vec<R> {
         let mut replies: Vec<R> = Vec::new();
-        for queue in [&mut self.high, &mut self.normal, &mut self.suspects] {
+        for queue in self.waiting.iter_mut().chain([&mut self.suspects]) {
             replies.extend(queue.drain(..).map(|j| j.reply));
         }
         for (seq, r) in self.running.drain() {
@@ -388,6 +399,16 @@ impl<R> Scheduler<R> {
                     o.completion_tokens = r.tokens;
                     o.first_token_ms = r.first_token_ms;
                     o.score = done.score;
+                    if !done.samples.is_empty() {
+                        let others: u64 = done.samples.iter().map(|c| c.completion_tokens).sum();
+                        let first = Choice {
+                            text: o.text.clone(),
+                            finish_reason: done.finish_reason,
+                            completion_tokens: r.tokens.saturating_sub(others),
+                            token_logprobs: done.logprobs.generated.clone(),
+                        };
+                        o.choices = Some(std::iter::once(first).chain(done.samples).collect());
+                    }
                     o.logprobs = done.logprobs;
                     events.push(EngineEvent::Finished { reply: r.reply, outcome: o });
                 }
@@ -645,15 +666,19 @@ mod tests {
     }
 
     #[test]
-    fn high_priority_jobs_are_admitted_first() {
+    fn jobs_are_admitted_high_then_normal_then_low() {
         let mut engine = EchoEngine::new("m");
         let mut s = Scheduler::new(settings(1));
-        s.enqueue(scheduled(1, r#"{"id":"a","prompt":"a","max_new_tokens":1}"#));
-        s.enqueue(scheduled(2, r#"{"id":"b","prompt":"b","max_new_tokens":1,"priority":"high"}"#));
+        s.enqueue(scheduled(1, r#"{"id":"a","prompt":"a","max_new_tokens":1,"priority":"low"}"#));
+        s.enqueue(scheduled(2, r#"{"id":"b","prompt":"b","max_new_tokens":1}"#));
+        s.enqueue(scheduled(3, r#"{"id":"c","prompt":"c","max_new_tokens":1,"priority":"high"}"#));
         let mut ev = Vec::new();
-        s.admit(&mut engine, &mut ev, &mut |_| true);
-        s.step(&mut engine, None, &mut ev);
-        assert_eq!(finished(&ev), vec![(2, JobStatus::Done)]);
+        for _ in 0..3 {
+            s.admit(&mut engine, &mut ev, &mut |_| true);
+            s.step(&mut engine, None, &mut ev);
+        }
+        let order: Vec<u64> = finished(&ev).into_iter().map(|(seq, _)| seq).collect();
+        assert_eq!(order, vec![3, 2, 1]);
     }
 
     #[test]

@@ -31,7 +31,7 @@ pub async fn run(settings: &Settings, run: &str, jobs: Vec<JobRequest>, prefetch
     let channel = connection.create_channel().await?;
     channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
     let mut consumers = Vec::new();
-    for priority in [Priority::High, Priority::Normal] {
+    for priority in Priority::ALL {
         let queue = topology::queue_name(run, priority);
         let consumer =
             channel.basic_consume(queue.as_str().into(), format!("{run}-{queue}").as_str().into(), BasicConsumeOptions::default(), FieldTable::default()).await?;

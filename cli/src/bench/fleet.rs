@@ -392,9 +392,9 @@ fn llamacpp_alone(common: &CommonArgs, args: &FleetBenchArgs) -> anyhow::Result<
     super::llamacpp_bench(&model, &workload)?.into_iter().next().context("llama-batched-bench gave no result")
 }
 
-/// Deletes the run's two job queues (best effort).
+/// Deletes the run's job queues (best effort).
 pub(super) async fn delete_queues(channel: &lapin::Channel, run: &str) {
-    for p in [genq_shared::Priority::Normal, genq_shared::Priority::High] {
+    for p in genq_shared::Priority::ALL {
         let q = genq_shared::topology::queue_name(run, p);
         if let Err(e) = channel.queue_delete(q.as_str().into(), Default::default()).await {
             tracing::warn!(error = %e, queue = %q, "could not delete the run's queue");

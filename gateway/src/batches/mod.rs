@@ -22,7 +22,7 @@ use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use self::input::read_input;
+use self::input::{read_input, InputLimits};
 use self::record::{BatchRecord, RequestCounts};
 use crate::error::ApiError;
 use crate::files::{file_content, file_meta, json_response, redis_error};
@@ -75,7 +75,8 @@ pub async fn create_batch(gw: &Gateway, req: CreateBatch) -> Result<(BatchRecord
     }
     let content = file_content(&gw, &meta.id).await?;
     let id = format!("batch-{}", uuid::Uuid::new_v4().simple());
-    let input = read_input(&content, &id, route, gw.settings().gateway.batch_max_requests)?;
+    let limits = InputLimits { max_requests: gw.settings().gateway.batch_max_requests, max_n: gw.settings().gateway.max_n };
+    let input = read_input(&content, &id, route, limits)?;
     let now = now_secs();
     let mut rec = BatchRecord {
         id,

@@ -44,7 +44,7 @@ pub async fn write_files(gw: &Gateway, rec: &mut BatchRecord, end: &str) -> Resu
             (Some(message), _) => (&mut err, error_line(&request_id, custom_id, None, "invalid_request", message)),
             (None, Some(r)) if r.status == Some(JobStatus::Done) => {
                 let model = r.model.clone().unwrap_or_default();
-                let response = json!({ "status_code": 200, "request_id": request_id, "body": full_response(route, std::slice::from_ref(r), &model, None) });
+                let response = json!({ "status_code": 200, "request_id": request_id, "body": full_response(route, r, 1, &model, None) });
                 (&mut out, json!({ "id": format!("batch_req_{request_id}"), "custom_id": custom_id, "response": response, "error": null }))
             }
             (None, Some(r)) if r.status == Some(JobStatus::Cancelled) => {

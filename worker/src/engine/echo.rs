@@ -1,5 +1,5 @@
 //! A deterministic engine with no model: sequence `i`'s n-th token is the n-th word of its prompt
-//! (cycling), so results are predictable. Used by tests and to measure genq's own overhead.
+//! (cycling), so results are predictable (a job's `n` samples are all the same echo). Used by tests and to measure genq's own overhead.
 //!
 //! Fault injection for tests: with `GENQ_ECHO_CRASH_ON=<word>` in its environment, the echo
 //! engine aborts the process in any step where a running prompt contains that word — a stand-in
@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use genq_shared::job::JobKind;
+use genq_shared::result::Choice;
 use genq_shared::valid::PromptInput;
 use genq_shared::{FinishReason, ValidJob};
 
@@ -68,6 +69,10 @@ struct EchoSeq {
     max_new: usize,
     min_new: usize,
     stops: StopMatcher,
+    /// Samples asked for (`n`); every sample is the same echo.
+    samples: usize,
+    /// Text so far, kept for the other samples when there are several.
+    text: String,
 }
 
 /// The echo engine's "tokenizer": one id per word (its index).
@@ -138,6 +143,8 @@ impl Engine for EchoEngine {
                 max_new,
                 min_new: (job.min_new_tokens as usize).min(max_new),
                 stops: StopMatcher::new(job.stop.clone()),
+                samples: job.n as usize,
+                text: String::new(),
             },
         );
         Ok(Admitted { prompt_tokens })
@@ -163,7 +170,12 @@ impl Engine for EchoEngine {
                     id,
                     text: String::new(),
                     new_tokens: 0,
-                    done: Some(SeqDone { finish_reason: None, score: Some(Score { logprobs, perplexity: (-mean).exp() }), logprobs: Default::default() }),
+                    done: Some(SeqDone {
+                        finish_reason: None,
+                        score: Some(Score { logprobs, perplexity: (-mean).exp() }),
+                        logprobs: Default::default(),
+                        samples: Vec::new(),
+                    }),
                 });
                 finished.push(id);
                 continue;
@@ -184,11 +196,20 @@ impl Engine for EchoEngine {
             if done.is_some() {
                 finished.push(id);
             }
+            if seq.samples > 1 {
+                seq.text.push_str(&text);
+            }
+            let others = |r| Choice { text: seq.text.clone(), finish_reason: Some(r), completion_tokens: seq.generated as u64, token_logprobs: None };
             updates.push(SeqUpdate {
                 id,
                 text,
-                new_tokens: 1,
-                done: done.map(|r| SeqDone { finish_reason: Some(r), score: None, logprobs: Default::default() }),
+                new_tokens: seq.samples,
+                done: done.map(|r| SeqDone {
+                    finish_reason: Some(r),
+                    score: None,
+                    logprobs: Default::default(),
+                    samples: (1..seq.samples).map(|_| others(r)).collect(),
+                }),
             });
         }
         for id in finished {
@@ -246,6 +267,24 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn several_samples_are_the_same_echo_and_count_every_token() {
+        let mut e = EchoEngine::new("m");
+        e.encode_and_admit(1, &job(r#"{"id":"a","prompt":"one two","max_new_tokens":3,"n":3}"#), 0).expect("admit");
+        let mut tokens = 0;
+        let mut done = None;
+        while e.active() > 0 {
+            for u in e.step(&StepLimits { max_prefill_tokens: 512 }).expect("step") {
+                tokens += u.new_tokens;
+                done = u.done.or(done);
+            }
+        }
+        let done = done.expect("done");
+        let samples: Vec<(&str, u64)> = done.samples.iter().map(|c| (c.text.as_str(), c.completion_tokens)).collect();
+        assert_eq!(samples, vec![("one two one", 3), ("one two one", 3)]);
+        assert_eq!(tokens, 9, "three samples of three tokens");
     }
 
     #[test]

@@ -15,7 +15,7 @@ pub(crate) mod stops;
 
 use std::sync::Arc;
 
-use genq_shared::result::TokenLogprob;
+use genq_shared::result::{Choice, TokenLogprob};
 use genq_shared::{FinishReason, ValidJob};
 
 /// Identifies one admitted sequence inside one engine.
@@ -84,6 +84,8 @@ pub struct SeqDone {
     pub score: Option<Score>,
     /// What the job asked for.
     pub logprobs: Logprobs,
+    /// A job with `n` above 1: its other samples (2nd to nth), in order.
+    pub samples: Vec<Choice>,
 }
 
 /// What happened to one sequence in one step.
@@ -144,6 +146,11 @@ pub trait Engine: Send {
     /// Adds `job`, whose prompt [`Engine::encoder`] made `prompt`, to the running batch; it
     /// joins at the next step. `seed` is the job's seed, or one drawn by the caller when the
     /// job gave none.
+    ///
+    /// A job with `n` above 1 stays one sequence to the caller: its updates carry the first
+    /// sample's text, `new_tokens` counts the tokens of every sample, and `done` comes once
+    /// every sample has finished, with the others in [`SeqDone::samples`]. Sample `i` draws
+    /// with seed `seed + i`.
     fn admit(&mut self, id: SeqId, job: &ValidJob, prompt: Vec<u32>, seed: u64) -> Result<Admitted, AdmitError>;
 
     /// Encodes on the calling thread, then admits (tests and benchmarks).

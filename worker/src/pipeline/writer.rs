@@ -64,6 +64,7 @@ fn final_result(job: &InFlight, o: JobOutcome) -> FinalResult {
             perplexity,
             token_logprobs: o.logprobs.generated,
             prompt_logprobs: o.logprobs.prompt,
+            choices: o.choices,
             error: o.error,
             error_kind: o.error_kind.map(str::to_string),
             worker: Some(job.worker.clone()),

@@ -1,4 +1,4 @@
-//! RabbitMQ job source: consumes a model's normal and `.high` queues on one channel with manual
+//! RabbitMQ job source: consumes a model's normal, `.high` and `.low` queues on one channel with manual
 //! acks and a prefetch bound, hands out every delivery already arrived in one batch, settles
 //! deliveries through the channel's settling task ([`super::acks`]: acks combined with
 //! `multiple=true` where safe, reject / nack-requeue one by one), and reconnects with backoff
@@ -97,9 +97,9 @@ impl AmqpSource {
             .map_err(|e| BrokerError::protocol("basic.qos", e))?;
         let mut streams = Vec::new();
         let mut tags = Vec::new();
-        for priority in [Priority::High, Priority::Normal] {
+        for priority in Priority::ALL {
             let queue = topology::queue_name(&settings.model, priority);
-            let tag = format!("{}-{}", settings.name, priority_name(priority));
+            let tag = format!("{}-{}", settings.name, priority.as_str());
             let consumer = channel
                 .basic_consume(queue.as_str().into(), tag.as_str().into(), BasicConsumeOptions::default(), FieldTable::default())
                 .await
@@ -164,13 +164,6 @@ impl AmqpSource {
 fn watch_link(link: &Link, metrics: &WorkerMetrics) {
     let status = link.connection.status().clone();
     metrics.health.consuming_on(move || status.connected());
-}
-
-fn priority_name(p: Priority) -> &'static str {
-    match p {
-        Priority::High => "high",
-        Priority::Normal => "normal",
-    }
 }
 
 fn header_u64(headers: Option<&FieldTable>, name: &str) -> Option<u64> {

@@ -129,6 +129,22 @@ impl Backend {
         }
     }
 
+    /// Whether [`Backend::fork_cache`] copies caches (the CPU path).
+    pub fn copies_caches(&self) -> bool {
+        matches!(self, Backend::Cpu(_))
+    }
+
+    /// A copy of `cache` for a new sequence that continues from the same tokens (the other
+    /// samples of a job); none on the device path, whose slots are not copied (there each sample
+    /// prefills its prompt itself).
+    pub fn fork_cache(&self, cache: &SeqCache) -> Option<SeqCache> {
+        debug_assert_eq!(self.copies_caches(), matches!(cache, SeqCache::Cpu(_)));
+        match cache {
+            SeqCache::Cpu(c) => Some(SeqCache::Cpu(c.clone())),
+            SeqCache::Slot(_) => None,
+        }
+    }
+
     /// Loads a GGUF model for `choice`.
     pub fn from_gguf(
         content: &gguf_file::Content,

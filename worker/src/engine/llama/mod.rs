@@ -19,6 +19,7 @@
 //! - [`tokenizer`]: tokenizers from GGUF metadata or `tokenizer.json`, special token ids.
 //! - [`chat`]: chat templates.
 //! - [`prompt`]: the prompt encoder (template and tokenizer), run before admission.
+//! - [`samples`]: jobs with several samples (`n`), which share one prefill.
 //!
 //! This module owns the sequences' life: admission (context checks), the
 //! step plan (prefill chunks under the token budget plus one token per decoding sequence),
@@ -39,6 +40,7 @@ pub mod model;
 pub(crate) mod packed;
 mod prompt;
 pub(crate) mod sampler;
+mod samples;
 pub mod synth;
 #[cfg(test)]
 mod tests;
@@ -61,6 +63,7 @@ use self::backend::{Backend, DeviceChoice, SeqCache, StepInput};
 use self::model::HfConfig;
 use self::prompt::LlamaPrompts;
 use self::sampler::Sampler;
+use self::samples::Samples;
 use self::tokenizer::hf::{json_ids, token_text};
 use self::tokenizer::{SpecialIds, Tokenizer};
 use super::stops::StopMatcher;
@@ -163,6 +166,9 @@ struct Sequence {
     prompt: Vec<u32>,
     /// Prompt tokens already in the cache.
     prefilled: usize,
+    /// Another sample of a job, waiting for the job's own sequence to prefill the prompt (it
+    /// then starts from a copy of that cache); not stepped meanwhile.
+    parked: bool,
     cache: SeqCache,
     /// The last sampled token, fed at the next step.
     pending: Option<u32>,
@@ -206,7 +212,10 @@ pub struct LlamaEngine {
     prompts: Arc<LlamaPrompts>,
     /// How log-prob entries spell their tokens.
     token_texts: TokenTexts,
+    /// Every sequence: the jobs' own and the other samples of jobs with several.
     seqs: BTreeMap<SeqId, Sequence>,
+    /// Jobs with several samples.
+    samples: Samples,
 }
 
 fn weights_err(path: &Path) -> impl FnOnce(candle_core::Error) -> LoadError + '_ {
@@ -270,6 +279,7 @@ impl LlamaEngine {
             }),
             model,
             seqs: BTreeMap::new(),
+            samples: Samples::default(),
         })
     }
 
@@ -379,6 +389,38 @@ impl LlamaEngine {
         }
     }
 
+    /// A sequence for `job` (one of its samples), drawing with `seed`; `parked` waits for the
+    /// job's own sequence to prefill the prompt.
+    fn new_sequence(&self, job: &ValidJob, prompt: Vec<u32>, seed: u64, max_new: usize, parked: bool) -> Sequence {
+        let mut sampler = Sampler::new(&job.sampling, seed);
+        for &t in &prompt {
+            sampler.observe(t);
+        }
+        let positions = match job.kind {
+            JobKind::Generate => prompt.len() + max_new.min(256),
+            JobKind::Score => prompt.len(),
+        };
+        Sequence {
+            kind: job.kind,
+            cache: self.model.new_cache(if parked { 0 } else { positions }),
+            detok: Detokenizer::new(&prompt),
+            prompt,
+            prefilled: 0,
+            parked,
+            pending: None,
+            generated: 0,
+            max_new,
+            min_new: (job.min_new_tokens as usize).min(max_new),
+            sampler,
+            stops: StopMatcher::new(job.stop.clone()),
+            logprobs: Vec::new(),
+            top_logprobs: job.logprobs.map(|k| k as usize),
+            prompt_top_logprobs: job.prompt_logprobs.map(|k| k as usize),
+            generated_logprobs: Vec::new(),
+            prompt_logprobs: Vec::new(),
+        }
+    }
+
     /// Takes one step's logits (`[rows, vocab]`, rows in `in_step` order): samples decoding
     /// sequences, records prompt progress and scores; returns the updates.
     fn accept_step(&mut self, in_step: Vec<(SeqId, usize)>, logits: &[f32], vocab: usize) -> Result<Vec<SeqUpdate>, EngineError> {
@@ -390,6 +432,7 @@ impl LlamaEngine {
             let Some(seq) = self.seqs.get_mut(&u.id) else {
                 continue;
             };
+            let mut prompt_done_row = None;
             let update = if seq.pending.is_some() {
                 Self::accept_logits(&self.prompts.tokenizer, &self.token_texts, &self.prompts.special, u.id, seq, row(u.first_row)?, pick)?
             } else {
@@ -433,6 +476,7 @@ impl LlamaEngine {
                                     perplexity: (-mean).exp(),
                                 }),
                                 logprobs: seq.take_logprobs(),
+                                samples: Vec::new(),
                             }
                         });
                         SeqUpdate {
@@ -445,6 +489,7 @@ impl LlamaEngine {
                     JobKind::Generate => {
                         let row = row(u.sample_row)?;
                         if u.samples {
+                            prompt_done_row = Some(row);
                             Self::accept_logits(&self.prompts.tokenizer, &self.token_texts, &self.prompts.special, u.id, seq, row, pick)?
                         } else {
                             SeqUpdate {
@@ -457,8 +502,39 @@ impl LlamaEngine {
                     }
                 }
             };
+            if let Some(row) = prompt_done_row {
+                updates.extend(self.start_siblings(u.id, row)?);
+            }
             if update.done.is_some() {
                 self.seqs.remove(&u.id);
+            }
+            updates.push(update);
+        }
+        Ok(self.samples.fold(updates))
+    }
+
+    /// Job `id` has just prefilled its prompt, whose last row is `row`: its parked siblings start
+    /// from a copy of its cache and draw their first token from the same row.
+    fn start_siblings(&mut self, id: SeqId, row: &[f32]) -> Result<Vec<SeqUpdate>, EngineError> {
+        let siblings = self.samples.siblings(id);
+        if siblings.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Some(cache) = self.seqs.get(&id).and_then(|s| self.model.fork_cache(&s.cache)) else {
+            return Ok(Vec::new());
+        };
+        let mut updates = Vec::with_capacity(siblings.len());
+        for &sid in siblings {
+            let Some(sib) = self.seqs.get_mut(&sid).filter(|s| s.parked) else { continue };
+            sib.parked = false;
+            sib.cache = match self.model.fork_cache(&cache) {
+                Some(c) => c,
+                None => continue,
+            };
+            sib.prefilled = sib.prompt.len();
+            let update = Self::accept_logits(&self.prompts.tokenizer, &self.token_texts, &self.prompts.special, sid, sib, row, None)?;
+            if update.done.is_some() {
+                self.seqs.remove(&sid);
             }
             updates.push(update);
         }
@@ -562,6 +638,7 @@ impl LlamaEngine {
                     finish_reason: Some(r),
                     score: None,
                     logprobs: seq.take_logprobs(),
+                    samples: Vec::new(),
                 }),
                 None => None,
             },
@@ -610,36 +687,16 @@ impl Engine for LlamaEngine {
                 message: format!("sequence {id} is already running"),
             });
         }
-        let mut sampler = Sampler::new(&job.sampling, seed);
-        for &t in &prompt {
-            sampler.observe(t);
-        }
-        let positions = match job.kind {
-            JobKind::Generate => prompt.len() + max_new.min(256),
-            JobKind::Score => prompt.len(),
-        };
         let prompt_tokens = prompt.len();
-        self.seqs.insert(
-            id,
-            Sequence {
-                kind: job.kind,
-                cache: self.model.new_cache(positions),
-                detok: Detokenizer::new(&prompt),
-                prompt,
-                prefilled: 0,
-                pending: None,
-                generated: 0,
-                max_new,
-                min_new: (job.min_new_tokens as usize).min(max_new),
-                sampler,
-                stops: StopMatcher::new(job.stop.clone()),
-                logprobs: Vec::new(),
-                top_logprobs: job.logprobs.map(|k| k as usize),
-                prompt_top_logprobs: job.prompt_logprobs.map(|k| k as usize),
-                generated_logprobs: Vec::new(),
-                prompt_logprobs: Vec::new(),
-            },
-        );
+        let others = job.n.saturating_sub(1) as usize;
+        // The other samples wait for this one's prefill where caches can be copied.
+        let parked = others > 0 && self.model.copies_caches();
+        for (i, sid) in self.samples.add(id, others).into_iter().enumerate() {
+            let sibling = self.new_sequence(job, prompt.clone(), seed.wrapping_add(i as u64 + 1), max_new, parked);
+            self.seqs.insert(sid, Sequence { prompt_top_logprobs: None, ..sibling });
+        }
+        let first = self.new_sequence(job, prompt, seed, max_new, false);
+        self.seqs.insert(id, first);
         Ok(Admitted { prompt_tokens })
     }
 
@@ -649,6 +706,9 @@ impl Engine for LlamaEngine {
         let mut in_step: Vec<(SeqId, usize)> = Vec::new();
         let mut inputs: Vec<StepInput<'_>> = Vec::new();
         for (&id, seq) in self.seqs.iter_mut() {
+            if seq.parked {
+                continue;
+            }
             let tokens: &[u32] = match &seq.pending {
                 Some(t) => std::slice::from_ref(t),
                 None => {
@@ -683,6 +743,9 @@ impl Engine for LlamaEngine {
 
     fn release(&mut self, id: SeqId) {
         self.seqs.remove(&id);
+        for sibling in self.samples.remove(id) {
+            self.seqs.remove(&sibling);
+        }
     }
 
     fn active(&self) -> usize {

@@ -15,6 +15,7 @@ use crate::engine::{Engine, SeqDone, SeqId, StepLimits};
 
 mod archs;
 mod logprobs;
+mod samples;
 
 fn gguf_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf")
