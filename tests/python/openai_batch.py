@@ -70,8 +70,9 @@ out["completions"] = summary(b)
 out["output"] = lines_of(b.output_file_id)
 out["errors"] = lines_of(b.error_file_id)
 
-# Chat.
+# Chat, one line asking for two choices.
 chat = [line(f"chat-{i}", {"messages": [{"role": "user", "content": f"Say {i}."}], "max_tokens": 3, "temperature": 0}, "/v1/chat/completions") for i in range(3)]
+chat.append(line("chat-n2", {"messages": [{"role": "user", "content": "Name a fruit."}], "max_tokens": 3, "temperature": 1.0, "seed": 5, "n": 2}, "/v1/chat/completions"))
 c = client.batches.create(input_file_id=upload(chat, "chat.jsonl").id, endpoint="/v1/chat/completions", completion_window="24h")
 c = wait(c.id)
 out["chat"] = summary(c)

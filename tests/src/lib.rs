@@ -4,6 +4,7 @@
 //! [`redis_server`] a private Redis a test may restart or configure (AUTH, TLS); [`rabbit_cluster`]
 //! a three-node RabbitMQ cluster; [`tally`] counts what came back after faults.
 
+pub mod gateway;
 pub mod prometheus;
 pub mod rabbit_cluster;
 pub mod redis_server;

@@ -4,75 +4,16 @@
 //! real `genq-worker` running the real default model, through the real RabbitMQ and Redis.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use genq_shared::keys::{KeySchema, CANCEL_FIELD};
 use genq_shared::{JobResult, JobStatus};
+use genq_tests::gateway::GatewayProcess;
 use genq_tests::{bin, default_model, redis_url, scratch_dir, workspace_root, Sandbox};
 
 /// The bearer token the test gateway accepts (given through the environment, as in production).
 const TOKEN: &str = "test-token-5be1";
-
-/// A running `genq-gateway` (the gateway's own binary, without model code), stopped when dropped.
-struct GatewayProcess {
-    child: Child,
-    /// `http://127.0.0.1:PORT`.
-    base: String,
-    log: std::path::PathBuf,
-}
-
-impl GatewayProcess {
-    fn start(sb: &Sandbox, extra: &[&str], env: &[(&str, &str)]) -> Self {
-        let log = scratch_dir().join(format!("{}-gateway.log", sb.model));
-        let mut cmd = Command::new(bin("genq-gateway"));
-        cmd.args(sb.flags())
-            .args(["--model", &sb.model, "--listen", "127.0.0.1:0"])
-            .args(extra)
-            .envs(env.iter().copied())
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn genq-gateway");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = std::sync::mpsc::channel();
-        let log_path = log.clone();
-        // Copy stderr to the log file, and hand over the listening address when it appears.
-        std::thread::spawn(move || {
-            let mut file = std::fs::File::create(&log_path).ok();
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening on ").nth(1) {
-                    let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_string());
-                }
-                if let Some(f) = file.as_mut() {
-                    use std::io::Write;
-                    let _ = writeln!(f, "{line}");
-                }
-            }
-        });
-        let base = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| panic!("genq-gateway did not start; log: {}", log.display()));
-        Self { child, base, log }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for GatewayProcess {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let until = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < until {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// One curl exchange.
 #[derive(Debug)]
@@ -391,8 +332,11 @@ async fn the_openai_client_runs_batches_through_files_and_the_batch_api() {
     let chat = &seen["chat"];
     assert_eq!((chat["status"].as_str(), chat["endpoint"].as_str()), (Some("completed"), Some("/v1/chat/completions")), "{chat}");
     let chat_out = seen["chat_output"].as_array().expect("chat lines");
-    assert_eq!(chat_out.len(), 3);
+    assert_eq!(chat_out.len(), 4);
     assert!(chat_out.iter().all(|l| l["response"]["body"]["choices"][0]["message"]["role"] == "assistant"), "{chat_out:?}");
+    let two = chat_out.iter().find(|l| l["custom_id"] == "chat-n2").expect("the n = 2 line");
+    let indexes: Vec<u64> = two["response"]["body"]["choices"].as_array().expect("choices").iter().filter_map(|c| c["index"].as_u64()).collect();
+    assert_eq!(indexes, vec![0, 1], "two choices from one job: {two}");
 
     let cancelled = &seen["cancelled"];
     assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
