@@ -402,19 +402,17 @@ fn choice(route: Route, index: usize, r: &JobResult, echo: Option<&str>) -> serd
 /// (`choices`) in order, or `n` copies of a scored prompt (all the same); `usage` counts the
 /// prompt once and the tokens of every sample.
 pub(crate) fn full_response(route: Route, r: &JobResult, n: u32, model: &str, echo: Option<&str>) -> serde_json::Value {
-    let samples: Vec<JobResult> = match &r.choices {
-        Some(choices) => choices
+    let choices: Vec<serde_json::Value> = match &r.choices {
+        Some(samples) => samples
             .iter()
-            .map(|c| JobResult {
-                text: Some(c.text.clone()),
-                finish_reason: c.finish_reason,
-                token_logprobs: c.token_logprobs.clone(),
-                ..r.clone()
+            .enumerate()
+            .map(|(i, c)| {
+                let sample = JobResult { text: Some(c.text.clone()), finish_reason: c.finish_reason, token_logprobs: c.token_logprobs.clone(), ..r.clone() };
+                choice(route, i, &sample, echo)
             })
             .collect(),
-        None => vec![r.clone(); n.max(1) as usize],
+        None => (0..n.max(1) as usize).map(|i| choice(route, i, r, echo)).collect(),
     };
-    let choices: Vec<serde_json::Value> = samples.iter().enumerate().map(|(i, s)| choice(route, i, s, echo)).collect();
     let object = if route == Route::Chat { "chat.completion" } else { "text_completion" };
     serde_json::json!({
         "id": response_id(route, &r.id), "object": object, "created": now_secs(), "model": model,

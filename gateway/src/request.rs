@@ -25,7 +25,17 @@ pub fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<B
 /// body that is not JSON at all.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    naming_the_field(serde_path_to_error::deserialize(de))
+}
+
+/// [`parse_json`] of a JSON value already parsed (a batch line's `body`).
+pub fn parse_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+    naming_the_field(serde_path_to_error::deserialize(value))
+}
+
+/// A deserialization error as a 400 naming the field at fault.
+fn naming_the_field<T>(parsed: Result<T, serde_path_to_error::Error<serde_json::Error>>) -> Result<T, ApiError> {
+    parsed.map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if inner.is_syntax() || inner.is_eof() {

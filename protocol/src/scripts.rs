@@ -129,13 +129,15 @@ end
 return out
 "#;
 
-/// Counts a finished job towards its batch once, whatever the number of deliveries: the batch's
-/// member set makes it idempotent. KEYS: the batch's counts and members; ARGV: TTL, job id,
-/// status. Its keys share the batch's `{id}` slot (the job's keys are in another slot, hence a
-/// script of its own).
+/// Counts finished jobs towards their batch once each, whatever the number of deliveries: the
+/// batch's member set makes it idempotent. KEYS: the batch's counts and members; ARGV: TTL, then
+/// a job id and its status for each job. Its keys share the batch's `{id}` slot (the jobs' keys
+/// are in others, hence a script of its own).
 const COUNT_IN_BATCH: &str = r#"
-if redis.call('SADD', KEYS[2], ARGV[2]) == 1 then
-  redis.call('HINCRBY', KEYS[1], ARGV[3], 1)
+for i = 2, #ARGV, 2 do
+  if redis.call('SADD', KEYS[2], ARGV[i]) == 1 then
+    redis.call('HINCRBY', KEYS[1], ARGV[i + 1], 1)
+  end
 end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[1])

@@ -53,6 +53,8 @@ pub async fn run(settings: &Settings, run: &str, jobs: &[JobRequest], timeout: D
         "create_seconds": published.as_secs_f64(),
         "seconds": secs,
         "jobs_per_s": jobs.len() as f64 / secs,
+        // Every request generates exactly its max_tokens (min_tokens holds EOS off).
+        "generated_tokens_per_s": jobs.iter().map(|j| f64::from(j.max_new_tokens.unwrap_or(0))).sum::<f64>() / secs,
     }))
 }
 

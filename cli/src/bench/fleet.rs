@@ -321,16 +321,20 @@ pub async fn run(common: &CommonArgs, args: FleetBenchArgs) -> anyhow::Result<st
     if let Err(e) = workers_ok {
         anyhow::bail!(e);
     }
-    if let Some(batch) = batch_run {
-        let batch = batch?;
+    let batch = batch_run.transpose()?;
+    if let Some(batch) = &batch {
         println!("{batch}");
-        println!("{}", json!({"ratio": "batch/fleet", "jobs_per_s": figure(&batch, "jobs_per_s") / figure(&fleet, "jobs_per_s")}));
+        println!("{}", json!({"ratio": "batch/fleet", "jobs_per_s": figure(batch, "jobs_per_s") / figure(&fleet, "jobs_per_s")}));
     }
     if args.vs_engine {
         let engine = tokio::task::block_in_place(|| engine_alone(common, &args))?;
         println!("{engine}");
-        let ratio = fleet["generated_tokens_per_s"].as_f64().unwrap_or(0.0) / engine["total_generated_tokens_per_s"].as_f64().unwrap_or(f64::NAN);
+        let alone = engine["total_generated_tokens_per_s"].as_f64().unwrap_or(f64::NAN);
+        let ratio = fleet["generated_tokens_per_s"].as_f64().unwrap_or(0.0) / alone;
         println!("{}", json!({"ratio": "fleet/engine", "generated_tokens_per_s": ratio}));
+        if let Some(batch) = &batch {
+            println!("{}", json!({"ratio": "batch/engine", "generated_tokens_per_s": figure(batch, "generated_tokens_per_s") / alone}));
+        }
     }
     if args.vs_llamacpp {
         let theirs = tokio::task::block_in_place(|| llamacpp_alone(common, &args))?;

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::error::ApiError;
 use crate::openai::{openai_names, with_samples, OpenAiRequest, Route};
-use crate::request::parse_json;
+use crate::request::parse_value;
 
 /// What a batch runs.
 #[derive(Debug, Default)]
@@ -51,7 +51,7 @@ pub fn read_input(content: &[u8], batch_id: &str, route: Route, limits: InputLim
         if line == max_requests {
             return Err(ApiError::invalid_value("input_file_id", format!("the file holds more than {max_requests} requests (gateway.batch_max_requests)")));
         }
-        let value: Value = serde_json::from_str(raw).map_err(|e| ApiError::invalid_value("input_file_id", format!("line {} is not JSON: {e}", n + 1)))?;
+        let mut value: Value = serde_json::from_str(raw).map_err(|e| ApiError::invalid_value("input_file_id", format!("line {} is not JSON: {e}", n + 1)))?;
         let Some(custom_id) = value.get("custom_id").and_then(Value::as_str) else {
             return Err(ApiError::invalid_value("input_file_id", format!("line {} has no `custom_id` string", n + 1)));
         };
@@ -59,7 +59,7 @@ pub fn read_input(content: &[u8], batch_id: &str, route: Route, limits: InputLim
             return Err(ApiError::invalid_value("input_file_id", format!("`custom_id` {custom_id:?} appears twice (line {})", n + 1)));
         }
         input.custom_ids.push(custom_id.to_string());
-        match line_job(&value, route, limits.max_n) {
+        match line_job(&mut value, route, limits.max_n) {
             Ok(mut job) => {
                 job.id = Some(job_id(batch_id, line));
                 job.batch = Some(batch_id.to_string());
@@ -80,7 +80,7 @@ pub fn read_input(content: &[u8], batch_id: &str, route: Route, limits: InputLim
 }
 
 /// The job one line asks for, or why it cannot run (naming the field).
-fn line_job(line: &Value, route: Route, max_n: u32) -> Result<JobRequest, String> {
+fn line_job(line: &mut Value, route: Route, max_n: u32) -> Result<JobRequest, String> {
     let field = |name: &str| line.get(name).and_then(Value::as_str);
     if field("method") != Some("POST") {
         return Err("`method` must be \"POST\"".into());
@@ -88,8 +88,8 @@ fn line_job(line: &Value, route: Route, max_n: u32) -> Result<JobRequest, String
     if field("url") != Some(route.path()) {
         return Err(format!("`url` must be the batch's endpoint, {}", route.path()));
     }
-    let body = line.get("body").filter(|b| b.is_object()).ok_or("`body` must be an object")?;
-    let req: OpenAiRequest = parse_json(body.to_string().as_bytes()).map_err(|e| format!("`body`: {}", e.message))?;
+    let body = line.get_mut("body").filter(|b| b.is_object()).ok_or("`body` must be an object")?.take();
+    let req: OpenAiRequest = parse_value(body).map_err(|e| format!("`body`: {}", e.message))?;
     for (asked, name) in [(req.stream == Some(true), "stream"), (req.echo == Some(true), "echo")] {
         if asked {
             return Err(format!("`body.{name}` is not supported in a batch"));

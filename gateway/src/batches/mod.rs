@@ -23,7 +23,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use self::input::{read_input, InputLimits};
-use self::record::{BatchRecord, RequestCounts};
+use self::record::{BatchLines, BatchRecord, RequestCounts};
 use crate::error::ApiError;
 use crate::files::{file_content, file_meta, json_response, redis_error};
 use crate::openai::{now_secs, openai_names, Route};
@@ -94,22 +94,28 @@ pub async fn create_batch(gw: &Gateway, req: CreateBatch) -> Result<(BatchRecord
         cancelling_at: None,
         cancelled_at: None,
         expired_at: None,
-        custom_ids: input.custom_ids,
-        invalid: input.invalid,
+        total: input.custom_ids.len() as u64,
+        refused: input.invalid.len() as u64,
         output_file_id: None,
         error_file_id: None,
         errors: None,
     };
-    rec.save_new(&gw).await?;
+    let mut lines = BatchLines { custom_ids: input.custom_ids, invalid: input.invalid };
+    rec.save_new(&gw, &lines).await?;
     let producer = gw.producer().await?;
-    let (lines, jobs): (Vec<usize>, Vec<_>) = input.jobs.into_iter().unzip();
+    let (job_lines, jobs): (Vec<usize>, Vec<_>) = input.jobs.into_iter().unzip();
     let published = producer.submit_many(jobs, |_| {}).await;
-    for (line, outcome) in lines.into_iter().zip(published) {
+    let refused_before = lines.invalid.len();
+    for (line, outcome) in job_lines.into_iter().zip(published) {
         if let Err(e) = outcome {
-            rec.invalid.push((line, ApiError::from_publish(&e, openai_names).message));
+            lines.invalid.push((line, ApiError::from_publish(&e, openai_names).message));
         }
     }
-    rec.invalid.sort_unstable_by_key(|(line, _)| *line);
+    if lines.invalid.len() > refused_before {
+        lines.invalid.sort_unstable_by_key(|(line, _)| *line);
+        lines.save(&gw, &rec.id).await?;
+        rec.refused = lines.invalid.len() as u64;
+    }
     rec.status = "in_progress".into();
     rec.in_progress_at = Some(now_secs());
     rec.save_if_status(&gw, "validating").await?;
@@ -183,7 +189,9 @@ async fn finalize(gw: &Gateway, rec: &mut BatchRecord, end: &'static str) -> Res
     if end == "expired" {
         cancel_jobs(gw, rec).await?;
     }
+    let writing = std::time::Instant::now();
     output::write_files(gw, rec, end).await?;
+    tracing::info!(batch = %rec.id, status = end, seconds = writing.elapsed().as_secs_f64(), "batch output written");
     let now = now_secs();
     rec.status = end.into();
     match end {
@@ -198,7 +206,8 @@ async fn finalize(gw: &Gateway, rec: &mut BatchRecord, end: &'static str) -> Res
 /// Asks every job of the batch to stop (those already final are left as they are).
 async fn cancel_jobs(gw: &Gateway, rec: &BatchRecord) -> Result<(), ApiError> {
     let results = gw.results().await?;
-    let ids: Vec<String> = rec.job_lines().into_iter().map(|l| input::job_id(&rec.id, l)).collect();
+    let lines = BatchLines::load(gw, &rec.id).await?;
+    let ids: Vec<String> = lines.job_lines().into_iter().map(|l| input::job_id(&rec.id, l)).collect();
     for chunk in ids.chunks(256) {
         // A job already final, or whose record expired, has nothing to cancel: not an error.
         futures::future::join_all(chunk.iter().map(|j| results.cancel(j))).await;

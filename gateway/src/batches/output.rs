@@ -3,44 +3,42 @@
 //! being what the synchronous route answers. Requests that ended `done` go to the output file;
 //! refused, failed, expired and cancelled ones to the error file.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+
+use genq_producer::{ResultClient, ResultError};
+use tokio::task::JoinHandle;
 
 use genq_shared::{JobResult, JobStatus};
 use serde_json::{json, Value};
 
 use super::input::job_id;
-use super::record::BatchRecord;
+use super::record::{BatchLines, BatchRecord};
 use crate::error::ApiError;
 use crate::files::put_file;
 use crate::openai::{full_response, Route};
 use crate::state::Gateway;
 
 /// Results read per round trip.
-const READ_CHUNK: usize = 512;
+const READ_CHUNK: usize = 256;
+/// Reads in flight ahead of the lines being written.
+const READS_AHEAD: usize = 8;
 
 /// Writes the batch's output and error files (each only if it has a line) and records their ids;
 /// `end` is the status the batch ends with.
 pub async fn write_files(gw: &Gateway, rec: &mut BatchRecord, end: &str) -> Result<(), ApiError> {
     let route = Route::from_path(&rec.endpoint).unwrap_or(Route::Completions);
-    let refused: HashMap<usize, &str> = rec.invalid.iter().map(|(l, m)| (*l, m.as_str())).collect();
-    let lines = rec.job_lines();
-    let results_client = gw.results().await?;
-    let mut results: HashMap<usize, JobResult> = HashMap::new();
-    // A few reads in flight at once.
-    for group in lines.chunks(READ_CHUNK * 4) {
-        let reads = group.chunks(READ_CHUNK).map(|chunk| {
-            let ids: Vec<String> = chunk.iter().map(|&l| job_id(&rec.id, l)).collect();
-            let client = results_client.clone();
-            async move { client.get_many(&ids).await.map(|got| chunk.iter().copied().zip(got).collect::<Vec<_>>()) }
-        });
-        for read in futures::future::try_join_all(reads).await.map_err(|e| ApiError::from_result(&e))? {
-            results.extend(read.into_iter().filter_map(|(l, r)| Some((l, r?))));
-        }
-    }
+    let batch_lines = BatchLines::load(gw, &rec.id).await?;
+    let refused: HashMap<usize, &str> = batch_lines.invalid.iter().map(|(l, m)| (*l, m.as_str())).collect();
+    let lines = batch_lines.job_lines();
+    let mut results = AheadReader::start(gw.results().await?, &rec.id, &lines);
     let (mut out, mut err) = (String::new(), String::new());
-    for (line, custom_id) in rec.custom_ids.iter().enumerate() {
+    for (line, custom_id) in batch_lines.custom_ids.iter().enumerate() {
         let request_id = job_id(&rec.id, line);
-        let (file, entry) = match (refused.get(&line), results.get(&line)) {
+        let result = match refused.contains_key(&line) {
+            true => None,
+            false => results.next(line).await?,
+        };
+        let (file, entry) = match (refused.get(&line), result.as_ref()) {
             (Some(message), _) => (&mut err, error_line(&request_id, custom_id, None, "invalid_request", message)),
             (None, Some(r)) if r.status == Some(JobStatus::Done) => {
                 let model = r.model.clone().unwrap_or_default();
@@ -70,6 +68,49 @@ pub async fn write_files(gw: &Gateway, rec: &mut BatchRecord, end: &str) -> Resu
         rec.error_file_id = Some(put_file(gw, "batch_output", &format!("{}_error.jsonl", rec.id), err.as_bytes()).await?.id);
     }
     Ok(())
+}
+
+/// Reads a batch's results in line order, a few chunks ahead on other tasks, so the reading
+/// overlaps the writing of the lines already read.
+struct AheadReader {
+    client: ResultClient,
+    batch: String,
+    /// Chunks of job lines not yet asked for.
+    todo: std::vec::IntoIter<Vec<usize>>,
+    reads: VecDeque<JoinHandle<Result<Vec<(usize, Option<JobResult>)>, ResultError>>>,
+    ready: VecDeque<(usize, Option<JobResult>)>,
+}
+
+impl AheadReader {
+    fn start(client: ResultClient, batch: &str, lines: &[usize]) -> Self {
+        let chunks: Vec<Vec<usize>> = lines.chunks(READ_CHUNK).map(<[usize]>::to_vec).collect();
+        let mut reader = Self { client, batch: batch.to_string(), todo: chunks.into_iter(), reads: VecDeque::new(), ready: VecDeque::new() };
+        for _ in 0..READS_AHEAD {
+            reader.ask_next();
+        }
+        reader
+    }
+
+    fn ask_next(&mut self) {
+        let Some(chunk) = self.todo.next() else { return };
+        let ids: Vec<String> = chunk.iter().map(|&l| job_id(&self.batch, l)).collect();
+        let client = self.client.clone();
+        self.reads.push_back(tokio::spawn(async move { client.get_many(&ids).await.map(|got| chunk.into_iter().zip(got).collect()) }));
+    }
+
+    /// The result of job line `line` (the next one in order), if it has one.
+    async fn next(&mut self, line: usize) -> Result<Option<JobResult>, ApiError> {
+        if self.ready.is_empty() {
+            let read = self.reads.pop_front().ok_or_else(|| ApiError::internal(format!("no result read for line {line}")))?;
+            self.ask_next();
+            let got = read.await.map_err(|e| ApiError::internal(format!("reading results: {e}")))?;
+            self.ready.extend(got.map_err(|e| ApiError::from_result(&e))?);
+        }
+        match self.ready.pop_front() {
+            Some((l, result)) if l == line => Ok(result),
+            other => Err(ApiError::internal(format!("results out of order: line {line}, read {:?}", other.map(|(l, _)| l)))),
+        }
+    }
 }
 
 fn error_line(request_id: &str, custom_id: &str, response: Option<Value>, code: &str, message: &str) -> Value {

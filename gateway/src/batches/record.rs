@@ -1,6 +1,9 @@
 //! A batch's record in Redis (`genq:openai-batch:{id}`, listed in `genq:openai-batches`): what
 //! it runs, its status and timestamps, and OpenAI's batch object built from it and from the
-//! counts workers keep for its jobs (`genq:batch:{id}`).
+//! counts workers keep for its jobs (`genq:batch:{id}`). Its lines ([`BatchLines`]: each
+//! request's `custom_id`, the refused ones' reasons) sit beside it in the same hash, read only
+//! to write the output files or cancel the jobs, so a status look stays small however long the
+//! batch.
 
 use std::collections::BTreeMap;
 
@@ -13,6 +16,8 @@ use crate::state::Gateway;
 
 /// Field of the record's hash that holds it as JSON.
 const RECORD_FIELD: &str = "record";
+/// Field of the record's hash that holds its [`BatchLines`] as JSON.
+const LINES_FIELD: &str = "lines";
 /// Field holding when (Unix seconds) a gateway claimed the writing of a batch's output files.
 pub const FINALIZER_FIELD: &str = "finalizer";
 /// A claim older than this is taken over (its gateway stopped or failed midway).
@@ -71,10 +76,10 @@ pub struct BatchRecord {
     /// When it expired (the completion window passed with requests unfinished).
     #[serde(default)]
     pub expired_at: Option<u64>,
-    /// Each request's `custom_id`, by line.
-    pub custom_ids: Vec<String>,
-    /// Lines refused before running, with why.
-    pub invalid: Vec<(usize, String)>,
+    /// Requests (lines) in the input file.
+    pub total: u64,
+    /// Lines refused before running.
+    pub refused: u64,
     /// The results file.
     pub output_file_id: Option<String>,
     /// The errors file.
@@ -106,9 +111,44 @@ pub fn unknown_batch(id: &str) -> ApiError {
     ApiError::not_found("batch_not_found", "batch_id", format!("batch {id:?} does not exist or expired"))
 }
 
+/// What each line of a batch's input became.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BatchLines {
+    /// Each request's `custom_id`, by line.
+    pub custom_ids: Vec<String>,
+    /// Lines refused before running, with why, by line.
+    pub invalid: Vec<(usize, String)>,
+}
+
+impl BatchLines {
+    /// The lines that run as jobs: every line but the refused ones.
+    pub fn job_lines(&self) -> Vec<usize> {
+        let refused: std::collections::HashSet<usize> = self.invalid.iter().map(|(l, _)| *l).collect();
+        (0..self.custom_ids.len()).filter(|l| !refused.contains(l)).collect()
+    }
+
+    fn to_json(&self) -> Result<String, ApiError> {
+        serde_json::to_string(self).map_err(|e| ApiError::internal(e.to_string()))
+    }
+
+    /// Batch `id`'s lines.
+    pub async fn load(gw: &Gateway, id: &str) -> Result<BatchLines, ApiError> {
+        let mut conn = gw.records().await?;
+        let raw: Option<String> = redis::cmd("HGET").arg(gw.keys().openai_batch(id)).arg(LINES_FIELD).query_async(&mut conn).await.map_err(redis_error)?;
+        let raw = raw.ok_or_else(|| unknown_batch(id))?;
+        serde_json::from_str(&raw).map_err(|e| ApiError::internal(format!("batch {id} has unreadable lines: {e}")))
+    }
+
+    /// Replaces batch `id`'s lines (more refused after publishing).
+    pub async fn save(&self, gw: &Gateway, id: &str) -> Result<(), ApiError> {
+        let mut conn = gw.records().await?;
+        redis::cmd("HSET").arg(gw.keys().openai_batch(id)).arg(LINES_FIELD).arg(self.to_json()?).query_async::<()>(&mut conn).await.map_err(redis_error)
+    }
+}
+
 impl BatchRecord {
-    /// Stores a new record (with the files' TTL) and lists it.
-    pub async fn save_new(&self, gw: &Gateway) -> Result<(), ApiError> {
+    /// Stores a new record and its lines (with the files' TTL) and lists it.
+    pub async fn save_new(&self, gw: &Gateway, lines: &BatchLines) -> Result<(), ApiError> {
         let mut conn = gw.records().await?;
         let key = gw.keys().openai_batch(&self.id);
         let json = serde_json::to_string(self).map_err(|e| ApiError::internal(e.to_string()))?;
@@ -117,6 +157,8 @@ impl BatchRecord {
             .arg(&key)
             .arg(RECORD_FIELD)
             .arg(json)
+            .arg(LINES_FIELD)
+            .arg(lines.to_json()?)
             .ignore()
             .cmd("EXPIRE")
             .arg(&key)
@@ -174,21 +216,15 @@ impl BatchRecord {
         }
     }
 
-    /// The lines that run as jobs: every line but the refused ones.
-    pub fn job_lines(&self) -> Vec<usize> {
-        let refused: std::collections::HashSet<usize> = self.invalid.iter().map(|(l, _)| *l).collect();
-        (0..self.custom_ids.len()).filter(|l| !refused.contains(l)).collect()
-    }
-
     /// Counts from the workers' per-status counters of the batch's jobs, plus the refused lines.
     pub async fn counts(&self, gw: &Gateway) -> Result<RequestCounts, ApiError> {
         let mut conn = gw.records().await?;
         let raw: BTreeMap<String, u64> = redis::cmd("HGETALL").arg(gw.keys().batch(&self.id)).query_async(&mut conn).await.map_err(redis_error)?;
         let n = |k: &str| raw.get(k).copied().unwrap_or(0);
         Ok(RequestCounts {
-            total: self.custom_ids.len() as u64,
+            total: self.total,
             completed: n("done"),
-            failed: self.invalid.len() as u64 + n("failed") + n("expired") + n("cancelled"),
+            failed: self.refused + n("failed") + n("expired") + n("cancelled"),
         })
     }
 

@@ -4,6 +4,7 @@
 //! count adds the job to its batch exactly once. Works on one server or a Redis Cluster
 //! ([`RedisConn`]).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -199,7 +200,8 @@ impl ResultSink for RedisSink {
             )
             .await?;
         let mut written = Vec::with_capacity(results.len());
-        let mut counts = Vec::new();
+        // One count per batch for all its jobs here (a bulk file's jobs finish together).
+        let mut by_batch: BTreeMap<&str, Vec<(&str, String)>> = BTreeMap::new();
         for (f, answer) in results.iter().zip(&answers) {
             let answer = written_or_status(answer);
             let fresh = answer.0;
@@ -208,11 +210,20 @@ impl ResultSink for RedisSink {
             // may have died between its write and its count.
             let status = if fresh { f.result.status.map(|s| s.as_str().to_string()) } else { answer.1 };
             if let (Some(batch), Some(status)) = (&f.batch, status) {
-                let mut cmd = scripts().count_in_batch.call(&self.conn, &[self.keys.batch(batch), self.keys.batch_members(batch)]);
-                cmd.arg(self.ttl_secs).arg(&f.result.id).arg(status);
-                counts.push(cmd);
+                by_batch.entry(batch).or_default().push((&f.result.id, status));
             }
         }
+        let counts: Vec<Cmd> = by_batch
+            .into_iter()
+            .map(|(batch, jobs)| {
+                let mut cmd = scripts().count_in_batch.call(&self.conn, &[self.keys.batch(batch), self.keys.batch_members(batch)]);
+                cmd.arg(self.ttl_secs);
+                for (id, status) in jobs {
+                    cmd.arg(id).arg(status);
+                }
+                cmd
+            })
+            .collect();
         self.run(&counts).await?;
         Ok(written)
     }
