@@ -32,6 +32,12 @@ pub const DEAD_LETTERED_TOTAL: &str = "genq_dead_lettered_total";
 pub const WORKER_INFO: &str = "genq_worker_info";
 /// Tokens held in the KV caches of the running sequences (gauge).
 pub const KV_CACHE_TOKENS: &str = "genq_kv_cache_tokens";
+/// Counter: prompt tokens a worker copied from its prefix cache instead of computing them.
+pub const PREFIX_CACHE_HIT_TOKENS_TOTAL: &str = "genq_prefix_cache_hit_tokens_total";
+/// Gauge: tokens held in a worker's prefix cache.
+pub const PREFIX_CACHE_TOKENS: &str = "genq_prefix_cache_tokens";
+/// Counter: prompt blocks evicted from a worker's prefix cache to make room.
+pub const PREFIX_CACHE_EVICTIONS_TOTAL: &str = "genq_prefix_cache_evictions_total";
 /// Connections re-established after a loss, by `target` (`amqp`, `redis`).
 pub const RECONNECTS_TOTAL: &str = "genq_reconnects_total";
 /// Estimated tokens (prompt + `max_new_tokens`) of jobs this worker holds but has not yet

@@ -114,8 +114,11 @@ pub struct WorkerSettings {
     pub cpu_kernel: String,
     /// Prompt tokens prefilled per engine step at most, so running sequences keep decoding.
     pub max_prefill_tokens: usize,
+    /// MiB of prompt blocks' keys and values kept for later jobs that start with the same
+    /// tokens (the CPU path's prefix cache); 0 turns it off.
+    pub prefix_cache_mib: usize,
     /// Unacked deliveries held at once per consumer (AMQP `basic_qos`; a worker consumes the
-    /// model's two queues, so up to twice this), which bounds memory.
+    /// model's three queues, so up to three times this), which bounds memory.
     pub prefetch: u16,
     /// Most sequences in the running batch.
     pub max_batch_size: usize,
@@ -153,6 +156,7 @@ impl Default for WorkerSettings {
             weights: "auto".into(),
             cpu_kernel: "auto".into(),
             max_prefill_tokens: 512,
+            prefix_cache_mib: 256,
             prefetch: 64,
             max_batch_size: 16,
             batch_wait_ms: 5,

@@ -69,6 +69,9 @@ struct Cli {
     /// Prompt tokens prefilled per step at most [worker.max_prefill_tokens; default 512].
     #[arg(long)]
     max_prefill_tokens: Option<usize>,
+    /// MiB of prompt prefixes kept for reuse, 0 = off [worker.prefix_cache_mib; default 256].
+    #[arg(long)]
+    prefix_cache_mib: Option<usize>,
     /// Results per Redis round trip [worker.write_batch_size; default 64].
     #[arg(long)]
     write_batch_size: Option<usize>,
@@ -119,6 +122,7 @@ impl Cli {
             .set("worker.max_batch_size", self.max_batch_size)
             .set("worker.batch_wait_ms", self.batch_wait_ms)
             .set("worker.max_prefill_tokens", self.max_prefill_tokens)
+            .set("worker.prefix_cache_mib", self.prefix_cache_mib)
             .set("worker.write_batch_size", self.write_batch_size)
             .set("worker.write_wait_ms", self.write_wait_ms)
             .set("worker.max_body_bytes", self.max_body_bytes)

@@ -8,6 +8,8 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, 
 
 use genq_shared::metrics as names;
 
+use crate::engine::PrefixStats;
+
 /// Every worker metric. Clones share the same underlying series.
 #[derive(Clone)]
 pub struct WorkerMetrics {
@@ -45,6 +47,12 @@ pub struct WorkerMetrics {
     pub worker_info: IntGaugeVec,
     /// Tokens held in the running sequences' KV caches.
     pub kv_cache_tokens: IntGauge,
+    /// Prompt tokens copied from the prefix cache.
+    pub prefix_hit_tokens: IntCounter,
+    /// Tokens held in the prefix cache.
+    pub prefix_tokens: IntGauge,
+    /// Prefix cache blocks evicted.
+    pub prefix_evictions: IntCounter,
     /// Reconnects by target; use [`WorkerMetrics::reconnected`].
     pub reconnects: IntCounterVec,
     /// Estimated tokens of jobs received and not yet admitted (see `crate::backlog`).
@@ -129,6 +137,9 @@ impl WorkerMetrics {
             dead_lettered: counter(&registry, names::DEAD_LETTERED_TOTAL, "Messages dead-lettered because they are not jobs.")?,
             worker_info,
             kv_cache_tokens: gauge(&registry, names::KV_CACHE_TOKENS, "Tokens held in the running sequences' KV caches.")?,
+            prefix_hit_tokens: counter(&registry, names::PREFIX_CACHE_HIT_TOKENS_TOTAL, "Prompt tokens copied from the prefix cache instead of computed.")?,
+            prefix_tokens: gauge(&registry, names::PREFIX_CACHE_TOKENS, "Tokens held in the prefix cache.")?,
+            prefix_evictions: counter(&registry, names::PREFIX_CACHE_EVICTIONS_TOTAL, "Prefix cache blocks evicted to make room.")?,
             reconnects,
             waiting_tokens: gauge(
                 &registry,
@@ -142,6 +153,13 @@ impl WorkerMetrics {
             registry,
             health: crate::health::Health::new(),
         })
+    }
+
+    /// Brings the prefix cache metrics to `now`, `before` being what they showed last.
+    pub fn prefix_cache(&self, before: PrefixStats, now: PrefixStats) {
+        self.prefix_hit_tokens.inc_by(now.hit_tokens.saturating_sub(before.hit_tokens));
+        self.prefix_evictions.inc_by(now.evicted_blocks.saturating_sub(before.evicted_blocks));
+        self.prefix_tokens.set(i64::try_from(now.held_tokens).unwrap_or(i64::MAX));
     }
 
     /// Counts a connection to `target` (`amqp`, `redis`) re-established after a loss.

@@ -524,6 +524,7 @@ pub(crate) fn spawn_engine_thread<R: Send + 'static>(
         let mut out = Vec::new();
         // Replies of events nobody took (the writer is gone): handed back with the rest.
         let mut undelivered: Vec<R> = Vec::new();
+        let mut last_prefix = crate::engine::PrefixStats::default();
         // Cancel requests not matched yet: the job may still be in the channel.
         let mut to_cancel: HashSet<String> = HashSet::new();
         loop {
@@ -586,6 +587,9 @@ pub(crate) fn spawn_engine_thread<R: Send + 'static>(
                 // After the step, so sequences that just finished no longer count while idle.
                 m.running_sequences.set(sched.running() as i64);
                 m.kv_cache_tokens.set(engine.cached_tokens() as i64);
+                let prefix = engine.prefix_cache();
+                m.prefix_cache(last_prefix, prefix);
+                last_prefix = prefix;
             }
             let ids = sched.job_ids();
             holding_tx.send_if_modified(|held| {

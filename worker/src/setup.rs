@@ -66,7 +66,8 @@ pub fn build_engine(worker: &WorkerSettings) -> Result<Box<dyn Engine>, RunnerEr
                 weights: weights_for_device(&worker.weights, &worker.device, worker.max_batch_size)?,
             };
             let engine = LlamaEngine::load(&settings)
-                .map_err(|e| RunnerError::Load { path: path.display().to_string(), message: e.to_string() })?;
+                .map_err(|e| RunnerError::Load { path: path.display().to_string(), message: e.to_string() })?
+                .with_prefix_cache(worker.prefix_cache_mib << 20);
             Ok(Box::new(engine))
         }
     }

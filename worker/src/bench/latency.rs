@@ -101,6 +101,10 @@ impl Engine for Stamped {
     fn cached_tokens(&self) -> usize {
         self.inner.cached_tokens()
     }
+
+    fn prefix_cache(&self) -> crate::engine::PrefixStats {
+        self.inner.prefix_cache()
+    }
 }
 
 /// About `bytes` of lowercase pseudo-words (seeded), so a tokenizer cannot take shortcuts on

@@ -101,6 +101,17 @@ pub struct SeqUpdate {
     pub done: Option<SeqDone>,
 }
 
+/// What an engine's prefix cache did (all zeros for an engine without one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PrefixStats {
+    /// Prompt tokens copied from the cache instead of computed, in all.
+    pub hit_tokens: u64,
+    /// Tokens held now.
+    pub held_tokens: u64,
+    /// Blocks evicted to make room, in all.
+    pub evicted_blocks: u64,
+}
+
 /// Bounds on one step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StepLimits {
@@ -173,4 +184,9 @@ pub trait Engine: Send {
     /// Tokens held in the KV caches of the admitted sequences (prompt tokens prefilled plus
     /// tokens generated), for the `genq_kv_cache_tokens` gauge.
     fn cached_tokens(&self) -> usize;
+
+    /// What the prefix cache did so far, for the `genq_prefix_cache_*` metrics.
+    fn prefix_cache(&self) -> PrefixStats {
+        PrefixStats::default()
+    }
 }

@@ -55,6 +55,23 @@ impl KvCache {
         self.len == 0
     }
 
+    /// Keys and values of positions `from..to` of every layer (`row` values per position).
+    pub(super) fn positions(&self, from: usize, to: usize, row: usize) -> Vec<(Vec<f16>, Vec<f16>)> {
+        assert!(from <= to && to <= self.len, "positions {from}..{to} of a cache of {}", self.len);
+        self.layers.iter().map(|l| (l.k[from * row..to * row].to_vec(), l.v[from * row..to * row].to_vec())).collect()
+    }
+
+    /// Appends `n` positions of every layer, as [`KvCache::positions`] gave them: they become
+    /// positions `len..len + n`.
+    pub(super) fn append_positions(&mut self, layers: &[(Vec<f16>, Vec<f16>)], n: usize) {
+        assert_eq!(layers.len(), self.layers.len(), "a block of another model");
+        for (l, (k, v)) in self.layers.iter_mut().zip(layers) {
+            l.k.extend_from_slice(k);
+            l.v.extend_from_slice(v);
+        }
+        self.len += n;
+    }
+
     /// Drops layers written past `len` (after a failed forward).
     pub(super) fn rollback(&mut self, row: usize) {
         for l in &mut self.layers {

@@ -20,6 +20,7 @@
 //! - [`chat`]: chat templates.
 //! - [`prompt`]: the prompt encoder (template and tokenizer), run before admission.
 //! - [`samples`]: jobs with several samples (`n`), which share one prefill.
+//! - [`prefix`]: the CPU path's prefix cache (prompt blocks computed once, reused by later jobs).
 //!
 //! This module owns the sequences' life: admission (context checks), the
 //! step plan (prefill chunks under the token budget plus one token per decoding sequence),
@@ -38,6 +39,7 @@ mod linear;
 mod logprobs;
 pub mod model;
 pub(crate) mod packed;
+pub mod prefix;
 mod prompt;
 pub(crate) mod sampler;
 mod samples;
@@ -62,6 +64,7 @@ pub use self::model::WeightFormat;
 use self::backend::{Backend, DeviceChoice, SeqCache, StepInput};
 use self::model::HfConfig;
 use self::prompt::LlamaPrompts;
+use self::prefix::{block_keys, PrefixCache, BLOCK_TOKENS};
 use self::sampler::Sampler;
 use self::samples::Samples;
 use self::tokenizer::hf::{json_ids, token_text};
@@ -69,7 +72,7 @@ use self::tokenizer::{SpecialIds, Tokenizer};
 use super::stops::StopMatcher;
 use super::{
     check_score_length, input_field, AdmitError, Admitted, Engine, EngineError, EngineInfo,
-    Logprobs, PromptEncoder, Score, SeqDone, SeqId, SeqUpdate, StepLimits,
+    Logprobs, PrefixStats, PromptEncoder, Score, SeqDone, SeqId, SeqUpdate, StepLimits,
 };
 use self::logprobs::{log_prob, token_logprob, TokenTexts};
 use genq_shared::result::TokenLogprob;
@@ -169,6 +172,10 @@ struct Sequence {
     /// Another sample of a job, waiting for the job's own sequence to prefill the prompt (it
     /// then starts from a copy of that cache); not stepped meanwhile.
     parked: bool,
+    /// The prefix cache's keys of the prompt's whole blocks.
+    block_keys: Vec<u64>,
+    /// Prompt blocks already offered to the prefix cache.
+    offered_blocks: usize,
     cache: SeqCache,
     /// The last sampled token, fed at the next step.
     pending: Option<u32>,
@@ -216,6 +223,8 @@ pub struct LlamaEngine {
     seqs: BTreeMap<SeqId, Sequence>,
     /// Jobs with several samples.
     samples: Samples,
+    /// Prompt blocks computed before (CPU path; none when off).
+    prefix: Option<PrefixCache>,
 }
 
 fn weights_err(path: &Path) -> impl FnOnce(candle_core::Error) -> LoadError + '_ {
@@ -280,6 +289,7 @@ impl LlamaEngine {
             model,
             seqs: BTreeMap::new(),
             samples: Samples::default(),
+            prefix: None,
         })
     }
 
@@ -389,6 +399,16 @@ impl LlamaEngine {
         }
     }
 
+    /// Keeps up to `bytes` of prompt blocks' keys and values for later jobs that start with the
+    /// same tokens (`worker.prefix_cache_mib`; 0 turns it off). The CPU path only: on a device
+    /// every prompt is prefilled in full.
+    pub fn with_prefix_cache(mut self, bytes: usize) -> Self {
+        let cfg = self.model.config();
+        let row = cfg.kv_heads * cfg.head_dim;
+        self.prefix = (bytes > 0 && self.model.copies_caches()).then(|| PrefixCache::new(bytes, row));
+        self
+    }
+
     /// A sequence for `job` (one of its samples), drawing with `seed`; `parked` waits for the
     /// job's own sequence to prefill the prompt.
     fn new_sequence(&self, job: &ValidJob, prompt: Vec<u32>, seed: u64, max_new: usize, parked: bool) -> Sequence {
@@ -402,6 +422,8 @@ impl LlamaEngine {
         };
         Sequence {
             kind: job.kind,
+            block_keys: if self.prefix.is_some() { block_keys(&prompt) } else { Vec::new() },
+            offered_blocks: 0,
             cache: self.model.new_cache(if parked { 0 } else { positions }),
             detok: Detokenizer::new(&prompt),
             prompt,
@@ -418,6 +440,40 @@ impl LlamaEngine {
             prompt_top_logprobs: job.prompt_logprobs.map(|k| k as usize),
             generated_logprobs: Vec::new(),
             prompt_logprobs: Vec::new(),
+        }
+    }
+
+    /// Before a prefilling sequence's next chunk: copies the prompt blocks the prefix cache holds
+    /// into its cache. True when it should wait this step instead, its next block being computed
+    /// by another sequence (it copies that block next step).
+    fn reuse_prefix(prefix: &mut PrefixCache, seq: &mut Sequence, computing: &std::collections::HashSet<u64>) -> bool {
+        // Score jobs and prompt log-probs read every prompt row: they compute them all.
+        if seq.reads_prompt_rows() {
+            return false;
+        }
+        let SeqCache::Cpu(cache) = &mut seq.cache else { return false };
+        if cache.len() != seq.prefilled {
+            return false;
+        }
+        seq.prefilled += prefix.extend(&seq.prompt, &seq.block_keys, cache);
+        let next = seq.prefilled / BLOCK_TOKENS;
+        seq.prefilled % BLOCK_TOKENS == 0
+            && (next + 1) * BLOCK_TOKENS < seq.prompt.len()
+            && seq.block_keys.get(next).is_some_and(|k| computing.contains(k) && !prefix.holds(*k))
+    }
+
+    /// After a forward: the prompt blocks the step's prefilling sequences completed go to the
+    /// prefix cache.
+    fn offer_prefixes(&mut self, in_step: &[(SeqId, usize)]) {
+        let Some(prefix) = self.prefix.as_mut() else { return };
+        for (id, _) in in_step {
+            let Some(seq) = self.seqs.get_mut(id) else { continue };
+            if seq.pending.is_some() || seq.offered_blocks >= seq.block_keys.len() {
+                continue;
+            }
+            if let SeqCache::Cpu(cache) = &seq.cache {
+                seq.offered_blocks = prefix.offer(&seq.prompt, &seq.block_keys, cache, seq.offered_blocks);
+            }
         }
     }
 
@@ -705,9 +761,17 @@ impl Engine for LlamaEngine {
         let mut budget = limits.max_prefill_tokens.max(1);
         let mut in_step: Vec<(SeqId, usize)> = Vec::new();
         let mut inputs: Vec<StepInput<'_>> = Vec::new();
+        // Prompt blocks being computed this step: a sequence about to compute one of them waits
+        // a step and copies it from the prefix cache instead.
+        let mut computing: std::collections::HashSet<u64> = std::collections::HashSet::new();
         for (&id, seq) in self.seqs.iter_mut() {
             if seq.parked {
                 continue;
+            }
+            if let (None, Some(prefix)) = (&seq.pending, self.prefix.as_mut()) {
+                if Self::reuse_prefix(prefix, seq, &computing) {
+                    continue;
+                }
             }
             let tokens: &[u32] = match &seq.pending {
                 Some(t) => std::slice::from_ref(t),
@@ -717,6 +781,8 @@ impl Engine for LlamaEngine {
                         continue;
                     }
                     budget -= n;
+                    let blocks = seq.prefilled / BLOCK_TOKENS..(seq.prefilled + n).div_ceil(BLOCK_TOKENS);
+                    computing.extend(blocks.filter_map(|b| seq.block_keys.get(b).copied()));
                     &seq.prompt[seq.prefilled..seq.prefilled + n]
                 }
             };
@@ -736,6 +802,7 @@ impl Engine for LlamaEngine {
             .forward(&mut inputs)
             .map_err(|e| EngineError(format!("forward: {e}")))?;
         drop(inputs);
+        self.offer_prefixes(&in_step);
         let vocab = self.model.config().vocab;
         model::with_f32(&logits, |logits| self.accept_step(in_step, logits, vocab))
             .map_err(|e| EngineError(format!("reading logits: {e}")))?
@@ -754,5 +821,9 @@ impl Engine for LlamaEngine {
 
     fn cached_tokens(&self) -> usize {
         self.seqs.values().map(|s| s.cache.len()).sum()
+    }
+
+    fn prefix_cache(&self) -> PrefixStats {
+        self.prefix.as_ref().map(PrefixCache::stats).unwrap_or_default()
     }
 }

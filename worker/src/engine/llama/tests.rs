@@ -15,6 +15,7 @@ use crate::engine::{Engine, SeqDone, SeqId, StepLimits};
 
 mod archs;
 mod logprobs;
+mod prefix;
 mod samples;
 
 fn gguf_path() -> PathBuf {

@@ -1,0 +1,65 @@
+//! The prefix cache on the real model (packed CPU path): jobs sharing a long prompt prefix get
+//! the same tokens and log-probs, bit for bit, with the cache on (the prefix copied, in the same
+//! batch or a later one), off, or too small to hold it all (blocks evicted).
+
+use std::collections::BTreeMap;
+
+use super::{job, run_to_end, smollm2, Outcome};
+use crate::engine::llama::{LlamaEngine, WeightFormat};
+use crate::engine::{Engine, PrefixStats, SeqId};
+
+const SYSTEM: &str = "You are a careful assistant. Answer in one short sentence, plainly, without lists, \
+    without greetings and without repeating the question. If you do not know, say so. Facts only, please, \
+    and keep the tone friendly but brief. Use plain words a child would know, give numbers as digits, name \
+    places the way an atlas does, and when a question has two readings, answer the more common one. Never \
+    guess a date, never invent a source, and never add a second sentence to explain the first.";
+
+/// Jobs on one shared prefix: greedy with log-probs, seeded sampling, a score job, a chat job.
+fn wave(tag: &str) -> Vec<String> {
+    let q = |i: usize| format!("{SYSTEM} Question {tag}{i}: what is {i} plus {i}?");
+    vec![
+        format!(r#"{{"id":"g","prompt":"{}","max_new_tokens":8,"temperature":0,"logprobs":2}}"#, q(1)),
+        format!(r#"{{"id":"s","prompt":"{}","max_new_tokens":8,"temperature":0.9,"seed":5}}"#, q(2)),
+        format!(r#"{{"id":"k","kind":"score","prompt":"{}"}}"#, q(3)),
+        format!(r#"{{"id":"c","messages":[{{"role":"system","content":"{SYSTEM}"}},{{"role":"user","content":"Name a {tag} colour."}}],"max_new_tokens":6,"temperature":0}}"#),
+        format!(r#"{{"id":"l","prompt":"{}","max_new_tokens":4,"temperature":0,"prompt_logprobs":1}}"#, q(4)),
+    ]
+}
+
+/// Runs two waves of jobs (the second after the first finished) with a prefix cache of
+/// `budget` bytes (none for 0); their outcomes by (wave, job), and what the cache did.
+fn run(budget: usize) -> (BTreeMap<(usize, usize), Outcome>, PrefixStats) {
+    let mut e: LlamaEngine = smollm2(WeightFormat::Packed).with_prefix_cache(budget);
+    let mut all = BTreeMap::new();
+    for (w, tag) in ["a", "b"].into_iter().enumerate() {
+        for (i, json) in wave(tag).iter().enumerate() {
+            e.encode_and_admit((w * 10 + i) as SeqId, &job(json), 11).expect("admit");
+        }
+        for (id, out) in run_to_end(&mut e, 64) {
+            all.insert((w, id as usize % 10), out);
+        }
+    }
+    (all, e.prefix_cache())
+}
+
+#[test]
+#[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
+fn the_prefix_cache_changes_no_token_and_no_log_prob() {
+    let (off, none) = run(0);
+    assert_eq!(none, PrefixStats::default(), "no cache, nothing done");
+    let (on, stats) = run(64 << 20);
+    let (tight, squeezed) = run(600 << 10);
+    for (key, want) in &off {
+        for (name, got) in [("on", &on[key]), ("tight", &tight[key])] {
+            assert_eq!(got.text, want.text, "{name}: text of job {key:?}");
+            assert_eq!(got.tokens, want.tokens, "{name}: tokens of job {key:?}");
+            assert_eq!(got.done, want.done, "{name}: log-probs, scores and finish of job {key:?}");
+        }
+    }
+    // Over 100 tokens shared: in the first wave the sampled job copies what the greedy one
+    // computed (it waits a step for it); in the second, both and the chat job copy theirs. The
+    // score and prompt log-prob jobs read every prompt row, so they compute their own.
+    assert!(stats.hit_tokens >= 4 * 96, "the shared prefix was reused: {stats:?}");
+    assert!(stats.held_tokens > 0 && stats.evicted_blocks == 0, "{stats:?}");
+    assert!(squeezed.evicted_blocks > 0, "a budget of a few blocks evicts: {squeezed:?}");
+}
