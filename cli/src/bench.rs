@@ -88,6 +88,15 @@ struct EngineBenchArgs {
     /// Threads for llama.cpp (default: all cores, like candle).
     #[arg(long)]
     threads: Option<usize>,
+    /// Tokens of a prompt prefix all the batch's sequences share, before their own
+    /// `--prompt-tokens` (0: none).
+    #[arg(long, default_value_t = 0)]
+    shared_prefix_tokens: usize,
+    /// The prefix cache: `on` (`worker.prefix_cache_mib`, at least 64), `off`, or `both` (each
+    /// batch size off, then on, and the time ratio). Default: `both` with
+    /// `--shared-prefix-tokens`, else as `worker.prefix_cache_mib` sets it.
+    #[arg(long)]
+    prefix_cache: Option<String>,
     /// Packed-weight kernels to run one after the other in this run (comma-separated, e.g.
     /// `amx,avx512-vnni`); each result line names its kernel. Default: `--cpu-kernel`'s.
     #[arg(long, value_delimiter = ',')]
@@ -128,21 +137,41 @@ fn engine_bench(common: &CommonArgs, args: EngineBenchArgs) -> anyhow::Result<Ex
     args.model.apply(&mut more);
     let settings = common.settings(more)?;
     let kernels = if args.cpu_kernels.is_empty() { vec![settings.worker.cpu_kernel.clone()] } else { args.cpu_kernels.clone() };
+    let cache_mib = |on: bool| if on { settings.worker.prefix_cache_mib.max(64) } else { 0 };
+    let caches: Vec<usize> = match args.prefix_cache.as_deref() {
+        None if args.shared_prefix_tokens > 0 => vec![cache_mib(false), cache_mib(true)],
+        None => vec![settings.worker.prefix_cache_mib],
+        Some("on") => vec![cache_mib(true)],
+        Some("off") => vec![cache_mib(false)],
+        Some("both") => vec![cache_mib(false), cache_mib(true)],
+        Some(other) => anyhow::bail!("--prefix-cache {other:?}: expected on, off or both"),
+    };
     let mut ours = Vec::new();
     for kernel in kernels {
-        let mut worker = settings.worker.clone();
-        worker.cpu_kernel = kernel;
-        let mut engine = setup::build_engine(&worker)?;
         for &batch in &args.batch_sizes {
+            let prompt = args.shared_prefix_tokens + args.prompt_tokens;
             let spec = EngineBenchSpec {
                 batch,
                 prompt_tokens: args.prompt_tokens,
                 new_tokens: args.new_tokens,
-                max_prefill_tokens: if args.max_prefill_tokens == 0 { batch * args.prompt_tokens * 2 } else { args.max_prefill_tokens },
+                max_prefill_tokens: if args.max_prefill_tokens == 0 { batch * prompt * 2 } else { args.max_prefill_tokens },
+                shared_prefix_tokens: args.shared_prefix_tokens,
             };
-            let r = run_engine_bench(engine.as_mut(), &spec)?;
-            println!("{}", serde_json::to_string(&r)?);
-            ours.push(r);
+            let mut runs = Vec::new();
+            for &mib in &caches {
+                // A fresh engine per run, so no run finds what another left in the cache.
+                let mut worker = settings.worker.clone();
+                worker.cpu_kernel = kernel.clone();
+                worker.prefix_cache_mib = mib;
+                let mut engine = setup::build_engine(&worker)?;
+                let r = run_engine_bench(engine.as_mut(), &spec)?;
+                println!("{}", serde_json::to_string(&r)?);
+                runs.push(r);
+            }
+            if let [off, on] = &runs[..] {
+                println!("{}", json!({"ratio": "prefix cache off/on", "batch": batch, "seconds": off.seconds / on.seconds}));
+            }
+            ours.extend(runs);
         }
     }
     if args.vs_llamacpp {

@@ -25,6 +25,8 @@ pub struct EngineBenchSpec {
     pub new_tokens: usize,
     /// Prompt tokens prefilled per step at most.
     pub max_prefill_tokens: usize,
+    /// Tokens of a prompt prefix every sequence shares, before its own `prompt_tokens` (0: none).
+    pub shared_prefix_tokens: usize,
 }
 
 /// Figures of one run.
@@ -50,12 +52,18 @@ pub struct EngineBenchResult {
     pub seconds: f64,
     /// Peak resident memory of the process so far, MiB.
     pub peak_rss_mib: f64,
+    /// Approximate tokens of the prefix every prompt shared.
+    pub shared_prefix_tokens: usize,
+    /// Prompt tokens the engine copied from its prefix cache during the run.
+    pub prefix_hit_tokens: u64,
 }
 
-/// A prompt of roughly `tokens` tokens for a BPE vocabulary (~1 token per short word).
+/// A prompt of roughly `tokens` tokens for a BPE vocabulary (~1 token per short word). Prompts
+/// of different `salt`s (below 132) differ from their second word on, so they share no prefix.
 pub fn bench_prompt(tokens: usize, salt: usize) -> String {
     const WORDS: &[&str] = &["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "and", "runs", "far", "away"];
-    (0..tokens.max(1)).map(|i| WORDS[(i + salt) % WORDS.len()]).collect::<Vec<_>>().join(" ")
+    let stride = 1 + salt / WORDS.len();
+    (0..tokens.max(1)).map(|i| WORDS[(i * stride + salt) % WORDS.len()]).collect::<Vec<_>>().join(" ")
 }
 
 /// Peak resident set size of this process in MiB (Linux; 0 elsewhere).
@@ -73,6 +81,11 @@ pub fn peak_rss_mib() -> f64 {
 /// Runs `spec` on `engine` to completion.
 pub fn run_engine_bench(engine: &mut dyn Engine, spec: &EngineBenchSpec) -> Result<EngineBenchResult, EngineError> {
     let mut prompt_total = 0usize;
+    let hits_before = engine.prefix_cache().hit_tokens;
+    let shared = match spec.shared_prefix_tokens {
+        0 => String::new(),
+        n => format!("{} | ", bench_prompt(n, 0)),
+    };
     for i in 0..spec.batch {
         let req = JobRequest {
             id: Some(format!("bench-{i}")),
@@ -80,7 +93,7 @@ pub fn run_engine_bench(engine: &mut dyn Engine, spec: &EngineBenchSpec) -> Resu
             min_new_tokens: Some(spec.new_tokens as u32),
             temperature: Some(0.0),
             model: Some(engine.info().model.clone()),
-            ..JobRequest::prompt(bench_prompt(spec.prompt_tokens, i))
+            ..JobRequest::prompt(format!("{shared}{}", bench_prompt(spec.prompt_tokens, i)))
         };
         let job = validate(&req, &Limits::default()).map_err(|e| EngineError(e.to_string()))?;
         let admitted = engine.encode_and_admit(i as u64 + 1, &job, 0).map_err(|e| EngineError(e.to_string()))?;
@@ -119,6 +132,8 @@ pub fn run_engine_bench(engine: &mut dyn Engine, spec: &EngineBenchSpec) -> Resu
         total_generated_tokens_per_s: generated as f64 / seconds.max(1e-9),
         seconds,
         peak_rss_mib: peak_rss_mib(),
+        shared_prefix_tokens: spec.shared_prefix_tokens,
+        prefix_hit_tokens: engine.prefix_cache().hit_tokens - hits_before,
     })
 }
 
@@ -128,9 +143,16 @@ mod tests {
     use crate::engine::echo::EchoEngine;
 
     #[test]
+    fn bench_prompts_share_no_prefix() {
+        let firsts: std::collections::HashSet<String> =
+            (0..128).map(|salt| bench_prompt(8, salt).split(' ').take(2).collect::<Vec<_>>().join(" ")).collect();
+        assert_eq!(firsts.len(), 128, "every prompt starts with its own two words");
+    }
+
+    #[test]
     fn engine_bench_counts_every_generated_token() {
         let mut e = EchoEngine::new("m");
-        let spec = EngineBenchSpec { batch: 4, prompt_tokens: 8, new_tokens: 10, max_prefill_tokens: 512 };
+        let spec = EngineBenchSpec { batch: 4, prompt_tokens: 8, new_tokens: 10, max_prefill_tokens: 512, shared_prefix_tokens: 0 };
         let r = run_engine_bench(&mut e, &spec).expect("bench");
         assert_eq!(r.prompt_tokens, 8.0);
         assert!(r.total_generated_tokens_per_s > 0.0);

@@ -197,6 +197,7 @@ fn main() -> anyhow::Result<ExitCode> {
                     prompt_tokens,
                     new_tokens,
                     max_prefill_tokens: batch * prompt_tokens * 2,
+                    shared_prefix_tokens: 0,
                 };
                 println!(
                     "{}",
