@@ -90,8 +90,8 @@ pub async fn run(common: &CommonArgs, args: StatusArgs) -> anyhow::Result<ExitCo
         let interval = Duration::from_secs_f64(args.interval.clamp(0.1, 60.0));
         let sampled = futures::future::join_all(args.workers.iter().map(|w| workers::sample(w, interval))).await;
         println!(
-            "{:<24} {:<24} {:<6} {:>9} {:>7} {:>7} {:>7} {:>8} {:>9} {:>8} {:>8}",
-            "WORKER", "MODEL", "DEVICE", "TOKENS/S", "JOBS/S", "RUNNING", "WAITING", "INFLIGHT", "KV-TOKENS", "DONE", "NOT-DONE"
+            "{:<24} {:<24} {:<6} {:>9} {:>7} {:>7} {:>7} {:>8} {:>9} {:>8} {:>8} {:>7}",
+            "WORKER", "MODEL", "DEVICE", "TOKENS/S", "JOBS/S", "RUNNING", "WAITING", "INFLIGHT", "KV-TOKENS", "DONE", "NOT-DONE", "PREFIX%"
         );
         let (mut tokens, mut jobs) = (0.0, 0.0);
         for w in &sampled {
@@ -104,8 +104,19 @@ pub async fn run(common: &CommonArgs, args: StatusArgs) -> anyhow::Result<ExitCo
                     tokens += w.tokens_per_s;
                     jobs += w.jobs_per_s;
                     println!(
-                        "{:<24} {:<24} {:<6} {:>9.1} {:>7.1} {:>7} {:>7} {:>8} {:>9} {:>8} {:>8}",
-                        w.addr, w.model, w.device, w.tokens_per_s, w.jobs_per_s, w.running, w.waiting, w.inflight, w.kv_cache_tokens, w.done, w.not_done
+                        "{:<24} {:<24} {:<6} {:>9.1} {:>7.1} {:>7} {:>7} {:>8} {:>9} {:>8} {:>8} {:>7.1}",
+                        w.addr,
+                        w.model,
+                        w.device,
+                        w.tokens_per_s,
+                        w.jobs_per_s,
+                        w.running,
+                        w.waiting,
+                        w.inflight,
+                        w.kv_cache_tokens,
+                        w.done,
+                        w.not_done,
+                        w.prefix_hit_pct
                     );
                 }
             }

@@ -86,6 +86,8 @@ pub struct WorkerStatus {
     pub done: f64,
     /// Jobs failed, expired or cancelled since the worker started.
     pub not_done: f64,
+    /// Share of the prompt tokens since the worker started that its prefix cache supplied, in %.
+    pub prefix_hit_pct: f64,
 }
 
 /// `host:port` or an `http://` URL of a worker's metrics; the path defaults to `/metrics`.
@@ -135,12 +137,30 @@ pub async fn sample(addr: &str, interval: Duration) -> WorkerStatus {
     status.kv_cache_tokens = total(&now, names::KV_CACHE_TOKENS, None);
     status.done = total(&now, names::JOBS_TOTAL, Some(("status", "done")));
     status.not_done = total(&now, names::JOBS_TOTAL, None) - status.done;
+    status.prefix_hit_pct = hit_pct(total(&now, names::PREFIX_CACHE_HIT_TOKENS_TOTAL, None), total(&now, names::PROMPT_TOKENS_TOTAL, None));
     status
+}
+
+/// `hits` as a percentage of `prompt_tokens` (0 before any prompt).
+fn hit_pct(hits: f64, prompt_tokens: f64) -> f64 {
+    if prompt_tokens > 0.0 {
+        100.0 * hits / prompt_tokens
+    } else {
+        0.0
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_prefix_hit_rate_is_a_share_of_prompt_tokens() {
+        let s = parse("genq_prefix_cache_hit_tokens_total 300\ngenq_prompt_tokens_total 1200\n");
+        let pct = hit_pct(total(&s, names::PREFIX_CACHE_HIT_TOKENS_TOTAL, None), total(&s, names::PROMPT_TOKENS_TOTAL, None));
+        assert_eq!(pct, 25.0);
+        assert_eq!(hit_pct(0.0, 0.0), 0.0, "no prompt yet");
+    }
 
     #[test]
     fn reads_labelled_and_plain_samples() {
