@@ -191,8 +191,10 @@ impl OpenAiRequest {
         self.stream.unwrap_or(false)
     }
 
-    /// How many choices: `n`, within 1..=`max_n`; one when streaming.
+    /// How many choices: `n`, within 1..=`max_n` (at most the wire format's 16); one when
+    /// streaming.
     pub(crate) fn choices(&self, max_n: u32) -> Result<u32, ApiError> {
+        let max_n = max_n.min(genq_shared::valid::MAX_SAMPLES);
         let n = self.n.unwrap_or(1);
         if n == 0 || n > max_n {
             return Err(ApiError::invalid_value("n", format!("must be 1..={max_n} (gateway.max_n)")));

@@ -133,6 +133,11 @@ pub(crate) struct Scheduler<R> {
     solo: Option<SeqId>,
 }
 
+/// Where `p` comes in the admission order ([`Priority::ALL`]).
+fn rank(p: Priority) -> usize {
+    Priority::ALL.iter().position(|&q| q == p).expect("every priority is in ALL")
+}
+
 /// An outcome finished now, with no tokens counted yet; `error` is the message and its fixed kind.
 pub(crate) fn outcome(status: JobStatus, text: String, error: Option<(String, &'static str)>) -> JobOutcome {
     JobOutcome {
@@ -170,8 +175,7 @@ impl<R> Scheduler<R> {
             self.suspects.push_back(job);
             return;
         }
-        let rank = Priority::ALL.iter().position(|&p| p == job.job.priority).expect("every priority is in ALL");
-        self.waiting[rank].push_back(job);
+        self.waiting[rank(job.job.priority)].push_back(job);
     }
 
     /// Jobs waiting for admission.
@@ -224,15 +228,13 @@ impl<R> Scheduler<R> {
         // A job counts as many sequences as it has samples; the first one always fits.
         loop {
             let width: usize = self.running.values().map(|r| r.width).sum();
-            let Some(queue) = self.waiting.iter_mut().find(|q| !q.is_empty()) else { break };
-            let next_width = queue.front().map_or(1, |j| j.job.n as usize);
-            if width > 0 && width + next_width > self.settings.max_batch_size {
+            let Some(next) = self.waiting.iter_mut().find_map(VecDeque::pop_front) else { break };
+            let Some(next) = self.unless_expired(next, events) else { continue };
+            if width > 0 && width + next.job.n as usize > self.settings.max_batch_size {
+                self.waiting[rank(next.job.priority)].push_front(next);
                 break;
             }
-            let Some(next) = queue.pop_front() else { break };
-            if let Some(next) = self.unless_expired(next, events) {
-                self.start(engine, next, events);
-            }
+            self.start(engine, next, events);
         }
     }
 

@@ -106,6 +106,18 @@ impl RequestCounts {
     }
 }
 
+/// A record stored before the lines moved beside it holds them instead of their counts: count them.
+fn counts_from_lines(record: &mut Value) {
+    let Some(fields) = record.as_object_mut() else { return };
+    if fields.contains_key("total") {
+        return;
+    }
+    let len = |k: &str| fields.get(k).and_then(Value::as_array).map_or(0, Vec::len);
+    let (total, refused) = (len("custom_ids"), len("invalid"));
+    fields.insert("total".into(), json!(total));
+    fields.insert("refused".into(), json!(refused));
+}
+
 /// 404 for a batch that does not exist or expired.
 pub fn unknown_batch(id: &str) -> ApiError {
     ApiError::not_found("batch_not_found", "batch_id", format!("batch {id:?} does not exist or expired"))
@@ -131,11 +143,12 @@ impl BatchLines {
         serde_json::to_string(self).map_err(|e| ApiError::internal(e.to_string()))
     }
 
-    /// Batch `id`'s lines.
+    /// Batch `id`'s lines (from its record, for a batch stored before they moved beside it).
     pub async fn load(gw: &Gateway, id: &str) -> Result<BatchLines, ApiError> {
         let mut conn = gw.records().await?;
-        let raw: Option<String> = redis::cmd("HGET").arg(gw.keys().openai_batch(id)).arg(LINES_FIELD).query_async(&mut conn).await.map_err(redis_error)?;
-        let raw = raw.ok_or_else(|| unknown_batch(id))?;
+        let (lines, record): (Option<String>, Option<String>) =
+            redis::cmd("HMGET").arg(gw.keys().openai_batch(id)).arg(LINES_FIELD).arg(RECORD_FIELD).query_async(&mut conn).await.map_err(redis_error)?;
+        let raw = lines.or(record).ok_or_else(|| unknown_batch(id))?;
         serde_json::from_str(&raw).map_err(|e| ApiError::internal(format!("batch {id} has unreadable lines: {e}")))
     }
 
@@ -176,7 +189,10 @@ impl BatchRecord {
         let mut conn = gw.records().await?;
         let raw: Option<String> = redis::cmd("HGET").arg(gw.keys().openai_batch(id)).arg(RECORD_FIELD).query_async(&mut conn).await.map_err(redis_error)?;
         let raw = raw.ok_or_else(|| unknown_batch(id))?;
-        serde_json::from_str(&raw).map_err(|e| ApiError::internal(format!("batch {id} has an unreadable record: {e}")))
+        let unreadable = |e: serde_json::Error| ApiError::internal(format!("batch {id} has an unreadable record: {e}"));
+        let mut value: Value = serde_json::from_str(&raw).map_err(unreadable)?;
+        counts_from_lines(&mut value);
+        serde_json::from_value(value).map_err(unreadable)
     }
 
     /// Saves the record only if its stored status is still `expected` (statuses only move
@@ -240,5 +256,27 @@ impl BatchRecord {
             "request_counts": { "total": counts.total, "completed": counts.completed, "failed": counts.failed },
             "metadata": self.metadata,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_stored_with_its_lines_inside_still_reads() {
+        let old = json!({
+            "id": "batch-1", "endpoint": "/v1/completions", "input_file_id": "file-1", "completion_window": "24h",
+            "status": "in_progress", "metadata": null, "created_at": 1, "in_progress_at": 2, "expires_at": 3,
+            "finalizing_at": null, "completed_at": null, "failed_at": null, "cancelling_at": null, "cancelled_at": null,
+            "custom_ids": ["a", "b", "c"], "invalid": [[1, "`top_p` must be ..."]],
+            "output_file_id": null, "error_file_id": null, "errors": null
+        });
+        let mut value = old.clone();
+        counts_from_lines(&mut value);
+        let rec: BatchRecord = serde_json::from_value(value).expect("reads");
+        assert_eq!((rec.total, rec.refused), (3, 1));
+        let lines: BatchLines = serde_json::from_value(old).expect("its lines read from the record");
+        assert_eq!(lines.job_lines(), vec![0, 2]);
     }
 }

@@ -81,6 +81,22 @@ impl KvCache {
     }
 }
 
+#[cfg(test)]
+impl KvCache {
+    /// A cache of `layers` layers holding `positions` positions of `row` values (each its position).
+    pub(super) fn test_filled(layers: usize, row: usize, positions: usize) -> Self {
+        let values: Vec<f16> = (0..positions * row).map(|i| f16::from_f32((i / row) as f32)).collect();
+        let layers = (0..layers).map(|_| LayerCache { k: values.clone(), v: values.clone() }).collect();
+        Self { layers, len: positions }
+    }
+
+    /// Keeps the first `len` positions.
+    pub(super) fn truncate_for_test(&mut self, len: usize, row: usize) {
+        self.len = len;
+        self.rollback(row);
+    }
+}
+
 /// One sequence's share of a packed step.
 pub struct SeqInput<'a> {
     /// The sequence's cache; its new tokens are appended.

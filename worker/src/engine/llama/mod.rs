@@ -405,7 +405,7 @@ impl LlamaEngine {
     pub fn with_prefix_cache(mut self, bytes: usize) -> Self {
         let cfg = self.model.config();
         let row = cfg.kv_heads * cfg.head_dim;
-        self.prefix = (bytes > 0 && self.model.copies_caches()).then(|| PrefixCache::new(bytes, row));
+        self.prefix = (bytes > 0 && self.model.copies_caches()).then(|| PrefixCache::new(bytes, cfg.layers, row));
         self
     }
 
@@ -457,7 +457,8 @@ impl LlamaEngine {
         }
         seq.prefilled += prefix.extend(&seq.prompt, &seq.block_keys, cache);
         let next = seq.prefilled / BLOCK_TOKENS;
-        seq.prefilled % BLOCK_TOKENS == 0
+        prefix.keeps_blocks()
+            && seq.prefilled % BLOCK_TOKENS == 0
             && (next + 1) * BLOCK_TOKENS < seq.prompt.len()
             && seq.block_keys.get(next).is_some_and(|k| computing.contains(k) && !prefix.holds(*k))
     }
@@ -764,7 +765,13 @@ impl Engine for LlamaEngine {
         // Prompt blocks being computed this step: a sequence about to compute one of them waits
         // a step and copies it from the prefix cache instead.
         let mut computing: std::collections::HashSet<u64> = std::collections::HashSet::new();
-        for (&id, seq) in self.seqs.iter_mut() {
+        // Oldest job first; a job's other samples right after it (where they prefill on their
+        // own, on a device, they must not fall behind every newer job).
+        let mut order: Vec<(SeqId, &mut Sequence)> = self.seqs.iter_mut().map(|(&id, s)| (id, s)).collect();
+        if !self.samples.is_empty() {
+            order.sort_by_key(|(id, _)| (self.samples.job_of(*id), *id));
+        }
+        for (id, seq) in order {
             if seq.parked {
                 continue;
             }

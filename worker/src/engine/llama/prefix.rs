@@ -2,9 +2,11 @@
 //! any later sequence whose prompt starts with the same tokens, so it prefills only the rest.
 //!
 //! A prompt is cut into blocks of [`BLOCK_TOKENS`]; block `i`'s key hashes every token up to its
-//! end, so equal keys mean equal prefixes (the block's own tokens are compared as well). Blocks
-//! are copied in and out, never shared, so a running sequence never holds one: eviction (least
-//! recently used first, within the byte budget) is always safe. The values copied are the ones
+//! end, and a block found by its key is used only if its whole prefix equals the prompt's (so no
+//! hash collision, chance or crafted, can hand a prompt another's keys and values). Blocks are
+//! copied in and out, never shared, so a running sequence never holds one: eviction (least
+//! recently used first, within the byte budget; within one prefix the later blocks go first,
+//! since a block is of no use without those before it) is always safe. The values copied are the ones
 //! the sequence would have computed (a row's keys and values depend only on its prefix and
 //! position), so outputs are the same with and without the cache.
 
@@ -35,7 +37,8 @@ pub(super) fn block_keys(prompt: &[u32]) -> Vec<u64> {
 }
 
 struct Block {
-    tokens: Vec<u32>,
+    /// Every token up to the block's end.
+    prefix: Vec<u32>,
     layers: Vec<(Vec<f16>, Vec<f16>)>,
     bytes: usize,
     /// Clock of its last use.
@@ -45,6 +48,8 @@ struct Block {
 /// The blocks held, within a byte budget.
 pub(super) struct PrefixCache {
     budget_bytes: usize,
+    /// Bytes of one block's keys and values.
+    block_bytes: usize,
     held_bytes: usize,
     /// Keys and values per position (every layer's `kv_heads * head_dim`).
     row: usize,
@@ -54,9 +59,16 @@ pub(super) struct PrefixCache {
 }
 
 impl PrefixCache {
-    /// An empty cache of at most `budget_bytes`, for a model with `row` keys per position.
-    pub(super) fn new(budget_bytes: usize, row: usize) -> Self {
-        Self { budget_bytes, held_bytes: 0, row, blocks: HashMap::new(), clock: 0, stats: PrefixStats::default() }
+    /// An empty cache of at most `budget_bytes`, for a model of `layers` layers with `row` keys
+    /// per position.
+    pub(super) fn new(budget_bytes: usize, layers: usize, row: usize) -> Self {
+        let block_bytes = 2 * BLOCK_TOKENS * row * std::mem::size_of::<f16>() * layers;
+        Self { budget_bytes, block_bytes, held_bytes: 0, row, blocks: HashMap::new(), clock: 0, stats: PrefixStats::default() }
+    }
+
+    /// Whether a block fits in the budget at all (if not, nothing is ever kept).
+    pub(super) fn keeps_blocks(&self) -> bool {
+        self.block_bytes <= self.budget_bytes
     }
 
     /// What it did so far.
@@ -78,51 +90,73 @@ impl PrefixCache {
             return 0;
         }
         let usable = ((prompt.len() - 1) / BLOCK_TOKENS).min(keys.len());
-        let mut added = 0;
-        for b in start / BLOCK_TOKENS..usable {
-            let tokens = &prompt[b * BLOCK_TOKENS..(b + 1) * BLOCK_TOKENS];
-            let Some(block) = self.blocks.get_mut(&keys[b]).filter(|blk| blk.tokens == tokens) else { break };
-            self.clock += 1;
-            block.used = self.clock;
-            cache.append_positions(&block.layers, BLOCK_TOKENS);
-            added += BLOCK_TOKENS;
+        let first = start / BLOCK_TOKENS;
+        let mut found = first;
+        while found < usable && self.blocks.get(&keys[found]).is_some_and(|blk| blk.prefix == prompt[..(found + 1) * BLOCK_TOKENS]) {
+            found += 1;
         }
+        let top = self.stamp(found - first);
+        for b in first..found {
+            let block = self.blocks.get_mut(&keys[b]).expect("found above");
+            block.used = top - (b - first) as u64;
+            cache.append_positions(&block.layers, BLOCK_TOKENS);
+        }
+        let added = (found - first) * BLOCK_TOKENS;
         self.stats.hit_tokens += added as u64;
         added
     }
 
-    /// Offers the whole prompt blocks `cache` holds, from block `from` on: each one not held yet
-    /// is copied in, evicting the least recently used blocks to make room. Returns the block to
-    /// offer from next time.
+    /// Once `cache` holds whole prompt blocks past block `from`: the prompt's blocks it holds go
+    /// into the cache (those not held yet copied in, the others marked used), evicting the least
+    /// recently used blocks of other prefixes to make room, never this one's (a block is of no
+    /// use without those before it). Returns the block to offer from next time.
     pub(super) fn offer(&mut self, prompt: &[u32], keys: &[u64], cache: &KvCache, from: usize) -> usize {
         let whole = (cache.len().min(prompt.len()) / BLOCK_TOKENS).min(keys.len());
-        for b in from..whole {
-            if self.blocks.contains_key(&keys[b]) {
+        if !self.keeps_blocks() || from >= whole {
+            return whole.max(from);
+        }
+        let top = self.stamp(whole);
+        let this_prefix = top + 1 - whole as u64;
+        for b in 0..whole {
+            let prefix = &prompt[..(b + 1) * BLOCK_TOKENS];
+            if let Some(block) = self.blocks.get_mut(&keys[b]) {
+                if block.prefix == prefix {
+                    block.used = top - b as u64;
+                }
                 continue;
             }
-            let bytes = 2 * BLOCK_TOKENS * self.row * std::mem::size_of::<f16>() * cache.layers.len();
-            if bytes > self.budget_bytes {
-                return whole;
+            if !self.make_room(self.block_bytes, this_prefix) {
+                break;
             }
-            self.make_room(bytes);
-            self.clock += 1;
             let layers = cache.positions(b * BLOCK_TOKENS, (b + 1) * BLOCK_TOKENS, self.row);
-            let tokens = prompt[b * BLOCK_TOKENS..(b + 1) * BLOCK_TOKENS].to_vec();
-            self.blocks.insert(keys[b], Block { tokens, layers, bytes, used: self.clock });
+            let bytes = self.block_bytes;
+            self.blocks.insert(keys[b], Block { prefix: prefix.to_vec(), layers, bytes, used: top - b as u64 });
             self.held_bytes += bytes;
         }
         whole
     }
 
-    /// Evicts the least recently used blocks until `bytes` more fit.
-    fn make_room(&mut self, bytes: usize) {
+    /// Use stamps for `n` blocks of one prefix used now: the `i`th from its start gets
+    /// `top - i`, so all are more recent than any before, and earlier blocks more recent than
+    /// later ones (a prefix is evicted from its end). Returns `top`.
+    fn stamp(&mut self, n: usize) -> u64 {
+        self.clock += n as u64;
+        self.clock
+    }
+
+    /// Evicts the least recently used blocks used before `keep_from` until `bytes` more fit;
+    /// false when they cannot.
+    fn make_room(&mut self, bytes: usize, keep_from: u64) -> bool {
         while self.held_bytes + bytes > self.budget_bytes {
-            let Some((&oldest, _)) = self.blocks.iter().min_by_key(|(_, b)| b.used) else { return };
+            let Some((&oldest, _)) = self.blocks.iter().filter(|(_, b)| b.used < keep_from).min_by_key(|(_, b)| b.used) else {
+                return false;
+            };
             if let Some(b) = self.blocks.remove(&oldest) {
                 self.held_bytes -= b.bytes;
                 self.stats.evicted_blocks += 1;
             }
         }
+        true
     }
 }
 
@@ -139,5 +173,23 @@ mod tests {
         assert_eq!(ka.len(), 3, "whole blocks only");
         assert!(ka.iter().zip(&kb).all(|(x, y)| x != y), "a change in block 0 changes every later key");
         assert_eq!(block_keys(&a[..40]), ka[..2], "a shorter prompt has the same first keys");
+    }
+
+    #[test]
+    fn a_prefix_is_evicted_from_its_end_and_a_collision_never_matches() {
+        // Two layers of one position-row each: a block is 2 * 16 * 1 * 2 bytes * 2 layers.
+        let mut c = PrefixCache::new(3 * 128, 2, 1);
+        let prompt: Vec<u32> = (0..64).collect();
+        let keys = block_keys(&prompt);
+        let mut cache = KvCache::test_filled(2, 1, 64);
+        assert_eq!(c.offer(&prompt, &keys, &cache, 0), 4);
+        assert_eq!(c.stats().held_tokens, 48, "three blocks fit: {:?}", c.stats());
+        assert!(c.holds(keys[0]) && c.holds(keys[1]) && !c.holds(keys[3]), "the first blocks stay, the last went");
+        // Another prompt whose key for block 0 is forced to match: its tokens differ, so no match.
+        let other: Vec<u32> = (100..164).collect();
+        let mut empty = KvCache::test_filled(2, 1, 0);
+        assert_eq!(c.extend(&other, &keys, &mut empty), 0, "same keys, other tokens: nothing copied");
+        cache.truncate_for_test(0, 1);
+        assert_eq!(c.extend(&prompt, &keys, &mut cache), 48, "its own prompt finds three blocks");
     }
 }

@@ -68,6 +68,16 @@ impl Samples {
         siblings
     }
 
+    /// Whether no job has several samples.
+    pub(super) fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
+
+    /// The job a sequence belongs to: its own id, or its job's for another sample.
+    pub(super) fn job_of(&self, id: SeqId) -> SeqId {
+        self.sibling_of.get(&id).map_or(id, |&(job, _)| job)
+    }
+
     /// The siblings of job `id` (empty for a job with one sample).
     pub(super) fn siblings(&self, id: SeqId) -> &[SeqId] {
         self.groups.get(&id).map_or(&[], |g| &g.siblings)
