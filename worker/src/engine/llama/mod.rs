@@ -573,21 +573,20 @@ impl LlamaEngine {
     /// Job `id` has just prefilled its prompt, whose last row is `row`: its parked siblings start
     /// from a copy of its cache and draw their first token from the same row.
     fn start_siblings(&mut self, id: SeqId, row: &[f32]) -> Result<Vec<SeqUpdate>, EngineError> {
-        let siblings = self.samples.siblings(id);
-        if siblings.is_empty() {
-            return Ok(Vec::new());
-        }
-        let Some(cache) = self.seqs.get(&id).and_then(|s| self.model.fork_cache(&s.cache)) else {
+        let parked: Vec<SeqId> = self.samples.siblings(id).iter().copied().filter(|s| self.seqs.get(s).is_some_and(|q| q.parked)).collect();
+        // One copy of the job's cache per parked sibling (none where caches are not copied).
+        let Some(mut copies) = parked
+            .iter()
+            .map(|_| self.seqs.get(&id).and_then(|s| self.model.fork_cache(&s.cache)))
+            .collect::<Option<Vec<SeqCache>>>()
+        else {
             return Ok(Vec::new());
         };
-        let mut updates = Vec::with_capacity(siblings.len());
-        for &sid in siblings {
-            let Some(sib) = self.seqs.get_mut(&sid).filter(|s| s.parked) else { continue };
+        let mut updates = Vec::with_capacity(parked.len());
+        for sid in parked {
+            let Some(sib) = self.seqs.get_mut(&sid) else { continue };
             sib.parked = false;
-            sib.cache = match self.model.fork_cache(&cache) {
-                Some(c) => c,
-                None => continue,
-            };
+            sib.cache = copies.pop().expect("one copy per parked sibling");
             sib.prefilled = sib.prompt.len();
             let update = Self::accept_logits(&self.prompts.tokenizer, &self.token_texts, &self.prompts.special, sid, sib, row, None)?;
             if update.done.is_some() {
