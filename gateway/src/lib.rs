@@ -10,6 +10,7 @@
 //! - [`openai`]: `POST /v1/completions` and `/v1/chat/completions`, plain or streamed.
 //! - [`models`]: `GET /v1/models`, the models with live workers.
 //! - [`logprobs`]: OpenAI's log-prob shapes from a result's token log-probs.
+//! - [`response_format`]: OpenAI's `response_format` as the job's output `format`.
 //! - [`files`], [`batches`]: OpenAI's Files and Batch APIs; a batch's requests run as jobs.
 //! - [`jobs`]: `/v1/jobs` (submit, status, cancel) and waiting with cancel-on-disconnect.
 //! - [`sse`]: following a job's Redis stream into Server-Sent Events.
@@ -30,6 +31,7 @@ pub mod metrics;
 pub mod models;
 pub mod openai;
 pub mod request;
+pub mod response_format;
 pub mod server;
 pub mod sse;
 pub mod state;

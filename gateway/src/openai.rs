@@ -6,6 +6,9 @@
 //! prompt alone, as evaluation harnesses ask), `logprobs` and `top_logprobs` on chat; not with
 //! `stream: true`.
 //!
+//! Structured output: `response_format` (`json_object`, `json_schema`; genq's `regex` and
+//! `lark`) on both routes, read by [`crate::response_format`] into the job's `format`.
+//!
 //! Fields OpenAI defines that genq cannot honour are refused (400 naming the field) unless they
 //! hold their neutral value (`n: 1`, `presence_penalty: 0`, ...); fields OpenAI does not define
 //! are refused too, so a typo never silently changes the answer. genq's own `top_k`,
@@ -148,6 +151,7 @@ pub fn openai_names(field: &'static str) -> &'static str {
     match field {
         "max_new_tokens" => "max_tokens",
         "min_new_tokens" => "min_tokens",
+        "format" => "response_format",
         other => other,
     }
 }
@@ -184,6 +188,7 @@ impl OpenAiRequest {
         job.repetition_penalty = self.repetition_penalty;
         job.priority = self.priority;
         job.stream = self.streaming().then_some(true);
+        job.format = crate::response_format::output_format(self.response_format.as_ref())?;
         Ok(())
     }
 
@@ -252,7 +257,6 @@ impl OpenAiRequest {
         not_on_route(self.messages.is_some(), "messages", ROUTE)?;
         not_on_route(self.max_completion_tokens.is_some(), "max_completion_tokens", ROUTE)?;
         not_on_route(self.top_logprobs.is_some(), "top_logprobs", ROUTE)?;
-        not_on_route(self.response_format.is_some(), "response_format", ROUTE)?;
         let k = self.completion_logprobs()?;
         self.refuse_streamed_logprobs(k.is_some())?;
         if self.echo() && self.streaming() {
@@ -293,8 +297,6 @@ impl OpenAiRequest {
         not_on_route(self.suffix.is_some(), "suffix", ROUTE)?;
         let k = self.chat_logprobs()?;
         self.refuse_streamed_logprobs(k.is_some())?;
-        let text_format = self.response_format.as_ref().is_none_or(|f| f.get("type").and_then(|t| t.as_str()) == Some("text"));
-        refuse_unless(text_format, "response_format", "only {\"type\":\"text\"}")?;
         let Some(messages_in) = &self.messages else { return Err(ApiError::bad_field("messages", "is required")) };
         let mut messages = Vec::with_capacity(messages_in.len());
         for m in messages_in {

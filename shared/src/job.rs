@@ -72,6 +72,10 @@ pub struct JobRequest {
     /// and sample `i` draws with seed `seed + i`; the result lists them in `choices`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub n: Option<u32>,
+    /// Constrain the generated text to a JSON Schema, any JSON object, a regular expression or a
+    /// Lark grammar (generate jobs); absent: free text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<crate::format::OutputFormat>,
     /// Queue priority.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<Priority>,

@@ -3,6 +3,7 @@
 //! that follows it (AMQP, Redis scripts) is `genq-protocol`'s.
 //!
 //! - [`job`]: wire format v1 of a job, exactly as published to RabbitMQ.
+//! - [`format`]: a job's output format (JSON Schema, JSON object, regex, Lark grammar).
 //! - [`valid`]: validation of a wire job into a [`valid::ValidJob`], with errors that name the field.
 //! - [`result`]: job statuses, finish reasons and the result record kept in Redis.
 //! - [`keys`]: the Redis key schema and the field names of a job's stream.
@@ -10,6 +11,7 @@
 //! - [`settings`]: configuration structs and their layered loading (defaults < file < env < flags).
 //! - [`metrics`]: Prometheus metric names, declared once.
 
+pub mod format;
 pub mod job;
 pub mod keys;
 pub mod metrics;
@@ -18,6 +20,7 @@ pub mod settings;
 pub mod topology;
 pub mod valid;
 
+pub use format::OutputFormat;
 pub use job::{ChatMessage, JobKind, JobRequest, Priority};
 pub use result::{FinishReason, JobResult, JobStatus};
 pub use valid::{ValidJob, ValidationError};

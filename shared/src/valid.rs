@@ -106,6 +106,8 @@ pub struct ValidJob {
     pub prompt_logprobs: Option<u32>,
     /// Samples of the prompt (1 unless the job asked for more).
     pub n: u32,
+    /// The output format the generated text must follow.
+    pub format: Option<crate::format::OutputFormat>,
     /// Queue priority.
     pub priority: Priority,
     /// Unix ms after which the job expires.
@@ -256,6 +258,12 @@ pub fn validate(req: &JobRequest, limits: &Limits) -> Result<ValidJob, Validatio
     if n > 1 && req.stream == Some(true) {
         return Err(invalid("n", "above 1 cannot be streamed"));
     }
+    if let Some(format) = &req.format {
+        if req.kind == JobKind::Score {
+            return Err(invalid("format", "is for generate jobs; a score job generates nothing"));
+        }
+        format.check().map_err(|e| invalid("format", e))?;
+    }
     Ok(ValidJob {
         id,
         kind: req.kind,
@@ -269,6 +277,7 @@ pub fn validate(req: &JobRequest, limits: &Limits) -> Result<ValidJob, Validatio
         logprobs: req.logprobs,
         prompt_logprobs: req.prompt_logprobs,
         n,
+        format: req.format.clone(),
         priority: req.priority(),
         deadline_ms: req.deadline_ms,
         stream: req.stream.unwrap_or(false),

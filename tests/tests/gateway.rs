@@ -463,3 +463,52 @@ async fn with_no_worker_a_full_queue_is_429_and_a_wait_past_the_timeout_is_504()
     drop(gw);
     sb.cleanup().await;
 }
+
+/// `text` parses as JSON and is valid under `schema`; panics naming `what` otherwise.
+fn assert_valid_json(what: &str, text: &str, schema: &serde_json::Value) {
+    let value: serde_json::Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{what}: {text:?} is not JSON: {e}"));
+    let validator = jsonschema::validator_for(schema).expect("the schema compiles");
+    let errors: Vec<String> = validator.iter_errors(&value).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{what}: {text} breaks {schema}: {errors:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
+async fn the_openai_client_gets_structured_output_valid_under_its_schema() {
+    let model = default_model();
+    let python = python_with_openai();
+    let sb = Sandbox::new("structured");
+    let worker = sb.worker(&["--model-path", model.to_str().unwrap_or_default(), "--max-batch-size", "8"]);
+    let gw = GatewayProcess::start(&sb, &[], &[("GENQ__GATEWAY__API_KEYS", TOKEN)]);
+    worker.wait_ready(Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}"));
+    let seen = run_openai_script(&python, "openai_structured.py", &gw.base, &sb.model, &|| gw.log_text());
+
+    let schemas = seen["schemas"].as_array().expect("schemas");
+    let chat = seen["chat"].as_array().expect("chat answers");
+    assert_eq!(chat.len(), schemas.len());
+    for (i, (answer, schema)) in chat.iter().zip(schemas).enumerate() {
+        assert_eq!(answer["finish"], "stop", "chat {i}: {answer}");
+        assert_valid_json(&format!("chat {i}"), answer["text"].as_str().unwrap_or_default(), schema);
+    }
+    let object = serde_json::json!({"type": "object"});
+    for key in ["chat_object", "completion_object"] {
+        assert_eq!(seen[key]["finish"], "stop", "{}", seen[key]);
+        assert_valid_json(key, seen[key]["text"].as_str().unwrap_or_default(), &object);
+    }
+    let bad = &seen["uncompilable"];
+    assert_eq!((bad["status"].as_u64(), bad["param"].as_str()), (Some(422), Some("response_format")), "{bad}");
+    assert!(bad["message"].as_str().is_some_and(|m| m.contains("cannot be compiled") && m.contains("missing")), "{bad}");
+
+    let batch = &seen["batch"];
+    assert_eq!(batch["status"], "completed", "{batch}");
+    let lines = batch["lines"].as_array().expect("output lines");
+    assert_eq!(lines.len(), schemas.len(), "{batch}");
+    for (i, (line, schema)) in lines.iter().zip(schemas).enumerate() {
+        assert_eq!(line["custom_id"], format!("chat-{i}"));
+        assert_eq!(line["finish"], "stop", "{line}");
+        assert_valid_json(&format!("batch line {i}"), line["text"].as_str().unwrap_or_default(), schema);
+    }
+    drop(gw);
+    drop(worker);
+    sb.cleanup().await;
+}

@@ -127,6 +127,9 @@ impl Engine for EchoEngine {
                 return Err(AdmitError { field, message: "is not served by the echo engine (it has no probabilities)".into() });
             }
         }
+        if job.format.is_some() {
+            return Err(AdmitError { field: "format", message: "is not served by the echo engine (it repeats the prompt)".into() });
+        }
         let max_new = job.new_token_budget(prompt_tokens);
         if prompt_tokens + max_new > self.info.context_length {
             return Err(AdmitError {

@@ -21,6 +21,7 @@
 //! - [`prompt`]: the prompt encoder (template and tokenizer), run before admission.
 //! - [`samples`]: jobs with several samples (`n`), which share one prefill.
 //! - [`prefix`]: the CPU path's prefix cache (prompt blocks computed once, reused by later jobs).
+//! - [`constraint`]: constrained decoding (a job's `format`: JSON Schema, regex, Lark grammar).
 //!
 //! This module owns the sequences' life: admission (context checks), the
 //! step plan (prefill chunks under the token budget plus one token per decoding sequence),
@@ -29,6 +30,7 @@
 pub mod arch;
 mod attention;
 pub mod chat;
+mod constraint;
 pub mod detok;
 pub(crate) mod gguf_types;
 pub mod backend;
@@ -59,6 +61,7 @@ use genq_shared::{FinishReason, ValidJob};
 use rayon::prelude::*;
 
 use self::chat::ChatTemplate;
+use self::constraint::{Constraint, Grammars};
 use self::detok::Detokenizer;
 pub use self::model::WeightFormat;
 use self::backend::{Backend, DeviceChoice, SeqCache, StepInput};
@@ -77,9 +80,10 @@ use super::{
 use self::logprobs::{log_prob, token_logprob, TokenTexts};
 use genq_shared::result::TokenLogprob;
 
-/// Tokens a sequence may not draw now: EOS and end-of-turn tokens until `min_new_tokens` exist.
+/// Tokens a sequence may not draw now: EOS and end-of-turn tokens until `min_new_tokens` exist
+/// (not under a `format`: its grammar decides when the text may end).
 fn banned(special: &SpecialIds, seq: &Sequence) -> Vec<u32> {
-    if seq.generated < seq.min_new {
+    if seq.generated < seq.min_new && seq.constraint.is_none() {
         std::iter::once(special.eos).chain(special.extra_stops.iter().copied()).collect()
     } else {
         Vec::new()
@@ -195,6 +199,8 @@ struct Sequence {
     generated_logprobs: Vec<TokenLogprob>,
     /// Log-probs of the prompt tokens prefilled so far (with `prompt_top_logprobs`).
     prompt_logprobs: Vec<TokenLogprob>,
+    /// The job's output format, where it has one.
+    constraint: Option<Constraint>,
 }
 
 impl Sequence {
@@ -225,6 +231,8 @@ pub struct LlamaEngine {
     samples: Samples,
     /// Prompt blocks computed before (CPU path; none when off).
     prefix: Option<PrefixCache>,
+    /// Compiles jobs' output formats against the vocabulary.
+    grammars: Grammars,
 }
 
 fn weights_err(path: &Path) -> impl FnOnce(candle_core::Error) -> LoadError + '_ {
@@ -277,8 +285,10 @@ impl LlamaEngine {
             context_length = info.context_length,
             "llama engine loaded"
         );
+        let grammars = Grammars::new(&tokenizer, &special, model.config().vocab);
         Ok(Self {
             info,
+            grammars,
             token_texts: TokenTexts::new(&tokenizer),
             prompts: Arc::new(LlamaPrompts {
                 tokenizer,
@@ -440,6 +450,7 @@ impl LlamaEngine {
             prompt_top_logprobs: job.prompt_logprobs.map(|k| k as usize),
             generated_logprobs: Vec::new(),
             prompt_logprobs: Vec::new(),
+            constraint: None,
         }
     }
 
@@ -622,7 +633,7 @@ impl LlamaEngine {
     fn stateless_picks(&self, uses: &[RowUse], logits: &[f32], vocab: usize) -> Vec<Option<Result<u32, String>>> {
         uses.par_iter()
             .map(|u| {
-                let seq = self.seqs.get(&u.id).filter(|_| u.samples)?;
+                let seq = self.seqs.get(&u.id).filter(|s| u.samples && s.constraint.is_none())?;
                 let row = logits.get(u.sample_row * vocab..(u.sample_row + 1) * vocab)?;
                 let pick = seq.sampler.stateless_pick(row, &banned(&self.prompts.special, seq))?;
                 Some(pick.map_err(|e| e.to_string()))
@@ -644,10 +655,19 @@ impl LlamaEngine {
         let fail = |what: &str, e: &dyn std::fmt::Display| {
             EngineError(format!("sequence {id}: {what}: {e}"))
         };
-        let token = match pick {
-            Some(pick) => pick.map_err(|e| fail("sampling", &e))?,
-            None => seq.sampler.sample(logits, &banned(special, seq)).map_err(|e| fail("sampling", &e))?,
+        let banned = banned(special, seq);
+        let token = match (pick, seq.constraint.as_mut()) {
+            (Some(pick), _) => pick.map_err(|e| fail("sampling", &e))?,
+            (None, Some(constraint)) => {
+                let mut row = logits.to_vec();
+                constraint::apply(constraint.allowed().map_err(|e| fail("format", &e))?, &mut row);
+                seq.sampler.sample(&row, &banned).map_err(|e| fail("sampling", &e))?
+            }
+            (None, None) => seq.sampler.sample(logits, &banned).map_err(|e| fail("sampling", &e))?,
         };
+        if let Some(constraint) = seq.constraint.as_mut() {
+            constraint.accept(token).map_err(|e| fail("format", &e))?;
+        }
         seq.sampler.observe(token);
         if let Some(k) = seq.top_logprobs {
             seq.generated_logprobs.push(token_logprob(tokenizer, texts, Some(logits), token, k));
@@ -655,6 +675,8 @@ impl LlamaEngine {
         seq.generated += 1;
         let armed = seq.generated >= seq.min_new;
         let end_token = special.is_stop(token);
+        // The format's text is complete and cannot grow: it ends as at an end token.
+        let complete = !end_token && seq.constraint.as_ref().is_some_and(Constraint::is_complete);
         let length = seq.generated >= seq.max_new;
         let mut piece = if end_token {
             String::new()
@@ -663,7 +685,7 @@ impl LlamaEngine {
                 .push(tokenizer, token)
                 .map_err(|e| fail("detokenizing", &e))?
         };
-        if end_token || length {
+        if end_token || complete || length {
             piece.push_str(
                 &seq.detok
                     .flush(tokenizer)
@@ -674,9 +696,9 @@ impl LlamaEngine {
         let mut text = check.emit;
         let reason = if check.stopped {
             Some(FinishReason::Stop)
-        } else if end_token || length {
+        } else if end_token || complete || length {
             text.push_str(&seq.stops.flush());
-            Some(if end_token {
+            Some(if end_token || complete {
                 FinishReason::Stop
             } else {
                 FinishReason::Length
@@ -745,14 +767,22 @@ impl Engine for LlamaEngine {
         }
         let prompt_tokens = prompt.len();
         let others = job.n.saturating_sub(1) as usize;
+        // One matcher per sample, all compiled before anything is admitted.
+        let mut constraints = Vec::with_capacity(others + 1);
+        if let Some(format) = &job.format {
+            for _ in 0..=others {
+                constraints.push(self.grammars.compile(format).map_err(|message| AdmitError { field: "format", message })?);
+            }
+        }
+        let mut constraint = || constraints.pop();
         // The other samples wait for this one's prefill where caches can be copied.
         let parked = others > 0 && self.model.copies_caches();
         for (i, sid) in self.samples.add(id, others).into_iter().enumerate() {
             let sibling = self.new_sequence(job, prompt.clone(), seed.wrapping_add(i as u64 + 1), max_new, parked);
-            self.seqs.insert(sid, Sequence { prompt_top_logprobs: None, ..sibling });
+            self.seqs.insert(sid, Sequence { prompt_top_logprobs: None, constraint: constraint(), ..sibling });
         }
         let first = self.new_sequence(job, prompt, seed, max_new, false);
-        self.seqs.insert(id, first);
+        self.seqs.insert(id, Sequence { constraint: constraint(), ..first });
         Ok(Admitted { prompt_tokens })
     }
 
@@ -764,6 +794,8 @@ impl Engine for LlamaEngine {
         // Prompt blocks being computed this step: a sequence about to compute one of them waits
         // a step and copies it from the prefix cache instead.
         let mut computing: std::collections::HashSet<u64> = std::collections::HashSet::new();
+        // Formats of sequences that sample this step: their masks are computed during the forward.
+        let mut masks_to_compute: Vec<&mut Constraint> = Vec::new();
         // Oldest job first; a job's other samples right after it (where they prefill on their
         // own, on a device, they must not fall behind every newer job).
         let mut order: Vec<(SeqId, &mut Sequence)> = self.seqs.iter_mut().map(|(&id, s)| (id, s)).collect();
@@ -793,7 +825,11 @@ impl Engine for LlamaEngine {
                 }
             };
             in_step.push((id, tokens.len()));
+            let samples = seq.pending.is_some() || seq.prefilled + tokens.len() == seq.prompt.len();
             let all_logits = seq.pending.is_none() && seq.reads_prompt_rows();
+            if let (true, Some(c)) = (samples, seq.constraint.as_mut()) {
+                masks_to_compute.push(c);
+            }
             inputs.push(StepInput {
                 cache: &mut seq.cache,
                 tokens,
@@ -803,10 +839,18 @@ impl Engine for LlamaEngine {
         if inputs.is_empty() {
             return Ok(Vec::new());
         }
-        let logits = self
-            .model
-            .forward(&mut inputs)
-            .map_err(|e| EngineError(format!("forward: {e}")))?;
+        let model = &self.model;
+        let logits = if masks_to_compute.is_empty() {
+            model.forward(&mut inputs)
+        } else {
+            // On a thread of their own while the forward runs. A mask that fails here is asked
+            // again when its sequence samples, which reports the error.
+            std::thread::scope(|scope| {
+                scope.spawn(move || masks_to_compute.into_iter().for_each(|c| drop(c.prepare())));
+                model.forward(&mut inputs)
+            })
+        }
+        .map_err(|e| EngineError(format!("forward: {e}")))?;
         drop(inputs);
         self.offer_prefixes(&in_step);
         let vocab = self.model.config().vocab;

@@ -17,6 +17,7 @@ mod archs;
 mod logprobs;
 mod prefix;
 mod samples;
+mod structured;
 
 fn gguf_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf")

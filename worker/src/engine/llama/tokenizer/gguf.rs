@@ -344,6 +344,18 @@ impl GgufTokenizer {
         Ok(())
     }
 
+    /// Token `id`'s bytes as they appear in generated text; `None` for control and unknown
+    /// tokens, which never do.
+    pub fn token_bytes(&self, id: u32) -> Option<Vec<u8>> {
+        let token = self.tokens.get(id as usize)?;
+        if token.attr & (attr::UNKNOWN | attr::CONTROL) != 0 {
+            return None;
+        }
+        let mut out = Vec::new();
+        self.piece(id, false, &mut out).ok()?;
+        Some(out)
+    }
+
     /// The id of a token text.
     pub fn token_to_id(&self, text: &str) -> Option<u32> {
         self.ids.get(text).copied()
@@ -379,7 +391,7 @@ impl GgufTokenizer {
 }
 
 /// `<0xXX>` -> the byte.
-fn byte_of(text: &str) -> Option<u8> {
+pub(super) fn byte_of(text: &str) -> Option<u8> {
     let hex = text.strip_prefix("<0x")?.strip_suffix('>')?;
     u8::from_str_radix(hex, 16).ok()
 }

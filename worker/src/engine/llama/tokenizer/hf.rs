@@ -47,6 +47,31 @@ impl HfTokenizer {
         self.parse.decode(ids, skip_special).map_err(TokenizerError::Hf)
     }
 
+    /// Each token's bytes as they appear in generated text, by id; `None` for special added
+    /// tokens, which never do. Byte-level vocabularies (GPT-2's `Ġ` alphabet) are mapped back to
+    /// bytes; SentencePiece ones (with `<0xNN>` byte tokens) read `▁` as a space.
+    pub fn vocab_bytes(&self) -> Vec<Option<Vec<u8>>> {
+        let added = self.parse.get_added_tokens_decoder();
+        let sentencepiece = self.parse.token_to_id("<0x0A>").is_some();
+        (0..self.vocab_size() as u32)
+            .map(|id| {
+                if let Some(a) = added.get(&id) {
+                    return (!a.special).then(|| a.content.as_bytes().to_vec());
+                }
+                let text = self.parse.id_to_token(id)?;
+                if let Some(b) = super::gguf::byte_of(&text) {
+                    return Some(vec![b]);
+                }
+                if sentencepiece {
+                    return Some(text.replace('\u{2581}', " ").into_bytes());
+                }
+                let mut out = Vec::new();
+                super::bpe::unmap_bytes(&text, &mut out);
+                Some(out)
+            })
+            .collect()
+    }
+
     /// The id of a token text.
     pub fn token_to_id(&self, text: &str) -> Option<u32> {
         self.parse.token_to_id(text)

@@ -132,6 +132,16 @@ impl Tokenizer {
         }
     }
 
+    /// Each token's bytes as they appear in generated text (a piece of a UTF-8 character for
+    /// a byte token), by id; `None` for special tokens (control, unknown, special added ones),
+    /// which never do.
+    pub fn vocab_bytes(&self) -> Vec<Option<Vec<u8>>> {
+        match self {
+            Self::Gguf(t) => (0..t.vocab_size() as u32).map(|id| t.token_bytes(id)).collect(),
+            Self::Hf(t) => t.vocab_bytes(),
+        }
+    }
+
     /// The id of a token text.
     pub fn token_to_id(&self, text: &str) -> Option<u32> {
         match self {
