@@ -147,14 +147,16 @@ impl ApiError {
     /// A job that ended without a result: failed (422 when the job broke a rule the worker
     /// checks, such as the prompt not fitting the model's context; 500 when the engine failed),
     /// expired (504) or cancelled (409). `None` for a job that is done.
-    pub fn from_final(r: &JobResult) -> Option<Self> {
+    pub fn from_final(r: &JobResult, rename: impl Fn(&'static str) -> &'static str) -> Option<Self> {
         let error = r.error.clone().unwrap_or_default();
         match r.status {
             Some(JobStatus::Done) => None,
             Some(JobStatus::Failed) => match r.error_kind.as_deref() {
-                Some(error_kind::INVALID) | Some(error_kind::UNSUPPORTED) => {
-                    Some(Self::new(StatusCode::UNPROCESSABLE_ENTITY, INVALID_REQUEST, "invalid_value", error))
-                }
+                Some(error_kind::INVALID) | Some(error_kind::UNSUPPORTED) => Some(match named_field(&error) {
+                    // The worker's message starts with the wire field at fault: the route's name for it.
+                    Some((field, rest)) => Self::invalid_value(rename(field), rest),
+                    None => Self::new(StatusCode::UNPROCESSABLE_ENTITY, INVALID_REQUEST, "invalid_value", error),
+                }),
                 _ => Some(Self::new(StatusCode::INTERNAL_SERVER_ERROR, SERVER_ERROR, "job_failed", format!("job {} failed: {error}", r.id))),
             },
             Some(JobStatus::Expired) => {
@@ -175,6 +177,14 @@ impl ApiError {
             "error": { "message": self.message, "type": self.kind, "param": self.param, "code": self.code }
         })
     }
+}
+
+/// A worker's message that starts with a wire field in backquotes: the field and the rest.
+fn named_field(message: &str) -> Option<(&'static str, &str)> {
+    let rest = message.strip_prefix('`')?;
+    let (field, rest) = rest.split_once('`')?;
+    let field = genq_shared::job::FIELDS.iter().copied().find(|f| *f == field)?;
+    Some((field, rest.trim_start()))
 }
 
 impl std::fmt::Display for ApiError {
@@ -240,19 +250,26 @@ mod tests {
     #[test]
     fn final_results_map_to_statuses() {
         let mut r = JobResult { id: "j".into(), status: Some(JobStatus::Done), ..JobResult::default() };
-        assert_eq!(ApiError::from_final(&r), None);
+        assert_eq!(ApiError::from_final(&r, std::convert::identity), None);
         r.status = Some(JobStatus::Failed);
         r.error_kind = Some(error_kind::UNSUPPORTED.into());
         r.error = Some("`prompt` is 9000 tokens, over the context of 8192".into());
-        let api = ApiError::from_final(&r).expect("an error");
+        let api = ApiError::from_final(&r, std::convert::identity).expect("an error");
         assert_eq!(api.status, StatusCode::UNPROCESSABLE_ENTITY);
         assert!(api.message.contains("`prompt`"));
+        assert_eq!(api.param.as_deref(), Some("prompt"), "the field a worker names is the param");
+        r.error = Some("`format` cannot be compiled: unknown name".into());
+        let renamed = ApiError::from_final(&r, crate::openai::openai_names).expect("an error");
+        assert_eq!((renamed.param.as_deref(), renamed.message.as_str()), (Some("response_format"), "`response_format` cannot be compiled: unknown name"));
+        r.error = Some("`weights` are broken".into());
+        assert_eq!(ApiError::from_final(&r, std::convert::identity).and_then(|e| e.param), None, "only wire fields are params");
+        r.error = Some("`prompt` is 9000 tokens, over the context of 8192".into());
         r.error_kind = Some(error_kind::ENGINE.into());
-        assert_eq!(ApiError::from_final(&r).map(|e| e.status), Some(StatusCode::INTERNAL_SERVER_ERROR));
+        assert_eq!(ApiError::from_final(&r, std::convert::identity).map(|e| e.status), Some(StatusCode::INTERNAL_SERVER_ERROR));
         r.status = Some(JobStatus::Expired);
-        assert_eq!(ApiError::from_final(&r).map(|e| e.status), Some(StatusCode::GATEWAY_TIMEOUT));
+        assert_eq!(ApiError::from_final(&r, std::convert::identity).map(|e| e.status), Some(StatusCode::GATEWAY_TIMEOUT));
         r.status = Some(JobStatus::Cancelled);
-        assert_eq!(ApiError::from_final(&r).map(|e| e.status), Some(StatusCode::CONFLICT));
+        assert_eq!(ApiError::from_final(&r, std::convert::identity).map(|e| e.status), Some(StatusCode::CONFLICT));
     }
 
     #[test]

@@ -57,13 +57,13 @@ impl Drop for CancelOnDrop {
 /// the wait ends any other way (timeout, Redis failure, or the caller's future being dropped).
 pub async fn run_to_end(gw: &Gateway, job: JobRequest, rename: impl Fn(&'static str) -> &'static str) -> Result<JobResult, ApiError> {
     let results = gw.results().await?;
-    let id = gw.submit(job, rename).await?;
+    let id = gw.submit(job, &rename).await?;
     let guard = CancelOnDrop::new(id.clone(), results.clone());
     let timeout = gw.request_timeout();
     match results.wait(&id, Some(timeout)).await {
         Ok(r) => {
             guard.disarm();
-            match ApiError::from_final(&r) {
+            match ApiError::from_final(&r, rename) {
                 None => Ok(r),
                 Some(e) => Err(e),
             }

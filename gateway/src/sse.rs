@@ -129,7 +129,7 @@ async fn follow_job(gw: &Gateway, id: &str, guard: CancelOnDrop, tx: &mpsc::Send
             Some(None) => tracing::warn!(job = %id, "streamed chunks are not a prefix of the final text"),
             _ => {}
         }
-        let item = match ApiError::from_final(&result) {
+        let item = match ApiError::from_final(&result, crate::openai::openai_names) {
             None => StreamItem::Done(Box::new(result)),
             Some(e) => StreamItem::Error(e),
         };

@@ -90,6 +90,12 @@ pub struct JobRequest {
     pub batch: Option<String>,
 }
 
+/// Every field of wire format v1, as named on the wire (errors name one of these).
+pub const FIELDS: &[&str] = &[
+    "v", "id", "kind", "prompt", "messages", "model", "max_new_tokens", "max_length", "min_new_tokens", "temperature", "top_p", "top_k",
+    "repetition_penalty", "seed", "stop", "logprobs", "prompt_logprobs", "n", "format", "priority", "deadline_ms", "stream", "batch",
+];
+
 fn default_version() -> u32 {
     WIRE_VERSION
 }

@@ -125,4 +125,7 @@ fn schema_lists_every_field_of_the_rust_type() {
     let mut rust_fields: Vec<String> = ser.as_object().expect("object").keys().cloned().collect();
     rust_fields.sort();
     assert_eq!(schema_fields, rust_fields);
+    let mut listed: Vec<String> = genq_shared::job::FIELDS.iter().map(|f| f.to_string()).collect();
+    listed.sort();
+    assert_eq!(schema_fields, listed, "job::FIELDS names every field");
 }

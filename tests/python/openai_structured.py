@@ -22,7 +22,7 @@ SCHEMAS = [
             "city": {"type": "string", "maxLength": 20},
             "country": {"type": "string", "maxLength": 20},
             "population": {"type": "integer", "minimum": 0, "maximum": 50000000},
-            "tags": {"type": "array", "items": {"enum": ["old", "big", "coastal", "cold"]}, "maxItems": 3, "uniqueItems": True},
+            "tags": {"type": "array", "items": {"enum": ["old", "big", "coastal", "cold"]}, "maxItems": 3},
         },
         "required": ["city", "country", "population", "tags"],
         "additionalProperties": False,
@@ -50,13 +50,13 @@ for ask, schema in SCHEMAS:
     out["chat"].append({"text": r.choices[0].message.content, "finish": r.choices[0].finish_reason})
 
 r = client.chat.completions.create(
-    model=model, messages=[{"role": "user", "content": "Describe a dog as JSON."}], max_tokens=96, temperature=0,
+    model=model, messages=[{"role": "user", "content": "Reply with a JSON object whose only key is \"ok\", set to true."}], max_tokens=96, temperature=0,
     response_format={"type": "json_object"},
 )
 out["chat_object"] = {"text": r.choices[0].message.content, "finish": r.choices[0].finish_reason}
 
 c = client.completions.create(
-    model=model, prompt="A JSON object about the moon:", max_tokens=96, temperature=0,
+    model=model, prompt='Two JSON objects.\nFirst: {"name": "Sun", "kind": "star"}\nSecond:', max_tokens=96, temperature=0,
     extra_body={"response_format": {"type": "json_object"}},
 )
 out["completion_object"] = {"text": c.choices[0].text, "finish": c.choices[0].finish_reason}

@@ -49,7 +49,7 @@ pub async fn write_files(gw: &Gateway, rec: &mut BatchRecord, end: &str) -> Resu
                 (&mut err, error_line(&request_id, custom_id, None, "batch_cancelled", "cancelled before it finished"))
             }
             (None, Some(r)) if r.status == Some(JobStatus::Failed) || r.status == Some(JobStatus::Expired) => {
-                let e = ApiError::from_final(r).unwrap_or_else(|| ApiError::internal("not finished"));
+                let e = ApiError::from_final(r, crate::openai::openai_names).unwrap_or_else(|| ApiError::internal("not finished"));
                 let response = json!({ "status_code": e.status.as_u16(), "request_id": request_id, "body": e.body() });
                 (&mut err, json!({ "id": format!("batch_req_{request_id}"), "custom_id": custom_id, "response": response, "error": null }))
             }

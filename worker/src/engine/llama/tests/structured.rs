@@ -152,10 +152,17 @@ fn a_format_that_does_not_compile_is_refused_naming_the_field() {
         json!({"type": "json_schema", "schema": {"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}}),
         json!({"type": "regex", "pattern": "(unclosed"}),
         json!({"type": "lark", "grammar": "start: undefined_rule"}),
+        // A keyword the compiler does not implement is refused, never ignored.
+        json!({"type": "json_schema", "schema": {"type": "array", "uniqueItems": true}}),
     ] {
         let err = e.encode_and_admit(1, &job(&format_job("a", "hi", &format, GREEDY, 8)), 1).expect_err("refused");
         assert_eq!(err.field, "format", "{err}");
         assert!(err.message.contains("cannot be compiled"), "{err}");
+        for named in ["missing", "unclosed", "undefined_rule", "uniqueItems"] {
+            if format.to_string().contains(named) {
+                assert!(err.message.contains(named), "the message names {named}: {err}");
+            }
+        }
         assert_eq!(e.active(), 0, "nothing admitted");
     }
 }
