@@ -98,6 +98,11 @@ struct EngineBenchArgs {
     /// `--shared-prefix-tokens`, else as `worker.prefix_cache_mib` sets it.
     #[arg(long)]
     prefix_cache: Option<String>,
+    /// An output format every job follows, as the wire field `format` (JSON, e.g.
+    /// `{"type":"regex","pattern":"[a-z ,.]+"}`): each batch size runs without it, with it,
+    /// with it, without it, and the ratio of decode throughputs is printed.
+    #[arg(long)]
+    format: Option<String>,
     /// Packed-weight kernels to run one after the other in this run (comma-separated, e.g.
     /// `amx,avx512-vnni`); each result line names its kernel. Default: `--cpu-kernel`'s.
     #[arg(long, value_delimiter = ',')]
@@ -147,6 +152,15 @@ fn engine_bench(common: &CommonArgs, args: EngineBenchArgs) -> anyhow::Result<Ex
         Some("both") => vec![cache_mib(false), cache_mib(true), cache_mib(true), cache_mib(false)],
         Some(other) => anyhow::bail!("--prefix-cache {other:?}: expected on, off or both"),
     };
+    let formats: Vec<Option<genq_shared::OutputFormat>> = match &args.format {
+        None => vec![None],
+        Some(raw) => {
+            anyhow::ensure!(caches.len() == 1, "--format compares with and without a format: give --prefix-cache on or off with it");
+            let format: genq_shared::OutputFormat = serde_json::from_str(raw).context("--format is not an output format")?;
+            format.check().map_err(|e| anyhow::anyhow!("--format {e}"))?;
+            vec![None, Some(format.clone()), Some(format.clone()), None]
+        }
+    };
     let mut ours = Vec::new();
     for kernel in kernels {
         for &batch in &args.batch_sizes {
@@ -157,9 +171,12 @@ fn engine_bench(common: &CommonArgs, args: EngineBenchArgs) -> anyhow::Result<Ex
                 new_tokens: args.new_tokens,
                 max_prefill_tokens: if args.max_prefill_tokens == 0 { batch * prompt * 2 } else { args.max_prefill_tokens },
                 shared_prefix_tokens: args.shared_prefix_tokens,
+                format: None,
             };
             let mut runs = Vec::new();
-            for &mib in &caches {
+            for i in 0..caches.len().max(formats.len()) {
+                let (mib, format) = (caches[i % caches.len()], &formats[i % formats.len()]);
+                let spec = EngineBenchSpec { format: format.clone(), ..spec.clone() };
                 // A fresh engine per run, so no run finds what another left in the cache.
                 let mut worker = settings.worker.clone();
                 worker.cpu_kernel = kernel.clone();
@@ -169,7 +186,10 @@ fn engine_bench(common: &CommonArgs, args: EngineBenchArgs) -> anyhow::Result<Ex
                 println!("{}", serde_json::to_string(&r)?);
                 runs.push(r);
             }
-            if let [off1, on1, on2, off2] = &runs[..] {
+            if let ([off1, on1, on2, off2], Some(_)) = (&runs[..], &args.format) {
+                let decode = (on1.decode_tokens_per_s + on2.decode_tokens_per_s) / (off1.decode_tokens_per_s + off2.decode_tokens_per_s);
+                println!("{}", json!({"ratio": "with/without the format", "batch": batch, "decode_tokens_per_s": decode, "seconds": (on1.seconds + on2.seconds) / (off1.seconds + off2.seconds)}));
+            } else if let [off1, on1, on2, off2] = &runs[..] {
                 let ratio = (off1.seconds + off2.seconds) / (on1.seconds + on2.seconds);
                 println!("{}", json!({"ratio": "prefix cache off/on", "batch": batch, "seconds": ratio}));
             }

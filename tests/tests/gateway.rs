@@ -183,7 +183,8 @@ async fn curl_and_the_openai_client_get_answers_from_a_real_worker() {
     let reply = post_json(&base, "/generate", &format!(r#"{{"text":"{prompt}"}}"#));
     assert_eq!(reply.status, 200, "{reply:?}");
     let body = reply.json();
-    let fields: Vec<&String> = body.as_object().expect("object").keys().collect();
+    let mut fields: Vec<&String> = body.as_object().expect("object").keys().collect();
+    fields.sort();
     assert_eq!(fields, vec!["generatedText", "originalText"], "exactly the original fields: {body}");
     assert_eq!(body["originalText"], prompt);
     let generated = body["generatedText"].as_str().unwrap_or_default();

@@ -134,6 +134,16 @@ pub(crate) struct Scheduler<R> {
 }
 
 /// Where `p` comes in the admission order ([`Priority::ALL`]).
+/// Prompt tokens two jobs must share to be admitted together (the prefix cache's block).
+const SHARED_PREFIX_TOKENS: usize = 16;
+/// How far behind the head of its queue a job sharing its prefix is looked for.
+const SHARED_PREFIX_LOOKAHEAD: usize = 256;
+
+/// The first block of a prompt that has more than one (a prefix worth sharing).
+fn shared_prefix(prompt: &[u32]) -> Option<Vec<u32>> {
+    (prompt.len() > SHARED_PREFIX_TOKENS).then(|| prompt[..SHARED_PREFIX_TOKENS].to_vec())
+}
+
 fn rank(p: Priority) -> usize {
     Priority::ALL.iter().position(|&q| q == p).expect("every priority is in ALL")
 }
@@ -234,7 +244,33 @@ impl<R> Scheduler<R> {
                 self.waiting[rank(next.job.priority)].push_front(next);
                 break;
             }
+            let (queue, prefix) = (rank(next.job.priority), shared_prefix(&next.prompt));
             self.start(engine, next, events);
+            if let Some(prefix) = prefix {
+                self.admit_sharing(engine, events, queue, &prefix);
+            }
+        }
+    }
+
+    /// Jobs of queue `queue` that start with `prefix`, a job just admitted, join it while the
+    /// batch has room (ahead of others in their queue, at most [`SHARED_PREFIX_LOOKAHEAD`] back),
+    /// so the engine computes the shared prompt once. Each job still waits at most one admission
+    /// more per job ahead of it: the head of a queue is always admitted first.
+    fn admit_sharing(&mut self, engine: &mut dyn Engine, events: &mut Vec<EngineEvent<R>>, queue: usize, prefix: &[u32]) {
+        let mut at = 0;
+        while at < self.waiting[queue].len().min(SHARED_PREFIX_LOOKAHEAD) {
+            let width: usize = self.running.values().map(|r| r.width).sum();
+            let candidate = &self.waiting[queue][at];
+            if !candidate.prompt.starts_with(prefix) {
+                at += 1;
+                continue;
+            }
+            if width + candidate.job.n as usize > self.settings.max_batch_size {
+                return;
+            }
+            if let Some(job) = self.waiting[queue].remove(at).and_then(|j| self.unless_expired(j, events)) {
+                self.start(engine, job, events);
+            }
         }
     }
 
@@ -669,6 +705,27 @@ mod tests {
         assert_eq!(s.running(), 2, "job 3 joins while job 2 still runs");
         s.step(&mut engine, None, &mut ev);
         assert_eq!(finished(&ev), vec![(1, JobStatus::Done), (3, JobStatus::Done)]);
+    }
+
+    #[test]
+    fn jobs_sharing_a_prompt_prefix_are_admitted_together() {
+        let mut engine = EchoEngine::new("m");
+        let mut s = Scheduler::new(settings(3));
+        let shared = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen";
+        s.enqueue(scheduled(1, &format!(r#"{{"id":"a","prompt":"{shared} a","max_new_tokens":1}}"#)));
+        s.enqueue(scheduled(2, r#"{"id":"b","prompt":"something else entirely","max_new_tokens":1}"#));
+        s.enqueue(scheduled(3, r#"{"id":"c","prompt":"and another","max_new_tokens":1}"#));
+        s.enqueue(scheduled(4, &format!(r#"{{"id":"d","prompt":"{shared} d","max_new_tokens":1}}"#)));
+        s.enqueue(scheduled(5, &format!(r#"{{"id":"e","prompt":"{shared} e","max_new_tokens":1}}"#)));
+        let mut ev = Vec::new();
+        s.admit(&mut engine, &mut ev, &mut |_| true);
+        s.step(&mut engine, None, &mut ev);
+        let first: Vec<u64> = finished(&ev).into_iter().map(|(t, _)| t).collect();
+        assert_eq!(first, vec![1, 4, 5], "the head and the jobs sharing its prefix, ahead of 2 and 3");
+        s.admit(&mut engine, &mut ev, &mut |_| true);
+        s.step(&mut engine, None, &mut ev);
+        let all: Vec<u64> = finished(&ev).into_iter().map(|(t, _)| t).collect();
+        assert_eq!(all, vec![1, 4, 5, 2, 3], "the others next, in their order");
     }
 
     #[test]

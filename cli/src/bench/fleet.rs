@@ -380,6 +380,7 @@ fn engine_alone(common: &CommonArgs, args: &FleetBenchArgs) -> anyhow::Result<se
         new_tokens: args.new_tokens as usize,
         max_prefill_tokens: args.batch * args.prompt_tokens * 2,
         shared_prefix_tokens: 0,
+        format: None,
     };
     let r = run_engine_bench(engine.as_mut(), &spec)?;
     Ok(serde_json::to_value(&r)?)

@@ -26,48 +26,95 @@ const READS_AHEAD: usize = 8;
 /// Writes the batch's output and error files (each only if it has a line) and records their ids;
 /// `end` is the status the batch ends with.
 pub async fn write_files(gw: &Gateway, rec: &mut BatchRecord, end: &str) -> Result<(), ApiError> {
-    let route = Route::from_path(&rec.endpoint).unwrap_or(Route::Completions);
-    let batch_lines = BatchLines::load(gw, &rec.id).await?;
-    let refused: HashMap<usize, &str> = batch_lines.invalid.iter().map(|(l, m)| (*l, m.as_str())).collect();
-    let lines = batch_lines.job_lines();
+    let mut writer = FileWriter::new(rec, BatchLines::load(gw, &rec.id).await?);
+    let lines = writer.job_lines();
     let mut results = AheadReader::start(gw.results().await?, &rec.id, &lines);
-    let (mut out, mut err) = (String::new(), String::new());
-    for (line, custom_id) in batch_lines.custom_ids.iter().enumerate() {
-        let request_id = job_id(&rec.id, line);
-        let result = match refused.contains_key(&line) {
-            true => None,
-            false => results.next(line).await?,
-        };
-        let (file, entry) = match (refused.get(&line), result.as_ref()) {
-            (Some(message), _) => (&mut err, error_line(&request_id, custom_id, None, "invalid_request", message)),
-            (None, Some(r)) if r.status == Some(JobStatus::Done) => {
+    for line in lines {
+        let result = results.next(line).await?;
+        writer.push(line, result.as_ref(), end);
+    }
+    writer.save(gw, rec).await
+}
+
+/// A batch's output and error files, built line by line in input order.
+pub struct FileWriter {
+    route: Route,
+    batch: String,
+    custom_ids: Vec<String>,
+    /// Refused lines and why.
+    refused: HashMap<usize, String>,
+    /// Lines written so far.
+    next: usize,
+    out: String,
+    err: String,
+}
+
+impl FileWriter {
+    /// The files of batch `rec`, whose input lines are `lines`.
+    pub fn new(rec: &BatchRecord, lines: BatchLines) -> Self {
+        let job_route = Route::from_path(&rec.endpoint).unwrap_or(Route::Completions);
+        let refused = lines.invalid.into_iter().collect();
+        Self { route: job_route, batch: rec.id.clone(), custom_ids: lines.custom_ids, refused, next: 0, out: String::new(), err: String::new() }
+    }
+
+    /// The lines that ran as jobs, in order: what [`FileWriter::push`] takes.
+    pub fn job_lines(&self) -> Vec<usize> {
+        (0..self.custom_ids.len()).filter(|l| !self.refused.contains_key(l)).collect()
+    }
+
+    /// Writes the refused lines before job line `line`, then `line` with `result` (`None`: no
+    /// result stored; `end` says why: `expired` or not).
+    pub fn push(&mut self, line: usize, result: Option<&JobResult>, end: &str) {
+        self.refused_until(line);
+        let request_id = job_id(&self.batch, line);
+        let custom_id = &self.custom_ids[line];
+        let (file, entry) = match result {
+            Some(r) if r.status == Some(JobStatus::Done) => {
                 let model = r.model.clone().unwrap_or_default();
-                let response = json!({ "status_code": 200, "request_id": request_id, "body": full_response(route, r, 1, &model, None) });
-                (&mut out, json!({ "id": format!("batch_req_{request_id}"), "custom_id": custom_id, "response": response, "error": null }))
+                let response = json!({ "status_code": 200, "request_id": request_id, "body": full_response(self.route, r, 1, &model, None) });
+                (&mut self.out, json!({ "id": format!("batch_req_{request_id}"), "custom_id": custom_id, "response": response, "error": null }))
             }
-            (None, Some(r)) if r.status == Some(JobStatus::Cancelled) => {
-                (&mut err, error_line(&request_id, custom_id, None, "batch_cancelled", "cancelled before it finished"))
+            Some(r) if r.status == Some(JobStatus::Cancelled) => {
+                (&mut self.err, error_line(&request_id, custom_id, "batch_cancelled", "cancelled before it finished"))
             }
-            (None, Some(r)) if r.status == Some(JobStatus::Failed) || r.status == Some(JobStatus::Expired) => {
+            Some(r) if r.status == Some(JobStatus::Failed) || r.status == Some(JobStatus::Expired) => {
                 let e = ApiError::from_final(r, crate::openai::openai_names).unwrap_or_else(|| ApiError::internal("not finished"));
                 let response = json!({ "status_code": e.status.as_u16(), "request_id": request_id, "body": e.body() });
-                (&mut err, json!({ "id": format!("batch_req_{request_id}"), "custom_id": custom_id, "response": response, "error": null }))
+                (&mut self.err, json!({ "id": format!("batch_req_{request_id}"), "custom_id": custom_id, "response": response, "error": null }))
             }
-            (None, _) if end == "expired" => {
-                (&mut err, error_line(&request_id, custom_id, None, "batch_expired", "the batch's completion window ended before it finished"))
+            _ if end == "expired" => {
+                (&mut self.err, error_line(&request_id, custom_id, "batch_expired", "the batch's completion window ended before it finished"))
             }
-            (None, _) => (&mut err, error_line(&request_id, custom_id, None, "result_missing", "the result expired or was never stored")),
+            _ => (&mut self.err, error_line(&request_id, custom_id, "result_missing", "the result expired or was never stored")),
         };
         file.push_str(&entry.to_string());
         file.push('\n');
+        self.next = line + 1;
     }
-    if !out.is_empty() {
-        rec.output_file_id = Some(put_file(gw, "batch_output", &format!("{}_output.jsonl", rec.id), out.as_bytes()).await?.id);
+
+    /// Writes the refused lines before `line`.
+    fn refused_until(&mut self, line: usize) {
+        for l in self.next..line {
+            if let Some(message) = self.refused.get(&l) {
+                let entry = error_line(&job_id(&self.batch, l), &self.custom_ids[l], "invalid_request", message);
+                self.err.push_str(&entry.to_string());
+                self.err.push('\n');
+            }
+        }
+        self.next = self.next.max(line);
     }
-    if !err.is_empty() {
-        rec.error_file_id = Some(put_file(gw, "batch_output", &format!("{}_error.jsonl", rec.id), err.as_bytes()).await?.id);
+
+    /// Stores the files (each only if it has a line) and records their ids in `rec`.
+    pub async fn save(mut self, gw: &Gateway, rec: &mut BatchRecord) -> Result<(), ApiError> {
+        self.refused_until(self.custom_ids.len());
+        if !self.out.is_empty() {
+            rec.output_file_id = Some(put_file(gw, "batch_output", &format!("{}_output.jsonl", rec.id), self.out.as_bytes()).await?.id);
+        }
+        if !self.err.is_empty() {
+            rec.error_file_id = Some(put_file(gw, "batch_output", &format!("{}_error.jsonl", rec.id), self.err.as_bytes()).await?.id);
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Reads a batch's results in line order, a few chunks ahead on other tasks, so the reading
@@ -113,6 +160,6 @@ impl AheadReader {
     }
 }
 
-fn error_line(request_id: &str, custom_id: &str, response: Option<Value>, code: &str, message: &str) -> Value {
-    json!({ "id": format!("batch_req_{request_id}"), "custom_id": custom_id, "response": response, "error": { "code": code, "message": message } })
+fn error_line(request_id: &str, custom_id: &str, code: &str, message: &str) -> Value {
+    json!({ "id": format!("batch_req_{request_id}"), "custom_id": custom_id, "response": null, "error": { "code": code, "message": message } })
 }

@@ -9,13 +9,13 @@ pub mod latency;
 use std::time::Instant;
 
 use genq_shared::valid::{validate, Limits};
-use genq_shared::JobRequest;
+use genq_shared::{JobRequest, OutputFormat};
 use serde::Serialize;
 
 use crate::engine::{Engine, EngineError, StepLimits};
 
 /// One benchmark run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EngineBenchSpec {
     /// Sequences in the batch.
     pub batch: usize,
@@ -27,6 +27,8 @@ pub struct EngineBenchSpec {
     pub max_prefill_tokens: usize,
     /// Tokens of a prompt prefix every sequence shares, before its own `prompt_tokens` (0: none).
     pub shared_prefix_tokens: usize,
+    /// The output format every job follows (none: free text).
+    pub format: Option<OutputFormat>,
 }
 
 /// Figures of one run.
@@ -56,6 +58,8 @@ pub struct EngineBenchResult {
     pub shared_prefix_tokens: usize,
     /// Prompt tokens the engine copied from its prefix cache during the run.
     pub prefix_hit_tokens: u64,
+    /// Whether every job had an output format.
+    pub constrained: bool,
 }
 
 /// A prompt of roughly `tokens` tokens for a BPE vocabulary (~1 token per short word). Prompts
@@ -93,6 +97,7 @@ pub fn run_engine_bench(engine: &mut dyn Engine, spec: &EngineBenchSpec) -> Resu
             min_new_tokens: Some(spec.new_tokens as u32),
             temperature: Some(0.0),
             model: Some(engine.info().model.clone()),
+            format: spec.format.clone(),
             ..JobRequest::prompt(format!("{shared}{}", bench_prompt(spec.prompt_tokens, i)))
         };
         let job = validate(&req, &Limits::default()).map_err(|e| EngineError(e.to_string()))?;
@@ -134,6 +139,7 @@ pub fn run_engine_bench(engine: &mut dyn Engine, spec: &EngineBenchSpec) -> Resu
         peak_rss_mib: peak_rss_mib(),
         shared_prefix_tokens: spec.shared_prefix_tokens,
         prefix_hit_tokens: engine.prefix_cache().hit_tokens - hits_before,
+        constrained: spec.format.is_some(),
     })
 }
 
@@ -152,7 +158,7 @@ mod tests {
     #[test]
     fn engine_bench_counts_every_generated_token() {
         let mut e = EchoEngine::new("m");
-        let spec = EngineBenchSpec { batch: 4, prompt_tokens: 8, new_tokens: 10, max_prefill_tokens: 512, shared_prefix_tokens: 0 };
+        let spec = EngineBenchSpec { batch: 4, prompt_tokens: 8, new_tokens: 10, max_prefill_tokens: 512, shared_prefix_tokens: 0, format: None };
         let r = run_engine_bench(&mut e, &spec).expect("bench");
         assert_eq!(r.prompt_tokens, 8.0);
         assert!(r.total_generated_tokens_per_s > 0.0);

@@ -198,6 +198,7 @@ fn main() -> anyhow::Result<ExitCode> {
                     new_tokens,
                     max_prefill_tokens: batch * prompt_tokens * 2,
                     shared_prefix_tokens: 0,
+                    format: None,
                 };
                 println!(
                     "{}",

@@ -80,10 +80,9 @@ use super::{
 use self::logprobs::{log_prob, token_logprob, TokenTexts};
 use genq_shared::result::TokenLogprob;
 
-/// Tokens a sequence may not draw now: EOS and end-of-turn tokens until `min_new_tokens` exist
-/// (not under a `format`: its grammar decides when the text may end).
+/// Tokens a sequence may not draw now: EOS and end-of-turn tokens until `min_new_tokens` exist.
 fn banned(special: &SpecialIds, seq: &Sequence) -> Vec<u32> {
-    if seq.generated < seq.min_new && seq.constraint.is_none() {
+    if seq.generated < seq.min_new {
         std::iter::once(special.eos).chain(special.extra_stops.iter().copied()).collect()
     } else {
         Vec::new()
@@ -661,7 +660,9 @@ impl LlamaEngine {
             (None, Some(constraint)) => {
                 let mut row = logits.to_vec();
                 constraint::apply(constraint.allowed().map_err(|e| fail("format", &e))?, &mut row);
-                seq.sampler.sample(&row, &banned).map_err(|e| fail("sampling", &e))?
+                // `min_new_tokens` holds the end off only while the format allows another token.
+                let more = row.iter().enumerate().any(|(i, &l)| l > f32::NEG_INFINITY && !banned.contains(&(i as u32)));
+                seq.sampler.sample(&row, if more { &banned } else { &[] }).map_err(|e| fail("sampling", &e))?
             }
             (None, None) => seq.sampler.sample(logits, &banned).map_err(|e| fail("sampling", &e))?,
         };
