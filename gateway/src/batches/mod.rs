@@ -10,9 +10,7 @@
 //! - [`input`]: the input file read into jobs and refused lines.
 //! - [`record`]: the batch's record and OpenAI's batch object.
 //! - [`output`]: the output and error files.
-//! - [`follow`]: the creating gateway writes the files as the results arrive.
 
-pub mod follow;
 pub mod input;
 pub mod output;
 pub mod record;
@@ -103,7 +101,6 @@ pub async fn create_batch(gw: &Gateway, req: CreateBatch) -> Result<(BatchRecord
         errors: None,
     };
     let mut lines = BatchLines { custom_ids: input.custom_ids, invalid: input.invalid };
-    let follows = !input.jobs.is_empty();
     rec.save_new(&gw, &lines).await?;
     let producer = gw.producer().await?;
     let (job_lines, jobs): (Vec<usize>, Vec<_>) = input.jobs.into_iter().unzip();
@@ -121,15 +118,7 @@ pub async fn create_batch(gw: &Gateway, req: CreateBatch) -> Result<(BatchRecord
     }
     rec.status = "in_progress".into();
     rec.in_progress_at = Some(now_secs());
-    if follows {
-        // The lease is taken before the batch can be seen in progress, so no other gateway
-        // starts writing its files meanwhile.
-        BatchRecord::renew_follower(&gw, &rec.id).await?;
-    }
     rec.save_if_status(&gw, "validating").await?;
-    if follows {
-        follow::spawn(gw.clone(), rec.clone(), lines);
-    }
     let counts = refresh(&gw, &mut rec).await?;
     Ok((rec, counts))
 }
@@ -160,10 +149,6 @@ async fn refresh(gw: &Gateway, rec: &mut BatchRecord) -> Result<RequestCounts, A
     if !(running && (counts.all_final() || window_over) || stuck_finalizing) {
         return Ok(counts);
     }
-    if running && !window_over && rec.followed(gw, now).await? {
-        // The gateway following the batch writes its files (at once: it has read every result).
-        return Ok(counts);
-    }
     if !rec.claim_finalizing(gw, now).await? {
         rec.status = "finalizing".into();
         return Ok(counts);
@@ -177,7 +162,7 @@ async fn refresh(gw: &Gateway, rec: &mut BatchRecord) -> Result<RequestCounts, A
     // the claim up so the next look tries again.
     let (gw2, mut done) = (gw.clone(), rec.clone());
     let task = tokio::spawn(async move {
-        match finalize(&gw2, &mut done, end, None).await {
+        match finalize(&gw2, &mut done, end).await {
             Ok(()) => Ok(done),
             Err(e) => {
                 done.release_finalizing(&gw2).await;
@@ -189,9 +174,8 @@ async fn refresh(gw: &Gateway, rec: &mut BatchRecord) -> Result<RequestCounts, A
     Ok(counts)
 }
 
-/// Moves a batch to `finalizing`, writes its files (from `written`, the lines a follower has
-/// already written, or by reading every result now), and ends it `end`.
-async fn finalize(gw: &Gateway, rec: &mut BatchRecord, end: &'static str, written: Option<output::FileWriter>) -> Result<(), ApiError> {
+/// Moves a batch to `finalizing`, writes its files, and ends it `end`.
+async fn finalize(gw: &Gateway, rec: &mut BatchRecord, end: &'static str) -> Result<(), ApiError> {
     let from = rec.status.clone();
     if from != "finalizing" {
         rec.status = "finalizing".into();
@@ -206,10 +190,7 @@ async fn finalize(gw: &Gateway, rec: &mut BatchRecord, end: &'static str, writte
         cancel_jobs(gw, rec).await?;
     }
     let writing = std::time::Instant::now();
-    match written {
-        Some(writer) => writer.save(gw, rec).await?,
-        None => output::write_files(gw, rec, end).await?,
-    }
+    output::write_files(gw, rec, end).await?;
     tracing::info!(batch = %rec.id, status = end, seconds = writing.elapsed().as_secs_f64(), "batch output written");
     let now = now_secs();
     rec.status = end.into();

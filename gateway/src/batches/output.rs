@@ -37,7 +37,7 @@ pub async fn write_files(gw: &Gateway, rec: &mut BatchRecord, end: &str) -> Resu
 }
 
 /// A batch's output and error files, built line by line in input order.
-pub struct FileWriter {
+pub(crate) struct FileWriter {
     route: Route,
     batch: String,
     custom_ids: Vec<String>,
@@ -51,20 +51,20 @@ pub struct FileWriter {
 
 impl FileWriter {
     /// The files of batch `rec`, whose input lines are `lines`.
-    pub fn new(rec: &BatchRecord, lines: BatchLines) -> Self {
+    pub(crate) fn new(rec: &BatchRecord, lines: BatchLines) -> Self {
         let job_route = Route::from_path(&rec.endpoint).unwrap_or(Route::Completions);
         let refused = lines.invalid.into_iter().collect();
         Self { route: job_route, batch: rec.id.clone(), custom_ids: lines.custom_ids, refused, next: 0, out: String::new(), err: String::new() }
     }
 
     /// The lines that ran as jobs, in order: what [`FileWriter::push`] takes.
-    pub fn job_lines(&self) -> Vec<usize> {
+    pub(crate) fn job_lines(&self) -> Vec<usize> {
         (0..self.custom_ids.len()).filter(|l| !self.refused.contains_key(l)).collect()
     }
 
     /// Writes the refused lines before job line `line`, then `line` with `result` (`None`: no
     /// result stored; `end` says why: `expired` or not).
-    pub fn push(&mut self, line: usize, result: Option<&JobResult>, end: &str) {
+    pub(crate) fn push(&mut self, line: usize, result: Option<&JobResult>, end: &str) {
         self.refused_until(line);
         let request_id = job_id(&self.batch, line);
         let custom_id = &self.custom_ids[line];
@@ -105,7 +105,7 @@ impl FileWriter {
     }
 
     /// Stores the files (each only if it has a line) and records their ids in `rec`.
-    pub async fn save(mut self, gw: &Gateway, rec: &mut BatchRecord) -> Result<(), ApiError> {
+    pub(crate) async fn save(mut self, gw: &Gateway, rec: &mut BatchRecord) -> Result<(), ApiError> {
         self.refused_until(self.custom_ids.len());
         if !self.out.is_empty() {
             rec.output_file_id = Some(put_file(gw, "batch_output", &format!("{}_output.jsonl", rec.id), self.out.as_bytes()).await?.id);

@@ -22,10 +22,6 @@ const LINES_FIELD: &str = "lines";
 pub const FINALIZER_FIELD: &str = "finalizer";
 /// A claim older than this is taken over (its gateway stopped or failed midway).
 const FINALIZER_LEASE_SECS: u64 = 300;
-/// The field of a batch's record where the gateway following it renews its lease.
-pub const FOLLOWER_FIELD: &str = "follower";
-/// A follower silent this long is taken to have stopped.
-const FOLLOWER_LEASE_SECS: u64 = 10;
 
 /// Replaces the record only if its status is still ARGV[1]. KEYS: the record's hash; ARGV:
 /// expected status, new record JSON, TTL.
@@ -227,26 +223,6 @@ impl BatchRecord {
             .await
             .map_err(redis_error)?;
         Ok(claimed == 1)
-    }
-
-    /// Renews the lease of the gateway following batch `id` (see `follow`).
-    pub async fn renew_follower(gw: &Gateway, id: &str) -> Result<(), ApiError> {
-        let mut conn = gw.records().await?;
-        redis::cmd("HSET").arg(gw.keys().openai_batch(id)).arg(FOLLOWER_FIELD).arg(crate::openai::now_secs()).query_async::<()>(&mut conn).await.map_err(redis_error)
-    }
-
-    /// Ends the lease of the gateway following batch `id`.
-    pub async fn drop_follower(gw: &Gateway, id: &str) {
-        if let Ok(mut conn) = gw.records().await {
-            let _: Result<(), _> = redis::cmd("HDEL").arg(gw.keys().openai_batch(id)).arg(FOLLOWER_FIELD).query_async(&mut conn).await;
-        }
-    }
-
-    /// Whether a gateway follows this batch now (it then writes the files itself).
-    pub async fn followed(&self, gw: &Gateway, now: u64) -> Result<bool, ApiError> {
-        let mut conn = gw.records().await?;
-        let renewed: Option<u64> = redis::cmd("HGET").arg(gw.keys().openai_batch(&self.id)).arg(FOLLOWER_FIELD).query_async(&mut conn).await.map_err(redis_error)?;
-        Ok(renewed.is_some_and(|t| t + FOLLOWER_LEASE_SECS > now))
     }
 
     /// Gives the claim up (after a failure), so the next look at the batch tries again.

@@ -119,6 +119,11 @@ impl Constraint {
         Ok(())
     }
 
+    /// The tokens allowed next, if already computed.
+    pub(crate) fn prepared(&self) -> Option<&SimpleVob> {
+        self.mask.as_ref()
+    }
+
     /// The tokens allowed next ([`Constraint::prepare`] first).
     pub(crate) fn allowed(&mut self) -> Result<&SimpleVob, String> {
         self.prepare()?;
@@ -135,6 +140,26 @@ impl Constraint {
     pub(crate) fn is_complete(&self) -> bool {
         self.matcher.is_stopped()
     }
+}
+
+/// The greedy pick among the tokens `mask` allows: the largest logit (the first of equal ones,
+/// NaN never), `banned` tokens left out unless nothing else is allowed. What sampling the row
+/// masked by [`apply`] at temperature 0 picks, without copying the row.
+pub(crate) fn greedy_pick(row: &[f32], mask: &SimpleVob, banned: &[u32]) -> u32 {
+    let best = |skip_banned: bool| {
+        let mut best: Option<(usize, f32)> = None;
+        mask.iter_set_entries(|i| {
+            let Some(&v) = row.get(i) else { return };
+            if (skip_banned && banned.contains(&(i as u32))) || v == f32::NEG_INFINITY {
+                return;
+            }
+            if best.is_none_or(|(_, b)| v > b) {
+                best = Some((i, v));
+            }
+        });
+        best.map(|(i, _)| i as u32)
+    };
+    best(true).or_else(|| best(false)).unwrap_or(0)
 }
 
 /// Sets every logit `mask` does not allow to minus infinity.
@@ -210,6 +235,25 @@ mod tests {
         let value: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
         assert!(jsonschema::is_valid(&schema, &value), "{text}");
         assert!(!text.contains(' '), "compact: {text}");
+    }
+
+    #[test]
+    fn the_greedy_pick_is_what_sampling_the_masked_row_picks() {
+        let (g, _) = grammars();
+        let mut c = g.compile(&OutputFormat::Regex { pattern: "[a-c]x?".into() }).expect("compiles");
+        let mask = c.allowed().expect("mask").clone();
+        // Tokens 1..=3 are a, b, c; 0 is the end token (not allowed yet).
+        let mut row = vec![9.0, 1.0, 5.0, 5.0, 8.0];
+        row.resize(mask.len(), 7.0);
+        assert_eq!(greedy_pick(&row, &mask, &[]), 2, "the first of equal allowed maxima; 0 and 4 are not allowed");
+        assert_eq!(greedy_pick(&row, &mask, &[2, 3]), 1, "banned ones left out");
+        assert_eq!(greedy_pick(&row, &mask, &[1, 2, 3]), 2, "unless nothing else is allowed");
+        let mut masked = row.clone();
+        apply(&mask, &mut masked);
+        let sampled = crate::engine::llama::sampler::Sampler::new(&genq_shared::valid::SamplingParams { temperature: 0.0, top_p: 1.0, top_k: None, repetition_penalty: 1.0, seed: None }, 1)
+            .sample(&masked, &[])
+            .expect("sample");
+        assert_eq!(sampled, greedy_pick(&row, &mask, &[]));
     }
 
     #[test]

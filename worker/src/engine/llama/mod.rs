@@ -632,10 +632,17 @@ impl LlamaEngine {
     fn stateless_picks(&self, uses: &[RowUse], logits: &[f32], vocab: usize) -> Vec<Option<Result<u32, String>>> {
         uses.par_iter()
             .map(|u| {
-                let seq = self.seqs.get(&u.id).filter(|s| u.samples && s.constraint.is_none())?;
+                let seq = self.seqs.get(&u.id).filter(|_| u.samples)?;
                 let row = logits.get(u.sample_row * vocab..(u.sample_row + 1) * vocab)?;
-                let pick = seq.sampler.stateless_pick(row, &banned(&self.prompts.special, seq))?;
-                Some(pick.map_err(|e| e.to_string()))
+                let banned = banned(&self.prompts.special, seq);
+                match &seq.constraint {
+                    None => Some(seq.sampler.stateless_pick(row, &banned)?.map_err(|e| e.to_string())),
+                    // A greedy pick under a format whose mask the forward's side thread computed.
+                    Some(c) => {
+                        let mask = c.prepared().filter(|_| seq.sampler.is_stateless())?;
+                        Some(Ok(constraint::greedy_pick(row, mask, &banned)))
+                    }
+                }
             })
             .collect()
     }

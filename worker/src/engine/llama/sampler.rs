@@ -54,10 +54,15 @@ impl Sampler {
         }
     }
 
+    /// Whether picks need no state (greedy without a repetition penalty).
+    pub(crate) fn is_stateless(&self) -> bool {
+        self.greedy && self.repetition_penalty == 1.0
+    }
+
     /// The token [`Sampler::sample`] will pick, when that needs no state (greedy without a
     /// repetition penalty): `None` otherwise. Many rows can be read at once this way.
     pub(crate) fn stateless_pick(&self, logits: &[f32], banned: &[u32]) -> Option<Result<u32>> {
-        (self.greedy && self.repetition_penalty == 1.0).then(|| argmax(logits, banned))
+        self.is_stateless().then(|| argmax(logits, banned))
     }
 
     /// Picks the next token from `logits`; `banned` tokens are never chosen.
