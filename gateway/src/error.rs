@@ -184,7 +184,7 @@ fn named_field(message: &str) -> Option<(&'static str, &str)> {
     let rest = message.strip_prefix('`')?;
     let (field, rest) = rest.split_once('`')?;
     let field = genq_shared::job::FIELDS.iter().copied().find(|f| *f == field)?;
-    Some((field, rest.trim_start()))
+    Some((field, rest.trim_start_matches(':').trim_start()))
 }
 
 impl std::fmt::Display for ApiError {

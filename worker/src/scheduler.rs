@@ -133,7 +133,6 @@ pub(crate) struct Scheduler<R> {
     solo: Option<SeqId>,
 }
 
-/// Where `p` comes in the admission order ([`Priority::ALL`]).
 /// Prompt tokens two jobs must share to be admitted together (the prefix cache's block).
 const SHARED_PREFIX_TOKENS: usize = 16;
 /// How far behind the head of its queue a job sharing its prefix is looked for.
@@ -144,6 +143,7 @@ fn shared_prefix(prompt: &[u32]) -> Option<Vec<u32>> {
     (prompt.len() > SHARED_PREFIX_TOKENS).then(|| prompt[..SHARED_PREFIX_TOKENS].to_vec())
 }
 
+/// Where `p` comes in the admission order ([`Priority::ALL`]).
 fn rank(p: Priority) -> usize {
     Priority::ALL.iter().position(|&q| q == p).expect("every priority is in ALL")
 }
@@ -257,16 +257,14 @@ impl<R> Scheduler<R> {
     /// so the engine computes the shared prompt once. Each job still waits at most one admission
     /// more per job ahead of it: the head of a queue is always admitted first.
     fn admit_sharing(&mut self, engine: &mut dyn Engine, events: &mut Vec<EngineEvent<R>>, queue: usize, prefix: &[u32]) {
-        let mut at = 0;
-        while at < self.waiting[queue].len().min(SHARED_PREFIX_LOOKAHEAD) {
+        let (mut at, mut examined) = (0, 0);
+        while at < self.waiting[queue].len() && examined < SHARED_PREFIX_LOOKAHEAD {
+            examined += 1;
             let width: usize = self.running.values().map(|r| r.width).sum();
             let candidate = &self.waiting[queue][at];
-            if !candidate.prompt.starts_with(prefix) {
+            if !candidate.prompt.starts_with(prefix) || width + candidate.job.n as usize > self.settings.max_batch_size {
                 at += 1;
                 continue;
-            }
-            if width + candidate.job.n as usize > self.settings.max_batch_size {
-                return;
             }
             if let Some(job) = self.waiting[queue].remove(at).and_then(|j| self.unless_expired(j, events)) {
                 self.start(engine, job, events);
@@ -431,6 +429,12 @@ impl<R> Scheduler<R> {
             }
             if let Some(done) = u.done {
                 if let Some(r) = self.running.remove(&u.id) {
+                    if let Some(e) = done.error {
+                        let mut o = outcome(JobStatus::Failed, r.text, Some((e, error_kind::UNSUPPORTED)));
+                        (o.prompt_tokens, o.completion_tokens) = (r.prompt_tokens, r.tokens);
+                        events.push(EngineEvent::Finished { reply: r.reply, outcome: o });
+                        continue;
+                    }
                     let mut o = outcome(JobStatus::Done, r.text, None);
                     o.finish_reason = done.finish_reason;
                     o.prompt_tokens = r.prompt_tokens;

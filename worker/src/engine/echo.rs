@@ -178,6 +178,7 @@ impl Engine for EchoEngine {
                         score: Some(Score { logprobs, perplexity: (-mean).exp() }),
                         logprobs: Default::default(),
                         samples: Vec::new(),
+                        error: None,
                     }),
                 });
                 finished.push(id);
@@ -212,6 +213,7 @@ impl Engine for EchoEngine {
                     score: None,
                     logprobs: Default::default(),
                     samples: (1..seq.samples).map(|_| others(r)).collect(),
+                    error: None,
                 }),
             });
         }

@@ -86,6 +86,9 @@ pub struct SeqDone {
     pub logprobs: Logprobs,
     /// A job with `n` above 1: its other samples (2nd to nth), in order.
     pub samples: Vec<Choice>,
+    /// The sequence could not go on (its output format failed mid-way): the job ends `failed`
+    /// with this message, which names the field.
+    pub error: Option<String>,
 }
 
 /// What happened to one sequence in one step.

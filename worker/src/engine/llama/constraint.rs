@@ -130,6 +130,11 @@ impl Constraint {
         self.mask.as_ref().ok_or_else(|| "no mask".to_string())
     }
 
+    /// A matcher at the same position, independent of this one (another sample of a job).
+    pub(crate) fn deep_clone(&self) -> Constraint {
+        Constraint { matcher: self.matcher.deep_clone(), mask: None }
+    }
+
     /// Moves past `token` (one the mask allowed).
     pub(crate) fn accept(&mut self, token: u32) -> Result<(), String> {
         self.mask = None;
@@ -144,13 +149,14 @@ impl Constraint {
 
 /// The greedy pick among the tokens `mask` allows: the largest logit (the first of equal ones,
 /// NaN never), `banned` tokens left out unless nothing else is allowed. What sampling the row
-/// masked by [`apply`] at temperature 0 picks, without copying the row.
-pub(crate) fn greedy_pick(row: &[f32], mask: &SimpleVob, banned: &[u32]) -> u32 {
+/// masked by [`apply`] at temperature 0 picks, without copying the row. `None` when no allowed
+/// token has a finite logit.
+pub(crate) fn greedy_pick(row: &[f32], mask: &SimpleVob, banned: &[u32]) -> Option<u32> {
     let best = |skip_banned: bool| {
         let mut best: Option<(usize, f32)> = None;
         mask.iter_set_entries(|i| {
             let Some(&v) = row.get(i) else { return };
-            if (skip_banned && banned.contains(&(i as u32))) || v == f32::NEG_INFINITY {
+            if (skip_banned && banned.contains(&(i as u32))) || !v.is_finite() {
                 return;
             }
             if best.is_none_or(|(_, b)| v > b) {
@@ -159,7 +165,7 @@ pub(crate) fn greedy_pick(row: &[f32], mask: &SimpleVob, banned: &[u32]) -> u32 
         });
         best.map(|(i, _)| i as u32)
     };
-    best(true).or_else(|| best(false)).unwrap_or(0)
+    best(true).or_else(|| best(false))
 }
 
 /// Sets every logit `mask` does not allow to minus infinity.
@@ -245,15 +251,20 @@ mod tests {
         // Tokens 1..=3 are a, b, c; 0 is the end token (not allowed yet).
         let mut row = vec![9.0, 1.0, 5.0, 5.0, 8.0];
         row.resize(mask.len(), 7.0);
-        assert_eq!(greedy_pick(&row, &mask, &[]), 2, "the first of equal allowed maxima; 0 and 4 are not allowed");
-        assert_eq!(greedy_pick(&row, &mask, &[2, 3]), 1, "banned ones left out");
-        assert_eq!(greedy_pick(&row, &mask, &[1, 2, 3]), 2, "unless nothing else is allowed");
+        assert_eq!(greedy_pick(&row, &mask, &[]), Some(2), "the first of equal allowed maxima; 0 and 4 are not allowed");
+        assert_eq!(greedy_pick(&row, &mask, &[2, 3]), Some(1), "banned ones left out");
+        assert_eq!(greedy_pick(&row, &mask, &[1, 2, 3]), Some(2), "unless nothing else is allowed");
+        let mut nan = row.clone();
+        nan[1] = f32::NAN;
+        assert_eq!(greedy_pick(&nan, &mask, &[]), Some(2), "NaN is never picked");
+        let hopeless = vec![f32::NEG_INFINITY; row.len()];
+        assert_eq!(greedy_pick(&hopeless, &mask, &[]), None);
         let mut masked = row.clone();
         apply(&mask, &mut masked);
         let sampled = crate::engine::llama::sampler::Sampler::new(&genq_shared::valid::SamplingParams { temperature: 0.0, top_p: 1.0, top_k: None, repetition_penalty: 1.0, seed: None }, 1)
             .sample(&masked, &[])
             .expect("sample");
-        assert_eq!(sampled, greedy_pick(&row, &mask, &[]));
+        assert_eq!(Some(sampled), greedy_pick(&row, &mask, &[]));
     }
 
     #[test]

@@ -544,6 +544,7 @@ impl LlamaEngine {
                                 }),
                                 logprobs: seq.take_logprobs(),
                                 samples: Vec::new(),
+                                error: None,
                             }
                         });
                         SeqUpdate {
@@ -640,7 +641,8 @@ impl LlamaEngine {
                     // A greedy pick under a format whose mask the forward's side thread computed.
                     Some(c) => {
                         let mask = c.prepared().filter(|_| seq.sampler.is_stateless())?;
-                        Some(Ok(constraint::greedy_pick(row, mask, &banned)))
+                        // Nothing drawable: sampled in order, which fails the job alone.
+                        Some(Ok(constraint::greedy_pick(row, mask, &banned)?))
                     }
                 }
             })
@@ -662,19 +664,34 @@ impl LlamaEngine {
             EngineError(format!("sequence {id}: {what}: {e}"))
         };
         let banned = banned(special, seq);
+        // A format that cannot go on fails this job alone (a grammar limit, no token allowed).
+        let format_failed = |seq: &mut Sequence, e: String| SeqUpdate {
+            id,
+            text: String::new(),
+            new_tokens: 0,
+            done: Some(SeqDone { finish_reason: None, score: None, logprobs: seq.take_logprobs(), samples: Vec::new(), error: Some(format!("`format` {e}")) }),
+        };
         let token = match (pick, seq.constraint.as_mut()) {
             (Some(pick), _) => pick.map_err(|e| fail("sampling", &e))?,
             (None, Some(constraint)) => {
                 let mut row = logits.to_vec();
-                constraint::apply(constraint.allowed().map_err(|e| fail("format", &e))?, &mut row);
+                match constraint.allowed() {
+                    Ok(mask) => constraint::apply(mask, &mut row),
+                    Err(e) => return Ok(format_failed(seq, e)),
+                }
+                if !row.iter().any(|l| l.is_finite()) {
+                    return Ok(format_failed(seq, "allows no token the model can draw here".into()));
+                }
                 // `min_new_tokens` holds the end off only while the format allows another token.
-                let more = row.iter().enumerate().any(|(i, &l)| l > f32::NEG_INFINITY && !banned.contains(&(i as u32)));
+                let more = row.iter().enumerate().any(|(i, &l)| l.is_finite() && !banned.contains(&(i as u32)));
                 seq.sampler.sample(&row, if more { &banned } else { &[] }).map_err(|e| fail("sampling", &e))?
             }
             (None, None) => seq.sampler.sample(logits, &banned).map_err(|e| fail("sampling", &e))?,
         };
         if let Some(constraint) = seq.constraint.as_mut() {
-            constraint.accept(token).map_err(|e| fail("format", &e))?;
+            if let Err(e) = constraint.accept(token) {
+                return Ok(format_failed(seq, e));
+            }
         }
         seq.sampler.observe(token);
         if let Some(k) = seq.top_logprobs {
@@ -725,6 +742,7 @@ impl LlamaEngine {
                     score: None,
                     logprobs: seq.take_logprobs(),
                     samples: Vec::new(),
+                    error: None,
                 }),
                 None => None,
             },
@@ -778,9 +796,9 @@ impl Engine for LlamaEngine {
         // One matcher per sample, all compiled before anything is admitted.
         let mut constraints = Vec::with_capacity(others + 1);
         if let Some(format) = &job.format {
-            for _ in 0..=others {
-                constraints.push(self.grammars.compile(format).map_err(|message| AdmitError { field: "format", message })?);
-            }
+            let first = self.grammars.compile(format).map_err(|message| AdmitError { field: "format", message })?;
+            constraints.extend((0..others).map(|_| first.deep_clone()));
+            constraints.push(first);
         }
         let mut constraint = || constraints.pop();
         // The other samples wait for this one's prefill where caches can be copied.

@@ -25,6 +25,8 @@ struct Group {
     finished: Vec<Option<Choice>>,
     /// The first sample's end, held until every sibling has finished.
     held: Option<SeqDone>,
+    /// The first sibling's failure, if one failed: the job fails with it.
+    error: Option<String>,
 }
 
 impl Group {
@@ -63,6 +65,7 @@ impl Samples {
             tokens: vec![0; count],
             finished: vec![None; count],
             held: None,
+            error: None,
         };
         self.groups.insert(id, group);
         siblings
@@ -108,6 +111,9 @@ impl Samples {
                 group.tokens[place] += u.new_tokens as u64;
                 group.texts[place].push_str(&u.text);
                 if let Some(done) = u.done {
+                    if let Some(e) = done.error {
+                        group.error.get_or_insert(e);
+                    }
                     group.finished[place] = Some(Choice {
                         text: std::mem::take(&mut group.texts[place]),
                         finish_reason: done.finish_reason,
@@ -137,6 +143,7 @@ impl Samples {
             if self.groups.get(&job).is_some_and(Group::complete) {
                 let group = self.groups.remove(&job).expect("checked");
                 let mut done = group.held.expect("complete");
+                done.error = done.error.or(group.error);
                 done.samples = group.finished.into_iter().map(|c| c.expect("complete")).collect();
                 out[at].done = Some(done);
             }
@@ -155,7 +162,7 @@ mod tests {
             id,
             text: text.into(),
             new_tokens: 1,
-            done: done.map(|r| SeqDone { finish_reason: Some(r), score: None, logprobs: Default::default(), samples: Vec::new() }),
+            done: done.map(|r| SeqDone { finish_reason: Some(r), score: None, logprobs: Default::default(), samples: Vec::new(), error: None }),
         }
     }
 
