@@ -107,6 +107,20 @@ fn run_openai_script(python: &str, script: &str, base: &str, model: &str, log: &
     serde_json::from_slice(&out.stdout).expect("client prints JSON")
 }
 
+/// A worker on the default model (batches of 8) and a gateway in a new sandbox `name`, then
+/// `tests/python/<script>` against them: the sandbox, both processes (alive while the caller
+/// holds them) and what the script printed.
+fn run_openai_script_on_a_real_worker(name: &str, script: &str) -> (Sandbox, genq_tests::Worker, GatewayProcess, serde_json::Value) {
+    let model = default_model();
+    let python = python_with_openai();
+    let sb = Sandbox::new(name);
+    let worker = sb.worker(&["--model-path", model.to_str().unwrap_or_default(), "--max-batch-size", "8"]);
+    let gw = GatewayProcess::start(&sb, &[], &[("GENQ__GATEWAY__API_KEYS", TOKEN)]);
+    worker.wait_ready(Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}"));
+    let seen = run_openai_script(&python, script, &gw.base, &sb.model, &|| gw.log_text());
+    (sb, worker, gw, seen)
+}
+
 /// Log-probs through the `openai` package: generated tokens' (greedy: each is the most likely),
 /// a prompt scored alone (`echo`, `max_tokens: 0`), a prompt echoed before its completion, chat.
 fn check_logprobs(python: &str, base: &str, model: &str) {
@@ -299,13 +313,7 @@ async fn curl_and_the_openai_client_get_answers_from_a_real_worker() {
 #[tokio::test(flavor = "multi_thread")]
 #[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
 async fn the_openai_client_runs_batches_through_files_and_the_batch_api() {
-    let model = default_model();
-    let python = python_with_openai();
-    let sb = Sandbox::new("batches");
-    let worker = sb.worker(&["--model-path", model.to_str().unwrap_or_default(), "--max-batch-size", "8"]);
-    let gw = GatewayProcess::start(&sb, &[], &[("GENQ__GATEWAY__API_KEYS", TOKEN)]);
-    worker.wait_ready(Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}"));
-    let seen = run_openai_script(&python, "openai_batch.py", &gw.base, &sb.model, &|| gw.log_text());
+    let (sb, worker, gw, seen) = run_openai_script_on_a_real_worker("batches", "openai_batch.py");
 
     assert_eq!(seen["file"]["purpose"], "batch", "{}", seen["file"]);
     assert_eq!(seen["created_status"], "in_progress");
@@ -476,13 +484,7 @@ fn assert_valid_json(what: &str, text: &str, schema: &serde_json::Value) {
 #[tokio::test(flavor = "multi_thread")]
 #[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
 async fn the_openai_client_gets_structured_output_valid_under_its_schema() {
-    let model = default_model();
-    let python = python_with_openai();
-    let sb = Sandbox::new("structured");
-    let worker = sb.worker(&["--model-path", model.to_str().unwrap_or_default(), "--max-batch-size", "8"]);
-    let gw = GatewayProcess::start(&sb, &[], &[("GENQ__GATEWAY__API_KEYS", TOKEN)]);
-    worker.wait_ready(Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}"));
-    let seen = run_openai_script(&python, "openai_structured.py", &gw.base, &sb.model, &|| gw.log_text());
+    let (sb, worker, gw, seen) = run_openai_script_on_a_real_worker("structured", "openai_structured.py");
 
     let schemas = seen["schemas"].as_array().expect("schemas");
     let chat = seen["chat"].as_array().expect("chat answers");
