@@ -22,6 +22,7 @@
 pub mod args;
 pub mod auth;
 pub mod batches;
+pub mod completion;
 pub mod error;
 pub mod files;
 pub mod generate;

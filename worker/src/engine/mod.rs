@@ -113,6 +113,9 @@ pub struct PrefixStats {
     pub held_tokens: u64,
     /// Blocks evicted to make room, in all.
     pub evicted_blocks: u64,
+    /// Time spent looking blocks up and copying them in and out, microseconds, in all: the
+    /// cache's whole cost to the engine's thread.
+    pub busy_micros: u64,
 }
 
 /// Bounds on one step.
@@ -165,10 +168,21 @@ pub trait Engine: Send {
     /// sample's text, `new_tokens` counts the tokens of every sample, and `done` comes once
     /// every sample has finished, with the others in [`SeqDone::samples`]. Sample `i` draws
     /// with seed `seed + i`.
-    fn admit(&mut self, id: SeqId, job: &ValidJob, prompt: Vec<u32>, seed: u64) -> Result<Admitted, AdmitError>;
+    fn admit(
+        &mut self,
+        id: SeqId,
+        job: &ValidJob,
+        prompt: Vec<u32>,
+        seed: u64,
+    ) -> Result<Admitted, AdmitError>;
 
     /// Encodes on the calling thread, then admits (tests and benchmarks).
-    fn encode_and_admit(&mut self, id: SeqId, job: &ValidJob, seed: u64) -> Result<Admitted, AdmitError> {
+    fn encode_and_admit(
+        &mut self,
+        id: SeqId,
+        job: &ValidJob,
+        seed: u64,
+    ) -> Result<Admitted, AdmitError> {
         let prompt = self.encoder().encode(job)?;
         self.admit(id, job, prompt, seed)
     }

@@ -142,3 +142,73 @@ impl Pool {
     }
 }
 
+impl Pool {
+    /// The rows of positions `from..to` of `slot`, every head of each position in turn (the
+    /// order a step writes them in), each row repeated `dim` times: a gather or scatter index.
+    fn position_rows(&self, slot: usize, from: usize, to: usize) -> Vec<u32> {
+        let mut rows = Vec::with_capacity((to - from) * self.kv_heads * self.head_dim);
+        for pos in from..to {
+            for h in 0..self.kv_heads {
+                rows.extend(std::iter::repeat_n(self.row(slot, h, pos), self.head_dim));
+            }
+        }
+        rows
+    }
+}
+
+impl SlotCache {
+    /// Copies of positions `from..to` of this sequence's keys and values, every layer:
+    /// `[(to - from) * kv_heads, head_dim]` each, on the pool's device.
+    pub(crate) fn positions(&self, from: usize, to: usize) -> Result<Vec<(Tensor, Tensor)>> {
+        if from > to || to > self.len {
+            bail!("positions {from}..{to} of a slot of {}", self.len);
+        }
+        let pool = lock(&self.pool);
+        let Some(slot) = self.slot else {
+            bail!("positions of a sequence with no slot")
+        };
+        let rows = pool.position_rows(slot, from, to);
+        let index = Tensor::from_vec(
+            rows,
+            ((to - from) * pool.kv_heads, pool.head_dim),
+            &pool.device,
+        )?;
+        // A gather always makes new storage: the copy never aliases the pool.
+        pool.k
+            .iter()
+            .zip(&pool.v)
+            .map(|(k, v)| Ok((k.gather(&index, 0)?, v.gather(&index, 0)?)))
+            .collect()
+    }
+
+    /// Appends `n` positions of every layer, as [`SlotCache::positions`] gave them (of a model
+    /// with `layers` layers): they become positions `len..len + n`.
+    pub(crate) fn append_positions(
+        &mut self,
+        blocks: &[(Tensor, Tensor)],
+        n: usize,
+        layers: usize,
+    ) -> Result<()> {
+        if blocks.len() != layers {
+            bail!("a block of {} layers for a model of {layers}", blocks.len());
+        }
+        let mut pool = lock(&self.pool);
+        let slot = match self.slot {
+            Some(s) => s,
+            None => {
+                let s = pool.take(layers)?;
+                self.slot = Some(s);
+                s
+            }
+        };
+        pool.reserve(layers, self.len + n)?;
+        let rows = pool.position_rows(slot, self.len, self.len + n);
+        let index = Tensor::from_vec(rows, (n * pool.kv_heads, pool.head_dim), &pool.device)?;
+        for (l, (k, v)) in blocks.iter().enumerate() {
+            pool.k[l].scatter_set(&index, k, 0)?;
+            pool.v[l].scatter_set(&index, v, 0)?;
+        }
+        self.len += n;
+        Ok(())
+    }
+}
