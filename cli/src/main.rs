@@ -107,10 +107,7 @@ const DEFAULT_LOG_FILTER: &str = "warn,lapin::returned_messages=error";
 fn main() -> ExitCode {
     let cli = Cli::parse();
     genq_protocol::process::init_logs(cli.common.log_json, DEFAULT_LOG_FILTER);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -35,9 +35,7 @@ pub struct CancelArgs {
 
 async fn client(common: &CommonArgs) -> anyhow::Result<ResultClient> {
     let s = common.settings(Default::default())?;
-    Ok(ResultClient::connect(&s.redis.url, &s.redis.key_prefix)
-        .await?
-        .with_ttl(s.redis.result_ttl_secs))
+    Ok(ResultClient::connect(&s.redis.url, &s.redis.key_prefix).await?.with_ttl(s.redis.result_ttl_secs))
 }
 
 pub async fn get(common: &CommonArgs, args: GetArgs) -> anyhow::Result<ExitCode> {
@@ -71,18 +69,11 @@ pub async fn wait(common: &CommonArgs, args: WaitArgs) -> anyhow::Result<ExitCod
 pub async fn cancel(common: &CommonArgs, args: CancelArgs) -> anyhow::Result<ExitCode> {
     match client(common).await?.cancel(&args.id).await {
         Ok(CancelOutcome::Requested) => {
-            eprintln!(
-                "job {}: cancel requested; it ends `cancelled` at its worker's next check",
-                args.id
-            );
+            eprintln!("job {}: cancel requested; it ends `cancelled` at its worker's next check", args.id);
             Ok(ExitCode::SUCCESS)
         }
         Ok(CancelOutcome::AlreadyFinal(status)) => {
-            eprintln!(
-                "job {}: already finished ({}); nothing to cancel",
-                args.id,
-                status.as_str()
-            );
+            eprintln!("job {}: already finished ({}); nothing to cancel", args.id, status.as_str());
             Ok(ExitCode::from(3))
         }
         Err(e @ ResultError::Unknown { .. }) => {

@@ -53,20 +53,14 @@ pub async fn run(common: &CommonArgs, args: RunArgs) -> anyhow::Result<ExitCode>
     let load_started = Instant::now();
     let engine = tokio::task::block_in_place(|| setup::build_engine(&settings.worker))?;
     let info = engine.info().clone();
-    eprintln!(
-        "loaded {} on {} in {:.1} s",
-        info.model,
-        info.device,
-        load_started.elapsed().as_secs_f64()
-    );
+    eprintln!("loaded {} on {} in {:.1} s", info.model, info.device, load_started.elapsed().as_secs_f64());
 
     let mut ids = Vec::with_capacity(jobs.len());
     let mut bodies = Vec::with_capacity(jobs.len());
     for (i, (_, mut job)) in jobs.into_iter().enumerate() {
         let id = job.id.clone().unwrap_or_else(|| format!("job-{}", i + 1));
         job.id = Some(id.clone());
-        job.model
-            .get_or_insert_with(|| settings.worker.model_name.clone());
+        job.model.get_or_insert_with(|| settings.worker.model_name.clone());
         ids.push(id);
         bodies.push(serde_json::to_vec(&job)?);
     }
@@ -82,15 +76,7 @@ pub async fn run(common: &CommonArgs, args: RunArgs) -> anyhow::Result<ExitCode>
             }
         }
     });
-    let report = pipeline::run(
-        source,
-        sink.clone(),
-        engine,
-        pipeline_settings,
-        metrics,
-        std::future::pending(),
-    )
-    .await?;
+    let report = pipeline::run(source, sink.clone(), engine, pipeline_settings, metrics, std::future::pending()).await?;
     feeder.await?;
     let elapsed = started.elapsed().as_secs_f64();
 
@@ -111,9 +97,5 @@ pub async fn run(common: &CommonArgs, args: RunArgs) -> anyhow::Result<ExitCode>
         ids.len() as f64 / elapsed.max(1e-9),
         report.generated_tokens as f64 / elapsed.max(1e-9)
     );
-    Ok(if failed == 0 && bad_lines.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(2)
-    })
+    Ok(if failed == 0 && bad_lines.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(2) })
 }

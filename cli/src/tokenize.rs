@@ -63,10 +63,7 @@ pub async fn run(common: &CommonArgs, args: TokenizeArgs) -> anyhow::Result<Exit
     for text in texts {
         let ids = tokenizer::prompt_ids(&tok, &special, &text, args.special)
             .with_context(|| format!("tokenizing {text:?}"))?;
-        let line = serde_json::to_string(&Line {
-            text: &text,
-            ids: &ids,
-        })?;
+        let line = serde_json::to_string(&Line { text: &text, ids: &ids })?;
         writeln!(out, "{line}")?;
     }
     out.flush()?;

@@ -113,25 +113,15 @@ fn generate_names(field: &'static str) -> &'static str {
 
 /// `POST /generate`. The job id is in the `x-genq-job-id` header, so the body stays exactly
 /// the original's.
-pub async fn generate(
-    State(gw): State<Gateway>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
+pub async fn generate(State(gw): State<Gateway>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let bytes = body_bytes(body, gw.settings().gateway.max_body_bytes)?;
     let req: GenerateRequest = parse_json(&bytes)?;
     let job = req.to_job()?;
     let result = run_to_end(&gw, job, generate_names).await?;
     let continuation = result.text.clone().unwrap_or_default();
-    let generated_text = if req.return_full_text.unwrap_or(true) {
-        format!("{}{continuation}", req.text)
-    } else {
-        continuation
-    };
-    let body = serde_json::to_string(&GenerateResponse {
-        original_text: req.text,
-        generated_text,
-    })
-    .map_err(|e| ApiError::internal(e.to_string()))?;
+    let generated_text = if req.return_full_text.unwrap_or(true) { format!("{}{continuation}", req.text) } else { continuation };
+    let body = serde_json::to_string(&GenerateResponse { original_text: req.text, generated_text })
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     let mut response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
     if let Ok(v) = HeaderValue::from_str(&result.id) {
         response.headers_mut().insert("x-genq-job-id", v);
@@ -150,36 +140,18 @@ mod tests {
         let job = req.to_job().expect("valid");
         assert_eq!(job.prompt.as_deref(), Some("Hello"));
         assert_eq!(job.temperature, Some(0.0));
-        assert_eq!(
-            (job.max_length, job.max_new_tokens),
-            (Some(DEFAULT_MAX_LENGTH), None),
-            "the worker counts the prompt"
-        );
-        let req: GenerateRequest =
-            parse_json(br#"{"text":"Hello","max_length":20}"#).expect("parses");
+        assert_eq!((job.max_length, job.max_new_tokens), (Some(DEFAULT_MAX_LENGTH), None), "the worker counts the prompt");
+        let req: GenerateRequest = parse_json(br#"{"text":"Hello","max_length":20}"#).expect("parses");
         assert_eq!(req.to_job().expect("valid").max_length, Some(20));
-        let req: GenerateRequest =
-            parse_json(br#"{"text":"Hello","max_new_tokens":7,"temperature":0.8,"seed":1}"#)
-                .expect("parses");
+        let req: GenerateRequest = parse_json(br#"{"text":"Hello","max_new_tokens":7,"temperature":0.8,"seed":1}"#).expect("parses");
         let job = req.to_job().expect("valid");
-        assert_eq!(
-            (job.max_length, job.max_new_tokens),
-            (None, Some(7)),
-            "max_new_tokens overrides max_length"
-        );
+        assert_eq!((job.max_length, job.max_new_tokens), (None, Some(7)), "max_new_tokens overrides max_length");
     }
 
     #[test]
     fn the_response_has_exactly_the_original_fields() {
-        let body = serde_json::to_value(GenerateResponse {
-            original_text: "a".into(),
-            generated_text: "ab".into(),
-        })
-        .expect("json");
-        assert_eq!(
-            body,
-            serde_json::json!({"originalText": "a", "generatedText": "ab"})
-        );
+        let body = serde_json::to_value(GenerateResponse { original_text: "a".into(), generated_text: "ab".into() }).expect("json");
+        assert_eq!(body, serde_json::json!({"originalText": "a", "generatedText": "ab"}));
     }
 
     #[test]

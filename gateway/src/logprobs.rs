@@ -21,12 +21,7 @@ pub fn completion(prompt: Option<&[TokenLogprob]>, generated: &[TokenLogprob]) -
     }
     let top = |t: &TokenLogprob| match t.logprob {
         None => Value::Null,
-        Some(_) => Value::Object(
-            t.top
-                .iter()
-                .map(|a| (a.token.clone(), json!(a.logprob)))
-                .collect::<Map<_, _>>(),
-        ),
+        Some(_) => Value::Object(t.top.iter().map(|a| (a.token.clone(), json!(a.logprob))).collect::<Map<_, _>>()),
     };
     json!({
         "tokens": tokens.iter().map(|t| t.token.as_str()).collect::<Vec<_>>(),
@@ -54,36 +49,18 @@ mod tests {
     use genq_shared::result::TopLogprob;
 
     fn tok(id: u32, token: &str, logprob: Option<f64>, top: &[(&str, f64)]) -> TokenLogprob {
-        let top = top
-            .iter()
-            .map(|&(t, l)| TopLogprob {
-                id: 0,
-                token: t.into(),
-                logprob: l,
-            })
-            .collect();
-        TokenLogprob {
-            id,
-            token: token.into(),
-            logprob,
-            top,
-        }
+        let top = top.iter().map(|&(t, l)| TopLogprob { id: 0, token: t.into(), logprob: l }).collect();
+        TokenLogprob { id, token: token.into(), logprob, top }
     }
 
     #[test]
     fn echoed_prompt_tokens_come_first_with_a_null_first_log_prob() {
-        let prompt = [
-            tok(1, "Hé", None, &[]),
-            tok(2, " there", Some(-1.5), &[(" you", -0.5), (" there", -1.5)]),
-        ];
+        let prompt = [tok(1, "Hé", None, &[]), tok(2, " there", Some(-1.5), &[(" you", -0.5), (" there", -1.5)])];
         let generated = [tok(3, "!", Some(-0.25), &[("!", -0.25)])];
         let v = completion(Some(&prompt), &generated);
         assert_eq!(v["tokens"], json!(["Hé", " there", "!"]));
         assert_eq!(v["token_logprobs"], json!([null, -1.5, -0.25]));
-        assert_eq!(
-            v["top_logprobs"],
-            json!([null, {" you": -0.5, " there": -1.5}, {"!": -0.25}])
-        );
+        assert_eq!(v["top_logprobs"], json!([null, {" you": -0.5, " there": -1.5}, {"!": -0.25}]));
         assert_eq!(v["text_offset"], json!([0, 2, 8]), "characters, not bytes");
         assert_eq!(completion(None, &generated)["text_offset"], json!([0]));
     }
@@ -91,10 +68,7 @@ mod tests {
     #[test]
     fn chat_entries_carry_bytes_and_alternatives() {
         let v = chat(&[tok(3, "é", Some(-0.1), &[("é", -0.1)])]);
-        assert_eq!(
-            v["content"][0],
-            json!({ "token": "é", "logprob": -0.1, "bytes": [195, 169], "top_logprobs": [{ "token": "é", "logprob": -0.1, "bytes": [195, 169] }] })
-        );
+        assert_eq!(v["content"][0], json!({ "token": "é", "logprob": -0.1, "bytes": [195, 169], "top_logprobs": [{ "token": "é", "logprob": -0.1, "bytes": [195, 169] }] }));
         assert_eq!(v["refusal"], Value::Null);
     }
 }

@@ -21,14 +21,7 @@ struct Cli {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     genq_protocol::process::init_logs(cli.settings.log_json, "warn");
-    let result = async {
-        genq_gateway::run(
-            cli.settings.settings(cli.serve.overrides())?,
-            "genq-gateway",
-        )
-        .await
-    }
-    .await;
+    let result = async { genq_gateway::run(cli.settings.settings(cli.serve.overrides())?, "genq-gateway").await }.await;
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -27,26 +27,15 @@ impl GatewayMetrics {
     /// Registers every metric.
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
-        let http_requests = IntCounterVec::new(
-            Opts::new(
-                names::HTTP_REQUESTS_TOTAL,
-                "HTTP requests answered, by route and status",
-            ),
-            &["route", "status"],
-        )?;
+        let http_requests =
+            IntCounterVec::new(Opts::new(names::HTTP_REQUESTS_TOTAL, "HTTP requests answered, by route and status"), &["route", "status"])?;
         registry.register(Box::new(http_requests.clone()))?;
-        Ok(Self {
-            producer: ProducerMetrics::new()?,
-            registry,
-            http_requests,
-        })
+        Ok(Self { producer: ProducerMetrics::new()?, registry, http_requests })
     }
 
     /// Both registries in the Prometheus text format.
     pub fn render(&self) -> String {
-        let own = prometheus::TextEncoder::new()
-            .encode_to_string(&self.registry.gather())
-            .unwrap_or_default();
+        let own = prometheus::TextEncoder::new().encode_to_string(&self.registry.gather()).unwrap_or_default();
         format!("{}{own}", self.producer.render())
     }
 }
@@ -68,17 +57,10 @@ pub fn route_label(path: &str) -> &'static str {
 }
 
 /// Middleware: counts every answered request (a streamed one when its headers go out).
-pub async fn count_requests(
-    State(metrics): State<GatewayMetrics>,
-    request: Request,
-    next: Next,
-) -> Response {
+pub async fn count_requests(State(metrics): State<GatewayMetrics>, request: Request, next: Next) -> Response {
     let route = route_label(request.uri().path());
     let response = next.run(request).await;
-    metrics
-        .http_requests
-        .with_label_values(&[route, response.status().as_str()])
-        .inc();
+    metrics.http_requests.with_label_values(&[route, response.status().as_str()]).inc();
     response
 }
 
@@ -89,35 +71,18 @@ mod tests {
     #[test]
     fn job_ids_never_become_labels() {
         assert_eq!(route_label("/v1/jobs/5f1c-aa"), "/v1/jobs/{id}");
-        assert_eq!(
-            route_label("/v1/models/smollm2-135m-instruct"),
-            "/v1/models/{model}"
-        );
+        assert_eq!(route_label("/v1/models/smollm2-135m-instruct"), "/v1/models/{model}");
         assert_eq!(route_label("/anything/else"), "other");
     }
 
     #[test]
     fn metrics_show_publishes_and_requests() {
         let m = GatewayMetrics::new().expect("registers");
-        m.producer.record(
-            Err(&genq_producer::PublishError::Nacked),
-            std::time::Duration::from_millis(3),
-        );
-        m.http_requests
-            .with_label_values(&["/generate", "200"])
-            .inc();
+        m.producer.record(Err(&genq_producer::PublishError::Nacked), std::time::Duration::from_millis(3));
+        m.http_requests.with_label_values(&["/generate", "200"]).inc();
         let text = m.render();
-        assert!(
-            text.contains("genq_published_total{outcome=\"nacked\"} 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("genq_published_total{outcome=\"confirmed\"} 0"),
-            "{text}"
-        );
-        assert!(
-            text.contains("genq_http_requests_total{route=\"/generate\",status=\"200\"} 1"),
-            "{text}"
-        );
+        assert!(text.contains("genq_published_total{outcome=\"nacked\"} 1"), "{text}");
+        assert!(text.contains("genq_published_total{outcome=\"confirmed\"} 0"), "{text}");
+        assert!(text.contains("genq_http_requests_total{route=\"/generate\",status=\"200\"} 1"), "{text}");
     }
 }

@@ -146,16 +146,9 @@ impl Gateway {
 
     /// Publishes `job` (its id and model filled in when absent); the producer counts the
     /// outcome. `rename` maps wire field names to the route's own in validation errors.
-    pub async fn submit(
-        &self,
-        job: JobRequest,
-        rename: impl Fn(&'static str) -> &'static str,
-    ) -> Result<String, ApiError> {
+    pub async fn submit(&self, job: JobRequest, rename: impl Fn(&'static str) -> &'static str) -> Result<String, ApiError> {
         let producer = self.producer().await?;
-        producer
-            .submit(job)
-            .await
-            .map_err(|e| ApiError::from_publish(&e, rename))
+        producer.submit(job).await.map_err(|e| ApiError::from_publish(&e, rename))
     }
 
     /// The connection for files and batch records, connecting first if there is none. Its
@@ -165,12 +158,9 @@ impl Gateway {
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
-        let conn = RedisConn::connect(
-            &self.inner.settings.redis.url,
-            Some(Duration::from_secs(30)),
-        )
-        .await
-        .map_err(|e| ApiError::unavailable("redis", e))?;
+        let conn = RedisConn::connect(&self.inner.settings.redis.url, Some(Duration::from_secs(30)))
+            .await
+            .map_err(|e| ApiError::unavailable("redis", e))?;
         *slot = Some(conn.clone());
         Ok(conn)
     }
@@ -178,8 +168,6 @@ impl Gateway {
     /// A connection of its own for blocking reads (`XREAD BLOCK`), which would stall every
     /// other command on a shared one.
     pub async fn blocking_redis(&self) -> Result<RedisConn, ApiError> {
-        RedisConn::connect(&self.inner.settings.redis.url, None)
-            .await
-            .map_err(|e| ApiError::unavailable("redis", e))
+        RedisConn::connect(&self.inner.settings.redis.url, None).await.map_err(|e| ApiError::unavailable("redis", e))
     }
 }

@@ -22,9 +22,7 @@ pub fn parse_line(line: &str) -> Option<Result<JobRequest, String>> {
     Some(if t.starts_with('{') {
         serde_json::from_str::<JobRequest>(t).map_err(|e| e.to_string())
     } else if t.starts_with('"') {
-        serde_json::from_str::<String>(t)
-            .map(JobRequest::prompt)
-            .map_err(|e| e.to_string())
+        serde_json::from_str::<String>(t).map(JobRequest::prompt).map_err(|e| e.to_string())
     } else {
         Ok(JobRequest::prompt(t))
     })
@@ -38,10 +36,7 @@ pub fn parse_jobs(text: &str) -> (Vec<(usize, JobRequest)>, Vec<LineError>) {
         match parse_line(line) {
             None => {}
             Some(Ok(job)) => jobs.push((i + 1, job)),
-            Some(Err(message)) => errors.push(LineError {
-                line: i + 1,
-                message,
-            }),
+            Some(Err(message)) => errors.push(LineError { line: i + 1, message }),
         }
     }
     (jobs, errors)
@@ -53,13 +48,8 @@ mod tests {
 
     #[test]
     fn lines_may_be_objects_strings_or_plain_prompts() {
-        let (jobs, errors) = parse_jobs(
-            "{\"prompt\":\"a\",\"max_new_tokens\":3}\n\n\"b \\\"q\\\"\"\nplain c\n{\"prompt\":1}\n",
-        );
-        let prompts: Vec<_> = jobs
-            .iter()
-            .map(|(_, j)| j.prompt.clone().unwrap_or_default())
-            .collect();
+        let (jobs, errors) = parse_jobs("{\"prompt\":\"a\",\"max_new_tokens\":3}\n\n\"b \\\"q\\\"\"\nplain c\n{\"prompt\":1}\n");
+        let prompts: Vec<_> = jobs.iter().map(|(_, j)| j.prompt.clone().unwrap_or_default()).collect();
         assert_eq!(prompts, vec!["a", "b \"q\"", "plain c"]);
         assert_eq!(jobs[0].1.max_new_tokens, Some(3));
         assert_eq!(errors.len(), 1);

@@ -53,20 +53,15 @@ impl ProducerMetrics {
     /// Registers the metrics in a fresh registry, every outcome starting at 0.
     pub fn new() -> prometheus::Result<Self> {
         let registry = Registry::new();
-        let published = IntCounterVec::new(
-            Opts::new(names::PUBLISHED_TOTAL, "Jobs published, by broker outcome."),
-            &["outcome"],
-        )?;
+        let published =
+            IntCounterVec::new(Opts::new(names::PUBLISHED_TOTAL, "Jobs published, by broker outcome."), &["outcome"])?;
         registry.register(Box::new(published.clone()))?;
         for outcome in names::PUBLISH_OUTCOMES {
             published.with_label_values(&[outcome]);
         }
         let publish_duration = Histogram::with_opts(
-            HistogramOpts::new(
-                names::PUBLISH_DURATION_SECONDS,
-                "Publish to broker confirm, seconds.",
-            )
-            .buckets(names::LATENCY_BUCKETS.to_vec()),
+            HistogramOpts::new(names::PUBLISH_DURATION_SECONDS, "Publish to broker confirm, seconds.")
+                .buckets(names::LATENCY_BUCKETS.to_vec()),
         )?;
         registry.register(Box::new(publish_duration.clone()))?;
         let publish_retries = IntCounter::new(
@@ -74,12 +69,7 @@ impl ProducerMetrics {
             "Jobs published again (same ids) after their publish or confirm was lost with the connection.",
         )?;
         registry.register(Box::new(publish_retries.clone()))?;
-        Ok(Self {
-            registry,
-            published,
-            publish_duration,
-            publish_retries,
-        })
+        Ok(Self { registry, published, publish_duration, publish_retries })
     }
 
     /// Counts one publish that ended with `outcome` after `elapsed`.
@@ -106,9 +96,7 @@ impl ProducerMetrics {
 
     /// The registry in Prometheus' text format.
     pub fn render(&self) -> String {
-        prometheus::TextEncoder::new()
-            .encode_to_string(&self.registry.gather())
-            .unwrap_or_default()
+        prometheus::TextEncoder::new().encode_to_string(&self.registry.gather()).unwrap_or_default()
     }
 }
 
@@ -121,10 +109,7 @@ mod tests {
         let m = ProducerMetrics::new().expect("metrics");
         let text = m.render();
         for outcome in names::PUBLISH_OUTCOMES {
-            assert!(
-                text.contains(&format!("genq_published_total{{outcome=\"{outcome}\"}} 0")),
-                "{text}"
-            );
+            assert!(text.contains(&format!("genq_published_total{{outcome=\"{outcome}\"}} 0")), "{text}");
         }
     }
 
@@ -135,10 +120,6 @@ mod tests {
         m.observe(PublishOutcome::Error, Duration::from_millis(3));
         assert_eq!(m.published.with_label_values(&["nacked"]).get(), 1);
         assert_eq!(m.published.with_label_values(&["error"]).get(), 1);
-        assert_eq!(
-            m.publish_duration.get_sample_count(),
-            1,
-            "errors have no broker answer to time"
-        );
+        assert_eq!(m.publish_duration.get_sample_count(), 1, "errors have no broker answer to time");
     }
 }

@@ -12,10 +12,7 @@ pub struct Backoff {
 impl Backoff {
     /// A backoff whose first wait is `first` and whose waits stop growing at `max`.
     pub fn new(first: Duration, max: Duration) -> Self {
-        Self {
-            next: first.min(max),
-            max,
-        }
+        Self { next: first.min(max), max }
     }
 
     /// The wait the next [`Backoff::sleep`] will take.

@@ -8,11 +8,7 @@ use tokio::sync::mpsc;
 /// Takes items from `rx` into `take` for at most `wait` (what is ready now is always taken), as
 /// long as `take` answers true (room for more). Answers false when the channel is closed and
 /// empty, true otherwise.
-pub async fn gather<T>(
-    rx: &mut mpsc::Receiver<T>,
-    wait: Duration,
-    mut take: impl FnMut(T) -> bool,
-) -> bool {
+pub async fn gather<T>(rx: &mut mpsc::Receiver<T>, wait: Duration, mut take: impl FnMut(T) -> bool) -> bool {
     let until = Instant::now() + wait;
     loop {
         let item = match rx.try_recv() {
@@ -52,11 +48,7 @@ mod tests {
             got.len() < 3
         })
         .await;
-        assert_eq!(
-            (open, got.clone()),
-            (true, vec![0, 1, 2]),
-            "full after three"
-        );
+        assert_eq!((open, got.clone()), (true, vec![0, 1, 2]), "full after three");
 
         let started = Instant::now();
         let open = gather(&mut rx, Duration::from_millis(50), |i| {
@@ -64,16 +56,10 @@ mod tests {
             true
         })
         .await;
-        assert!(
-            open && started.elapsed() >= Duration::from_millis(50),
-            "waited out the rest"
-        );
+        assert!(open && started.elapsed() >= Duration::from_millis(50), "waited out the rest");
         assert_eq!(got, vec![0, 1, 2, 3, 4]);
 
         drop(tx);
-        assert!(
-            !gather(&mut rx, Duration::from_secs(60), |_| true).await,
-            "closed and empty"
-        );
+        assert!(!gather(&mut rx, Duration::from_secs(60), |_| true).await, "closed and empty");
     }
 }

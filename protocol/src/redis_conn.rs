@@ -27,20 +27,15 @@ impl RedisConn {
     pub async fn connect(urls: &str, response_timeout: Option<Duration>) -> RedisResult<Self> {
         let nodes = url_list(urls);
         if nodes.len() > 1 {
-            let mut builder =
-                ClusterClientBuilder::new(nodes).connection_timeout(Duration::from_secs(5));
+            let mut builder = ClusterClientBuilder::new(nodes).connection_timeout(Duration::from_secs(5));
             if let Some(t) = response_timeout {
                 builder = builder.response_timeout(t);
             }
-            return Ok(RedisConn::Cluster(
-                builder.build()?.get_async_connection().await?,
-            ));
+            return Ok(RedisConn::Cluster(builder.build()?.get_async_connection().await?));
         }
         let client = redis::Client::open(nodes.first().copied().unwrap_or(urls))?;
         let config = ConnectionManagerConfig::new().set_response_timeout(response_timeout);
-        Ok(RedisConn::Single(
-            client.get_connection_manager_with_config(config).await?,
-        ))
+        Ok(RedisConn::Single(client.get_connection_manager_with_config(config).await?))
     }
 
     /// Whether this is a cluster connection.
@@ -90,12 +85,7 @@ impl ConnectionLike for RedisConn {
         }
     }
 
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
+    fn req_packed_commands<'a>(&'a mut self, pipeline: &'a Pipeline, offset: usize, count: usize) -> RedisFuture<'a, Vec<Value>> {
         match self {
             RedisConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
             RedisConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),

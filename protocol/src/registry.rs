@@ -86,16 +86,9 @@ pub async fn leave(conn: &mut RedisConn, s: &Announcement) -> Result<(), Registr
     pipe.query_async::<()>(&mut *conn).await?;
     // The model stays listed while another of its workers is live; the next heartbeat of any
     // worker refreshes it, and without one it drops out after LIVE_FOR.
-    let left: usize = redis::cmd("ZCARD")
-        .arg(&workers)
-        .query_async(&mut *conn)
-        .await?;
+    let left: usize = redis::cmd("ZCARD").arg(&workers).query_async(&mut *conn).await?;
     if left == 0 {
-        redis::cmd("ZREM")
-            .arg(keys.models())
-            .arg(&s.model)
-            .query_async::<()>(&mut *conn)
-            .await?;
+        redis::cmd("ZREM").arg(keys.models()).arg(&s.model).query_async::<()>(&mut *conn).await?;
     }
     Ok(())
 }
@@ -122,11 +115,7 @@ pub async fn live_models(url: &str, key_prefix: &str) -> Result<Vec<ModelWorkers
 }
 
 /// The live workers of `model`, newest heartbeat first.
-pub async fn live_workers(
-    url: &str,
-    key_prefix: &str,
-    model: &str,
-) -> Result<Vec<String>, RegistryError> {
+pub async fn live_workers(url: &str, key_prefix: &str, model: &str) -> Result<Vec<String>, RegistryError> {
     let mut conn = connect(url).await?;
     let since = now_ms().saturating_sub(LIVE_FOR.as_millis() as u64);
     live_workers_on(&mut conn, key_prefix, model, since).await

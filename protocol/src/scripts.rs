@@ -146,11 +146,8 @@ return 1
 
 /// The Lua prelude every script starts with: `FINAL[status]` is true for the final statuses.
 fn final_statuses_prelude() -> String {
-    let entries: Vec<String> = JobStatus::ALL
-        .into_iter()
-        .filter(|s| s.is_final())
-        .map(|s| format!("['{}'] = true", s.as_str()))
-        .collect();
+    let entries: Vec<String> =
+        JobStatus::ALL.into_iter().filter(|s| s.is_final()).map(|s| format!("['{}'] = true", s.as_str())).collect();
     format!("local FINAL = {{{}}}\n", entries.join(", "))
 }
 
@@ -207,14 +204,7 @@ pub struct Scripts {
 
 impl Scripts {
     fn all(&self) -> [&JobScript; 6] {
-        [
-            &self.mark_queued,
-            &self.unmark_queued,
-            &self.cancel,
-            &self.begin,
-            &self.finish,
-            &self.count_in_batch,
-        ]
+        [&self.mark_queued, &self.unmark_queued, &self.cancel, &self.begin, &self.finish, &self.count_in_batch]
     }
 }
 
@@ -248,11 +238,7 @@ pub async fn run(conn: &RedisConn, cmds: &[Cmd]) -> RedisResult<Vec<Value>> {
         Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
             let mut loader = conn.clone();
             for script in scripts().all() {
-                script
-                    .script
-                    .prepare_invoke()
-                    .load_async(&mut loader)
-                    .await?;
+                script.script.prepare_invoke().load_async(&mut loader).await?;
             }
             conn.query_all(cmds).await
         }
@@ -306,17 +292,9 @@ pub async fn per_job<J>(
             cmd
         })
         .collect();
-    let answers: Vec<Value> = run(conn, &cmds)
-        .await?
-        .into_iter()
-        .flat_map(array_items)
-        .collect();
+    let answers: Vec<Value> = run(conn, &cmds).await?.into_iter().flat_map(array_items).collect();
     if answers.len() != jobs.len() * per_job {
-        return Err(ScriptError::AnswerCount {
-            answers: answers.len(),
-            jobs: jobs.len(),
-            per_job,
-        });
+        return Err(ScriptError::AnswerCount { answers: answers.len(), jobs: jobs.len(), per_job });
     }
     Ok(answers)
 }
@@ -330,28 +308,16 @@ mod tests {
         let prelude = final_statuses_prelude();
         for status in JobStatus::ALL {
             let listed = prelude.contains(&format!("['{}'] = true", status.as_str()));
-            assert_eq!(
-                listed,
-                status.is_final(),
-                "{} in {prelude}",
-                status.as_str()
-            );
+            assert_eq!(listed, status.is_final(), "{} in {prelude}", status.as_str());
         }
     }
 
     #[test]
     fn no_script_names_a_final_status_by_hand() {
         for script in scripts().all() {
-            let body = script
-                .source()
-                .strip_prefix(&final_statuses_prelude())
-                .expect("every script starts with the prelude");
+            let body = script.source().strip_prefix(&final_statuses_prelude()).expect("every script starts with the prelude");
             for status in JobStatus::ALL.into_iter().filter(|s| s.is_final()) {
-                assert!(
-                    !body.contains(&format!("'{}'", status.as_str())),
-                    "a script spells out '{}':\n{body}",
-                    status.as_str()
-                );
+                assert!(!body.contains(&format!("'{}'", status.as_str())), "a script spells out '{}':\n{body}", status.as_str());
             }
         }
     }

@@ -92,29 +92,8 @@ pub struct JobRequest {
 
 /// Every field of wire format v1, as named on the wire (errors name one of these).
 pub const FIELDS: &[&str] = &[
-    "v",
-    "id",
-    "kind",
-    "prompt",
-    "messages",
-    "model",
-    "max_new_tokens",
-    "max_length",
-    "min_new_tokens",
-    "temperature",
-    "top_p",
-    "top_k",
-    "repetition_penalty",
-    "seed",
-    "stop",
-    "logprobs",
-    "prompt_logprobs",
-    "n",
-    "format",
-    "priority",
-    "deadline_ms",
-    "stream",
-    "batch",
+    "v", "id", "kind", "prompt", "messages", "model", "max_new_tokens", "max_length", "min_new_tokens", "temperature", "top_p", "top_k",
+    "repetition_penalty", "seed", "stop", "logprobs", "prompt_logprobs", "n", "format", "priority", "deadline_ms", "stream", "batch",
 ];
 
 fn default_version() -> u32 {
@@ -124,11 +103,7 @@ fn default_version() -> u32 {
 impl JobRequest {
     /// A generate job for a plain prompt with every other field at its default.
     pub fn prompt(text: impl Into<String>) -> Self {
-        Self {
-            v: WIRE_VERSION,
-            prompt: Some(text.into()),
-            ..Self::default()
-        }
+        Self { v: WIRE_VERSION, prompt: Some(text.into()), ..Self::default() }
     }
 
     /// The model this job routes to.

@@ -26,9 +26,7 @@ impl Default for KeySchema {
 impl KeySchema {
     /// A schema whose keys all start with `prefix:`.
     pub fn new(prefix: impl Into<String>) -> Self {
-        Self {
-            prefix: prefix.into(),
-        }
+        Self { prefix: prefix.into() }
     }
 
     /// `genq:job:{<id>}`: the result hash.
@@ -102,10 +100,7 @@ mod tests {
         assert_eq!(keys.stream("a1"), "genq:job:{a1}:stream");
         assert_eq!(keys.batch("b"), "genq:batch:{b}");
         assert_eq!(KeySchema::new("t9").job("x"), "t9:job:{x}");
-        assert_eq!(
-            keys.workers("smollm2-135m-instruct"),
-            "genq:workers:{smollm2-135m-instruct}"
-        );
+        assert_eq!(keys.workers("smollm2-135m-instruct"), "genq:workers:{smollm2-135m-instruct}");
         assert_eq!(keys.models(), "genq:models");
     }
 }

@@ -92,14 +92,9 @@ fn schema_and_types_refuse_the_same_invalid_jobs() {
 
 #[test]
 fn schema_lists_every_field_of_the_rust_type() {
-    let value: serde_json::Value =
-        serde_json::from_str(include_str!("../schema/job.v1.schema.json")).expect("json");
-    let mut schema_fields: Vec<String> = value["properties"]
-        .as_object()
-        .expect("properties")
-        .keys()
-        .cloned()
-        .collect();
+    let value: serde_json::Value = serde_json::from_str(include_str!("../schema/job.v1.schema.json")).expect("json");
+    let mut schema_fields: Vec<String> =
+        value["properties"].as_object().expect("properties").keys().cloned().collect();
     schema_fields.sort();
     let full = JobRequest {
         v: 1,
@@ -130,10 +125,7 @@ fn schema_lists_every_field_of_the_rust_type() {
     let mut rust_fields: Vec<String> = ser.as_object().expect("object").keys().cloned().collect();
     rust_fields.sort();
     assert_eq!(schema_fields, rust_fields);
-    let mut listed: Vec<String> = genq_shared::job::FIELDS
-        .iter()
-        .map(|f| f.to_string())
-        .collect();
+    let mut listed: Vec<String> = genq_shared::job::FIELDS.iter().map(|f| f.to_string()).collect();
     listed.sort();
     assert_eq!(schema_fields, listed, "job::FIELDS names every field");
 }

@@ -35,12 +35,7 @@ impl GatewayProcess {
             let mut file = std::fs::File::create(&log_path).ok();
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(rest) = line.split("listening on ").nth(1) {
-                    let _ = tx.send(
-                        rest.split_whitespace()
-                            .next()
-                            .unwrap_or_default()
-                            .to_string(),
-                    );
+                    let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_string());
                 }
                 if let Some(f) = file.as_mut() {
                     use std::io::Write;
@@ -48,9 +43,7 @@ impl GatewayProcess {
                 }
             }
         });
-        let base = rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("genq-gateway did not start; log: {}", log.display()));
+        let base = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| panic!("genq-gateway did not start; log: {}", log.display()));
         Self { child, base, log }
     }
 
@@ -62,9 +55,7 @@ impl GatewayProcess {
 
 impl Drop for GatewayProcess {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
         let until = Instant::now() + Duration::from_secs(15);
         while Instant::now() < until {
             if let Ok(Some(_)) = self.child.try_wait() {

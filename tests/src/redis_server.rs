@@ -8,10 +8,7 @@ use std::time::{Duration, Instant};
 
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
 /// A `redis-server` of the test's own.
@@ -28,12 +25,7 @@ impl PrivateRedis {
     pub fn start(extra: &[&str]) -> Self {
         let dir = crate::scratch_dir().join(crate::unique("redis"));
         let _ = std::fs::create_dir_all(&dir);
-        let mut r = PrivateRedis {
-            port: free_port(),
-            dir,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            child: None,
-        };
+        let mut r = PrivateRedis { port: free_port(), dir, extra: extra.iter().map(|s| s.to_string()).collect(), child: None };
         // A port found free can be taken again before redis-server binds it (by another test's
         // server, or as the local port of an outgoing connection): then it exits, and the next
         // free port is tried.
@@ -58,11 +50,7 @@ impl PrivateRedis {
 
     /// Starts the process (again, after [`PrivateRedis::stop`]) on the same port.
     pub fn spawn(&mut self) {
-        assert!(
-            self.try_spawn(),
-            "private redis did not start again on port {}",
-            self.port
-        );
+        assert!(self.try_spawn(), "private redis did not start again on port {}", self.port);
     }
 
     /// Starts the process; false if it exited before serving its port (the port was taken).
@@ -75,22 +63,9 @@ impl PrivateRedis {
         } else {
             cmd.args(["--port", &port]);
         }
-        let extra: Vec<&String> = self
-            .extra
-            .iter()
-            .filter(|a| a.as_str() != "--tls-port")
-            .collect();
+        let extra: Vec<&String> = self.extra.iter().filter(|a| a.as_str() != "--tls-port").collect();
         let child = cmd
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-            ])
+            .args(["--bind", "127.0.0.1", "--appendonly", "yes", "--appendfsync", "always", "--save", ""])
             .arg("--dir")
             .arg(&self.dir)
             .args(extra)
@@ -121,17 +96,13 @@ impl PrivateRedis {
 
     /// Whether the process has exited.
     fn exited(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
     }
 
     /// Stops the process (SIGTERM: Redis flushes its append-only file and exits).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
+            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
             let _ = c.wait();
         }
     }

@@ -38,36 +38,17 @@ enum Fault {
     Poison,
 }
 
-const FAULTS: [Fault; 6] = [
-    Fault::KillWorker,
-    Fault::DrainWorker,
-    Fault::RestartRabbitNode,
-    Fault::RestartRedis,
-    Fault::Malformed,
-    Fault::Poison,
-];
+const FAULTS: [Fault; 6] = [Fault::KillWorker, Fault::DrainWorker, Fault::RestartRabbitNode, Fault::RestartRedis, Fault::Malformed, Fault::Poison];
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 /// Worker `i`, always under the same name (`--worker-id`), as a pod or a container keeps it.
 fn start_worker(sb: &Sandbox, i: usize) -> Worker {
     let name = format!("chaos-w{i}");
     sb.worker_with_env(
-        &[
-            "--engine",
-            "echo",
-            "--worker-id",
-            &name,
-            "--max-batch-size",
-            "32",
-            "--prefetch",
-            "64",
-        ],
+        &["--engine", "echo", "--worker-id", &name, "--max-batch-size", "32", "--prefetch", "64"],
         &[("GENQ_ECHO_STEP_MS", "2"), ("GENQ_ECHO_CRASH_ON", POISON)],
     )
 }
@@ -88,13 +69,10 @@ async fn chaos_soak_loses_no_job_and_explains_every_failure() {
     let seed: u64 = env_or("GENQ_CHAOS_SEED", 7);
     let mut cluster = RabbitCluster::start();
     let mut redis = PrivateRedis::start(&[]);
-    let sb = Sandbox::new("chaos")
-        .with_amqp(&cluster.amqp_urls().join(","))
-        .with_redis(&redis.url());
+    let sb = Sandbox::new("chaos").with_amqp(&cluster.amqp_urls().join(",")).with_redis(&redis.url());
     let mut workers: Vec<Worker> = (0..WORKERS).map(|i| start_worker(&sb, i)).collect();
     for w in &workers {
-        w.wait_ready(Duration::from_secs(60))
-            .unwrap_or_else(|e| panic!("{e}"));
+        w.wait_ready(Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}"));
     }
 
     // The publisher: batches of jobs through one producer, which reconnects and re-publishes
@@ -107,8 +85,7 @@ async fn chaos_soak_loses_no_job_and_explains_every_failure() {
             let producer = sb.producer().await;
             let mut round = 0;
             while !stop.load(Ordering::SeqCst) {
-                let (ids, _) =
-                    publish_through_nacks(&producer, jobs(&format!("j{round}"), 50, 5)).await;
+                let (ids, _) = publish_through_nacks(&producer, jobs(&format!("j{round}"), 50, 5)).await;
                 confirmed.lock().expect("ids").extend(ids);
                 round += 1;
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -119,8 +96,7 @@ async fn chaos_soak_loses_no_job_and_explains_every_failure() {
 
     let mut rng = StdRng::seed_from_u64(seed);
     let mut schedule: Vec<Fault> = Vec::new();
-    let (mut poison, mut invalid, mut restarts, mut injected) =
-        (Vec::new(), Vec::new(), 0usize, Vec::new());
+    let (mut poison, mut invalid, mut restarts, mut injected) = (Vec::new(), Vec::new(), 0usize, Vec::new());
     let until = Instant::now() + Duration::from_secs(seconds);
     // At least one round of every fault, however short the soak.
     while Instant::now() < until || injected.len() < FAULTS.len() {
@@ -155,24 +131,15 @@ async fn chaos_soak_loses_no_job_and_explains_every_failure() {
             }
             Fault::Malformed => {
                 let n = injected.len();
-                sb.publish_raw(format!("{{\"prompt\": \"broken {n}").as_bytes(), None)
-                    .await;
+                sb.publish_raw(format!("{{\"prompt\": \"broken {n}").as_bytes(), None).await;
                 sb.publish_raw(&[0xff, 0xfe, b'{', 0x80], None).await;
                 let id = format!("invalid-{n}");
-                sb.publish_raw(
-                    format!(r#"{{"id":"{id}","prompt":"x","top_p":5}}"#).as_bytes(),
-                    None,
-                )
-                .await;
+                sb.publish_raw(format!(r#"{{"id":"{id}","prompt":"x","top_p":5}}"#).as_bytes(), None).await;
                 invalid.push(id);
             }
             Fault::Poison => {
                 let id = format!("poison-{}", injected.len());
-                let job = JobRequest {
-                    id: Some(id.clone()),
-                    max_new_tokens: Some(5),
-                    ..JobRequest::prompt(format!("this one is {POISON}"))
-                };
+                let job = JobRequest { id: Some(id.clone()), max_new_tokens: Some(5), ..JobRequest::prompt(format!("this one is {POISON}")) };
                 let producer = sb.producer().await;
                 let (published, _) = publish_through_nacks(&producer, vec![job]).await;
                 producer.close().await;
@@ -198,29 +165,13 @@ async fn chaos_soak_loses_no_job_and_explains_every_failure() {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    let line = t.print(&format!(
-        "chaos soak, {seconds} s, seed {seed}, {} faults, {restarts} worker restarts",
-        injected.len()
-    ));
-    let logs: String = workers
-        .iter()
-        .map(|w| w.log_text())
-        .collect::<Vec<_>>()
-        .join("\n---\n");
+    let line = t.print(&format!("chaos soak, {seconds} s, seed {seed}, {} faults, {restarts} worker restarts", injected.len()));
+    let logs: String = workers.iter().map(|w| w.log_text()).collect::<Vec<_>>().join("\n---\n");
     let tail = &logs[logs.len().saturating_sub(20_000)..];
     assert_eq!(t.lost, 0, "{line}\n{tail}");
     assert_eq!(t.done, ids.len(), "every ordinary job ends done: {line}");
-    let explained = [
-        ("invalid".to_string(), invalid.len()),
-        ("poison".to_string(), poison.len()),
-    ]
-    .into_iter()
-    .filter(|(_, n)| *n > 0)
-    .collect();
-    assert_eq!(
-        t.failed_by_kind, explained,
-        "every failure is a poison or an invalid job: {line}"
-    );
+    let explained = [("invalid".to_string(), invalid.len()), ("poison".to_string(), poison.len())].into_iter().filter(|(_, n)| *n > 0).collect();
+    assert_eq!(t.failed_by_kind, explained, "every failure is a poison or an invalid job: {line}");
     drop(workers);
     sb.cleanup().await;
 }

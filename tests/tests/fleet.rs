@@ -17,8 +17,7 @@ mod tempfile_path {
     pub struct TempFile(pub std::path::PathBuf);
     impl TempFile {
         pub fn with_lines(lines: &[String]) -> Self {
-            let path =
-                genq_tests::scratch_dir().join(format!("{}.jsonl", genq_tests::unique("jobs")));
+            let path = genq_tests::scratch_dir().join(format!("{}.jsonl", genq_tests::unique("jobs")));
             std::fs::write(&path, lines.join("\n") + "\n").expect("write jobs file");
             TempFile(path)
         }
@@ -34,62 +33,32 @@ mod tempfile_path {
 }
 
 fn results_from(stdout: &[u8]) -> Vec<JobResult> {
-    String::from_utf8_lossy(stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("result line is JSON"))
-        .collect()
+    String::from_utf8_lossy(stdout).lines().map(|l| serde_json::from_str(l).expect("result line is JSON")).collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_submitted_job_comes_back_done_in_input_order() {
     let sb = Sandbox::new("fleet");
     let worker = sb.worker(&["--engine", "echo"]);
-    worker
-        .wait_ready(Duration::from_secs(30))
-        .unwrap_or_else(|e| panic!("{e}"));
-    let lines: Vec<String> = (0..200)
-        .map(|i| format!(r#"{{"prompt":"word{i} alpha beta","max_new_tokens":5}}"#))
-        .collect();
+    worker.wait_ready(Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}"));
+    let lines: Vec<String> = (0..200).map(|i| format!(r#"{{"prompt":"word{i} alpha beta","max_new_tokens":5}}"#)).collect();
     let file = write_jobs(&lines);
-    let out = sb
-        .genq()
-        .args(["submit", file.path(), "--wait", "--timeout", "120"])
-        .output()
-        .expect("run genq submit");
-    assert!(
-        out.status.success(),
-        "genq submit failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = sb.genq().args(["submit", file.path(), "--wait", "--timeout", "120"]).output().expect("run genq submit");
+    assert!(out.status.success(), "genq submit failed: {}", String::from_utf8_lossy(&out.stderr));
     let results = results_from(&out.stdout);
     assert_eq!(results.len(), 200);
     for (i, r) in results.iter().enumerate() {
         assert_eq!(r.status, Some(JobStatus::Done), "{r:?}");
-        assert_eq!(
-            r.text.as_deref(),
-            Some(format!("word{i} alpha beta word{i} alpha").as_str()),
-            "results out of order"
-        );
+        assert_eq!(r.text.as_deref(), Some(format!("word{i} alpha beta word{i} alpha").as_str()), "results out of order");
         assert_eq!(r.completion_tokens, Some(5));
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("published 200 jobs, rejected 0"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("published 200 jobs, rejected 0"), "{stderr}");
 
-    let addr = worker
-        .metrics_addr()
-        .expect("worker logs its metrics address");
+    let addr = worker.metrics_addr().expect("worker logs its metrics address");
     let (_, metrics) = http_get(&addr, "/metrics").expect("read /metrics");
-    assert!(
-        metrics.contains("genq_jobs_total{status=\"done\"} 200"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("genq_worker_info{") && metrics.contains(r#"kernel="none""#),
-        "{metrics}"
-    );
+    assert!(metrics.contains("genq_jobs_total{status=\"done\"} 200"), "{metrics}");
+    assert!(metrics.contains("genq_worker_info{") && metrics.contains(r#"kernel="none""#), "{metrics}");
     assert_eq!(http_get(&addr, "/healthz").expect("read /healthz").0, 200);
     drop(worker);
     sb.cleanup().await;
@@ -99,90 +68,37 @@ async fn every_submitted_job_comes_back_done_in_input_order() {
 async fn a_job_with_a_bad_field_fails_naming_the_field() {
     let sb = Sandbox::new("invalid");
     let worker = sb.worker(&["--engine", "echo"]);
-    worker
-        .wait_ready(Duration::from_secs(30))
-        .unwrap_or_else(|e| panic!("{e}"));
-    sb.publish_raw(br#"{"id":"bad-top-p","prompt":"hi","top_p":5}"#, None)
-        .await;
-    sb.publish_raw(br#"{"id":"bad-typo","prompt":"hi","temprature":0.5}"#, None)
-        .await;
-    sb.publish_raw(
-        br#"{"prompt":"hi","max_new_tokens":"many"}"#,
-        Some("bad-type"),
-    )
-    .await;
+    worker.wait_ready(Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}"));
+    sb.publish_raw(br#"{"id":"bad-top-p","prompt":"hi","top_p":5}"#, None).await;
+    sb.publish_raw(br#"{"id":"bad-typo","prompt":"hi","temprature":0.5}"#, None).await;
+    sb.publish_raw(br#"{"prompt":"hi","max_new_tokens":"many"}"#, Some("bad-type")).await;
     sb.publish_raw(b"this is not json", Some("garbage")).await;
-    let good = format!(
-        r#"{{"id":"good","prompt":"still works","model":"{}"}}"#,
-        sb.model
-    );
+    let good = format!(r#"{{"id":"good","prompt":"still works","model":"{}"}}"#, sb.model);
     sb.publish_raw(good.as_bytes(), None).await;
-    sb.publish_raw(
-        br#"{"id":"wrong-model","prompt":"hi","model":"some-other-model"}"#,
-        None,
-    )
-    .await;
+    sb.publish_raw(br#"{"id":"wrong-model","prompt":"hi","model":"some-other-model"}"#, None).await;
     let client = sb.results().await;
-    for (id, field) in [
-        ("bad-top-p", "top_p"),
-        ("bad-typo", "temprature"),
-        ("bad-type", "max_new_tokens"),
-    ] {
-        let r = client
-            .wait(id, Some(Duration::from_secs(30)))
-            .await
-            .expect("result");
+    for (id, field) in [("bad-top-p", "top_p"), ("bad-typo", "temprature"), ("bad-type", "max_new_tokens")] {
+        let r = client.wait(id, Some(Duration::from_secs(30))).await.expect("result");
         assert_eq!(r.status, Some(JobStatus::Failed), "{r:?}");
         let error = r.error.unwrap_or_default();
-        assert!(
-            error.contains(field),
-            "error for {id} should name `{field}`: {error}"
-        );
+        assert!(error.contains(field), "error for {id} should name `{field}`: {error}");
         assert_eq!(r.error_kind.as_deref(), Some("invalid"));
     }
-    let wrong = client
-        .wait("wrong-model", Some(Duration::from_secs(30)))
-        .await
-        .expect("result");
+    let wrong = client.wait("wrong-model", Some(Duration::from_secs(30))).await.expect("result");
     assert_eq!(wrong.status, Some(JobStatus::Failed));
     assert!(wrong.error.unwrap_or_default().contains("`model`"));
-    let good = client
-        .wait("good", Some(Duration::from_secs(30)))
-        .await
-        .expect("result");
-    assert_eq!(
-        good.status,
-        Some(JobStatus::Done),
-        "a bad job must not stop the worker"
-    );
-    assert!(
-        client.get("garbage").await.expect("redis").is_none(),
-        "a non-job body gets no result, it is dead-lettered"
-    );
-    assert!(
-        worker.wait_for_log("not a job", Duration::from_secs(5)),
-        "{}",
-        worker.log_text()
-    );
+    let good = client.wait("good", Some(Duration::from_secs(30))).await.expect("result");
+    assert_eq!(good.status, Some(JobStatus::Done), "a bad job must not stop the worker");
+    assert!(client.get("garbage").await.expect("redis").is_none(), "a non-job body gets no result, it is dead-lettered");
+    assert!(worker.wait_for_log("not a job", Duration::from_secs(5)), "{}", worker.log_text());
 
     // The CLI refuses a bad job before publishing and says which line and field.
-    let file = write_jobs(&[
-        r#"{"prompt":"ok"}"#.into(),
-        r#"{"prompt":"x","top_k":-3}"#.into(),
-        r#"{"prompt":"y","top_p":9}"#.into(),
-    ]);
-    let out = sb
-        .genq()
-        .args(["submit", file.path()])
-        .output()
-        .expect("genq submit");
+    let file = write_jobs(&[r#"{"prompt":"ok"}"#.into(), r#"{"prompt":"x","top_k":-3}"#.into(), r#"{"prompt":"y","top_p":9}"#.into()]);
+    let out = sb.genq().args(["submit", file.path()]).output().expect("genq submit");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("published 1 jobs, rejected 2"), "{stderr}");
-    assert!(
-        stderr.contains("line 2") && stderr.contains("line 3") && stderr.contains("top_p"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("line 2") && stderr.contains("line 3") && stderr.contains("top_p"), "{stderr}");
     drop(worker);
     sb.cleanup().await;
 }
@@ -191,21 +107,14 @@ async fn a_job_with_a_bad_field_fails_naming_the_field() {
 async fn the_same_job_id_published_twice_yields_one_result() {
     let sb = Sandbox::new("dup");
     let producer = sb.producer().await;
-    let job = JobRequest {
-        id: Some("same-id".into()),
-        max_new_tokens: Some(3),
-        ..JobRequest::prompt("a b c")
-    };
+    let job = JobRequest { id: Some("same-id".into()), max_new_tokens: Some(3), ..JobRequest::prompt("a b c") };
     for _ in 0..3 {
         producer.submit(job.clone()).await.expect("published");
     }
     producer.close().await;
     let worker = sb.worker(&["--engine", "echo", "--max-batch-size", "8"]);
     let client = sb.results().await;
-    let r = client
-        .wait("same-id", Some(Duration::from_secs(30)))
-        .await
-        .expect("result");
+    let r = client.wait("same-id", Some(Duration::from_secs(30))).await.expect("result");
     assert_eq!(r.status, Some(JobStatus::Done));
     // Let the worker settle the other two deliveries, then check one final write happened.
     let until = std::time::Instant::now() + Duration::from_secs(20);
@@ -214,21 +123,10 @@ async fn the_same_job_id_published_twice_yields_one_result() {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let redis = redis::Client::open(redis_url()).expect("redis url");
-    let mut conn = redis
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis");
-    let done_len: i64 = redis::cmd("LLEN")
-        .arg(format!("{}:job:{{same-id}}:done", sb.prefix))
-        .query_async(&mut conn)
-        .await
-        .expect("llen");
+    let mut conn = redis.get_multiplexed_async_connection().await.expect("redis");
+    let done_len: i64 = redis::cmd("LLEN").arg(format!("{}:job:{{same-id}}:done", sb.prefix)).query_async(&mut conn).await.expect("llen");
     assert_eq!(done_len, 1, "a final status must be written exactly once");
-    assert_eq!(
-        sb.ready_messages().await,
-        0,
-        "duplicates are acked, not left in the queue"
-    );
+    assert_eq!(sb.ready_messages().await, 0, "duplicates are acked, not left in the queue");
     drop(worker);
     sb.cleanup().await;
 }
@@ -236,30 +134,16 @@ async fn the_same_job_id_published_twice_yields_one_result() {
 #[tokio::test(flavor = "multi_thread")]
 async fn waiting_for_an_unknown_job_times_out_with_a_clear_answer() {
     let sb = Sandbox::new("wait");
-    let out = sb
-        .genq()
-        .args(["wait", "never-published", "--timeout", "1"])
-        .output()
-        .expect("genq wait");
+    let out = sb.genq().args(["wait", "never-published", "--timeout", "1"]).output().expect("genq wait");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("timed out") && stderr.contains("unknown"),
-        "{stderr}"
-    );
-    let out = sb
-        .genq()
-        .args(["get", "never-published"])
-        .output()
-        .expect("genq get");
+    assert!(stderr.contains("timed out") && stderr.contains("unknown"), "{stderr}");
+    let out = sb.genq().args(["get", "never-published"]).output().expect("genq get");
     assert_eq!(out.status.code(), Some(2));
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[cfg_attr(
-    not(genq_model),
-    ignore = "the default model is missing: scripts/fetch-model.sh"
-)]
+#[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
 async fn sigterm_during_a_run_loses_no_job() {
     let model = default_model();
     let model = model.to_str().unwrap_or_default().to_string();
@@ -278,51 +162,24 @@ async fn sigterm_during_a_run_loses_no_job() {
         ids.push(producer.submit(job).await.expect("published"));
     }
     producer.close().await;
-    let first = sb.worker(&[
-        "--model-path",
-        &model,
-        "--max-batch-size",
-        "4",
-        "--prefetch",
-        "8",
-    ]);
+    let first = sb.worker(&["--model-path", &model, "--max-batch-size", "4", "--prefetch", "8"]);
     let client = sb.results().await;
     // Wait until work is under way, then ask the worker to stop.
     let until = std::time::Instant::now() + Duration::from_secs(120);
     loop {
-        let done = client
-            .get_many(&ids)
-            .await
-            .expect("redis")
-            .iter()
-            .flatten()
-            .filter(|r| r.status == Some(JobStatus::Done))
-            .count();
+        let done = client.get_many(&ids).await.expect("redis").iter().flatten().filter(|r| r.status == Some(JobStatus::Done)).count();
         if done >= 2 {
             break;
         }
-        assert!(
-            std::time::Instant::now() < until,
-            "no job finished:\n{}",
-            first.log_text()
-        );
+        assert!(std::time::Instant::now() < until, "no job finished:\n{}", first.log_text());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     first.signal("TERM");
-    let code = first
-        .wait_exit(Duration::from_secs(60))
-        .expect("worker exits after SIGTERM");
+    let code = first.wait_exit(Duration::from_secs(60)).expect("worker exits after SIGTERM");
     assert_eq!(code, Some(0), "graceful exit:\n{}", first.log_text());
     let after_term: Vec<_> = client.get_many(&ids).await.expect("redis");
-    let done_then = after_term
-        .iter()
-        .flatten()
-        .filter(|r| r.status == Some(JobStatus::Done))
-        .count();
-    assert!(
-        done_then < total,
-        "the test needs jobs left over at SIGTERM; make them longer"
-    );
+    let done_then = after_term.iter().flatten().filter(|r| r.status == Some(JobStatus::Done)).count();
+    assert!(done_then < total, "the test needs jobs left over at SIGTERM; make them longer");
 
     let second = sb.worker(&["--model-path", &model, "--max-batch-size", "8"]);
     let mut all = Vec::new();
@@ -340,10 +197,7 @@ async fn sigterm_during_a_run_loses_no_job() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[cfg_attr(
-    not(genq_model),
-    ignore = "the default model is missing: scripts/fetch-model.sh"
-)]
+#[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
 async fn the_example_prompts_get_real_completions_through_the_fleet() {
     let model = default_model();
     let sb = Sandbox::new("real");
@@ -351,45 +205,22 @@ async fn the_example_prompts_get_real_completions_through_the_fleet() {
     let examples = genq_tests::workspace_root().join("examples/prompts.jsonl");
     let out = sb
         .genq()
-        .args([
-            "submit",
-            examples.to_str().unwrap_or_default(),
-            "--wait",
-            "--timeout",
-            "300",
-        ])
+        .args(["submit", examples.to_str().unwrap_or_default(), "--wait", "--timeout", "300"])
         .output()
         .expect("genq submit");
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        worker.log_text()
-    );
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), worker.log_text());
     let results = results_from(&out.stdout);
     assert_eq!(results.len(), 7);
     for r in &results {
         assert_eq!(r.status, Some(JobStatus::Done), "{r:?}");
     }
     let capital = &results[0];
-    assert!(
-        capital.text.as_deref().unwrap_or("").contains("Paris"),
-        "{capital:?}"
-    );
+    assert!(capital.text.as_deref().unwrap_or("").contains("Paris"), "{capital:?}");
     let score = results.iter().find(|r| r.id == "ppl").expect("score job");
-    assert!(
-        score.perplexity.is_some_and(|p| p > 1.0 && p.is_finite()),
-        "{score:?}"
-    );
-    assert_eq!(
-        score.logprobs.as_ref().map(Vec::len),
-        score.prompt_tokens.map(|n| n as usize - 1)
-    );
+    assert!(score.perplexity.is_some_and(|p| p > 1.0 && p.is_finite()), "{score:?}");
+    assert_eq!(score.logprobs.as_ref().map(Vec::len), score.prompt_tokens.map(|n| n as usize - 1));
     for r in results.iter().filter(|r| r.id != "ppl") {
-        assert!(
-            !r.text.as_deref().unwrap_or("").trim().is_empty(),
-            "empty completion: {r:?}"
-        );
+        assert!(!r.text.as_deref().unwrap_or("").trim().is_empty(), "empty completion: {r:?}");
     }
     drop(worker);
     sb.cleanup().await;
@@ -403,18 +234,11 @@ async fn a_job_for_a_model_without_a_queue_is_refused_at_publish() {
         declare_default_model: false,
         ..genq_shared::settings::ProducerSettings::default()
     };
-    let producer =
-        genq_producer::Producer::connect(&genq_tests::amqp_url(), &settings, &Default::default())
-            .await
-            .expect("producer");
-    let err = producer
-        .submit(JobRequest::prompt("nobody serves this"))
+    let producer = genq_producer::Producer::connect(&genq_tests::amqp_url(), &settings, &Default::default())
         .await
-        .expect_err("unroutable");
-    assert!(
-        matches!(err, genq_producer::PublishError::Unroutable { .. }),
-        "{err}"
-    );
+        .expect("producer");
+    let err = producer.submit(JobRequest::prompt("nobody serves this")).await.expect_err("unroutable");
+    assert!(matches!(err, genq_producer::PublishError::Unroutable { .. }), "{err}");
     assert!(err.to_string().contains(&sb.model), "{err}");
     producer.close().await;
 }

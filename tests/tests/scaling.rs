@@ -51,16 +51,13 @@ async fn measure(plan: &Plan<'_>, workers: usize) -> Run {
         procs.push(sb.worker_with_env(&flags, &plan.worker_env));
     }
     for w in &procs {
-        w.wait_ready(plan.ready_timeout)
-            .unwrap_or_else(|e| panic!("{e}"));
+        w.wait_ready(plan.ready_timeout).unwrap_or_else(|e| panic!("{e}"));
     }
     let producer = sb.producer().await;
     let results = sb.results().await;
     let jobs: Vec<JobRequest> = (0..plan.jobs)
         .map(|i| {
-            let mut j = JobRequest::prompt(format!(
-                "job {i}: the quick brown fox jumps over the lazy dog"
-            ));
+            let mut j = JobRequest::prompt(format!("job {i}: the quick brown fox jumps over the lazy dog"));
             j.max_new_tokens = Some(plan.new_tokens);
             j.min_new_tokens = Some(plan.new_tokens);
             j.temperature = Some(0.0);
@@ -74,8 +71,7 @@ async fn measure(plan: &Plan<'_>, workers: usize) -> Run {
         .into_iter()
         .map(|r| r.unwrap_or_else(|e| panic!("publish refused: {e}")))
         .collect();
-    let mut per_worker: BTreeMap<String, usize> =
-        (0..workers).map(|i| (format!("w{i}"), 0)).collect();
+    let mut per_worker: BTreeMap<String, usize> = (0..workers).map(|i| (format!("w{i}"), 0)).collect();
     let mut tokens = 0u64;
     let mut finished = 0usize;
     results
@@ -83,9 +79,7 @@ async fn measure(plan: &Plan<'_>, workers: usize) -> Run {
             let r = r.unwrap_or_else(|e| panic!("a job did not finish: {e}"));
             assert_eq!(r.status, Some(JobStatus::Done), "{r:?}");
             tokens += r.completion_tokens.unwrap_or(0);
-            *per_worker
-                .entry(r.worker.clone().unwrap_or_default())
-                .or_default() += 1;
+            *per_worker.entry(r.worker.clone().unwrap_or_default()).or_default() += 1;
             finished += 1;
         })
         .await
@@ -95,13 +89,7 @@ async fn measure(plan: &Plan<'_>, workers: usize) -> Run {
     producer.close().await;
     drop(procs);
     sb.cleanup().await;
-    Run {
-        workers,
-        jobs: plan.jobs,
-        wall,
-        tokens,
-        per_worker,
-    }
+    Run { workers, jobs: plan.jobs, wall, tokens, per_worker }
 }
 
 fn report(title: &str, runs: &[Run]) {
@@ -128,21 +116,10 @@ fn report(title: &str, runs: &[Run]) {
 /// attributed to a worker that was not started.
 fn assert_spread(runs: &[Run], min_share: f64) {
     for r in runs {
-        assert_eq!(
-            r.per_worker.len(),
-            r.workers,
-            "results name unknown workers: {:?}",
-            r.per_worker
-        );
+        assert_eq!(r.per_worker.len(), r.workers, "results name unknown workers: {:?}", r.per_worker);
         let even = r.jobs as f64 / r.workers as f64;
         for (w, n) in &r.per_worker {
-            assert!(
-                *n as f64 >= even * min_share,
-                "{} workers: {w} did {n} of {} jobs (even share {even:.0}): {:?}",
-                r.workers,
-                r.jobs,
-                r.per_worker
-            );
+            assert!(*n as f64 >= even * min_share, "{} workers: {w} did {n} of {} jobs (even share {even:.0}): {:?}", r.workers, r.jobs, r.per_worker);
         }
     }
 }
@@ -153,16 +130,7 @@ async fn one_two_and_three_echo_workers_share_one_queue_fairly() {
         tag: "scale-echo",
         // A batch of 4 and a small prefetch keep each worker busy for a while per job, so the
         // queue (not one worker's prefetch buffer) holds the backlog.
-        worker_flags: [
-            "--engine",
-            "echo",
-            "--max-batch-size",
-            "4",
-            "--prefetch",
-            "8",
-        ]
-        .map(String::from)
-        .to_vec(),
+        worker_flags: ["--engine", "echo", "--max-batch-size", "4", "--prefetch", "8"].map(String::from).to_vec(),
         worker_env: vec![],
         jobs: 2000,
         new_tokens: 32,
@@ -173,10 +141,7 @@ async fn one_two_and_three_echo_workers_share_one_queue_fairly() {
     for n in 1..=3 {
         runs.push(measure(&plan, n).await);
     }
-    report(
-        "echo engine, 2000 jobs x 32 tokens, max_batch_size 4, prefetch 8",
-        &runs,
-    );
+    report("echo engine, 2000 jobs x 32 tokens, max_batch_size 4, prefetch 8", &runs);
     assert_spread(&runs, 0.5);
 }
 
@@ -187,14 +152,7 @@ async fn one_two_and_three_model_workers_share_one_queue_fairly() {
     let model = model.to_string_lossy().to_string();
     let plan = Plan {
         tag: "scale-model",
-        worker_flags: vec![
-            "--model-path".into(),
-            model,
-            "--max-batch-size".into(),
-            "8".into(),
-            "--prefetch".into(),
-            "8".into(),
-        ],
+        worker_flags: vec!["--model-path".into(), model, "--max-batch-size".into(), "8".into(), "--prefetch".into(), "8".into()],
         // One core per worker, so the numbers say what another worker (or another core) buys.
         worker_env: vec![("RAYON_NUM_THREADS", "1"), ("CANDLE_NUM_THREADS", "1")],
         jobs: 48,
@@ -206,9 +164,6 @@ async fn one_two_and_three_model_workers_share_one_queue_fairly() {
     for n in 1..=3 {
         runs.push(measure(&plan, n).await);
     }
-    report(
-        "SmolLM2-135M Q4_1, 48 jobs x 16 tokens, max_batch_size 8, 1 thread per worker",
-        &runs,
-    );
+    report("SmolLM2-135M Q4_1, 48 jobs x 16 tokens, max_batch_size 8, 1 thread per worker", &runs);
     assert_spread(&runs, 0.5);
 }

@@ -64,9 +64,7 @@ impl Health {
 
     /// Whether the last Redis command answered.
     pub fn set_redis_reachable(&self, reachable: bool) {
-        self.0
-            .redis_unreachable
-            .store(!reachable, Ordering::Relaxed);
+        self.0.redis_unreachable.store(!reachable, Ordering::Relaxed);
     }
 
     /// A shutdown began: in-flight jobs finish, nothing new should be sent here.
@@ -112,11 +110,7 @@ mod tests {
         h.consuming_on(move || probe.load(Ordering::Relaxed));
         assert_eq!(h.not_ready(), None);
         up.store(false, Ordering::Relaxed);
-        assert_eq!(
-            h.not_ready(),
-            Some("not consuming from RabbitMQ"),
-            "the connection's own state counts"
-        );
+        assert_eq!(h.not_ready(), Some("not consuming from RabbitMQ"), "the connection's own state counts");
         up.store(true, Ordering::Relaxed);
         h.set_redis_reachable(false);
         assert_eq!(h.not_ready(), Some("Redis unreachable"));

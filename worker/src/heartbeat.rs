@@ -52,9 +52,6 @@ pub async fn heartbeat(settings: HeartbeatSettings, mut stop: watch::Receiver<bo
 }
 
 /// Spawns [`heartbeat`] on the runtime.
-pub fn spawn_heartbeat(
-    settings: HeartbeatSettings,
-    stop: watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<()> {
+pub fn spawn_heartbeat(settings: HeartbeatSettings, stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(heartbeat(settings, stop))
 }

@@ -13,30 +13,21 @@ use axum::Router;
 use crate::metrics::WorkerMetrics;
 
 async fn metrics(State(m): State<WorkerMetrics>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        m.render(),
-    )
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.render())
 }
 
 async fn livez(State(m): State<WorkerMetrics>) -> impl IntoResponse {
     if m.health.live() {
         (StatusCode::OK, "ok\n".to_string())
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the engine thread stopped\n".to_string(),
-        )
+        (StatusCode::SERVICE_UNAVAILABLE, "the engine thread stopped\n".to_string())
     }
 }
 
 async fn readyz(State(m): State<WorkerMetrics>) -> impl IntoResponse {
     match m.health.not_ready() {
         None => (StatusCode::OK, "ready\n".to_string()),
-        Some(why) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {why}\n"),
-        ),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
     }
 }
 
@@ -55,10 +46,7 @@ pub async fn serve(
         .route("/readyz", get(readyz))
         .with_state(metrics_state);
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
             tracing::error!(error = %e, "metrics listener failed");
         }
     });

@@ -4,9 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use genq_shared::metrics as names;
 
@@ -71,12 +69,7 @@ pub struct WorkerMetrics {
     pub health: crate::health::Health,
 }
 
-fn histogram(
-    registry: &Registry,
-    name: &str,
-    help: &str,
-    buckets: &[f64],
-) -> prometheus::Result<Histogram> {
+fn histogram(registry: &Registry, name: &str, help: &str, buckets: &[f64]) -> prometheus::Result<Histogram> {
     let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))?;
     registry.register(Box::new(h.clone()))?;
     Ok(h)
@@ -98,24 +91,16 @@ impl WorkerMetrics {
     /// Registers every metric in a fresh registry.
     pub fn new() -> prometheus::Result<Self> {
         let registry = Registry::new();
-        let jobs = IntCounterVec::new(
-            Opts::new(names::JOBS_TOTAL, "Jobs that reached a final status."),
-            &["status"],
-        )?;
+        let jobs = IntCounterVec::new(Opts::new(names::JOBS_TOTAL, "Jobs that reached a final status."), &["status"])?;
         registry.register(Box::new(jobs.clone()))?;
         for status in genq_shared::JobStatus::ALL.iter().filter(|s| s.is_final()) {
             jobs.with_label_values(&[status.as_str()]);
         }
-        let worker_info = IntGaugeVec::new(
-            Opts::new(names::WORKER_INFO, "Worker build, model and kernel."),
-            &["model", "device", "kernel", "version"],
-        )?;
+        let worker_info =
+            IntGaugeVec::new(Opts::new(names::WORKER_INFO, "Worker build, model and kernel."), &["model", "device", "kernel", "version"])?;
         registry.register(Box::new(worker_info.clone()))?;
         let reconnects = IntCounterVec::new(
-            Opts::new(
-                names::RECONNECTS_TOTAL,
-                "Connections re-established after a loss, by target.",
-            ),
+            Opts::new(names::RECONNECTS_TOTAL, "Connections re-established after a loss, by target."),
             &["target"],
         )?;
         registry.register(Box::new(reconnects.clone()))?;
@@ -127,14 +112,8 @@ impl WorkerMetrics {
             registry.register(Box::new(g.clone()))?;
             Ok(g)
         };
-        let queue_ready_messages = per_queue(
-            names::QUEUE_READY_MESSAGES,
-            "Messages ready in the job queue, as last polled.",
-        )?;
-        let queue_consumers = per_queue(
-            names::QUEUE_CONSUMERS,
-            "Consumers of the job queue, as last polled.",
-        )?;
+        let queue_ready_messages = per_queue(names::QUEUE_READY_MESSAGES, "Messages ready in the job queue, as last polled.")?;
+        let queue_consumers = per_queue(names::QUEUE_CONSUMERS, "Consumers of the job queue, as last polled.")?;
         let queue_backlog_tokens = per_queue(
             names::QUEUE_BACKLOG_TOKENS,
             "Estimated tokens (prompt + max_new_tokens) of the ready messages: ready x mean received job.",
@@ -143,99 +122,24 @@ impl WorkerMetrics {
         let cnt = names::COUNT_BUCKETS;
         Ok(Self {
             jobs,
-            prompt_tokens: counter(
-                &registry,
-                names::PROMPT_TOKENS_TOTAL,
-                "Prompt tokens processed.",
-            )?,
-            generated_tokens: counter(
-                &registry,
-                names::GENERATED_TOKENS_TOTAL,
-                "Tokens generated.",
-            )?,
-            batch_size: histogram(
-                &registry,
-                names::BATCH_SIZE,
-                "Sequences per engine step.",
-                cnt,
-            )?,
-            batch_tokens: histogram(
-                &registry,
-                names::BATCH_TOKENS,
-                "Tokens generated per engine step.",
-                cnt,
-            )?,
-            queue_wait: histogram(
-                &registry,
-                names::QUEUE_WAIT_SECONDS,
-                "Publish to start of work, seconds.",
-                lat,
-            )?,
-            time_to_first_token: histogram(
-                &registry,
-                names::TIME_TO_FIRST_TOKEN_SECONDS,
-                "Start of work to first token, seconds.",
-                lat,
-            )?,
-            inter_token_latency: histogram(
-                &registry,
-                names::INTER_TOKEN_LATENCY_SECONDS,
-                "Time between tokens, seconds.",
-                lat,
-            )?,
-            job_duration: histogram(
-                &registry,
-                names::JOB_DURATION_SECONDS,
-                "Start of work to final status, seconds.",
-                lat,
-            )?,
-            engine_step_seconds: histogram(
-                &registry,
-                names::ENGINE_STEP_SECONDS,
-                "Wall time of one engine step, seconds.",
-                lat,
-            )?,
-            running_sequences: gauge(
-                &registry,
-                names::RUNNING_SEQUENCES,
-                "Sequences in the running batch.",
-            )?,
-            waiting_jobs: gauge(
-                &registry,
-                names::WAITING_JOBS,
-                "Jobs waiting for admission.",
-            )?,
-            inflight_deliveries: gauge(
-                &registry,
-                names::INFLIGHT_DELIVERIES,
-                "Deliveries received and not yet settled.",
-            )?,
-            dead_lettered: counter(
-                &registry,
-                names::DEAD_LETTERED_TOTAL,
-                "Messages dead-lettered because they are not jobs.",
-            )?,
+            prompt_tokens: counter(&registry, names::PROMPT_TOKENS_TOTAL, "Prompt tokens processed.")?,
+            generated_tokens: counter(&registry, names::GENERATED_TOKENS_TOTAL, "Tokens generated.")?,
+            batch_size: histogram(&registry, names::BATCH_SIZE, "Sequences per engine step.", cnt)?,
+            batch_tokens: histogram(&registry, names::BATCH_TOKENS, "Tokens generated per engine step.", cnt)?,
+            queue_wait: histogram(&registry, names::QUEUE_WAIT_SECONDS, "Publish to start of work, seconds.", lat)?,
+            time_to_first_token: histogram(&registry, names::TIME_TO_FIRST_TOKEN_SECONDS, "Start of work to first token, seconds.", lat)?,
+            inter_token_latency: histogram(&registry, names::INTER_TOKEN_LATENCY_SECONDS, "Time between tokens, seconds.", lat)?,
+            job_duration: histogram(&registry, names::JOB_DURATION_SECONDS, "Start of work to final status, seconds.", lat)?,
+            engine_step_seconds: histogram(&registry, names::ENGINE_STEP_SECONDS, "Wall time of one engine step, seconds.", lat)?,
+            running_sequences: gauge(&registry, names::RUNNING_SEQUENCES, "Sequences in the running batch.")?,
+            waiting_jobs: gauge(&registry, names::WAITING_JOBS, "Jobs waiting for admission.")?,
+            inflight_deliveries: gauge(&registry, names::INFLIGHT_DELIVERIES, "Deliveries received and not yet settled.")?,
+            dead_lettered: counter(&registry, names::DEAD_LETTERED_TOTAL, "Messages dead-lettered because they are not jobs.")?,
             worker_info,
-            kv_cache_tokens: gauge(
-                &registry,
-                names::KV_CACHE_TOKENS,
-                "Tokens held in the running sequences' KV caches.",
-            )?,
-            prefix_hit_tokens: counter(
-                &registry,
-                names::PREFIX_CACHE_HIT_TOKENS_TOTAL,
-                "Prompt tokens copied from the prefix cache instead of computed.",
-            )?,
-            prefix_tokens: gauge(
-                &registry,
-                names::PREFIX_CACHE_TOKENS,
-                "Tokens held in the prefix cache.",
-            )?,
-            prefix_evictions: counter(
-                &registry,
-                names::PREFIX_CACHE_EVICTIONS_TOTAL,
-                "Prefix cache blocks evicted to make room.",
-            )?,
+            kv_cache_tokens: gauge(&registry, names::KV_CACHE_TOKENS, "Tokens held in the running sequences' KV caches.")?,
+            prefix_hit_tokens: counter(&registry, names::PREFIX_CACHE_HIT_TOKENS_TOTAL, "Prompt tokens copied from the prefix cache instead of computed.")?,
+            prefix_tokens: gauge(&registry, names::PREFIX_CACHE_TOKENS, "Tokens held in the prefix cache.")?,
+            prefix_evictions: counter(&registry, names::PREFIX_CACHE_EVICTIONS_TOTAL, "Prefix cache blocks evicted to make room.")?,
             reconnects,
             waiting_tokens: gauge(
                 &registry,
@@ -253,12 +157,9 @@ impl WorkerMetrics {
 
     /// Brings the prefix cache metrics to `now`, `before` being what they showed last.
     pub fn prefix_cache(&self, before: PrefixStats, now: PrefixStats) {
-        self.prefix_hit_tokens
-            .inc_by(now.hit_tokens.saturating_sub(before.hit_tokens));
-        self.prefix_evictions
-            .inc_by(now.evicted_blocks.saturating_sub(before.evicted_blocks));
-        self.prefix_tokens
-            .set(i64::try_from(now.held_tokens).unwrap_or(i64::MAX));
+        self.prefix_hit_tokens.inc_by(now.hit_tokens.saturating_sub(before.hit_tokens));
+        self.prefix_evictions.inc_by(now.evicted_blocks.saturating_sub(before.evicted_blocks));
+        self.prefix_tokens.set(i64::try_from(now.held_tokens).unwrap_or(i64::MAX));
     }
 
     /// Counts a connection to `target` (`amqp`, `redis`) re-established after a loss.
@@ -268,8 +169,7 @@ impl WorkerMetrics {
 
     /// A job of `tokens` estimated tokens arrived and waits for the engine.
     pub fn job_received(&self, tokens: u64) {
-        self.waiting_tokens
-            .add(i64::try_from(tokens).unwrap_or(i64::MAX));
+        self.waiting_tokens.add(i64::try_from(tokens).unwrap_or(i64::MAX));
         self.received.0.fetch_add(tokens, Ordering::Relaxed);
         self.received.1.fetch_add(1, Ordering::Relaxed);
     }
@@ -282,15 +182,11 @@ impl WorkerMetrics {
 
     /// Sets `genq_worker_info{model,device,kernel,version} 1`.
     pub fn set_info(&self, model: &str, device: &str, kernel: &str) {
-        self.worker_info
-            .with_label_values(&[model, device, kernel, env!("CARGO_PKG_VERSION")])
-            .set(1);
+        self.worker_info.with_label_values(&[model, device, kernel, env!("CARGO_PKG_VERSION")]).set(1);
     }
 
     /// The registry in Prometheus' text format.
     pub fn render(&self) -> String {
-        prometheus::TextEncoder::new()
-            .encode_to_string(&self.registry.gather())
-            .unwrap_or_default()
+        prometheus::TextEncoder::new().encode_to_string(&self.registry.gather()).unwrap_or_default()
     }
 }

@@ -43,10 +43,7 @@ impl WorkerProcess {
             command.env("RUST_LOG", filter);
         }
         let child = command.stdout(Stdio::null()).stderr(file).spawn()?;
-        Ok(Self {
-            state: Mutex::new(State::Running(child)),
-            log,
-        })
+        Ok(Self { state: Mutex::new(State::Running(child)), log })
     }
 
     /// Its log so far.
@@ -55,9 +52,7 @@ impl WorkerProcess {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The process id (0 once reaped).
@@ -72,9 +67,7 @@ impl WorkerProcess {
     pub fn signal(&self, name: &str) {
         let pid = self.pid();
         if pid > 0 {
-            let _ = Command::new("kill")
-                .args([format!("-{name}"), pid.to_string()])
-                .status();
+            let _ = Command::new("kill").args([format!("-{name}"), pid.to_string()]).status();
         }
     }
 
@@ -131,11 +124,7 @@ impl WorkerProcess {
         if self.wait_for_log(READY_LINE, timeout) {
             return Ok(());
         }
-        Err(format!(
-            "genq-worker did not start; its log ({}):\n{}",
-            self.log.display(),
-            self.log_text()
-        ))
+        Err(format!("genq-worker did not start; its log ({}):\n{}", self.log.display(), self.log_text()))
     }
 
     /// Sends SIGTERM and waits up to `grace` for a clean exit, then kills it.
@@ -166,10 +155,7 @@ mod tests {
     fn shell(script: &str, tag: &str) -> WorkerProcess {
         let mut command = Command::new("sh");
         command.args(["-c", script]);
-        let log = std::env::temp_dir().join(format!(
-            "genq-process-test-{tag}-{}.log",
-            std::process::id()
-        ));
+        let log = std::env::temp_dir().join(format!("genq-process-test-{tag}-{}.log", std::process::id()));
         WorkerProcess::spawn(command, log).expect("spawn sh")
     }
 
@@ -177,19 +163,10 @@ mod tests {
     fn a_process_that_exits_without_the_ready_line_fails_at_once_with_its_log() {
         let p = shell("echo 'cannot connect' >&2; exit 3", "early-exit");
         let started = Instant::now();
-        let err = p
-            .wait_ready(Duration::from_secs(30))
-            .expect_err("never ready");
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "did not wait out the timeout"
-        );
+        let err = p.wait_ready(Duration::from_secs(30)).expect_err("never ready");
+        assert!(started.elapsed() < Duration::from_secs(10), "did not wait out the timeout");
         assert!(err.contains("cannot connect"), "{err}");
-        assert_eq!(
-            p.wait_exit(Duration::from_secs(1)),
-            Some(Some(3)),
-            "the exit code is kept once reaped"
-        );
+        assert_eq!(p.wait_exit(Duration::from_secs(1)), Some(Some(3)), "the exit code is kept once reaped");
         assert_eq!(p.pid(), 0);
     }
 
@@ -200,26 +177,12 @@ mod tests {
         assert!(p.pid() > 0);
         let started = Instant::now();
         p.stop(Duration::from_secs(10));
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "SIGTERM ends sleep at once"
-        );
-        assert_eq!(
-            p.wait_exit(Duration::ZERO),
-            Some(None),
-            "killed by a signal: no exit code"
-        );
+        assert!(started.elapsed() < Duration::from_secs(5), "SIGTERM ends sleep at once");
+        assert_eq!(p.wait_exit(Duration::ZERO), Some(None), "killed by a signal: no exit code");
 
-        let stubborn = shell(
-            "trap '' TERM; echo 'worker ready' >&2; while :; do sleep 0.1; done",
-            "stubborn",
-        );
+        let stubborn = shell("trap '' TERM; echo 'worker ready' >&2; while :; do sleep 0.1; done", "stubborn");
         stubborn.wait_ready(Duration::from_secs(10)).expect("ready");
         stubborn.stop(Duration::from_millis(300));
-        assert_eq!(
-            stubborn.wait_exit(Duration::ZERO),
-            Some(None),
-            "killed after the grace period"
-        );
+        assert_eq!(stubborn.wait_exit(Duration::ZERO), Some(None), "killed after the grace period");
     }
 }

@@ -173,11 +173,7 @@ fn manifest_dir() -> PathBuf {
 
 fn llamacpp_src() -> PathBuf {
     let src = genq_worker::engine::llama::llamacpp_src::dir().unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        src.join("gguf-py/gguf").is_dir(),
-        "{} has no gguf-py/ to regenerate the test models",
-        src.display()
-    );
+    assert!(src.join("gguf-py/gguf").is_dir(), "{} has no gguf-py/ to regenerate the test models", src.display());
     src
 }
 

@@ -77,9 +77,7 @@ fn fixture() -> Fixture {
 
 /// llama.cpp's `models/templates` directory.
 fn templates_dir() -> PathBuf {
-    genq_worker::engine::llama::llamacpp_src::dir()
-        .unwrap_or_else(|e| panic!("{e}"))
-        .join("models/templates")
+    genq_worker::engine::llama::llamacpp_src::dir().unwrap_or_else(|e| panic!("{e}")).join("models/templates")
 }
 
 /// The fixture's fixed instant.

@@ -37,13 +37,8 @@ const PACKED_MEAN: f64 = 0.15;
 const PACKED_MAX: f64 = 0.5;
 
 fn default_model() -> PathBuf {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        path.exists(),
-        "model not found at {}: run scripts/fetch-model.sh",
-        path.display()
-    );
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(path.exists(), "model not found at {}: run scripts/fetch-model.sh", path.display());
     path
 }
 
@@ -62,10 +57,7 @@ fn write_model(path: &Path, dtype: GgmlDType, vocab_source: &gguf_file::Content)
         .collect();
     let u32v = |n: usize| gguf_file::Value::U32(n as u32);
     meta.extend([
-        (
-            "general.architecture".into(),
-            gguf_file::Value::String("llama".into()),
-        ),
+        ("general.architecture".into(), gguf_file::Value::String("llama".into())),
         ("llama.block_count".into(), u32v(LAYERS)),
         ("llama.embedding_length".into(), u32v(HIDDEN)),
         ("llama.feed_forward_length".into(), u32v(FFN)),
@@ -73,14 +65,8 @@ fn write_model(path: &Path, dtype: GgmlDType, vocab_source: &gguf_file::Content)
         ("llama.attention.head_count_kv".into(), u32v(KV_HEADS)),
         ("llama.context_length".into(), u32v(512)),
         ("llama.rope.dimension_count".into(), u32v(head_dim)),
-        (
-            "llama.rope.freq_base".into(),
-            gguf_file::Value::F32(10000.0),
-        ),
-        (
-            "llama.attention.layer_norm_rms_epsilon".into(),
-            gguf_file::Value::F32(1e-5),
-        ),
+        ("llama.rope.freq_base".into(), gguf_file::Value::F32(10000.0)),
+        ("llama.attention.layer_norm_rms_epsilon".into(), gguf_file::Value::F32(1e-5)),
     ]);
 
     let dev = Device::Cpu;
@@ -100,10 +86,7 @@ fn write_model(path: &Path, dtype: GgmlDType, vocab_source: &gguf_file::Content)
     let proj = |rows: usize, cols: usize| matrix(rows, cols, 1.0 / (cols as f64).sqrt());
     let mut tensors: Vec<(String, QTensor)> = vec![
         // Tied head: the embedding's spread sets the logits' (about 4 after the final norm).
-        (
-            "token_embd.weight".into(),
-            matrix(vocab, HIDDEN, 4.0 / (HIDDEN as f64).sqrt()),
-        ),
+        ("token_embd.weight".into(), matrix(vocab, HIDDEN, 4.0 / (HIDDEN as f64).sqrt())),
         ("output_norm.weight".into(), norm(HIDDEN)),
     ];
     for i in 0..LAYERS {
@@ -138,16 +121,10 @@ fn settings(path: &Path, weights: WeightFormat) -> LlamaSettings {
 /// Per-token log-probs of [`PROMPT`] as a score job.
 fn score(path: &Path, weights: WeightFormat) -> Vec<f64> {
     let mut engine = LlamaEngine::load(&settings(path, weights)).expect("load");
-    let req = JobRequest {
-        id: Some("s".into()),
-        kind: JobKind::Score,
-        ..JobRequest::prompt(PROMPT.to_string())
-    };
+    let req = JobRequest { id: Some("s".into()), kind: JobKind::Score, ..JobRequest::prompt(PROMPT.to_string()) };
     let job = validate(&req, &Limits::default()).expect("valid score job");
     engine.encode_and_admit(0, &job, 0).expect("admit");
-    let limits = StepLimits {
-        max_prefill_tokens: 512,
-    };
+    let limits = StepLimits { max_prefill_tokens: 512 };
     for _ in 0..100 {
         for u in engine.step(&limits).expect("step") {
             if let Some(done) = u.done {
@@ -166,10 +143,7 @@ fn differences(a: &[f64], b: &[f64]) -> (f64, f64) {
 }
 
 #[test]
-#[cfg_attr(
-    not(genq_model),
-    ignore = "the default model is missing: scripts/fetch-model.sh"
-)]
+#[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
 fn every_supported_gguf_type_loads_and_agrees_between_paths() {
     let mut src = File::open(default_model()).expect("open default model");
     let vocab_source = gguf_file::Content::read(&mut src).expect("read default model");
@@ -187,10 +161,7 @@ fn every_supported_gguf_type_loads_and_agrees_between_paths() {
         GgmlDType::Q5K,
         GgmlDType::Q6K,
     ];
-    println!(
-        "{:<6} {:>10} {:>10} {:>12}",
-        "type", "mean diff", "max diff", "mean logprob"
-    );
+    println!("{:<6} {:>10} {:>10} {:>12}", "type", "mean diff", "max diff", "mean logprob");
     let mut reference: Option<Vec<f64>> = None;
     let mut failures = Vec::new();
     for dtype in types {
@@ -200,26 +171,15 @@ fn every_supported_gguf_type_loads_and_agrees_between_paths() {
         let packed = score(&path, WeightFormat::Packed);
         let (mean, max) = differences(&f32_path, &packed);
         let avg = f32_path.iter().sum::<f64>() / f32_path.len() as f64;
-        println!(
-            "{:<6} {mean:>10.4} {max:>10.4} {avg:>12.3}",
-            format!("{dtype:?}")
-        );
-        assert!(
-            f32_path.iter().all(|l| l.is_finite() && *l <= 0.0),
-            "{dtype:?}: log-probs {f32_path:?}"
-        );
+        println!("{:<6} {mean:>10.4} {max:>10.4} {avg:>12.3}", format!("{dtype:?}"));
+        assert!(f32_path.iter().all(|l| l.is_finite() && *l <= 0.0), "{dtype:?}: log-probs {f32_path:?}");
         if mean > PACKED_MEAN || max > PACKED_MAX {
-            failures.push(format!(
-                "{dtype:?}: packed vs f32 log-probs differ by mean {mean:.4} / max {max:.4}"
-            ));
+            failures.push(format!("{dtype:?}: packed vs f32 log-probs differ by mean {mean:.4} / max {max:.4}"));
         }
         // Every file holds fresh random weights: the log-probs must differ from another type's,
         // or the type's blocks were not what the model ran.
         if let Some(first) = &reference {
-            assert_ne!(
-                first, &f32_path,
-                "{dtype:?} scored exactly like the first type"
-            );
+            assert_ne!(first, &f32_path, "{dtype:?} scored exactly like the first type");
         } else {
             reference = Some(f32_path);
         }
@@ -228,10 +188,7 @@ fn every_supported_gguf_type_loads_and_agrees_between_paths() {
 }
 
 #[test]
-#[cfg_attr(
-    not(genq_model),
-    ignore = "the default model is missing: scripts/fetch-model.sh"
-)]
+#[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
 fn a_gguf_with_an_unsupported_type_is_refused_naming_the_tensor() {
     let mut src = File::open(default_model()).expect("open default model");
     let vocab_source = gguf_file::Content::read(&mut src).expect("read default model");
@@ -244,8 +201,5 @@ fn a_gguf_with_an_unsupported_type_is_refused_naming_the_tensor() {
     };
     assert!(matches!(err, LoadError::TensorType { .. }), "{err}");
     let msg = err.to_string();
-    assert!(
-        msg.contains("`token_embd.weight` has type Q2_K") && msg.contains("Q6_K"),
-        "{msg}"
-    );
+    assert!(msg.contains("`token_embd.weight` has type Q2_K") && msg.contains("Q6_K"), "{msg}");
 }

@@ -24,37 +24,17 @@ const ACK_BATCH: usize = 512;
 
 /// Publishes `jobs` (their model is `run`, whose queues this declares and deletes) while
 /// consuming them with `prefetch` per queue; gives up after `timeout`.
-pub async fn run(
-    settings: &Settings,
-    run: &str,
-    jobs: Vec<JobRequest>,
-    prefetch: u16,
-    timeout: Duration,
-) -> anyhow::Result<serde_json::Value> {
-    let producer_settings = ProducerSettings {
-        default_model: run.to_string(),
-        declare_default_model: true,
-        ..settings.producer.clone()
-    };
-    let producer =
-        Producer::connect(&settings.amqp.url, &producer_settings, &settings.queue).await?;
-    let connection =
-        genq_protocol::broker::connect(&settings.amqp.url, "genq-bench-broker").await?;
+pub async fn run(settings: &Settings, run: &str, jobs: Vec<JobRequest>, prefetch: u16, timeout: Duration) -> anyhow::Result<serde_json::Value> {
+    let producer_settings = ProducerSettings { default_model: run.to_string(), declare_default_model: true, ..settings.producer.clone() };
+    let producer = Producer::connect(&settings.amqp.url, &producer_settings, &settings.queue).await?;
+    let connection = genq_protocol::broker::connect(&settings.amqp.url, "genq-bench-broker").await?;
     let channel = connection.create_channel().await?;
-    channel
-        .basic_qos(prefetch, BasicQosOptions::default())
-        .await?;
+    channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
     let mut consumers = Vec::new();
     for priority in Priority::ALL {
         let queue = topology::queue_name(run, priority);
-        let consumer = channel
-            .basic_consume(
-                queue.as_str().into(),
-                format!("{run}-{queue}").as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        let consumer =
+            channel.basic_consume(queue.as_str().into(), format!("{run}-{queue}").as_str().into(), BasicConsumeOptions::default(), FieldTable::default()).await?;
         consumers.push(consumer);
     }
     let mut deliveries = stream::select_all(consumers);
@@ -68,9 +48,7 @@ pub async fn run(
     let consume = tokio::spawn(async move {
         let mut received = 0usize;
         while received < total {
-            let Some(first) = deliveries.next().await else {
-                anyhow::bail!("the consumers ended after {received} deliveries")
-            };
+            let Some(first) = deliveries.next().await else { anyhow::bail!("the consumers ended after {received} deliveries") };
             let mut last = first?.delivery_tag;
             received += 1;
             let mut batch = 1;
@@ -84,9 +62,7 @@ pub async fn run(
                     _ => break,
                 }
             }
-            ack_channel
-                .basic_ack(last, BasicAckOptions { multiple: true })
-                .await?;
+            ack_channel.basic_ack(last, BasicAckOptions { multiple: true }).await?;
         }
         Ok(started.elapsed())
     });
@@ -97,15 +73,11 @@ pub async fn run(
         match tokio::time::timeout(timeout, consume).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => Err(anyhow::Error::from(e).context("consumer task")),
-            Err(_) => Err(anyhow::anyhow!(
-                "RabbitMQ alone: timed out waiting for the deliveries"
-            )),
+            Err(_) => Err(anyhow::anyhow!("RabbitMQ alone: timed out waiting for the deliveries")),
         }
     } else {
         consume.abort();
-        Err(anyhow::anyhow!(
-            "RabbitMQ alone: {refused} publishes refused"
-        ))
+        Err(anyhow::anyhow!("RabbitMQ alone: {refused} publishes refused"))
     };
     let figures = consumed.map(|wall| {
         let per_job = |secs: f64| (1e6 * secs / total.max(1) as f64).round();

@@ -15,11 +15,7 @@ pub fn worker_binary() -> anyhow::Result<PathBuf> {
     }
     let exe = std::env::current_exe().context("path of this program")?;
     let path = exe.with_file_name("genq-worker");
-    anyhow::ensure!(
-        path.exists(),
-        "{} is missing: build it with `cargo build --release --bins` (or set GENQ_WORKER_BIN)",
-        path.display()
-    );
+    anyhow::ensure!(path.exists(), "{} is missing: build it with `cargo build --release --bins` (or set GENQ_WORKER_BIN)", path.display());
     Ok(path)
 }
 
@@ -28,6 +24,5 @@ pub fn spawn(args: &[String], name: &str) -> anyhow::Result<WorkerProcess> {
     let log = std::env::temp_dir().join(format!("{name}.log"));
     let mut command = Command::new(worker_binary()?);
     command.args(args);
-    WorkerProcess::spawn(command, log.clone())
-        .with_context(|| format!("start genq-worker (log {})", log.display()))
+    WorkerProcess::spawn(command, log.clone()).with_context(|| format!("start genq-worker (log {})", log.display()))
 }

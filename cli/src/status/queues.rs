@@ -50,38 +50,20 @@ pub fn default_management_url(amqp: &AmqpEndpoint) -> String {
     format!("http://{}:15672", amqp.host)
 }
 
-async fn from_management(
-    base: &str,
-    amqp: &AmqpEndpoint,
-    names: &[String],
-) -> Result<Vec<QueueDepth>, String> {
+async fn from_management(base: &str, amqp: &AmqpEndpoint, names: &[String]) -> Result<Vec<QueueDepth>, String> {
     let mut out = Vec::new();
     for name in names {
-        let url = join_segments(base, &["api", "queues", &amqp.vhost, name])
-            .map_err(|e| e.to_string())?;
+        let url = join_segments(base, &["api", "queues", &amqp.vhost, name]).map_err(|e| e.to_string())?;
         let target = HttpTarget::parse(&url).map_err(|e| e.to_string())?;
-        let body = match http::get(
-            &target,
-            Some((&amqp.user, &amqp.password)),
-            Duration::from_secs(5),
-        )
-        .await
-        {
+        let body = match http::get(&target, Some((&amqp.user, &amqp.password)), Duration::from_secs(5)).await {
             Ok(body) => body,
             Err(http::HttpError::Status { status: 404, .. }) => {
-                out.push(QueueDepth {
-                    name: name.clone(),
-                    exists: false,
-                    ready: None,
-                    unacked: None,
-                    consumers: None,
-                });
+                out.push(QueueDepth { name: name.clone(), exists: false, ready: None, unacked: None, consumers: None });
                 continue;
             }
             Err(e) => return Err(e.to_string()),
         };
-        let v: serde_json::Value = serde_json::from_str(&body)
-            .map_err(|e| format!("management API answer is not JSON: {e}"))?;
+        let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| format!("management API answer is not JSON: {e}"))?;
         out.push(QueueDepth {
             name: name.clone(),
             exists: true,
@@ -94,15 +76,10 @@ async fn from_management(
 }
 
 async fn from_amqp(amqp_url: &str, names: &[String]) -> Result<Vec<QueueDepth>, String> {
-    let connection = broker::connect(amqp_url, "genq-status")
-        .await
-        .map_err(|e| e.to_string())?;
+    let connection = broker::connect(amqp_url, "genq-status").await.map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     for name in names {
-        let depth = match broker::probe_queue(&connection, name)
-            .await
-            .map_err(|e| e.to_string())?
-        {
+        let depth = match broker::probe_queue(&connection, name).await.map_err(|e| e.to_string())? {
             Some(q) => QueueDepth {
                 name: name.clone(),
                 exists: true,
@@ -110,13 +87,7 @@ async fn from_amqp(amqp_url: &str, names: &[String]) -> Result<Vec<QueueDepth>, 
                 unacked: None,
                 consumers: Some(u64::from(q.consumers)),
             },
-            None => QueueDepth {
-                name: name.clone(),
-                exists: false,
-                ready: None,
-                unacked: None,
-                consumers: None,
-            },
+            None => QueueDepth { name: name.clone(), exists: false, ready: None, unacked: None, consumers: None },
         };
         out.push(depth);
     }
@@ -126,26 +97,16 @@ async fn from_amqp(amqp_url: &str, names: &[String]) -> Result<Vec<QueueDepth>, 
 
 /// Depths of `names`: from the management API at `management_url` (default: the AMQP host, port
 /// 15672) when it answers, else by passive declares over AMQP.
-pub async fn depths(
-    amqp_url: &str,
-    management_url: Option<&str>,
-    names: &[String],
-) -> Result<QueueReport, String> {
+pub async fn depths(amqp_url: &str, management_url: Option<&str>, names: &[String]) -> Result<QueueReport, String> {
     // The management API of the first node listed; the AMQP fallback tries them all.
     let first = url_list(amqp_url).first().copied().unwrap_or(amqp_url);
     let amqp = AmqpEndpoint::parse(first).map_err(|e| e.to_string())?;
-    let base = management_url
-        .map(str::to_string)
-        .unwrap_or_else(|| default_management_url(&amqp));
+    let base = management_url.map(str::to_string).unwrap_or_else(|| default_management_url(&amqp));
     match from_management(&base, &amqp, names).await {
         Ok(mut queues) => {
             // The management API publishes a new queue's counts only after its first stats
             // interval (5 s): take those from a passive declare meanwhile.
-            let missing: Vec<String> = queues
-                .iter()
-                .filter(|q| q.exists && q.ready.is_none())
-                .map(|q| q.name.clone())
-                .collect();
+            let missing: Vec<String> = queues.iter().filter(|q| q.exists && q.ready.is_none()).map(|q| q.name.clone()).collect();
             if !missing.is_empty() {
                 if let Ok(fresh) = from_amqp(amqp_url, &missing).await {
                     for f in fresh {
@@ -156,19 +117,11 @@ pub async fn depths(
                     }
                 }
             }
-            Ok(QueueReport {
-                queues,
-                source: DepthSource::Management(base),
-            })
+            Ok(QueueReport { queues, source: DepthSource::Management(base) })
         }
         Err(why) => {
             let queues = from_amqp(amqp_url, names).await?;
-            Ok(QueueReport {
-                queues,
-                source: DepthSource::Amqp {
-                    why: format!("management API at {base}: {why}"),
-                },
-            })
+            Ok(QueueReport { queues, source: DepthSource::Amqp { why: format!("management API at {base}: {why}") } })
         }
     }
 }

@@ -26,27 +26,16 @@ impl ResultClient {
         )
         .await
         .map_err(script_err)?;
-        Ok(answers
-            .iter()
-            .map(|v| redis::from_redis_value_ref::<i64>(v).ok() == Some(1))
-            .collect())
+        Ok(answers.iter().map(|v| redis::from_redis_value_ref::<i64>(v).ok() == Some(1)).collect())
     }
 
     /// Takes back the `queued` marks of jobs that were never published: each job whose status is
     /// still `queued` is deleted, so a waiter answers "unknown" instead of waiting for a job no
     /// queue holds. Jobs a worker began or finished are left alone.
     pub async fn unmark_queued(&self, ids: &[String]) -> Result<(), ResultError> {
-        scripts::per_job(
-            &self.conn,
-            &scripts().unmark_queued,
-            ids,
-            &[],
-            1,
-            |id| vec![self.keys.job(id)],
-            |_, _| {},
-        )
-        .await
-        .map(|_| ())
-        .map_err(script_err)
+        scripts::per_job(&self.conn, &scripts().unmark_queued, ids, &[], 1, |id| vec![self.keys.job(id)], |_, _| {})
+            .await
+            .map(|_| ())
+            .map_err(script_err)
     }
 }

@@ -10,10 +10,7 @@ use genq_shared::JobRequest;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use crate::engine::{
-    AdmitError, Admitted, Engine, EngineError, EngineInfo, PromptEncoder, SeqId, SeqUpdate,
-    StepLimits,
-};
+use crate::engine::{AdmitError, Admitted, Engine, EngineError, EngineInfo, PromptEncoder, SeqId, SeqUpdate, StepLimits};
 use crate::metrics::WorkerMetrics;
 use crate::pipeline::{self, PipelineSettings};
 use crate::sink::memory::MemorySink;
@@ -71,23 +68,14 @@ impl Engine for Stamped {
         self.inner.encoder()
     }
 
-    fn admit(
-        &mut self,
-        id: SeqId,
-        job: &genq_shared::ValidJob,
-        prompt: Vec<u32>,
-        seed: u64,
-    ) -> Result<Admitted, AdmitError> {
+    fn admit(&mut self, id: SeqId, job: &genq_shared::ValidJob, prompt: Vec<u32>, seed: u64) -> Result<Admitted, AdmitError> {
         self.inner.admit(id, job, prompt, seed)
     }
 
     fn step(&mut self, limits: &StepLimits) -> Result<Vec<SeqUpdate>, EngineError> {
         let updates = self.inner.step(limits)?;
         let now = Instant::now();
-        let mut gaps = self
-            .gaps
-            .lock()
-            .map_err(|_| EngineError("gap log poisoned".into()))?;
+        let mut gaps = self.gaps.lock().map_err(|_| EngineError("gap log poisoned".into()))?;
         for u in &updates {
             if u.new_tokens > 0 {
                 if let Some(before) = self.last.insert(u.id, now) {
@@ -148,18 +136,10 @@ fn body(req: JobRequest) -> Vec<u8> {
 
 /// Runs `spec` through a pipeline around `engine`: the running jobs first, then, once each has
 /// decoded a few tokens, the long prompts.
-pub async fn run_latency_bench(
-    engine: Box<dyn Engine>,
-    mut settings: PipelineSettings,
-    spec: &LatencySpec,
-) -> std::io::Result<LatencyResult> {
+pub async fn run_latency_bench(engine: Box<dyn Engine>, mut settings: PipelineSettings, spec: &LatencySpec) -> std::io::Result<LatencyResult> {
     let model = engine.info().model.clone();
     let gaps: Arc<Mutex<Vec<f64>>> = Arc::default();
-    let engine = Box::new(Stamped {
-        inner: engine,
-        last: HashMap::new(),
-        gaps: gaps.clone(),
-    });
+    let engine = Box::new(Stamped { inner: engine, last: HashMap::new(), gaps: gaps.clone() });
     settings.scheduler.max_batch_size = settings.scheduler.max_batch_size.max(spec.running);
     settings.shutdown_grace = Duration::from_secs(3600);
     let (queue, source, _log) = memory_queue(spec.running + spec.long_prompts + 1);
@@ -176,10 +156,7 @@ pub async fn run_latency_bench(
                 temperature: Some(0.0),
                 ..JobRequest::prompt(super::bench_prompt(32, i))
             };
-            queue
-                .push(body(req))
-                .await
-                .map_err(|e| std::io::Error::other(e.0))?;
+            queue.push(body(req)).await.map_err(|e| std::io::Error::other(e.0))?;
         }
         // Long prompts arrive once every running sequence has decoded a few tokens.
         let warm = spec.running * 4;
@@ -187,30 +164,12 @@ pub async fn run_latency_bench(
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         for i in 0..spec.long_prompts {
-            let req = JobRequest {
-                id: Some(format!("long-{i}")),
-                model: Some(model.clone()),
-                max_new_tokens: Some(1),
-                ..JobRequest::prompt(long_prompt(spec.long_prompt_bytes, i as u64))
-            };
-            queue
-                .push(body(req))
-                .await
-                .map_err(|e| std::io::Error::other(e.0))?;
+            let req = JobRequest { id: Some(format!("long-{i}")), model: Some(model.clone()), max_new_tokens: Some(1), ..JobRequest::prompt(long_prompt(spec.long_prompt_bytes, i as u64)) };
+            queue.push(body(req)).await.map_err(|e| std::io::Error::other(e.0))?;
         }
         Ok::<_, std::io::Error>(gaps)
     };
-    let (report, gaps) = tokio::join!(
-        pipeline::run(
-            source,
-            sink,
-            engine,
-            settings,
-            metrics,
-            std::future::pending()
-        ),
-        feed
-    );
+    let (report, gaps) = tokio::join!(pipeline::run(source, sink, engine, settings, metrics, std::future::pending()), feed);
     let report = report?;
     let mut gaps = gaps?.lock().map(|g| g.clone()).unwrap_or_default();
     gaps.sort_by(f64::total_cmp);
@@ -251,27 +210,12 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_running_job_is_measured_and_long_prompts_pass_through() {
-        let mut settings =
-            crate::setup::pipeline_settings(&genq_shared::settings::Settings::default(), 8192);
+        let mut settings = crate::setup::pipeline_settings(&genq_shared::settings::Settings::default(), 8192);
         settings.rules.model = "m".into();
-        let spec = LatencySpec {
-            running: 4,
-            new_tokens: 12,
-            long_prompts: 2,
-            long_prompt_bytes: 32 * 1024,
-        };
-        let r = run_latency_bench(Box::new(EchoEngine::new("m")), settings, &spec)
-            .await
-            .expect("runs");
-        assert_eq!(
-            r.done, 6,
-            "the running jobs and the long echo prompts (which fit) end done: {r:?}"
-        );
-        assert_eq!(
-            r.gaps,
-            4 * 11,
-            "one gap between each pair of a sequence's tokens: {r:?}"
-        );
+        let spec = LatencySpec { running: 4, new_tokens: 12, long_prompts: 2, long_prompt_bytes: 32 * 1024 };
+        let r = run_latency_bench(Box::new(EchoEngine::new("m")), settings, &spec).await.expect("runs");
+        assert_eq!(r.done, 6, "the running jobs and the long echo prompts (which fit) end done: {r:?}");
+        assert_eq!(r.gaps, 4 * 11, "one gap between each pair of a sequence's tokens: {r:?}");
         assert!(r.p50_ms <= r.p99_ms && r.p99_ms <= r.max_ms, "{r:?}");
     }
 }

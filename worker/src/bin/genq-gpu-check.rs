@@ -117,12 +117,7 @@ enum Command {
 
 fn main() -> anyhow::Result<ExitCode> {
     match Cli::parse().command {
-        Command::WriteModel {
-            shape,
-            arch,
-            dtype,
-            out,
-        } => {
+        Command::WriteModel { shape, arch, dtype, out } => {
             let arch = Arch::from_gguf_name(&arch).map_err(|e| anyhow::anyhow!("--arch: {e}"))?;
             let shape = match shape.as_str() {
                 "smollm2" if arch == Arch::Llama => RandomModel::smollm2(),
@@ -287,14 +282,7 @@ fn read_lines(path: &Path) -> anyhow::Result<Vec<serde_json::Value>> {
 
 /// Decode tokens/s at the memory-bandwidth bound: every step reads every weight once plus each
 /// sequence's KV cache (on average the prompt and half the new tokens).
-fn bound(
-    cfg: &ModelConfig,
-    batch: f64,
-    prompt: f64,
-    new: f64,
-    bandwidth_gbs: f64,
-    bytes: f64,
-) -> f64 {
+fn bound(cfg: &ModelConfig, batch: f64, prompt: f64, new: f64, bandwidth_gbs: f64, bytes: f64) -> f64 {
     let (heads, kv_heads, head_dim) = (cfg.heads as f64, cfg.kv_heads as f64, cfg.head_dim as f64);
     let (hidden, ffn, layers, vocab) = (
         cfg.hidden as f64,

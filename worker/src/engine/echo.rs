@@ -16,10 +16,7 @@ use genq_shared::valid::PromptInput;
 use genq_shared::{FinishReason, ValidJob};
 
 use super::stops::StopMatcher;
-use super::{
-    check_score_length, AdmitError, Admitted, Engine, EngineError, EngineInfo, PromptEncoder,
-    Score, SeqDone, SeqId, SeqUpdate, StepLimits,
-};
+use super::{check_score_length, AdmitError, Admitted, Engine, EngineError, EngineInfo, PromptEncoder, Score, SeqDone, SeqId, SeqUpdate, StepLimits};
 
 /// Context length the echo engine pretends to have.
 pub(crate) const ECHO_CONTEXT_LENGTH: usize = 8192;
@@ -33,10 +30,7 @@ struct Words {
 
 impl Words {
     fn of(input: &PromptInput) -> Self {
-        let mut words = Words {
-            text: String::new(),
-            spans: Vec::new(),
-        };
+        let mut words = Words { text: String::new(), spans: Vec::new() };
         match input {
             PromptInput::Text(t) => words.extend(t),
             PromptInput::Chat(msgs) => msgs.iter().for_each(|m| words.extend(&m.content)),
@@ -52,10 +46,7 @@ impl Words {
         self.text.push_str(part);
         // Each word's offset in `part`, from where its slice starts.
         let offset = |w: &str| w.as_ptr() as usize - part.as_ptr() as usize;
-        self.spans.extend(
-            part.split_whitespace()
-                .map(|w| base + offset(w)..base + offset(w) + w.len()),
-        );
+        self.spans.extend(part.split_whitespace().map(|w| base + offset(w)..base + offset(w) + w.len()));
     }
 
     fn len(&self) -> usize {
@@ -110,18 +101,10 @@ impl EchoEngine {
     /// An echo engine answering for `model`.
     pub(crate) fn new(model: &str) -> Self {
         Self {
-            info: EngineInfo {
-                model: model.to_string(),
-                device: "cpu".into(),
-                kernel: "none".into(),
-                context_length: ECHO_CONTEXT_LENGTH,
-            },
+            info: EngineInfo { model: model.to_string(), device: "cpu".into(), kernel: "none".into(), context_length: ECHO_CONTEXT_LENGTH },
             seqs: BTreeMap::new(),
             crash_on: std::env::var(CRASH_ON_ENV).ok().filter(|w| !w.is_empty()),
-            step_delay: std::env::var(STEP_MS_ENV)
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .map(std::time::Duration::from_millis),
+            step_delay: std::env::var(STEP_MS_ENV).ok().and_then(|v| v.parse().ok()).map(std::time::Duration::from_millis),
         }
     }
 }
@@ -135,41 +118,23 @@ impl Engine for EchoEngine {
         Arc::new(WordEncoder)
     }
 
-    fn admit(
-        &mut self,
-        id: SeqId,
-        job: &ValidJob,
-        prompt: Vec<u32>,
-        _seed: u64,
-    ) -> Result<Admitted, AdmitError> {
+    fn admit(&mut self, id: SeqId, job: &ValidJob, prompt: Vec<u32>, _seed: u64) -> Result<Admitted, AdmitError> {
         let words = Words::of(&job.input);
         let prompt_tokens = prompt.len();
         check_score_length(job, prompt_tokens)?;
-        for (field, asked) in [
-            ("logprobs", job.logprobs.is_some()),
-            ("prompt_logprobs", job.prompt_logprobs.is_some()),
-        ] {
+        for (field, asked) in [("logprobs", job.logprobs.is_some()), ("prompt_logprobs", job.prompt_logprobs.is_some())] {
             if asked {
-                return Err(AdmitError {
-                    field,
-                    message: "is not served by the echo engine (it has no probabilities)".into(),
-                });
+                return Err(AdmitError { field, message: "is not served by the echo engine (it has no probabilities)".into() });
             }
         }
         if job.format.is_some() {
-            return Err(AdmitError {
-                field: "format",
-                message: "is not served by the echo engine (it repeats the prompt)".into(),
-            });
+            return Err(AdmitError { field: "format", message: "is not served by the echo engine (it repeats the prompt)".into() });
         }
         let max_new = job.new_token_budget(prompt_tokens);
         if prompt_tokens + max_new > self.info.context_length {
             return Err(AdmitError {
                 field: "max_new_tokens",
-                message: format!(
-                    "plus the prompt's {prompt_tokens} tokens exceeds the context length {}",
-                    self.info.context_length
-                ),
+                message: format!("plus the prompt's {prompt_tokens} tokens exceeds the context length {}", self.info.context_length),
             });
         }
         self.seqs.insert(
@@ -190,15 +155,8 @@ impl Engine for EchoEngine {
 
     fn step(&mut self, _limits: &StepLimits) -> Result<Vec<SeqUpdate>, EngineError> {
         if let Some(word) = &self.crash_on {
-            if self
-                .seqs
-                .values()
-                .any(|s| s.words.iter().any(|w| w == word))
-            {
-                tracing::error!(
-                    word,
-                    "fault injection: a prompt holds {CRASH_ON_ENV}; aborting the process"
-                );
+            if self.seqs.values().any(|s| s.words.iter().any(|w| w == word)) {
+                tracing::error!(word, "fault injection: a prompt holds {CRASH_ON_ENV}; aborting the process");
                 std::process::abort();
             }
         }
@@ -209,27 +167,15 @@ impl Engine for EchoEngine {
         let mut finished = Vec::new();
         for (&id, seq) in self.seqs.iter_mut() {
             if seq.kind == JobKind::Score {
-                let logprobs: Vec<f64> = seq
-                    .words
-                    .iter()
-                    .skip(1)
-                    .map(|w| -(w.chars().count() as f64) / 10.0)
-                    .collect();
-                let mean = if logprobs.is_empty() {
-                    0.0
-                } else {
-                    logprobs.iter().sum::<f64>() / logprobs.len() as f64
-                };
+                let logprobs: Vec<f64> = seq.words.iter().skip(1).map(|w| -(w.chars().count() as f64) / 10.0).collect();
+                let mean = if logprobs.is_empty() { 0.0 } else { logprobs.iter().sum::<f64>() / logprobs.len() as f64 };
                 updates.push(SeqUpdate {
                     id,
                     text: String::new(),
                     new_tokens: 0,
                     done: Some(SeqDone {
                         finish_reason: None,
-                        score: Some(Score {
-                            logprobs,
-                            perplexity: (-mean).exp(),
-                        }),
+                        score: Some(Score { logprobs, perplexity: (-mean).exp() }),
                         logprobs: Default::default(),
                         samples: Vec::new(),
                         error: None,
@@ -239,11 +185,7 @@ impl Engine for EchoEngine {
                 continue;
             }
             let word = seq.words.get(seq.generated % seq.words.len());
-            let piece = if seq.generated == 0 {
-                word.to_string()
-            } else {
-                format!(" {word}")
-            };
+            let piece = if seq.generated == 0 { word.to_string() } else { format!(" {word}") };
             seq.generated += 1;
             let check = seq.stops.push(&piece, seq.generated >= seq.min_new);
             let mut text = check.emit;
@@ -261,12 +203,7 @@ impl Engine for EchoEngine {
             if seq.samples > 1 {
                 seq.text.push_str(&text);
             }
-            let others = |r| Choice {
-                text: seq.text.clone(),
-                finish_reason: Some(r),
-                completion_tokens: seq.generated as u64,
-                token_logprobs: None,
-            };
+            let others = |r| Choice { text: seq.text.clone(), finish_reason: Some(r), completion_tokens: seq.generated as u64, token_logprobs: None };
             updates.push(SeqUpdate {
                 id,
                 text,
@@ -296,10 +233,7 @@ impl Engine for EchoEngine {
 
     /// What a real model would cache: every prompt word plus every word generated.
     fn cached_tokens(&self) -> usize {
-        self.seqs
-            .values()
-            .map(|s| s.words.len() + s.generated)
-            .sum()
+        self.seqs.values().map(|s| s.words.len() + s.generated).sum()
     }
 }
 
@@ -318,30 +252,18 @@ mod tests {
     fn words_split_like_split_whitespace_across_chat_messages() {
         let text = Words::of(&PromptInput::Text("  one two\tthree \n".into()));
         assert_eq!(text.iter().collect::<Vec<_>>(), ["one", "two", "three"]);
-        let msg = |c: &str| genq_shared::job::ChatMessage {
-            role: "user".into(),
-            content: c.into(),
-        };
+        let msg = |c: &str| genq_shared::job::ChatMessage { role: "user".into(), content: c.into() };
         let chat = Words::of(&PromptInput::Chat(vec![msg("a b"), msg(""), msg(" c")]));
         assert_eq!(chat.iter().collect::<Vec<_>>(), ["a", "b", "c"]);
         assert_eq!((chat.len(), chat.get(2)), (3, "c"));
         let empty = Words::of(&PromptInput::Text("   ".into()));
-        assert_eq!(
-            (empty.len(), empty.get(0)),
-            (1, ""),
-            "an empty prompt echoes one empty word"
-        );
+        assert_eq!((empty.len(), empty.get(0)), (1, ""), "an empty prompt echoes one empty word");
     }
 
     fn run_to_end(engine: &mut EchoEngine) -> BTreeMap<SeqId, (String, Option<SeqDone>)> {
         let mut out: BTreeMap<SeqId, (String, Option<SeqDone>)> = BTreeMap::new();
         while engine.active() > 0 {
-            for u in engine
-                .step(&StepLimits {
-                    max_prefill_tokens: 512,
-                })
-                .expect("step")
-            {
+            for u in engine.step(&StepLimits { max_prefill_tokens: 512 }).expect("step") {
                 let e = out.entry(u.id).or_default();
                 e.0.push_str(&u.text);
                 if u.done.is_some() {
@@ -355,31 +277,17 @@ mod tests {
     #[test]
     fn several_samples_are_the_same_echo_and_count_every_token() {
         let mut e = EchoEngine::new("m");
-        e.encode_and_admit(
-            1,
-            &job(r#"{"id":"a","prompt":"one two","max_new_tokens":3,"n":3}"#),
-            0,
-        )
-        .expect("admit");
+        e.encode_and_admit(1, &job(r#"{"id":"a","prompt":"one two","max_new_tokens":3,"n":3}"#), 0).expect("admit");
         let mut tokens = 0;
         let mut done = None;
         while e.active() > 0 {
-            for u in e
-                .step(&StepLimits {
-                    max_prefill_tokens: 512,
-                })
-                .expect("step")
-            {
+            for u in e.step(&StepLimits { max_prefill_tokens: 512 }).expect("step") {
                 tokens += u.new_tokens;
                 done = u.done.or(done);
             }
         }
         let done = done.expect("done");
-        let samples: Vec<(&str, u64)> = done
-            .samples
-            .iter()
-            .map(|c| (c.text.as_str(), c.completion_tokens))
-            .collect();
+        let samples: Vec<(&str, u64)> = done.samples.iter().map(|c| (c.text.as_str(), c.completion_tokens)).collect();
         assert_eq!(samples, vec![("one two one", 3), ("one two one", 3)]);
         assert_eq!(tokens, 9, "three samples of three tokens");
     }
@@ -387,72 +295,34 @@ mod tests {
     #[test]
     fn echo_cycles_prompt_words_up_to_max_new_tokens() {
         let mut e = EchoEngine::new("m");
-        e.encode_and_admit(
-            1,
-            &job(r#"{"id":"a","prompt":"one two","max_new_tokens":5}"#),
-            0,
-        )
-        .expect("admit");
-        e.encode_and_admit(
-            2,
-            &job(r#"{"id":"b","prompt":"x y z","max_new_tokens":2}"#),
-            0,
-        )
-        .expect("admit");
+        e.encode_and_admit(1, &job(r#"{"id":"a","prompt":"one two","max_new_tokens":5}"#), 0).expect("admit");
+        e.encode_and_admit(2, &job(r#"{"id":"b","prompt":"x y z","max_new_tokens":2}"#), 0).expect("admit");
         let out = run_to_end(&mut e);
         assert_eq!(out[&1].0, "one two one two one");
         assert_eq!(out[&2].0, "x y");
-        assert_eq!(
-            out[&1].1.as_ref().and_then(|d| d.finish_reason),
-            Some(FinishReason::Length)
-        );
+        assert_eq!(out[&1].1.as_ref().and_then(|d| d.finish_reason), Some(FinishReason::Length));
     }
 
     #[test]
     fn max_length_counts_the_prompt_and_one_word_scores_are_refused() {
         let mut e = EchoEngine::new("m");
-        let admitted = e
-            .encode_and_admit(
-                1,
-                &job(r#"{"id":"a","prompt":"one two three","max_length":5}"#),
-                0,
-            )
-            .expect("admit");
+        let admitted = e.encode_and_admit(1, &job(r#"{"id":"a","prompt":"one two three","max_length":5}"#), 0).expect("admit");
         assert_eq!(admitted.prompt_tokens, 3);
-        e.encode_and_admit(2, &job(r#"{"id":"b","prompt":"x y z","max_length":2}"#), 0)
-            .expect("admit");
+        e.encode_and_admit(2, &job(r#"{"id":"b","prompt":"x y z","max_length":2}"#), 0).expect("admit");
         let out = run_to_end(&mut e);
         assert_eq!(out[&1].0, "one two", "5 in total: 3 prompt words, 2 new");
-        assert_eq!(
-            out[&2].0, "x",
-            "a prompt past max_length still gets one new word"
-        );
-        let err = e
-            .encode_and_admit(3, &job(r#"{"id":"c","kind":"score","prompt":"alone"}"#), 0)
-            .expect_err("one word");
+        assert_eq!(out[&2].0, "x", "a prompt past max_length still gets one new word");
+        let err = e.encode_and_admit(3, &job(r#"{"id":"c","kind":"score","prompt":"alone"}"#), 0).expect_err("one word");
         assert_eq!(err.field, "prompt");
-        e.encode_and_admit(
-            4,
-            &job(r#"{"id":"d","kind":"score","prompt":"two words"}"#),
-            0,
-        )
-        .expect("two words score");
+        e.encode_and_admit(4, &job(r#"{"id":"d","kind":"score","prompt":"two words"}"#), 0).expect("two words score");
     }
 
     #[test]
     fn echo_honours_stop_strings() {
         let mut e = EchoEngine::new("m");
-        e.encode_and_admit(
-            1,
-            &job(r#"{"id":"a","prompt":"a b STOP c","max_new_tokens":9,"stop":["STOP"]}"#),
-            0,
-        )
-        .expect("admit");
+        e.encode_and_admit(1, &job(r#"{"id":"a","prompt":"a b STOP c","max_new_tokens":9,"stop":["STOP"]}"#), 0).expect("admit");
         let out = run_to_end(&mut e);
         assert_eq!(out[&1].0, "a b ");
-        assert_eq!(
-            out[&1].1.as_ref().and_then(|d| d.finish_reason),
-            Some(FinishReason::Stop)
-        );
+        assert_eq!(out[&1].1.as_ref().and_then(|d| d.finish_reason), Some(FinishReason::Stop));
     }
 }

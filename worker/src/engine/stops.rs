@@ -21,11 +21,7 @@ pub(crate) struct StopCheck {
 impl StopMatcher {
     /// A matcher for `stops` (may be empty).
     pub(crate) fn new(stops: Vec<String>) -> Self {
-        Self {
-            stops,
-            text: String::new(),
-            emitted: 0,
-        }
+        Self { stops, text: String::new(), emitted: 0 }
     }
 
     /// Adds `piece` of generated text. When `armed` is false (below `min_new_tokens`) stops are
@@ -37,19 +33,13 @@ impl StopMatcher {
                 let emit = self.text[self.emitted..at].to_string();
                 self.emitted = at;
                 self.text.truncate(at);
-                return StopCheck {
-                    emit,
-                    stopped: true,
-                };
+                return StopCheck { emit, stopped: true };
             }
         }
         let safe = self.safe_len();
         let emit = self.text[self.emitted..safe].to_string();
         self.emitted = safe;
-        StopCheck {
-            emit,
-            stopped: false,
-        }
+        StopCheck { emit, stopped: false }
     }
 
     /// Emits whatever is held back (the sequence ended for another reason).
@@ -67,17 +57,9 @@ impl StopMatcher {
 
     fn first_stop(&self) -> Option<usize> {
         // Only a stop that overlaps text not yet emitted can be new.
-        let from = self
-            .emitted
-            .saturating_sub(self.stops.iter().map(|s| s.len()).max().unwrap_or(0));
-        let from = (0..=from)
-            .rev()
-            .find(|&i| self.text.is_char_boundary(i))
-            .unwrap_or(0);
-        self.stops
-            .iter()
-            .filter_map(|s| self.text[from..].find(s.as_str()).map(|i| from + i))
-            .min()
+        let from = self.emitted.saturating_sub(self.stops.iter().map(|s| s.len()).max().unwrap_or(0));
+        let from = (0..=from).rev().find(|&i| self.text.is_char_boundary(i)).unwrap_or(0);
+        self.stops.iter().filter_map(|s| self.text[from..].find(s.as_str()).map(|i| from + i)).min()
     }
 
     /// Length of the prefix that cannot be the start of any stop string.
@@ -119,14 +101,8 @@ mod tests {
 
     #[test]
     fn stop_split_across_tokens_is_cut_without_its_text() {
-        assert_eq!(
-            run(&["\n\n"], &["Hello", "\n", "\nWorld"]),
-            ("Hello".into(), true)
-        );
-        assert_eq!(
-            run(&["END"], &["abc E", "N", "D more"]),
-            ("abc ".into(), true)
-        );
+        assert_eq!(run(&["\n\n"], &["Hello", "\n", "\nWorld"]), ("Hello".into(), true));
+        assert_eq!(run(&["END"], &["abc E", "N", "D more"]), ("abc ".into(), true));
     }
 
     #[test]

@@ -46,11 +46,7 @@ pub(crate) async fn begin_with_retry<K: ResultSink>(sink: &K, starts: &[JobStart
     loop {
         match sink.begin_many(starts).await {
             Ok(b) if b.len() == starts.len() => return b,
-            Ok(b) => tracing::warn!(
-                asked = starts.len(),
-                answered = b.len(),
-                "short answer marking jobs running; retrying"
-            ),
+            Ok(b) => tracing::warn!(asked = starts.len(), answered = b.len(), "short answer marking jobs running; retrying"),
             Err(e) => {
                 tracing::warn!(jobs = starts.len(), error = %e, retry_in_ms = backoff.peek().as_millis() as u64, "cannot mark jobs running; retrying");
             }
@@ -65,10 +61,7 @@ pub(crate) const ENCODE_INLINE_BYTES: usize = 16 * 1024;
 
 /// Renders and tokenizes a job's prompt before it goes to the engine thread, so the running
 /// batch never waits for a long prompt's tokenizer.
-async fn encode(
-    encoder: &Arc<dyn PromptEncoder>,
-    job: Box<ValidJob>,
-) -> (Box<ValidJob>, Result<Vec<u32>, AdmitError>) {
+async fn encode(encoder: &Arc<dyn PromptEncoder>, job: Box<ValidJob>) -> (Box<ValidJob>, Result<Vec<u32>, AdmitError>) {
     if job.input.bytes() < ENCODE_INLINE_BYTES {
         let prompt = encoder.encode(&job);
         return (job, prompt);
@@ -82,10 +75,7 @@ async fn encode(
     .await
     {
         Ok(done) => done,
-        Err(e) => std::panic::resume_unwind(
-            e.try_into_panic()
-                .unwrap_or_else(|_| Box::new(format!("encoding job {id} was cancelled"))),
-        ),
+        Err(e) => std::panic::resume_unwind(e.try_into_panic().unwrap_or_else(|_| Box::new(format!("encoding job {id} was cancelled")))),
     }
 }
 
@@ -114,46 +104,26 @@ impl Admission<'_> {
 
     /// Acts on what `begin` found for one job: run it, finish it without running, or ack a duplicate.
     pub(super) async fn admit(&self, a: Admit, begun: Begin) -> AdmitOutcome {
-        let Admit {
-            settler,
-            attempt,
-            taken,
-            job,
-        } = a;
+        let Admit { settler, attempt, taken, job } = a;
         let in_flight = |settle_as: Settlement, job: &ValidJob, settler: Box<dyn Settle>| {
-            let mut f = InFlight::new(
-                settler,
-                &taken,
-                Some(job.kind.as_str().to_string()),
-                self.metrics.inflight_deliveries.clone(),
-            );
+            let mut f = InFlight::new(settler, &taken, Some(job.kind.as_str().to_string()), self.metrics.inflight_deliveries.clone());
             f.batch = job.batch.clone();
             f.stream = job.stream;
             f.settle_as = settle_as;
             f
         };
         let isolated = match begun {
-            Begin::Fresh { suspect, solo_runs }
-                if solo_runs >= self.settings.poison_after_solo_runs =>
-            {
+            Begin::Fresh { suspect, solo_runs } if solo_runs >= self.settings.poison_after_solo_runs => {
                 tracing::error!(job = %job.id, solo_runs, suspect, "poison job: its worker died each time it ran alone; failing and dead-lettering it");
                 let error = format!("the job's worker died each of the {solo_runs} times it ran alone; it is not run again");
-                let outcome = scheduler::outcome(
-                    JobStatus::Failed,
-                    String::new(),
-                    Some((error, error_kind::POISON)),
-                );
-                return self
-                    .finish_unrun(in_flight(Settlement::DeadLetter, &job, settler), outcome)
-                    .await;
+                let outcome = scheduler::outcome(JobStatus::Failed, String::new(), Some((error, error_kind::POISON)));
+                return self.finish_unrun(in_flight(Settlement::DeadLetter, &job, settler), outcome).await;
             }
             Begin::Fresh { suspect, solo_runs } => suspect || solo_runs > 0,
             Begin::Cancelled => {
                 tracing::info!(job = %job.id, "job cancelled before it started");
                 let outcome = scheduler::outcome(JobStatus::Cancelled, String::new(), None);
-                return self
-                    .finish_unrun(in_flight(Settlement::Ack, &job, settler), outcome)
-                    .await;
+                return self.finish_unrun(in_flight(Settlement::Ack, &job, settler), outcome).await;
             }
             Begin::Duplicate => {
                 tracing::info!(job = %job.id, "duplicate delivery of a finished job; acking it");
@@ -162,35 +132,20 @@ impl Admission<'_> {
             }
         };
         if let Some(created) = taken.created_ms {
-            self.metrics
-                .queue_wait
-                .observe(taken.started_ms.saturating_sub(created) as f64 / 1000.0);
+            self.metrics.queue_wait.observe(taken.started_ms.saturating_sub(created) as f64 / 1000.0);
         }
         let (job, prompt) = match encode(self.encoder, job).await {
             (job, Ok(prompt)) => (job, prompt),
             (job, Err(e)) => {
                 tracing::info!(job = %job.id, error = %e, "the model cannot take the job's prompt");
-                let outcome = scheduler::outcome(
-                    JobStatus::Failed,
-                    String::new(),
-                    Some((e.to_string(), error_kind::UNSUPPORTED)),
-                );
-                return self
-                    .finish_unrun(in_flight(Settlement::Ack, &job, settler), outcome)
-                    .await;
+                let outcome = scheduler::outcome(JobStatus::Failed, String::new(), Some((e.to_string(), error_kind::UNSUPPORTED)));
+                return self.finish_unrun(in_flight(Settlement::Ack, &job, settler), outcome).await;
             }
         };
         tracing::debug!(job = %job.id, attempt, "job admitted to the engine queue");
-        self.metrics
-            .job_received(crate::backlog::estimated_tokens(&job));
+        self.metrics.job_received(crate::backlog::estimated_tokens(&job));
         let reply = in_flight(Settlement::Ack, &job, settler);
-        let scheduled = ScheduledJob {
-            reply,
-            job: *job,
-            prompt,
-            started_ms: taken.started_ms,
-            isolated,
-        };
+        let scheduled = ScheduledJob { reply, job: *job, prompt, started_ms: taken.started_ms, isolated };
         match self.engine.send(scheduled).await {
             Ok(()) => AdmitOutcome::Queued,
             Err(refused) => AdmitOutcome::Stopped(refused.0.reply),

@@ -72,12 +72,7 @@ pub(crate) struct InFlight {
 impl InFlight {
     /// A delivery `taken` for a job of `kind` (none when it failed validation); counted in
     /// `gauge` until settled.
-    pub(super) fn new(
-        settler: Box<dyn Settle>,
-        taken: &Taken,
-        kind: Option<String>,
-        gauge: IntGauge,
-    ) -> Self {
+    pub(super) fn new(settler: Box<dyn Settle>, taken: &Taken, kind: Option<String>, gauge: IntGauge) -> Self {
         gauge.inc();
         Self {
             settler,
@@ -144,10 +139,7 @@ impl From<EngineEvent<InFlight>> for ToWriter {
     fn from(ev: EngineEvent<InFlight>) -> Self {
         match ev {
             EngineEvent::Chunk { id, text } => ToWriter::Chunk { id, text },
-            EngineEvent::Finished { reply, outcome } => ToWriter::Final {
-                job: reply,
-                outcome,
-            },
+            EngineEvent::Finished { reply, outcome } => ToWriter::Final { job: reply, outcome },
             EngineEvent::Retry { reply, reason } => ToWriter::Requeue { job: reply, reason },
         }
     }
@@ -179,10 +171,7 @@ pub(crate) struct WriterSender {
 impl WriterSender {
     /// Wraps the sending half of the writer's channel.
     pub(super) fn new(tx: mpsc::Sender<ToWriter>) -> Self {
-        Self {
-            tx,
-            sent: Arc::default(),
-        }
+        Self { tx, sent: Arc::default() }
     }
 
     fn count(&self, item: &ToWriter) {
@@ -201,9 +190,7 @@ impl WriterSender {
     /// carried.
     pub(super) fn blocking_send(&self, item: ToWriter) -> Result<(), Undelivered<InFlight>> {
         self.count(&item);
-        self.tx
-            .blocking_send(item)
-            .map_err(|e| Undelivered(e.0.into_job()))
+        self.tx.blocking_send(item).map_err(|e| Undelivered(e.0.into_job()))
     }
 
     /// Items that end a delivery sent so far.

@@ -42,10 +42,7 @@ impl MemorySink {
 
     /// Every result stored.
     pub fn all(&self) -> Vec<JobResult> {
-        self.results
-            .lock()
-            .map(|m| m.values().cloned().collect())
-            .unwrap_or_default()
+        self.results.lock().map(|m| m.values().cloned().collect()).unwrap_or_default()
     }
 
     /// Concatenated stream chunks of job `id`.
@@ -56,29 +53,16 @@ impl MemorySink {
     fn begin_one(&self, start: &JobStart) -> Result<Begin, SinkError> {
         let cancelled = self.is_cancelled(&start.id);
         let mut map = self.lock()?;
-        let entry = map.entry(start.id.clone()).or_insert_with(|| JobResult {
-            id: start.id.clone(),
-            ..JobResult::default()
-        });
+        let entry = map.entry(start.id.clone()).or_insert_with(|| JobResult { id: start.id.clone(), ..JobResult::default() });
         if entry.status.is_some_and(JobStatus::is_final) {
             return Ok(Begin::Duplicate);
         }
         if cancelled {
             return Ok(Begin::Cancelled);
         }
-        let previous = self
-            .instances
-            .lock()
-            .ok()
-            .and_then(|mut m| m.insert(start.id.clone(), start.instance.clone()));
-        let suspect = entry.status == Some(JobStatus::Running)
-            && previous.as_deref() != Some(start.instance.as_str());
-        let solo_runs = self
-            .solo_runs
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&start.id).copied())
-            .unwrap_or(0);
+        let previous = self.instances.lock().ok().and_then(|mut m| m.insert(start.id.clone(), start.instance.clone()));
+        let suspect = entry.status == Some(JobStatus::Running) && previous.as_deref() != Some(start.instance.as_str());
+        let solo_runs = self.solo_runs.lock().ok().and_then(|m| m.get(&start.id).copied()).unwrap_or(0);
         entry.status = Some(JobStatus::Running);
         entry.kind = Some(start.kind.clone());
         entry.model = Some(start.model.clone());
@@ -90,9 +74,7 @@ impl MemorySink {
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, HashMap<String, JobResult>>, SinkError> {
-        self.results
-            .lock()
-            .map_err(|_| SinkError("memory sink poisoned".into()))
+        self.results.lock().map_err(|_| SinkError("memory sink poisoned".into()))
     }
 }
 
@@ -102,10 +84,7 @@ impl ResultSink for MemorySink {
     }
 
     async fn record_solo_run(&self, id: &str) -> Result<(), SinkError> {
-        let mut map = self
-            .solo_runs
-            .lock()
-            .map_err(|_| SinkError("memory sink poisoned".into()))?;
+        let mut map = self.solo_runs.lock().map_err(|_| SinkError("memory sink poisoned".into()))?;
         *map.entry(id.to_string()).or_default() += 1;
         Ok(())
     }
@@ -119,10 +98,8 @@ impl ResultSink for MemorySink {
         Ok(results
             .iter()
             .map(|f| {
-                let entry = map.entry(f.result.id.clone()).or_insert_with(|| JobResult {
-                    id: f.result.id.clone(),
-                    ..JobResult::default()
-                });
+                let entry =
+                    map.entry(f.result.id.clone()).or_insert_with(|| JobResult { id: f.result.id.clone(), ..JobResult::default() });
                 if entry.status.is_some_and(JobStatus::is_final) {
                     return false;
                 }
@@ -137,10 +114,7 @@ impl ResultSink for MemorySink {
     }
 
     async fn append_chunks(&self, chunks: &[(String, String)]) -> Result<(), SinkError> {
-        let mut map = self
-            .chunks
-            .lock()
-            .map_err(|_| SinkError("memory sink poisoned".into()))?;
+        let mut map = self.chunks.lock().map_err(|_| SinkError("memory sink poisoned".into()))?;
         for (id, text) in chunks {
             map.entry(id.clone()).or_default().push_str(text);
         }

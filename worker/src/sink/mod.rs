@@ -69,31 +69,19 @@ pub enum Begin {
 pub trait ResultSink: Send + Sync + 'static {
     /// Marks each job `running` unless it already has a final result (a duplicate delivery) or a
     /// cancel request (it is not started), all in one round trip; answers in the order of `starts`.
-    fn begin_many(
-        &self,
-        starts: &[JobStart],
-    ) -> impl Future<Output = Result<Vec<Begin>, SinkError>> + Send;
+    fn begin_many(&self, starts: &[JobStart]) -> impl Future<Output = Result<Vec<Begin>, SinkError>> + Send;
 
     /// Counts one more run of job `id` alone in the batch; stored before the run starts, so a
     /// job that kills its worker each time it runs alone is recognised as poison.
     fn record_solo_run(&self, id: &str) -> impl Future<Output = Result<(), SinkError>> + Send;
 
     /// Which of these jobs a client asked to cancel, in the order of `ids`.
-    fn cancel_requested(
-        &self,
-        ids: &[String],
-    ) -> impl Future<Output = Result<Vec<bool>, SinkError>> + Send;
+    fn cancel_requested(&self, ids: &[String]) -> impl Future<Output = Result<Vec<bool>, SinkError>> + Send;
 
     /// Stores final results in one round trip. Each is written only if the job has no final
     /// status yet; returns, per result, whether it was written (false: a duplicate lost the race).
-    fn finish(
-        &self,
-        results: &[FinalResult],
-    ) -> impl Future<Output = Result<Vec<bool>, SinkError>> + Send;
+    fn finish(&self, results: &[FinalResult]) -> impl Future<Output = Result<Vec<bool>, SinkError>> + Send;
 
     /// Appends text chunks to the streams of streaming jobs, `(job id, text)`.
-    fn append_chunks(
-        &self,
-        chunks: &[(String, String)],
-    ) -> impl Future<Output = Result<(), SinkError>> + Send;
+    fn append_chunks(&self, chunks: &[(String, String)]) -> impl Future<Output = Result<(), SinkError>> + Send;
 }

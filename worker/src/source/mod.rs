@@ -53,10 +53,7 @@ pub struct Delivery {
 
 impl std::fmt::Debug for Delivery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Delivery")
-            .field("message_id", &self.message_id)
-            .field("bytes", &self.body.len())
-            .finish()
+        f.debug_struct("Delivery").field("message_id", &self.message_id).field("bytes", &self.body.len()).finish()
     }
 }
 
@@ -67,11 +64,7 @@ pub trait JobSource: Send {
 
     /// Waits for the next delivery, then appends it and every further one already available
     /// without waiting, up to `max` in `out`. `Ok(false)` when the source is exhausted or stopped.
-    fn next_batch(
-        &mut self,
-        max: usize,
-        out: &mut Vec<Delivery>,
-    ) -> impl Future<Output = Result<bool, SourceError>> + Send;
+    fn next_batch(&mut self, max: usize, out: &mut Vec<Delivery>) -> impl Future<Output = Result<bool, SourceError>> + Send;
 
     /// Stops taking new deliveries; those already taken can still be settled.
     fn stop(&mut self) -> impl Future<Output = ()> + Send;

@@ -217,3 +217,4 @@ impl Backend {
         }
     }
 }
+

@@ -15,10 +15,7 @@ impl LogSoftmax {
     fn of(row: &[f32]) -> LogSoftmax {
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
         let sum: f64 = row.iter().map(|&l| (l as f64 - max).exp()).sum();
-        LogSoftmax {
-            max,
-            log_sum: sum.ln(),
-        }
+        LogSoftmax { max, log_sum: sum.ln() }
     }
 
     fn at(&self, row: &[f32], id: u32) -> f64 {
@@ -71,11 +68,7 @@ impl TokenTexts {
     /// Token `id`'s text.
     pub(crate) fn text(&self, tokenizer: &Tokenizer, id: u32) -> String {
         if let Some((anchor, anchor_text)) = &self.anchor {
-            if let Some(rest) = tokenizer
-                .decode(&[*anchor, id], false)
-                .ok()
-                .and_then(|t| t.strip_prefix(anchor_text.as_str()).map(str::to_string))
-            {
+            if let Some(rest) = tokenizer.decode(&[*anchor, id], false).ok().and_then(|t| t.strip_prefix(anchor_text.as_str()).map(str::to_string)) {
                 return rest;
             }
         }
@@ -85,37 +78,14 @@ impl TokenTexts {
 
 /// `target`'s entry: its log-prob under `row` (`None` without a row: a prompt's first token) and
 /// the `k` most likely tokens of the row.
-pub(crate) fn token_logprob(
-    tokenizer: &Tokenizer,
-    texts: &TokenTexts,
-    row: Option<&[f32]>,
-    target: u32,
-    k: usize,
-) -> TokenLogprob {
+pub(crate) fn token_logprob(tokenizer: &Tokenizer, texts: &TokenTexts, row: Option<&[f32]>, target: u32, k: usize) -> TokenLogprob {
     let text = |id: u32| texts.text(tokenizer, id);
     let Some(row) = row else {
-        return TokenLogprob {
-            id: target,
-            token: text(target),
-            logprob: None,
-            top: Vec::new(),
-        };
+        return TokenLogprob { id: target, token: text(target), logprob: None, top: Vec::new() };
     };
     let norm = LogSoftmax::of(row);
-    let top = top_ids(row, k)
-        .into_iter()
-        .map(|id| TopLogprob {
-            id,
-            token: text(id),
-            logprob: norm.at(row, id),
-        })
-        .collect();
-    TokenLogprob {
-        id: target,
-        token: text(target),
-        logprob: Some(norm.at(row, target)),
-        top,
-    }
+    let top = top_ids(row, k).into_iter().map(|id| TopLogprob { id, token: text(id), logprob: norm.at(row, id) }).collect();
+    TokenLogprob { id: target, token: text(target), logprob: Some(norm.at(row, target)), top }
 }
 
 #[cfg(test)]
@@ -125,24 +95,14 @@ mod tests {
     #[test]
     fn sentencepiece_tokens_keep_their_leading_space() {
         let src = crate::engine::llama::llamacpp_src::dir().unwrap_or_else(|e| panic!("{e}"));
-        let mut file = std::fs::File::open(src.join("models/ggml-vocab-llama-spm.gguf"))
-            .expect("llama.cpp's SentencePiece vocabulary");
+        let mut file = std::fs::File::open(src.join("models/ggml-vocab-llama-spm.gguf")).expect("llama.cpp's SentencePiece vocabulary");
         let content = candle_core::quantized::gguf_file::Content::read(&mut file).expect("gguf");
-        let tok =
-            crate::engine::llama::tokenizer::tokenizer_from_gguf(&content).expect("tokenizer");
+        let tok = crate::engine::llama::tokenizer::tokenizer_from_gguf(&content).expect("tokenizer");
         let texts = TokenTexts::new(&tok);
-        let ids = tok
-            .encode("Hello world, how are you?", false)
-            .expect("encode");
+        let ids = tok.encode("Hello world, how are you?", false).expect("encode");
         let joined: String = ids.iter().map(|&id| texts.text(&tok, id)).collect();
-        assert_eq!(
-            joined, " Hello world, how are you?",
-            "every word but the first keeps its space, and so does the first"
-        );
-        let alone: String = ids
-            .iter()
-            .map(|&id| tok.decode(&[id], false).unwrap_or_default())
-            .collect();
+        assert_eq!(joined, " Hello world, how are you?", "every word but the first keeps its space, and so does the first");
+        let alone: String = ids.iter().map(|&id| tok.decode(&[id], false).unwrap_or_default()).collect();
         assert_ne!(alone, joined, "decoding alone drops the spaces this fixes");
     }
 

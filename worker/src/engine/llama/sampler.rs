@@ -109,10 +109,7 @@ fn argmax(logits: &[f32], banned: &[u32]) -> Result<u32> {
         // then the first index holding it.
         let mut lanes = [f32::NEG_INFINITY; 16];
         let chunks = logits.chunks_exact(16);
-        let rest = chunks
-            .remainder()
-            .iter()
-            .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        let rest = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
         for c in chunks {
             for (m, &v) in lanes.iter_mut().zip(c) {
                 *m = m.max(v);
@@ -207,11 +204,7 @@ mod tests {
                 .sample(&Tensor::from_vec(masked, 50, &Device::Cpu).expect("tensor"))
                 .expect("candle");
             let mut s = Sampler::new(&params(0.0, None, 1.0, 1.0), 1);
-            assert_eq!(
-                s.sample(&row, &banned).ok(),
-                Some(want),
-                "{row:?} banned {banned:?}"
-            );
+            assert_eq!(s.sample(&row, &banned).ok(), Some(want), "{row:?} banned {banned:?}");
         }
         assert!(argmax(&[], &[]).is_err());
     }

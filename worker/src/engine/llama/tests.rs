@@ -107,10 +107,7 @@ fn missing_model_names_the_path_and_the_fetch_script() {
 }
 
 #[test]
-#[cfg_attr(
-    not(genq_model),
-    ignore = "the default model is missing: scripts/fetch-model.sh"
-)]
+#[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
 fn greedy_capital_of_france_is_paris() {
     let mut e = smollm2(WeightFormat::for_this_cpu(64));
     assert_eq!(e.info().context_length, 8192);
@@ -141,10 +138,7 @@ fn greedy_capital_of_france_is_paris() {
 }
 
 #[test]
-#[cfg_attr(
-    not(genq_model),
-    ignore = "the default model is missing: scripts/fetch-model.sh"
-)]
+#[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
 fn chat_job_is_answered_and_ends_at_end_of_turn() {
     let mut e = smollm2(WeightFormat::for_this_cpu(64));
     e.encode_and_admit(
@@ -165,10 +159,7 @@ fn chat_job_is_answered_and_ends_at_end_of_turn() {
 }
 
 #[test]
-#[cfg_attr(
-    not(genq_model),
-    ignore = "the default model is missing: scripts/fetch-model.sh"
-)]
+#[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
 fn min_new_tokens_holds_off_end_of_turn() {
     let mut e = smollm2(WeightFormat::for_this_cpu(64));
     e.encode_and_admit(
@@ -193,10 +184,7 @@ const OTHER_PROMPTS: [&str; 7] = [
 ];
 
 #[test]
-#[cfg_attr(
-    not(genq_model),
-    ignore = "the default model is missing: scripts/fetch-model.sh"
-)]
+#[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
 fn seeded_and_greedy_text_is_the_same_alone_and_in_a_batch() {
     let mut e = smollm2(WeightFormat::for_this_cpu(64));
     let seeded = job(
@@ -235,10 +223,7 @@ fn seeded_and_greedy_text_is_the_same_alone_and_in_a_batch() {
 }
 
 #[test]
-#[cfg_attr(
-    not(genq_model),
-    ignore = "the default model is missing: scripts/fetch-model.sh"
-)]
+#[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
 fn different_seeds_give_different_text() {
     let mut e = smollm2(WeightFormat::for_this_cpu(64));
     let j = job(
@@ -253,10 +238,7 @@ fn different_seeds_give_different_text() {
 }
 
 #[test]
-#[cfg_attr(
-    not(genq_model),
-    ignore = "the default model is missing: scripts/fetch-model.sh"
-)]
+#[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
 fn score_gives_one_logprob_per_predicted_token() {
     let mut e = smollm2(WeightFormat::for_this_cpu(64));
     let j =
@@ -314,10 +296,7 @@ fn score_gives_one_logprob_per_predicted_token() {
 }
 
 #[test]
-#[cfg_attr(
-    not(genq_model),
-    ignore = "the default model is missing: scripts/fetch-model.sh"
-)]
+#[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
 fn max_length_counts_digits_cjk_and_emoji_with_the_real_tokenizer() {
     let mut e = smollm2(WeightFormat::for_this_cpu(64));
     // Byte counts say little about token counts: SmolLM2 splits digits one by one.
@@ -328,61 +307,29 @@ fn max_length_counts_digits_cjk_and_emoji_with_the_real_tokenizer() {
     ];
     for (i, prompt) in prompts.iter().enumerate() {
         let j = job(&serde_json::json!({"id": format!("m{i}"), "prompt": prompt, "max_length": 50, "min_new_tokens": 50, "temperature": 0}).to_string());
-        let prompt_tokens = e
-            .encode_and_admit(i as u64, &j, 0)
-            .expect("admit")
-            .prompt_tokens;
+        let prompt_tokens = e.encode_and_admit(i as u64, &j, 0).expect("admit").prompt_tokens;
         assert!(prompt_tokens < 50, "{prompt:?}: {prompt_tokens} tokens");
         let out = run_to_end(&mut e, 64);
-        assert_eq!(
-            prompt_tokens + out[&(i as u64)].tokens,
-            50,
-            "{prompt:?}: {prompt_tokens} prompt tokens"
-        );
+        assert_eq!(prompt_tokens + out[&(i as u64)].tokens, 50, "{prompt:?}: {prompt_tokens} prompt tokens");
         assert_eq!(finish(&out[&(i as u64)]), Some(FinishReason::Length));
     }
-    assert_eq!(
-        e.encoder()
-            .encode(&job(
-                r#"{"id":"d","prompt":"123456789012345678901234567890"}"#
-            ))
-            .expect("encode")
-            .len(),
-        30
-    );
+    assert_eq!(e.encoder().encode(&job(r#"{"id":"d","prompt":"123456789012345678901234567890"}"#)).expect("encode").len(), 30);
 }
 
 #[test]
-#[cfg_attr(
-    not(genq_model),
-    ignore = "the default model is missing: scripts/fetch-model.sh"
-)]
+#[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
 fn a_one_token_score_job_is_refused_naming_the_prompt() {
     let mut e = smollm2(WeightFormat::for_this_cpu(64));
     let one = job(r#"{"id":"s","kind":"score","prompt":"Hello"}"#);
-    assert_eq!(
-        e.encoder().encode(&one).expect("encode").len(),
-        1,
-        "SmolLM2 adds no BOS"
-    );
-    let err = e
-        .encode_and_admit(1, &one, 0)
-        .expect_err("nothing to score");
+    assert_eq!(e.encoder().encode(&one).expect("encode").len(), 1, "SmolLM2 adds no BOS");
+    let err = e.encode_and_admit(1, &one, 0).expect_err("nothing to score");
     assert_eq!(err.field, "prompt");
     assert!(err.message.contains("at least 2"), "{err}");
-    e.encode_and_admit(
-        2,
-        &job(r#"{"id":"t","kind":"score","prompt":"Hello world"}"#),
-        0,
-    )
-    .expect("two tokens score");
+    e.encode_and_admit(2, &job(r#"{"id":"t","kind":"score","prompt":"Hello world"}"#), 0).expect("two tokens score");
 }
 
 #[test]
-#[cfg_attr(
-    not(genq_model),
-    ignore = "the default model is missing: scripts/fetch-model.sh"
-)]
+#[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
 fn long_prompt_chunked_prefill_gives_the_same_greedy_text() {
     let mut e = smollm2(WeightFormat::for_this_cpu(64));
     let prompt = "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg \
@@ -419,10 +366,7 @@ fn long_prompt_chunked_prefill_gives_the_same_greedy_text() {
 }
 
 #[test]
-#[cfg_attr(
-    not(genq_model),
-    ignore = "the default model is missing: scripts/fetch-model.sh"
-)]
+#[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
 fn prompt_plus_max_new_tokens_over_the_context_is_refused() {
     let mut e = smollm2(WeightFormat::for_this_cpu(64));
     let err = e
@@ -550,27 +494,15 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 fn tiny_safetensors_llama_generates_greedily() {
     let dir = tempfile::tempdir().expect("tempdir");
     write_tiny_llama(dir.path());
-    for format in [
-        WeightFormat::Native,
-        WeightFormat::Q8_0,
-        WeightFormat::F32,
-        WeightFormat::Packed,
-    ] {
+    for format in [WeightFormat::Native, WeightFormat::Q8_0, WeightFormat::F32, WeightFormat::Packed] {
         let mut e = tiny(dir.path(), format);
         assert_eq!(e.info().context_length, 512);
-        let kernel = if format == WeightFormat::Packed {
-            super::packed::Kernel::active().name()
-        } else {
-            "candle"
-        };
+        let kernel = if format == WeightFormat::Packed { super::packed::Kernel::active().name() } else { "candle" };
         assert_eq!(e.info().kernel, kernel, "{format:?}");
         let j = job(
             r#"{"id":"t","prompt":"the cat sat on the mat","max_new_tokens":10,"temperature":0}"#,
         );
-        assert_eq!(
-            e.encode_and_admit(1, &j, 0).expect("admit").prompt_tokens,
-            6
-        );
+        assert_eq!(e.encode_and_admit(1, &j, 0).expect("admit").prompt_tokens, 6);
         e.encode_and_admit(2, &j, 0).expect("admit");
         let out = run_to_end(&mut e, 4);
         let o = &out[&1];
@@ -703,12 +635,7 @@ fn tiny_llama_decode_row_is_bitwise_the_same_alone_and_in_a_batch() {
     let dir = tempfile::tempdir().expect("tempdir");
     write_tiny_llama(dir.path());
     let prompt: Vec<u32> = vec![2, 5, 9, 3, 7];
-    for format in [
-        WeightFormat::Native,
-        WeightFormat::Q8_0,
-        WeightFormat::F32,
-        WeightFormat::Packed,
-    ] {
+    for format in [WeightFormat::Native, WeightFormat::Q8_0, WeightFormat::F32, WeightFormat::Packed] {
         let e = tiny(dir.path(), format);
         let cfg = e.model.config();
         let decode_row = |others: &[&[u32]]| -> Vec<f32> {

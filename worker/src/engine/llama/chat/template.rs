@@ -176,10 +176,7 @@ mod tests {
     }
 
     #[test]
-    #[cfg_attr(
-        not(genq_model),
-        ignore = "the default model is missing: scripts/fetch-model.sh"
-    )]
+    #[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
     fn smollm2_renders_system_and_user_as_chatml_with_generation_prompt() {
         let (template, _) = smollm2_template();
         let prompt = template
@@ -200,10 +197,7 @@ mod tests {
     }
 
     #[test]
-    #[cfg_attr(
-        not(genq_model),
-        ignore = "the default model is missing: scripts/fetch-model.sh"
-    )]
+    #[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
     fn smollm2_adds_its_default_system_prompt_when_none_is_given() {
         let (template, tok) = smollm2_template();
         let prompt = template
@@ -221,10 +215,7 @@ mod tests {
     }
 
     #[test]
-    #[cfg_attr(
-        not(genq_model),
-        ignore = "the default model is missing: scripts/fetch-model.sh"
-    )]
+    #[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
     fn no_generation_prompt_ends_after_the_last_message() {
         let (template, _) = smollm2_template();
         let prompt = template
@@ -241,10 +232,7 @@ mod tests {
     }
 
     #[test]
-    #[cfg_attr(
-        not(genq_model),
-        ignore = "the default model is missing: scripts/fetch-model.sh"
-    )]
+    #[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
     fn chatml_fallback_matches_smollm2_when_a_system_prompt_is_given() {
         let messages = [msg("system", "Be brief."), msg("user", "Hi")];
         let fallback = ChatTemplate::chatml()

@@ -171,10 +171,7 @@ fn random_smollm2_shape_counts_135m_parameters() {
 }
 
 #[test]
-#[cfg_attr(
-    not(genq_model),
-    ignore = "the default model is missing: scripts/fetch-model.sh"
-)]
+#[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
 fn device_path_reads_the_smollm2_gguf_like_the_cpu_path() {
     let path =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf");

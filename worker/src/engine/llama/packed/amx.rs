@@ -33,10 +33,7 @@ pub(super) fn available() -> bool {
 /// Panics when the slices are shorter than the shapes they claim, or when AMX is not usable
 /// (callers pick the kernel with [`super::Kernel::best`]).
 pub(super) fn tile(w: &GroupView<'_>, a: &ActsView<'_>, out: &mut [f32]) {
-    assert!(
-        super::Kernel::Amx.available(),
-        "the AMX kernel needs AMX-INT8 and the tile state"
-    );
+    assert!(super::Kernel::Amx.available(), "the AMX kernel needs AMX-INT8 and the tile state");
     assert!(a.tokens >= 1, "the AMX kernel takes at least one token");
     w.assert_holds(a, TOKENS, out);
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
@@ -120,13 +117,7 @@ mod x86 {
         if CONFIGURED.with(Cell::get) == tokens {
             return;
         }
-        let mut cfg = TileConfig {
-            palette: 1,
-            start_row: 0,
-            reserved: [0; 14],
-            colsb: [0; 16],
-            rows: [0; 16],
-        };
+        let mut cfg = TileConfig { palette: 1, start_row: 0, reserved: [0; 14], colsb: [0; 16], rows: [0; 16] };
         for t in 0..2 {
             (cfg.rows[t], cfg.colsb[t]) = (tokens as u8, (LANES * 4) as u16);
             (cfg.rows[2 + t], cfg.colsb[2 + t]) = (tokens as u8, BLOCK as u16);
@@ -175,10 +166,7 @@ mod x86 {
         for v in 0..4 {
             let packed = _mm512_loadu_si512(src.add(v * 64) as *const _);
             _mm512_store_si512(d.add(v * 64) as *mut _, _mm512_and_si512(packed, nibble));
-            _mm512_store_si512(
-                d.add((4 + v) * 64) as *mut _,
-                _mm512_and_si512(_mm512_srli_epi16(packed, 4), nibble),
-            );
+            _mm512_store_si512(d.add((4 + v) * 64) as *mut _, _mm512_and_si512(_mm512_srli_epi16(packed, 4), nibble));
         }
     }
 
@@ -193,11 +181,7 @@ mod x86 {
     ///
     /// # Safety
     /// As [`tile`]'s, for block `b`; 4-bit blocks were unpacked by [`unpack`].
-    unsafe fn weights<const FOUR: bool>(
-        q: *const u8,
-        b: usize,
-        ring: &[Scratch; RING],
-    ) -> *const u8 {
+    unsafe fn weights<const FOUR: bool>(q: *const u8, b: usize, ring: &[Scratch; RING]) -> *const u8 {
         if FOUR {
             ring[b % RING].0.as_ptr()
         } else {
@@ -210,12 +194,7 @@ mod x86 {
     ///
     /// # Safety
     /// As [`tile`]'s, for block `b`.
-    unsafe fn start<const N: usize, const FOUR: bool>(
-        q: *const u8,
-        lv: *const i8,
-        b: usize,
-        ring: &[Scratch; RING],
-    ) {
+    unsafe fn start<const N: usize, const FOUR: bool>(q: *const u8, lv: *const i8, b: usize, ring: &[Scratch; RING]) {
         let weights = weights::<FOUR>(q, b, ring);
         let acts = lv.add(b * N * BLOCK);
         if b.is_multiple_of(2) {
@@ -246,23 +225,12 @@ mod x86 {
     /// The CPU has AMX-INT8 and AVX-512 F and BW, the process holds the tile state, and the views
     /// hold the lengths [`super::tile`] asserts.
     #[target_feature(enable = "avx512f,avx512bw")]
-    pub(super) unsafe fn tile<const N: usize, const FOUR: bool>(
-        w: &GroupView<'_>,
-        a: &ActsView<'_>,
-        out: &mut [f32],
-    ) {
+    pub(super) unsafe fn tile<const N: usize, const FOUR: bool>(w: &GroupView<'_>, a: &ActsView<'_>, out: &mut [f32]) {
         configure(N);
         let q = w.quants.as_ptr();
         let lv = a.levels.as_ptr();
-        let mut ring = [
-            Scratch([0; LANES * BLOCK]),
-            Scratch([0; LANES * BLOCK]),
-            Scratch([0; LANES * BLOCK]),
-        ];
-        let mut sums = [
-            Sums([0; super::TOKENS * LANES]),
-            Sums([0; super::TOKENS * LANES]),
-        ];
+        let mut ring = [Scratch([0; LANES * BLOCK]), Scratch([0; LANES * BLOCK]), Scratch([0; LANES * BLOCK])];
+        let mut sums = [Sums([0; super::TOKENS * LANES]), Sums([0; super::TOKENS * LANES])];
         let mut facc = [_mm512_setzero_ps(); N];
         let four_bytes = LANES * BLOCK / 2;
         if FOUR {
@@ -293,12 +261,8 @@ mod x86 {
                 store!(1, dst);
             }
             let dots = sums[slot].0.as_ptr();
-            let scale = _mm512_cvtph_ps(_mm256_loadu_si256(
-                w.scale.as_ptr().add(b * LANES) as *const __m256i
-            ));
-            let min = _mm512_cvtph_ps(_mm256_loadu_si256(
-                w.min.as_ptr().add(b * LANES) as *const __m256i
-            ));
+            let scale = _mm512_cvtph_ps(_mm256_loadu_si256(w.scale.as_ptr().add(b * LANES) as *const __m256i));
+            let min = _mm512_cvtph_ps(_mm256_loadu_si256(w.min.as_ptr().add(b * LANES) as *const __m256i));
             let (sum, act_scale) = (a.sum.as_ptr(), a.scale.as_ptr());
             each_token!(n, {
                 let dot = _mm512_load_si512(dots.add(n * LANES) as *const _);

@@ -14,13 +14,7 @@ fn random(rng: &mut StdRng, n: usize) -> Vec<f32> {
 fn ggml(values: &[f32], rows: usize, cols: usize, dtype: GgmlDType) -> (QTensor, Vec<f32>) {
     let t = Tensor::from_vec(values.to_vec(), (rows, cols), &Device::Cpu).expect("tensor");
     let q = QTensor::quantize(&t, dtype).expect("quantize");
-    let deq = q
-        .dequantize(&Device::Cpu)
-        .expect("dequantize")
-        .flatten_all()
-        .expect("flat")
-        .to_vec1::<f32>()
-        .expect("vec");
+    let deq = q.dequantize(&Device::Cpu).expect("dequantize").flatten_all().expect("flat").to_vec1::<f32>().expect("vec");
     (q, deq)
 }
 
@@ -29,39 +23,15 @@ fn gguf_blocks_load_exactly() {
     let mut rng = StdRng::seed_from_u64(1);
     let (rows, cols) = (24, 96);
     let w = random(&mut rng, rows * cols);
-    for dtype in [
-        GgmlDType::Q4_0,
-        GgmlDType::Q4_1,
-        GgmlDType::Q5_0,
-        GgmlDType::Q5_1,
-        GgmlDType::Q8_0,
-    ] {
+    for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q5_1, GgmlDType::Q8_0] {
         let (q, deq) = ggml(&w, rows, cols, dtype);
         let data = q.data().expect("data");
-        let parsed = QuantRows::from_ggml(dtype, &data, rows, cols)
-            .expect("a packed type")
-            .expect("parse");
-        assert_eq!(
-            parsed.bits,
-            if matches!(dtype, GgmlDType::Q4_0 | GgmlDType::Q4_1) {
-                4
-            } else {
-                8
-            },
-            "{dtype:?}"
-        );
+        let parsed = QuantRows::from_ggml(dtype, &data, rows, cols).expect("a packed type").expect("parse");
+        assert_eq!(parsed.bits, if matches!(dtype, GgmlDType::Q4_0 | GgmlDType::Q4_1) { 4 } else { 8 }, "{dtype:?}");
         assert_eq!(parsed.dequantize(), deq, "{dtype:?}");
     }
-    for dtype in [
-        GgmlDType::Q4K,
-        GgmlDType::Q5K,
-        GgmlDType::Q6K,
-        GgmlDType::F16,
-    ] {
-        assert!(
-            QuantRows::from_ggml(dtype, &[], rows, cols).is_none(),
-            "{dtype:?} is re-quantized, not read"
-        );
+    for dtype in [GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K, GgmlDType::F16] {
+        assert!(QuantRows::from_ggml(dtype, &[], rows, cols).is_none(), "{dtype:?} is re-quantized, not read");
     }
 }
 
@@ -106,17 +76,9 @@ fn close_to_the_dense_product() {
         let x = random(&mut rng, t * rows.cols);
         let got = PackedLinear::new(&rows).forward(&x, t);
         let want = dense_product(&deq, &x, rows.rows, rows.cols, t);
-        let err = got
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-        assert!(
-            err < 0.02 * scale,
-            "{}-bit: max error {err} against outputs up to {scale}",
-            rows.bits
-        );
+        assert!(err < 0.02 * scale, "{}-bit: max error {err} against outputs up to {scale}", rows.bits);
     }
 }
 
@@ -131,12 +93,7 @@ fn a_row_is_bitwise_the_same_alone_or_batched() {
             let all = packed.forward(&x, t);
             for i in picks {
                 let alone = packed.forward(&x[i * rows.cols..(i + 1) * rows.cols], 1);
-                assert_eq!(
-                    alone,
-                    all[i * rows.rows..(i + 1) * rows.rows],
-                    "{}-bit, token {i} of {t}",
-                    rows.bits
-                );
+                assert_eq!(alone, all[i * rows.rows..(i + 1) * rows.rows], "{}-bit, token {i} of {t}", rows.bits);
             }
         }
     }
@@ -145,10 +102,7 @@ fn a_row_is_bitwise_the_same_alone_or_batched() {
 #[test]
 fn every_kernel_matches_the_reference_bitwise() {
     let mut rng = StdRng::seed_from_u64(9);
-    let fast: Vec<Kernel> = Kernel::ALL
-        .into_iter()
-        .filter(|k| *k != Kernel::Reference && k.available())
-        .collect();
+    let fast: Vec<Kernel> = Kernel::ALL.into_iter().filter(|k| *k != Kernel::Reference && k.available()).collect();
     eprintln!("kernels this CPU runs besides the reference: {fast:?}");
     for (rows, _) in cases() {
         let packed = PackedLinear::new(&rows);
@@ -158,12 +112,7 @@ fn every_kernel_matches_the_reference_bitwise() {
             let acts = QuantActs::new(&x, t, rows.cols);
             let slow = packed.forward_quantized(&acts, Kernel::Reference);
             for &kernel in &fast {
-                assert_eq!(
-                    packed.forward_quantized(&acts, kernel),
-                    slow,
-                    "{kernel:?}, {}-bit, {t} tokens",
-                    rows.bits
-                );
+                assert_eq!(packed.forward_quantized(&acts, kernel), slow, "{kernel:?}, {}-bit, {t} tokens", rows.bits);
             }
         }
     }
@@ -177,15 +126,9 @@ fn kernels_are_named_for_settings() {
     assert_eq!(Kernel::from_name("avx2"), None);
     assert!(Kernel::best().available());
     assert_eq!(Kernel::parse_setting("auto").ok(), Some(None));
-    assert_eq!(
-        Kernel::parse_setting("reference").ok(),
-        Some(Some(Kernel::Reference))
-    );
+    assert_eq!(Kernel::parse_setting("reference").ok(), Some(Some(Kernel::Reference)));
     let err = Kernel::parse_setting("fast").expect_err("unknown");
-    assert!(
-        err.to_string().contains("worker.cpu_kernel") && err.to_string().contains("\"fast\""),
-        "{err}"
-    );
+    assert!(err.to_string().contains("worker.cpu_kernel") && err.to_string().contains("\"fast\""), "{err}");
     if let Some(missing) = Kernel::ALL.into_iter().find(|k| !k.available()) {
         let err = Kernel::select(Some(missing)).expect_err("unavailable");
         assert!(err.to_string().contains(missing.name()), "{err}");

@@ -27,10 +27,7 @@ pub(super) fn available() -> bool {
 /// Panics when the slices are shorter than the shapes they claim, or when the CPU lacks the
 /// kernel's features (callers check [`super::fast_kernel_available`] first).
 pub(super) fn tile(w: &GroupView<'_>, a: &ActsView<'_>, out: &mut [f32]) {
-    assert!(
-        super::fast_kernel_available(),
-        "the VNNI kernel needs AVX-512 F, BW and VNNI"
-    );
+    assert!(super::fast_kernel_available(), "the VNNI kernel needs AVX-512 F, BW and VNNI");
     w.assert_holds(a, TOKEN_TILE, out);
     #[cfg(target_arch = "x86_64")]
     // SAFETY: the features were detected above, and every length the kernel reads is asserted.
@@ -77,11 +74,7 @@ mod x86 {
     /// # Safety
     /// The CPU has AVX-512 F, BW and VNNI, and the views hold the lengths [`super::tile`] asserts.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub(super) unsafe fn tile<const N: usize, const FOUR: bool>(
-        w: &GroupView<'_>,
-        a: &ActsView<'_>,
-        out: &mut [f32],
-    ) {
+    pub(super) unsafe fn tile<const N: usize, const FOUR: bool>(w: &GroupView<'_>, a: &ActsView<'_>, out: &mut [f32]) {
         match N {
             1 => tile_split::<N, FOUR, 4>(w, a, out),
             2 => tile_split::<N, FOUR, 4>(w, a, out),
@@ -93,17 +86,9 @@ mod x86 {
     // Indexed loops over const-sized register arrays: they unroll, and the index is the lane.
     #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn tile_split<const N: usize, const FOUR: bool, const S: usize>(
-        w: &GroupView<'_>,
-        a: &ActsView<'_>,
-        out: &mut [f32],
-    ) {
+    unsafe fn tile_split<const N: usize, const FOUR: bool, const S: usize>(w: &GroupView<'_>, a: &ActsView<'_>, out: &mut [f32]) {
         let cols = w.blocks * BLOCK;
-        let bytes = if FOUR {
-            LANES * BLOCK / 2
-        } else {
-            LANES * BLOCK
-        };
+        let bytes = if FOUR { LANES * BLOCK / 2 } else { LANES * BLOCK };
         let nibble = _mm512_set1_epi8(0x0F);
         let mut facc = [_mm512_setzero_ps(); N];
         let q = w.quants.as_ptr();
@@ -119,10 +104,8 @@ mod x86 {
                     for n in 0..N {
                         let row = n * cols + b * BLOCK;
                         let (s_lo, s_hi) = ((2 * v) % S, (2 * v + 1) % S);
-                        iacc[n][s_lo] =
-                            _mm512_dpbusd_epi32(iacc[n][s_lo], lo, quad(lv, row + v * 4));
-                        iacc[n][s_hi] =
-                            _mm512_dpbusd_epi32(iacc[n][s_hi], hi, quad(lv, row + 16 + v * 4));
+                        iacc[n][s_lo] = _mm512_dpbusd_epi32(iacc[n][s_lo], lo, quad(lv, row + v * 4));
+                        iacc[n][s_hi] = _mm512_dpbusd_epi32(iacc[n][s_hi], hi, quad(lv, row + 16 + v * 4));
                     }
                 }
             } else {
@@ -130,17 +113,12 @@ mod x86 {
                     let levels = _mm512_loadu_si512(base.add(v * 64) as *const _);
                     for n in 0..N {
                         let row = n * cols + b * BLOCK;
-                        iacc[n][v % S] =
-                            _mm512_dpbusd_epi32(iacc[n][v % S], levels, quad(lv, row + v * 4));
+                        iacc[n][v % S] = _mm512_dpbusd_epi32(iacc[n][v % S], levels, quad(lv, row + v * 4));
                     }
                 }
             }
-            let scale = _mm512_cvtph_ps(_mm256_loadu_si256(
-                w.scale.as_ptr().add(b * LANES) as *const __m256i
-            ));
-            let min = _mm512_cvtph_ps(_mm256_loadu_si256(
-                w.min.as_ptr().add(b * LANES) as *const __m256i
-            ));
+            let scale = _mm512_cvtph_ps(_mm256_loadu_si256(w.scale.as_ptr().add(b * LANES) as *const __m256i));
+            let min = _mm512_cvtph_ps(_mm256_loadu_si256(w.min.as_ptr().add(b * LANES) as *const __m256i));
             for n in 0..N {
                 let mut dot = iacc[n][0];
                 for s in 1..S {

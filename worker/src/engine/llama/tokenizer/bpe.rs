@@ -68,95 +68,31 @@ const PRE_TOKENIZERS: &[PreTokenizer] = &[
         ignore_merges: true,
         add_bos: true,
         ..pre(
-            &[
-                "llama3",
-                "llama-v3",
-                "llama-bpe",
-                "falcon3",
-                "falcon-h1",
-                "pixtral",
-                "midm-2.0",
-                "lfm2",
-                "jina-v5-nano",
-            ],
+            &["llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2", "jina-v5-nano"],
             &[LLAMA3],
         )
     },
     pre(&["dbrx", "smaug-bpe"], &[LLAMA3]),
     pre(
         &["deepseek-llm"],
-        &[
-            r"[\r\n]",
-            DEEPSEEK_LLM_LETTERS,
-            r"\s?[!-/:-~\x{FF01}-\x{FF0F}\x{FF1A}-\x{FF5E}\x{2018}-\x{201F}\x{3000}-\x{3002}]+",
-            r"\s+$",
-            r"[\x{4E00}-\x{9FA5}\x{800}-\x{4E00}\x{AC00}-\x{D7FF}]+",
-            r"\p{N}+",
-        ],
+        &[r"[\r\n]", DEEPSEEK_LLM_LETTERS, r"\s?[!-/:-~\x{FF01}-\x{FF0F}\x{FF1A}-\x{FF5E}\x{2018}-\x{201F}\x{3000}-\x{3002}]+", r"\s+$", r"[\x{4E00}-\x{9FA5}\x{800}-\x{4E00}\x{AC00}-\x{D7FF}]+", r"\p{N}+"],
     ),
-    pre(
-        &["deepseek-coder"],
-        &[
-            r"[\r\n]",
-            r"\s?\p{L}+",
-            r"\s?\p{P}+",
-            r"[\x{4E00}-\x{9FA5}\x{800}-\x{4E00}\x{AC00}-\x{D7FF}]+",
-            r"\p{N}",
-        ],
-    ),
+    pre(&["deepseek-coder"], &[r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", r"[\x{4E00}-\x{9FA5}\x{800}-\x{4E00}\x{AC00}-\x{D7FF}]+", r"\p{N}"]),
     pre(
         &["deepseek-v3", "hunyuan-dense", "joyai-llm", "hy_v4"],
-        &[
-            r"\p{N}{1,3}",
-            r"[\x{4E00}-\x{9FA5}\x{3040}-\x{309F}\x{30A0}-\x{30FF}]+",
-            DEEPSEEK3,
-        ],
+        &[r"\p{N}{1,3}", r"[\x{4E00}-\x{9FA5}\x{3040}-\x{309F}\x{30A0}-\x{30FF}]+", DEEPSEEK3],
     ),
+    pre(&["falcon"], &[r"[\p{P}\$\+<=>\^~\|`]+", GPT2, r"[0-9][0-9][0-9]"]),
     pre(
-        &["falcon"],
-        &[r"[\p{P}\$\+<=>\^~\|`]+", GPT2, r"[0-9][0-9][0-9]"],
-    ),
-    pre(
-        &[
-            "starcoder",
-            "refact",
-            "command-r",
-            "smollm",
-            "codeshell",
-            "exaone",
-            "minerva-7b",
-            "mellum2",
-        ],
+        &["starcoder", "refact", "command-r", "smollm", "codeshell", "exaone", "minerva-7b", "mellum2"],
         &[r"\p{N}", GPT2],
     ),
     pre(
-        &[
-            "gpt-2",
-            "phi-2",
-            "gigachat",
-            "a.x-4.0",
-            "mellum",
-            "exaone4",
-            "mpt",
-            "olmo",
-            "jais",
-            "trillion",
-            "granite-docling",
-        ],
+        &["gpt-2", "phi-2", "gigachat", "a.x-4.0", "mellum", "exaone4", "mpt", "olmo", "jais", "trillion", "granite-docling"],
         &[GPT2],
     ),
     pre(
-        &[
-            "qwen2",
-            "deepseek-r1-qwen",
-            "kormo",
-            "f2llmv2",
-            "megrez",
-            "stablelm2",
-            "hunyuan",
-            "solar-open",
-            "grok-2",
-        ],
+        &["qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "megrez", "stablelm2", "hunyuan", "solar-open", "grok-2"],
         &[QWEN2],
     ),
     pre(&["qwen35"], &[QWEN35]),
@@ -176,21 +112,14 @@ const PRE_TOKENIZERS: &[PreTokenizer] = &[
         add_bos: true,
         ..pre(&["tekken"], &[TEKKEN])
     },
-    pre(
-        &["gpt-4o", "llama4", "kanana2", "talkie", "minimax-m2"],
-        &[GPT4O],
-    ),
+    pre(&["gpt-4o", "llama4", "kanana2", "talkie", "minimax-m2"], &[GPT4O]),
     pre(
         &["seed-coder"],
-        &[
-            r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1}| ?[^\s\p{L}\p{N}\r\n]+|\s*[\r\n]+|\s+(?!\S)|\s+",
-        ],
+        &[r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1}| ?[^\s\p{L}\p{N}\r\n]+|\s*[\r\n]+|\s+(?!\S)|\s+"],
     ),
     pre(
         &["bailingmoe", "bailingmoe2", "llada-moe"],
-        &[
-            r"'(?:[sSdDmMtT]|[lL][lL]|[vV][eE]|[rR][eE])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+",
-        ],
+        &[r"'(?:[sSdDmMtT]|[lL][lL]|[vV][eE]|[rR][eE])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"],
     ),
     pre(
         &["ufakzeka"],
@@ -201,10 +130,7 @@ const PRE_TOKENIZERS: &[PreTokenizer] = &[
         ignore_merges: true,
         ..pre(
             &["minicpm5"],
-            &[
-                r"\p{N}{1,3}",
-                r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}+| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
-            ],
+            &[r"\p{N}{1,3}", r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}+| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"],
         )
     },
     pre(
@@ -216,18 +142,12 @@ const PRE_TOKENIZERS: &[PreTokenizer] = &[
 impl PreTokenizer {
     /// llama.cpp's pre-tokenizer for `tokenizer.ggml.pre = name`.
     pub(super) fn named(name: &str) -> Option<Self> {
-        PRE_TOKENIZERS
-            .iter()
-            .find(|p| p.names.contains(&name))
-            .copied()
+        PRE_TOKENIZERS.iter().find(|p| p.names.contains(&name)).copied()
     }
 
     /// Every name [`Self::named`] knows, for error messages.
     pub(super) fn known_names() -> Vec<&'static str> {
-        PRE_TOKENIZERS
-            .iter()
-            .flat_map(|p| p.names.iter().copied())
-            .collect()
+        PRE_TOKENIZERS.iter().flat_map(|p| p.names.iter().copied()).collect()
     }
 }
 
@@ -295,10 +215,7 @@ impl Bpe {
             // llama.cpp splits at the first space after the first byte.
             let at = merge.bytes().skip(1).position(|b| b == b' ').map(|i| i + 1);
             let Some(at) = at else {
-                return Err(bad(
-                    MERGES_KEY,
-                    &format!("holds `{merge}`, not `left right`"),
-                ));
+                return Err(bad(MERGES_KEY, &format!("holds `{merge}`, not `left right`")));
             };
             let key = format!("{} {}", &merge[..at], &merge[at + 1..]);
             let rank = u32::try_from(rank).map_err(|_| bad(MERGES_KEY, "is too long"))?;
@@ -319,10 +236,7 @@ impl Bpe {
         out: &mut Vec<u32>,
     ) -> Result<(), TokenizerError> {
         for piece in self.split(text)? {
-            let mapped: String = piece
-                .bytes()
-                .map(|b| byte_map().to_char[b as usize])
-                .collect();
+            let mapped: String = piece.bytes().map(|b| byte_map().to_char[b as usize]).collect();
             self.merge(ids, &mapped, out);
         }
         Ok(())
@@ -378,10 +292,7 @@ impl Bpe {
         }
         let mut key = String::new();
         let mut queue = BinaryHeap::new();
-        let mut try_add = |queue: &mut BinaryHeap<Bigram>,
-                           symbols: &[Symbol],
-                           left: Option<usize>,
-                           right: Option<usize>| {
+        let mut try_add = |queue: &mut BinaryHeap<Bigram>, symbols: &[Symbol], left: Option<usize>, right: Option<usize>| {
             let (Some(left), Some(right)) = (left, right) else {
                 return;
             };
@@ -404,11 +315,7 @@ impl Bpe {
         }
         while let Some(bigram) = queue.pop() {
             let (l, r) = (symbols[bigram.left], symbols[bigram.right]);
-            if l.len == 0
-                || r.len == 0
-                || l.next != Some(bigram.right)
-                || l.len + r.len != bigram.len
-            {
+            if l.len == 0 || r.len == 0 || l.next != Some(bigram.right) || l.len + r.len != bigram.len {
                 continue;
             }
             symbols[bigram.left].len += r.len;
@@ -428,9 +335,7 @@ impl Bpe {
                 // llama.cpp looks up each byte of the mapped text as a one-byte token and
                 // drops those that are not one.
                 None => out.extend(piece.bytes().filter_map(|b| {
-                    std::str::from_utf8(&[b])
-                        .ok()
-                        .and_then(|s| ids.get(s).copied())
+                    std::str::from_utf8(&[b]).ok().and_then(|s| ids.get(s).copied())
                 })),
             }
         }
@@ -458,11 +363,7 @@ fn byte_map() -> &'static ByteMap {
             };
             to_char[b as usize] = char::from_u32(cp).unwrap_or('\u{FFFD}');
         }
-        let to_byte = to_char
-            .iter()
-            .enumerate()
-            .map(|(b, &c)| (c, b as u8))
-            .collect();
+        let to_byte = to_char.iter().enumerate().map(|(b, &c)| (c, b as u8)).collect();
         ByteMap { to_char, to_byte }
     })
 }

@@ -28,30 +28,23 @@ impl HfTokenizer {
 
     /// Reads `path`.
     pub fn from_file(path: &Path) -> Result<Self, TokenizerError> {
-        let tok =
-            tokenizers::Tokenizer::from_file(path).map_err(|source| TokenizerError::File {
-                path: path.to_owned(),
-                source,
-            })?;
+        let tok = tokenizers::Tokenizer::from_file(path).map_err(|source| TokenizerError::File {
+            path: path.to_owned(),
+            source,
+        })?;
         Ok(Self::new(tok))
     }
 
     /// Tokenizes `text` without the post-processor (no BOS/EOS added).
     pub fn encode(&self, text: &str, parse_special: bool) -> Result<Vec<u32>, TokenizerError> {
-        let tok = if parse_special {
-            &self.parse
-        } else {
-            &self.literal
-        };
+        let tok = if parse_special { &self.parse } else { &self.literal };
         let enc = tok.encode(text, false).map_err(TokenizerError::Hf)?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// The text of `ids` through the file's decoder.
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, TokenizerError> {
-        self.parse
-            .decode(ids, skip_special)
-            .map_err(TokenizerError::Hf)
+        self.parse.decode(ids, skip_special).map_err(TokenizerError::Hf)
     }
 
     /// Each token's bytes as they appear in generated text, by id; `None` for special added
@@ -166,10 +159,7 @@ pub(crate) fn token_text(tok_config: Option<&serde_json::Value>, key: &str) -> O
 #[test]
 fn token_text_reads_plain_and_object_entries() {
     let c = serde_json::json!({"eos_token": "<|eot_id|>", "bos_token": {"content": "<s>", "lstrip": false}, "pad_token": null});
-    assert_eq!(
-        token_text(Some(&c), "eos_token").as_deref(),
-        Some("<|eot_id|>")
-    );
+    assert_eq!(token_text(Some(&c), "eos_token").as_deref(), Some("<|eot_id|>"));
     assert_eq!(token_text(Some(&c), "bos_token").as_deref(), Some("<s>"));
     assert_eq!(token_text(Some(&c), "pad_token"), None);
     assert_eq!(token_text(None, "eos_token"), None);

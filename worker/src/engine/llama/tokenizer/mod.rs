@@ -137,9 +137,7 @@ impl Tokenizer {
     /// which never do.
     pub fn vocab_bytes(&self) -> Vec<Option<Vec<u8>>> {
         match self {
-            Self::Gguf(t) => (0..t.vocab_size() as u32)
-                .map(|id| t.token_bytes(id))
-                .collect(),
+            Self::Gguf(t) => (0..t.vocab_size() as u32).map(|id| t.token_bytes(id)).collect(),
             Self::Hf(t) => t.vocab_bytes(),
         }
     }
@@ -177,9 +175,7 @@ impl From<tokenizers::Tokenizer> for Tokenizer {
 
 /// Builds the tokenizer stored in a GGUF file's metadata.
 pub fn tokenizer_from_gguf(content: &Content) -> Result<Tokenizer, TokenizerError> {
-    Ok(Tokenizer::Gguf(Box::new(GgufTokenizer::from_gguf(
-        content,
-    )?)))
+    Ok(Tokenizer::Gguf(Box::new(GgufTokenizer::from_gguf(content)?)))
 }
 
 /// The special ids of a tokenizer from [`tokenizer_from_gguf`] (llama.cpp's rules); for a
@@ -230,8 +226,7 @@ pub fn load(path: &Path) -> Result<(Tokenizer, SpecialIds), TokenizerError> {
         return Ok((tok, special));
     }
     let mut file = File::open(path).map_err(|e| read_err(e.to_string()))?;
-    let content =
-        Content::read(&mut file).map_err(|e| read_err(format!("not a GGUF file: {e}")))?;
+    let content = Content::read(&mut file).map_err(|e| read_err(format!("not a GGUF file: {e}")))?;
     let tok = tokenizer_from_gguf(&content)?;
     let special = special_ids(&tok);
     Ok((tok, special))

@@ -75,10 +75,7 @@ pub(super) fn encode(vocab: &GgufTokenizer, text: &str, prefix_space: bool, out:
     }
 
     let mut queue = BinaryHeap::new();
-    let try_add = |queue: &mut BinaryHeap<Bigram>,
-                   symbols: &[Symbol],
-                   left: Option<usize>,
-                   right: Option<usize>| {
+    let try_add = |queue: &mut BinaryHeap<Bigram>, symbols: &[Symbol], left: Option<usize>, right: Option<usize>| {
         let (Some(left), Some(right)) = (left, right) else {
             return;
         };

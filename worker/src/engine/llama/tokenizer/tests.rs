@@ -49,10 +49,7 @@ fn reference_corpus() -> Vec<Case> {
 }
 
 #[test]
-#[cfg_attr(
-    not(genq_model),
-    ignore = "the default model is missing: scripts/fetch-model.sh"
-)]
+#[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
 fn matches_reference_corpus() {
     let content = smollm2_gguf();
     let tok = tokenizer_from_gguf(&content).expect("tokenizer");
@@ -82,10 +79,7 @@ fn matches_reference_corpus() {
 }
 
 #[test]
-#[cfg_attr(
-    not(genq_model),
-    ignore = "the default model is missing: scripts/fetch-model.sh"
-)]
+#[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
 fn chat_markers_are_single_tokens_only_when_special_tokens_are_parsed() {
     let content = smollm2_gguf();
     let tok = tokenizer_from_gguf(&content).expect("tokenizer");
@@ -95,10 +89,7 @@ fn chat_markers_are_single_tokens_only_when_special_tokens_are_parsed() {
     assert_eq!(tok.decode(&ids, true).expect("decode"), "user\nhi");
     assert_eq!(tok.decode(&ids, false).expect("decode"), text);
     let literal = tok.encode(text, false).expect("encode");
-    assert!(
-        !literal.contains(&1) && !literal.contains(&2),
-        "{literal:?}"
-    );
+    assert!(!literal.contains(&1) && !literal.contains(&2), "{literal:?}");
     assert_eq!(tok.decode(&literal, true).expect("decode"), text);
     // SmolLM2 asks for no BOS.
     let special = special_ids(&tok);
@@ -107,10 +98,7 @@ fn chat_markers_are_single_tokens_only_when_special_tokens_are_parsed() {
 }
 
 #[test]
-#[cfg_attr(
-    not(genq_model),
-    ignore = "the default model is missing: scripts/fetch-model.sh"
-)]
+#[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
 fn digits_are_split_one_by_one() {
     let content = smollm2_gguf();
     let tok = tokenizer_from_gguf(&content).expect("tokenizer");
@@ -124,10 +112,7 @@ fn digits_are_split_one_by_one() {
 }
 
 #[test]
-#[cfg_attr(
-    not(genq_model),
-    ignore = "the default model is missing: scripts/fetch-model.sh"
-)]
+#[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
 fn smollm2_special_ids() {
     let content = smollm2_gguf();
     let tok = tokenizer_from_gguf(&content).expect("tokenizer");
@@ -149,10 +134,7 @@ fn smollm2_special_ids() {
 }
 
 #[test]
-#[cfg_attr(
-    not(genq_model),
-    ignore = "the default model is missing: scripts/fetch-model.sh"
-)]
+#[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
 fn bos_is_prepended_when_the_gguf_asks() {
     let mut content = smollm2_gguf();
     content
@@ -161,10 +143,7 @@ fn bos_is_prepended_when_the_gguf_asks() {
     let tok = tokenizer_from_gguf(&content).expect("tokenizer");
     let special = special_ids(&tok);
     assert_eq!(special.bos, Some(1));
-    assert_eq!(
-        prompt_ids(&tok, &special, "hi", true).expect("encode"),
-        [1, 6004]
-    );
+    assert_eq!(prompt_ids(&tok, &special, "hi", true).expect("encode"), [1, 6004]);
 }
 
 #[test]
@@ -293,10 +272,7 @@ fn refuses_an_unknown_tokenizer_model_naming_the_known_ones() {
         "{err}"
     );
     let message = err.to_string();
-    assert!(
-        message.contains("llama") && message.contains("gpt2"),
-        "{message}"
-    );
+    assert!(message.contains("llama") && message.contains("gpt2"), "{message}");
 }
 
 #[test]
@@ -336,10 +312,7 @@ fn user_defined_tokens_are_matched_and_kept_when_decoding() {
     let content = synthetic(vec![
         ("tokenizer.ggml.model", Value::String("gpt2".into())),
         ("tokenizer.ggml.pre", Value::String("gpt-2".into())),
-        (
-            "tokenizer.ggml.tokens",
-            strings(&["<ctl>", "<think>", "a", "b", "ab"]),
-        ),
+        ("tokenizer.ggml.tokens", strings(&["<ctl>", "<think>", "a", "b", "ab"])),
         ("tokenizer.ggml.merges", strings(&["a b"])),
         (
             "tokenizer.ggml.token_type",
