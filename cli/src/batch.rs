@@ -58,29 +58,14 @@ enum BatchCommand {
 const OVER: [&str; 4] = ["completed", "failed", "cancelled", "expired"];
 
 pub async fn run(common: &CommonArgs, args: BatchArgs) -> anyhow::Result<ExitCode> {
-    let gw = Gateway::new(common.settings(Default::default())?)
-        .await
-        .context("cannot register metrics")?;
+    let gw = Gateway::new(common.settings(Default::default())?).await.context("cannot register metrics")?;
     let api = |e: genq_gateway::ApiError| anyhow::anyhow!(e.message);
     match args.command {
-        BatchCommand::Create {
-            file,
-            endpoint,
-            wait,
-            timeout,
-        } => {
+        BatchCommand::Create { file, endpoint, wait, timeout } => {
             let content = std::fs::read(&file).with_context(|| format!("cannot read {file}"))?;
-            let name = std::path::Path::new(&file)
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("input.jsonl");
+            let name = std::path::Path::new(&file).file_name().and_then(|n| n.to_str()).unwrap_or("input.jsonl");
             let input = put_file(&gw, "batch", name, &content).await.map_err(api)?;
-            let req = CreateBatch {
-                input_file_id: input.id,
-                endpoint,
-                completion_window: "24h".into(),
-                metadata: None,
-            };
+            let req = CreateBatch { input_file_id: input.id, endpoint, completion_window: "24h".into(), metadata: None };
             let (mut rec, mut counts) = create_batch(&gw, req).await.map_err(api)?;
             let until = std::time::Instant::now() + Duration::from_secs(timeout);
             while wait && !OVER.contains(&rec.status.as_str()) {
@@ -101,27 +86,12 @@ pub async fn run(common: &CommonArgs, args: BatchArgs) -> anyhow::Result<ExitCod
         BatchCommand::Results { id, errors } => {
             let (rec, counts) = batch_status(&gw, &id).await.map_err(api)?;
             if !OVER.contains(&rec.status.as_str()) {
-                eprintln!(
-                    "batch {id} is {} ({} of {} requests final); no results yet",
-                    rec.status,
-                    counts.completed + counts.failed,
-                    counts.total
-                );
+                eprintln!("batch {id} is {} ({} of {} requests final); no results yet", rec.status, counts.completed + counts.failed, counts.total);
                 return Ok(ExitCode::from(2));
             }
-            match if errors {
-                rec.error_file_id
-            } else {
-                rec.output_file_id
-            } {
-                Some(file) => {
-                    std::io::stdout().write_all(&file_content(&gw, &file).await.map_err(api)?)?
-                }
-                None => eprintln!(
-                    "batch {id} has no {} file: no request {}",
-                    if errors { "error" } else { "output" },
-                    if errors { "failed" } else { "completed" }
-                ),
+            match if errors { rec.error_file_id } else { rec.output_file_id } {
+                Some(file) => std::io::stdout().write_all(&file_content(&gw, &file).await.map_err(api)?)?,
+                None => eprintln!("batch {id} has no {} file: no request {}", if errors { "error" } else { "output" }, if errors { "failed" } else { "completed" }),
             }
         }
     }

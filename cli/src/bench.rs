@@ -126,27 +126,14 @@ async fn latency_bench(common: &CommonArgs, args: LatencyBenchArgs) -> anyhow::R
     for long_prompts in [0, args.long_prompts] {
         let engine = tokio::task::block_in_place(|| setup::build_engine(&settings.worker))?;
         let pipeline = setup::pipeline_settings(&settings, engine.info().context_length);
-        let spec = LatencySpec {
-            running: args.running,
-            new_tokens: args.new_tokens,
-            long_prompts,
-            long_prompt_bytes: args.long_prompt_kib * 1024,
-        };
+        let spec = LatencySpec { running: args.running, new_tokens: args.new_tokens, long_prompts, long_prompt_bytes: args.long_prompt_kib * 1024 };
         let r = run_latency_bench(engine, pipeline, &spec).await?;
         println!("{}", serde_json::to_string(&r)?);
-        anyhow::ensure!(
-            r.done >= args.running as u64,
-            "only {} of the {} running jobs ended done",
-            r.done,
-            args.running
-        );
+        anyhow::ensure!(r.done >= args.running as u64, "only {} of the {} running jobs ended done", r.done, args.running);
         results.push(r);
     }
     if let [quiet, busy] = &results[..] {
-        println!(
-            "{}",
-            json!({"ratio": "with/without long prompts", "p50": busy.p50_ms / quiet.p50_ms, "p99": busy.p99_ms / quiet.p99_ms, "max": busy.max_ms / quiet.max_ms})
-        );
+        println!("{}", json!({"ratio": "with/without long prompts", "p50": busy.p50_ms / quiet.p50_ms, "p99": busy.p99_ms / quiet.p99_ms, "max": busy.max_ms / quiet.max_ms}));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -155,45 +142,22 @@ fn engine_bench(common: &CommonArgs, args: EngineBenchArgs) -> anyhow::Result<Ex
     let mut more = Overrides::default();
     args.model.apply(&mut more);
     let settings = common.settings(more)?;
-    let kernels = if args.cpu_kernels.is_empty() {
-        vec![settings.worker.cpu_kernel.clone()]
-    } else {
-        args.cpu_kernels.clone()
-    };
-    let cache_mib = |on: bool| {
-        if on {
-            settings.worker.prefix_cache_mib.max(64)
-        } else {
-            0
-        }
-    };
+    let kernels = if args.cpu_kernels.is_empty() { vec![settings.worker.cpu_kernel.clone()] } else { args.cpu_kernels.clone() };
+    let cache_mib = |on: bool| if on { settings.worker.prefix_cache_mib.max(64) } else { 0 };
     let caches: Vec<usize> = match args.prefix_cache.as_deref() {
-        None if args.shared_prefix_tokens > 0 => vec![
-            cache_mib(false),
-            cache_mib(true),
-            cache_mib(true),
-            cache_mib(false),
-        ],
+        None if args.shared_prefix_tokens > 0 => vec![cache_mib(false), cache_mib(true), cache_mib(true), cache_mib(false)],
         None => vec![settings.worker.prefix_cache_mib],
         Some("on") => vec![cache_mib(true)],
         Some("off") => vec![cache_mib(false)],
-        Some("both") => vec![
-            cache_mib(false),
-            cache_mib(true),
-            cache_mib(true),
-            cache_mib(false),
-        ],
+        Some("both") => vec![cache_mib(false), cache_mib(true), cache_mib(true), cache_mib(false)],
         Some(other) => anyhow::bail!("--prefix-cache {other:?}: expected on, off or both"),
     };
     let formats: Vec<Option<genq_shared::OutputFormat>> = match &args.format {
         None => vec![None],
         Some(raw) => {
             anyhow::ensure!(caches.len() == 1, "--format compares with and without a format: give --prefix-cache on or off with it");
-            let format: genq_shared::OutputFormat =
-                serde_json::from_str(raw).context("--format is not an output format")?;
-            format
-                .check()
-                .map_err(|e| anyhow::anyhow!("--format {e}"))?;
+            let format: genq_shared::OutputFormat = serde_json::from_str(raw).context("--format is not an output format")?;
+            format.check().map_err(|e| anyhow::anyhow!("--format {e}"))?;
             vec![None, Some(format.clone()), Some(format.clone()), None]
         }
     };
@@ -205,21 +169,14 @@ fn engine_bench(common: &CommonArgs, args: EngineBenchArgs) -> anyhow::Result<Ex
                 batch,
                 prompt_tokens: args.prompt_tokens,
                 new_tokens: args.new_tokens,
-                max_prefill_tokens: if args.max_prefill_tokens == 0 {
-                    batch * prompt * 2
-                } else {
-                    args.max_prefill_tokens
-                },
+                max_prefill_tokens: if args.max_prefill_tokens == 0 { batch * prompt * 2 } else { args.max_prefill_tokens },
                 shared_prefix_tokens: args.shared_prefix_tokens,
                 format: None,
             };
             let mut runs = Vec::new();
             for i in 0..caches.len().max(formats.len()) {
                 let (mib, format) = (caches[i % caches.len()], &formats[i % formats.len()]);
-                let spec = EngineBenchSpec {
-                    format: format.clone(),
-                    ..spec.clone()
-                };
+                let spec = EngineBenchSpec { format: format.clone(), ..spec.clone() };
                 // A fresh engine per run, so no run finds what another left in the cache.
                 let mut worker = settings.worker.clone();
                 worker.cpu_kernel = kernel.clone();
@@ -230,31 +187,18 @@ fn engine_bench(common: &CommonArgs, args: EngineBenchArgs) -> anyhow::Result<Ex
                 runs.push(r);
             }
             if let ([off1, on1, on2, off2], Some(_)) = (&runs[..], &args.format) {
-                let decode = (on1.decode_tokens_per_s + on2.decode_tokens_per_s)
-                    / (off1.decode_tokens_per_s + off2.decode_tokens_per_s);
-                println!(
-                    "{}",
-                    json!({"ratio": "with/without the format", "batch": batch, "decode_tokens_per_s": decode, "seconds": (on1.seconds + on2.seconds) / (off1.seconds + off2.seconds)})
-                );
+                let decode = (on1.decode_tokens_per_s + on2.decode_tokens_per_s) / (off1.decode_tokens_per_s + off2.decode_tokens_per_s);
+                println!("{}", json!({"ratio": "with/without the format", "batch": batch, "decode_tokens_per_s": decode, "seconds": (on1.seconds + on2.seconds) / (off1.seconds + off2.seconds)}));
             } else if let [off1, on1, on2, off2] = &runs[..] {
                 let ratio = (off1.seconds + off2.seconds) / (on1.seconds + on2.seconds);
-                println!(
-                    "{}",
-                    json!({"ratio": "prefix cache off/on", "batch": batch, "seconds": ratio})
-                );
+                println!("{}", json!({"ratio": "prefix cache off/on", "batch": batch, "seconds": ratio}));
             }
             ours.extend(runs);
         }
     }
     if args.vs_llamacpp {
-        let model =
-            setup::resolve_model_path(&settings.worker.model_path).context("model not found")?;
-        let workload = LlamacppWorkload {
-            batch_sizes: &args.batch_sizes,
-            prompt_tokens: args.prompt_tokens,
-            new_tokens: args.new_tokens,
-            threads: args.threads,
-        };
+        let model = setup::resolve_model_path(&settings.worker.model_path).context("model not found")?;
+        let workload = LlamacppWorkload { batch_sizes: &args.batch_sizes, prompt_tokens: args.prompt_tokens, new_tokens: args.new_tokens, threads: args.threads };
         let theirs = llamacpp_bench(&model, &workload)?;
         for t in &theirs {
             println!("{t}");
@@ -298,54 +242,26 @@ struct LlamacppWorkload<'a> {
 }
 
 /// Runs llama-batched-bench and reads its table: `| PP | TG | B | N_KV | T_PP s | S_PP t/s | T_TG s | S_TG t/s | T s | S t/s |`.
-fn llamacpp_bench(
-    model: &std::path::Path,
-    args: &LlamacppWorkload,
-) -> anyhow::Result<Vec<serde_json::Value>> {
+fn llamacpp_bench(model: &std::path::Path, args: &LlamacppWorkload) -> anyhow::Result<Vec<serde_json::Value>> {
     let bin = llamacpp_binary()?;
-    let threads = args.threads.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
-    });
+    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
     let batches: Vec<String> = args.batch_sizes.iter().map(|b| b.to_string()).collect();
     let out = Command::new(&bin)
         .arg("-m")
         .arg(model)
-        .args([
-            "-c",
-            "8192",
-            "-b",
-            "2048",
-            "-ub",
-            "512",
-            "-npp",
-            &args.prompt_tokens.to_string(),
-            "-ntg",
-            &args.new_tokens.to_string(),
-        ])
+        .args(["-c", "8192", "-b", "2048", "-ub", "512", "-npp", &args.prompt_tokens.to_string(), "-ntg", &args.new_tokens.to_string()])
         .args(["-npl", &batches.join(","), "-t", &threads.to_string()])
         .output()
         .with_context(|| format!("run {}", bin.display()))?;
-    anyhow::ensure!(
-        out.status.success(),
-        "llama-batched-bench failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    anyhow::ensure!(out.status.success(), "llama-batched-bench failed: {}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     let mut rows = Vec::new();
     for line in text.lines() {
-        let cells: Vec<f64> = line
-            .split('|')
-            .map(str::trim)
-            .filter(|c| !c.is_empty())
-            .filter_map(|c| c.parse().ok())
-            .collect();
+        let cells: Vec<f64> = line.split('|').map(str::trim).filter(|c| !c.is_empty()).filter_map(|c| c.parse().ok()).collect();
         if cells.len() != 10 {
             continue;
         }
-        let (pp, tg, b, t_pp, t_tg, t) =
-            (cells[0], cells[1], cells[2], cells[4], cells[6], cells[8]);
+        let (pp, tg, b, t_pp, t_tg, t) = (cells[0], cells[1], cells[2], cells[4], cells[6], cells[8]);
         rows.push(json!({
             "engine": "llama.cpp",
             "batch": b as usize,
@@ -360,9 +276,6 @@ fn llamacpp_bench(
             "threads": threads,
         }));
     }
-    anyhow::ensure!(
-        !rows.is_empty(),
-        "no result rows in llama-batched-bench output:\n{text}"
-    );
+    anyhow::ensure!(!rows.is_empty(), "no result rows in llama-batched-bench output:\n{text}");
     Ok(rows)
 }

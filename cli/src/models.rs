@@ -12,9 +12,9 @@ use std::process::ExitCode;
 use clap::Args;
 use serde::Serialize;
 
-use genq_protocol::{broker, registry};
 use genq_shared::topology::queue_name;
 use genq_shared::Priority;
+use genq_protocol::{broker, registry};
 
 use super::CommonArgs;
 
@@ -57,34 +57,21 @@ pub async fn run(common: &CommonArgs, args: ModelsArgs) -> anyhow::Result<ExitCo
     match registry::live_models(&settings.redis.url, &settings.redis.key_prefix).await {
         Ok(models) => {
             for m in models {
-                rows.insert(
-                    m.model.clone(),
-                    ModelRow {
-                        model: m.model,
-                        workers: m.workers,
-                        ..Default::default()
-                    },
-                );
+                rows.insert(m.model.clone(), ModelRow { model: m.model, workers: m.workers, ..Default::default() });
             }
         }
         Err(e) => eprintln!("warning: cannot read worker heartbeats: {e}"),
     }
     for model in &args.models {
-        rows.entry(model.clone()).or_insert_with(|| ModelRow {
-            model: model.clone(),
-            ..Default::default()
-        });
+        rows.entry(model.clone()).or_insert_with(|| ModelRow { model: model.clone(), ..Default::default() });
     }
     let conn = broker::connect(&settings.amqp.url, "genq-models").await?;
     for row in rows.values_mut() {
-        if let Some(q) =
-            broker::probe_queue(&conn, &queue_name(&row.model, Priority::Normal)).await?
-        {
+        if let Some(q) = broker::probe_queue(&conn, &queue_name(&row.model, Priority::Normal)).await? {
             row.consumers = Some(q.consumers);
             row.ready = q.ready;
         }
-        if let Some(q) = broker::probe_queue(&conn, &queue_name(&row.model, Priority::High)).await?
-        {
+        if let Some(q) = broker::probe_queue(&conn, &queue_name(&row.model, Priority::High)).await? {
             row.ready_high = q.ready;
         }
         if let Some(q) = broker::probe_queue(&conn, &queue_name(&row.model, Priority::Low)).await? {
@@ -99,14 +86,9 @@ pub async fn run(common: &CommonArgs, args: ModelsArgs) -> anyhow::Result<ExitCo
             println!("{}", serde_json::to_string(row)?);
         }
     } else {
-        println!(
-            "{:<32} {:>8} {:>10} {:>10} {:>10} {:>10}",
-            "MODEL", "WORKERS", "CONSUMERS", "READY", "READY_HIGH", "READY_LOW"
-        );
+        println!("{:<32} {:>8} {:>10} {:>10} {:>10} {:>10}", "MODEL", "WORKERS", "CONSUMERS", "READY", "READY_HIGH", "READY_LOW");
         for row in &shown {
-            let consumers = row
-                .consumers
-                .map_or_else(|| "no queue".to_string(), |c| c.to_string());
+            let consumers = row.consumers.map_or_else(|| "no queue".to_string(), |c| c.to_string());
             println!(
                 "{:<32} {:>8} {:>10} {:>10} {:>10} {:>10}",
                 row.model,
@@ -118,19 +100,10 @@ pub async fn run(common: &CommonArgs, args: ModelsArgs) -> anyhow::Result<ExitCo
             );
         }
     }
-    for row in rows
-        .values()
-        .filter(|r| !r.live() && args.models.contains(&r.model))
-    {
+    for row in rows.values().filter(|r| !r.live() && args.models.contains(&r.model)) {
         match row.consumers {
-            None => eprintln!(
-                "{}: no queue: jobs for it are refused as unroutable until a worker starts",
-                row.model
-            ),
-            Some(_) => eprintln!(
-                "{}: no live consumer: jobs wait in its queue until a worker starts",
-                row.model
-            ),
+            None => eprintln!("{}: no queue: jobs for it are refused as unroutable until a worker starts", row.model),
+            Some(_) => eprintln!("{}: no live consumer: jobs wait in its queue until a worker starts", row.model),
         }
     }
     Ok(ExitCode::SUCCESS)

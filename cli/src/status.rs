@@ -17,9 +17,9 @@ use std::time::Duration;
 
 use clap::Args;
 
+use queues::{DepthSource, QueueDepth};
 use genq_shared::job::Priority;
 use genq_shared::topology::{self, DEAD_QUEUE};
-use queues::{DepthSource, QueueDepth};
 
 use super::CommonArgs;
 
@@ -49,13 +49,7 @@ fn queue_line(q: &QueueDepth) -> String {
     if !q.exists {
         return format!("{:<48} {:>8} {:>8} {:>10}", q.name, "absent", "", "");
     }
-    format!(
-        "{:<48} {:>8} {:>8} {:>10}",
-        q.name,
-        cell(q.ready),
-        cell(q.unacked),
-        cell(q.consumers)
-    )
+    format!("{:<48} {:>8} {:>8} {:>10}", q.name, cell(q.ready), cell(q.unacked), cell(q.consumers))
 }
 
 pub async fn run(common: &CommonArgs, args: StatusArgs) -> anyhow::Result<ExitCode> {
@@ -72,17 +66,12 @@ pub async fn run(common: &CommonArgs, args: StatusArgs) -> anyhow::Result<ExitCo
         .collect();
     match queues::depths(&s.amqp.url, args.management_url.as_deref(), &names).await {
         Ok(report) => {
-            println!(
-                "{:<48} {:>8} {:>8} {:>10}",
-                "QUEUE", "READY", "UNACKED", "CONSUMERS"
-            );
+            println!("{:<48} {:>8} {:>8} {:>10}", "QUEUE", "READY", "UNACKED", "CONSUMERS");
             for q in &report.queues {
                 println!("{}", queue_line(q));
             }
             match &report.source {
-                DepthSource::Management(url) => {
-                    println!("(from the RabbitMQ management API at {url})")
-                }
+                DepthSource::Management(url) => println!("(from the RabbitMQ management API at {url})"),
                 DepthSource::Amqp { why } => {
                     println!("(from passive declares over AMQP: unacked is unavailable; {why}; pass --management-url)")
                 }
@@ -99,23 +88,10 @@ pub async fn run(common: &CommonArgs, args: StatusArgs) -> anyhow::Result<ExitCo
         println!("workers: none given (pass --worker HOST:PORT for each worker's metrics address, or GENQ_STATUS_WORKERS)");
     } else {
         let interval = Duration::from_secs_f64(args.interval.clamp(0.1, 60.0));
-        let sampled =
-            futures::future::join_all(args.workers.iter().map(|w| workers::sample(w, interval)))
-                .await;
+        let sampled = futures::future::join_all(args.workers.iter().map(|w| workers::sample(w, interval))).await;
         println!(
             "{:<24} {:<24} {:<6} {:>9} {:>7} {:>7} {:>7} {:>8} {:>9} {:>8} {:>8} {:>7}",
-            "WORKER",
-            "MODEL",
-            "DEVICE",
-            "TOKENS/S",
-            "JOBS/S",
-            "RUNNING",
-            "WAITING",
-            "INFLIGHT",
-            "KV-TOKENS",
-            "DONE",
-            "NOT-DONE",
-            "PREFIX%"
+            "WORKER", "MODEL", "DEVICE", "TOKENS/S", "JOBS/S", "RUNNING", "WAITING", "INFLIGHT", "KV-TOKENS", "DONE", "NOT-DONE", "PREFIX%"
         );
         let (mut tokens, mut jobs) = (0.0, 0.0);
         for w in &sampled {
@@ -146,10 +122,7 @@ pub async fn run(common: &CommonArgs, args: StatusArgs) -> anyhow::Result<ExitCo
             }
         }
         let up = sampled.iter().filter(|w| w.error.is_none()).count();
-        println!(
-            "fleet: {up} of {} workers up, {tokens:.1} tokens/s, {jobs:.1} jobs/s",
-            sampled.len()
-        );
+        println!("fleet: {up} of {} workers up, {tokens:.1} tokens/s, {jobs:.1} jobs/s", sampled.len());
     }
 
     if let Some(id) = &args.batch {
@@ -170,9 +143,5 @@ pub async fn run(common: &CommonArgs, args: StatusArgs) -> anyhow::Result<ExitCo
             }
         }
     }
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

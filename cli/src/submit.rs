@@ -34,9 +34,7 @@ pub struct SubmitArgs {
 fn read_input(file: &str) -> anyhow::Result<String> {
     if file == "-" {
         let mut s = String::new();
-        std::io::stdin()
-            .read_to_string(&mut s)
-            .context("read standard input")?;
+        std::io::stdin().read_to_string(&mut s).context("read standard input")?;
         Ok(s)
     } else {
         std::fs::read_to_string(file).with_context(|| format!("read {file}"))
@@ -59,29 +57,19 @@ pub async fn run(common: &CommonArgs, args: SubmitArgs) -> anyhow::Result<ExitCo
     let text = read_input(&args.file)?;
     let (jobs, bad_lines) = parse_jobs(&text);
     let lines: Vec<usize> = jobs.iter().map(|(line, _)| *line).collect();
-    let client = ResultClient::connect(&settings.redis.url, &settings.redis.key_prefix)
-        .await?
-        .with_ttl(settings.redis.result_ttl_secs);
-    let producer = Producer::connect(&settings.amqp.url, &settings.producer, &settings.queue)
-        .await?
-        .with_results(client.clone());
+    let client = ResultClient::connect(&settings.redis.url, &settings.redis.key_prefix).await?.with_ttl(settings.redis.result_ttl_secs);
+    let producer =
+        Producer::connect(&settings.amqp.url, &settings.producer, &settings.queue).await?.with_results(client.clone());
     let bar = progress_bar(jobs.len());
     bar.set_message("confirmed");
     let started = Instant::now();
-    let outcomes = producer
-        .submit_many(jobs.into_iter().map(|(_, j)| j).collect(), |n| {
-            bar.set_position(n as u64)
-        })
-        .await;
+    let outcomes = producer.submit_many(jobs.into_iter().map(|(_, j)| j).collect(), |n| bar.set_position(n as u64)).await;
     bar.finish_and_clear();
     let elapsed = started.elapsed();
     producer.close().await;
 
     let mut ids = Vec::new();
-    let mut rejected: Vec<(usize, String)> = bad_lines
-        .iter()
-        .map(|e| (e.line, e.message.clone()))
-        .collect();
+    let mut rejected: Vec<(usize, String)> = bad_lines.iter().map(|e| (e.line, e.message.clone())).collect();
     for (line, outcome) in lines.iter().zip(&outcomes) {
         match outcome {
             Ok(id) => ids.push(id.clone()),
@@ -107,10 +95,7 @@ pub async fn run(common: &CommonArgs, args: SubmitArgs) -> anyhow::Result<ExitCo
         }
     } else {
         let mut out: Box<dyn Write> = match &args.out {
-            Some(path) => Box::new(std::io::BufWriter::new(
-                std::fs::File::create(path)
-                    .with_context(|| format!("create {}", path.display()))?,
-            )),
+            Some(path) => Box::new(std::io::BufWriter::new(std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?)),
             None => Box::new(std::io::BufWriter::new(std::io::stdout())),
         };
         let timeout = args.timeout.map(|s| Duration::from_secs_f64(s.max(0.0)));
@@ -122,10 +107,7 @@ pub async fn run(common: &CommonArgs, args: SubmitArgs) -> anyhow::Result<ExitCo
                     Ok(r) => r,
                     Err(e) => {
                         unfinished += 1;
-                        JobResult {
-                            error: Some(e.to_string()),
-                            ..JobResult::default()
-                        }
+                        JobResult { error: Some(e.to_string()), ..JobResult::default() }
                     }
                 };
                 let line = serde_json::to_string(&record).unwrap_or_default();
@@ -138,19 +120,10 @@ pub async fn run(common: &CommonArgs, args: SubmitArgs) -> anyhow::Result<ExitCo
         if let Some(e) = write_error {
             return Err(e).context("write results");
         }
-        eprintln!(
-            "{} results written ({} not finished), {:.1} s in all",
-            ids.len() - unfinished,
-            unfinished,
-            started.elapsed().as_secs_f64()
-        );
+        eprintln!("{} results written ({} not finished), {:.1} s in all", ids.len() - unfinished, unfinished, started.elapsed().as_secs_f64());
         if unfinished > 0 {
             return Ok(ExitCode::from(3));
         }
     }
-    Ok(if rejected.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(2)
-    })
+    Ok(if rejected.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(2) })
 }

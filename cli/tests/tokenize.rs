@@ -50,9 +50,7 @@ fn lines(out: &Output) -> Vec<(String, Vec<u32>)> {
 }
 
 fn llamacpp_models() -> PathBuf {
-    genq_worker::engine::llama::llamacpp_src::dir()
-        .unwrap_or_else(|e| panic!("{e}"))
-        .join("models")
+    genq_worker::engine::llama::llamacpp_src::dir().unwrap_or_else(|e| panic!("{e}")).join("models")
 }
 
 #[test]
@@ -67,11 +65,7 @@ fn tokenize_gives_llamacpps_ids_for_llama2_with_bos() {
         .collect();
     let want: Vec<Vec<u32>> = out
         .lines()
-        .map(|l| {
-            l.split_whitespace()
-                .map(|id| id.parse().expect("an id"))
-                .collect()
-        })
+        .map(|l| l.split_whitespace().map(|id| id.parse().expect("an id")).collect())
         .collect();
     assert_eq!(texts.len(), want.len());
     assert!(texts.len() > 40, "llama.cpp's cases went missing");
@@ -91,24 +85,13 @@ fn tokenize_gives_llamacpps_ids_for_llama2_with_bos() {
 }
 
 #[test]
-#[cfg_attr(
-    not(genq_model),
-    ignore = "the default model is missing: scripts/fetch-model.sh"
-)]
+#[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
 fn tokenize_parses_chat_markers_only_with_special() {
-    let model =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        model.exists(),
-        "the default model is missing at {}: run scripts/fetch-model.sh",
-        model.display()
-    );
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(model.exists(), "the default model is missing at {}: run scripts/fetch-model.sh", model.display());
     let model = model.to_string_lossy();
     let text = "<|im_start|>user\nhi<|im_end|>";
-    let special = lines(&genq(
-        &["tokenize", "--model-path", &model, "--special", text],
-        "",
-    ));
+    let special = lines(&genq(&["tokenize", "--model-path", &model, "--special", text], ""));
     // SmolLM2 adds no BOS; <|im_start|> is 1, <|im_end|> 2.
     assert_eq!(special, [(text.to_owned(), vec![1, 4093, 198, 6004, 2])]);
     let plain = lines(&genq(&["tokenize", "--model-path", &model, text], ""));
@@ -127,12 +110,7 @@ fn tokenize_reads_a_safetensors_folders_tokenizer_json() {
         .write(&dir, candle_core::DType::F32)
         .expect("write a tiny model");
     let got = lines(&genq(
-        &[
-            "tokenize",
-            "--model-path",
-            &dir.to_string_lossy(),
-            "the quick fox",
-        ],
+        &["tokenize", "--model-path", &dir.to_string_lossy(), "the quick fox"],
         "",
     ));
     let _ = std::fs::remove_dir_all(&dir);
@@ -141,10 +119,7 @@ fn tokenize_reads_a_safetensors_folders_tokenizer_json() {
 
 #[test]
 fn tokenize_names_a_missing_model_and_a_bad_input_line() {
-    let out = genq(
-        &["tokenize", "--model-path", "/nonexistent/model.gguf", "hi"],
-        "",
-    );
+    let out = genq(&["tokenize", "--model-path", "/nonexistent/model.gguf", "hi"], "");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent/model.gguf"), "{err}");
@@ -155,10 +130,7 @@ fn tokenize_names_a_missing_model_and_a_bad_input_line() {
         "\"fine\"\n{not json\n",
     );
     assert!(!out.status.success());
-    assert!(
-        out.stdout.is_empty(),
-        "nothing is printed before the input is read whole"
-    );
+    assert!(out.stdout.is_empty(), "nothing is printed before the input is read whole");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("line 2"), "{err}");
 }

@@ -18,9 +18,7 @@ pub struct BearerTokens(Arc<Vec<Vec<u8>>>);
 impl BearerTokens {
     /// Accepts any of `tokens`.
     pub fn new(tokens: Vec<String>) -> Self {
-        Self(Arc::new(
-            tokens.into_iter().map(String::into_bytes).collect(),
-        ))
+        Self(Arc::new(tokens.into_iter().map(String::into_bytes).collect()))
     }
 
     /// True when tokens are configured.
@@ -33,17 +31,12 @@ impl BearerTokens {
         if !self.enabled() {
             return true;
         }
-        let Some(given) = authorization.and_then(|h| {
-            h.strip_prefix("Bearer ")
-                .or_else(|| h.strip_prefix("bearer "))
-        }) else {
+        let Some(given) = authorization.and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer "))) else {
             return false;
         };
         let given = given.trim().as_bytes();
         // Check every token, so the time taken does not say which one came close.
-        self.0
-            .iter()
-            .fold(false, |found, token| constant_time_eq(token, given) | found)
+        self.0.iter().fold(false, |found, token| constant_time_eq(token, given) | found)
     }
 }
 
@@ -56,23 +49,13 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Middleware: 401 unless the request carries an accepted token.
-pub async fn require_token(
-    State(tokens): State<BearerTokens>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let header = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
+pub async fn require_token(State(tokens): State<BearerTokens>, request: Request, next: Next) -> Response {
+    let header = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     if tokens.accepts(header) {
         next.run(request).await
     } else {
         let mut response = ApiError::unauthorized().into_response();
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            header::HeaderValue::from_static("Bearer"),
-        );
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
         response
     }
 }

@@ -63,20 +63,11 @@ pub(crate) fn redis_error(e: redis::RedisError) -> ApiError {
 
 /// 404 for a file that does not exist or expired.
 pub fn unknown_file(id: &str) -> ApiError {
-    ApiError::not_found(
-        "file_not_found",
-        "file_id",
-        format!("file {id:?} does not exist or expired"),
-    )
+    ApiError::not_found("file_not_found", "file_id", format!("file {id:?} does not exist or expired"))
 }
 
 /// Stores `content` as a new file and lists it.
-pub async fn put_file(
-    gw: &Gateway,
-    purpose: &str,
-    filename: &str,
-    content: &[u8],
-) -> Result<FileMeta, ApiError> {
+pub async fn put_file(gw: &Gateway, purpose: &str, filename: &str, content: &[u8]) -> Result<FileMeta, ApiError> {
     let now = crate::openai::now_secs();
     let ttl = gw.settings().gateway.file_ttl_secs;
     let meta = FileMeta {
@@ -115,50 +106,23 @@ pub async fn put_file(
         .await
         .map_err(redis_error)?;
     // The listing is another key (another cluster slot): a separate command.
-    redis::cmd("ZADD")
-        .arg(keys.files())
-        .arg(meta.created_at)
-        .arg(&meta.id)
-        .query_async::<()>(&mut conn)
-        .await
-        .map_err(redis_error)?;
+    redis::cmd("ZADD").arg(keys.files()).arg(meta.created_at).arg(&meta.id).query_async::<()>(&mut conn).await.map_err(redis_error)?;
     Ok(meta)
 }
 
 /// The description of file `id`.
 pub async fn file_meta(gw: &Gateway, id: &str) -> Result<FileMeta, ApiError> {
     let mut conn = gw.records().await?;
-    let fields = [
-        "id",
-        "purpose",
-        "filename",
-        "bytes",
-        "created_at",
-        "expires_at",
-    ];
-    let values: Vec<Option<String>> = redis::cmd("HMGET")
-        .arg(gw.keys().file(id))
-        .arg(&fields[..])
-        .query_async(&mut conn)
-        .await
-        .map_err(redis_error)?;
-    let h: HashMap<String, String> = fields
-        .iter()
-        .zip(values)
-        .filter_map(|(k, v)| Some((k.to_string(), v?)))
-        .collect();
+    let fields = ["id", "purpose", "filename", "bytes", "created_at", "expires_at"];
+    let values: Vec<Option<String>> = redis::cmd("HMGET").arg(gw.keys().file(id)).arg(&fields[..]).query_async(&mut conn).await.map_err(redis_error)?;
+    let h: HashMap<String, String> = fields.iter().zip(values).filter_map(|(k, v)| Some((k.to_string(), v?))).collect();
     FileMeta::from_fields(&h).ok_or_else(|| unknown_file(id))
 }
 
 /// The content of file `id`.
 pub async fn file_content(gw: &Gateway, id: &str) -> Result<Vec<u8>, ApiError> {
     let mut conn = gw.records().await?;
-    let content: Option<Vec<u8>> = redis::cmd("HGET")
-        .arg(gw.keys().file(id))
-        .arg("content")
-        .query_async(&mut conn)
-        .await
-        .map_err(redis_error)?;
+    let content: Option<Vec<u8>> = redis::cmd("HGET").arg(gw.keys().file(id)).arg("content").query_async(&mut conn).await.map_err(redis_error)?;
     content.ok_or_else(|| unknown_file(id))
 }
 
@@ -180,21 +144,13 @@ pub async fn upload(State(gw): State<Gateway>, mut form: Multipart) -> Result<Re
                 let name = field.file_name().unwrap_or("upload.jsonl").to_string();
                 file = Some((name, field.bytes().await.map_err(bad)?));
             }
-            Some(other) => {
-                return Err(ApiError::bad_field(
-                    other,
-                    "is not a field of /v1/files (purpose, file)",
-                ))
-            }
+            Some(other) => return Err(ApiError::bad_field(other, "is not a field of /v1/files (purpose, file)")),
             None => return Err(ApiError::bad_body("a multipart field without a name")),
         }
     }
     let purpose = purpose.ok_or_else(|| ApiError::bad_field("purpose", "is required"))?;
     if !UPLOAD_PURPOSES.contains(&purpose.as_str()) {
-        return Err(ApiError::invalid_value(
-            "purpose",
-            format!("{purpose:?} is not supported (only \"batch\")"),
-        ));
+        return Err(ApiError::invalid_value("purpose", format!("{purpose:?} is not supported (only \"batch\")")));
     }
     let (filename, content) = file.ok_or_else(|| ApiError::bad_field("file", "is required"))?;
     let meta = put_file(&gw, &purpose, &filename, &content).await?;
@@ -210,18 +166,9 @@ pub struct ListFiles {
 }
 
 /// `GET /v1/files`: every file that has not expired, newest first.
-pub async fn list(
-    State(gw): State<Gateway>,
-    Query(q): Query<ListFiles>,
-) -> Result<Response, ApiError> {
+pub async fn list(State(gw): State<Gateway>, Query(q): Query<ListFiles>) -> Result<Response, ApiError> {
     let mut conn = gw.records().await?;
-    let ids: Vec<String> = redis::cmd("ZREVRANGE")
-        .arg(gw.keys().files())
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut conn)
-        .await
-        .map_err(redis_error)?;
+    let ids: Vec<String> = redis::cmd("ZREVRANGE").arg(gw.keys().files()).arg(0).arg(-1).query_async(&mut conn).await.map_err(redis_error)?;
     let mut data = Vec::new();
     for id in ids {
         match file_meta(&gw, &id).await {
@@ -229,59 +176,34 @@ pub async fn list(
             Ok(_) => {}
             // Expired: drop it from the listing.
             Err(e) if e.status == axum::http::StatusCode::NOT_FOUND => {
-                let _: Result<(), _> = redis::cmd("ZREM")
-                    .arg(gw.keys().files())
-                    .arg(&id)
-                    .query_async(&mut conn)
-                    .await;
+                let _: Result<(), _> = redis::cmd("ZREM").arg(gw.keys().files()).arg(&id).query_async(&mut conn).await;
             }
             Err(e) => return Err(e),
         }
     }
-    Ok(json_response(
-        &json!({ "object": "list", "data": data, "has_more": false }),
-    ))
+    Ok(json_response(&json!({ "object": "list", "data": data, "has_more": false })))
 }
 
 /// `GET /v1/files/{id}`.
-pub async fn retrieve(
-    State(gw): State<Gateway>,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+pub async fn retrieve(State(gw): State<Gateway>, Path(id): Path<String>) -> Result<Response, ApiError> {
     Ok(json_response(&file_meta(&gw, &id).await?.json()))
 }
 
 /// `GET /v1/files/{id}/content`: the bytes as uploaded (JSON Lines for batch files).
-pub async fn content(
-    State(gw): State<Gateway>,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+pub async fn content(State(gw): State<Gateway>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let bytes = file_content(&gw, &id).await?;
     Ok(([(header::CONTENT_TYPE, "application/jsonl")], bytes).into_response())
 }
 
 /// `DELETE /v1/files/{id}`.
-pub async fn delete(
-    State(gw): State<Gateway>,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+pub async fn delete(State(gw): State<Gateway>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let mut conn = gw.records().await?;
-    let removed: u64 = redis::cmd("DEL")
-        .arg(gw.keys().file(&id))
-        .query_async(&mut conn)
-        .await
-        .map_err(redis_error)?;
-    let _: Result<(), _> = redis::cmd("ZREM")
-        .arg(gw.keys().files())
-        .arg(&id)
-        .query_async(&mut conn)
-        .await;
+    let removed: u64 = redis::cmd("DEL").arg(gw.keys().file(&id)).query_async(&mut conn).await.map_err(redis_error)?;
+    let _: Result<(), _> = redis::cmd("ZREM").arg(gw.keys().files()).arg(&id).query_async(&mut conn).await;
     if removed == 0 {
         return Err(unknown_file(&id));
     }
-    Ok(json_response(
-        &json!({ "id": id, "object": "file", "deleted": true }),
-    ))
+    Ok(json_response(&json!({ "id": id, "object": "file", "deleted": true })))
 }
 
 /// A JSON answer with status 200.

@@ -26,10 +26,7 @@ pub struct CancelOnDrop {
 impl CancelOnDrop {
     /// Guards job `id`.
     pub fn new(id: String, results: ResultClient) -> Self {
-        Self {
-            id,
-            results: Some(results),
-        }
+        Self { id, results: Some(results) }
     }
 
     /// The job reached a final status (or someone else owns it now): nothing to cancel.
@@ -40,9 +37,7 @@ impl CancelOnDrop {
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
-        let Some(results) = self.results.take() else {
-            return;
-        };
+        let Some(results) = self.results.take() else { return };
         let id = std::mem::take(&mut self.id);
         // Drop cannot await: the cancel request runs as its own task.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -60,11 +55,7 @@ impl Drop for CancelOnDrop {
 /// Publishes `job` and waits for its final result, within the request timeout. Answers the
 /// job's result when it is `done`, else the error its status means. The job is cancelled when
 /// the wait ends any other way (timeout, Redis failure, or the caller's future being dropped).
-pub async fn run_to_end(
-    gw: &Gateway,
-    job: JobRequest,
-    rename: impl Fn(&'static str) -> &'static str,
-) -> Result<JobResult, ApiError> {
+pub async fn run_to_end(gw: &Gateway, job: JobRequest, rename: impl Fn(&'static str) -> &'static str) -> Result<JobResult, ApiError> {
     let results = gw.results().await?;
     let id = gw.submit(job, &rename).await?;
     let guard = CancelOnDrop::new(id.clone(), results.clone());
@@ -92,17 +83,11 @@ fn json(status: StatusCode, value: &impl serde::Serialize) -> Response {
 
 /// `POST /v1/jobs`: a wire-format v1 job (`docs/protocol.md`), published; 202 with its id. The client
 /// polls `GET /v1/jobs/{id}`, or sets `stream` and reads the Redis stream itself.
-pub async fn submit(
-    State(gw): State<Gateway>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
+pub async fn submit(State(gw): State<Gateway>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let bytes = body_bytes(body, gw.settings().gateway.max_body_bytes)?;
     let job: JobRequest = parse_json(&bytes)?;
     let id = gw.submit(job, same_name).await?;
-    let mut response = json(
-        StatusCode::ACCEPTED,
-        &serde_json::json!({ "id": id, "status": JobStatus::Queued }),
-    );
+    let mut response = json(StatusCode::ACCEPTED, &serde_json::json!({ "id": id, "status": JobStatus::Queued }));
     if let Ok(location) = header::HeaderValue::from_str(&format!("/v1/jobs/{id}")) {
         response.headers_mut().insert(header::LOCATION, location);
     }
@@ -127,19 +112,13 @@ pub async fn get(State(gw): State<Gateway>, Path(id): Path<String>) -> Result<Re
 
 /// `DELETE /v1/jobs/{id}`: asks for the job to be cancelled: 202 when it was queued or running
 /// (it ends `cancelled` at its worker's next check), 409 when already final, 404 when unknown.
-pub async fn cancel(
-    State(gw): State<Gateway>,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+pub async fn cancel(State(gw): State<Gateway>, Path(id): Path<String>) -> Result<Response, ApiError> {
     if genq_shared::valid::check_job_id(&id).is_err() {
         return Err(ApiError::unknown_job(&id));
     }
     let results = gw.results().await?;
     match results.cancel(&id).await {
-        Ok(CancelOutcome::Requested) => Ok(json(
-            StatusCode::ACCEPTED,
-            &serde_json::json!({ "id": id, "status": "cancelling" }),
-        )),
+        Ok(CancelOutcome::Requested) => Ok(json(StatusCode::ACCEPTED, &serde_json::json!({ "id": id, "status": "cancelling" }))),
         Ok(CancelOutcome::AlreadyFinal(status)) => Err(ApiError::already_final(&id, status)),
         Err(e) => {
             gw.redis_failed(&e).await;

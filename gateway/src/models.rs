@@ -11,9 +11,9 @@ use lapin::Connection;
 use serde::Serialize;
 use tokio::sync::Mutex;
 
-use genq_protocol::{broker, registry};
 use genq_shared::topology;
 use genq_shared::Priority;
+use genq_protocol::{broker, registry};
 
 use super::error::ApiError;
 use super::state::Gateway;
@@ -39,33 +39,22 @@ pub struct ModelProbe {
 impl ModelProbe {
     /// A probe for the broker at `url`; connects on first use.
     pub fn new(url: String) -> Self {
-        Self {
-            url,
-            conn: Mutex::new(None),
-        }
+        Self { url, conn: Mutex::new(None) }
     }
 
     /// The candidates that have at least one consumer, in the order given.
     pub async fn live(&self, candidates: &[String]) -> Result<Vec<LiveModel>, ApiError> {
         let mut slot = self.conn.lock().await;
         if !slot.as_ref().is_some_and(|c| c.status().connected()) {
-            let conn = broker::connect(&self.url, "genq-gateway-models")
-                .await
-                .map_err(|e| ApiError::unavailable("rabbitmq", e))?;
+            let conn = broker::connect(&self.url, "genq-gateway-models").await.map_err(|e| ApiError::unavailable("rabbitmq", e))?;
             *slot = Some(conn);
         }
-        let Some(conn) = slot.as_ref() else {
-            return Err(ApiError::internal("no broker connection"));
-        };
+        let Some(conn) = slot.as_ref() else { return Err(ApiError::internal("no broker connection")) };
         let mut live = Vec::new();
         for model in candidates {
             let queue = topology::queue_name(model, Priority::Normal);
             match broker::probe_queue(conn, &queue).await {
-                Ok(Some(q)) if q.consumers > 0 => live.push(LiveModel {
-                    id: model.clone(),
-                    workers: q.consumers,
-                    queued: q.ready,
-                }),
+                Ok(Some(q)) if q.consumers > 0 => live.push(LiveModel { id: model.clone(), workers: q.consumers, queued: q.ready }),
                 Ok(_) => {}
                 Err(e) => {
                     *slot = None;
@@ -87,13 +76,7 @@ async fn candidates(gw: &Gateway) -> Vec<String> {
             Vec::new()
         }
     };
-    for m in gw
-        .settings()
-        .gateway
-        .model_list()
-        .into_iter()
-        .chain(announced)
-    {
+    for m in gw.settings().gateway.model_list().into_iter().chain(announced) {
         if !models.contains(&m) {
             models.push(m);
         }
@@ -106,11 +89,7 @@ fn model_object(m: &LiveModel) -> serde_json::Value {
 }
 
 fn json(value: serde_json::Value) -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        value.to_string(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "application/json")], value.to_string()).into_response()
 }
 
 /// `GET /v1/models`: OpenAI's model list, with `workers` and `queued` added.
@@ -121,12 +100,7 @@ pub async fn list(State(gw): State<Gateway>) -> Result<Response, ApiError> {
 }
 
 /// `GET /v1/models/{model}`: one model, 404 unless it has live workers.
-pub async fn retrieve(
-    State(gw): State<Gateway>,
-    Path(model): Path<String>,
-) -> Result<Response, ApiError> {
+pub async fn retrieve(State(gw): State<Gateway>, Path(model): Path<String>) -> Result<Response, ApiError> {
     let live = gw.models().live(std::slice::from_ref(&model)).await?;
-    live.first()
-        .map(|m| json(model_object(m)))
-        .ok_or_else(|| ApiError::model_not_found(&model))
+    live.first().map(|m| json(model_object(m))).ok_or_else(|| ApiError::model_not_found(&model))
 }

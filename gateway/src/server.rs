@@ -25,12 +25,7 @@ pub fn router(gw: Gateway) -> Router {
         .route("/v1/models/{model}", get(models::retrieve))
         .route("/v1/jobs", post(jobs::submit))
         .route("/v1/jobs/{id}", get(jobs::get).delete(jobs::cancel))
-        .route(
-            "/v1/files",
-            post(files::upload)
-                .get(files::list)
-                .layer(DefaultBodyLimit::max(gw.settings().gateway.file_max_bytes)),
-        )
+        .route("/v1/files", post(files::upload).get(files::list).layer(DefaultBodyLimit::max(gw.settings().gateway.file_max_bytes)))
         .route("/v1/files/{id}", get(files::retrieve).delete(files::delete))
         .route("/v1/files/{id}/content", get(files::content))
         .route("/v1/batches", post(batches::create).get(batches::list))
@@ -41,10 +36,7 @@ pub fn router(gw: Gateway) -> Router {
         .route("/metrics", get(render_metrics))
         .fallback(no_route)
         .layer(DefaultBodyLimit::max(gw.settings().gateway.max_body_bytes))
-        .layer(from_fn_with_state(
-            gw.metrics().clone(),
-            metrics::count_requests,
-        ))
+        .layer(from_fn_with_state(gw.metrics().clone(), metrics::count_requests))
         .with_state(gw)
 }
 
@@ -52,31 +44,14 @@ pub fn router(gw: Gateway) -> Router {
 async fn healthz(State(gw): State<Gateway>) -> Response {
     let redis = gw.results().await.err();
     let amqp = gw.producer().await.err();
-    let state = |e: &Option<ApiError>| {
-        e.as_ref()
-            .map(|e| e.message.clone())
-            .unwrap_or_else(|| "ok".into())
-    };
-    let status = if redis.is_none() && amqp.is_none() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let state = |e: &Option<ApiError>| e.as_ref().map(|e| e.message.clone()).unwrap_or_else(|| "ok".into());
+    let status = if redis.is_none() && amqp.is_none() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let body = serde_json::json!({ "status": if status == StatusCode::OK { "ok" } else { "unavailable" }, "rabbitmq": state(&amqp), "redis": state(&redis) });
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response()
+    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
 async fn render_metrics(State(gw): State<Gateway>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        gw.metrics().render(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], gw.metrics().render()).into_response()
 }
 
 async fn no_route(uri: Uri) -> ApiError {
@@ -123,26 +98,12 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub async fn run(settings: genq_shared::settings::Settings, program: &str) -> anyhow::Result<()> {
     use anyhow::Context;
     let listen = settings.gateway.listen.clone();
-    let auth = if settings.gateway.api_key_list().is_empty() {
-        "off"
-    } else {
-        "bearer"
-    };
-    let listener = tokio::net::TcpListener::bind(&listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
+    let auth = if settings.gateway.api_key_list().is_empty() { "off" } else { "bearer" };
+    let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
-    let gw = Gateway::new(settings)
-        .await
-        .context("cannot register the gateway's metrics")?;
+    let gw = Gateway::new(settings).await.context("cannot register the gateway's metrics")?;
     eprintln!("{program} listening on http://{addr} (auth: {auth})");
     tracing::info!(%addr, auth, "gateway listening");
-    serve(
-        listener,
-        gw,
-        genq_protocol::process::shutdown_signal(),
-        SHUTDOWN_GRACE,
-    )
-    .await?;
+    serve(listener, gw, genq_protocol::process::shutdown_signal(), SHUTDOWN_GRACE).await?;
     Ok(())
 }

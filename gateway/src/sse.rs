@@ -69,12 +69,7 @@ fn entries(reply: Option<StreamReadReply>, last: &mut String) -> (Vec<String>, b
     (texts, ended)
 }
 
-async fn follow_job(
-    gw: &Gateway,
-    id: &str,
-    guard: CancelOnDrop,
-    tx: &mpsc::Sender<StreamItem>,
-) -> Result<(), ApiError> {
+async fn follow_job(gw: &Gateway, id: &str, guard: CancelOnDrop, tx: &mpsc::Sender<StreamItem>) -> Result<(), ApiError> {
     let results = gw.results().await?;
     let mut conn = gw.blocking_redis().await?;
     let key = gw.keys().stream(id);
@@ -127,17 +122,11 @@ async fn follow_job(
         }
         guard.disarm();
         // The stored text is the truth: send whatever the chunks did not carry.
-        match result
-            .text
-            .as_deref()
-            .map(|full| full.strip_prefix(sent.as_str()))
-        {
+        match result.text.as_deref().map(|full| full.strip_prefix(sent.as_str())) {
             Some(Some(rest)) if !rest.is_empty() => {
                 let _ = tx.send(StreamItem::Text(rest.to_string())).await;
             }
-            Some(None) => {
-                tracing::warn!(job = %id, "streamed chunks are not a prefix of the final text")
-            }
+            Some(None) => tracing::warn!(job = %id, "streamed chunks are not a prefix of the final text"),
             _ => {}
         }
         let item = match ApiError::from_final(&result, crate::openai::openai_names) {
@@ -154,26 +143,18 @@ pub fn respond<F>(items: mpsc::Receiver<StreamItem>, render: F) -> Response
 where
     F: FnMut(StreamItem) -> Vec<Event> + Send + 'static,
 {
-    let events = futures::stream::unfold(
-        (items, render, false),
-        |(mut items, mut render, finished)| async move {
-            if finished {
-                return None;
-            }
-            match items.recv().await {
-                Some(item) => Some((futures::stream::iter(render(item)), (items, render, false))),
-                None => Some((
-                    futures::stream::iter(vec![Event::default().data("[DONE]")]),
-                    (items, render, true),
-                )),
-            }
-        },
-    )
+    let events = futures::stream::unfold((items, render, false), |(mut items, mut render, finished)| async move {
+        if finished {
+            return None;
+        }
+        match items.recv().await {
+            Some(item) => Some((futures::stream::iter(render(item)), (items, render, false))),
+            None => Some((futures::stream::iter(vec![Event::default().data("[DONE]")]), (items, render, true))),
+        }
+    })
     .flatten()
     .map(Ok::<_, Infallible>);
-    Sse::new(events)
-        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
-        .into_response()
+    Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)).into_response()
 }
 
 /// An event whose data is `value` as JSON.

@@ -8,12 +8,12 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 
-use genq_protocol::backoff::Backoff;
-use genq_protocol::broker::{self, BrokerError};
 use genq_shared::settings::{ProducerSettings, QueueSettings};
 use genq_shared::topology::{self, CREATED_MS_HEADER, JOBS_EXCHANGE};
 use genq_shared::valid::{self, Limits};
 use genq_shared::{now_ms, JobRequest};
+use genq_protocol::backoff::Backoff;
+use genq_protocol::broker::{self, BrokerError};
 
 use crate::results::ResultClient;
 
@@ -68,43 +68,19 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 impl Producer {
     /// Connects, enables publisher confirms and (by default) declares the default model's queues
     /// so jobs published before any worker starts are kept.
-    pub async fn connect(
-        url: &str,
-        settings: &ProducerSettings,
-        queue: &QueueSettings,
-    ) -> Result<Self, BrokerError> {
+    pub async fn connect(url: &str, settings: &ProducerSettings, queue: &QueueSettings) -> Result<Self, BrokerError> {
         let link = Self::open(url, settings, queue).await?;
-        Ok(Self {
-            url: url.to_string(),
-            link: std::sync::Mutex::new(link),
-            settings: settings.clone(),
-            queue: queue.clone(),
-            results: None,
-            metrics: None,
-        })
+        Ok(Self { url: url.to_string(), link: std::sync::Mutex::new(link), settings: settings.clone(), queue: queue.clone(), results: None, metrics: None })
     }
 
-    async fn open(
-        url: &str,
-        settings: &ProducerSettings,
-        queue: &QueueSettings,
-    ) -> Result<Link, BrokerError> {
+    async fn open(url: &str, settings: &ProducerSettings, queue: &QueueSettings) -> Result<Link, BrokerError> {
         let connection = broker::connect(url, "genq-producer").await?;
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(|e| BrokerError::protocol("open channel", e))?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(|e| BrokerError::protocol("confirm.select", e))?;
+        let channel = connection.create_channel().await.map_err(|e| BrokerError::protocol("open channel", e))?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(|e| BrokerError::protocol("confirm.select", e))?;
         if settings.declare_default_model {
             broker::declare_topology(&channel, &settings.default_model, queue.limits()).await?;
         }
-        Ok(Link {
-            connection,
-            channel,
-        })
+        Ok(Link { connection, channel })
     }
 
     fn channel(&self) -> Option<Channel> {
@@ -166,30 +142,16 @@ impl Producer {
         let body = serde_json::to_vec(job).map_err(|e| PublishError::Encode(e.to_string()))?;
         let id = job.id.clone().unwrap_or_default();
         let mut headers = FieldTable::default();
-        headers.insert(
-            CREATED_MS_HEADER.into(),
-            AMQPValue::LongLongInt(now_ms() as i64),
-        );
+        headers.insert(CREATED_MS_HEADER.into(), AMQPValue::LongLongInt(now_ms() as i64));
         let props = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_delivery_mode(2)
             .with_message_id(id.as_str().into())
             .with_headers(headers);
         let key = topology::routing_key(job.model_name(), job.priority());
-        let channel = self
-            .channel()
-            .ok_or_else(|| PublishError::Encode("producer state poisoned".into()))?;
+        let channel = self.channel().ok_or_else(|| PublishError::Encode("producer state poisoned".into()))?;
         channel
-            .basic_publish(
-                JOBS_EXCHANGE.into(),
-                key.as_str().into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
-                &body,
-                props,
-            )
+            .basic_publish(JOBS_EXCHANGE.into(), key.as_str().into(), BasicPublishOptions { mandatory: true, ..Default::default() }, &body, props)
             .await
             .map_err(|e| PublishError::Broker(BrokerError::protocol("basic.publish", e)))
     }
@@ -197,23 +159,15 @@ impl Producer {
     fn confirmed(model: &str, c: Result<Confirmation, lapin::Error>) -> Result<(), PublishError> {
         match c {
             Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => Ok(()),
-            Ok(Confirmation::Ack(Some(_))) => Err(PublishError::Unroutable {
-                model: model.to_string(),
-            }),
+            Ok(Confirmation::Ack(Some(_))) => Err(PublishError::Unroutable { model: model.to_string() }),
             Ok(Confirmation::Nack(_)) => Err(PublishError::Nacked),
-            Err(e) => Err(PublishError::Broker(BrokerError::protocol(
-                "publisher confirm",
-                e,
-            ))),
+            Err(e) => Err(PublishError::Broker(BrokerError::protocol("publisher confirm", e))),
         }
     }
 
     /// Publishes one job and waits for the broker's confirm. Returns the job id.
     pub async fn submit(&self, job: JobRequest) -> Result<String, PublishError> {
-        self.submit_many(vec![job], |_| {})
-            .await
-            .pop()
-            .unwrap_or_else(|| Err(PublishError::Encode("not published".into())))
+        self.submit_many(vec![job], |_| {}).await.pop().unwrap_or_else(|| Err(PublishError::Encode("not published".into())))
     }
 
     /// Publishes many jobs with up to `max_in_flight` confirms outstanding, calling `progress`
@@ -225,8 +179,7 @@ impl Producer {
         jobs: Vec<JobRequest>,
         mut progress: impl FnMut(usize),
     ) -> Vec<Result<String, PublishError>> {
-        let mut out: Vec<Option<Result<String, PublishError>>> =
-            (0..jobs.len()).map(|_| None).collect();
+        let mut out: Vec<Option<Result<String, PublishError>>> = (0..jobs.len()).map(|_| None).collect();
         let mut todo = Vec::with_capacity(jobs.len());
         for (i, job) in jobs.into_iter().enumerate() {
             match self.prepare(job) {
@@ -238,9 +191,7 @@ impl Producer {
         let mut settled = out.iter().filter(|o| o.is_some()).count();
         let mut marked = Vec::new();
         loop {
-            let lost = self
-                .publish_pass(todo, &mut out, &mut settled, &mut marked, &mut progress)
-                .await;
+            let lost = self.publish_pass(todo, &mut out, &mut settled, &mut marked, &mut progress).await;
             if lost.is_empty() {
                 break;
             }
@@ -253,23 +204,13 @@ impl Producer {
             }
             todo = lost;
         }
-        let unpublished: Vec<String> = marked
-            .into_iter()
-            .filter(|(i, _)| !matches!(out[*i], Some(Ok(_))))
-            .map(|(_, id)| id)
-            .collect();
+        let unpublished: Vec<String> = marked.into_iter().filter(|(i, _)| !matches!(out[*i], Some(Ok(_)))).map(|(_, id)| id).collect();
         self.unmark_unpublished(unpublished).await;
-        out.into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(PublishError::Encode("not published".into()))))
-            .collect()
+        out.into_iter().map(|r| r.unwrap_or_else(|| Err(PublishError::Encode("not published".into())))).collect()
     }
 
     /// Publishes one job and waits for its confirm; the outcome comes back with the job.
-    async fn publish_confirmed(
-        &self,
-        i: usize,
-        job: JobRequest,
-    ) -> (usize, JobRequest, Result<(), PublishError>) {
+    async fn publish_confirmed(&self, i: usize, job: JobRequest) -> (usize, JobRequest, Result<(), PublishError>) {
         let started = Instant::now();
         let r = match self.publish(&job).await {
             Ok(confirm) => Self::confirmed(job.model_name(), confirm.await),
@@ -285,24 +226,12 @@ impl Producer {
     /// chunk before it is published meanwhile. Answers the index and id of each job it marked
     /// (not those an earlier job with the same id had marked already); none when Redis failed
     /// (the jobs are published all the same: a worker records them when it starts them).
-    fn spawn_mark_queued(
-        &self,
-        chunk: Vec<(usize, String, String)>,
-    ) -> Option<tokio::task::JoinHandle<Vec<(usize, String)>>> {
+    fn spawn_mark_queued(&self, chunk: Vec<(usize, String, String)>) -> Option<tokio::task::JoinHandle<Vec<(usize, String)>>> {
         let results = self.results.clone()?;
         Some(tokio::spawn(async move {
-            let (indexes, pairs): (Vec<usize>, Vec<(String, String)>) = chunk
-                .into_iter()
-                .map(|(i, id, model)| (i, (id, model)))
-                .unzip();
+            let (indexes, pairs): (Vec<usize>, Vec<(String, String)>) = chunk.into_iter().map(|(i, id, model)| (i, (id, model))).unzip();
             match results.mark_queued(&pairs).await {
-                Ok(marked) => indexes
-                    .into_iter()
-                    .zip(pairs)
-                    .zip(marked)
-                    .filter(|(_, m)| *m)
-                    .map(|((i, (id, _)), _)| (i, id))
-                    .collect(),
+                Ok(marked) => indexes.into_iter().zip(pairs).zip(marked).filter(|(_, m)| *m).map(|((i, (id, _)), _)| (i, id)).collect(),
                 Err(e) => {
                     tracing::warn!(error = %e, jobs = pairs.len(), "could not record the jobs as queued in Redis; publishing them anyway");
                     Vec::new()
@@ -338,9 +267,7 @@ impl Producer {
         let mut in_flight = FuturesOrdered::new();
         let mut lost = Vec::new();
         let mut broken = false;
-        let mut record = |(i, job, r): (usize, JobRequest, Result<(), PublishError>),
-                          lost: &mut Vec<(usize, JobRequest)>,
-                          broken: &mut bool| {
+        let mut record = |(i, job, r): (usize, JobRequest, Result<(), PublishError>), lost: &mut Vec<(usize, JobRequest)>, broken: &mut bool| {
             match r {
                 Ok(()) => out[i] = Some(Ok(job.id.clone().unwrap_or_default())),
                 Err(e @ PublishError::Broker(_)) => {
@@ -361,20 +288,9 @@ impl Producer {
             chunks.push(todo.by_ref().take(MARK_CHUNK).collect());
         }
         let to_mark = |chunk: &Vec<(usize, JobRequest)>| -> Vec<(usize, String, String)> {
-            chunk
-                .iter()
-                .map(|(i, job)| {
-                    (
-                        *i,
-                        job.id.clone().unwrap_or_default(),
-                        job.model_name().to_string(),
-                    )
-                })
-                .collect()
+            chunk.iter().map(|(i, job)| (*i, job.id.clone().unwrap_or_default(), job.model_name().to_string())).collect()
         };
-        let mut next_marks = chunks
-            .first()
-            .and_then(|c| self.spawn_mark_queued(to_mark(c)));
+        let mut next_marks = chunks.first().and_then(|c| self.spawn_mark_queued(to_mark(c)));
         let mut rest = chunks.into_iter().peekable();
         while let Some(chunk) = rest.next() {
             if let Some(marks) = next_marks.take() {
@@ -383,11 +299,7 @@ impl Producer {
             next_marks = rest.peek().and_then(|c| self.spawn_mark_queued(to_mark(c)));
             for (i, job) in chunk {
                 if broken {
-                    record(
-                        (i, job, Err(PublishError::Broker(BrokerError::Closed))),
-                        &mut lost,
-                        &mut broken,
-                    );
+                    record((i, job, Err(PublishError::Broker(BrokerError::Closed))), &mut lost, &mut broken);
                     continue;
                 }
                 in_flight.push_back(self.publish_confirmed(i, job));

@@ -41,10 +41,7 @@ pub enum BrokerError {
 impl BrokerError {
     /// Wraps a lapin error with what was being done.
     pub fn protocol(what: impl Into<String>, source: lapin::Error) -> Self {
-        BrokerError::Protocol {
-            what: what.into(),
-            source,
-        }
+        BrokerError::Protocol { what: what.into(), source }
     }
 
     /// Whether trying again later may succeed: the broker answered, but failed the operation
@@ -69,11 +66,7 @@ fn transient_lapin_error(e: &lapin::Error) -> bool {
     match e.kind() {
         ErrorKind::ProtocolError(amqp) => matches!(
             amqp.kind(),
-            AMQPErrorKind::Hard(
-                AMQPHardError::INTERNALERROR
-                    | AMQPHardError::CONNECTIONFORCED
-                    | AMQPHardError::RESOURCEERROR
-            )
+            AMQPErrorKind::Hard(AMQPHardError::INTERNALERROR | AMQPHardError::CONNECTIONFORCED | AMQPHardError::RESOURCEERROR)
         ),
         ErrorKind::IOError(_)
         | ErrorKind::InvalidConnectionState(_)
@@ -93,10 +86,7 @@ pub async fn connect(urls: &str, name: &str) -> Result<Connection, BrokerError> 
             Ok(c) => return Ok(c),
             Err(source) => {
                 tracing::warn!(url = %redact_url(url), error = %source, "RabbitMQ node unreachable; trying the next one");
-                last = Some(BrokerError::Connect {
-                    url: redact_url(url),
-                    source,
-                });
+                last = Some(BrokerError::Connect { url: redact_url(url), source });
             }
         }
     }
@@ -110,56 +100,25 @@ fn short(s: &str) -> ShortString {
 /// Declares the exchanges, the dead-letter queue and `model`'s three job queues (normal, `.high`
 /// and `.low`), all durable; quorum queues with the delivery limit, dead-lettering and
 /// reject-publish overflow. Safe to call any number of times with the same limits.
-pub async fn declare_topology(
-    channel: &Channel,
-    model: &str,
-    limits: QueueLimits,
-) -> Result<(), BrokerError> {
-    let durable = ExchangeDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
+pub async fn declare_topology(channel: &Channel, model: &str, limits: QueueLimits) -> Result<(), BrokerError> {
+    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
     channel
-        .exchange_declare(
-            short(JOBS_EXCHANGE),
-            ExchangeKind::Direct,
-            durable,
-            FieldTable::default(),
-        )
+        .exchange_declare(short(JOBS_EXCHANGE), ExchangeKind::Direct, durable, FieldTable::default())
         .await
         .map_err(|e| BrokerError::protocol(format!("declare exchange {JOBS_EXCHANGE}"), e))?;
     channel
-        .exchange_declare(
-            short(DEAD_LETTER_EXCHANGE),
-            ExchangeKind::Fanout,
-            durable,
-            FieldTable::default(),
-        )
+        .exchange_declare(short(DEAD_LETTER_EXCHANGE), ExchangeKind::Fanout, durable, FieldTable::default())
         .await
-        .map_err(|e| {
-            BrokerError::protocol(format!("declare exchange {DEAD_LETTER_EXCHANGE}"), e)
-        })?;
-    let qopts = QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
+        .map_err(|e| BrokerError::protocol(format!("declare exchange {DEAD_LETTER_EXCHANGE}"), e))?;
+    let qopts = QueueDeclareOptions { durable: true, ..Default::default() };
     let mut dead_args = FieldTable::default();
-    dead_args.insert(
-        short("x-queue-type"),
-        AMQPValue::LongString(LongString::from("quorum")),
-    );
+    dead_args.insert(short("x-queue-type"), AMQPValue::LongString(LongString::from("quorum")));
     channel
         .queue_declare(short(DEAD_QUEUE), qopts, dead_args)
         .await
         .map_err(|e| BrokerError::protocol(format!("declare queue {DEAD_QUEUE}"), e))?;
     channel
-        .queue_bind(
-            short(DEAD_QUEUE),
-            short(DEAD_LETTER_EXCHANGE),
-            short(""),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
+        .queue_bind(short(DEAD_QUEUE), short(DEAD_LETTER_EXCHANGE), short(""), QueueBindOptions::default(), FieldTable::default())
         .await
         .map_err(|e| BrokerError::protocol(format!("bind {DEAD_QUEUE}"), e))?;
     for priority in Priority::ALL {
@@ -170,13 +129,7 @@ pub async fn declare_topology(
             .map_err(|e| BrokerError::protocol(format!("declare queue {queue}"), e))?;
         let key = topology::routing_key(model, priority);
         channel
-            .queue_bind(
-                short(&queue),
-                short(JOBS_EXCHANGE),
-                short(&key),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
+            .queue_bind(short(&queue), short(JOBS_EXCHANGE), short(&key), QueueBindOptions::default(), FieldTable::default())
             .await
             .map_err(|e| BrokerError::protocol(format!("bind {queue}"), e))?;
     }
@@ -195,28 +148,13 @@ pub struct QueueCounts {
 /// The counts of `queue`, or `None` when it does not exist. A passive declare of a missing queue
 /// closes its channel, so each probe opens and closes its own; `Err` only when no channel opens
 /// (the connection is gone).
-pub async fn probe_queue(
-    connection: &Connection,
-    queue: &str,
-) -> Result<Option<QueueCounts>, BrokerError> {
-    let channel = connection
-        .create_channel()
-        .await
-        .map_err(|e| BrokerError::protocol("open channel", e))?;
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    match channel
-        .queue_declare(short(queue), passive, FieldTable::default())
-        .await
-    {
+pub async fn probe_queue(connection: &Connection, queue: &str) -> Result<Option<QueueCounts>, BrokerError> {
+    let channel = connection.create_channel().await.map_err(|e| BrokerError::protocol("open channel", e))?;
+    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+    match channel.queue_declare(short(queue), passive, FieldTable::default()).await {
         Ok(q) => {
             let _ = channel.close(200, "bye".into()).await;
-            Ok(Some(QueueCounts {
-                ready: q.message_count(),
-                consumers: q.consumer_count(),
-            }))
+            Ok(Some(QueueCounts { ready: q.message_count(), consumers: q.consumer_count() }))
         }
         Err(_) => Ok(None),
     }
@@ -224,30 +162,12 @@ pub async fn probe_queue(
 
 fn job_queue_args(limits: QueueLimits) -> FieldTable {
     let mut args = FieldTable::default();
-    args.insert(
-        short("x-queue-type"),
-        AMQPValue::LongString(LongString::from("quorum")),
-    );
-    args.insert(
-        short("x-delivery-limit"),
-        AMQPValue::LongLongInt(i64::from(limits.delivery_limit)),
-    );
-    args.insert(
-        short("x-dead-letter-exchange"),
-        AMQPValue::LongString(LongString::from(DEAD_LETTER_EXCHANGE)),
-    );
-    args.insert(
-        short("x-dead-letter-strategy"),
-        AMQPValue::LongString(LongString::from("at-least-once")),
-    );
-    args.insert(
-        short("x-overflow"),
-        AMQPValue::LongString(LongString::from("reject-publish")),
-    );
-    args.insert(
-        short("x-max-length"),
-        AMQPValue::LongLongInt(i64::from(limits.max_length)),
-    );
+    args.insert(short("x-queue-type"), AMQPValue::LongString(LongString::from("quorum")));
+    args.insert(short("x-delivery-limit"), AMQPValue::LongLongInt(i64::from(limits.delivery_limit)));
+    args.insert(short("x-dead-letter-exchange"), AMQPValue::LongString(LongString::from(DEAD_LETTER_EXCHANGE)));
+    args.insert(short("x-dead-letter-strategy"), AMQPValue::LongString(LongString::from("at-least-once")));
+    args.insert(short("x-overflow"), AMQPValue::LongString(LongString::from("reject-publish")));
+    args.insert(short("x-max-length"), AMQPValue::LongLongInt(i64::from(limits.max_length)));
     args
 }
 
@@ -258,13 +178,7 @@ mod tests {
     use super::BrokerError;
 
     fn amqp(kind: AMQPErrorKind) -> BrokerError {
-        BrokerError::protocol(
-            "basic.consume",
-            lapin::Error::from(lapin::ErrorKind::ProtocolError(AMQPError::new(
-                kind,
-                "x".into(),
-            ))),
-        )
+        BrokerError::protocol("basic.consume", lapin::Error::from(lapin::ErrorKind::ProtocolError(AMQPError::new(kind, "x".into()))))
     }
 
     #[test]
@@ -281,11 +195,7 @@ mod tests {
         assert!(!amqp(AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)).is_transient());
         assert!(!amqp(AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED)).is_transient());
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
-        assert!(!BrokerError::Connect {
-            url: "amqp://h".into(),
-            source: lapin::Error::from(refused)
-        }
-        .is_transient());
+        assert!(!BrokerError::Connect { url: "amqp://h".into(), source: lapin::Error::from(refused) }.is_transient());
         assert!(!BrokerError::NoUrl.is_transient());
     }
 }

@@ -36,24 +36,16 @@ impl OutputFormat {
     /// The shape rules: a schema is an object or a boolean, a pattern or grammar is not empty,
     /// and the whole stays under [`MAX_FORMAT_BYTES`]. The message names the inner field.
     pub fn check(&self) -> Result<(), String> {
-        let size = serde_json::to_vec(self)
-            .map(|v| v.len())
-            .unwrap_or(usize::MAX);
+        let size = serde_json::to_vec(self).map(|v| v.len()).unwrap_or(usize::MAX);
         if size > MAX_FORMAT_BYTES {
-            return Err(format!(
-                "takes {size} bytes, at most {MAX_FORMAT_BYTES} are allowed"
-            ));
+            return Err(format!("takes {size} bytes, at most {MAX_FORMAT_BYTES} are allowed"));
         }
         match self {
             OutputFormat::JsonSchema { schema } if !(schema.is_object() || schema.is_boolean()) => {
                 Err("schema must be a JSON Schema (an object or a boolean)".into())
             }
-            OutputFormat::Regex { pattern } if pattern.is_empty() => {
-                Err("pattern must not be empty".into())
-            }
-            OutputFormat::Lark { grammar } if grammar.trim().is_empty() => {
-                Err("grammar must not be empty".into())
-            }
+            OutputFormat::Regex { pattern } if pattern.is_empty() => Err("pattern must not be empty".into()),
+            OutputFormat::Lark { grammar } if grammar.trim().is_empty() => Err("grammar must not be empty".into()),
             _ => Ok(()),
         }
     }
@@ -70,44 +62,22 @@ mod tests {
 
     #[test]
     fn each_kind_reads_from_its_tag() {
-        assert_eq!(
-            parse(r#"{"type":"json_object"}"#),
-            Ok(OutputFormat::JsonObject {})
-        );
-        assert!(matches!(
-            parse(r#"{"type":"json_schema","schema":{"type":"integer"}}"#),
-            Ok(OutputFormat::JsonSchema { .. })
-        ));
-        assert!(matches!(
-            parse(r#"{"type":"json_schema","schema":true}"#),
-            Ok(OutputFormat::JsonSchema { .. })
-        ));
-        assert_eq!(
-            parse(r#"{"type":"regex","pattern":"[a-z]+"}"#),
-            Ok(OutputFormat::Regex {
-                pattern: "[a-z]+".into()
-            })
-        );
-        assert!(matches!(
-            parse(r#"{"type":"lark","grammar":"start: \"a\""}"#),
-            Ok(OutputFormat::Lark { .. })
-        ));
+        assert_eq!(parse(r#"{"type":"json_object"}"#), Ok(OutputFormat::JsonObject {}));
+        assert!(matches!(parse(r#"{"type":"json_schema","schema":{"type":"integer"}}"#), Ok(OutputFormat::JsonSchema { .. })));
+        assert!(matches!(parse(r#"{"type":"json_schema","schema":true}"#), Ok(OutputFormat::JsonSchema { .. })));
+        assert_eq!(parse(r#"{"type":"regex","pattern":"[a-z]+"}"#), Ok(OutputFormat::Regex { pattern: "[a-z]+".into() }));
+        assert!(matches!(parse(r#"{"type":"lark","grammar":"start: \"a\""}"#), Ok(OutputFormat::Lark { .. })));
     }
 
     #[test]
     fn bad_shapes_are_refused_naming_what_is_wrong() {
         assert!(parse(r#"{"type":"xml"}"#).is_err_and(|e| e.contains("xml")));
         assert!(parse(r#"{"type":"json_schema"}"#).is_err_and(|e| e.contains("schema")));
-        assert!(parse(r#"{"type":"json_schema","schema":"int"}"#)
-            .is_err_and(|e| e.contains("schema must be")));
+        assert!(parse(r#"{"type":"json_schema","schema":"int"}"#).is_err_and(|e| e.contains("schema must be")));
         assert!(parse(r#"{"type":"regex","pattern":""}"#).is_err_and(|e| e.contains("pattern")));
         assert!(parse(r#"{"type":"lark","grammar":"  "}"#).is_err_and(|e| e.contains("grammar")));
-        assert!(parse(r#"{"type":"regex","pattern":"a","flags":"i"}"#)
-            .is_err_and(|e| e.contains("flags")));
-        let huge = format!(
-            r#"{{"type":"regex","pattern":"{}"}}"#,
-            "a".repeat(MAX_FORMAT_BYTES)
-        );
+        assert!(parse(r#"{"type":"regex","pattern":"a","flags":"i"}"#).is_err_and(|e| e.contains("flags")));
+        let huge = format!(r#"{{"type":"regex","pattern":"{}"}}"#, "a".repeat(MAX_FORMAT_BYTES));
         assert!(parse(&huge).is_err_and(|e| e.contains("bytes")));
     }
 }

@@ -23,14 +23,8 @@ pub enum JobStatus {
 
 impl JobStatus {
     /// Every status, in life order.
-    pub const ALL: [JobStatus; 6] = [
-        JobStatus::Queued,
-        JobStatus::Running,
-        JobStatus::Done,
-        JobStatus::Failed,
-        JobStatus::Expired,
-        JobStatus::Cancelled,
-    ];
+    pub const ALL: [JobStatus; 6] =
+        [JobStatus::Queued, JobStatus::Running, JobStatus::Done, JobStatus::Failed, JobStatus::Expired, JobStatus::Cancelled];
 
     /// The name used in Redis and in metric labels.
     pub fn as_str(self) -> &'static str {
@@ -211,40 +205,14 @@ impl JobResult {
         put("kind", self.kind.clone());
         put("model", self.model.clone());
         put("text", self.text.clone());
-        put(
-            "finish_reason",
-            self.finish_reason.map(|r| r.as_str().to_string()),
-        );
+        put("finish_reason", self.finish_reason.map(|r| r.as_str().to_string()));
         put("prompt_tokens", self.prompt_tokens.map(|v| v.to_string()));
-        put(
-            "completion_tokens",
-            self.completion_tokens.map(|v| v.to_string()),
-        );
-        put(
-            "choices",
-            self.choices
-                .as_ref()
-                .and_then(|v| serde_json::to_string(v).ok()),
-        );
-        put(
-            "logprobs",
-            self.logprobs
-                .as_ref()
-                .and_then(|v| serde_json::to_string(v).ok()),
-        );
+        put("completion_tokens", self.completion_tokens.map(|v| v.to_string()));
+        put("choices", self.choices.as_ref().and_then(|v| serde_json::to_string(v).ok()));
+        put("logprobs", self.logprobs.as_ref().and_then(|v| serde_json::to_string(v).ok()));
         put("perplexity", self.perplexity.map(|v| v.to_string()));
-        put(
-            "token_logprobs",
-            self.token_logprobs
-                .as_ref()
-                .and_then(|v| serde_json::to_string(v).ok()),
-        );
-        put(
-            "prompt_logprobs",
-            self.prompt_logprobs
-                .as_ref()
-                .and_then(|v| serde_json::to_string(v).ok()),
-        );
+        put("token_logprobs", self.token_logprobs.as_ref().and_then(|v| serde_json::to_string(v).ok()));
+        put("prompt_logprobs", self.prompt_logprobs.as_ref().and_then(|v| serde_json::to_string(v).ok()));
         put("error", self.error.clone());
         put("error_kind", self.error_kind.clone());
         put("worker", self.worker.clone());
@@ -265,10 +233,7 @@ impl JobResult {
     /// building a map first (results are read by the thousand). Unknown fields and unparseable
     /// numbers are left out.
     pub fn from_pairs<'a>(id: &str, pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
-        let mut r = JobResult {
-            id: id.to_string(),
-            ..JobResult::default()
-        };
+        let mut r = JobResult { id: id.to_string(), ..JobResult::default() };
         for (k, v) in pairs {
             let num = || v.parse::<u64>().ok();
             match k {
@@ -276,10 +241,7 @@ impl JobResult {
                 "kind" => r.kind = Some(v.to_string()),
                 "model" => r.model = Some(v.to_string()),
                 "text" => r.text = Some(v.to_string()),
-                "finish_reason" => {
-                    r.finish_reason =
-                        serde_json::from_value(serde_json::Value::String(v.to_string())).ok()
-                }
+                "finish_reason" => r.finish_reason = serde_json::from_value(serde_json::Value::String(v.to_string())).ok(),
                 "prompt_tokens" => r.prompt_tokens = num(),
                 "completion_tokens" => r.completion_tokens = num(),
                 "choices" => r.choices = serde_json::from_str(v).ok(),
@@ -320,63 +282,22 @@ mod tests {
                 id: 7,
                 token: " hi".into(),
                 logprob: Some(-0.25),
-                top: vec![
-                    TopLogprob {
-                        id: 7,
-                        token: " hi".into(),
-                        logprob: -0.25,
-                    },
-                    TopLogprob {
-                        id: 9,
-                        token: "!".into(),
-                        logprob: -2.0,
-                    },
-                ],
+                top: vec![TopLogprob { id: 7, token: " hi".into(), logprob: -0.25 }, TopLogprob { id: 9, token: "!".into(), logprob: -2.0 }],
             }]),
-            prompt_logprobs: Some(vec![TokenLogprob {
-                id: 1,
-                token: "<s>".into(),
-                logprob: None,
-                top: vec![],
-            }]),
+            prompt_logprobs: Some(vec![TokenLogprob { id: 1, token: "<s>".into(), logprob: None, top: vec![] }]),
             choices: Some(vec![
-                Choice {
-                    text: "hello".into(),
-                    finish_reason: Some(FinishReason::Eos),
-                    completion_tokens: 1,
-                    token_logprobs: None,
-                },
-                Choice {
-                    text: "hi there".into(),
-                    finish_reason: Some(FinishReason::Length),
-                    completion_tokens: 2,
-                    token_logprobs: None,
-                },
+                Choice { text: "hello".into(), finish_reason: Some(FinishReason::Eos), completion_tokens: 1, token_logprobs: None },
+                Choice { text: "hi there".into(), finish_reason: Some(FinishReason::Length), completion_tokens: 2, token_logprobs: None },
             ]),
             ..JobResult::default()
         };
-        let map: HashMap<String, String> = r
-            .to_fields()
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
+        let map: HashMap<String, String> = r.to_fields().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
         assert_eq!(JobResult::from_fields("x", &map), r);
     }
 
     #[test]
     fn only_the_last_four_statuses_are_final() {
-        let finals: Vec<_> = JobStatus::ALL
-            .into_iter()
-            .filter(|s| s.is_final())
-            .collect();
-        assert_eq!(
-            finals,
-            vec![
-                JobStatus::Done,
-                JobStatus::Failed,
-                JobStatus::Expired,
-                JobStatus::Cancelled
-            ]
-        );
+        let finals: Vec<_> = JobStatus::ALL.into_iter().filter(|s| s.is_final()).collect();
+        assert_eq!(finals, vec![JobStatus::Done, JobStatus::Failed, JobStatus::Expired, JobStatus::Cancelled]);
     }
 }

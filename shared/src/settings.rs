@@ -36,9 +36,7 @@ pub struct AmqpSettings {
 
 impl Default for AmqpSettings {
     fn default() -> Self {
-        Self {
-            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
-        }
+        Self { url: "amqp://guest:guest@127.0.0.1:5672/%2f".into() }
     }
 }
 
@@ -56,11 +54,7 @@ pub struct RedisSettings {
 
 impl Default for RedisSettings {
     fn default() -> Self {
-        Self {
-            url: "redis://127.0.0.1:6379".into(),
-            key_prefix: "genq".into(),
-            result_ttl_secs: 24 * 3600,
-        }
+        Self { url: "redis://127.0.0.1:6379".into(), key_prefix: "genq".into(), result_ttl_secs: 24 * 3600 }
     }
 }
 
@@ -76,20 +70,14 @@ pub struct QueueSettings {
 
 impl Default for QueueSettings {
     fn default() -> Self {
-        Self {
-            delivery_limit: 5,
-            max_length: 1_000_000,
-        }
+        Self { delivery_limit: 5, max_length: 1_000_000 }
     }
 }
 
 impl QueueSettings {
     /// The limits as topology arguments.
     pub fn limits(&self) -> QueueLimits {
-        QueueLimits {
-            delivery_limit: self.delivery_limit,
-            max_length: self.max_length,
-        }
+        QueueLimits { delivery_limit: self.delivery_limit, max_length: self.max_length }
     }
 }
 
@@ -188,10 +176,7 @@ impl Default for WorkerSettings {
 impl WorkerSettings {
     /// Validation limits for a model with `context_length` tokens.
     pub fn limits(&self, context_length: usize) -> Limits {
-        Limits {
-            max_new_tokens: context_length.min(u32::MAX as usize) as u32,
-            max_prompt_bytes: self.max_prompt_bytes,
-        }
+        Limits { max_new_tokens: context_length.min(u32::MAX as usize) as u32, max_prompt_bytes: self.max_prompt_bytes }
     }
 }
 
@@ -213,12 +198,7 @@ pub struct ProducerSettings {
 
 impl Default for ProducerSettings {
     fn default() -> Self {
-        Self {
-            default_model: DEFAULT_MODEL.into(),
-            max_in_flight: 1024,
-            declare_default_model: true,
-            retry_secs: 30,
-        }
+        Self { default_model: DEFAULT_MODEL.into(), max_in_flight: 1024, declare_default_model: true, retry_secs: 30 }
     }
 }
 
@@ -272,10 +252,7 @@ impl std::fmt::Debug for GatewaySettings {
         f.debug_struct("GatewaySettings")
             .field("listen", &self.listen)
             .field("request_timeout_secs", &self.request_timeout_secs)
-            .field(
-                "api_keys",
-                &format_args!("<{} token(s)>", self.api_key_list().len()),
-            )
+            .field("api_keys", &format_args!("<{} token(s)>", self.api_key_list().len()))
             .field("max_body_bytes", &self.max_body_bytes)
             .field("models", &self.models)
             .field("max_n", &self.max_n)
@@ -287,11 +264,7 @@ impl std::fmt::Debug for GatewaySettings {
 }
 
 fn comma_list(s: &str) -> Vec<String> {
-    s.split(',')
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .map(String::from)
-        .collect()
+    s.split(',').map(str::trim).filter(|t| !t.is_empty()).map(String::from).collect()
 }
 
 impl GatewaySettings {
@@ -328,10 +301,7 @@ pub struct SettingsError(#[from] config::ConfigError);
 impl Settings {
     /// Loads settings: defaults, then `file` (TOML, required when given), then environment
     /// variables `GENQ__SECTION__KEY`, then `overrides` (`("worker.prefetch", "32")`) from flags.
-    pub fn load(
-        file: Option<&Path>,
-        overrides: &[(String, String)],
-    ) -> Result<Settings, SettingsError> {
+    pub fn load(file: Option<&Path>, overrides: &[(String, String)]) -> Result<Settings, SettingsError> {
         Self::load_with_env(file, overrides, None)
     }
 
@@ -341,18 +311,11 @@ impl Settings {
         overrides: &[(String, String)],
         env: Option<std::collections::HashMap<String, String>>,
     ) -> Result<Settings, SettingsError> {
-        let mut builder =
-            config::Config::builder().add_source(config::Config::try_from(&Settings::default())?);
+        let mut builder = config::Config::builder().add_source(config::Config::try_from(&Settings::default())?);
         if let Some(path) = file {
-            builder = builder.add_source(
-                config::File::from(path)
-                    .format(config::FileFormat::Toml)
-                    .required(true),
-            );
+            builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml).required(true));
         }
-        let mut environment = config::Environment::with_prefix("GENQ")
-            .separator("__")
-            .try_parsing(true);
+        let mut environment = config::Environment::with_prefix("GENQ").separator("__").try_parsing(true);
         if let Some(env) = env {
             environment = environment.source(Some(env));
         }
@@ -367,13 +330,9 @@ impl Settings {
 /// Every setting with its default and environment variable, one per line, for `--help`.
 pub fn describe_settings() -> String {
     let mut out = String::from("Settings (TOML key = default; environment variable):\n");
-    let Ok(serde_json::Value::Object(sections)) = serde_json::to_value(Settings::default()) else {
-        return out;
-    };
+    let Ok(serde_json::Value::Object(sections)) = serde_json::to_value(Settings::default()) else { return out };
     for (section, fields) in sections {
-        let serde_json::Value::Object(fields) = fields else {
-            continue;
-        };
+        let serde_json::Value::Object(fields) = fields else { continue };
         for (key, value) in fields {
             let env = format!("GENQ__{}__{}", section.to_uppercase(), key.to_uppercase());
             out.push_str(&format!("  {section}.{key} = {value}; {env}\n"));
@@ -403,11 +362,9 @@ mod tests {
         let path = dir.join("genq.toml");
         let mut f = std::fs::File::create(&path).expect("file");
         writeln!(f, "[worker]\nprefetch = 8\nmax_batch_size = 3\nbatch_wait_ms = 7\n[redis]\nkey_prefix = \"file\"").expect("write");
-        let env: HashMap<String, String> = [
-            ("GENQ__WORKER__MAX_BATCH_SIZE".to_string(), "4".to_string()),
-            ("GENQ__REDIS__KEY_PREFIX".to_string(), "env".to_string()),
-        ]
-        .into();
+        let env: HashMap<String, String> =
+            [("GENQ__WORKER__MAX_BATCH_SIZE".to_string(), "4".to_string()), ("GENQ__REDIS__KEY_PREFIX".to_string(), "env".to_string())]
+                .into();
         let flags = vec![("redis.key_prefix".to_string(), "flag".to_string())];
         let s = Settings::load_with_env(Some(&path), &flags, Some(env)).expect("loads");
         assert_eq!(s.worker.prefetch, 8, "file over default");
@@ -420,52 +377,25 @@ mod tests {
     #[test]
     fn help_lists_every_setting_with_its_environment_name() {
         let text = describe_settings();
-        assert!(
-            text.contains("worker.prefetch = 64; GENQ__WORKER__PREFETCH"),
-            "{text}"
-        );
-        assert!(
-            text.contains("amqp.url = \"amqp://guest:guest@127.0.0.1:5672/%2f\"; GENQ__AMQP__URL"),
-            "{text}"
-        );
-        let Ok(serde_json::Value::Object(sections)) = serde_json::to_value(Settings::default())
-        else {
-            panic!("settings serialise")
-        };
+        assert!(text.contains("worker.prefetch = 64; GENQ__WORKER__PREFETCH"), "{text}");
+        assert!(text.contains("amqp.url = \"amqp://guest:guest@127.0.0.1:5672/%2f\"; GENQ__AMQP__URL"), "{text}");
+        let Ok(serde_json::Value::Object(sections)) = serde_json::to_value(Settings::default()) else { panic!("settings serialise") };
         let mut fields = 0;
         for (section, keys) in &sections {
             for key in keys.as_object().expect("section is a table").keys() {
-                let env = format!(
-                    "; GENQ__{}__{}\n",
-                    section.to_uppercase(),
-                    key.to_uppercase()
-                );
-                assert!(
-                    text.contains(&format!("  {section}.{key} = ")) && text.contains(&env),
-                    "{section}.{key} missing: {text}"
-                );
+                let env = format!("; GENQ__{}__{}\n", section.to_uppercase(), key.to_uppercase());
+                assert!(text.contains(&format!("  {section}.{key} = ")) && text.contains(&env), "{section}.{key} missing: {text}");
                 fields += 1;
             }
         }
-        assert_eq!(
-            text.lines().count(),
-            1 + fields,
-            "one line per setting: {text}"
-        );
+        assert_eq!(text.lines().count(), 1 + fields, "one line per setting: {text}");
     }
 
     #[test]
     fn gateway_tokens_come_from_the_environment_and_never_show_in_debug_output() {
-        let env: HashMap<String, String> = [(
-            "GENQ__GATEWAY__API_KEYS".to_string(),
-            "s3cret-a, s3cret-b,".to_string(),
-        )]
-        .into();
+        let env: HashMap<String, String> = [("GENQ__GATEWAY__API_KEYS".to_string(), "s3cret-a, s3cret-b,".to_string())].into();
         let s = Settings::load_with_env(None, &[], Some(env)).expect("loads");
-        assert_eq!(
-            s.gateway.api_key_list(),
-            vec!["s3cret-a".to_string(), "s3cret-b".to_string()]
-        );
+        assert_eq!(s.gateway.api_key_list(), vec!["s3cret-a".to_string(), "s3cret-b".to_string()]);
         let shown = format!("{s:?}");
         assert!(!shown.contains("s3cret"), "{shown}");
         assert!(shown.contains("<2 token(s)>"), "{shown}");
@@ -473,8 +403,7 @@ mod tests {
 
     #[test]
     fn a_misspelled_setting_is_an_error() {
-        let env: HashMap<String, String> =
-            [("GENQ__WORKER__PREFECH".to_string(), "4".to_string())].into();
+        let env: HashMap<String, String> = [("GENQ__WORKER__PREFECH".to_string(), "4".to_string())].into();
         let err = Settings::load_with_env(None, &[], Some(env)).expect_err("typo");
         assert!(err.to_string().contains("prefech"), "{err}");
     }

@@ -27,10 +27,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            max_new_tokens: 8192,
-            max_prompt_bytes: 256 * 1024,
-        }
+        Self { max_new_tokens: 8192, max_prompt_bytes: 256 * 1024 }
     }
 }
 
@@ -45,10 +42,7 @@ pub struct ValidationError {
 }
 
 fn invalid(field: &'static str, message: impl Into<String>) -> ValidationError {
-    ValidationError {
-        field,
-        message: message.into(),
-    }
+    ValidationError { field, message: message.into() }
 }
 
 /// The input to the model.
@@ -131,9 +125,7 @@ impl ValidJob {
     pub fn new_token_budget(&self, prompt_tokens: usize) -> usize {
         let max_new = self.max_new_tokens as usize;
         match self.max_length {
-            Some(total) => max_new
-                .min((total as usize).saturating_sub(prompt_tokens))
-                .max(1),
+            Some(total) => max_new.min((total as usize).saturating_sub(prompt_tokens)).max(1),
             None => max_new,
         }
     }
@@ -141,19 +133,10 @@ impl ValidJob {
 
 fn check_id(field: &'static str, id: &str) -> Result<(), ValidationError> {
     if id.is_empty() || id.chars().count() > MAX_ID_CHARS {
-        return Err(invalid(
-            field,
-            format!("must be 1..={MAX_ID_CHARS} characters"),
-        ));
+        return Err(invalid(field, format!("must be 1..={MAX_ID_CHARS} characters")));
     }
-    if let Some(c) = id
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')))
-    {
-        return Err(invalid(
-            field,
-            format!("may contain only [A-Za-z0-9._:-], found {c:?}"),
-        ));
+    if let Some(c) = id.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))) {
+        return Err(invalid(field, format!("may contain only [A-Za-z0-9._:-], found {c:?}")));
     }
     Ok(())
 }
@@ -165,26 +148,14 @@ pub fn check_job_id(id: &str) -> Result<(), ValidationError> {
 
 fn check_input(req: &JobRequest, limits: &Limits) -> Result<PromptInput, ValidationError> {
     let input = match (&req.prompt, &req.messages) {
-        (Some(_), Some(_)) => {
-            return Err(invalid(
-                "prompt",
-                "and `messages` are exclusive: give exactly one",
-            ))
-        }
+        (Some(_), Some(_)) => return Err(invalid("prompt", "and `messages` are exclusive: give exactly one")),
         (None, None) => return Err(invalid("prompt", "is required (or `messages`)")),
         (Some(p), None) => {
             if p.is_empty() {
                 return Err(invalid("prompt", "must not be empty"));
             }
             if p.len() > limits.max_prompt_bytes {
-                return Err(invalid(
-                    "prompt",
-                    format!(
-                        "is {} bytes, over the limit of {}",
-                        p.len(),
-                        limits.max_prompt_bytes
-                    ),
-                ));
+                return Err(invalid("prompt", format!("is {} bytes, over the limit of {}", p.len(), limits.max_prompt_bytes)));
             }
             PromptInput::Text(p.clone())
         }
@@ -192,24 +163,12 @@ fn check_input(req: &JobRequest, limits: &Limits) -> Result<PromptInput, Validat
             if msgs.is_empty() {
                 return Err(invalid("messages", "must hold at least one message"));
             }
-            if let Some(m) = msgs
-                .iter()
-                .find(|m| !matches!(m.role.as_str(), "system" | "user" | "assistant"))
-            {
-                return Err(invalid(
-                    "messages",
-                    format!("role {:?} is not one of system, user, assistant", m.role),
-                ));
+            if let Some(m) = msgs.iter().find(|m| !matches!(m.role.as_str(), "system" | "user" | "assistant")) {
+                return Err(invalid("messages", format!("role {:?} is not one of system, user, assistant", m.role)));
             }
             let total: usize = msgs.iter().map(|m| m.content.len()).sum();
             if total > limits.max_prompt_bytes {
-                return Err(invalid(
-                    "messages",
-                    format!(
-                        "hold {total} bytes, over the limit of {}",
-                        limits.max_prompt_bytes
-                    ),
-                ));
+                return Err(invalid("messages", format!("hold {total} bytes, over the limit of {}", limits.max_prompt_bytes)));
             }
             PromptInput::Chat(msgs.clone())
         }
@@ -234,34 +193,16 @@ fn check_sampling(req: &JobRequest) -> Result<SamplingParams, ValidationError> {
         0 => None,
         k => Some(k as usize),
     };
-    Ok(SamplingParams {
-        temperature,
-        top_p,
-        top_k,
-        repetition_penalty: repetition_penalty as f32,
-        seed: req.seed,
-    })
+    Ok(SamplingParams { temperature, top_p, top_k, repetition_penalty: repetition_penalty as f32, seed: req.seed })
 }
 
 fn check_stop(req: &JobRequest) -> Result<Vec<String>, ValidationError> {
     let stop = req.stop.clone().unwrap_or_default();
     if stop.len() > MAX_STOP_STRINGS {
-        return Err(invalid(
-            "stop",
-            format!(
-                "holds {} strings, at most {MAX_STOP_STRINGS} are allowed",
-                stop.len()
-            ),
-        ));
+        return Err(invalid("stop", format!("holds {} strings, at most {MAX_STOP_STRINGS} are allowed", stop.len())));
     }
-    if let Some(s) = stop
-        .iter()
-        .find(|s| s.is_empty() || s.len() > MAX_STOP_BYTES)
-    {
-        return Err(invalid(
-            "stop",
-            format!("entry {s:?} must be 1..={MAX_STOP_BYTES} bytes"),
-        ));
+    if let Some(s) = stop.iter().find(|s| s.is_empty() || s.len() > MAX_STOP_BYTES) {
+        return Err(invalid("stop", format!("entry {s:?} must be 1..={MAX_STOP_BYTES} bytes")));
     }
     Ok(stop)
 }
@@ -270,28 +211,14 @@ fn check_stop(req: &JobRequest) -> Result<Vec<String>, ValidationError> {
 /// a worker receiving a job without one uses the AMQP `message_id`).
 pub fn validate(req: &JobRequest, limits: &Limits) -> Result<ValidJob, ValidationError> {
     if req.v != WIRE_VERSION {
-        return Err(invalid(
-            "v",
-            format!("is {}, only {WIRE_VERSION} is accepted", req.v),
-        ));
+        return Err(invalid("v", format!("is {}, only {WIRE_VERSION} is accepted", req.v)));
     }
     let id = req.id.clone().ok_or_else(|| invalid("id", "is required"))?;
     check_id("id", &id)?;
     let input = check_input(req, limits)?;
-    let model = req
-        .model
-        .clone()
-        .unwrap_or_else(|| DEFAULT_MODEL.to_string());
-    if model.is_empty()
-        || model.len() > 128
-        || !model
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-    {
-        return Err(invalid(
-            "model",
-            "must be 1..=128 characters of [A-Za-z0-9._-]",
-        ));
+    let model = req.model.clone().unwrap_or_else(|| DEFAULT_MODEL.to_string());
+    if model.is_empty() || model.len() > 128 || !model.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+        return Err(invalid("model", "must be 1..=128 characters of [A-Za-z0-9._-]"));
     }
     if req.max_length == Some(0) {
         return Err(invalid("max_length", "must be >= 1"));
@@ -302,56 +229,38 @@ pub fn validate(req: &JobRequest, limits: &Limits) -> Result<ValidJob, Validatio
         (None, None) => DEFAULT_MAX_NEW_TOKENS,
     };
     if max_new_tokens == 0 || max_new_tokens > limits.max_new_tokens {
-        return Err(invalid(
-            "max_new_tokens",
-            format!("must be 1..={}", limits.max_new_tokens),
-        ));
+        return Err(invalid("max_new_tokens", format!("must be 1..={}", limits.max_new_tokens)));
     }
     let min_new_tokens = req.min_new_tokens.unwrap_or(0);
     if min_new_tokens > max_new_tokens {
-        return Err(invalid(
-            "min_new_tokens",
-            format!("must be <= max_new_tokens ({max_new_tokens})"),
-        ));
+        return Err(invalid("min_new_tokens", format!("must be <= max_new_tokens ({max_new_tokens})")));
     }
     let sampling = check_sampling(req)?;
     let stop = check_stop(req)?;
     if let Some(b) = &req.batch {
         check_id("batch", b)?;
     }
-    for (field, k) in [
-        ("logprobs", req.logprobs),
-        ("prompt_logprobs", req.prompt_logprobs),
-    ] {
+    for (field, k) in [("logprobs", req.logprobs), ("prompt_logprobs", req.prompt_logprobs)] {
         if k.is_some_and(|k| k > MAX_TOP_LOGPROBS) {
             return Err(invalid(field, format!("must be 0..={MAX_TOP_LOGPROBS}")));
         }
     }
     if req.kind == JobKind::Score && req.logprobs.is_some() {
-        return Err(invalid(
-            "logprobs",
-            "is for generated tokens; a score job generates none (use prompt_logprobs)",
-        ));
+        return Err(invalid("logprobs", "is for generated tokens; a score job generates none (use prompt_logprobs)"));
     }
     let n = req.n.unwrap_or(1);
     if n == 0 || n > MAX_SAMPLES {
         return Err(invalid("n", format!("must be 1..={MAX_SAMPLES}")));
     }
     if n > 1 && req.kind == JobKind::Score {
-        return Err(invalid(
-            "n",
-            "is for generate jobs; a score job samples nothing",
-        ));
+        return Err(invalid("n", "is for generate jobs; a score job samples nothing"));
     }
     if n > 1 && req.stream == Some(true) {
         return Err(invalid("n", "above 1 cannot be streamed"));
     }
     if let Some(format) = &req.format {
         if req.kind == JobKind::Score {
-            return Err(invalid(
-                "format",
-                "is for generate jobs; a score job generates nothing",
-            ));
+            return Err(invalid("format", "is for generate jobs; a score job generates nothing"));
         }
         format.check().map_err(|e| invalid("format", e))?;
     }
@@ -403,58 +312,25 @@ mod tests {
             (r#"{"id":"a b","prompt":"hi"}"#, "id"),
             (r#"{"id":"a"}"#, "prompt"),
             (r#"{"id":"a","prompt":""}"#, "prompt"),
-            (
-                r#"{"id":"a","prompt":"x","messages":[{"role":"user","content":"y"}]}"#,
-                "prompt",
-            ),
+            (r#"{"id":"a","prompt":"x","messages":[{"role":"user","content":"y"}]}"#, "prompt"),
             (r#"{"id":"a","messages":[]}"#, "messages"),
-            (
-                r#"{"id":"a","messages":[{"role":"robot","content":"y"}]}"#,
-                "messages",
-            ),
-            (
-                r#"{"id":"a","prompt":"hi","max_new_tokens":0}"#,
-                "max_new_tokens",
-            ),
-            (
-                r#"{"id":"a","prompt":"hi","max_new_tokens":9000}"#,
-                "max_new_tokens",
-            ),
-            (
-                r#"{"id":"a","prompt":"hi","max_new_tokens":4,"min_new_tokens":5}"#,
-                "min_new_tokens",
-            ),
+            (r#"{"id":"a","messages":[{"role":"robot","content":"y"}]}"#, "messages"),
+            (r#"{"id":"a","prompt":"hi","max_new_tokens":0}"#, "max_new_tokens"),
+            (r#"{"id":"a","prompt":"hi","max_new_tokens":9000}"#, "max_new_tokens"),
+            (r#"{"id":"a","prompt":"hi","max_new_tokens":4,"min_new_tokens":5}"#, "min_new_tokens"),
             (r#"{"id":"a","prompt":"hi","logprobs":21}"#, "logprobs"),
-            (
-                r#"{"id":"a","prompt":"hi","prompt_logprobs":21}"#,
-                "prompt_logprobs",
-            ),
-            (
-                r#"{"id":"a","kind":"score","prompt":"hi there","logprobs":1}"#,
-                "logprobs",
-            ),
+            (r#"{"id":"a","prompt":"hi","prompt_logprobs":21}"#, "prompt_logprobs"),
+            (r#"{"id":"a","kind":"score","prompt":"hi there","logprobs":1}"#, "logprobs"),
             (r#"{"id":"a","prompt":"hi","n":0}"#, "n"),
             (r#"{"id":"a","prompt":"hi","n":17}"#, "n"),
-            (
-                r#"{"id":"a","kind":"score","prompt":"hi there","n":2}"#,
-                "n",
-            ),
+            (r#"{"id":"a","kind":"score","prompt":"hi there","n":2}"#, "n"),
             (r#"{"id":"a","prompt":"hi","n":2,"stream":true}"#, "n"),
             (r#"{"id":"a","prompt":"hi","max_length":0}"#, "max_length"),
-            (
-                r#"{"id":"a","prompt":"hi","temperature":-1}"#,
-                "temperature",
-            ),
+            (r#"{"id":"a","prompt":"hi","temperature":-1}"#, "temperature"),
             (r#"{"id":"a","prompt":"hi","top_p":0}"#, "top_p"),
             (r#"{"id":"a","prompt":"hi","top_p":1.5}"#, "top_p"),
-            (
-                r#"{"id":"a","prompt":"hi","repetition_penalty":0}"#,
-                "repetition_penalty",
-            ),
-            (
-                r#"{"id":"a","prompt":"hi","stop":["1","2","3","4","5","6","7","8","9"]}"#,
-                "stop",
-            ),
+            (r#"{"id":"a","prompt":"hi","repetition_penalty":0}"#, "repetition_penalty"),
+            (r#"{"id":"a","prompt":"hi","stop":["1","2","3","4","5","6","7","8","9"]}"#, "stop"),
             (r#"{"id":"a","prompt":"hi","stop":[""]}"#, "stop"),
             (r#"{"id":"a","prompt":"hi","model":"no/slash"}"#, "model"),
             (r#"{"id":"a","prompt":"hi","batch":"b c"}"#, "batch"),
@@ -469,52 +345,28 @@ mod tests {
     #[test]
     fn max_length_bounds_prompt_plus_new_tokens_with_at_least_one_new() {
         let j = job(r#"{"id":"a","prompt":"hi","max_length":50}"#).expect("valid");
-        assert_eq!(
-            j.max_new_tokens, 50,
-            "max_length alone sets the new-token bound"
-        );
+        assert_eq!(j.max_new_tokens, 50, "max_length alone sets the new-token bound");
         assert_eq!(j.new_token_budget(30), 20);
         assert_eq!(j.new_token_budget(50), 1);
         assert_eq!(j.new_token_budget(80), 1);
-        let j =
-            job(r#"{"id":"a","prompt":"hi","max_length":50,"max_new_tokens":8}"#).expect("valid");
+        let j = job(r#"{"id":"a","prompt":"hi","max_length":50,"max_new_tokens":8}"#).expect("valid");
         assert_eq!(j.new_token_budget(30), 8, "the smaller bound wins");
         assert_eq!(j.new_token_budget(45), 5);
         let j = job(r#"{"id":"a","prompt":"hi","max_length":100000}"#).expect("valid");
-        assert_eq!(
-            j.max_new_tokens,
-            Limits::default().max_new_tokens,
-            "capped by the model"
-        );
-        assert_eq!(
-            job(r#"{"id":"a","prompt":"hi"}"#)
-                .expect("valid")
-                .new_token_budget(10_000),
-            64
-        );
+        assert_eq!(j.max_new_tokens, Limits::default().max_new_tokens, "capped by the model");
+        assert_eq!(job(r#"{"id":"a","prompt":"hi"}"#).expect("valid").new_token_budget(10_000), 64);
     }
 
     #[test]
     fn unknown_fields_are_refused() {
-        let err = serde_json::from_str::<JobRequest>(r#"{"prompt":"hi","max_tokens":5}"#)
-            .expect_err("unknown");
+        let err = serde_json::from_str::<JobRequest>(r#"{"prompt":"hi","max_tokens":5}"#).expect_err("unknown");
         assert!(err.to_string().contains("max_tokens"), "{err}");
     }
 
     #[test]
     fn oversized_prompt_is_refused() {
-        let req = JobRequest {
-            id: Some("a".into()),
-            ..JobRequest::prompt("x".repeat(100))
-        };
-        let err = validate(
-            &req,
-            &Limits {
-                max_new_tokens: 10,
-                max_prompt_bytes: 50,
-            },
-        )
-        .expect_err("too big");
+        let req = JobRequest { id: Some("a".into()), ..JobRequest::prompt("x".repeat(100)) };
+        let err = validate(&req, &Limits { max_new_tokens: 10, max_prompt_bytes: 50 }).expect_err("too big");
         assert_eq!(err.field, "prompt");
     }
 }

@@ -20,8 +20,7 @@ pub use genq_worker::process::WorkerProcess;
 
 /// RabbitMQ URL used by tests (`GENQ_TEST_AMQP_URL`, else the local default).
 pub fn amqp_url() -> String {
-    std::env::var("GENQ_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+    std::env::var("GENQ_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
 /// Redis URL used by tests (`GENQ_TEST_REDIS_URL`, else the local default).
@@ -36,15 +35,9 @@ pub fn workspace_root() -> PathBuf {
 
 /// Path of a binary built by `cargo build --bins` (the test script builds them first).
 pub fn bin(name: &str) -> PathBuf {
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| workspace_root().join("target"));
+    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| workspace_root().join("target"));
     let path = target.join("debug").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --bins` first (scripts/test.sh does)",
-        path.display()
-    );
+    assert!(path.exists(), "{} is missing: run `cargo build --bins` first (scripts/test.sh does)", path.display());
     path
 }
 
@@ -59,21 +52,14 @@ pub fn scratch_dir() -> PathBuf {
 /// when the test command requires the model (`GENQ_REQUIRE_MODEL=1`) and it is missing.
 pub fn default_model() -> PathBuf {
     let p = workspace_root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        p.exists(),
-        "the default model is missing at {}: run scripts/fetch-model.sh",
-        p.display()
-    );
+    assert!(p.exists(), "the default model is missing at {}: run scripts/fetch-model.sh", p.display());
     p
 }
 
 /// A name unique to this test run: used as model name (so queues are private to the test)
 /// and as Redis key prefix.
 pub fn unique(tag: &str) -> String {
-    format!(
-        "t-{tag}-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..10]
-    )
+    format!("t-{tag}-{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
 }
 
 /// A test's private corner of the shared services.
@@ -93,12 +79,7 @@ impl Sandbox {
     /// A new sandbox named after `tag`.
     pub fn new(tag: &str) -> Self {
         let model = unique(tag);
-        Self {
-            prefix: model.clone(),
-            model,
-            redis: redis_url(),
-            amqp: amqp_url(),
-        }
+        Self { prefix: model.clone(), model, redis: redis_url(), amqp: amqp_url() }
     }
 
     /// This sandbox, with RabbitMQ at `urls` (e.g. a node list whose first entry is dead).
@@ -115,14 +96,7 @@ impl Sandbox {
 
     /// Flags that point a `genq` or `genq-worker` command at this sandbox.
     pub fn flags(&self) -> Vec<String> {
-        vec![
-            "--amqp-url".into(),
-            self.amqp.clone(),
-            "--redis-url".into(),
-            self.redis.clone(),
-            "--key-prefix".into(),
-            self.prefix.clone(),
-        ]
+        vec!["--amqp-url".into(), self.amqp.clone(), "--redis-url".into(), self.redis.clone(), "--key-prefix".into(), self.prefix.clone()]
     }
 
     /// Starts `genq-worker` for this sandbox with extra flags; logs go to a file in [`scratch_dir`].
@@ -132,16 +106,9 @@ impl Sandbox {
 
     /// As [`Sandbox::worker`], with extra environment variables (thread counts, settings).
     pub fn worker_with_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Worker {
-        let log = scratch_dir().join(format!(
-            "{}-{}.log",
-            self.model,
-            uuid::Uuid::new_v4().simple()
-        ));
+        let log = scratch_dir().join(format!("{}-{}.log", self.model, uuid::Uuid::new_v4().simple()));
         let mut cmd = Command::new(bin("genq-worker"));
-        cmd.args(self.flags())
-            .args(["--model-name", &self.model, "--metrics-addr", "127.0.0.1:0"])
-            .args(extra)
-            .envs(env.iter().copied());
+        cmd.args(self.flags()).args(["--model-name", &self.model, "--metrics-addr", "127.0.0.1:0"]).args(extra).envs(env.iter().copied());
         Worker(WorkerProcess::spawn(cmd, log).expect("spawn genq-worker"))
     }
 
@@ -154,9 +121,7 @@ impl Sandbox {
 
     /// A result client for this sandbox.
     pub async fn results(&self) -> genq_producer::ResultClient {
-        genq_producer::ResultClient::connect(&self.redis, &self.prefix)
-            .await
-            .expect("redis")
+        genq_producer::ResultClient::connect(&self.redis, &self.prefix).await.expect("redis")
     }
 
     /// A producer for this sandbox (declares this sandbox's queues).
@@ -165,44 +130,26 @@ impl Sandbox {
             default_model: self.model.clone(),
             ..genq_shared::settings::ProducerSettings::default()
         };
-        genq_producer::Producer::connect(
-            &self.amqp,
-            &settings,
-            &genq_shared::settings::QueueSettings::default(),
-        )
-        .await
-        .expect("producer")
-        .with_results(self.results().await)
+        genq_producer::Producer::connect(&self.amqp, &settings, &genq_shared::settings::QueueSettings::default())
+            .await
+            .expect("producer")
+            .with_results(self.results().await)
     }
 
     /// Publishes a raw body to this sandbox's normal queue, as any AMQP client could.
     pub async fn publish_raw(&self, body: &[u8], message_id: Option<&str>) {
-        let conn = genq_protocol::broker::connect(&self.amqp, "genq-test")
-            .await
-            .expect("amqp");
+        let conn = genq_protocol::broker::connect(&self.amqp, "genq-test").await.expect("amqp");
         let ch = conn.create_channel().await.expect("channel");
-        ch.confirm_select(Default::default())
+        ch.confirm_select(Default::default()).await.expect("confirms");
+        genq_protocol::broker::declare_topology(&ch, &self.model, genq_shared::settings::QueueSettings::default().limits())
             .await
-            .expect("confirms");
-        genq_protocol::broker::declare_topology(
-            &ch,
-            &self.model,
-            genq_shared::settings::QueueSettings::default().limits(),
-        )
-        .await
-        .expect("topology");
+            .expect("topology");
         let mut props = BasicProperties::default().with_delivery_mode(2);
         if let Some(id) = message_id {
             props = props.with_message_id(id.into());
         }
         let confirm = ch
-            .basic_publish(
-                genq_shared::topology::JOBS_EXCHANGE.into(),
-                self.model.as_str().into(),
-                BasicPublishOptions::default(),
-                body,
-                props,
-            )
+            .basic_publish(genq_shared::topology::JOBS_EXCHANGE.into(), self.model.as_str().into(), BasicPublishOptions::default(), body, props)
             .await
             .expect("publish")
             .await
@@ -213,19 +160,12 @@ impl Sandbox {
 
     /// Number of messages ready in this sandbox's normal queue.
     pub async fn ready_messages(&self) -> u32 {
-        let conn = genq_protocol::broker::connect(&self.amqp, "genq-test")
-            .await
-            .expect("amqp");
+        let conn = genq_protocol::broker::connect(&self.amqp, "genq-test").await.expect("amqp");
         let ch = conn.create_channel().await.expect("channel");
         let q = ch
             .queue_declare(
-                genq_shared::topology::queue_name(&self.model, genq_shared::Priority::Normal)
-                    .as_str()
-                    .into(),
-                lapin::options::QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
+                genq_shared::topology::queue_name(&self.model, genq_shared::Priority::Normal).as_str().into(),
+                lapin::options::QueueDeclareOptions { passive: true, ..Default::default() },
                 Default::default(),
             )
             .await
@@ -237,15 +177,11 @@ impl Sandbox {
 
     /// Deletes this sandbox's queues.
     pub async fn cleanup(&self) {
-        let Ok(conn) = genq_protocol::broker::connect(&self.amqp, "genq-test").await else {
-            return;
-        };
+        let Ok(conn) = genq_protocol::broker::connect(&self.amqp, "genq-test").await else { return };
         if let Ok(ch) = conn.create_channel().await {
             for p in genq_shared::Priority::ALL {
                 let q = genq_shared::topology::queue_name(&self.model, p);
-                let _ = ch
-                    .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                    .await;
+                let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
             }
         }
         let _ = conn.close(200, "bye".into()).await;
@@ -269,24 +205,12 @@ impl Worker {
     pub fn metrics_addr(&self) -> Option<String> {
         let log = self.log_text();
         let at = log.find("metrics=")? + "metrics=".len();
-        Some(
-            log[at..]
-                .split_whitespace()
-                .next()?
-                .trim_matches('"')
-                .to_string(),
-        )
+        Some(log[at..].split_whitespace().next()?.trim_matches('"').to_string())
     }
 
     /// The value of one series (`name` or `name{labels}` exactly as rendered) on its `/metrics`.
     pub fn metric(&self, series: &str) -> Option<f64> {
         let (_, text) = prometheus::http_get(&self.metrics_addr()?, "/metrics").ok()?;
-        text.lines().find_map(|l| {
-            l.strip_prefix(series)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
+        text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
     }
 }

@@ -10,9 +10,7 @@ use std::time::{Duration, Instant};
 /// Path of a Prometheus binary (`prometheus`, `promtool`) on `PATH`; `None` when absent.
 pub fn tool(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
+    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
 }
 
 /// `GET path` on `addr` over HTTP/1.0 (so the body is never chunked); returns status and body.
@@ -22,15 +20,8 @@ pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
     let mut raw = String::new();
     s.read_to_string(&mut raw)?;
-    let status = raw
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = raw
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
+    let status = raw.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     Ok((status, body))
 }
 
@@ -51,42 +42,26 @@ pub struct Prometheus {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
 }
 
 impl Prometheus {
     /// Starts Prometheus scraping `jobs` every second and waits until it is ready.
     pub fn start(jobs: &[ScrapeJob<'_>]) -> Prometheus {
-        let bin = tool("prometheus").expect(
-            "prometheus is not installed: run scripts/prometheus.sh (scripts/test.sh does)",
-        );
+        let bin = tool("prometheus").expect("prometheus is not installed: run scripts/prometheus.sh (scripts/test.sh does)");
         let dir = crate::scratch_dir().join(crate::unique("prometheus"));
         std::fs::create_dir_all(dir.join("data")).expect("prometheus dir");
-        let mut config =
-            String::from("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n");
+        let mut config = String::from("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n");
         for job in jobs {
             let targets: Vec<String> = job.targets.iter().map(|t| format!("\"{t}\"")).collect();
-            config.push_str(&format!(
-                "  - job_name: {}\n    static_configs:\n      - targets: [{}]\n",
-                job.name,
-                targets.join(", ")
-            ));
+            config.push_str(&format!("  - job_name: {}\n    static_configs:\n      - targets: [{}]\n", job.name, targets.join(", ")));
         }
         std::fs::write(dir.join("prometheus.yml"), config).expect("prometheus config");
         let addr = format!("127.0.0.1:{}", free_port());
         let log = std::fs::File::create(dir.join("prometheus.log")).expect("prometheus log");
         let child = Command::new(bin)
-            .arg(format!(
-                "--config.file={}",
-                dir.join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
+            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
             .arg(format!("--web.listen-address={addr}"))
             .arg("--log.level=warn")
             .stdout(Stdio::null())
@@ -112,15 +87,10 @@ impl Prometheus {
     /// Evaluates `expr` at `time` (Unix seconds) through `/api/v1/query`; returns `data.result`,
     /// or the error Prometheus gave.
     pub fn query(&self, expr: &str, time: f64) -> Result<Vec<serde_json::Value>, String> {
-        let query: String = url::form_urlencoded::Serializer::new(String::new())
-            .append_pair("query", expr)
-            .append_pair("time", &format!("{time:.3}"))
-            .finish();
+        let query: String = url::form_urlencoded::Serializer::new(String::new()).append_pair("query", expr).append_pair("time", &format!("{time:.3}")).finish();
         let path = format!("/api/v1/query?{query}");
-        let (status, body) =
-            http_get(&self.addr, &path).map_err(|e| format!("query {expr}: {e}"))?;
-        let v: serde_json::Value = serde_json::from_str(&body)
-            .map_err(|e| format!("HTTP {status}, not JSON ({e}): {body}"))?;
+        let (status, body) = http_get(&self.addr, &path).map_err(|e| format!("query {expr}: {e}"))?;
+        let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| format!("HTTP {status}, not JSON ({e}): {body}"))?;
         if v["status"] != "success" {
             return Err(format!("HTTP {status}: {} {}", v["errorType"], v["error"]));
         }
@@ -129,9 +99,7 @@ impl Prometheus {
 
     /// Health of every scrape target, as `(job, health, last error)`.
     pub fn targets(&self) -> Vec<(String, String, String)> {
-        let Ok((_, body)) = http_get(&self.addr, "/api/v1/targets") else {
-            return Vec::new();
-        };
+        let Ok((_, body)) = http_get(&self.addr, "/api/v1/targets") else { return Vec::new() };
         let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
         v["data"]["activeTargets"]
             .as_array()
@@ -139,11 +107,7 @@ impl Prometheus {
                 ts.iter()
                     .map(|t| {
                         let s = |k: &str| t[k].as_str().unwrap_or_default().to_string();
-                        (
-                            t["labels"]["job"].as_str().unwrap_or_default().to_string(),
-                            s("health"),
-                            s("lastError"),
-                        )
+                        (t["labels"]["job"].as_str().unwrap_or_default().to_string(), s("health"), s("lastError"))
                     })
                     .collect()
             })
@@ -167,16 +131,8 @@ impl Drop for Prometheus {
 /// Runs `promtool check config` on `file`; returns its output on failure.
 pub fn check_config(file: &Path) -> Result<String, String> {
     let bin = tool("promtool").ok_or("promtool is not installed: run scripts/prometheus.sh")?;
-    let out = Command::new(bin)
-        .args(["check", "config"])
-        .arg(file)
-        .output()
-        .map_err(|e| e.to_string())?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new(bin).args(["check", "config"]).arg(file).output().map_err(|e| e.to_string())?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     if out.status.success() {
         Ok(text)
     } else {

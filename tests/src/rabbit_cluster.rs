@@ -44,26 +44,15 @@ fn epmd() -> PathBuf {
 
 /// `epmd -names`, or `None` when no epmd answers.
 fn epmd_names() -> Option<String> {
-    let out = Command::new(epmd())
-        .arg("-names")
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    let out = Command::new(epmd()).arg("-names").stdin(Stdio::null()).stderr(Stdio::null()).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Starts epmd (loopback only) unless one runs already; a node would start it too, but then as
 /// its own child, on all interfaces.
 fn ensure_epmd() {
     if epmd_names().is_none() {
-        let _ = Command::new(epmd())
-            .arg("-daemon")
-            .env("ERL_EPMD_ADDRESS", "127.0.0.1")
-            .stdin(Stdio::null())
-            .status();
+        let _ = Command::new(epmd()).arg("-daemon").env("ERL_EPMD_ADDRESS", "127.0.0.1").stdin(Stdio::null()).status();
     }
 }
 
@@ -91,25 +80,14 @@ fn beam_of(wrapper: u32) -> Option<u32> {
     let children: Vec<(u32, String)> = std::fs::read_dir("/proc")
         .ok()?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|pid| {
-            proc_stat(pid)
-                .filter(|(state, ppid, _)| *ppid == wrapper && *state != 'Z')
-                .map(|(_, _, comm)| (pid, comm))
-        })
+        .filter_map(|pid| proc_stat(pid).filter(|(state, ppid, _)| *ppid == wrapper && *state != 'Z').map(|(_, _, comm)| (pid, comm)))
         .collect();
-    children
-        .iter()
-        .find(|(_, comm)| comm == "beam.smp")
-        .or(children.first())
-        .map(|(pid, _)| *pid)
+    children.iter().find(|(_, comm)| comm == "beam.smp").or(children.first()).map(|(pid, _)| *pid)
 }
 
 /// SIGKILL.
 fn sigkill(pid: u32) {
-    let _ = Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .stderr(Stdio::null())
-        .status();
+    let _ = Command::new("kill").args(["-9", &pid.to_string()]).stderr(Stdio::null()).status();
 }
 
 /// The last `n` lines of a file (empty if unreadable).
@@ -123,40 +101,18 @@ fn tail(path: &Path, n: usize) -> String {
 /// timed out), and removes their folders. A node is only killed if its environment names that
 /// folder, so a recycled pid is never hit.
 fn reap_stale() {
-    let Ok(entries) = std::fs::read_dir(crate::scratch_dir()) else {
-        return;
-    };
+    let Ok(entries) = std::fs::read_dir(crate::scratch_dir()) else { return };
     for dir in entries.filter_map(|e| e.ok()).map(|e| e.path()) {
-        if !dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with(DIR_PREFIX))
-        {
+        if !dir.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(DIR_PREFIX)) {
             continue;
         }
         // No owner file yet: a cluster being set up right now.
-        let Some(owner) = std::fs::read_to_string(dir.join("owner"))
-            .ok()
-            .and_then(|s| s.trim().parse::<u32>().ok())
-        else {
-            continue;
-        };
+        let Some(owner) = std::fs::read_to_string(dir.join("owner")).ok().and_then(|s| s.trim().parse::<u32>().ok()) else { continue };
         if alive(owner) {
             continue;
         }
-        for node in std::fs::read_dir(&dir)
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .filter(|p| p.is_dir())
-        {
-            let Some(pid) = std::fs::read_to_string(node.join("pid"))
-                .ok()
-                .and_then(|s| s.trim().parse::<u32>().ok())
-            else {
-                continue;
-            };
+        for node in std::fs::read_dir(&dir).into_iter().flatten().filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_dir()) {
+            let Some(pid) = std::fs::read_to_string(node.join("pid")).ok().and_then(|s| s.trim().parse::<u32>().ok()) else { continue };
             let mark = format!("RABBITMQ_MNESIA_BASE={}", node.join("mnesia").display());
             let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
             if environ.split(|b| *b == 0).any(|v| v == mark.as_bytes()) {
@@ -206,20 +162,14 @@ impl RabbitCluster {
         let dir = crate::scratch_dir().join(format!("{DIR_PREFIX}{id}"));
         let home = dir.join("home");
         std::fs::create_dir_all(&home).expect("rabbit cluster folder");
-        std::fs::write(dir.join("owner"), std::process::id().to_string())
-            .expect("rabbit cluster owner file");
+        std::fs::write(dir.join("owner"), std::process::id().to_string()).expect("rabbit cluster owner file");
         // The cluster's own cookie (so it can never talk to the shared broker), read by the
         // nodes and by rabbitmqctl from $HOME; Erlang wants it private.
         let cookie = home.join(".erlang.cookie");
-        std::fs::write(
-            &cookie,
-            format!("GENQ{}", uuid::Uuid::new_v4().simple()).to_uppercase(),
-        )
-        .expect("erlang cookie");
+        std::fs::write(&cookie, format!("GENQ{}", uuid::Uuid::new_v4().simple()).to_uppercase()).expect("erlang cookie");
         {
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&cookie, std::fs::Permissions::from_mode(0o400))
-                .expect("erlang cookie mode");
+            std::fs::set_permissions(&cookie, std::fs::Permissions::from_mode(0o400)).expect("erlang cookie mode");
         }
         // An empty env file, so /etc/rabbitmq/rabbitmq-env.conf (the shared broker's node name)
         // is not read.
@@ -246,15 +196,7 @@ impl RabbitCluster {
             )
             .expect("rabbitmq.conf");
             std::fs::write(node_dir.join("enabled_plugins"), "[].\n").expect("enabled_plugins");
-            nodes.push(Node {
-                name: format!("{short}@localhost"),
-                short,
-                dir: node_dir,
-                amqp_port,
-                dist_port,
-                wrapper: None,
-                beam: None,
-            });
+            nodes.push(Node { name: format!("{short}@localhost"), short, dir: node_dir, amqp_port, dist_port, wrapper: None, beam: None });
         }
         let mut cluster = RabbitCluster { dir, nodes };
         for i in 0..3 {
@@ -275,10 +217,7 @@ impl RabbitCluster {
 
     /// `amqp://guest:guest@127.0.0.1:<port>/%2f` of each node (guest may log in from loopback).
     pub fn amqp_urls(&self) -> Vec<String> {
-        self.nodes
-            .iter()
-            .map(|n| format!("amqp://guest:guest@127.0.0.1:{}/%2f", n.amqp_port))
-            .collect()
+        self.nodes.iter().map(|n| format!("amqp://guest:guest@127.0.0.1:{}/%2f", n.amqp_port)).collect()
     }
 
     /// [`RabbitCluster::amqp_urls`] joined with commas, as `--amqp-url` and [`crate::Sandbox::with_amqp`] take them.
@@ -310,43 +249,24 @@ impl RabbitCluster {
     /// (just after a kill, it may still name the killed node until a new leader is elected).
     /// Panics if no running node lists the queue with a leader.
     pub fn leader_of(&self, queue: &str) -> usize {
-        let i = (0..3)
-            .find(|&i| self.is_running(i))
-            .expect("no node of the rabbit cluster runs");
+        let i = (0..3).find(|&i| self.is_running(i)).expect("no node of the rabbit cluster runs");
         let out = self.ctl(i, &["-s", "list_queues", "-p", "/", "name", "leader"]);
-        let leader = out
-            .lines()
-            .filter_map(|l| l.split_once('\t'))
-            .find(|(name, _)| *name == queue)
-            .map(|(_, leader)| leader.trim());
+        let leader = out.lines().filter_map(|l| l.split_once('\t')).find(|(name, _)| *name == queue).map(|(_, leader)| leader.trim());
         leader
             .and_then(|leader| self.nodes.iter().position(|n| n.name == leader))
-            .unwrap_or_else(|| {
-                panic!(
-                    "no leader for queue {queue} on {} (list_queues name leader):\n{out}",
-                    self.nodes[i].name
-                )
-            })
+            .unwrap_or_else(|| panic!("no leader for queue {queue} on {} (list_queues name leader):\n{out}", self.nodes[i].name))
     }
 
     /// Kills node `i` (SIGKILL to its Erlang VM, no clean shutdown) and waits until it is gone.
     pub fn kill(&mut self, i: usize) {
-        assert!(
-            self.is_running(i),
-            "rabbit node {} is not running",
-            self.nodes[i].name
-        );
+        assert!(self.is_running(i), "rabbit node {} is not running", self.nodes[i].name);
         self.stop(i);
     }
 
     /// Starts node `i` again with its data (after [`RabbitCluster::kill`]), and waits until it
     /// runs and is back in the cluster with the other running nodes.
     pub fn restart(&mut self, i: usize) {
-        assert!(
-            !self.is_running(i),
-            "rabbit node {} is running: kill it first",
-            self.nodes[i].name
-        );
+        assert!(!self.is_running(i), "rabbit node {} is running: kill it first", self.nodes[i].name);
         self.spawn(i);
         self.await_boot(i);
         self.await_clustered(i);
@@ -378,11 +298,7 @@ impl RabbitCluster {
             .stdin(Stdio::null())
             .output()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", sbin("rabbitmqctl").display()));
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
     }
 
     /// Starts node `i`'s `rabbitmq-server` (in the foreground, as the test's child; output
@@ -391,11 +307,7 @@ impl RabbitCluster {
         let home = self.dir.join("home");
         let env_file = self.dir.join("rabbitmq-env.conf");
         let node = &mut self.nodes[i];
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(node.dir.join("stdout.log"))
-            .expect("node stdout.log");
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(node.dir.join("stdout.log")).expect("node stdout.log");
         let err = out.try_clone().expect("node stdout.log");
         let child = Command::new(sbin("rabbitmq-server"))
             .current_dir(&node.dir)
@@ -404,21 +316,12 @@ impl RabbitCluster {
             .env("RABBITMQ_DIST_PORT", node.dist_port.to_string())
             .env("RABBITMQ_CONF_ENV_FILE", env_file)
             .env("RABBITMQ_CONFIG_FILE", node.dir.join("rabbitmq.conf"))
-            .env(
-                "RABBITMQ_ADVANCED_CONFIG_FILE",
-                node.dir.join("advanced.config"),
-            )
-            .env(
-                "RABBITMQ_ENABLED_PLUGINS_FILE",
-                node.dir.join("enabled_plugins"),
-            )
+            .env("RABBITMQ_ADVANCED_CONFIG_FILE", node.dir.join("advanced.config"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", node.dir.join("enabled_plugins"))
             .env("RABBITMQ_MNESIA_BASE", node.dir.join("mnesia"))
             .env("RABBITMQ_LOG_BASE", node.dir.join("log"))
             .env("RABBITMQ_PID_FILE", node.dir.join("pid"))
-            .env(
-                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
-                "-kernel inet_dist_use_interface {127,0,0,1}",
-            )
+            .env("RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS", "-kernel inet_dist_use_interface {127,0,0,1}")
             .env("ERL_EPMD_ADDRESS", "127.0.0.1")
             .env_remove("RABBITMQ_USE_LONGNAME")
             .env_remove("RABBITMQ_ALLOW_INPUT")
@@ -448,23 +351,13 @@ impl RabbitCluster {
 
     /// Whether node `i`'s script has exited (the node died).
     fn exited(&mut self, i: usize) -> bool {
-        self.nodes[i]
-            .wrapper
-            .as_mut()
-            .is_none_or(|c| !matches!(c.try_wait(), Ok(None)))
+        self.nodes[i].wrapper.as_mut().is_none_or(|c| !matches!(c.try_wait(), Ok(None)))
     }
 
     /// Polls `probe` every `pause` until it answers `Ok`; fails naming node `i` when its script
     /// exits (`during` says what the node was doing) or when `deadline` passes (with the probe's
     /// last answer).
-    fn poll(
-        &mut self,
-        i: usize,
-        deadline: Instant,
-        pause: Duration,
-        during: &str,
-        mut probe: impl FnMut(&Self) -> Result<(), String>,
-    ) {
+    fn poll(&mut self, i: usize, deadline: Instant, pause: Duration, during: &str, mut probe: impl FnMut(&Self) -> Result<(), String>) {
         loop {
             if self.exited(i) {
                 self.fail(i, &format!("exited while {during}"));
@@ -491,78 +384,42 @@ impl RabbitCluster {
             }
         });
         self.poll(i, deadline, Duration::from_millis(500), "starting", |c| {
-            let left = deadline
-                .saturating_duration_since(Instant::now())
-                .as_secs()
-                .max(5)
-                .to_string();
+            let left = deadline.saturating_duration_since(Instant::now()).as_secs().max(5).to_string();
             match c.try_ctl(i, &["-q", "await_startup", "-t", &left]) {
                 (true, _, _) => Ok(()),
-                (false, stdout, stderr) => Err(format!(
-                    "did not boot in {BOOT_TIMEOUT:?}: {stdout}{stderr}"
-                )),
+                (false, stdout, stderr) => Err(format!("did not boot in {BOOT_TIMEOUT:?}: {stdout}{stderr}")),
             }
         });
-        let wrapper = self.nodes[i]
-            .wrapper
-            .as_ref()
-            .map(|c| c.id())
-            .expect("node script");
+        let wrapper = self.nodes[i].wrapper.as_ref().map(|c| c.id()).expect("node script");
         match beam_of(wrapper) {
             Some(pid) => self.nodes[i].beam = Some(pid),
-            None => self.fail(
-                i,
-                "runs, but its Erlang VM is not a child of its rabbitmq-server script",
-            ),
+            None => self.fail(i, "runs, but its Erlang VM is not a child of its rabbitmq-server script"),
         }
     }
 
     /// Waits until node `i` reports every running node of the cluster as running.
     fn await_clustered(&mut self, i: usize) {
-        let want: Vec<String> = self
-            .nodes
-            .iter()
-            .filter(|n| n.wrapper.is_some())
-            .map(|n| n.name.clone())
-            .collect();
+        let want: Vec<String> = self.nodes.iter().filter(|n| n.wrapper.is_some()).map(|n| n.name.clone()).collect();
         let deadline = Instant::now() + Duration::from_secs(60);
-        self.poll(
-            i,
-            deadline,
-            Duration::from_millis(500),
-            "joining the cluster",
-            |c| {
-                let (ok, stdout, stderr) = c.try_ctl(i, &["cluster_status", "--formatter", "json"]);
-                let running: Vec<String> = serde_json::from_str::<serde_json::Value>(&stdout)
-                    .ok()
-                    .and_then(|v| {
-                        Some(
-                            v.get("running_nodes")?
-                                .as_array()?
-                                .iter()
-                                .filter_map(|n| Some(n.as_str()?.to_string()))
-                                .collect(),
-                        )
-                    })
-                    .unwrap_or_default();
-                if ok && want.iter().all(|n| running.contains(n)) {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "does not see all of {want:?} running (cluster_status: {stdout}{stderr})"
-                    ))
-                }
-            },
-        );
+        self.poll(i, deadline, Duration::from_millis(500), "joining the cluster", |c| {
+            let (ok, stdout, stderr) = c.try_ctl(i, &["cluster_status", "--formatter", "json"]);
+            let running: Vec<String> = serde_json::from_str::<serde_json::Value>(&stdout)
+                .ok()
+                .and_then(|v| Some(v.get("running_nodes")?.as_array()?.iter().filter_map(|n| Some(n.as_str()?.to_string())).collect()))
+                .unwrap_or_default();
+            if ok && want.iter().all(|n| running.contains(n)) {
+                Ok(())
+            } else {
+                Err(format!("does not see all of {want:?} running (cluster_status: {stdout}{stderr})"))
+            }
+        });
     }
 
     /// SIGKILLs node `i`'s VM (and its script, if it lingers) and waits until both are gone;
     /// never panics (also used when dropped).
     fn stop(&mut self, i: usize) {
         let node = &mut self.nodes[i];
-        let Some(mut wrapper) = node.wrapper.take() else {
-            return;
-        };
+        let Some(mut wrapper) = node.wrapper.take() else { return };
         let beam = node.beam.take().or_else(|| beam_of(wrapper.id()));
         if let Some(pid) = beam {
             sigkill(pid);

@@ -31,57 +31,26 @@ pub struct Tally {
 impl Tally {
     /// Counts `results` of `confirmed` jobs (`None`: no result at all).
     pub fn of(confirmed: usize, results: &[Option<JobResult>]) -> Self {
-        let finals: Vec<&JobResult> = results
-            .iter()
-            .flatten()
-            .filter(|r| r.status.is_some_and(JobStatus::is_final))
-            .collect();
+        let finals: Vec<&JobResult> = results.iter().flatten().filter(|r| r.status.is_some_and(JobStatus::is_final)).collect();
         let mut failed_by_kind = BTreeMap::new();
-        for r in finals
-            .iter()
-            .filter(|r| r.status == Some(JobStatus::Failed))
-        {
-            *failed_by_kind
-                .entry(r.error_kind.clone().unwrap_or_else(|| "unknown".into()))
-                .or_default() += 1;
+        for r in finals.iter().filter(|r| r.status == Some(JobStatus::Failed)) {
+            *failed_by_kind.entry(r.error_kind.clone().unwrap_or_else(|| "unknown".into())).or_default() += 1;
         }
         Tally {
             confirmed,
-            done: finals
-                .iter()
-                .filter(|r| r.status == Some(JobStatus::Done))
-                .count(),
-            failed: finals
-                .iter()
-                .filter(|r| r.status == Some(JobStatus::Failed))
-                .count(),
+            done: finals.iter().filter(|r| r.status == Some(JobStatus::Done)).count(),
+            failed: finals.iter().filter(|r| r.status == Some(JobStatus::Failed)).count(),
             failed_by_kind,
             lost: confirmed - finals.len(),
-            duplicate_executions: results
-                .iter()
-                .flatten()
-                .filter(|r| r.attempts.unwrap_or(0) > 1)
-                .count(),
-            longest_wait_ms: finals
-                .iter()
-                .filter_map(|r| Some(r.finished_ms?.saturating_sub(r.created_ms?)))
-                .max()
-                .unwrap_or(0),
+            duplicate_executions: results.iter().flatten().filter(|r| r.attempts.unwrap_or(0) > 1).count(),
+            longest_wait_ms: finals.iter().filter_map(|r| Some(r.finished_ms?.saturating_sub(r.created_ms?))).max().unwrap_or(0),
         }
     }
 
     /// Prints the scenario's line (and appends it to `faults.txt` in the scratch folder).
     pub fn print(&self, scenario: &str) -> String {
-        let reasons: Vec<String> = self
-            .failed_by_kind
-            .iter()
-            .map(|(k, n)| format!("{n} {k}"))
-            .collect();
-        let reasons = if reasons.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", reasons.join(", "))
-        };
+        let reasons: Vec<String> = self.failed_by_kind.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        let reasons = if reasons.is_empty() { String::new() } else { format!(" ({})", reasons.join(", ")) };
         let line = format!(
             "{scenario}: {} confirmed, {} done, {} failed{reasons}, {} lost, {} duplicate-executions, longest wait {:.1} s",
             self.confirmed,
@@ -104,21 +73,14 @@ impl Tally {
 /// Jobs of three words each, so each runs `tokens` echo steps; ids `<tag>-<i>`.
 pub fn jobs(tag: &str, n: usize, tokens: u32) -> Vec<JobRequest> {
     (0..n)
-        .map(|i| JobRequest {
-            id: Some(format!("{tag}-{i}")),
-            max_new_tokens: Some(tokens),
-            ..JobRequest::prompt(format!("w{i} a b"))
-        })
+        .map(|i| JobRequest { id: Some(format!("{tag}-{i}")), max_new_tokens: Some(tokens), ..JobRequest::prompt(format!("w{i} a b")) })
         .collect()
 }
 
 /// Publishes `jobs` through `producer`, and again (after a pause) those RabbitMQ nacked, as its
 /// error asks: a quorum queue nacks publishes while it has no leader, during a node failover.
 /// Returns the confirmed ids and the number of nacks.
-pub async fn publish_through_nacks(
-    producer: &genq_producer::Producer,
-    mut jobs: Vec<JobRequest>,
-) -> (Vec<String>, usize) {
+pub async fn publish_through_nacks(producer: &genq_producer::Producer, mut jobs: Vec<JobRequest>) -> (Vec<String>, usize) {
     let (mut ids, mut nacks) = (Vec::new(), 0);
     for _ in 0..60 {
         let results = producer.submit_many(jobs.clone(), |_| {}).await;
@@ -143,12 +105,7 @@ pub async fn publish_through_nacks(
 /// Publishes `jobs` with a producer of `sb`; returns the ids the broker confirmed.
 pub async fn publish(sb: &Sandbox, jobs: Vec<JobRequest>) -> Vec<String> {
     let producer = sb.producer().await;
-    let ids: Vec<String> = producer
-        .submit_many(jobs, |_| {})
-        .await
-        .into_iter()
-        .filter_map(Result::ok)
-        .collect();
+    let ids: Vec<String> = producer.submit_many(jobs, |_| {}).await.into_iter().filter_map(Result::ok).collect();
     producer.close().await;
     ids
 }
@@ -156,27 +113,15 @@ pub async fn publish(sb: &Sandbox, jobs: Vec<JobRequest>) -> Vec<String> {
 /// Ids of `ids` whose result is `done` now.
 pub async fn done_ids(sb: &Sandbox, ids: &[String]) -> Vec<String> {
     // Nothing counts as done while Redis cannot answer (still loading after a restart).
-    let Ok(results) = sb.results().await.get_many(ids).await else {
-        return Vec::new();
-    };
-    ids.iter()
-        .zip(results)
-        .filter(|(_, r)| {
-            r.as_ref()
-                .is_some_and(|r| r.status == Some(JobStatus::Done))
-        })
-        .map(|(id, _)| id.clone())
-        .collect()
+    let Ok(results) = sb.results().await.get_many(ids).await else { return Vec::new() };
+    ids.iter().zip(results).filter(|(_, r)| r.as_ref().is_some_and(|r| r.status == Some(JobStatus::Done))).map(|(id, _)| id.clone()).collect()
 }
 
 /// Waits until at least `n` of `ids` are done (60 s at most).
 pub async fn until_done(sb: &Sandbox, ids: &[String], n: usize) {
     let until = Instant::now() + Duration::from_secs(60);
     while done_ids(sb, ids).await.len() < n {
-        assert!(
-            Instant::now() < until,
-            "fewer than {n} jobs finished in time"
-        );
+        assert!(Instant::now() < until, "fewer than {n} jobs finished in time");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -184,17 +129,8 @@ pub async fn until_done(sb: &Sandbox, ids: &[String], n: usize) {
 /// Counts now; `Err` while Redis cannot answer (a Redis just restarted answers LOADING while it
 /// reads its append-only file back), the error cut short.
 pub async fn tally_now(sb: &Sandbox, ids: &[String]) -> Result<(Tally, usize), String> {
-    let results = sb
-        .results()
-        .await
-        .get_many(ids)
-        .await
-        .map_err(|e| e.to_string().chars().take(300).collect::<String>())?;
-    let finished = results
-        .iter()
-        .flatten()
-        .filter(|r| r.status.is_some_and(JobStatus::is_final))
-        .count();
+    let results = sb.results().await.get_many(ids).await.map_err(|e| e.to_string().chars().take(300).collect::<String>())?;
+    let finished = results.iter().flatten().filter(|r| r.status.is_some_and(JobStatus::is_final)).count();
     Ok((Tally::of(ids.len(), &results), finished))
 }
 

@@ -20,20 +20,13 @@ use genq_tests::{scratch_dir, Sandbox, Worker};
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn echo_worker(sb: &Sandbox, step_ms: &str, extra: &[&str]) -> Worker {
-    let mut flags = vec![
-        "--engine",
-        "echo",
-        "--max-batch-size",
-        "32",
-        "--prefetch",
-        "64",
-    ];
+    let mut flags = vec!["--engine", "echo", "--max-batch-size", "32", "--prefetch", "64"];
     flags.extend_from_slice(extra);
     let w = sb.worker_with_env(&flags, &[("GENQ_ECHO_STEP_MS", step_ms)]);
-    w.wait_ready(Duration::from_secs(30))
-        .unwrap_or_else(|e| panic!("{e}"));
+    w.wait_ready(Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}"));
     w
 }
+
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_mid_batch_twice_loses_nothing() {
@@ -62,9 +55,7 @@ async fn sigterm_under_load_drains_and_loses_nothing() {
     let first = echo_worker(&sb, "5", &["--shutdown-grace-secs", "20"]);
     until_done(&sb, &ids, 50).await;
     first.signal("TERM");
-    let code = first
-        .wait_exit(Duration::from_secs(30))
-        .expect("worker exits within its grace period");
+    let code = first.wait_exit(Duration::from_secs(30)).expect("worker exits within its grace period");
     assert_eq!(code, Some(0), "{}", first.log_text());
     let _second = echo_worker(&sb, "1", &[]);
     let t = tally(&sb, &ids, Duration::from_secs(120)).await;
@@ -75,16 +66,8 @@ async fn sigterm_under_load_drains_and_loses_nothing() {
 
 /// Runs `rabbitmqctl`; panics with its output when it fails, else returns what it printed.
 fn rabbitmqctl(args: &[&str]) -> String {
-    let out = Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .expect("rabbitmqctl is installed with RabbitMQ");
-    assert!(
-        out.status.success(),
-        "rabbitmqctl {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new("rabbitmqctl").args(args).output().expect("rabbitmqctl is installed with RabbitMQ");
+    assert!(out.status.success(), "rabbitmqctl {args:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -110,19 +93,11 @@ async fn rabbitmq_restart_while_publishing_and_consuming_loses_nothing() {
     ids.extend(publisher.await.expect("publisher task"));
     let t = tally(&sb, &ids, Duration::from_secs(180)).await;
     t.print("restart RabbitMQ");
-    assert_eq!(
-        t.confirmed, 1500,
-        "every publish is confirmed after retries: {t:?}"
-    );
+    assert_eq!(t.confirmed, 1500, "every publish is confirmed after retries: {t:?}");
     assert_eq!((t.lost, t.done), (0, 1500), "{t:?}\n{}", worker.log_text());
-    let reconnects = worker
-        .metric("genq_reconnects_total{target=\"amqp\"}")
-        .unwrap_or(0.0);
+    let reconnects = worker.metric("genq_reconnects_total{target=\"amqp\"}").unwrap_or(0.0);
     assert!(reconnects >= 1.0, "the outage is counted in metrics");
-    assert!(
-        worker.log_text().contains("reconnected to RabbitMQ"),
-        "the outage is visible in the log"
-    );
+    assert!(worker.log_text().contains("reconnected to RabbitMQ"), "the outage is visible in the log");
     drop(worker);
     sb.cleanup().await;
 }
@@ -138,23 +113,9 @@ async fn a_connection_closed_under_unconfirmed_publishes_republishes_them() {
     let metrics = genq_producer::metrics::ProducerMetrics::new().expect("metrics");
     let producer = sb.producer().await.with_metrics(metrics.clone());
     // The producer's connection, found before publishing starts (`rabbitmqctl` takes a second).
-    let listing = rabbitmqctl(&[
-        "list_connections",
-        "pid",
-        "client_properties",
-        "-q",
-        "--no-table-headers",
-    ]);
-    let pids: Vec<String> = listing
-        .lines()
-        .filter(|l| l.contains("genq-producer"))
-        .filter_map(|l| l.split_whitespace().next())
-        .map(str::to_string)
-        .collect();
-    assert!(
-        !pids.is_empty(),
-        "the producer's connection is listed: {listing}"
-    );
+    let listing = rabbitmqctl(&["list_connections", "pid", "client_properties", "-q", "--no-table-headers"]);
+    let pids: Vec<String> = listing.lines().filter(|l| l.contains("genq-producer")).filter_map(|l| l.split_whitespace().next()).map(str::to_string).collect();
+    assert!(!pids.is_empty(), "the producer's connection is listed: {listing}");
     let all = jobs("u", 40_000, 1);
     let publisher = tokio::spawn(async move {
         let out = producer.submit_many(all, |_| {}).await;
@@ -167,52 +128,22 @@ async fn a_connection_closed_under_unconfirmed_publishes_republishes_them() {
     while !closed && Instant::now() < until && !publisher.is_finished() {
         if metrics.published.with_label_values(&["confirmed"]).get() > 500 {
             for pid in &pids {
-                rabbitmqctl(&[
-                    "close_connection",
-                    pid,
-                    "test: connection dropped under unconfirmed publishes",
-                ]);
+                rabbitmqctl(&["close_connection", pid, "test: connection dropped under unconfirmed publishes"]);
             }
             closed = true;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert!(
-        closed,
-        "found and closed the producer's connection while it published"
-    );
+    assert!(closed, "found and closed the producer's connection while it published");
     let results = publisher.await.expect("publisher task");
-    let ids: Vec<String> = results
-        .iter()
-        .filter_map(|r| r.as_ref().ok().cloned())
-        .collect();
-    assert_eq!(
-        ids.len(),
-        40_000,
-        "every job is confirmed after the re-publish: {:?}",
-        results.iter().find(|r| r.is_err())
-    );
+    let ids: Vec<String> = results.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
+    assert_eq!(ids.len(), 40_000, "every job is confirmed after the re-publish: {:?}", results.iter().find(|r| r.is_err()));
     let retries = metrics.publish_retries.get();
     let t = tally(&sb, &ids, Duration::from_secs(180)).await;
-    t.print(&format!(
-        "connection closed under unconfirmed publishes ({retries} re-published)"
-    ));
-    assert!(
-        retries >= 1,
-        "the jobs lost unconfirmed were published again and counted"
-    );
-    assert_eq!(
-        (t.lost, t.done, t.failed),
-        (0, 40_000, 0),
-        "{t:?}\n{}",
-        worker.log_text()
-    );
-    assert!(
-        metrics
-            .render()
-            .contains(&format!("genq_publish_retries_total {retries}")),
-        "exported as a metric"
-    );
+    t.print(&format!("connection closed under unconfirmed publishes ({retries} re-published)"));
+    assert!(retries >= 1, "the jobs lost unconfirmed were published again and counted");
+    assert_eq!((t.lost, t.done, t.failed), (0, 40_000, 0), "{t:?}\n{}", worker.log_text());
+    assert!(metrics.render().contains(&format!("genq_publish_retries_total {retries}")), "exported as a metric");
     drop(worker);
     sb.cleanup().await;
 }
@@ -237,25 +168,12 @@ async fn a_worker_started_while_its_queue_is_unavailable_waits_for_it() {
     let high = genq_shared::topology::queue_name(&sb.model, genq_shared::Priority::High);
     quorum_replica("stop_server", &high);
     let worker = sb.worker(&["--engine", "echo"]);
-    let refused = worker.wait_for_log(
-        "failed the worker's setup on its side",
-        Duration::from_secs(30),
-    );
+    let refused = worker.wait_for_log("failed the worker's setup on its side", Duration::from_secs(30));
     let ready_while_down = worker.log_text().contains(genq_worker::process::READY_LINE);
     quorum_replica("restart_server", &high);
-    assert!(
-        refused,
-        "the worker met the unavailable queue:\n{}",
-        worker.log_text()
-    );
-    assert!(
-        !ready_while_down,
-        "not ready while its queue cannot be consumed:\n{}",
-        worker.log_text()
-    );
-    worker
-        .wait_ready(Duration::from_secs(60))
-        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(refused, "the worker met the unavailable queue:\n{}", worker.log_text());
+    assert!(!ready_while_down, "not ready while its queue cannot be consumed:\n{}", worker.log_text());
+    worker.wait_ready(Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}"));
     let t = tally(&sb, &ids, Duration::from_secs(60)).await;
     t.print("quorum queue unavailable at worker start");
     assert_eq!((t.lost, t.done), (0, 200), "{t:?}\n{}", worker.log_text());
@@ -265,10 +183,7 @@ async fn a_worker_started_while_its_queue_is_unavailable_waits_for_it() {
 
 /// Redis is killed (SIGKILL) while workers write, and restarted: returns the jobs done before the
 /// kill, and the tally after the restart.
-async fn kill_redis_while_workers_write(
-    tag: &str,
-    redis_flags: &[&str],
-) -> (Vec<String>, Vec<String>, Tally) {
+async fn kill_redis_while_workers_write(tag: &str, redis_flags: &[&str]) -> (Vec<String>, Vec<String>, Tally) {
     let mut redis = PrivateRedis::start(redis_flags);
     let sb = Sandbox::new(tag).with_redis(&redis.url());
     let ids = publish(&sb, jobs("d", 800, 10)).await;
@@ -284,13 +199,7 @@ async fn kill_redis_while_workers_write(
     tokio::time::sleep(Duration::from_secs(2)).await;
     redis.spawn();
     let t = tally(&sb, &ids, Duration::from_secs(120)).await;
-    assert!(
-        worker
-            .metric("genq_reconnects_total{target=\"redis\"}")
-            .unwrap_or(0.0)
-            >= 1.0,
-        "the outage is counted"
-    );
+    assert!(worker.metric("genq_reconnects_total{target=\"redis\"}").unwrap_or(0.0) >= 1.0, "the outage is counted");
     let after = done_ids(&sb, &ids).await;
     drop(worker);
     sb.cleanup().await;
@@ -302,37 +211,21 @@ async fn redis_killed_with_persistence_loses_no_result() {
     let _serial = SERIAL.lock().await;
     // The private Redis writes an append-only file, fsynced on every write.
     let (before, after, t) = kill_redis_while_workers_write("rdaof", &[]).await;
-    t.print(&format!(
-        "kill -9 Redis with appendonly yes ({} results stored before)",
-        before.len()
-    ));
+    t.print(&format!("kill -9 Redis with appendonly yes ({} results stored before)", before.len()));
     assert_eq!((t.lost, t.done), (0, 800), "{t:?}");
-    assert!(
-        before.iter().all(|id| after.contains(id)),
-        "every result stored before the kill is still there"
-    );
+    assert!(before.iter().all(|id| after.contains(id)), "every result stored before the kill is still there");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_killed_without_persistence_loses_stored_results_but_no_job() {
     let _serial = SERIAL.lock().await;
     let (before, after, t) = kill_redis_while_workers_write("rdmem", &["--appendonly", "no"]).await;
-    t.print(&format!(
-        "kill -9 Redis with persistence off ({} results stored before)",
-        before.len()
-    ));
+    t.print(&format!("kill -9 Redis with persistence off ({} results stored before)", before.len()));
     // Results stored before the kill are gone with it (their jobs were acked); every job that
     // was queued or running then is redelivered and ends done.
     let missing: Vec<&String> = before.iter().filter(|id| !after.contains(id)).collect();
-    assert!(
-        !missing.is_empty(),
-        "an in-memory Redis forgets what it held"
-    );
-    assert_eq!(
-        t.done + missing.len(),
-        800,
-        "only results stored before the kill are missing: {t:?}"
-    );
+    assert!(!missing.is_empty(), "an in-memory Redis forgets what it held");
+    assert_eq!(t.done + missing.len(), 800, "only results stored before the kill are missing: {t:?}");
     assert_eq!(t.lost, missing.len(), "{t:?}");
 }
 
@@ -354,75 +247,35 @@ async fn readiness_follows_broker_and_redis_outages_and_the_drain() {
     let mut redis = PrivateRedis::start(&[]);
     let sb = Sandbox::new("probes").with_redis(&redis.url());
     let worker = echo_worker(&sb, "40", &["--shutdown-grace-secs", "30"]);
-    let addr = worker
-        .metrics_addr()
-        .expect("the worker logs its metrics address");
-    let get =
-        |path: &str| genq_tests::prometheus::http_get(&addr, path).unwrap_or((0, String::new()));
+    let addr = worker.metrics_addr().expect("the worker logs its metrics address");
+    let get = |path: &str| genq_tests::prometheus::http_get(&addr, path).unwrap_or((0, String::new()));
     let ready = || get("/readyz");
-    eventually("ready once consuming", Duration::from_secs(30), || {
-        ready().0 == 200
-    })
-    .await;
+    eventually("ready once consuming", Duration::from_secs(30), || ready().0 == 200).await;
     assert_eq!(get("/livez").0, 200);
 
     rabbitmqctl(&["stop_app"]);
-    eventually(
-        "not ready without RabbitMQ",
-        Duration::from_secs(30),
-        || ready() == (503, "not ready: not consuming from RabbitMQ\n".into()),
-    )
-    .await;
-    assert_eq!(
-        get("/livez").0,
-        200,
-        "a broker outage does not make the worker dead"
-    );
+    eventually("not ready without RabbitMQ", Duration::from_secs(30), || ready() == (503, "not ready: not consuming from RabbitMQ\n".into())).await;
+    assert_eq!(get("/livez").0, 200, "a broker outage does not make the worker dead");
     rabbitmqctl(&["start_app"]);
     rabbitmqctl(&["await_startup"]);
-    eventually(
-        "ready again after RabbitMQ is back",
-        Duration::from_secs(60),
-        || ready().0 == 200,
-    )
-    .await;
+    eventually("ready again after RabbitMQ is back", Duration::from_secs(60), || ready().0 == 200).await;
 
     redis.stop();
-    eventually("not ready without Redis", Duration::from_secs(30), || {
-        ready() == (503, "not ready: Redis unreachable\n".into())
-    })
-    .await;
-    assert_eq!(
-        get("/livez").0,
-        200,
-        "a Redis outage does not make the worker dead"
-    );
+    eventually("not ready without Redis", Duration::from_secs(30), || ready() == (503, "not ready: Redis unreachable\n".into())).await;
+    assert_eq!(get("/livez").0, 200, "a Redis outage does not make the worker dead");
     redis.spawn();
-    eventually(
-        "ready again after Redis is back",
-        Duration::from_secs(60),
-        || ready().0 == 200,
-    )
-    .await;
+    eventually("ready again after Redis is back", Duration::from_secs(60), || ready().0 == 200).await;
 
     // Slow jobs in flight, then SIGTERM: not ready while it drains, alive until it exits. The
     // signal comes once a short job is done, while the long ones (10 s at 40 ms a step) run on.
     let short = publish(&sb, jobs("drain-short", 4, 10)).await;
     let long = publish(&sb, jobs("drain-long", 16, 250)).await;
     until_done(&sb, &short, 1).await;
-    assert!(
-        done_ids(&sb, &long).await.is_empty(),
-        "the long jobs are still running"
-    );
+    assert!(done_ids(&sb, &long).await.is_empty(), "the long jobs are still running");
     worker.signal("TERM");
-    eventually("not ready while draining", Duration::from_secs(10), || {
-        ready() == (503, "not ready: draining after a shutdown signal\n".into())
-    })
-    .await;
+    eventually("not ready while draining", Duration::from_secs(10), || ready() == (503, "not ready: draining after a shutdown signal\n".into())).await;
     assert_eq!(get("/livez").0, 200, "alive while it drains");
-    let code = worker
-        .wait_exit(Duration::from_secs(60))
-        .expect("the worker exits after its drain");
+    let code = worker.wait_exit(Duration::from_secs(60)).expect("the worker exits after its drain");
     assert_eq!(code, Some(0), "{}", worker.log_text());
     sb.cleanup().await;
 }
@@ -437,33 +290,14 @@ async fn malformed_messages_mixed_into_good_ones_never_stop_the_worker() {
     let mut ids = Vec::new();
     let mut bad_with_id = Vec::new();
     for (i, chunk) in good.chunks(5).enumerate() {
-        ids.extend(
-            producer
-                .submit_many(chunk.to_vec(), |_| {})
-                .await
-                .into_iter()
-                .filter_map(Result::ok),
-        );
+        ids.extend(producer.submit_many(chunk.to_vec(), |_| {}).await.into_iter().filter_map(Result::ok));
         match i % 4 {
-            0 => {
-                sb.publish_raw(format!("{{\"prompt\": \"broken {i}").as_bytes(), None)
-                    .await
-            }
+            0 => sb.publish_raw(format!("{{\"prompt\": \"broken {i}").as_bytes(), None).await,
             1 => sb.publish_raw(&[0xff, 0xfe, b'{', 0x80], None).await,
-            2 => {
-                sb.publish_raw(&vec![b' '; 5000], Some(&format!("big-{i}")))
-                    .await
-            }
+            2 => sb.publish_raw(&vec![b' '; 5000], Some(&format!("big-{i}"))).await,
             _ => {
                 let id = format!("typo-{i}");
-                sb.publish_raw(
-                    format!(
-                        r#"{{"id":"{id}","prompt":"x","max_new_tokens":"lots","temprature":1}}"#
-                    )
-                    .as_bytes(),
-                    None,
-                )
-                .await;
+                sb.publish_raw(format!(r#"{{"id":"{id}","prompt":"x","max_new_tokens":"lots","temprature":1}}"#).as_bytes(), None).await;
                 bad_with_id.push(id);
             }
         }
@@ -473,15 +307,9 @@ async fn malformed_messages_mixed_into_good_ones_never_stop_the_worker() {
     t.print("200 malformed among 1000 good");
     assert_eq!((t.lost, t.done), (0, 1000), "{t:?}");
     let bad = tally(&sb, &bad_with_id, Duration::from_secs(30)).await;
-    assert_eq!(
-        bad.failed, 50,
-        "parseable bad jobs end failed naming the field: {bad:?}"
-    );
+    assert_eq!(bad.failed, 50, "parseable bad jobs end failed naming the field: {bad:?}");
     let dead = worker.metric("genq_dead_lettered_total").unwrap_or(0.0);
-    assert_eq!(
-        dead, 150.0,
-        "bodies that are not jobs are dead-lettered and counted"
-    );
+    assert_eq!(dead, 150.0, "bodies that are not jobs are dead-lettered and counted");
     drop(worker);
     sb.cleanup().await;
 }
@@ -505,23 +333,10 @@ async fn poison_job_is_isolated(name: &str, extra_flags: &[&str]) {
     let _serial = SERIAL.lock().await;
     let sb = Sandbox::new(name);
     let mut all = jobs("p", 200, 5);
-    all.insert(
-        37,
-        JobRequest {
-            id: Some("poison".into()),
-            ..JobRequest::prompt("this one is POISON")
-        },
-    );
+    all.insert(37, JobRequest { id: Some("poison".into()), ..JobRequest::prompt("this one is POISON") });
     let ids = publish(&sb, all).await;
     let env = [("GENQ_ECHO_STEP_MS", "2"), ("GENQ_ECHO_CRASH_ON", "POISON")];
-    let mut flags = vec![
-        "--engine",
-        "echo",
-        "--max-batch-size",
-        "32",
-        "--prefetch",
-        "64",
-    ];
+    let mut flags = vec!["--engine", "echo", "--max-batch-size", "32", "--prefetch", "64"];
     flags.extend_from_slice(extra_flags);
     let mut worker = sb.worker_with_env(&flags, &env);
     let mut restarts = 0;
@@ -529,56 +344,21 @@ async fn poison_job_is_isolated(name: &str, extra_flags: &[&str]) {
     while Instant::now() < until {
         if worker.wait_exit(Duration::from_millis(100)).is_some() {
             restarts += 1;
-            assert!(
-                restarts <= 10,
-                "the poison job keeps killing workers:\n{}",
-                worker.log_text()
-            );
+            assert!(restarts <= 10, "the poison job keeps killing workers:\n{}", worker.log_text());
             worker = sb.worker_with_env(&flags, &env);
         }
         let results = sb.results().await.get_many(&ids).await.expect("redis");
-        if results
-            .iter()
-            .flatten()
-            .filter(|r| r.status.is_some_and(JobStatus::is_final))
-            .count()
-            == ids.len()
-        {
+        if results.iter().flatten().filter(|r| r.status.is_some_and(JobStatus::is_final)).count() == ids.len() {
             break;
         }
     }
     let t = tally(&sb, &ids, Duration::from_secs(5)).await;
     t.print(&format!("{name}: poison job ({restarts} worker restarts)"));
-    let results: Vec<_> = sb
-        .results()
-        .await
-        .get_many(&ids)
-        .await
-        .expect("redis")
-        .into_iter()
-        .flatten()
-        .collect();
-    let failed: Vec<_> = results
-        .iter()
-        .filter(|r| r.status == Some(JobStatus::Failed))
-        .collect();
-    assert_eq!(
-        (t.lost, t.done, t.failed),
-        (0, 200, 1),
-        "{t:?} {failed:?}\n{}",
-        worker.log_text()
-    );
-    assert!(
-        results.iter().all(|r| r.status != Some(JobStatus::Running)),
-        "no job is left running"
-    );
-    let poison = sb
-        .results()
-        .await
-        .get("poison")
-        .await
-        .expect("redis")
-        .expect("poison has a result");
+    let results: Vec<_> = sb.results().await.get_many(&ids).await.expect("redis").into_iter().flatten().collect();
+    let failed: Vec<_> = results.iter().filter(|r| r.status == Some(JobStatus::Failed)).collect();
+    assert_eq!((t.lost, t.done, t.failed), (0, 200, 1), "{t:?} {failed:?}\n{}", worker.log_text());
+    assert!(results.iter().all(|r| r.status != Some(JobStatus::Running)), "no job is left running");
+    let poison = sb.results().await.get("poison").await.expect("redis").expect("poison has a result");
     assert_eq!(poison.error_kind.as_deref(), Some("poison"), "{poison:?}");
     drop(worker);
     sb.cleanup().await;
@@ -588,9 +368,7 @@ async fn poison_job_is_isolated(name: &str, extra_flags: &[&str]) {
 async fn a_full_queue_rejects_publishes_and_submit_says_how_many() {
     let _serial = SERIAL.lock().await;
     let sb = Sandbox::new("full");
-    let lines: String = (0..50)
-        .map(|i| format!("{{\"id\":\"f-{i}\",\"prompt\":\"w{i}\",\"max_new_tokens\":2}}\n"))
-        .collect();
+    let lines: String = (0..50).map(|i| format!("{{\"id\":\"f-{i}\",\"prompt\":\"w{i}\",\"max_new_tokens\":2}}\n")).collect();
     let file = scratch_dir().join(format!("{}.jsonl", sb.model));
     std::fs::write(&file, lines).expect("jobs file");
     // One confirm in flight: a quorum queue applies its length limit to what it already holds, so
@@ -603,31 +381,11 @@ async fn a_full_queue_rejects_publishes_and_submit_says_how_many() {
         .output()
         .expect("genq submit");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "rejections make submit fail: {stderr}"
-    );
-    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect();
-    assert!(
-        (20..=21).contains(&ids.len()),
-        "the queue holds its max length: {stderr}"
-    );
-    assert!(
-        stderr.contains(&format!(
-            "published {} jobs, rejected {}",
-            ids.len(),
-            50 - ids.len()
-        )),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("queue full"),
-        "the reason is named: {stderr}"
-    );
+    assert_eq!(out.status.code(), Some(2), "rejections make submit fail: {stderr}");
+    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
+    assert!((20..=21).contains(&ids.len()), "the queue holds its max length: {stderr}");
+    assert!(stderr.contains(&format!("published {} jobs, rejected {}", ids.len(), 50 - ids.len())), "{stderr}");
+    assert!(stderr.contains("queue full"), "the reason is named: {stderr}");
     let worker = sb.worker_with_env(&["--engine", "echo", "--max-queue-length", "20"], &[]);
     let t = tally(&sb, &ids, Duration::from_secs(60)).await;
     t.print("full queue (max-length 20, 50 submitted)");

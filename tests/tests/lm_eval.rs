@@ -30,27 +30,13 @@ fn score(table: &str, task: &str, metric: &str) -> Option<f64> {
 }
 
 #[test]
-#[cfg_attr(
-    not(genq_model),
-    ignore = "the default model is missing: scripts/fetch-model.sh"
-)]
+#[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
 fn lm_eval_scores_the_real_model_through_the_gateway() {
     let model = default_model();
     let sb = Sandbox::new("lmeval");
-    let worker = sb.worker(&[
-        "--model-path",
-        model.to_str().unwrap_or_default(),
-        "--max-batch-size",
-        "16",
-    ]);
-    let gw = GatewayProcess::start(
-        &sb,
-        &["--request-timeout", "120"],
-        &[("GENQ__GATEWAY__API_KEYS", TOKEN)],
-    );
-    worker
-        .wait_ready(Duration::from_secs(60))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let worker = sb.worker(&["--model-path", model.to_str().unwrap_or_default(), "--max-batch-size", "16"]);
+    let gw = GatewayProcess::start(&sb, &["--request-timeout", "120"], &[("GENQ__GATEWAY__API_KEYS", TOKEN)]);
+    worker.wait_ready(Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}"));
     let out = Command::new(workspace_root().join("scripts/lm-eval.sh"))
         .args(["--limit", "10"])
         .env("GENQ_LM_EVAL_URL", format!("{}/v1/completions", gw.base))
@@ -59,24 +45,15 @@ fn lm_eval_scores_the_real_model_through_the_gateway() {
         .output()
         .expect("run scripts/lm-eval.sh");
     let table = String::from_utf8_lossy(&out.stdout).to_string();
-    let log = || {
-        format!(
-            "stdout:\n{table}\nstderr:\n{}\ngateway log:\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            gw.log_text()
-        )
-    };
+    let log = || format!("stdout:\n{table}\nstderr:\n{}\ngateway log:\n{}", String::from_utf8_lossy(&out.stderr), gw.log_text());
     assert!(out.status.success(), "lm-eval failed\n{}", log());
     // Full-set figures are in the README; on the first ten items of each task the model knows
     // every capital and most opposites, and answers most short questions.
-    let capitals = score(&table, "genq_facts_capitals", "acc")
-        .unwrap_or_else(|| panic!("no capitals row\n{}", log()));
+    let capitals = score(&table, "genq_facts_capitals", "acc").unwrap_or_else(|| panic!("no capitals row\n{}", log()));
     assert!(capitals >= 0.9, "capitals acc {capitals}\n{}", log());
-    let opposites = score(&table, "genq_facts_opposites", "acc")
-        .unwrap_or_else(|| panic!("no opposites row\n{}", log()));
+    let opposites = score(&table, "genq_facts_opposites", "acc").unwrap_or_else(|| panic!("no opposites row\n{}", log()));
     assert!(opposites >= 0.8, "opposites acc {opposites}\n{}", log());
-    let qa = score(&table, "genq_qa", "exact_match")
-        .unwrap_or_else(|| panic!("no genq_qa row\n{}", log()));
+    let qa = score(&table, "genq_qa", "exact_match").unwrap_or_else(|| panic!("no genq_qa row\n{}", log()));
     assert!(qa >= 0.5, "genq_qa exact_match {qa}\n{}", log());
     drop(gw);
     drop(worker);

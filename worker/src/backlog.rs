@@ -23,8 +23,8 @@ use genq_shared::topology;
 use genq_shared::valid::PromptInput;
 use genq_shared::ValidJob;
 
-use crate::metrics::WorkerMetrics;
 use genq_protocol::broker::{self, BrokerError};
+use crate::metrics::WorkerMetrics;
 
 /// How often the job queues' depth is polled.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(5);
@@ -35,19 +35,12 @@ pub fn estimated_tokens(job: &ValidJob) -> u64 {
     let prompt_bytes: usize = match &job.input {
         PromptInput::Text(text) => text.len(),
         // Chat templates add a few tokens of markup around each message.
-        PromptInput::Chat(messages) => messages
-            .iter()
-            .map(|m| m.content.len() + m.role.len() + 4 * 4)
-            .sum(),
+        PromptInput::Chat(messages) => messages.iter().map(|m| m.content.len() + m.role.len() + 4 * 4).sum(),
     };
-    let prompt = (prompt_bytes as u64)
-        .div_ceil(BYTES_PER_TOKEN_ESTIMATE)
-        .max(1);
+    let prompt = (prompt_bytes as u64).div_ceil(BYTES_PER_TOKEN_ESTIMATE).max(1);
     match job.kind {
         JobKind::Score => prompt,
-        JobKind::Generate => {
-            prompt + job.new_token_budget(prompt as usize) as u64 * u64::from(job.n)
-        }
+        JobKind::Generate => prompt + job.new_token_budget(prompt as usize) as u64 * u64::from(job.n),
     }
 }
 
@@ -64,19 +57,10 @@ pub struct QueueMonitorSettings {
 
 /// Sets the per-queue gauges from one poll.
 fn record(metrics: &WorkerMetrics, queue: &str, ready: u32, consumers: u32) {
-    metrics
-        .queue_ready_messages
-        .with_label_values(&[queue])
-        .set(i64::from(ready));
-    metrics
-        .queue_consumers
-        .with_label_values(&[queue])
-        .set(i64::from(consumers));
+    metrics.queue_ready_messages.with_label_values(&[queue]).set(i64::from(ready));
+    metrics.queue_consumers.with_label_values(&[queue]).set(i64::from(consumers));
     if let Some(mean) = metrics.mean_received_tokens() {
-        metrics
-            .queue_backlog_tokens
-            .with_label_values(&[queue])
-            .set((f64::from(ready) * mean).round() as i64);
+        metrics.queue_backlog_tokens.with_label_values(&[queue]).set((f64::from(ready) * mean).round() as i64);
     }
 }
 
@@ -88,10 +72,8 @@ pub fn spawn_queue_monitor(
     mut stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let queues: Vec<String> = Priority::ALL
-            .into_iter()
-            .map(|p| topology::queue_name(&settings.model, p))
-            .collect();
+        let queues: Vec<String> =
+            Priority::ALL.into_iter().map(|p| topology::queue_name(&settings.model, p)).collect();
         // Each probe opens its own channel on it (see `broker::probe_queue`).
         let mut connection: Option<Connection> = None;
         let mut failing = false;
@@ -151,26 +133,10 @@ mod tests {
 
     #[test]
     fn backlog_counts_prompt_and_every_token_a_job_may_generate() {
-        assert_eq!(
-            estimated_tokens(&job(
-                r#"{"id":"a","prompt":"12345678","max_new_tokens":10}"#
-            )),
-            2 + 10
-        );
-        assert_eq!(
-            estimated_tokens(&job(
-                r#"{"id":"a","prompt":"123456789","max_new_tokens":10}"#
-            )),
-            3 + 10
-        );
-        assert_eq!(
-            estimated_tokens(&job(r#"{"id":"a","kind":"score","prompt":"12345678"}"#)),
-            2,
-            "score jobs generate nothing"
-        );
-        let chat = estimated_tokens(&job(
-            r#"{"id":"a","messages":[{"role":"user","content":"12345678"}],"max_new_tokens":1}"#,
-        ));
+        assert_eq!(estimated_tokens(&job(r#"{"id":"a","prompt":"12345678","max_new_tokens":10}"#)), 2 + 10);
+        assert_eq!(estimated_tokens(&job(r#"{"id":"a","prompt":"123456789","max_new_tokens":10}"#)), 3 + 10);
+        assert_eq!(estimated_tokens(&job(r#"{"id":"a","kind":"score","prompt":"12345678"}"#)), 2, "score jobs generate nothing");
+        let chat = estimated_tokens(&job(r#"{"id":"a","messages":[{"role":"user","content":"12345678"}],"max_new_tokens":1}"#));
         assert!(chat > 2 + 1, "chat markup counts: {chat}");
     }
 
@@ -179,10 +145,7 @@ mod tests {
         let m = WorkerMetrics::new().expect("metrics");
         record(&m, "q", 10, 1);
         assert_eq!(m.queue_ready_messages.with_label_values(&["q"]).get(), 10);
-        assert!(
-            !m.render().contains("genq_queue_backlog_tokens{"),
-            "no estimate before the first job"
-        );
+        assert!(!m.render().contains("genq_queue_backlog_tokens{"), "no estimate before the first job");
         m.job_received(20);
         m.job_received(40);
         record(&m, "q", 10, 2);

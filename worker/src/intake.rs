@@ -48,13 +48,7 @@ pub struct IntakeRules {
 /// Decides what to do with `body` (its AMQP `message_id` used as the id when the body has none).
 pub(crate) fn inspect(body: &[u8], message_id: Option<&str>, rules: &IntakeRules) -> Verdict {
     if body.len() > rules.max_body_bytes {
-        return Verdict::DeadLetter {
-            reason: format!(
-                "body is {} bytes, over the limit of {}",
-                body.len(),
-                rules.max_body_bytes
-            ),
-        };
+        return Verdict::DeadLetter { reason: format!("body is {} bytes, over the limit of {}", body.len(), rules.max_body_bytes) };
     }
     // The common case, a well-formed job, is read once straight into its type; anything else
     // is read again as a JSON value below to say precisely what is wrong with it.
@@ -65,66 +59,34 @@ pub(crate) fn inspect(body: &[u8], message_id: Option<&str>, rules: &IntakeRules
         }
     }
     let Ok(text) = std::str::from_utf8(body) else {
-        return Verdict::DeadLetter {
-            reason: "body is not valid UTF-8".into(),
-        };
+        return Verdict::DeadLetter { reason: "body is not valid UTF-8".into() };
     };
     let value: serde_json::Value = match serde_json::from_str(text) {
         Ok(v) => v,
-        Err(e) => {
-            return Verdict::DeadLetter {
-                reason: format!("body is not JSON: {e}"),
-            }
-        }
+        Err(e) => return Verdict::DeadLetter { reason: format!("body is not JSON: {e}") },
     };
     let Some(object) = value.as_object() else {
-        return Verdict::DeadLetter {
-            reason: "body is not a JSON object".into(),
-        };
+        return Verdict::DeadLetter { reason: "body is not a JSON object".into() };
     };
     let id = match object.get("id") {
         Some(serde_json::Value::String(s)) => s.clone(),
-        Some(_) => {
-            return Verdict::DeadLetter {
-                reason: "`id` is not a string".into(),
-            }
-        }
+        Some(_) => return Verdict::DeadLetter { reason: "`id` is not a string".into() },
         None => match message_id {
             Some(m) => m.to_string(),
-            None => {
-                return Verdict::DeadLetter {
-                    reason: "job has no `id` and the message no message_id".into(),
-                }
-            }
+            None => return Verdict::DeadLetter { reason: "job has no `id` and the message no message_id".into() },
         },
     };
     if let Err(e) = valid::check_job_id(&id) {
-        return Verdict::DeadLetter {
-            reason: e.to_string(),
-        };
+        return Verdict::DeadLetter { reason: e.to_string() };
     }
-    let batch = object
-        .get("batch")
-        .and_then(|b| b.as_str())
-        .map(str::to_string);
-    let fail = |error: String, kind: &'static str| {
-        Verdict::Fail(RejectedJob {
-            id: id.clone(),
-            error,
-            error_kind: kind,
-            batch: batch.clone(),
-        })
-    };
+    let batch = object.get("batch").and_then(|b| b.as_str()).map(str::to_string);
+    let fail = |error: String, kind: &'static str| Verdict::Fail(RejectedJob { id: id.clone(), error, error_kind: kind, batch: batch.clone() });
     let mut request: JobRequest = match serde_path_to_error::deserialize(&value) {
         Ok(r) => r,
         Err(e) => {
             let path = e.path().to_string();
             let inner = e.into_inner().to_string();
-            let msg = if path == "." {
-                inner
-            } else {
-                format!("`{path}`: {inner}")
-            };
+            let msg = if path == "." { inner } else { format!("`{path}`: {inner}") };
             return fail(msg, error_kind::INVALID);
         }
     };
@@ -133,24 +95,14 @@ pub(crate) fn inspect(body: &[u8], message_id: Option<&str>, rules: &IntakeRules
 }
 
 /// A body that parsed as a job: checks its id (or `message_id`), then its fields.
-fn inspect_request(
-    mut request: JobRequest,
-    message_id: Option<&str>,
-    rules: &IntakeRules,
-) -> Verdict {
+fn inspect_request(mut request: JobRequest, message_id: Option<&str>, rules: &IntakeRules) -> Verdict {
     let id = match (&request.id, message_id) {
         (Some(id), _) => id.clone(),
         (None, Some(m)) => m.to_string(),
-        (None, None) => {
-            return Verdict::DeadLetter {
-                reason: "job has no `id` and the message no message_id".into(),
-            }
-        }
+        (None, None) => return Verdict::DeadLetter { reason: "job has no `id` and the message no message_id".into() },
     };
     if let Err(e) = valid::check_job_id(&id) {
-        return Verdict::DeadLetter {
-            reason: e.to_string(),
-        };
+        return Verdict::DeadLetter { reason: e.to_string() };
     }
     request.id.get_or_insert_with(|| id.clone());
     let batch = request.batch.clone();
@@ -159,20 +111,10 @@ fn inspect_request(
 
 /// Validates a parsed job against the rules.
 fn decide(request: &JobRequest, id: String, batch: Option<String>, rules: &IntakeRules) -> Verdict {
-    let fail = |error: String, kind: &'static str| {
-        Verdict::Fail(RejectedJob {
-            id: id.clone(),
-            error,
-            error_kind: kind,
-            batch: batch.clone(),
-        })
-    };
+    let fail = |error: String, kind: &'static str| Verdict::Fail(RejectedJob { id: id.clone(), error, error_kind: kind, batch: batch.clone() });
     match valid::validate(request, &rules.limits) {
         Ok(job) if job.model != rules.model => fail(
-            format!(
-                "`model` is {:?}, but this queue's worker serves {:?}",
-                job.model, rules.model
-            ),
+            format!("`model` is {:?}, but this queue's worker serves {:?}", job.model, rules.model),
             error_kind::UNSUPPORTED,
         ),
         Ok(job) => Verdict::Run(Box::new(job)),
@@ -185,11 +127,7 @@ mod tests {
     use super::*;
 
     fn rules() -> IntakeRules {
-        IntakeRules {
-            limits: Limits::default(),
-            max_body_bytes: 1000,
-            model: "smollm2-135m-instruct".into(),
-        }
+        IntakeRules { limits: Limits::default(), max_body_bytes: 1000, model: "smollm2-135m-instruct".into() }
     }
 
     fn dead(body: &[u8]) -> bool {
@@ -215,9 +153,7 @@ mod tests {
     #[test]
     fn broken_fields_fail_with_their_name() {
         assert!(failed_field(r#"{"id":"a","prompt":"x","max_tokens":3}"#).contains("max_tokens"));
-        assert!(
-            failed_field(r#"{"id":"a","prompt":"x","temperature":"hot"}"#).contains("temperature")
-        );
+        assert!(failed_field(r#"{"id":"a","prompt":"x","temperature":"hot"}"#).contains("temperature"));
         assert!(failed_field(r#"{"id":"a","prompt":"x","top_p":2}"#).contains("top_p"));
         assert!(failed_field(r#"{"id":"a","prompt":"x","model":"other"}"#).contains("model"));
     }

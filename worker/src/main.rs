@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 
+use genq_shared::settings::{Overrides, Settings};
 use genq_protocol::process::{init_logs, shutdown_signal};
 use genq_protocol::registry::Announcement;
 use genq_protocol::url::redact_url;
-use genq_shared::settings::{Overrides, Settings};
 use genq_worker::metrics::WorkerMetrics;
 use genq_worker::sink::redis::{RedisSink, RedisSinkSettings};
 use genq_worker::source::amqp::{AmqpSource, AmqpSourceSettings};

@@ -145,18 +145,11 @@ fn shared_prefix(prompt: &[u32]) -> Option<Vec<u32>> {
 
 /// Where `p` comes in the admission order ([`Priority::ALL`]).
 fn rank(p: Priority) -> usize {
-    Priority::ALL
-        .iter()
-        .position(|&q| q == p)
-        .expect("every priority is in ALL")
+    Priority::ALL.iter().position(|&q| q == p).expect("every priority is in ALL")
 }
 
 /// An outcome finished now, with no tokens counted yet; `error` is the message and its fixed kind.
-pub(crate) fn outcome(
-    status: JobStatus,
-    text: String,
-    error: Option<(String, &'static str)>,
-) -> JobOutcome {
+pub(crate) fn outcome(status: JobStatus, text: String, error: Option<(String, &'static str)>) -> JobOutcome {
     JobOutcome {
         status,
         text,
@@ -202,11 +195,7 @@ impl<R> Scheduler<R> {
 
     /// Estimated tokens of the jobs waiting for admission (see [`crate::backlog::estimated_tokens`]).
     pub(crate) fn waiting_tokens(&self) -> u64 {
-        self.waiting
-            .iter()
-            .flatten()
-            .map(|j| crate::backlog::estimated_tokens(&j.job))
-            .sum()
+        self.waiting.iter().flatten().map(|j| crate::backlog::estimated_tokens(&j.job)).sum()
     }
 
     /// Sequences running.
@@ -225,12 +214,7 @@ impl<R> Scheduler<R> {
     /// Suspects come first and run alone: the batch drains, then one suspect is admitted once
     /// `solo_gate` returns true (it records the solo run; false leaves the suspect waiting), and
     /// nothing joins it until it leaves.
-    pub(crate) fn admit(
-        &mut self,
-        engine: &mut dyn Engine,
-        events: &mut Vec<EngineEvent<R>>,
-        solo_gate: &mut dyn FnMut(&ValidJob) -> bool,
-    ) {
+    pub(crate) fn admit(&mut self, engine: &mut dyn Engine, events: &mut Vec<EngineEvent<R>>, solo_gate: &mut dyn FnMut(&ValidJob) -> bool) {
         if self.solo.is_some_and(|s| self.running.contains_key(&s)) {
             return;
         }
@@ -240,9 +224,7 @@ impl<R> Scheduler<R> {
                 return;
             }
             while let Some(next) = self.suspects.pop_front() {
-                let Some(next) = self.unless_expired(next, events) else {
-                    continue;
-                };
+                let Some(next) = self.unless_expired(next, events) else { continue };
                 if !solo_gate(&next.job) {
                     self.suspects.push_front(next);
                     return;
@@ -256,12 +238,8 @@ impl<R> Scheduler<R> {
         // A job counts as many sequences as it has samples; the first one always fits.
         loop {
             let width: usize = self.running.values().map(|r| r.width).sum();
-            let Some(next) = self.waiting.iter_mut().find_map(VecDeque::pop_front) else {
-                break;
-            };
-            let Some(next) = self.unless_expired(next, events) else {
-                continue;
-            };
+            let Some(next) = self.waiting.iter_mut().find_map(VecDeque::pop_front) else { break };
+            let Some(next) = self.unless_expired(next, events) else { continue };
             if width > 0 && width + next.job.n as usize > self.settings.max_batch_size {
                 self.waiting[rank(next.job.priority)].push_front(next);
                 break;
@@ -278,56 +256,33 @@ impl<R> Scheduler<R> {
     /// batch has room (ahead of others in their queue, at most [`SHARED_PREFIX_LOOKAHEAD`] back),
     /// so the engine computes the shared prompt once. Each job still waits at most one admission
     /// more per job ahead of it: the head of a queue is always admitted first.
-    fn admit_sharing(
-        &mut self,
-        engine: &mut dyn Engine,
-        events: &mut Vec<EngineEvent<R>>,
-        queue: usize,
-        prefix: &[u32],
-    ) {
+    fn admit_sharing(&mut self, engine: &mut dyn Engine, events: &mut Vec<EngineEvent<R>>, queue: usize, prefix: &[u32]) {
         let (mut at, mut examined) = (0, 0);
         while at < self.waiting[queue].len() && examined < SHARED_PREFIX_LOOKAHEAD {
             examined += 1;
             let width: usize = self.running.values().map(|r| r.width).sum();
             let candidate = &self.waiting[queue][at];
-            if !candidate.prompt.starts_with(prefix)
-                || width + candidate.job.n as usize > self.settings.max_batch_size
-            {
+            if !candidate.prompt.starts_with(prefix) || width + candidate.job.n as usize > self.settings.max_batch_size {
                 at += 1;
                 continue;
             }
-            if let Some(job) = self.waiting[queue]
-                .remove(at)
-                .and_then(|j| self.unless_expired(j, events))
-            {
+            if let Some(job) = self.waiting[queue].remove(at).and_then(|j| self.unless_expired(j, events)) {
                 self.start(engine, job, events);
             }
         }
     }
 
     /// The job, unless its deadline has passed: then it ends `expired` without running.
-    fn unless_expired(
-        &self,
-        job: ScheduledJob<R>,
-        events: &mut Vec<EngineEvent<R>>,
-    ) -> Option<ScheduledJob<R>> {
+    fn unless_expired(&self, job: ScheduledJob<R>, events: &mut Vec<EngineEvent<R>>) -> Option<ScheduledJob<R>> {
         if job.job.deadline_ms.is_some_and(|d| d <= now_ms()) {
-            events.push(EngineEvent::Finished {
-                reply: job.reply,
-                outcome: outcome(JobStatus::Expired, String::new(), None),
-            });
+            events.push(EngineEvent::Finished { reply: job.reply, outcome: outcome(JobStatus::Expired, String::new(), None) });
             return None;
         }
         Some(job)
     }
 
     /// Admits one job into the engine; a job the engine refuses ends `failed`.
-    fn start(
-        &mut self,
-        engine: &mut dyn Engine,
-        mut next: ScheduledJob<R>,
-        events: &mut Vec<EngineEvent<R>>,
-    ) -> Option<SeqId> {
+    fn start(&mut self, engine: &mut dyn Engine, mut next: ScheduledJob<R>, events: &mut Vec<EngineEvent<R>>) -> Option<SeqId> {
         let seq = self.next_seq;
         self.next_seq += 1;
         let seed = next.job.sampling.seed.unwrap_or_else(rand::random);
@@ -356,11 +311,7 @@ impl<R> Scheduler<R> {
             Err(e) => {
                 events.push(EngineEvent::Finished {
                     reply: next.reply,
-                    outcome: outcome(
-                        JobStatus::Failed,
-                        String::new(),
-                        Some((e.to_string(), error_kind::UNSUPPORTED)),
-                    ),
+                    outcome: outcome(JobStatus::Failed, String::new(), Some((e.to_string(), error_kind::UNSUPPORTED))),
                 });
                 None
             }
@@ -370,12 +321,8 @@ impl<R> Scheduler<R> {
     /// Ends running sequences whose deadline has passed, keeping what they generated.
     pub(crate) fn expire(&mut self, engine: &mut dyn Engine, events: &mut Vec<EngineEvent<R>>) {
         let now = now_ms();
-        let expired: Vec<SeqId> = self
-            .running
-            .iter()
-            .filter(|(_, r)| r.deadline_ms.is_some_and(|d| d <= now))
-            .map(|(&id, _)| id)
-            .collect();
+        let expired: Vec<SeqId> =
+            self.running.iter().filter(|(_, r)| r.deadline_ms.is_some_and(|d| d <= now)).map(|(&id, _)| id).collect();
         for id in expired {
             self.end_early(engine, id, JobStatus::Expired, events);
         }
@@ -383,33 +330,20 @@ impl<R> Scheduler<R> {
 
     /// Ends the jobs whose ids are in `ids` `cancelled`: waiting ones without running, running
     /// ones keeping what they generated. Removes from `ids` those it found.
-    pub(crate) fn cancel(
-        &mut self,
-        ids: &mut HashSet<String>,
-        engine: &mut dyn Engine,
-        events: &mut Vec<EngineEvent<R>>,
-    ) {
+    pub(crate) fn cancel(&mut self, ids: &mut HashSet<String>, engine: &mut dyn Engine, events: &mut Vec<EngineEvent<R>>) {
         if ids.is_empty() {
             return;
         }
         for queue in self.waiting.iter_mut().chain([&mut self.suspects]) {
             for job in std::mem::take(queue) {
                 if ids.remove(&job.job.id) {
-                    events.push(EngineEvent::Finished {
-                        reply: job.reply,
-                        outcome: outcome(JobStatus::Cancelled, String::new(), None),
-                    });
+                    events.push(EngineEvent::Finished { reply: job.reply, outcome: outcome(JobStatus::Cancelled, String::new(), None) });
                 } else {
                     queue.push_back(job);
                 }
             }
         }
-        let running: Vec<SeqId> = self
-            .running
-            .iter()
-            .filter(|(_, r)| ids.contains(&r.id))
-            .map(|(&seq, _)| seq)
-            .collect();
+        let running: Vec<SeqId> = self.running.iter().filter(|(_, r)| ids.contains(&r.id)).map(|(&seq, _)| seq).collect();
         for seq in running {
             if let Some(r) = self.running.get(&seq) {
                 ids.remove(&r.id);
@@ -420,15 +354,8 @@ impl<R> Scheduler<R> {
 
     /// The ids of every job waiting or running.
     pub(crate) fn job_ids(&self) -> Vec<String> {
-        let waiting = self
-            .waiting
-            .iter()
-            .flatten()
-            .chain(&self.suspects)
-            .map(|j| j.job.id.clone());
-        waiting
-            .chain(self.running.values().map(|r| r.id.clone()))
-            .collect()
+        let waiting = self.waiting.iter().flatten().chain(&self.suspects).map(|j| j.job.id.clone());
+        waiting.chain(self.running.values().map(|r| r.id.clone())).collect()
     }
 
     /// Takes every job out, waiting and running (releasing their sequences), and returns their
@@ -447,51 +374,32 @@ impl<R> Scheduler<R> {
     }
 
     /// Releases a running sequence before it finished, reporting `status` with its text so far.
-    fn end_early(
-        &mut self,
-        engine: &mut dyn Engine,
-        id: SeqId,
-        status: JobStatus,
-        events: &mut Vec<EngineEvent<R>>,
-    ) {
+    fn end_early(&mut self, engine: &mut dyn Engine, id: SeqId, status: JobStatus, events: &mut Vec<EngineEvent<R>>) {
         engine.release(id);
         if let Some(r) = self.running.remove(&id) {
             let mut o = outcome(status, r.text, None);
             o.prompt_tokens = r.prompt_tokens;
             o.completion_tokens = r.tokens;
             o.first_token_ms = r.first_token_ms;
-            events.push(EngineEvent::Finished {
-                reply: r.reply,
-                outcome: o,
-            });
+            events.push(EngineEvent::Finished { reply: r.reply, outcome: o });
         }
     }
 
     /// Runs one engine step and turns its updates into events. A failed step puts every running
     /// job back for another try.
-    pub(crate) fn step(
-        &mut self,
-        engine: &mut dyn Engine,
-        metrics: Option<&WorkerMetrics>,
-        events: &mut Vec<EngineEvent<R>>,
-    ) {
+    pub(crate) fn step(&mut self, engine: &mut dyn Engine, metrics: Option<&WorkerMetrics>, events: &mut Vec<EngineEvent<R>>) {
         if self.running.is_empty() {
             return;
         }
         let started = Instant::now();
         let batch = self.running.len();
-        let updates = match engine.step(&StepLimits {
-            max_prefill_tokens: self.settings.max_prefill_tokens,
-        }) {
+        let updates = match engine.step(&StepLimits { max_prefill_tokens: self.settings.max_prefill_tokens }) {
             Ok(u) => u,
             Err(e) => {
                 tracing::error!(error = %e, sequences = batch, "engine step failed; requeueing the batch");
                 for (id, r) in self.running.drain() {
                     engine.release(id);
-                    events.push(EngineEvent::Retry {
-                        reply: r.reply,
-                        reason: e.to_string(),
-                    });
+                    events.push(EngineEvent::Retry { reply: r.reply, reason: e.to_string() });
                 }
                 return;
             }
@@ -499,46 +407,32 @@ impl<R> Scheduler<R> {
         let now = Instant::now();
         let mut step_tokens = 0usize;
         for u in updates {
-            let Some(r) = self.running.get_mut(&u.id) else {
-                continue;
-            };
+            let Some(r) = self.running.get_mut(&u.id) else { continue };
             if u.new_tokens > 0 {
                 step_tokens += u.new_tokens;
                 r.tokens += u.new_tokens as u64;
                 if r.first_token_ms.is_none() {
                     r.first_token_ms = Some(now_ms());
                     if let Some(m) = metrics {
-                        m.time_to_first_token
-                            .observe(now_ms().saturating_sub(r.started_ms) as f64 / 1000.0);
+                        m.time_to_first_token.observe(now_ms().saturating_sub(r.started_ms) as f64 / 1000.0);
                     }
                 } else if let (Some(m), Some(last)) = (metrics, r.last_token) {
-                    m.inter_token_latency
-                        .observe(now.duration_since(last).as_secs_f64());
+                    m.inter_token_latency.observe(now.duration_since(last).as_secs_f64());
                 }
                 r.last_token = Some(now);
             }
             if !u.text.is_empty() {
                 if r.stream {
-                    events.push(EngineEvent::Chunk {
-                        id: r.id.clone(),
-                        text: u.text.clone(),
-                    });
+                    events.push(EngineEvent::Chunk { id: r.id.clone(), text: u.text.clone() });
                 }
                 r.text.push_str(&u.text);
             }
             if let Some(done) = u.done {
                 if let Some(r) = self.running.remove(&u.id) {
                     if let Some(e) = done.error {
-                        let mut o = outcome(
-                            JobStatus::Failed,
-                            r.text,
-                            Some((e, error_kind::UNSUPPORTED)),
-                        );
+                        let mut o = outcome(JobStatus::Failed, r.text, Some((e, error_kind::UNSUPPORTED)));
                         (o.prompt_tokens, o.completion_tokens) = (r.prompt_tokens, r.tokens);
-                        events.push(EngineEvent::Finished {
-                            reply: r.reply,
-                            outcome: o,
-                        });
+                        events.push(EngineEvent::Finished { reply: r.reply, outcome: o });
                         continue;
                     }
                     let mut o = outcome(JobStatus::Done, r.text, None);
@@ -558,22 +452,13 @@ impl<R> Scheduler<R> {
                         o.choices = Some(std::iter::once(first).chain(done.samples).collect());
                     }
                     o.logprobs = done.logprobs;
-                    events.push(EngineEvent::Finished {
-                        reply: r.reply,
-                        outcome: o,
-                    });
+                    events.push(EngineEvent::Finished { reply: r.reply, outcome: o });
                 }
             }
         }
-        tracing::debug!(
-            sequences = batch,
-            tokens = step_tokens,
-            seconds = started.elapsed().as_secs_f64(),
-            "engine step"
-        );
+        tracing::debug!(sequences = batch, tokens = step_tokens, seconds = started.elapsed().as_secs_f64(), "engine step");
         if let Some(m) = metrics {
-            m.engine_step_seconds
-                .observe(started.elapsed().as_secs_f64());
+            m.engine_step_seconds.observe(started.elapsed().as_secs_f64());
             m.batch_size.observe(batch as f64);
             m.batch_tokens.observe(step_tokens as f64);
             m.generated_tokens.inc_by(step_tokens as u64);
@@ -635,11 +520,7 @@ impl<R> EngineEvent<R> {
 
 /// Hands `out` to `emit` in order. Once an event is not taken, the replies of it and of every
 /// later one go to `undelivered` instead, and the answer is false.
-fn deliver<R>(
-    emit: &mut EmitEvent<R>,
-    out: &mut Vec<EngineEvent<R>>,
-    undelivered: &mut Vec<R>,
-) -> bool {
+fn deliver<R>(emit: &mut EmitEvent<R>, out: &mut Vec<EngineEvent<R>>, undelivered: &mut Vec<R>) -> bool {
     let mut open = undelivered.is_empty();
     for ev in out.drain(..) {
         if !open {
@@ -677,126 +558,109 @@ pub(crate) fn spawn_engine_thread<R: Send + 'static>(
     let stop_flag = stop.clone();
     let stopped = EngineStopped(metrics.as_ref().map(|m| m.health.clone()));
     let (ended_tx, ended_rx) = oneshot::channel();
-    std::thread::Builder::new()
-        .name("genq-engine".into())
-        .spawn(move || {
-            // Reports the thread's end to `/livez`, however it ends (a panic included).
-            let _stopped = stopped;
-            let mut sched: Scheduler<R> = Scheduler::new(settings);
-            let mut open = true;
-            let mut out = Vec::new();
-            // Replies of events nobody took (the writer is gone): handed back with the rest.
-            let mut undelivered: Vec<R> = Vec::new();
-            let mut last_prefix = crate::engine::PrefixStats::default();
-            // Cancel requests not matched yet: the job may still be in the channel.
-            let mut to_cancel: HashSet<String> = HashSet::new();
-            loop {
-                if stop_flag.load(Ordering::SeqCst) {
+    std::thread::Builder::new().name("genq-engine".into()).spawn(move || {
+        // Reports the thread's end to `/livez`, however it ends (a panic included).
+        let _stopped = stopped;
+        let mut sched: Scheduler<R> = Scheduler::new(settings);
+        let mut open = true;
+        let mut out = Vec::new();
+        // Replies of events nobody took (the writer is gone): handed back with the rest.
+        let mut undelivered: Vec<R> = Vec::new();
+        let mut last_prefix = crate::engine::PrefixStats::default();
+        // Cancel requests not matched yet: the job may still be in the channel.
+        let mut to_cancel: HashSet<String> = HashSet::new();
+        loop {
+            if stop_flag.load(Ordering::SeqCst) {
+                break;
+            }
+            if sched.is_idle() {
+                if !open {
                     break;
                 }
-                if sched.is_idle() {
-                    if !open {
-                        break;
-                    }
-                    // Idle: block for the first job, then give others `batch_wait` to join it.
-                    match rx.blocking_recv() {
-                        Some(job) => sched.enqueue(job),
-                        None => break,
-                    }
-                    let max = settings.max_batch_size;
-                    if sched.waiting() < max {
-                        open = runtime.block_on(genq_protocol::batch::gather(
-                            &mut rx,
-                            settings.batch_wait,
-                            |job| {
-                                sched.enqueue(job);
-                                sched.waiting() < max
-                            },
-                        ));
-                    }
+                // Idle: block for the first job, then give others `batch_wait` to join it.
+                match rx.blocking_recv() {
+                    Some(job) => sched.enqueue(job),
+                    None => break,
                 }
-                while open && sched.waiting() < settings.max_batch_size.saturating_mul(2) {
-                    match rx.try_recv() {
-                        Ok(job) => sched.enqueue(job),
-                        Err(mpsc::error::TryRecvError::Empty) => break,
-                        Err(mpsc::error::TryRecvError::Disconnected) => open = false,
-                    }
+                let max = settings.max_batch_size;
+                if sched.waiting() < max {
+                    open = runtime.block_on(genq_protocol::batch::gather(&mut rx, settings.batch_wait, |job| {
+                        sched.enqueue(job);
+                        sched.waiting() < max
+                    }));
                 }
-                // The pipeline counted each job in `waiting_tokens` when it sent it; jobs leave the
-                // count as they leave the waiting queues (admitted, cancelled or expired).
-                let waiting_before = sched.waiting_tokens();
-                while let Ok(id) = cancel_rx.try_recv() {
-                    to_cancel.insert(id);
+            }
+            while open && sched.waiting() < settings.max_batch_size.saturating_mul(2) {
+                match rx.try_recv() {
+                    Ok(job) => sched.enqueue(job),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => open = false,
                 }
-                sched.cancel(&mut to_cancel, engine.as_mut(), &mut out);
-                if sched.is_idle() {
-                    // Whatever is left belongs to jobs that finished before the request arrived.
-                    to_cancel.clear();
-                }
-                sched.expire(engine.as_mut(), &mut out);
-                // Sent before admission, so the solo gate sees these outcomes among those sent.
-                if !deliver(&mut emit, &mut out, &mut undelivered) {
-                    break;
-                }
-                sched.admit(engine.as_mut(), &mut out, solo_gate.as_mut());
-                if let Some(m) = &metrics {
-                    m.waiting_tokens.sub(
-                        i64::try_from(waiting_before.saturating_sub(sched.waiting_tokens()))
-                            .unwrap_or(0),
-                    );
-                    m.running_sequences.set(sched.running() as i64);
-                    m.waiting_jobs.set(sched.waiting() as i64);
-                }
-                sched.step(engine.as_mut(), metrics.as_ref(), &mut out);
-                if sched.running() == 0 && sched.waiting() > 0 && out.is_empty() {
-                    // Admission is blocked (a suspect waits for earlier results to be stored, or its
-                    // solo run could not be recorded): don't spin.
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                if let Some(m) = &metrics {
-                    // After the step, so sequences that just finished no longer count while idle.
-                    m.running_sequences.set(sched.running() as i64);
-                    m.kv_cache_tokens.set(engine.cached_tokens() as i64);
-                    let prefix = engine.prefix_cache();
-                    m.prefix_cache(last_prefix, prefix);
-                    last_prefix = prefix;
-                }
-                let ids = sched.job_ids();
-                holding_tx.send_if_modified(|held| {
-                    let changed = *held != ids;
-                    if changed {
-                        *held = ids;
-                    }
-                    changed
-                });
-                if !deliver(&mut emit, &mut out, &mut undelivered) {
-                    break;
-                }
+            }
+            // The pipeline counted each job in `waiting_tokens` when it sent it; jobs leave the
+            // count as they leave the waiting queues (admitted, cancelled or expired).
+            let waiting_before = sched.waiting_tokens();
+            while let Ok(id) = cancel_rx.try_recv() {
+                to_cancel.insert(id);
+            }
+            sched.cancel(&mut to_cancel, engine.as_mut(), &mut out);
+            if sched.is_idle() {
+                // Whatever is left belongs to jobs that finished before the request arrived.
+                to_cancel.clear();
+            }
+            sched.expire(engine.as_mut(), &mut out);
+            // Sent before admission, so the solo gate sees these outcomes among those sent.
+            if !deliver(&mut emit, &mut out, &mut undelivered) {
+                break;
+            }
+            sched.admit(engine.as_mut(), &mut out, solo_gate.as_mut());
+            if let Some(m) = &metrics {
+                m.waiting_tokens.sub(i64::try_from(waiting_before.saturating_sub(sched.waiting_tokens())).unwrap_or(0));
+                m.running_sequences.set(sched.running() as i64);
+                m.waiting_jobs.set(sched.waiting() as i64);
+            }
+            sched.step(engine.as_mut(), metrics.as_ref(), &mut out);
+            if sched.running() == 0 && sched.waiting() > 0 && out.is_empty() {
+                // Admission is blocked (a suspect waits for earlier results to be stored, or its
+                // solo run could not be recorded): don't spin.
+                std::thread::sleep(Duration::from_millis(10));
             }
             if let Some(m) = &metrics {
-                m.running_sequences.set(0);
-                m.waiting_jobs.set(0);
-                m.waiting_tokens.set(0);
-                m.kv_cache_tokens.set(0);
+                // After the step, so sequences that just finished no longer count while idle.
+                m.running_sequences.set(sched.running() as i64);
+                m.kv_cache_tokens.set(engine.cached_tokens() as i64);
+                let prefix = engine.prefix_cache();
+                m.prefix_cache(last_prefix, prefix);
+                last_prefix = prefix;
             }
-            // Jobs still in the channel count as held too.
-            let mut left = sched.take_all(engine.as_mut());
-            left.append(&mut undelivered);
-            rx.close();
-            while let Ok(job) = rx.try_recv() {
-                left.push(job.reply);
+            let ids = sched.job_ids();
+            holding_tx.send_if_modified(|held| {
+                let changed = *held != ids;
+                if changed {
+                    *held = ids;
+                }
+                changed
+            });
+            if !deliver(&mut emit, &mut out, &mut undelivered) {
+                break;
             }
-            let _ = ended_tx.send(left);
-        })?;
-    Ok((
-        tx,
-        EngineHandle {
-            cancels: cancel_tx,
-            holding: holding_rx,
-            stop,
-            ended: ended_rx,
-        },
-    ))
+        }
+        if let Some(m) = &metrics {
+            m.running_sequences.set(0);
+            m.waiting_jobs.set(0);
+            m.waiting_tokens.set(0);
+            m.kv_cache_tokens.set(0);
+        }
+        // Jobs still in the channel count as held too.
+        let mut left = sched.take_all(engine.as_mut());
+        left.append(&mut undelivered);
+        rx.close();
+        while let Ok(job) = rx.try_recv() {
+            left.push(job.reply);
+        }
+        let _ = ended_tx.send(left);
+    })?;
+    Ok((tx, EngineHandle { cancels: cancel_tx, holding: holding_rx, stop, ended: ended_rx }))
 }
 
 #[cfg(test)]
@@ -811,25 +675,12 @@ mod tests {
     fn scheduled(ticket: Ticket, json: &str) -> ScheduledJob<Ticket> {
         let req: JobRequest = serde_json::from_str(json).expect("json");
         let job = validate(&req, &Limits::default()).expect("valid");
-        let prompt = EchoEngine::new("m")
-            .encoder()
-            .encode(&job)
-            .expect("encodes");
-        ScheduledJob {
-            reply: ticket,
-            job,
-            prompt,
-            started_ms: now_ms(),
-            isolated: false,
-        }
+        let prompt = EchoEngine::new("m").encoder().encode(&job).expect("encodes");
+        ScheduledJob { reply: ticket, job, prompt, started_ms: now_ms(), isolated: false }
     }
 
     fn settings(max: usize) -> SchedulerSettings {
-        SchedulerSettings {
-            max_batch_size: max,
-            batch_wait: Duration::ZERO,
-            max_prefill_tokens: 256,
-        }
+        SchedulerSettings { max_batch_size: max, batch_wait: Duration::ZERO, max_prefill_tokens: 256 }
     }
 
     fn finished(events: &[EngineEvent<Ticket>]) -> Vec<(Ticket, JobStatus)> {
@@ -846,34 +697,18 @@ mod tests {
     fn jobs_join_and_leave_the_running_batch_at_every_step() {
         let mut engine = EchoEngine::new("m");
         let mut s = Scheduler::new(settings(2));
-        s.enqueue(scheduled(
-            1,
-            r#"{"id":"a","prompt":"a","max_new_tokens":1}"#,
-        ));
-        s.enqueue(scheduled(
-            2,
-            r#"{"id":"b","prompt":"b","max_new_tokens":3}"#,
-        ));
-        s.enqueue(scheduled(
-            3,
-            r#"{"id":"c","prompt":"c","max_new_tokens":1}"#,
-        ));
+        s.enqueue(scheduled(1, r#"{"id":"a","prompt":"a","max_new_tokens":1}"#));
+        s.enqueue(scheduled(2, r#"{"id":"b","prompt":"b","max_new_tokens":3}"#));
+        s.enqueue(scheduled(3, r#"{"id":"c","prompt":"c","max_new_tokens":1}"#));
         let mut ev = Vec::new();
         s.admit(&mut engine, &mut ev, &mut |_| true);
         assert_eq!((s.running(), s.waiting()), (2, 1), "cap of 2 sequences");
         s.step(&mut engine, None, &mut ev);
-        assert_eq!(
-            finished(&ev),
-            vec![(1, JobStatus::Done)],
-            "job 1 leaves after its one token"
-        );
+        assert_eq!(finished(&ev), vec![(1, JobStatus::Done)], "job 1 leaves after its one token");
         s.admit(&mut engine, &mut ev, &mut |_| true);
         assert_eq!(s.running(), 2, "job 3 joins while job 2 still runs");
         s.step(&mut engine, None, &mut ev);
-        assert_eq!(
-            finished(&ev),
-            vec![(1, JobStatus::Done), (3, JobStatus::Done)]
-        );
+        assert_eq!(finished(&ev), vec![(1, JobStatus::Done), (3, JobStatus::Done)]);
     }
 
     #[test]
@@ -881,35 +716,16 @@ mod tests {
         let mut engine = EchoEngine::new("m");
         let mut s = Scheduler::new(settings(3));
         let shared = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen";
-        s.enqueue(scheduled(
-            1,
-            &format!(r#"{{"id":"a","prompt":"{shared} a","max_new_tokens":1}}"#),
-        ));
-        s.enqueue(scheduled(
-            2,
-            r#"{"id":"b","prompt":"something else entirely","max_new_tokens":1}"#,
-        ));
-        s.enqueue(scheduled(
-            3,
-            r#"{"id":"c","prompt":"and another","max_new_tokens":1}"#,
-        ));
-        s.enqueue(scheduled(
-            4,
-            &format!(r#"{{"id":"d","prompt":"{shared} d","max_new_tokens":1}}"#),
-        ));
-        s.enqueue(scheduled(
-            5,
-            &format!(r#"{{"id":"e","prompt":"{shared} e","max_new_tokens":1}}"#),
-        ));
+        s.enqueue(scheduled(1, &format!(r#"{{"id":"a","prompt":"{shared} a","max_new_tokens":1}}"#)));
+        s.enqueue(scheduled(2, r#"{"id":"b","prompt":"something else entirely","max_new_tokens":1}"#));
+        s.enqueue(scheduled(3, r#"{"id":"c","prompt":"and another","max_new_tokens":1}"#));
+        s.enqueue(scheduled(4, &format!(r#"{{"id":"d","prompt":"{shared} d","max_new_tokens":1}}"#)));
+        s.enqueue(scheduled(5, &format!(r#"{{"id":"e","prompt":"{shared} e","max_new_tokens":1}}"#)));
         let mut ev = Vec::new();
         s.admit(&mut engine, &mut ev, &mut |_| true);
         s.step(&mut engine, None, &mut ev);
         let first: Vec<u64> = finished(&ev).into_iter().map(|(t, _)| t).collect();
-        assert_eq!(
-            first,
-            vec![1, 4, 5],
-            "the head and the jobs sharing its prefix, ahead of 2 and 3"
-        );
+        assert_eq!(first, vec![1, 4, 5], "the head and the jobs sharing its prefix, ahead of 2 and 3");
         s.admit(&mut engine, &mut ev, &mut |_| true);
         s.step(&mut engine, None, &mut ev);
         let all: Vec<u64> = finished(&ev).into_iter().map(|(t, _)| t).collect();
@@ -920,18 +736,9 @@ mod tests {
     fn jobs_are_admitted_high_then_normal_then_low() {
         let mut engine = EchoEngine::new("m");
         let mut s = Scheduler::new(settings(1));
-        s.enqueue(scheduled(
-            1,
-            r#"{"id":"a","prompt":"a","max_new_tokens":1,"priority":"low"}"#,
-        ));
-        s.enqueue(scheduled(
-            2,
-            r#"{"id":"b","prompt":"b","max_new_tokens":1}"#,
-        ));
-        s.enqueue(scheduled(
-            3,
-            r#"{"id":"c","prompt":"c","max_new_tokens":1,"priority":"high"}"#,
-        ));
+        s.enqueue(scheduled(1, r#"{"id":"a","prompt":"a","max_new_tokens":1,"priority":"low"}"#));
+        s.enqueue(scheduled(2, r#"{"id":"b","prompt":"b","max_new_tokens":1}"#));
+        s.enqueue(scheduled(3, r#"{"id":"c","prompt":"c","max_new_tokens":1,"priority":"high"}"#));
         let mut ev = Vec::new();
         for _ in 0..3 {
             s.admit(&mut engine, &mut ev, &mut |_| true);
@@ -956,78 +763,47 @@ mod tests {
     fn a_job_the_engine_refuses_ends_failed_naming_the_field() {
         let mut engine = EchoEngine::new("m");
         let mut s = Scheduler::new(settings(4));
-        s.enqueue(scheduled(
-            1,
-            r#"{"id":"a","prompt":"a b","max_new_tokens":8191}"#,
-        ));
+        s.enqueue(scheduled(1, r#"{"id":"a","prompt":"a b","max_new_tokens":8191}"#));
         let mut ev = Vec::new();
         s.admit(&mut engine, &mut ev, &mut |_| true);
         match &ev[0] {
             EngineEvent::Finished { outcome, .. } => {
                 assert_eq!(outcome.status, JobStatus::Failed);
-                assert!(outcome
-                    .error
-                    .as_deref()
-                    .unwrap_or("")
-                    .contains("max_new_tokens"));
+                assert!(outcome.error.as_deref().unwrap_or("").contains("max_new_tokens"));
             }
             other => panic!("unexpected {other:?}"),
         }
     }
 
     fn suspect(ticket: Ticket, json: &str) -> ScheduledJob<Ticket> {
-        ScheduledJob {
-            isolated: true,
-            ..scheduled(ticket, json)
-        }
+        ScheduledJob { isolated: true, ..scheduled(ticket, json) }
     }
 
     #[test]
     fn a_suspect_runs_alone_once_the_batch_drains() {
         let mut engine = EchoEngine::new("m");
         let mut s = Scheduler::new(settings(4));
-        s.enqueue(scheduled(
-            1,
-            r#"{"id":"a","prompt":"a","max_new_tokens":1}"#,
-        ));
+        s.enqueue(scheduled(1, r#"{"id":"a","prompt":"a","max_new_tokens":1}"#));
         let mut ev = Vec::new();
         s.admit(&mut engine, &mut ev, &mut |_| true);
         s.enqueue(suspect(2, r#"{"id":"s","prompt":"s","max_new_tokens":2}"#));
-        s.enqueue(scheduled(
-            3,
-            r#"{"id":"c","prompt":"c","max_new_tokens":1}"#,
-        ));
+        s.enqueue(scheduled(3, r#"{"id":"c","prompt":"c","max_new_tokens":1}"#));
         s.admit(&mut engine, &mut ev, &mut |_| true);
-        assert_eq!(
-            s.running(),
-            1,
-            "nothing joins while a suspect waits for the batch to drain"
-        );
+        assert_eq!(s.running(), 1, "nothing joins while a suspect waits for the batch to drain");
         s.step(&mut engine, None, &mut ev);
         let mut gated = Vec::new();
         s.admit(&mut engine, &mut ev, &mut |j| {
             gated.push(j.id.clone());
             true
         });
-        assert_eq!(
-            (s.running(), gated),
-            (1, vec!["s".to_string()]),
-            "the suspect runs alone, after its gate"
-        );
+        assert_eq!((s.running(), gated), (1, vec!["s".to_string()]), "the suspect runs alone, after its gate");
         s.step(&mut engine, None, &mut ev);
         s.admit(&mut engine, &mut ev, &mut |_| true);
         assert_eq!(s.running(), 1, "still alone on its second token");
         s.step(&mut engine, None, &mut ev);
         s.admit(&mut engine, &mut ev, &mut |_| true);
         s.step(&mut engine, None, &mut ev);
-        assert_eq!(
-            finished(&ev),
-            vec![
-                (1, JobStatus::Done),
-                (2, JobStatus::Done),
-                (3, JobStatus::Done)
-            ]
-        );
+        assert_eq!(finished(&ev), vec![(1, JobStatus::Done), (2, JobStatus::Done), (3, JobStatus::Done)]);
     }
 
     #[test]
@@ -1046,29 +822,18 @@ mod tests {
     fn cancel_ends_waiting_and_running_jobs_keeping_generated_text() {
         let mut engine = EchoEngine::new("m");
         let mut s = Scheduler::new(settings(1));
-        s.enqueue(scheduled(
-            1,
-            r#"{"id":"a","prompt":"w1 w2 w3","max_new_tokens":9}"#,
-        ));
-        s.enqueue(scheduled(
-            2,
-            r#"{"id":"b","prompt":"b","max_new_tokens":9}"#,
-        ));
+        s.enqueue(scheduled(1, r#"{"id":"a","prompt":"w1 w2 w3","max_new_tokens":9}"#));
+        s.enqueue(scheduled(2, r#"{"id":"b","prompt":"b","max_new_tokens":9}"#));
         let mut ev = Vec::new();
         s.admit(&mut engine, &mut ev, &mut |_| true);
         s.step(&mut engine, None, &mut ev);
         let mut ids: HashSet<String> = ["a".to_string(), "b".to_string(), "zz".to_string()].into();
         s.cancel(&mut ids, &mut engine, &mut ev);
         assert_eq!(ids, ["zz".to_string()].into(), "unknown ids stay for later");
-        assert_eq!(
-            finished(&ev),
-            vec![(2, JobStatus::Cancelled), (1, JobStatus::Cancelled)]
-        );
+        assert_eq!(finished(&ev), vec![(2, JobStatus::Cancelled), (1, JobStatus::Cancelled)]);
         assert!(s.is_idle());
         let kept = ev.iter().find_map(|e| match e {
-            EngineEvent::Finished { reply: 1, outcome } => {
-                Some((outcome.text.clone(), outcome.completion_tokens))
-            }
+            EngineEvent::Finished { reply: 1, outcome } => Some((outcome.text.clone(), outcome.completion_tokens)),
             _ => None,
         });
         assert_eq!(kept, Some(("w1".to_string(), 1)));
@@ -1080,24 +845,11 @@ mod tests {
         // come back with the waiting, running and still-queued ones, none lost, none twice.
         let emit: EmitEvent<Ticket> = Box::new(|ev| Err(Undelivered(ev.into_reply())));
         let runtime = tokio::runtime::Handle::current();
-        let (jobs, handle) = spawn_engine_thread(
-            Box::new(EchoEngine::new("m")),
-            settings(2),
-            8,
-            emit,
-            None,
-            runtime,
-            Box::new(|_| true),
-        )
-        .expect("thread");
+        let (jobs, handle) =
+            spawn_engine_thread(Box::new(EchoEngine::new("m")), settings(2), 8, emit, None, runtime, Box::new(|_| true)).expect("thread");
         for t in 1..=6 {
             let tokens = if t % 2 == 0 { 1 } else { 40 };
-            jobs.send(scheduled(
-                t,
-                &format!(r#"{{"id":"j{t}","prompt":"a b c","max_new_tokens":{tokens}}}"#),
-            ))
-            .await
-            .expect("send");
+            jobs.send(scheduled(t, &format!(r#"{{"id":"j{t}","prompt":"a b c","max_new_tokens":{tokens}}}"#))).await.expect("send");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
         let mut back = handle.stop().await;

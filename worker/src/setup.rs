@@ -47,10 +47,7 @@ pub fn resolve_model_path(path: &str) -> Option<PathBuf> {
         return None;
     }
     let exe = std::env::current_exe().ok()?;
-    exe.ancestors()
-        .skip(1)
-        .map(|dir| dir.join(p))
-        .find(|candidate| candidate.exists())
+    exe.ancestors().skip(1).map(|dir| dir.join(p)).find(|candidate| candidate.exists())
 }
 
 /// Loads the engine the settings name.
@@ -58,29 +55,18 @@ pub fn build_engine(worker: &WorkerSettings) -> Result<Box<dyn Engine>, RunnerEr
     match worker.engine {
         EngineKind::Echo => Ok(Box::new(EchoEngine::new(&worker.model_name))),
         EngineKind::Llama => {
-            let kernel = Kernel::parse_setting(&worker.cpu_kernel)
-                .map_err(|e| RunnerError::Setting(e.to_string()))?;
+            let kernel = Kernel::parse_setting(&worker.cpu_kernel).map_err(|e| RunnerError::Setting(e.to_string()))?;
             Kernel::select(kernel).map_err(|e| RunnerError::Setting(e.to_string()))?;
-            let path = resolve_model_path(&worker.model_path).ok_or_else(|| {
-                RunnerError::ModelMissing {
-                    path: worker.model_path.clone(),
-                }
-            })?;
+            let path = resolve_model_path(&worker.model_path)
+                .ok_or_else(|| RunnerError::ModelMissing { path: worker.model_path.clone() })?;
             let settings = LlamaSettings {
                 model_path: path.clone(),
                 model_name: worker.model_name.clone(),
                 device: worker.device.clone(),
-                weights: weights_for_device(
-                    &worker.weights,
-                    &worker.device,
-                    worker.max_batch_size,
-                )?,
+                weights: weights_for_device(&worker.weights, &worker.device, worker.max_batch_size)?,
             };
             let engine = LlamaEngine::load(&settings)
-                .map_err(|e| RunnerError::Load {
-                    path: path.display().to_string(),
-                    message: e.to_string(),
-                })?
+                .map_err(|e| RunnerError::Load { path: path.display().to_string(), message: e.to_string() })?
                 .with_prefix_cache(worker.prefix_cache_mib << 20);
             Ok(Box::new(engine))
         }
@@ -95,19 +81,13 @@ pub fn parse_weights(name: &str, max_batch_size: usize) -> Result<WeightFormat, 
         "q8_0" => Ok(WeightFormat::Q8_0),
         "f32" => Ok(WeightFormat::F32),
         "packed" => Ok(WeightFormat::Packed),
-        other => Err(RunnerError::Setting(format!(
-            "`worker.weights` is {other:?}; expected auto, packed, native, q8_0 or f32"
-        ))),
+        other => Err(RunnerError::Setting(format!("`worker.weights` is {other:?}; expected auto, packed, native, q8_0 or f32"))),
     }
 }
 
 /// [`parse_weights`], except that `auto` on a GPU (`cuda`, `cuda:N`) keeps the weights as stored:
 /// GGUF quantized (candle's CUDA MMQ/MMVQ kernels), safetensors in bf16.
-pub fn weights_for_device(
-    name: &str,
-    device: &str,
-    max_batch_size: usize,
-) -> Result<WeightFormat, RunnerError> {
+pub fn weights_for_device(name: &str, device: &str, max_batch_size: usize) -> Result<WeightFormat, RunnerError> {
     if name == "auto" && device.trim().starts_with("cuda") {
         return Ok(WeightFormat::Native);
     }
@@ -119,9 +99,7 @@ pub fn worker_id(worker: &WorkerSettings) -> String {
     if !worker.worker_id.is_empty() {
         return worker.worker_id.clone();
     }
-    let host = std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "worker".into());
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "worker".into());
     format!("{host}-{}", std::process::id())
 }
 
@@ -140,11 +118,7 @@ pub fn pipeline_settings(settings: &Settings, context_length: usize) -> Pipeline
     PipelineSettings {
         instance: instance_id(&worker_id),
         worker_id,
-        rules: IntakeRules {
-            limits: w.limits(context_length),
-            max_body_bytes: w.max_body_bytes,
-            model: w.model_name.clone(),
-        },
+        rules: IntakeRules { limits: w.limits(context_length), max_body_bytes: w.max_body_bytes, model: w.model_name.clone() },
         scheduler: SchedulerSettings {
             max_batch_size: w.max_batch_size.max(1),
             batch_wait: Duration::from_millis(w.batch_wait_ms),
@@ -178,17 +152,8 @@ mod tests {
         assert_eq!(parse_weights("native", 16).ok(), Some(WeightFormat::Native));
         let err = parse_weights("q4", 16).expect_err("unknown format");
         assert!(err.to_string().contains("worker.weights"), "{err}");
-        assert_eq!(
-            weights_for_device("auto", "cuda:0", 16).ok(),
-            Some(WeightFormat::Native)
-        );
-        assert_eq!(
-            weights_for_device("f32", "cuda:0", 16).ok(),
-            Some(WeightFormat::F32)
-        );
-        assert_eq!(
-            weights_for_device("auto", "cpu", 1).ok(),
-            parse_weights("auto", 1).ok()
-        );
+        assert_eq!(weights_for_device("auto", "cuda:0", 16).ok(), Some(WeightFormat::Native));
+        assert_eq!(weights_for_device("f32", "cuda:0", 16).ok(), Some(WeightFormat::F32));
+        assert_eq!(weights_for_device("auto", "cpu", 1).ok(), parse_weights("auto", 1).ok());
     }
 }

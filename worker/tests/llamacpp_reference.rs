@@ -75,27 +75,15 @@ struct Tolerance {
 fn tolerance(format: WeightFormat) -> Tolerance {
     match format {
         // Keeps the GGUF's Q4_1 weights and quantizes activations to Q8_1, as llama.cpp does.
-        WeightFormat::Native => Tolerance {
-            mean_abs: 0.1,
-            max_abs: 1.0,
-        },
+        WeightFormat::Native => Tolerance { mean_abs: 0.1, max_abs: 1.0 },
         // Dequantized Q4_1 weights: the same model, no activation rounding.
-        WeightFormat::F32 => Tolerance {
-            mean_abs: 0.1,
-            max_abs: 1.0,
-        },
+        WeightFormat::F32 => Tolerance { mean_abs: 0.1, max_abs: 1.0 },
         // Re-quantizes the Q4_1 weights at load (a second rounding of every weight): a slightly
         // different model from the file's. Measured: mean 0.090 / max 0.91, so looser bounds.
-        WeightFormat::Q8_0 => Tolerance {
-            mean_abs: 0.15,
-            max_abs: 1.5,
-        },
+        WeightFormat::Q8_0 => Tolerance { mean_abs: 0.15, max_abs: 1.5 },
         // The file's Q4_1 (and Q8_0) blocks exactly, activations rounded per block of 32 like
         // llama.cpp's Q8_1, but an f16 KV cache and genq's own summation order.
-        WeightFormat::Packed => Tolerance {
-            mean_abs: 0.1,
-            max_abs: 1.0,
-        },
+        WeightFormat::Packed => Tolerance { mean_abs: 0.1, max_abs: 1.0 },
     }
 }
 
@@ -143,12 +131,8 @@ fn gguf_path() -> PathBuf {
 
 fn fixture() -> Fixture {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llamacpp_reference.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "reading {}: {e} (regenerate with scripts/llamacpp-reference.sh)",
-            path.display()
-        )
-    });
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e} (regenerate with scripts/llamacpp-reference.sh)", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
 }
 
@@ -207,10 +191,7 @@ fn run_engine(
     format: WeightFormat,
     fx: &Fixture,
     tok: &Tokenizer,
-) -> (
-    BTreeMap<usize, GenerateOutcome>,
-    BTreeMap<usize, ScoreOutcome>,
-) {
+) -> (BTreeMap<usize, GenerateOutcome>, BTreeMap<usize, ScoreOutcome>) {
     let settings = LlamaSettings {
         model_path: model_path(),
         model_name: "smollm2-135m-instruct".into(),
@@ -229,11 +210,7 @@ fn run_engine(
     {
         // Prompts parse special tokens, as the engine does.
         let enc = tok.encode(text.as_str(), true).expect("encode");
-        assert_eq!(
-            enc,
-            ids.as_slice(),
-            "{name}: genq's tokenization differs from llama.cpp's for {text:?}"
-        );
+        assert_eq!(enc, ids.as_slice(), "{name}: genq's tokenization differs from llama.cpp's for {text:?}");
     }
 
     for (i, case) in fx.generate.iter().enumerate() {
@@ -246,12 +223,7 @@ fn run_engine(
         };
         let job = validate(&req, &Limits::default()).expect("valid generate job");
         let admitted = engine.encode_and_admit(i as u64, &job, 0).expect("admit");
-        assert_eq!(
-            admitted.prompt_tokens,
-            case.prompt_ids.len(),
-            "{}: prompt tokens admitted",
-            case.name
-        );
+        assert_eq!(admitted.prompt_tokens, case.prompt_ids.len(), "{}: prompt tokens admitted", case.name);
     }
     for (j, case) in fx.score.iter().enumerate() {
         let req = JobRequest {
@@ -261,24 +233,14 @@ fn run_engine(
             ..JobRequest::prompt(case.text.clone())
         };
         let job = validate(&req, &Limits::default()).expect("valid score job");
-        let admitted = engine
-            .encode_and_admit((n_gen + j) as u64, &job, 0)
-            .expect("admit");
-        assert_eq!(
-            admitted.prompt_tokens,
-            case.prompt_ids.len(),
-            "{}: prompt tokens admitted",
-            case.name
-        );
+        let admitted = engine.encode_and_admit((n_gen + j) as u64, &job, 0).expect("admit");
+        assert_eq!(admitted.prompt_tokens, case.prompt_ids.len(), "{}: prompt tokens admitted", case.name);
     }
 
-    let mut gen: BTreeMap<usize, GenerateOutcome> = (0..n_gen)
-        .map(|i| (i, GenerateOutcome { pieces: Vec::new() }))
-        .collect();
+    let mut gen: BTreeMap<usize, GenerateOutcome> =
+        (0..n_gen).map(|i| (i, GenerateOutcome { pieces: Vec::new() })).collect();
     let mut score = BTreeMap::new();
-    let limits = StepLimits {
-        max_prefill_tokens: MAX_PREFILL_TOKENS,
-    };
+    let limits = StepLimits { max_prefill_tokens: MAX_PREFILL_TOKENS };
     let mut steps = 0;
     while engine.active() > 0 {
         steps += 1;
@@ -298,30 +260,11 @@ fn run_engine(
                 // `prompt_logprobs` carries the same numbers with their tokens: those are what
                 // is compared with llama.cpp.
                 let case = &fx.score[idx - n_gen];
-                let prompt = done
-                    .logprobs
-                    .prompt
-                    .expect("the job asked for prompt_logprobs");
-                assert_eq!(
-                    prompt.iter().map(|t| t.id).collect::<Vec<_>>(),
-                    case.prompt_ids,
-                    "{}: prompt tokens",
-                    case.name
-                );
-                assert!(
-                    prompt[0].logprob.is_none() && prompt[1..].iter().all(|t| t.top.len() == 1),
-                    "{}",
-                    case.name
-                );
-                let logprobs: Vec<f64> = prompt[1..]
-                    .iter()
-                    .map(|t| t.logprob.expect("a log-prob after the first token"))
-                    .collect();
-                assert_eq!(
-                    logprobs, s.logprobs,
-                    "{}: prompt_logprobs and the score's log-probs agree",
-                    case.name
-                );
+                let prompt = done.logprobs.prompt.expect("the job asked for prompt_logprobs");
+                assert_eq!(prompt.iter().map(|t| t.id).collect::<Vec<_>>(), case.prompt_ids, "{}: prompt tokens", case.name);
+                assert!(prompt[0].logprob.is_none() && prompt[1..].iter().all(|t| t.top.len() == 1), "{}", case.name);
+                let logprobs: Vec<f64> = prompt[1..].iter().map(|t| t.logprob.expect("a log-prob after the first token")).collect();
+                assert_eq!(logprobs, s.logprobs, "{}: prompt_logprobs and the score's log-probs agree", case.name);
                 score.insert(idx - n_gen, ScoreOutcome { logprobs });
             }
         }
@@ -336,11 +279,7 @@ fn check_against_llamacpp(format: WeightFormat) {
     let tok = gguf_tokenizer(&path);
     let started = std::time::Instant::now();
     let (gen, score) = run_engine(format, &fx, &tok);
-    println!(
-        "\n=== genq {format:?} vs {} ({:.1}s) ===",
-        fx.llama_cpp,
-        started.elapsed().as_secs_f64()
-    );
+    println!("\n=== genq {format:?} vs {} ({:.1}s) ===", fx.llama_cpp, started.elapsed().as_secs_f64());
     println!("banned until min_new_tokens (both sides): {:?}", fx.banned);
 
     // Greedy generation.
@@ -348,10 +287,7 @@ fn check_against_llamacpp(format: WeightFormat) {
         "{:<16} {:>6} {:>8} {:>11} {:>8}  first difference (genq | llama.cpp)",
         "prompt", "prompt", "leading", "ref gap at", "cpp f16"
     );
-    println!(
-        "{:<16} {:>6} {:>8} {:>11} {:>8}",
-        "", "tokens", "match", "divergence", "KV match"
-    );
+    println!("{:<16} {:>6} {:>8} {:>11} {:>8}", "", "tokens", "match", "divergence", "KV match");
     let mut matches = Vec::new();
     for (i, case) in fx.generate.iter().enumerate() {
         let ours = &gen[&i].pieces;
@@ -378,20 +314,10 @@ fn check_against_llamacpp(format: WeightFormat) {
             n,
             fx.new_tokens,
             gap,
-            fx.calibration
-                .generate_leading_match
-                .get(i)
-                .copied()
-                .unwrap_or(0),
+            fx.calibration.generate_leading_match.get(i).copied().unwrap_or(0),
             fx.new_tokens
         );
-        assert!(
-            ours.len() == fx.new_tokens,
-            "{}: genq generated {} tokens, expected {}",
-            case.name,
-            ours.len(),
-            fx.new_tokens
-        );
+        assert!(ours.len() == fx.new_tokens, "{}: genq generated {} tokens, expected {}", case.name, ours.len(), fx.new_tokens);
     }
     let good = matches.iter().filter(|&&n| n >= MIN_LEADING_MATCH).count();
     let exact = matches.iter().filter(|&&n| n == fx.new_tokens).count();
@@ -401,17 +327,8 @@ fn check_against_llamacpp(format: WeightFormat) {
         .generate
         .iter()
         .zip(&matches)
-        .filter(|(c, &n)| {
-            n < fx.new_tokens
-                && c.margins.get(n).copied().unwrap_or(f64::INFINITY) >= MAX_GAP_AT_DIVERGENCE
-        })
-        .map(|(c, &n)| {
-            format!(
-                "{} at token {n} (gap {:.3})",
-                c.name,
-                c.margins.get(n).copied().unwrap_or(f64::NAN)
-            )
-        })
+        .filter(|(c, &n)| n < fx.new_tokens && c.margins.get(n).copied().unwrap_or(f64::INFINITY) >= MAX_GAP_AT_DIVERGENCE)
+        .map(|(c, &n)| format!("{} at token {n} (gap {:.3})", c.name, c.margins.get(n).copied().unwrap_or(f64::NAN)))
         .collect();
     println!(
         "{good}/{} prompts with >= {MIN_LEADING_MATCH} leading tokens equal ({exact} with all {}), need {need}; \
@@ -432,23 +349,10 @@ fn check_against_llamacpp(format: WeightFormat) {
     );
     for (j, case) in fx.score.iter().enumerate() {
         let ours = &score[&j].logprobs;
-        assert_eq!(
-            ours.len(),
-            case.logprobs.len(),
-            "{}: one log-prob per prompt token after the first",
-            case.name
-        );
-        let diffs: Vec<f64> = ours
-            .iter()
-            .zip(&case.logprobs)
-            .map(|(a, b)| (a - b).abs())
-            .collect();
+        assert_eq!(ours.len(), case.logprobs.len(), "{}: one log-prob per prompt token after the first", case.name);
+        let diffs: Vec<f64> = ours.iter().zip(&case.logprobs).map(|(a, b)| (a - b).abs()).collect();
         let mean = diffs.iter().sum::<f64>() / diffs.len().max(1) as f64;
-        let (at, max) = diffs
-            .iter()
-            .copied()
-            .enumerate()
-            .fold((0, 0.0), |a, (i, d)| if d > a.1 { (i, d) } else { a });
+        let (at, max) = diffs.iter().copied().enumerate().fold((0, 0.0), |a, (i, d)| if d > a.1 { (i, d) } else { a });
         let mean_lp = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
         let target = case.prompt_ids[at + 1];
         println!(
@@ -494,38 +398,26 @@ fn check_against_llamacpp(format: WeightFormat) {
 }
 
 #[test]
-#[cfg_attr(
-    not(genq_model),
-    ignore = "the default model is missing: scripts/fetch-model.sh"
-)]
+#[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
 fn native_weights_match_llamacpp() {
     check_against_llamacpp(WeightFormat::Native);
 }
 
 #[test]
-#[cfg_attr(
-    not(genq_model),
-    ignore = "the default model is missing: scripts/fetch-model.sh"
-)]
+#[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
 fn q8_0_weights_match_llamacpp() {
     check_against_llamacpp(WeightFormat::Q8_0);
 }
 
 #[test]
-#[cfg_attr(
-    not(genq_model),
-    ignore = "the default model is missing: scripts/fetch-model.sh"
-)]
+#[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
 fn f32_weights_match_llamacpp() {
     check_against_llamacpp(WeightFormat::F32);
 }
 
 /// genq's own kernel (the CPU default where AVX-512 VNNI exists; its portable reference elsewhere).
 #[test]
-#[cfg_attr(
-    not(genq_model),
-    ignore = "the default model is missing: scripts/fetch-model.sh"
-)]
+#[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
 fn packed_weights_match_llamacpp() {
     check_against_llamacpp(WeightFormat::Packed);
 }

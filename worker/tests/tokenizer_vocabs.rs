@@ -67,10 +67,7 @@ fn cases(gguf: &Path) -> Vec<(String, Vec<u32>)> {
         .lines()
         .map(|line| {
             line.split_whitespace()
-                .map(|id| {
-                    id.parse()
-                        .unwrap_or_else(|e| panic!("{}.out: `{id}`: {e}", gguf.display()))
-                })
+                .map(|id| id.parse().unwrap_or_else(|e| panic!("{}.out: `{id}`: {e}", gguf.display())))
                 .collect()
         })
         .collect();
@@ -115,9 +112,7 @@ fn check(gguf: &Path) -> Outcome {
             }
         };
         if &ids != want {
-            failures.push(format!(
-                "{text:?}\n      genq      {ids:?}\n      llama.cpp {want:?}"
-            ));
+            failures.push(format!("{text:?}\n      genq      {ids:?}\n      llama.cpp {want:?}"));
             continue;
         }
         match tok.decode(&ids, false) {
@@ -141,10 +136,7 @@ fn gguf_tokenizers_match_llamacpp_on_its_own_cases() {
         .filter_map(|entry| entry.ok().map(|e| e.path()))
         .filter_map(|path| {
             let name = path.file_name()?.to_str()?;
-            let name = name
-                .strip_prefix("ggml-vocab-")?
-                .strip_suffix(".gguf")?
-                .to_owned();
+            let name = name.strip_prefix("ggml-vocab-")?.strip_suffix(".gguf")?.to_owned();
             PathBuf::from(format!("{}.inp", path.display()))
                 .exists()
                 .then_some((name, path))
@@ -156,9 +148,7 @@ fn gguf_tokenizers_match_llamacpp_on_its_own_cases() {
     let mut passed = Vec::new();
     for required in REQUIRED {
         if !vocabs.iter().any(|(name, _)| name == required) {
-            problems.push(format!(
-                "{required}: ggml-vocab-{required}.gguf with cases is missing"
-            ));
+            problems.push(format!("{required}: ggml-vocab-{required}.gguf with cases is missing"));
         }
     }
     for (name, path) in &vocabs {

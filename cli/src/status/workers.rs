@@ -23,11 +23,7 @@ pub struct Sample {
 /// Parses the Prometheus text format (comments skipped; label values without escaped quotes).
 pub fn parse(text: &str) -> Vec<Sample> {
     let mut out = Vec::new();
-    for line in text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-    {
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
         let (series, value) = match line.rfind('}') {
             Some(end) => (&line[..=end], line[end + 1..].trim()),
             None => match line.split_once(' ') {
@@ -35,21 +31,11 @@ pub fn parse(text: &str) -> Vec<Sample> {
                 None => continue,
             },
         };
-        let Some(value) = value
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse::<f64>().ok())
-        else {
-            continue;
-        };
+        let Some(value) = value.split_whitespace().next().and_then(|v| v.parse::<f64>().ok()) else { continue };
         let (name, labels) = match series.split_once('{') {
             Some((name, rest)) => {
                 let mut labels = BTreeMap::new();
-                for pair in rest
-                    .trim_end_matches('}')
-                    .split("\",")
-                    .filter(|p| !p.is_empty())
-                {
+                for pair in rest.trim_end_matches('}').split("\",").filter(|p| !p.is_empty()) {
                     if let Some((k, v)) = pair.split_once('=') {
                         labels.insert(k.trim().to_string(), v.trim().trim_matches('"').to_string());
                     }
@@ -58,11 +44,7 @@ pub fn parse(text: &str) -> Vec<Sample> {
             }
             None => (series, BTreeMap::new()),
         };
-        out.push(Sample {
-            name: name.to_string(),
-            labels,
-            value,
-        });
+        out.push(Sample { name: name.to_string(), labels, value });
     }
     out
 }
@@ -119,18 +101,12 @@ fn metrics_target(addr: &str) -> Result<HttpTarget, UrlError> {
 
 async fn scrape(addr: &str) -> Result<Vec<Sample>, String> {
     let target = metrics_target(addr).map_err(|e| e.to_string())?;
-    http::get(&target, None, Duration::from_secs(5))
-        .await
-        .map(|t| parse(&t))
-        .map_err(|e| e.to_string())
+    http::get(&target, None, Duration::from_secs(5)).await.map(|t| parse(&t)).map_err(|e| e.to_string())
 }
 
 /// Reads `addr`'s metrics twice, `interval` apart.
 pub async fn sample(addr: &str, interval: Duration) -> WorkerStatus {
-    let mut status = WorkerStatus {
-        addr: addr.to_string(),
-        ..WorkerStatus::default()
-    };
+    let mut status = WorkerStatus { addr: addr.to_string(), ..WorkerStatus::default() };
     let first = match scrape(addr).await {
         Ok(s) => s,
         Err(e) => {
@@ -161,10 +137,7 @@ pub async fn sample(addr: &str, interval: Duration) -> WorkerStatus {
     status.kv_cache_tokens = total(&now, names::KV_CACHE_TOKENS, None);
     status.done = total(&now, names::JOBS_TOTAL, Some(("status", "done")));
     status.not_done = total(&now, names::JOBS_TOTAL, None) - status.done;
-    status.prefix_hit_pct = hit_pct(
-        total(&now, names::PREFIX_CACHE_HIT_TOKENS_TOTAL, None),
-        total(&now, names::PROMPT_TOKENS_TOTAL, None),
-    );
+    status.prefix_hit_pct = hit_pct(total(&now, names::PREFIX_CACHE_HIT_TOKENS_TOTAL, None), total(&now, names::PROMPT_TOKENS_TOTAL, None));
     status
 }
 
@@ -184,10 +157,7 @@ mod tests {
     #[test]
     fn the_prefix_hit_rate_is_a_share_of_prompt_tokens() {
         let s = parse("genq_prefix_cache_hit_tokens_total 300\ngenq_prompt_tokens_total 1200\n");
-        let pct = hit_pct(
-            total(&s, names::PREFIX_CACHE_HIT_TOKENS_TOTAL, None),
-            total(&s, names::PROMPT_TOKENS_TOTAL, None),
-        );
+        let pct = hit_pct(total(&s, names::PREFIX_CACHE_HIT_TOKENS_TOTAL, None), total(&s, names::PROMPT_TOKENS_TOTAL, None));
         assert_eq!(pct, 25.0);
         assert_eq!(hit_pct(0.0, 0.0), 0.0, "no prompt yet");
     }
@@ -200,14 +170,8 @@ mod tests {
         assert_eq!(total(&s, "genq_jobs_total", None), 9.0);
         assert_eq!(total(&s, "genq_jobs_total", Some(("status", "done"))), 7.0);
         assert_eq!(total(&s, "genq_running_sequences", None), 3.0);
-        let info = s
-            .iter()
-            .find(|x| x.name == "genq_worker_info")
-            .expect("info");
+        let info = s.iter().find(|x| x.name == "genq_worker_info").expect("info");
         assert_eq!(info.labels.get("model").map(String::as_str), Some("m"));
-        assert_eq!(
-            info.labels.get("version").map(String::as_str),
-            Some("0.1.0")
-        );
+        assert_eq!(info.labels.get("version").map(String::as_str), Some("0.1.0"));
     }
 }

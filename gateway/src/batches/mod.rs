@@ -53,10 +53,7 @@ pub struct CreateBatch {
 
 /// `POST /v1/batches`: reads the input file, publishes its valid requests as jobs, and answers
 /// the batch (`in_progress`).
-pub async fn create(
-    State(gw): State<Gateway>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
+pub async fn create(State(gw): State<Gateway>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let bytes = body_bytes(body, gw.settings().gateway.max_body_bytes)?;
     let req: CreateBatch = parse_json(&bytes)?;
     let (rec, counts) = create_batch(&gw, req).await?;
@@ -65,42 +62,20 @@ pub async fn create(
 
 /// Creates a batch (what `POST /v1/batches` and `genq batch create` do): reads the input file,
 /// publishes its valid requests as jobs; the batch is `in_progress` (or already over).
-pub async fn create_batch(
-    gw: &Gateway,
-    req: CreateBatch,
-) -> Result<(BatchRecord, RequestCounts), ApiError> {
+pub async fn create_batch(gw: &Gateway, req: CreateBatch) -> Result<(BatchRecord, RequestCounts), ApiError> {
     let gw = gw.clone();
-    let route = Route::from_path(&req.endpoint).ok_or_else(|| {
-        ApiError::invalid_value(
-            "endpoint",
-            format!(
-                "{:?} is not served in batches (/v1/completions, /v1/chat/completions)",
-                req.endpoint
-            ),
-        )
-    })?;
+    let route = Route::from_path(&req.endpoint)
+        .ok_or_else(|| ApiError::invalid_value("endpoint", format!("{:?} is not served in batches (/v1/completions, /v1/chat/completions)", req.endpoint)))?;
     if req.completion_window != COMPLETION_WINDOW {
-        return Err(ApiError::invalid_value(
-            "completion_window",
-            format!("must be {COMPLETION_WINDOW:?}"),
-        ));
+        return Err(ApiError::invalid_value("completion_window", format!("must be {COMPLETION_WINDOW:?}")));
     }
     let meta = file_meta(&gw, &req.input_file_id).await?;
     if meta.purpose != "batch" {
-        return Err(ApiError::invalid_value(
-            "input_file_id",
-            format!(
-                "file {} has purpose {:?}, not \"batch\"",
-                meta.id, meta.purpose
-            ),
-        ));
+        return Err(ApiError::invalid_value("input_file_id", format!("file {} has purpose {:?}, not \"batch\"", meta.id, meta.purpose)));
     }
     let content = file_content(&gw, &meta.id).await?;
     let id = format!("batch-{}", uuid::Uuid::new_v4().simple());
-    let limits = InputLimits {
-        max_requests: gw.settings().gateway.batch_max_requests,
-        max_n: gw.settings().gateway.max_n,
-    };
+    let limits = InputLimits { max_requests: gw.settings().gateway.batch_max_requests, max_n: gw.settings().gateway.max_n };
     let input = read_input(&content, &id, route, limits)?;
     let now = now_secs();
     let mut rec = BatchRecord {
@@ -125,10 +100,7 @@ pub async fn create_batch(
         error_file_id: None,
         errors: None,
     };
-    let mut lines = BatchLines {
-        custom_ids: input.custom_ids,
-        invalid: input.invalid,
-    };
+    let mut lines = BatchLines { custom_ids: input.custom_ids, invalid: input.invalid };
     rec.save_new(&gw, &lines).await?;
     let producer = gw.producer().await?;
     let (job_lines, jobs): (Vec<usize>, Vec<_>) = input.jobs.into_iter().unzip();
@@ -136,9 +108,7 @@ pub async fn create_batch(
     let refused_before = lines.invalid.len();
     for (line, outcome) in job_lines.into_iter().zip(published) {
         if let Err(e) = outcome {
-            lines
-                .invalid
-                .push((line, ApiError::from_publish(&e, openai_names).message));
+            lines.invalid.push((line, ApiError::from_publish(&e, openai_names).message));
         }
     }
     if lines.invalid.len() > refused_before {
@@ -154,10 +124,7 @@ pub async fn create_batch(
 }
 
 /// Batch `id` as it is now (what `GET /v1/batches/{id}` and `genq batch status` answer).
-pub async fn batch_status(
-    gw: &Gateway,
-    id: &str,
-) -> Result<(BatchRecord, RequestCounts), ApiError> {
+pub async fn batch_status(gw: &Gateway, id: &str) -> Result<(BatchRecord, RequestCounts), ApiError> {
     let mut rec = BatchRecord::load(gw, id).await?;
     let counts = refresh(gw, &mut rec).await?;
     Ok((rec, counts))
@@ -171,9 +138,7 @@ async fn refresh(gw: &Gateway, rec: &mut BatchRecord) -> Result<RequestCounts, A
         rec.status = "failed".into();
         rec.failed_at = Some(now_secs());
         let message = "the gateway creating this batch stopped before it had published its requests; create it again";
-        rec.errors = Some(
-            json!({ "object": "list", "data": [{ "code": "publish_interrupted", "message": message, "param": null, "line": null }] }),
-        );
+        rec.errors = Some(json!({ "object": "list", "data": [{ "code": "publish_interrupted", "message": message, "param": null, "line": null }] }));
         rec.save_if_status(gw, "validating").await?;
         return Ok(counts);
     }
@@ -205,9 +170,7 @@ async fn refresh(gw: &Gateway, rec: &mut BatchRecord) -> Result<RequestCounts, A
             }
         }
     });
-    *rec = task
-        .await
-        .map_err(|e| ApiError::internal(format!("writing the batch's files: {e}")))??;
+    *rec = task.await.map_err(|e| ApiError::internal(format!("writing the batch's files: {e}")))??;
     Ok(counts)
 }
 
@@ -244,11 +207,7 @@ async fn finalize(gw: &Gateway, rec: &mut BatchRecord, end: &'static str) -> Res
 async fn cancel_jobs(gw: &Gateway, rec: &BatchRecord) -> Result<(), ApiError> {
     let results = gw.results().await?;
     let lines = BatchLines::load(gw, &rec.id).await?;
-    let ids: Vec<String> = lines
-        .job_lines()
-        .into_iter()
-        .map(|l| input::job_id(&rec.id, l))
-        .collect();
+    let ids: Vec<String> = lines.job_lines().into_iter().map(|l| input::job_id(&rec.id, l)).collect();
     for chunk in ids.chunks(256) {
         // A job already final, or whose record expired, has nothing to cancel: not an error.
         futures::future::join_all(chunk.iter().map(|j| results.cancel(j))).await;
@@ -257,10 +216,7 @@ async fn cancel_jobs(gw: &Gateway, rec: &BatchRecord) -> Result<(), ApiError> {
 }
 
 /// `GET /v1/batches/{id}`.
-pub async fn retrieve(
-    State(gw): State<Gateway>,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+pub async fn retrieve(State(gw): State<Gateway>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let (rec, counts) = batch_status(&gw, &id).await?;
     Ok(json_response(&rec.json(counts)))
 }
@@ -268,10 +224,7 @@ pub async fn retrieve(
 /// `POST /v1/batches/{id}/cancel`: asks every job of the batch to be cancelled; the batch is
 /// `cancelling` until they are all final, then `cancelled`, with the results of those that
 /// finished first in its output file.
-pub async fn cancel(
-    State(gw): State<Gateway>,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+pub async fn cancel(State(gw): State<Gateway>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let mut rec = BatchRecord::load(&gw, &id).await?;
     if rec.status == "in_progress" {
         rec.status = "cancelling".into();
@@ -299,30 +252,16 @@ pub struct ListBatches {
 }
 
 /// `GET /v1/batches`: newest first.
-pub async fn list(
-    State(gw): State<Gateway>,
-    Query(q): Query<ListBatches>,
-) -> Result<Response, ApiError> {
+pub async fn list(State(gw): State<Gateway>, Query(q): Query<ListBatches>) -> Result<Response, ApiError> {
     let limit = q.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
         return Err(ApiError::invalid_value("limit", "must be 1..=100"));
     }
     let mut conn = gw.records().await?;
-    let ids: Vec<String> = redis::cmd("ZREVRANGE")
-        .arg(gw.keys().openai_batches())
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut conn)
-        .await
-        .map_err(redis_error)?;
+    let ids: Vec<String> =
+        redis::cmd("ZREVRANGE").arg(gw.keys().openai_batches()).arg(0).arg(-1).query_async(&mut conn).await.map_err(redis_error)?;
     let start = match &q.after {
-        Some(after) => ids
-            .iter()
-            .position(|i| i == after)
-            .map(|p| p + 1)
-            .ok_or_else(|| {
-                ApiError::invalid_value("after", format!("batch {after:?} is not listed"))
-            })?,
+        Some(after) => ids.iter().position(|i| i == after).map(|p| p + 1).ok_or_else(|| ApiError::invalid_value("after", format!("batch {after:?} is not listed")))?,
         None => 0,
     };
     let mut data = Vec::new();
@@ -343,7 +282,5 @@ pub async fn list(
     let has_more = rest.next().is_some();
     let first = data.first().map(|b| b["id"].clone());
     let last = data.last().map(|b| b["id"].clone());
-    Ok(json_response(
-        &json!({ "object": "list", "data": data, "first_id": first, "last_id": last, "has_more": has_more }),
-    ))
+    Ok(json_response(&json!({ "object": "list", "data": data, "first_id": first, "last_id": last, "has_more": has_more })))
 }

@@ -108,9 +108,7 @@ impl RequestCounts {
 
 /// A record stored before the lines moved beside it holds them instead of their counts: count them.
 fn counts_from_lines(record: &mut Value) {
-    let Some(fields) = record.as_object_mut() else {
-        return;
-    };
+    let Some(fields) = record.as_object_mut() else { return };
     if fields.contains_key("total") {
         return;
     }
@@ -122,11 +120,7 @@ fn counts_from_lines(record: &mut Value) {
 
 /// 404 for a batch that does not exist or expired.
 pub fn unknown_batch(id: &str) -> ApiError {
-    ApiError::not_found(
-        "batch_not_found",
-        "batch_id",
-        format!("batch {id:?} does not exist or expired"),
-    )
+    ApiError::not_found("batch_not_found", "batch_id", format!("batch {id:?} does not exist or expired"))
 }
 
 /// What each line of a batch's input became.
@@ -141,11 +135,8 @@ pub struct BatchLines {
 impl BatchLines {
     /// The lines that run as jobs: every line but the refused ones.
     pub fn job_lines(&self) -> Vec<usize> {
-        let refused: std::collections::HashSet<usize> =
-            self.invalid.iter().map(|(l, _)| *l).collect();
-        (0..self.custom_ids.len())
-            .filter(|l| !refused.contains(l))
-            .collect()
+        let refused: std::collections::HashSet<usize> = self.invalid.iter().map(|(l, _)| *l).collect();
+        (0..self.custom_ids.len()).filter(|l| !refused.contains(l)).collect()
     }
 
     fn to_json(&self) -> Result<String, ApiError> {
@@ -155,28 +146,16 @@ impl BatchLines {
     /// Batch `id`'s lines (from its record, for a batch stored before they moved beside it).
     pub async fn load(gw: &Gateway, id: &str) -> Result<BatchLines, ApiError> {
         let mut conn = gw.records().await?;
-        let (lines, record): (Option<String>, Option<String>) = redis::cmd("HMGET")
-            .arg(gw.keys().openai_batch(id))
-            .arg(LINES_FIELD)
-            .arg(RECORD_FIELD)
-            .query_async(&mut conn)
-            .await
-            .map_err(redis_error)?;
+        let (lines, record): (Option<String>, Option<String>) =
+            redis::cmd("HMGET").arg(gw.keys().openai_batch(id)).arg(LINES_FIELD).arg(RECORD_FIELD).query_async(&mut conn).await.map_err(redis_error)?;
         let raw = lines.or(record).ok_or_else(|| unknown_batch(id))?;
-        serde_json::from_str(&raw)
-            .map_err(|e| ApiError::internal(format!("batch {id} has unreadable lines: {e}")))
+        serde_json::from_str(&raw).map_err(|e| ApiError::internal(format!("batch {id} has unreadable lines: {e}")))
     }
 
     /// Replaces batch `id`'s lines (more refused after publishing).
     pub async fn save(&self, gw: &Gateway, id: &str) -> Result<(), ApiError> {
         let mut conn = gw.records().await?;
-        redis::cmd("HSET")
-            .arg(gw.keys().openai_batch(id))
-            .arg(LINES_FIELD)
-            .arg(self.to_json()?)
-            .query_async::<()>(&mut conn)
-            .await
-            .map_err(redis_error)
+        redis::cmd("HSET").arg(gw.keys().openai_batch(id)).arg(LINES_FIELD).arg(self.to_json()?).query_async::<()>(&mut conn).await.map_err(redis_error)
     }
 }
 
@@ -201,29 +180,16 @@ impl BatchRecord {
             .query_async::<()>(&mut conn)
             .await
             .map_err(redis_error)?;
-        redis::cmd("ZADD")
-            .arg(gw.keys().openai_batches())
-            .arg(self.created_at)
-            .arg(&self.id)
-            .query_async::<()>(&mut conn)
-            .await
-            .map_err(redis_error)?;
+        redis::cmd("ZADD").arg(gw.keys().openai_batches()).arg(self.created_at).arg(&self.id).query_async::<()>(&mut conn).await.map_err(redis_error)?;
         Ok(())
     }
 
     /// Batch `id`'s record.
     pub async fn load(gw: &Gateway, id: &str) -> Result<BatchRecord, ApiError> {
         let mut conn = gw.records().await?;
-        let raw: Option<String> = redis::cmd("HGET")
-            .arg(gw.keys().openai_batch(id))
-            .arg(RECORD_FIELD)
-            .query_async(&mut conn)
-            .await
-            .map_err(redis_error)?;
+        let raw: Option<String> = redis::cmd("HGET").arg(gw.keys().openai_batch(id)).arg(RECORD_FIELD).query_async(&mut conn).await.map_err(redis_error)?;
         let raw = raw.ok_or_else(|| unknown_batch(id))?;
-        let unreadable = |e: serde_json::Error| {
-            ApiError::internal(format!("batch {id} has an unreadable record: {e}"))
-        };
+        let unreadable = |e: serde_json::Error| ApiError::internal(format!("batch {id} has an unreadable record: {e}"));
         let mut value: Value = serde_json::from_str(&raw).map_err(unreadable)?;
         counts_from_lines(&mut value);
         serde_json::from_value(value).map_err(unreadable)
@@ -262,22 +228,14 @@ impl BatchRecord {
     /// Gives the claim up (after a failure), so the next look at the batch tries again.
     pub async fn release_finalizing(&self, gw: &Gateway) {
         if let Ok(mut conn) = gw.records().await {
-            let _: Result<(), _> = redis::cmd("HDEL")
-                .arg(gw.keys().openai_batch(&self.id))
-                .arg(FINALIZER_FIELD)
-                .query_async(&mut conn)
-                .await;
+            let _: Result<(), _> = redis::cmd("HDEL").arg(gw.keys().openai_batch(&self.id)).arg(FINALIZER_FIELD).query_async(&mut conn).await;
         }
     }
 
     /// Counts from the workers' per-status counters of the batch's jobs, plus the refused lines.
     pub async fn counts(&self, gw: &Gateway) -> Result<RequestCounts, ApiError> {
         let mut conn = gw.records().await?;
-        let raw: BTreeMap<String, u64> = redis::cmd("HGETALL")
-            .arg(gw.keys().batch(&self.id))
-            .query_async(&mut conn)
-            .await
-            .map_err(redis_error)?;
+        let raw: BTreeMap<String, u64> = redis::cmd("HGETALL").arg(gw.keys().batch(&self.id)).query_async(&mut conn).await.map_err(redis_error)?;
         let n = |k: &str| raw.get(k).copied().unwrap_or(0);
         Ok(RequestCounts {
             total: self.total,
@@ -318,8 +276,7 @@ mod tests {
         counts_from_lines(&mut value);
         let rec: BatchRecord = serde_json::from_value(value).expect("reads");
         assert_eq!((rec.total, rec.refused), (3, 1));
-        let lines: BatchLines =
-            serde_json::from_value(old).expect("its lines read from the record");
+        let lines: BatchLines = serde_json::from_value(old).expect("its lines read from the record");
         assert_eq!(lines.job_lines(), vec![0, 2]);
     }
 }

@@ -9,6 +9,7 @@ use genq_shared::{JobResult, JobStatus};
 
 use super::{redis_err, ResultClient, ResultError, READ_WINDOW};
 
+
 /// Results read right after `wait_many` blocked on one (the window then doubles up to
 /// [`READ_WINDOW`] while every job in it is final).
 const MIN_READ_WINDOW: usize = 16;
@@ -23,17 +24,10 @@ impl ResultClient {
     /// A connection without a response timeout, for blocking reads: an idle one from an earlier
     /// wait when there is one, else a new one.
     async fn blocking_connection(&self) -> Result<RedisConn, ResultError> {
-        if let Some(conn) = self
-            .idle_waiters
-            .lock()
-            .ok()
-            .and_then(|mut idle| idle.pop())
-        {
+        if let Some(conn) = self.idle_waiters.lock().ok().and_then(|mut idle| idle.pop()) {
             return Ok(conn);
         }
-        RedisConn::connect(&self.urls, None)
-            .await
-            .map_err(redis_err)
+        RedisConn::connect(&self.urls, None).await.map_err(redis_err)
     }
 
     /// Keeps a blocking connection for the next wait, unless the wait ended in a Redis error (the
@@ -50,12 +44,7 @@ impl ResultClient {
         }
     }
 
-    async fn wait_on(
-        &self,
-        blocking: &mut RedisConn,
-        id: &str,
-        deadline: Option<Instant>,
-    ) -> Result<JobResult, ResultError> {
+    async fn wait_on(&self, blocking: &mut RedisConn, id: &str, deadline: Option<Instant>) -> Result<JobResult, ResultError> {
         let done = self.keys.done(id);
         let mut missing_since: Option<Instant> = None;
         loop {
@@ -70,23 +59,15 @@ impl ResultClient {
                     }
                     slice_cap = left.min(Duration::from_millis(500));
                 }
-                Some(r) if r.status.is_some_and(JobStatus::is_final) => {
-                    return Ok(current.unwrap_or_default())
-                }
+                Some(r) if r.status.is_some_and(JobStatus::is_final) => return Ok(current.unwrap_or_default()),
                 Some(_) => missing_since = None,
             }
             let slice = match deadline {
                 Some(d) => {
                     let left = d.saturating_duration_since(Instant::now());
                     if left.is_zero() {
-                        let status = current
-                            .and_then(|r| r.status)
-                            .map(|s| s.as_str().to_string())
-                            .unwrap_or_else(|| "unknown".into());
-                        return Err(ResultError::Timeout {
-                            id: id.to_string(),
-                            status,
-                        });
+                        let status = current.and_then(|r| r.status).map(|s| s.as_str().to_string()).unwrap_or_else(|| "unknown".into());
+                        return Err(ResultError::Timeout { id: id.to_string(), status });
                     }
                     left.min(slice_cap)
                 }
@@ -105,15 +86,9 @@ impl ResultClient {
     }
 
     /// Waits until the job reaches a final status, or `timeout` passes (`None`: no limit).
-    pub async fn wait(
-        &self,
-        id: &str,
-        timeout: Option<Duration>,
-    ) -> Result<JobResult, ResultError> {
+    pub async fn wait(&self, id: &str, timeout: Option<Duration>) -> Result<JobResult, ResultError> {
         let mut blocking = self.blocking_connection().await?;
-        let outcome = self
-            .wait_on(&mut blocking, id, timeout.map(|t| Instant::now() + t))
-            .await;
+        let outcome = self.wait_on(&mut blocking, id, timeout.map(|t| Instant::now() + t)).await;
         self.keep_blocking_connection(blocking, &outcome);
         outcome
     }

@@ -110,12 +110,7 @@ where
     let to_writer = WriterSender::new(tx);
     let stored: Arc<AtomicU64> = Arc::default();
     let runtime = tokio::runtime::Handle::current();
-    let (gate_sink, gate_runtime, gate_sent, gate_stored) = (
-        sink.clone(),
-        runtime.clone(),
-        to_writer.clone(),
-        stored.clone(),
-    );
+    let (gate_sink, gate_runtime, gate_sent, gate_stored) = (sink.clone(), runtime.clone(), to_writer.clone(), stored.clone());
     let solo_gate: scheduler::SoloGate = Box::new(move |job| {
         // Every earlier outcome must be stored first: if this job kills the worker, a job that
         // finished just before it must not be blamed (and run alone again) for want of a write.
@@ -134,50 +129,22 @@ where
         }
     });
     let engine_events = to_writer.clone();
-    let emit: scheduler::EmitEvent<InFlight> =
-        Box::new(move |ev| engine_events.blocking_send(ToWriter::from(ev)));
+    let emit: scheduler::EmitEvent<InFlight> = Box::new(move |ev| engine_events.blocking_send(ToWriter::from(ev)));
     let encoder = engine.encoder();
-    let (engine_jobs, engine_thread) = scheduler::spawn_engine_thread(
-        engine,
-        settings.scheduler,
-        settings.engine_queue,
-        emit,
-        Some(metrics.clone()),
-        runtime,
-        solo_gate,
-    )?;
-    let batching = WriteBatching {
-        max_items: settings.write_batch_size,
-        wait: settings.write_wait,
-    };
-    let writer = tokio::spawn(write_results(
-        writer_rx,
-        sink.clone(),
-        batching,
-        metrics.clone(),
-        stored,
-    ));
+    let (engine_jobs, engine_thread) =
+        scheduler::spawn_engine_thread(engine, settings.scheduler, settings.engine_queue, emit, Some(metrics.clone()), runtime, solo_gate)?;
+    let batching = WriteBatching { max_items: settings.write_batch_size, wait: settings.write_wait };
+    let writer = tokio::spawn(write_results(writer_rx, sink.clone(), batching, metrics.clone(), stored));
     let watcher = (!settings.cancel_poll.is_zero()).then(|| {
         let (holding, cancels) = (engine_thread.holding.clone(), engine_thread.cancels.clone());
-        tokio::spawn(cancels::watch_cancels(
-            sink.clone(),
-            holding,
-            cancels,
-            settings.cancel_poll,
-        ))
+        tokio::spawn(cancels::watch_cancels(sink.clone(), holding, cancels, settings.cancel_poll))
     });
 
     let mut report = PipelineReport::default();
     let mut deliveries: Vec<Delivery> = Vec::with_capacity(settings.intake_batch_size);
     let mut admits: Vec<Admit> = Vec::with_capacity(settings.intake_batch_size);
     let mut starts: Vec<JobStart> = Vec::with_capacity(settings.intake_batch_size);
-    let admission = Admission {
-        settings: &settings,
-        encoder: &encoder,
-        engine: &engine_jobs,
-        writer: &to_writer,
-        metrics: &metrics,
-    };
+    let admission = Admission { settings: &settings, encoder: &encoder, engine: &engine_jobs, writer: &to_writer, metrics: &metrics };
     let mut stopped: Vec<InFlight> = Vec::new();
     tokio::pin!(shutdown);
     'intake: loop {
@@ -206,11 +173,7 @@ where
                 settle(delivery.settler, Settlement::Requeue).await;
                 continue;
             }
-            match intake::inspect(
-                &delivery.body,
-                delivery.message_id.as_deref(),
-                &settings.rules,
-            ) {
+            match intake::inspect(&delivery.body, delivery.message_id.as_deref(), &settings.rules) {
                 Verdict::DeadLetter { reason } => {
                     tracing::warn!(reason, message_id = ?delivery.message_id, "message is not a job; dead-lettering it");
                     metrics.dead_lettered.inc();
@@ -219,20 +182,10 @@ where
                 }
                 Verdict::Fail(rejected) => {
                     tracing::info!(job = %rejected.id, error = %rejected.error, "job failed validation");
-                    let taken =
-                        taken_now(&settings, &rejected.id, &settings.rules.model, &delivery);
-                    let mut job = InFlight::new(
-                        delivery.settler,
-                        &taken,
-                        None,
-                        metrics.inflight_deliveries.clone(),
-                    );
+                    let taken = taken_now(&settings, &rejected.id, &settings.rules.model, &delivery);
+                    let mut job = InFlight::new(delivery.settler, &taken, None, metrics.inflight_deliveries.clone());
                     job.batch = rejected.batch;
-                    let outcome = scheduler::outcome(
-                        JobStatus::Failed,
-                        String::new(),
-                        Some((rejected.error, rejected.error_kind)),
-                    );
+                    let outcome = scheduler::outcome(JobStatus::Failed, String::new(), Some((rejected.error, rejected.error_kind)));
                     if let AdmitOutcome::Stopped(job) = admission.finish_unrun(job, outcome).await {
                         tracing::error!("result writer stopped");
                         stopped.push(job);
@@ -242,12 +195,7 @@ where
                 Verdict::Run(job) => {
                     let taken = taken_now(&settings, &job.id, &job.model, &delivery);
                     starts.push(taken.job_start(job.kind.as_str()));
-                    admits.push(Admit {
-                        settler: delivery.settler,
-                        attempt: delivery.attempt,
-                        taken,
-                        job,
-                    });
+                    admits.push(Admit { settler: delivery.settler, attempt: delivery.attempt, taken, job });
                 }
             }
         }
@@ -315,10 +263,7 @@ where
             None
         }
         Err(_) => {
-            tracing::warn!(
-                grace_secs = grace.as_secs(),
-                "grace period over; requeueing unfinished jobs"
-            );
+            tracing::warn!(grace_secs = grace.as_secs(), "grace period over; requeueing unfinished jobs");
             // Without its writer the engine thread's next send fails and it hands back its jobs
             // and the events nobody took; deliveries the writer held are requeued by the broker
             // when the source closes.
@@ -357,12 +302,10 @@ mod tests {
     use super::admission::ENCODE_INLINE_BYTES;
     use super::*;
     use crate::engine::echo::EchoEngine;
-    use crate::engine::{
-        AdmitError, Admitted, EngineError, EngineInfo, PromptEncoder, SeqId, SeqUpdate, StepLimits,
-    };
+    use crate::engine::{AdmitError, Admitted, EngineError, EngineInfo, PromptEncoder, SeqId, SeqUpdate, StepLimits};
+    use genq_shared::ValidJob;
     use crate::sink::memory::MemorySink;
     use crate::source::memory::memory_queue;
-    use genq_shared::ValidJob;
 
     type Threads = Arc<Mutex<Vec<String>>>;
 
@@ -374,10 +317,7 @@ mod tests {
 
     impl PromptEncoder for Watched {
         fn encode(&self, job: &ValidJob) -> Result<Vec<u32>, AdmitError> {
-            let name = std::thread::current()
-                .name()
-                .unwrap_or("unnamed")
-                .to_string();
+            let name = std::thread::current().name().unwrap_or("unnamed").to_string();
             self.threads.lock().expect("thread log").push(name);
             self.inner.encode(job)
         }
@@ -394,18 +334,9 @@ mod tests {
             self.inner.info()
         }
         fn encoder(&self) -> Arc<dyn PromptEncoder> {
-            Arc::new(Watched {
-                inner: self.inner.encoder(),
-                threads: self.threads.clone(),
-            })
+            Arc::new(Watched { inner: self.inner.encoder(), threads: self.threads.clone() })
         }
-        fn admit(
-            &mut self,
-            id: SeqId,
-            job: &ValidJob,
-            prompt: Vec<u32>,
-            seed: u64,
-        ) -> Result<Admitted, AdmitError> {
+        fn admit(&mut self, id: SeqId, job: &ValidJob, prompt: Vec<u32>, seed: u64) -> Result<Admitted, AdmitError> {
             self.inner.admit(id, job, prompt, seed)
         }
         fn step(&mut self, limits: &StepLimits) -> Result<Vec<SeqUpdate>, EngineError> {
@@ -425,42 +356,22 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn prompts_are_encoded_before_the_engine_thread_short_and_long() {
         let threads: Threads = Arc::default();
-        let engine = Box::new(WatchedEcho {
-            inner: EchoEngine::new("m"),
-            threads: threads.clone(),
-        });
-        let mut settings =
-            crate::setup::pipeline_settings(&genq_shared::settings::Settings::default(), 8192);
+        let engine = Box::new(WatchedEcho { inner: EchoEngine::new("m"), threads: threads.clone() });
+        let mut settings = crate::setup::pipeline_settings(&genq_shared::settings::Settings::default(), 8192);
         settings.rules.model = "m".into();
         let (queue, source, _log) = memory_queue(8);
         let sink = MemorySink::new();
         let long = "word ".repeat(ENCODE_INLINE_BYTES / 4);
         for (id, prompt) in [("short", "a few words"), ("long", long.as_str())] {
-            let body =
-                serde_json::json!({"id": id, "model": "m", "prompt": prompt, "max_new_tokens": 3});
-            queue
-                .push(body.to_string().into_bytes())
-                .await
-                .expect("push");
+            let body = serde_json::json!({"id": id, "model": "m", "prompt": prompt, "max_new_tokens": 3});
+            queue.push(body.to_string().into_bytes()).await.expect("push");
         }
         drop(queue);
         let metrics = WorkerMetrics::new().expect("metrics");
-        let report = run(
-            source,
-            sink.clone(),
-            engine,
-            settings,
-            metrics,
-            std::future::pending(),
-        )
-        .await
-        .expect("pipeline");
+        let report = run(source, sink.clone(), engine, settings, metrics, std::future::pending()).await.expect("pipeline");
         assert_eq!(report.finished.get("done"), Some(&2), "{report:?}");
         let threads = threads.lock().expect("thread log").clone();
         assert_eq!(threads.len(), 2, "each prompt encoded once: {threads:?}");
-        assert!(
-            threads.iter().all(|t| t != "genq-engine"),
-            "encoded on the engine thread: {threads:?}"
-        );
+        assert!(threads.iter().all(|t| t != "genq-engine"), "encoded on the engine thread: {threads:?}");
     }
 }

@@ -82,9 +82,7 @@ fn final_result(job: &InFlight, o: JobOutcome) -> FinalResult {
 /// Receives into `batch` up to `batching.max_items` items: the first one waits as long as it
 /// takes, the others at most `batching.wait` after it. False once the channel is closed and empty.
 async fn fill<T>(rx: &mut mpsc::Receiver<T>, batch: &mut Vec<T>, batching: WriteBatching) -> bool {
-    let Some(first) = rx.recv().await else {
-        return false;
-    };
+    let Some(first) = rx.recv().await else { return false };
     batch.push(first);
     if batch.len() < batching.max_items {
         gather(rx, batching.wait, |item| {
@@ -116,8 +114,7 @@ pub(crate) async fn write_results<K: ResultSink>(
             match item {
                 ToWriter::Chunk { id, text } => chunks.push((id, text)),
                 ToWriter::Final { job, outcome } => {
-                    let duration =
-                        outcome.finished_ms.saturating_sub(job.started_ms) as f64 / 1000.0;
+                    let duration = outcome.finished_ms.saturating_sub(job.started_ms) as f64 / 1000.0;
                     metrics.job_duration.observe(duration);
                     metrics.prompt_tokens.inc_by(outcome.prompt_tokens);
                     report.generated_tokens += outcome.completion_tokens;

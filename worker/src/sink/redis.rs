@@ -51,12 +51,7 @@ impl RedisSink {
     pub async fn connect(settings: &RedisSinkSettings) -> Result<Self, SinkError> {
         let conn = RedisConn::connect(&settings.url, Some(std::time::Duration::from_secs(10)))
             .await
-            .map_err(|e| {
-                SinkError(format!(
-                    "cannot connect to Redis at {}: {e}",
-                    redact_url(&settings.url)
-                ))
-            })?;
+            .map_err(|e| SinkError(format!("cannot connect to Redis at {}: {e}", redact_url(&settings.url))))?;
         Ok(Self {
             conn,
             keys: KeySchema::new(settings.key_prefix.clone()),
@@ -97,9 +92,7 @@ impl RedisSink {
 
     /// Runs independent commands (one round trip on a single server).
     async fn run(&self, cmds: &[Cmd]) -> Result<Vec<Value>, SinkError> {
-        let result = scripts::run(&self.conn, cmds)
-            .await
-            .map_err(|e| sink_err("commands", e));
+        let result = scripts::run(&self.conn, cmds).await.map_err(|e| sink_err("commands", e));
         self.observe(result)
     }
 
@@ -114,15 +107,11 @@ impl RedisSink {
         keys_of: impl Fn(&J) -> Vec<String>,
         args_of: impl Fn(&J, &mut Cmd),
     ) -> Result<Vec<Value>, SinkError> {
-        let common: Vec<String> = std::iter::once(self.ttl_secs.to_string())
-            .chain(more.iter().map(|s| s.to_string()))
-            .collect();
-        let result = scripts::per_job(&self.conn, script, jobs, &common, per_job, keys_of, args_of)
-            .await
-            .map_err(|e| match e {
-                ScriptError::Redis(e) => sink_err("scripts", e),
-                other => SinkError(other.to_string()),
-            });
+        let common: Vec<String> = std::iter::once(self.ttl_secs.to_string()).chain(more.iter().map(|s| s.to_string())).collect();
+        let result = scripts::per_job(&self.conn, script, jobs, &common, per_job, keys_of, args_of).await.map_err(|e| match e {
+            ScriptError::Redis(e) => sink_err("scripts", e),
+            other => SinkError(other.to_string()),
+        });
         self.observe(result)
     }
 }
@@ -137,17 +126,9 @@ fn written_or_status(v: &Value) -> (bool, Option<String>) {
 
 /// A begin answer: three integers per job.
 fn begin_of(answer: &[Value]) -> Begin {
-    let int = |i: usize| {
-        answer
-            .get(i)
-            .and_then(|v| redis::from_redis_value_ref::<i64>(v).ok())
-            .unwrap_or(0)
-    };
+    let int = |i: usize| answer.get(i).and_then(|v| redis::from_redis_value_ref::<i64>(v).ok()).unwrap_or(0);
     match int(0) {
-        1 => Begin::Fresh {
-            suspect: int(1) == 1,
-            solo_runs: int(2).max(0) as u64,
-        },
+        1 => Begin::Fresh { suspect: int(1) == 1, solo_runs: int(2).max(0) as u64 },
         2 => Begin::Cancelled,
         _ => Begin::Duplicate,
     }
@@ -194,10 +175,7 @@ impl ResultSink for RedisSink {
             })
             .collect();
         let found = self.run(&cmds).await?;
-        Ok(found
-            .iter()
-            .map(|v| redis::from_redis_value_ref::<i64>(v).unwrap_or(0) == 1)
-            .collect())
+        Ok(found.iter().map(|v| redis::from_redis_value_ref::<i64>(v).unwrap_or(0) == 1).collect())
     }
 
     async fn finish(&self, results: &[FinalResult]) -> Result<Vec<bool>, SinkError> {
@@ -210,19 +188,11 @@ impl ResultSink for RedisSink {
                 &[],
                 results,
                 1,
-                |f| {
-                    vec![
-                        self.keys.job(&f.result.id),
-                        self.keys.done(&f.result.id),
-                        self.keys.stream(&f.result.id),
-                    ]
-                },
+                |f| vec![self.keys.job(&f.result.id), self.keys.done(&f.result.id), self.keys.stream(&f.result.id)],
                 |f, cmd| {
                     let status = f.result.status.map(|s| s.as_str()).unwrap_or("failed");
                     let fields = f.result.to_fields();
-                    cmd.arg(status)
-                        .arg(if f.stream { "1" } else { "0" })
-                        .arg(fields.len() * 2);
+                    cmd.arg(status).arg(if f.stream { "1" } else { "0" }).arg(fields.len() * 2);
                     for (k, v) in fields {
                         cmd.arg(k).arg(v);
                     }
@@ -238,25 +208,15 @@ impl ResultSink for RedisSink {
             written.push(fresh);
             // A duplicate still counts (idempotently) with the stored status: the first delivery
             // may have died between its write and its count.
-            let status = if fresh {
-                f.result.status.map(|s| s.as_str().to_string())
-            } else {
-                answer.1
-            };
+            let status = if fresh { f.result.status.map(|s| s.as_str().to_string()) } else { answer.1 };
             if let (Some(batch), Some(status)) = (&f.batch, status) {
-                by_batch
-                    .entry(batch)
-                    .or_default()
-                    .push((&f.result.id, status));
+                by_batch.entry(batch).or_default().push((&f.result.id, status));
             }
         }
         let counts: Vec<Cmd> = by_batch
             .into_iter()
             .map(|(batch, jobs)| {
-                let mut cmd = scripts().count_in_batch.call(
-                    &self.conn,
-                    &[self.keys.batch(batch), self.keys.batch_members(batch)],
-                );
+                let mut cmd = scripts().count_in_batch.call(&self.conn, &[self.keys.batch(batch), self.keys.batch_members(batch)]);
                 cmd.arg(self.ttl_secs);
                 for (id, status) in jobs {
                     cmd.arg(id).arg(status);

@@ -95,10 +95,7 @@ impl SettlerHandle {
         if let Ok(mut l) = self.ledger.lock() {
             l.delivered(tag);
         }
-        Box::new(AmqpSettler {
-            tag,
-            handle: self.clone(),
-        })
+        Box::new(AmqpSettler { tag, handle: self.clone() })
     }
 
     /// Waits until every settlement asked for so far has been sent.
@@ -131,10 +128,7 @@ const MAX_PASS: usize = 4096;
 pub(crate) fn spawn_settler(channel: Channel) -> SettlerHandle {
     let (tx, mut rx) = mpsc::unbounded_channel::<Command>();
     let ledger: Arc<Mutex<AckLedger>> = Arc::default();
-    let handle = SettlerHandle {
-        tx,
-        ledger: ledger.clone(),
-    };
+    let handle = SettlerHandle { tx, ledger: ledger.clone() };
     tokio::spawn(async move {
         let mut pass = Vec::with_capacity(64);
         let mut acks = Vec::with_capacity(64);
@@ -169,22 +163,14 @@ async fn send_acks(channel: &Channel, ledger: &Mutex<AckLedger>, acks: &mut Vec<
     if acks.is_empty() {
         return;
     }
-    let Ok(plan) = ledger.lock().map(|mut l| l.plan_acks(acks)) else {
-        return;
-    };
+    let Ok(plan) = ledger.lock().map(|mut l| l.plan_acks(acks)) else { return };
     if let Some(tag) = plan.multiple_up_to {
-        if let Err(e) = channel
-            .basic_ack(tag, BasicAckOptions { multiple: true })
-            .await
-        {
+        if let Err(e) = channel.basic_ack(tag, BasicAckOptions { multiple: true }).await {
             tracing::warn!(error = %e, "could not ack deliveries; the broker will redeliver them");
         }
     }
     for tag in plan.single {
-        if let Err(e) = channel
-            .basic_ack(tag, BasicAckOptions { multiple: false })
-            .await
-        {
+        if let Err(e) = channel.basic_ack(tag, BasicAckOptions { multiple: false }).await {
             tracing::warn!(error = %e, "could not ack a delivery; the broker will redeliver it");
         }
     }
@@ -192,27 +178,9 @@ async fn send_acks(channel: &Channel, ledger: &Mutex<AckLedger>, acks: &mut Vec<
 
 async fn send_one(channel: &Channel, tag: u64, how: Settlement) {
     let result = match how {
-        Settlement::Ack => {
-            channel
-                .basic_ack(tag, BasicAckOptions { multiple: false })
-                .await
-        }
-        Settlement::DeadLetter => {
-            channel
-                .basic_reject(tag, BasicRejectOptions { requeue: false })
-                .await
-        }
-        Settlement::Requeue => {
-            channel
-                .basic_nack(
-                    tag,
-                    BasicNackOptions {
-                        requeue: true,
-                        multiple: false,
-                    },
-                )
-                .await
-        }
+        Settlement::Ack => channel.basic_ack(tag, BasicAckOptions { multiple: false }).await,
+        Settlement::DeadLetter => channel.basic_reject(tag, BasicRejectOptions { requeue: false }).await,
+        Settlement::Requeue => channel.basic_nack(tag, BasicNackOptions { requeue: true, multiple: false }).await,
     };
     if let Err(e) = result {
         tracing::warn!(error = %e, ?how, "could not settle a delivery; the broker will redeliver it");
@@ -235,13 +203,7 @@ mod tests {
     fn a_run_from_the_oldest_delivery_is_one_multiple_ack() {
         let mut l = ledger(&[1, 2, 3, 4, 5]);
         let plan = l.plan_acks(&mut vec![3, 1, 2]);
-        assert_eq!(
-            plan,
-            AckPlan {
-                multiple_up_to: Some(3),
-                single: vec![]
-            }
-        );
+        assert_eq!(plan, AckPlan { multiple_up_to: Some(3), single: vec![] });
         assert_eq!(l.unsettled(), 2);
     }
 
@@ -249,23 +211,11 @@ mod tests {
     fn acks_past_an_unsettled_delivery_go_one_by_one() {
         let mut l = ledger(&[1, 2, 3, 4, 5]);
         let plan = l.plan_acks(&mut vec![1, 3, 5]);
-        assert_eq!(
-            plan,
-            AckPlan {
-                multiple_up_to: Some(1),
-                single: vec![3, 5]
-            }
-        );
+        assert_eq!(plan, AckPlan { multiple_up_to: Some(1), single: vec![3, 5] });
         // Once 2 and 4 are settled too, later acks are multiple again.
         l.settled(2);
         let plan = l.plan_acks(&mut vec![4]);
-        assert_eq!(
-            plan,
-            AckPlan {
-                multiple_up_to: Some(4),
-                single: vec![]
-            }
-        );
+        assert_eq!(plan, AckPlan { multiple_up_to: Some(4), single: vec![] });
     }
 
     #[test]
@@ -274,21 +224,9 @@ mod tests {
         // would ack it unprocessed.
         let mut l = ledger(&[1, 3]);
         let plan = l.plan_acks(&mut vec![1, 3]);
-        assert_eq!(
-            plan,
-            AckPlan {
-                multiple_up_to: Some(1),
-                single: vec![3]
-            }
-        );
+        assert_eq!(plan, AckPlan { multiple_up_to: Some(1), single: vec![3] });
         l.delivered(2);
-        assert_eq!(
-            l.plan_acks(&mut vec![2]),
-            AckPlan {
-                multiple_up_to: Some(2),
-                single: vec![]
-            }
-        );
+        assert_eq!(l.plan_acks(&mut vec![2]), AckPlan { multiple_up_to: Some(2), single: vec![] });
         assert_eq!(l.unsettled(), 0);
     }
 
@@ -296,12 +234,6 @@ mod tests {
     fn a_requeued_delivery_stops_blocking_once_settled() {
         let mut l = ledger(&[1, 2, 3]);
         l.settled(1);
-        assert_eq!(
-            l.plan_acks(&mut vec![2, 3]),
-            AckPlan {
-                multiple_up_to: Some(3),
-                single: vec![]
-            }
-        );
+        assert_eq!(l.plan_acks(&mut vec![2, 3]), AckPlan { multiple_up_to: Some(3), single: vec![] });
     }
 }

@@ -17,9 +17,9 @@ use genq_shared::topology::{self, QueueLimits, CREATED_MS_HEADER};
 
 use super::acks::{spawn_settler, SettlerHandle};
 use super::{Delivery, JobSource, SourceError};
-use crate::metrics::WorkerMetrics;
 use genq_protocol::backoff::Backoff;
 use genq_protocol::broker::{self, BrokerError};
+use crate::metrics::WorkerMetrics;
 
 /// Where and how to consume.
 #[derive(Debug, Clone)]
@@ -73,19 +73,8 @@ impl AmqpSource {
     pub async fn connect(settings: &AmqpSourceSettings) -> Result<Self, BrokerError> {
         let started = std::time::Instant::now();
         let retry = |e: &BrokerError| e.is_transient() && started.elapsed() < STARTUP_RETRY;
-        let link = Self::open_with_backoff(
-            settings,
-            false,
-            retry,
-            "RabbitMQ failed the worker's setup on its side; retrying",
-        )
-        .await?;
-        Ok(Self {
-            settings: settings.clone(),
-            link: Some(link),
-            stopped: false,
-            metrics: None,
-        })
+        let link = Self::open_with_backoff(settings, false, retry, "RabbitMQ failed the worker's setup on its side; retrying").await?;
+        Ok(Self { settings: settings.clone(), link: Some(link), stopped: false, metrics: None })
     }
 
     /// Counts reconnects in `metrics` (`genq_reconnects_total{target="amqp"}`) and reports
@@ -100,10 +89,7 @@ impl AmqpSource {
 
     async fn open(settings: &AmqpSourceSettings) -> Result<Link, BrokerError> {
         let connection = broker::connect(&settings.url, &settings.name).await?;
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(|e| BrokerError::protocol("open channel", e))?;
+        let channel = connection.create_channel().await.map_err(|e| BrokerError::protocol("open channel", e))?;
         broker::declare_topology(&channel, &settings.model, settings.limits).await?;
         channel
             .basic_qos(settings.prefetch, BasicQosOptions::default())
@@ -115,12 +101,7 @@ impl AmqpSource {
             let queue = topology::queue_name(&settings.model, priority);
             let tag = format!("{}-{}", settings.name, priority.as_str());
             let consumer = channel
-                .basic_consume(
-                    queue.as_str().into(),
-                    tag.as_str().into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
+                .basic_consume(queue.as_str().into(), tag.as_str().into(), BasicConsumeOptions::default(), FieldTable::default())
                 .await
                 .map_err(|e| BrokerError::protocol(format!("consume {queue}"), e))?;
             streams.push(consumer.boxed());
@@ -128,13 +109,7 @@ impl AmqpSource {
         }
         let deliveries = stream::select_all(streams).boxed();
         let settler = spawn_settler(channel.clone());
-        Ok(Link {
-            connection,
-            channel,
-            tags,
-            deliveries,
-            settler,
-        })
+        Ok(Link { connection, channel, tags, deliveries, settler })
     }
 
     /// Opens a link, trying again after a failure for which `keep_trying` says so, with waits
@@ -165,16 +140,10 @@ impl AmqpSource {
     /// Reconnects with exponential backoff until it succeeds.
     async fn reconnect(&mut self) {
         let lost_at = std::time::Instant::now();
-        let Ok(link) =
-            Self::open_with_backoff(&self.settings, true, |_| true, "RabbitMQ still unreachable")
-                .await
-        else {
+        let Ok(link) = Self::open_with_backoff(&self.settings, true, |_| true, "RabbitMQ still unreachable").await else {
             unreachable!("every failure is retried")
         };
-        tracing::warn!(
-            outage_ms = lost_at.elapsed().as_millis() as u64,
-            "reconnected to RabbitMQ; consuming again"
-        );
+        tracing::warn!(outage_ms = lost_at.elapsed().as_millis() as u64, "reconnected to RabbitMQ; consuming again");
         if let Some(m) = &self.metrics {
             m.reconnected("amqp");
             watch_link(&link, m);
@@ -222,9 +191,7 @@ impl JobSource for AmqpSource {
             };
             match link.deliveries.next().await {
                 Some(Ok(d)) => return Ok(Some(to_delivery(&link.settler, d))),
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "lost the RabbitMQ connection; reconnecting")
-                }
+                Some(Err(e)) => tracing::warn!(error = %e, "lost the RabbitMQ connection; reconnecting"),
                 None => tracing::warn!("RabbitMQ ended the consumers; reconnecting"),
             }
             self.lost();
@@ -234,18 +201,10 @@ impl JobSource for AmqpSource {
         }
     }
 
-    async fn next_batch(
-        &mut self,
-        max: usize,
-        out: &mut Vec<Delivery>,
-    ) -> Result<bool, SourceError> {
-        let Some(first) = self.next().await? else {
-            return Ok(false);
-        };
+    async fn next_batch(&mut self, max: usize, out: &mut Vec<Delivery>) -> Result<bool, SourceError> {
+        let Some(first) = self.next().await? else { return Ok(false) };
         out.push(first);
-        let Some(link) = self.link.as_mut() else {
-            return Ok(true);
-        };
+        let Some(link) = self.link.as_mut() else { return Ok(true) };
         while out.len() < max {
             match link.deliveries.next().now_or_never() {
                 Some(Some(Ok(d))) => out.push(to_delivery(&link.settler, d)),
@@ -259,18 +218,9 @@ impl JobSource for AmqpSource {
     async fn stop(&mut self) {
         self.stopped = true;
         self.lost();
-        let Some((channel, tags)) = self
-            .link
-            .as_ref()
-            .map(|l| (l.channel.clone(), l.tags.clone()))
-        else {
-            return;
-        };
+        let Some((channel, tags)) = self.link.as_ref().map(|l| (l.channel.clone(), l.tags.clone())) else { return };
         for tag in &tags {
-            if let Err(e) = channel
-                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-                .await
-            {
+            if let Err(e) = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await {
                 tracing::warn!(error = %e, tag, "cancel consumer");
             }
         }

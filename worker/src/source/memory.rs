@@ -20,10 +20,7 @@ pub struct MemoryQueue {
 impl MemoryQueue {
     /// Enqueues one body; waits while the queue is full.
     pub async fn push(&self, body: Vec<u8>) -> Result<(), SourceError> {
-        self.tx
-            .send(body)
-            .await
-            .map_err(|_| SourceError("memory source closed".into()))
+        self.tx.send(body).await.map_err(|_| SourceError("memory source closed".into()))
     }
 }
 
@@ -38,15 +35,7 @@ pub struct MemorySource {
 pub fn memory_queue(capacity: usize) -> (MemoryQueue, MemorySource, SettlementLog) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
     let log: SettlementLog = Arc::default();
-    (
-        MemoryQueue { tx },
-        MemorySource {
-            rx,
-            next_seq: 0,
-            log: log.clone(),
-        },
-        log,
-    )
+    (MemoryQueue { tx }, MemorySource { rx, next_seq: 0, log: log.clone() }, log)
 }
 
 struct MemorySettler {
@@ -72,30 +61,19 @@ impl MemorySource {
             message_id: None,
             created_ms: Some(genq_shared::now_ms()),
             attempt: 1,
-            settler: Box::new(MemorySettler {
-                seq,
-                log: self.log.clone(),
-            }),
+            settler: Box::new(MemorySettler { seq, log: self.log.clone() }),
         }
     }
 }
 
 impl JobSource for MemorySource {
     async fn next(&mut self) -> Result<Option<Delivery>, SourceError> {
-        let Some(body) = self.rx.recv().await else {
-            return Ok(None);
-        };
+        let Some(body) = self.rx.recv().await else { return Ok(None) };
         Ok(Some(self.delivery(body)))
     }
 
-    async fn next_batch(
-        &mut self,
-        max: usize,
-        out: &mut Vec<Delivery>,
-    ) -> Result<bool, SourceError> {
-        let Some(body) = self.rx.recv().await else {
-            return Ok(false);
-        };
+    async fn next_batch(&mut self, max: usize, out: &mut Vec<Delivery>) -> Result<bool, SourceError> {
+        let Some(body) = self.rx.recv().await else { return Ok(false) };
         out.push(self.delivery(body));
         while out.len() < max {
             let Ok(body) = self.rx.try_recv() else { break };

@@ -94,9 +94,7 @@ impl Arch {
             });
         }
         let Some(first) = architectures.first() else {
-            return Err(ArchError::Unnamed(
-                "config.json `model_type` (or `architectures`)",
-            ));
+            return Err(ArchError::Unnamed("config.json `model_type` (or `architectures`)"));
         };
         Ok(match first.as_str() {
             "LlamaForCausalLM" | "MistralForCausalLM" => Arch::Llama,
@@ -209,11 +207,7 @@ impl Rope {
 
     /// `cos`/`sin` of every (position, frequency) pair for `positions` positions:
     /// `[positions, head_dim/2]` each, f32, on the CPU.
-    pub fn tables(
-        &self,
-        head_dim: usize,
-        positions: usize,
-    ) -> candle_core::Result<(Tensor, Tensor)> {
+    pub fn tables(&self, head_dim: usize, positions: usize) -> candle_core::Result<(Tensor, Tensor)> {
         let half = head_dim / 2;
         let freqs: Vec<f64> = (0..half)
             .map(|i| {
@@ -333,28 +327,18 @@ impl ModelConfig {
         let md = Gguf { content, arch };
         let hidden = md.usize("embedding_length")?;
         let heads = md.usize("attention.head_count")?;
-        let head_dim = md
-            .opt_usize("attention.key_length")?
-            .unwrap_or(hidden / heads.max(1));
+        let head_dim = md.opt_usize("attention.key_length")?.unwrap_or(hidden / heads.max(1));
         if let Some(v) = md.opt_usize("attention.value_length")? {
             if v != head_dim {
-                return Err(md
-                    .unsupported(format!(
-                        "attention.value_length {v} != key_length {head_dim}"
-                    ))
-                    .into());
+                return Err(md.unsupported(format!("attention.value_length {v} != key_length {head_dim}")).into());
             }
         }
         // A mixture of experts. (A sliding window is ignored, as llama.cpp ignores phi3's.)
         if md.opt_usize("expert_count")?.unwrap_or(0) > 0 {
-            return Err(md
-                .unsupported(format!("experts (`{}.expert_count`)", arch.name()))
-                .into());
+            return Err(md.unsupported(format!("experts (`{}.expert_count`)", arch.name())).into());
         }
         if md.f64("attention.scale").is_some() {
-            return Err(md
-                .unsupported(format!("`{}.attention.scale`", arch.name()))
-                .into());
+            return Err(md.unsupported(format!("`{}.attention.scale`", arch.name())).into());
         }
         let vocab = match content.tensor_infos.get("token_embd.weight") {
             Some(info) => info.shape.dims2()?.0,
@@ -371,18 +355,12 @@ impl ModelConfig {
                     return Err(md.unsupported(format!("partial rotary embeddings (`rope.dimension_count` {n}, head dim {head_dim})")).into());
                 }
             }
-            let mut rope = Rope::plain(
-                arch.gguf_rope_style(),
-                md.f64("rope.freq_base").unwrap_or(10_000.0),
-            );
+            let mut rope = Rope::plain(arch.gguf_rope_style(), md.f64("rope.freq_base").unwrap_or(10_000.0));
             let scaling = match content.metadata.get(&md.key("rope.scaling.type")) {
                 Some(gguf_file::Value::String(s)) => s.clone(),
                 _ => "none".to_string(),
             };
-            let factor = md
-                .f64("rope.scaling.factor")
-                .filter(|&f| f != 0.0)
-                .unwrap_or(1.0);
+            let factor = md.f64("rope.scaling.factor").filter(|&f| f != 0.0).unwrap_or(1.0);
             match scaling.as_str() {
                 "none" | "linear" => rope.freq_scale = 1.0 / factor,
                 "longrope" => {}
@@ -391,10 +369,7 @@ impl ModelConfig {
             rope.attn_factor = md.f64("rope.scaling.attn_factor").unwrap_or(1.0);
             if content.tensor_infos.contains_key("rope_freqs.weight") {
                 rope.factors = Some(rope_factors("rope_freqs.weight")?);
-            } else if content
-                .tensor_infos
-                .contains_key("rope_factors_short.weight")
-            {
+            } else if content.tensor_infos.contains_key("rope_factors_short.weight") {
                 // Long-context Phi-3: the short factors hold up to the original context, which
                 // then caps the context (the long ones, past it, are not implemented).
                 rope.factors = Some(rope_factors("rope_factors_short.weight")?);
@@ -428,10 +403,7 @@ impl ModelConfig {
 
     /// The shape of a Hugging Face model from its `config.json`.
     pub fn from_hf(config: &HfConfig) -> candle_core::Result<Self> {
-        let arch = Arch::from_hf(
-            config.model_type.as_deref(),
-            config.architectures.as_deref().unwrap_or_default(),
-        )?;
+        let arch = Arch::from_hf(config.model_type.as_deref(), config.architectures.as_deref().unwrap_or_default())?;
         let bad = |key: &str, message: &str| ArchError::Hparam {
             arch,
             key: key.to_string(),
@@ -447,16 +419,10 @@ impl ModelConfig {
             (None, _) => return Err(bad("intermediate_size", "missing").into()),
         };
         let eps = match arch.norm() {
-            NormKind::Rms => config
-                .rms_norm_eps
-                .ok_or_else(|| bad("rms_norm_eps", "missing"))?,
+            NormKind::Rms => config.rms_norm_eps.ok_or_else(|| bad("rms_norm_eps", "missing"))?,
             NormKind::Layer => config.layer_norm_epsilon.unwrap_or(1e-5),
         };
-        if let Some(act) = config
-            .hidden_act
-            .as_deref()
-            .or(config.activation_function.as_deref())
-        {
+        if let Some(act) = config.hidden_act.as_deref().or(config.activation_function.as_deref()) {
             let expected: &[&str] = match arch.mlp() {
                 MlpKind::GatedSilu => &["silu", "swish"],
                 MlpKind::Gelu => &["gelu_new", "gelu_pytorch_tanh"],
@@ -475,21 +441,11 @@ impl ModelConfig {
         }
         let rope = if arch.has_rope() {
             if let Some(p) = config.partial_rotary_factor.filter(|&p| p != 1.0) {
-                return Err(unsupported(format!(
-                    "partial rotary embeddings (`partial_rotary_factor` {p})"
-                ))
-                .into());
+                return Err(unsupported(format!("partial rotary embeddings (`partial_rotary_factor` {p})")).into());
             }
             let mut rope = Rope::plain(RopeStyle::Halves, config.rope_theta.unwrap_or(10_000.0));
             if let Some(scaling) = config.rope_scaling.as_ref().filter(|v| !v.is_null()) {
-                hf_rope_scaling(
-                    arch,
-                    scaling,
-                    config,
-                    head_dim,
-                    &mut rope,
-                    &mut context_length,
-                )?;
+                hf_rope_scaling(arch, scaling, config, head_dim, &mut rope, &mut context_length)?;
             }
             Some(rope)
         } else {
@@ -540,10 +496,7 @@ fn hf_rope_scaling(
     };
     match kind {
         "default" => {}
-        "linear" => {
-            rope.freq_scale =
-                1.0 / num("factor").ok_or_else(|| bad("linear without `factor`".into()))?
-        }
+        "linear" => rope.freq_scale = 1.0 / num("factor").ok_or_else(|| bad("linear without `factor`".into()))?,
         "llama3" => {
             let factor = num("factor").unwrap_or(8.0) as f32;
             let low = num("low_freq_factor").unwrap_or(1.0) as f32;
@@ -580,11 +533,7 @@ fn hf_rope_scaling(
             let orig = num("original_max_position_embeddings")
                 .map(|x| x as usize)
                 .or(config.original_max_position_embeddings)
-                .ok_or_else(|| {
-                    bad(format!(
-                        "`{kind}` without `original_max_position_embeddings`"
-                    ))
-                })?;
+                .ok_or_else(|| bad(format!("`{kind}` without `original_max_position_embeddings`")))?;
             let scale = config.max_position_embeddings as f64 / orig as f64;
             if scale > 1.0 {
                 rope.attn_factor = (1.0 + scale.ln() / (orig as f64).ln()).sqrt();
@@ -722,10 +671,7 @@ pub struct HfConfig {
 impl HfConfig {
     /// The output head is the embedding matrix (`tie_word_embeddings`, or the family's default).
     pub fn tied(&self) -> bool {
-        let arch = Arch::from_hf(
-            self.model_type.as_deref(),
-            self.architectures.as_deref().unwrap_or_default(),
-        );
+        let arch = Arch::from_hf(self.model_type.as_deref(), self.architectures.as_deref().unwrap_or_default());
         self.tie_word_embeddings
             .unwrap_or_else(|| arch.is_ok_and(Arch::hf_ties_by_default))
     }
@@ -757,10 +703,8 @@ mod tests {
 
     #[test]
     fn llama31_rope_factors_run_from_1_to_the_factor() {
-        let cfg = config(
-            serde_json::json!({"rope_scaling": {"rope_type": "llama3", "factor": 8.0,
-            "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}}),
-        );
+        let cfg = config(serde_json::json!({"rope_scaling": {"rope_type": "llama3", "factor": 8.0,
+            "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}}));
         let f = cfg.rope.and_then(|r| r.factors).expect("factors");
         assert_eq!(f.len(), 64);
         assert_eq!((f[0], f[63]), (1.0, 8.0));
@@ -771,30 +715,22 @@ mod tests {
     #[test]
     fn phi3_longrope_runs_the_short_factors_up_to_the_original_context() {
         let short: Vec<f64> = (0..48).map(|i| 1.0 + i as f64 / 100.0).collect();
-        let cfg = config(
-            serde_json::json!({"model_type": "phi3", "hidden_size": 3072, "num_attention_heads": 32,
+        let cfg = config(serde_json::json!({"model_type": "phi3", "hidden_size": 3072, "num_attention_heads": 32,
             "num_key_value_heads": 32, "max_position_embeddings": 131072, "original_max_position_embeddings": 4096,
             "sliding_window": 262144,
-            "rope_scaling": {"type": "longrope", "short_factor": short, "long_factor": vec![2.0; 48]}}),
-        );
+            "rope_scaling": {"type": "longrope", "short_factor": short, "long_factor": vec![2.0; 48]}}));
         assert_eq!(cfg.arch, Arch::Phi3);
         assert_eq!(cfg.context_length, 4096);
         let rope = cfg.rope.expect("rope");
         assert_eq!(rope.factors.expect("factors")[1], 1.01);
         let want = (1.0 + (32f64).ln() / (4096f64).ln()).sqrt();
-        assert!(
-            (rope.attn_factor - want).abs() < 1e-12,
-            "{}",
-            rope.attn_factor
-        );
+        assert!((rope.attn_factor - want).abs() < 1e-12, "{}", rope.attn_factor);
     }
 
     #[test]
     fn mistral_sliding_window_caps_the_context_and_linear_scaling_scales_positions() {
-        let cfg = config(
-            serde_json::json!({"model_type": "mistral", "sliding_window": 4096,
-            "rope_scaling": {"type": "linear", "factor": 4.0}}),
-        );
+        let cfg = config(serde_json::json!({"model_type": "mistral", "sliding_window": 4096,
+            "rope_scaling": {"type": "linear", "factor": 4.0}}));
         assert_eq!((cfg.arch, cfg.context_length), (Arch::Llama, 4096));
         assert_eq!(cfg.rope.map(|r| r.freq_scale), Some(0.25));
     }
@@ -802,15 +738,9 @@ mod tests {
     #[test]
     fn partial_rotary_and_unknown_activations_are_refused() {
         for (extra, needle) in [
-            (
-                serde_json::json!({"partial_rotary_factor": 0.5}),
-                "partial_rotary_factor",
-            ),
+            (serde_json::json!({"partial_rotary_factor": 0.5}), "partial_rotary_factor"),
             (serde_json::json!({"hidden_act": "gelu"}), "gelu"),
-            (
-                serde_json::json!({"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}),
-                "dynamic",
-            ),
+            (serde_json::json!({"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}), "dynamic"),
         ] {
             let mut c = serde_json::json!({"model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
                 "num_hidden_layers": 1, "num_attention_heads": 4, "rms_norm_eps": 1e-5,

@@ -56,26 +56,9 @@ impl KvCache {
     }
 
     /// Keys and values of positions `from..to` of every layer (`row` values per position).
-    pub(super) fn positions(
-        &self,
-        from: usize,
-        to: usize,
-        row: usize,
-    ) -> Vec<(Vec<f16>, Vec<f16>)> {
-        assert!(
-            from <= to && to <= self.len,
-            "positions {from}..{to} of a cache of {}",
-            self.len
-        );
-        self.layers
-            .iter()
-            .map(|l| {
-                (
-                    l.k[from * row..to * row].to_vec(),
-                    l.v[from * row..to * row].to_vec(),
-                )
-            })
-            .collect()
+    pub(super) fn positions(&self, from: usize, to: usize, row: usize) -> Vec<(Vec<f16>, Vec<f16>)> {
+        assert!(from <= to && to <= self.len, "positions {from}..{to} of a cache of {}", self.len);
+        self.layers.iter().map(|l| (l.k[from * row..to * row].to_vec(), l.v[from * row..to * row].to_vec())).collect()
     }
 
     /// Appends `n` positions of every layer, as [`KvCache::positions`] gave them: they become
@@ -102,19 +85,9 @@ impl KvCache {
 impl KvCache {
     /// A cache of `layers` layers holding `positions` positions of `row` values (each its position).
     pub(super) fn test_filled(layers: usize, row: usize, positions: usize) -> Self {
-        let values: Vec<f16> = (0..positions * row)
-            .map(|i| f16::from_f32((i / row) as f32))
-            .collect();
-        let layers = (0..layers)
-            .map(|_| LayerCache {
-                k: values.clone(),
-                v: values.clone(),
-            })
-            .collect();
-        Self {
-            layers,
-            len: positions,
-        }
+        let values: Vec<f16> = (0..positions * row).map(|i| f16::from_f32((i / row) as f32)).collect();
+        let layers = (0..layers).map(|_| LayerCache { k: values.clone(), v: values.clone() }).collect();
+        Self { layers, len: positions }
     }
 
     /// Keeps the first `len` positions.

@@ -49,32 +49,18 @@ impl Grammars {
     pub(crate) fn new(tokenizer: &Tokenizer, special: &SpecialIds, width: usize) -> Self {
         let mut bytes = tokenizer.vocab_bytes();
         bytes.resize(width.max(bytes.len()), Some(Vec::new()));
-        let ends = std::iter::once(special.eos)
-            .chain(special.extra_stops.iter().copied())
-            .collect();
-        Self {
-            vocab: Arc::new((bytes, ends)),
-            factory: OnceLock::new(),
-        }
+        let ends = std::iter::once(special.eos).chain(special.extra_stops.iter().copied()).collect();
+        Self { vocab: Arc::new((bytes, ends)), factory: OnceLock::new() }
     }
 
     fn factory(&self) -> Result<&Arc<ParserFactory>, String> {
-        self.factory
-            .get_or_init(|| build_factory(&self.vocab.0, &self.vocab.1))
-            .as_ref()
-            .map_err(Clone::clone)
+        self.factory.get_or_init(|| build_factory(&self.vocab.0, &self.vocab.1)).as_ref().map_err(Clone::clone)
     }
 
     /// A matcher for `format`, or why it cannot be compiled (the library's message).
     pub(crate) fn compile(&self, format: &OutputFormat) -> Result<Constraint, String> {
-        let parser = self
-            .factory()?
-            .create_parser(grammar(format))
-            .map_err(|e| format!("cannot be compiled: {e:#}"))?;
-        Ok(Constraint {
-            matcher: Matcher::new(Ok(parser)),
-            mask: None,
-        })
+        let parser = self.factory()?.create_parser(grammar(format)).map_err(|e| format!("cannot be compiled: {e:#}"))?;
+        Ok(Constraint { matcher: Matcher::new(Ok(parser)), mask: None })
     }
 }
 
@@ -83,20 +69,12 @@ fn build_factory(bytes: &[Option<Vec<u8>>], ends: &[u32]) -> Result<Arc<ParserFa
     // matches them.
     let words: Vec<Vec<u8>> = bytes
         .iter()
-        .map(|b| {
-            b.clone()
-                .unwrap_or_else(|| vec![TokTrie::SPECIAL_TOKEN_MARKER])
-        })
+        .map(|b| b.clone().unwrap_or_else(|| vec![TokTrie::SPECIAL_TOKEN_MARKER]))
         .collect();
-    let eos = *ends
-        .first()
-        .ok_or("the model has no end-of-sequence token")?;
+    let eos = *ends.first().ok_or("the model has no end-of-sequence token")?;
     let info = TokRxInfo::new(words.len() as u32, eos);
-    let env: TokEnv = Arc::new(VocabEnv {
-        trie: TokTrie::from(&info, &words).with_eos_tokens(ends),
-    });
-    let mut factory = ParserFactory::new_simple(&env)
-        .map_err(|e| format!("building the grammar compiler: {e:#}"))?;
+    let env: TokEnv = Arc::new(VocabEnv { trie: TokTrie::from(&info, &words).with_eos_tokens(ends) });
+    let mut factory = ParserFactory::new_simple(&env).map_err(|e| format!("building the grammar compiler: {e:#}"))?;
     factory.quiet();
     // Errors go back to job submitters: the message, not the parser's state or the grammar.
     factory.limits_mut().verbose_errors = false;
@@ -112,19 +90,13 @@ fn grammar(format: &OutputFormat) -> TopLevelGrammar {
             schema = json!({});
         }
         if let Some(fields) = schema.as_object_mut() {
-            fields
-                .entry("x-guidance")
-                .or_insert_with(|| json!({ "whitespace_flexible": false }));
+            fields.entry("x-guidance").or_insert_with(|| json!({ "whitespace_flexible": false }));
         }
         schema
     };
     match format {
-        OutputFormat::JsonSchema { schema } => {
-            TopLevelGrammar::from_json_schema(compact(schema.clone()))
-        }
-        OutputFormat::JsonObject {} => {
-            TopLevelGrammar::from_json_schema(compact(json!({ "type": "object" })))
-        }
+        OutputFormat::JsonSchema { schema } => TopLevelGrammar::from_json_schema(compact(schema.clone())),
+        OutputFormat::JsonObject {} => TopLevelGrammar::from_json_schema(compact(json!({ "type": "object" }))),
         OutputFormat::Regex { pattern } => TopLevelGrammar::from_regex(pattern),
         OutputFormat::Lark { grammar } => TopLevelGrammar::from_lark(grammar.clone()),
     }
@@ -142,11 +114,7 @@ impl Constraint {
     /// text is complete and cannot grow).
     pub(crate) fn prepare(&mut self) -> Result<(), String> {
         if self.mask.is_none() {
-            self.mask = Some(
-                self.matcher
-                    .compute_mask_or_eos()
-                    .map_err(|e| format!("{e:#}"))?,
-            );
+            self.mask = Some(self.matcher.compute_mask_or_eos().map_err(|e| format!("{e:#}"))?);
         }
         Ok(())
     }
@@ -164,18 +132,13 @@ impl Constraint {
 
     /// A matcher at the same position, independent of this one (another sample of a job).
     pub(crate) fn deep_clone(&self) -> Constraint {
-        Constraint {
-            matcher: self.matcher.deep_clone(),
-            mask: None,
-        }
+        Constraint { matcher: self.matcher.deep_clone(), mask: None }
     }
 
     /// Moves past `token` (one the mask allowed).
     pub(crate) fn accept(&mut self, token: u32) -> Result<(), String> {
         self.mask = None;
-        self.matcher
-            .consume_token(token)
-            .map_err(|e| format!("{e:#}"))
+        self.matcher.consume_token(token).map_err(|e| format!("{e:#}"))
     }
 
     /// The text is complete and nothing more can follow.
@@ -222,18 +185,9 @@ mod tests {
     /// `[`, `]`, and the special end token 0.
     fn grammars() -> (Grammars, Vec<Vec<u8>>) {
         let mut words: Vec<Vec<u8>> = vec![Vec::new()];
-        words.extend(
-            b"abcdefghijklmnopqrstuvwxyz0123456789{}\":,[]- "
-                .iter()
-                .map(|&b| vec![b]),
-        );
-        let bytes: Vec<Option<Vec<u8>>> = std::iter::once(None)
-            .chain(words[1..].iter().cloned().map(Some))
-            .collect();
-        let g = Grammars {
-            vocab: Arc::new((bytes, vec![0])),
-            factory: OnceLock::new(),
-        };
+        words.extend(b"abcdefghijklmnopqrstuvwxyz0123456789{}\":,[]- ".iter().map(|&b| vec![b]));
+        let bytes: Vec<Option<Vec<u8>>> = std::iter::once(None).chain(words[1..].iter().cloned().map(Some)).collect();
+        let g = Grammars { vocab: Arc::new((bytes, vec![0])), factory: OnceLock::new() };
         (g, words)
     }
 
@@ -264,27 +218,16 @@ mod tests {
     #[test]
     fn a_regex_allows_only_its_language_and_ends_when_complete() {
         let (g, words) = grammars();
-        let mut c = g
-            .compile(&OutputFormat::Regex {
-                pattern: "(yes|no)-[0-9]{2}".into(),
-            })
-            .expect("compiles");
+        let mut c = g.compile(&OutputFormat::Regex { pattern: "(yes|no)-[0-9]{2}".into() }).expect("compiles");
         let (text, ended) = drive(&mut c, &words, b"zn", 20);
         assert_eq!((text.as_str(), ended), ("no-00", true));
         // The end token is never allowed before the text is complete.
-        let mut c = g
-            .compile(&OutputFormat::Regex {
-                pattern: "ab+".into(),
-            })
-            .expect("compiles");
+        let mut c = g.compile(&OutputFormat::Regex { pattern: "ab+".into() }).expect("compiles");
         assert!(!c.allowed().expect("mask").is_allowed(0));
         c.accept(1).expect("a");
         assert!(!c.allowed().expect("mask").is_allowed(0));
         c.accept(2).expect("b");
-        assert!(
-            c.allowed().expect("mask").is_allowed(0),
-            "ab is complete, ab+ may end"
-        );
+        assert!(c.allowed().expect("mask").is_allowed(0), "ab is complete, ab+ may end");
         assert!(c.accept(3).is_err(), "c is outside the language");
     }
 
@@ -292,11 +235,7 @@ mod tests {
     fn a_json_schema_gives_compact_valid_json() {
         let (g, words) = grammars();
         let schema = json!({"type": "object", "properties": {"k": {"enum": ["a1", "b2"]}, "n": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 9}, "maxItems": 2}}, "required": ["k", "n"], "additionalProperties": false});
-        let mut c = g
-            .compile(&OutputFormat::JsonSchema {
-                schema: schema.clone(),
-            })
-            .expect("compiles");
+        let mut c = g.compile(&OutputFormat::JsonSchema { schema: schema.clone() }).expect("compiles");
         let (text, ended) = drive(&mut c, &words, b"b7,]}", 60);
         assert!(ended, "{text}");
         let value: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
@@ -307,53 +246,24 @@ mod tests {
     #[test]
     fn the_greedy_pick_is_what_sampling_the_masked_row_picks() {
         let (g, _) = grammars();
-        let mut c = g
-            .compile(&OutputFormat::Regex {
-                pattern: "[a-c]x?".into(),
-            })
-            .expect("compiles");
+        let mut c = g.compile(&OutputFormat::Regex { pattern: "[a-c]x?".into() }).expect("compiles");
         let mask = c.allowed().expect("mask").clone();
         // Tokens 1..=3 are a, b, c; 0 is the end token (not allowed yet).
         let mut row = vec![9.0, 1.0, 5.0, 5.0, 8.0];
         row.resize(mask.len(), 7.0);
-        assert_eq!(
-            greedy_pick(&row, &mask, &[]),
-            Some(2),
-            "the first of equal allowed maxima; 0 and 4 are not allowed"
-        );
-        assert_eq!(
-            greedy_pick(&row, &mask, &[2, 3]),
-            Some(1),
-            "banned ones left out"
-        );
-        assert_eq!(
-            greedy_pick(&row, &mask, &[1, 2, 3]),
-            Some(2),
-            "unless nothing else is allowed"
-        );
+        assert_eq!(greedy_pick(&row, &mask, &[]), Some(2), "the first of equal allowed maxima; 0 and 4 are not allowed");
+        assert_eq!(greedy_pick(&row, &mask, &[2, 3]), Some(1), "banned ones left out");
+        assert_eq!(greedy_pick(&row, &mask, &[1, 2, 3]), Some(2), "unless nothing else is allowed");
         let mut nan = row.clone();
         nan[1] = f32::NAN;
-        assert_eq!(
-            greedy_pick(&nan, &mask, &[]),
-            Some(2),
-            "NaN is never picked"
-        );
+        assert_eq!(greedy_pick(&nan, &mask, &[]), Some(2), "NaN is never picked");
         let hopeless = vec![f32::NEG_INFINITY; row.len()];
         assert_eq!(greedy_pick(&hopeless, &mask, &[]), None);
         let mut masked = row.clone();
         apply(&mask, &mut masked);
-        let sampled = crate::engine::llama::sampler::Sampler::new(
-            &genq_shared::valid::SamplingParams {
-                temperature: 0.0,
-                top_p: 1.0,
-                top_k: None,
-                repetition_penalty: 1.0,
-                seed: None,
-            },
-            1,
-        )
-        .sample(&masked, &[])
-        .expect("sample");
+        let sampled = crate::engine::llama::sampler::Sampler::new(&genq_shared::valid::SamplingParams { temperature: 0.0, top_p: 1.0, top_k: None, repetition_penalty: 1.0, seed: None }, 1)
+            .sample(&masked, &[])
+            .expect("sample");
         assert_eq!(Some(sampled), greedy_pick(&row, &mask, &[]));
     }
 
@@ -361,39 +271,13 @@ mod tests {
     fn formats_that_do_not_compile_say_why() {
         let (g, _) = grammars();
         for (format, says) in [
-            (
-                OutputFormat::JsonSchema {
-                    schema: json!({"$ref": "#/nope"}),
-                },
-                "nope",
-            ),
-            (
-                OutputFormat::JsonSchema {
-                    schema: json!({"type": "integer", "minimum": 5, "maximum": 1}),
-                },
-                "minimum",
-            ),
-            (
-                OutputFormat::Regex {
-                    pattern: "(abc".into(),
-                },
-                "regex",
-            ),
-            (
-                OutputFormat::Lark {
-                    grammar: "start: foo".into(),
-                },
-                "foo",
-            ),
+            (OutputFormat::JsonSchema { schema: json!({"$ref": "#/nope"}) }, "nope"),
+            (OutputFormat::JsonSchema { schema: json!({"type": "integer", "minimum": 5, "maximum": 1}) }, "minimum"),
+            (OutputFormat::Regex { pattern: "(abc".into() }, "regex"),
+            (OutputFormat::Lark { grammar: "start: foo".into() }, "foo"),
         ] {
-            let err = g
-                .compile(&format)
-                .err()
-                .unwrap_or_else(|| panic!("{format:?} compiled"));
-            assert!(
-                err.contains("cannot be compiled") && err.contains(says),
-                "{format:?}: {err}"
-            );
+            let err = g.compile(&format).err().unwrap_or_else(|| panic!("{format:?} compiled"));
+            assert!(err.contains("cannot be compiled") && err.contains(says), "{format:?}: {err}");
         }
     }
 }

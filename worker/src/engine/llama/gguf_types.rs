@@ -74,11 +74,7 @@ impl From<io::Error> for GgufTypeError {
 }
 
 fn supported_names() -> String {
-    SUPPORTED
-        .iter()
-        .map(|(_, n)| *n)
-        .collect::<Vec<_>>()
-        .join(", ")
+    SUPPORTED.iter().map(|(_, n)| *n).collect::<Vec<_>>().join(", ")
 }
 
 /// The GGML name of type `id` (`GGML type id 99` when unknown).
@@ -96,14 +92,8 @@ pub(crate) fn check<R: Read + Seek>(file: &mut R) -> Result<(), GgufTypeError> {
     file.seek(SeekFrom::Start(0))?;
     let types = tensor_types(&mut io::BufReader::new(&mut *file))?;
     file.seek(SeekFrom::Start(0))?;
-    match types
-        .into_iter()
-        .find(|(_, id)| !SUPPORTED.iter().any(|(s, _)| s == id))
-    {
-        Some((tensor, id)) => Err(GgufTypeError::Unsupported {
-            tensor,
-            type_name: type_name(id),
-        }),
+    match types.into_iter().find(|(_, id)| !SUPPORTED.iter().any(|(s, _)| s == id)) {
+        Some((tensor, id)) => Err(GgufTypeError::Unsupported { tensor, type_name: type_name(id) }),
         None => Ok(()),
     }
 }
@@ -113,9 +103,7 @@ pub(crate) fn tensor_types<R: Read + Seek>(r: &mut R) -> Result<Vec<(String, u32
     let mut magic = [0u8; 4];
     r.read_exact(&mut magic)?;
     if &magic != b"GGUF" {
-        return Err(GgufTypeError::Header(format!(
-            "magic {magic:?}, expected \"GGUF\""
-        )));
+        return Err(GgufTypeError::Header(format!("magic {magic:?}, expected \"GGUF\"")));
     }
     let version = u32_at(r)?;
     // Version 1 counted in u32; 2 and 3 in u64.
@@ -139,9 +127,7 @@ pub(crate) fn tensor_types<R: Read + Seek>(r: &mut R) -> Result<Vec<(String, u32
         let name = read_string(r, version)?;
         let dims = u32_at(r)?;
         if dims > 8 {
-            return Err(GgufTypeError::Header(format!(
-                "tensor `{name}` has {dims} dimensions"
-            )));
+            return Err(GgufTypeError::Header(format!("tensor `{name}` has {dims} dimensions")));
         }
         for _ in 0..dims {
             count(r)?;
@@ -189,8 +175,7 @@ fn read_string(r: &mut impl Read, version: u32) -> Result<String, GgufTypeError>
 }
 
 fn skip<R: Read + Seek>(r: &mut R, n: u64) -> Result<(), GgufTypeError> {
-    let n =
-        i64::try_from(n).map_err(|_| GgufTypeError::Header(format!("a length of {n} bytes")))?;
+    let n = i64::try_from(n).map_err(|_| GgufTypeError::Header(format!("a length of {n} bytes")))?;
     r.seek(SeekFrom::Current(n))?;
     Ok(())
 }
@@ -203,11 +188,7 @@ fn fixed_size(ty: u32) -> Result<Option<u64>, GgufTypeError> {
         4..=6 => Some(4),
         10..=12 => Some(8),
         8 | 9 => None,
-        other => {
-            return Err(GgufTypeError::Header(format!(
-                "unknown metadata value type {other}"
-            )))
-        }
+        other => return Err(GgufTypeError::Header(format!("unknown metadata value type {other}"))),
     })
 }
 
@@ -221,11 +202,7 @@ fn skip_value<R: Read + Seek>(r: &mut R, ty: u32, version: u32) -> Result<(), Gg
     let item = u32_at(r)?;
     let len = string_len(r, version)?;
     match fixed_size(item)? {
-        Some(n) => skip(
-            r,
-            n.checked_mul(len)
-                .ok_or_else(|| GgufTypeError::Header("array too long".into()))?,
-        ),
+        Some(n) => skip(r, n.checked_mul(len).ok_or_else(|| GgufTypeError::Header("array too long".into()))?),
         None => {
             for _ in 0..len {
                 skip_value(r, item, version)?;
@@ -250,12 +227,8 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, &d)| {
-                let t =
-                    Tensor::ones((2, 256), candle_core::DType::F32, &Device::Cpu).expect("tensor");
-                (
-                    format!("blk.{i}.w"),
-                    QTensor::quantize(&t, d).expect("quantize"),
-                )
+                let t = Tensor::ones((2, 256), candle_core::DType::F32, &Device::Cpu).expect("tensor");
+                (format!("blk.{i}.w"), QTensor::quantize(&t, d).expect("quantize"))
             })
             .collect();
         let words = gguf_file::Value::Array(vec![
@@ -263,10 +236,7 @@ mod tests {
             gguf_file::Value::String("bc".into()),
         ]);
         let meta = [
-            (
-                "general.architecture",
-                gguf_file::Value::String("llama".into()),
-            ),
+            ("general.architecture", gguf_file::Value::String("llama".into())),
             ("tokenizer.ggml.tokens", words),
             ("llama.block_count", gguf_file::Value::U32(1)),
             ("x.f", gguf_file::Value::F64(1.5)),
@@ -282,24 +252,14 @@ mod tests {
     fn reads_every_tensor_name_and_type_past_the_metadata() {
         let bytes = gguf(&[GgmlDType::F32, GgmlDType::Q4K, GgmlDType::Q8_0]);
         let types = tensor_types(&mut Cursor::new(bytes)).expect("header");
-        assert_eq!(
-            types,
-            vec![
-                ("blk.0.w".into(), 0),
-                ("blk.1.w".into(), 12),
-                ("blk.2.w".into(), 8)
-            ]
-        );
+        assert_eq!(types, vec![("blk.0.w".into(), 0), ("blk.1.w".into(), 12), ("blk.2.w".into(), 8)]);
     }
 
     #[test]
     fn a_tensor_of_an_unsupported_type_is_named_with_its_type() {
         let mut file = Cursor::new(gguf(&[GgmlDType::Q8_0, GgmlDType::Q2K]));
         let err = check(&mut file).expect_err("Q2_K is refused").to_string();
-        assert!(
-            err.contains("`blk.1.w`") && err.contains("Q2_K") && err.contains("Q4_K"),
-            "{err}"
-        );
+        assert!(err.contains("`blk.1.w`") && err.contains("Q2_K") && err.contains("Q4_K"), "{err}");
         assert!(check(&mut Cursor::new(gguf(&[GgmlDType::Q5_1, GgmlDType::Q6K]))).is_ok());
     }
 
@@ -307,17 +267,9 @@ mod tests {
     fn a_type_id_nobody_knows_is_refused_by_number() {
         let mut bytes = gguf(&[GgmlDType::Q8_0]);
         // The last tensor info ends with its type (u32) and offset (u64): rewrite the type.
-        let at = bytes
-            .windows(7)
-            .position(|w| w == b"blk.0.w")
-            .expect("name")
-            + 7
-            + 4
-            + 16;
+        let at = bytes.windows(7).position(|w| w == b"blk.0.w").expect("name") + 7 + 4 + 16;
         bytes[at..at + 4].copy_from_slice(&99u32.to_le_bytes());
-        let err = check(&mut Cursor::new(bytes))
-            .expect_err("type 99")
-            .to_string();
+        let err = check(&mut Cursor::new(bytes)).expect_err("type 99").to_string();
         assert!(err.contains("`blk.0.w` has type GGML type id 99;"), "{err}");
     }
 

@@ -47,9 +47,7 @@ impl Raw {
     /// The quantization type of a GGUF tensor stored quantized (not F32/F16/BF16).
     pub(super) fn quant_dtype(&self) -> Option<GgmlDType> {
         match self {
-            Raw::Quant(q)
-                if !matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) =>
-            {
+            Raw::Quant(q) if !matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) => {
                 Some(q.dtype())
             }
             _ => None,
@@ -215,13 +213,7 @@ impl Part {
 }
 
 /// The file name of `part` (of `layer`), `.weight` or `.bias`, and whether it is transposed.
-pub(super) fn file_name(
-    arch: Arch,
-    format: Format,
-    part: Part,
-    layer: Option<usize>,
-    bias: bool,
-) -> Option<(String, bool)> {
+pub(super) fn file_name(arch: Arch, format: Format, part: Part, layer: Option<usize>, bias: bool) -> Option<(String, bool)> {
     let suffix = if bias { "bias" } else { "weight" };
     match format {
         Format::Gguf => {
@@ -258,11 +250,7 @@ pub(super) struct GgufSource<'a> {
 
 impl TensorSource for GgufSource<'_> {
     fn read(&mut self, name: &str) -> Result<Raw> {
-        Ok(Raw::Quant(self.content.tensor(
-            self.file,
-            name,
-            &Device::Cpu,
-        )?))
+        Ok(Raw::Quant(self.content.tensor(self.file, name, &Device::Cpu)?))
     }
     fn has(&self, name: &str) -> bool {
         self.content.tensor_infos.contains_key(name)
@@ -285,10 +273,7 @@ impl SafetensorsSource {
         let mut tensors = HashMap::new();
         for f in files {
             for (name, t) in candle_core::safetensors::load(f, &Device::Cpu)? {
-                let name = name
-                    .strip_prefix("transformer.")
-                    .map(str::to_string)
-                    .unwrap_or(name);
+                let name = name.strip_prefix("transformer.").map(str::to_string).unwrap_or(name);
                 tensors.insert(name, t);
             }
         }
@@ -347,8 +332,7 @@ impl<'a> Loader<'a> {
 
     /// Whether the file has the tensor.
     pub(super) fn has(&self, part: Part, layer: Option<usize>, bias: bool) -> bool {
-        self.name(part, layer, bias)
-            .is_some_and(|(n, _)| self.src.has(&n))
+        self.name(part, layer, bias).is_some_and(|(n, _)| self.src.has(&n))
     }
 
     fn read(&mut self, part: Part, layer: Option<usize>, bias: bool) -> Result<Raw> {
@@ -375,28 +359,16 @@ impl<'a> Loader<'a> {
     }
 
     /// A vector of `len` f32 values.
-    fn vector(
-        &mut self,
-        part: Part,
-        layer: Option<usize>,
-        bias: bool,
-        len: usize,
-    ) -> Result<Tensor> {
+    fn vector(&mut self, part: Part, layer: Option<usize>, bias: bool, len: usize) -> Result<Tensor> {
         let t = self.read(part, layer, bias)?.f32()?.flatten_all()?;
         if t.dims1()? != len {
-            bail!(
-                "{}: expected {len} values, found {:?}",
-                self.describe(part, layer, bias),
-                t.shape()
-            );
+            bail!("{}: expected {len} values, found {:?}", self.describe(part, layer, bias), t.shape());
         }
         Ok(t)
     }
 
     fn describe(&self, part: Part, layer: Option<usize>, bias: bool) -> String {
-        self.name(part, layer, bias)
-            .map(|(n, _)| n)
-            .unwrap_or_else(|| format!("{part:?}"))
+        self.name(part, layer, bias).map(|(n, _)| n).unwrap_or_else(|| format!("{part:?}"))
     }
 
     fn norm(&mut self, part: Part, layer: Option<usize>) -> Result<Norm> {
@@ -410,37 +382,22 @@ impl<'a> Loader<'a> {
 
     /// A projection from `parts` (read in order), checked to map `cols` inputs to `widths`;
     /// biases, when the file has them, for every part or none.
-    fn linear(
-        &mut self,
-        parts: &[Part],
-        layer: usize,
-        widths: Vec<usize>,
-        cols: usize,
-    ) -> Result<Linear> {
+    fn linear(&mut self, parts: &[Part], layer: usize, widths: Vec<usize>, cols: usize) -> Result<Linear> {
         let l = Some(layer);
         let mut raws = Vec::with_capacity(parts.len());
         for &p in parts {
             let raw = self.read(p, l, false)?;
             let (_, c) = raw.dims()?;
             if c != cols {
-                bail!(
-                    "{}: {c} inputs, expected {cols}",
-                    self.describe(p, l, false)
-                );
+                bail!("{}: {c} inputs, expected {cols}", self.describe(p, l, false));
             }
             raws.push(raw);
         }
-        let rows: usize = raws
-            .iter()
-            .map(|r| r.dims().map(|d| d.0))
-            .sum::<Result<usize>>()?;
+        let rows: usize = raws.iter().map(|r| r.dims().map(|d| d.0)).sum::<Result<usize>>()?;
         let total: usize = widths.iter().sum();
         if rows != total {
             let names: Vec<String> = parts.iter().map(|&p| self.describe(p, l, false)).collect();
-            bail!(
-                "{}: {rows} outputs, expected {total} ({widths:?})",
-                names.join(" + ")
-            );
+            bail!("{}: {rows} outputs, expected {total} ({widths:?})", names.join(" + "));
         }
         let present: Vec<bool> = parts.iter().map(|&p| self.has(p, l, true)).collect();
         let bias = if present.iter().all(|&b| b) {
@@ -450,10 +407,7 @@ impl<'a> Loader<'a> {
             }
             let b = Tensor::cat(&bs, 0)?;
             if b.dims1()? != total {
-                bail!(
-                    "layer {layer}: biases of {parts:?}: {:?}, expected {total}",
-                    b.shape()
-                );
+                bail!("layer {layer}: biases of {parts:?}: {:?}, expected {total}", b.shape());
             }
             Some(b)
         } else if present.iter().any(|&b| b) {
@@ -477,12 +431,7 @@ impl<'a> Loader<'a> {
         let qkv = if self.has(Part::AttnQkv, l, false) {
             self.linear(&[Part::AttnQkv], i, qkv_widths, cfg.hidden)?
         } else {
-            self.linear(
-                &[Part::AttnQ, Part::AttnK, Part::AttnV],
-                i,
-                qkv_widths,
-                cfg.hidden,
-            )?
+            self.linear(&[Part::AttnQ, Part::AttnK, Part::AttnV], i, qkv_widths, cfg.hidden)?
         };
         let qk_norm = if cfg.qk_norm {
             Some((
@@ -496,15 +445,10 @@ impl<'a> Loader<'a> {
         let o = self.linear(&[Part::AttnOutput], i, vec![cfg.hidden], q_width)?;
         let ffn_norm = self.norm(Part::FfnNorm, l)?;
         let up = match cfg.mlp {
-            MlpKind::GatedSilu if self.has(Part::FfnGate, l, false) => self.linear(
-                &[Part::FfnGate, Part::FfnUp],
-                i,
-                vec![cfg.ffn, cfg.ffn],
-                cfg.hidden,
-            )?,
-            MlpKind::GatedSilu => {
-                self.linear(&[Part::FfnUp], i, vec![cfg.ffn, cfg.ffn], cfg.hidden)?
+            MlpKind::GatedSilu if self.has(Part::FfnGate, l, false) => {
+                self.linear(&[Part::FfnGate, Part::FfnUp], i, vec![cfg.ffn, cfg.ffn], cfg.hidden)?
             }
+            MlpKind::GatedSilu => self.linear(&[Part::FfnUp], i, vec![cfg.ffn, cfg.ffn], cfg.hidden)?,
             MlpKind::Gelu => self.linear(&[Part::FfnUp], i, vec![cfg.ffn], cfg.hidden)?,
         };
         let down = self.linear(&[Part::FfnDown], i, vec![cfg.hidden], cfg.ffn)?;
@@ -523,12 +467,7 @@ impl<'a> Loader<'a> {
     pub(super) fn embedding(&mut self) -> Result<Raw> {
         let e = self.read(Part::TokenEmbd, None, false)?;
         if e.dims()? != (self.cfg.vocab, self.cfg.hidden) {
-            bail!(
-                "embedding is {:?}, expected {}x{}",
-                e.dims()?,
-                self.cfg.vocab,
-                self.cfg.hidden
-            );
+            bail!("embedding is {:?}, expected {}x{}", e.dims()?, self.cfg.vocab, self.cfg.hidden);
         }
         Ok(e)
     }
@@ -561,12 +500,7 @@ impl<'a> Loader<'a> {
             return Ok(None);
         };
         if w.dims()? != (self.cfg.vocab, self.cfg.hidden) {
-            bail!(
-                "output head is {:?}, expected {}x{}",
-                w.dims()?,
-                self.cfg.vocab,
-                self.cfg.hidden
-            );
+            bail!("output head is {:?}, expected {}x{}", w.dims()?, self.cfg.vocab, self.cfg.hidden);
         }
         let bias = match self.optional(Part::Output, None, true)? {
             Some(b) => Some(b.f32()?.flatten_all()?),

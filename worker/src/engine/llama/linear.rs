@@ -104,10 +104,7 @@ impl Weight {
             Weight::Quant(q) => match QuantRows::from_ggml(q.dtype(), &q.data()?, rows, cols) {
                 Some(exact) => exact,
                 None => {
-                    let values = q
-                        .dequantize(&Device::Cpu)?
-                        .flatten_all()?
-                        .to_vec1::<f32>()?;
+                    let values = q.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
                     QuantRows::from_f32(&values, rows, cols)
                 }
             },
@@ -132,9 +129,7 @@ impl Weight {
         };
         let q8_fits = w.cols()? % GgmlDType::Q8_0.block_size() == 0;
         Ok(match (format, w) {
-            (WeightFormat::Packed, w) if w.cols()? % super::packed::BLOCK == 0 => {
-                Weight::Rows(w.quant_rows()?)
-            }
+            (WeightFormat::Packed, w) if w.cols()? % super::packed::BLOCK == 0 => Weight::Rows(w.quant_rows()?),
             // Rows the packed kernel cannot take stay dense.
             (WeightFormat::Packed, w) => Weight::Dense(w.dense()?),
             (WeightFormat::F32, w) => Weight::Dense(w.dense()?),
@@ -206,11 +201,7 @@ impl Fused {
 
     /// Stacks `parts` along the output dimension. Quantized parts of one type are concatenated
     /// block for block (exact); anything else is stacked dense. The output splits into `widths`.
-    pub(super) fn new(
-        mut parts: Vec<Weight>,
-        widths: Vec<usize>,
-        bias: Option<Tensor>,
-    ) -> Result<Self> {
+    pub(super) fn new(mut parts: Vec<Weight>, widths: Vec<usize>, bias: Option<Tensor>) -> Result<Self> {
         let cols = match parts.first() {
             Some(p) => p.cols()?,
             None => bail!("nothing to fuse"),
@@ -221,10 +212,7 @@ impl Fused {
         }
         if let Some(b) = &bias {
             if b.dims1()? != rows {
-                bail!(
-                    "fused projection: bias of {:?} for {rows} outputs",
-                    b.shape()
-                );
+                bail!("fused projection: bias of {:?} for {rows} outputs", b.shape());
             }
         }
         let same_quant = match parts.first() {
@@ -251,9 +239,7 @@ impl Fused {
                         _ => None,
                     })
                     .collect();
-                Proj::Packed(PackedLinear::new(
-                    &QuantRows::stack(rows).map_err(candle_core::Error::wrap)?,
-                ))
+                Proj::Packed(PackedLinear::new(&QuantRows::stack(rows).map_err(candle_core::Error::wrap)?))
             }
             Some(dtype) => {
                 let mut bytes = Vec::new();

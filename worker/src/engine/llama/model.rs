@@ -16,10 +16,10 @@ use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{bail, DType, Device, Result, Tensor};
 use rayon::prelude::*;
 
-pub use super::arch::{HfConfig, ModelConfig, RopeStyle};
-use super::arch::{MlpKind, NormKind};
 use super::attention::attention;
+pub use super::arch::{HfConfig, ModelConfig, RopeStyle};
 pub use super::attention::{KvCache, SeqInput};
+use super::arch::{MlpKind, NormKind};
 use super::layout::{Format, GgufSource, Loader, Norm, SafetensorsSource, TensorSource};
 use super::linear::{Fused, Proj, Weight};
 pub use super::linear::{WeightFormat, AUTO_Q8_MAX_BATCH};
@@ -57,9 +57,7 @@ impl NormWeights {
 pub(super) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     {
         let (storage, layout) = t.storage_and_layout();
-        if let (candle_core::Storage::Cpu(cpu), Some((start, end))) =
-            (&*storage, layout.contiguous_offsets())
-        {
+        if let (candle_core::Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) {
             if let Ok(values) = cpu.as_slice::<f32>() {
                 return Ok(f(&values[start..end]));
             }
@@ -86,9 +84,7 @@ fn swiglu(gate_up: &Tensor) -> Result<Tensor> {
             }
         };
         if rows * ff >= PARALLEL_SWIGLU_MIN {
-            out.par_chunks_mut(ff)
-                .zip(gu.par_chunks(width))
-                .for_each(row);
+            out.par_chunks_mut(ff).zip(gu.par_chunks(width)).for_each(row);
         } else {
             out.chunks_mut(ff).zip(gu.chunks(width)).for_each(row);
         }
@@ -235,15 +231,9 @@ impl LlamaModel {
                         Some(Proj::Packed(PackedLinear::new(&w.quant_rows()?)))
                     }
                     (Weight::Quant(q), WeightFormat::Q8_0) if q.dtype() != GgmlDType::Q8_0 => Some(
-                        Weight::Quant(QTensor::quantize(
-                            &q.dequantize(&Device::Cpu)?,
-                            GgmlDType::Q8_0,
-                        )?)
-                        .into_proj()?,
+                        Weight::Quant(QTensor::quantize(&q.dequantize(&Device::Cpu)?, GgmlDType::Q8_0)?).into_proj()?,
                     ),
-                    (Weight::Dense(t), WeightFormat::Q8_0) => {
-                        Some(Weight::Dense(t.clone()).convert(format)?.into_proj()?)
-                    }
+                    (Weight::Dense(t), WeightFormat::Q8_0) => Some(Weight::Dense(t.clone()).convert(format)?.into_proj()?),
                     (Weight::Dense(t), _) => Some(Proj::dense(t)?),
                     _ => None,
                 };
@@ -382,12 +372,8 @@ impl LlamaModel {
                 Some((qn, kn)) => (Some(qn), Some(kn)),
                 None => (None, None),
             };
-            let q = position(&q, qn, cfg.heads)?
-                .flatten_all()?
-                .to_vec1::<f32>()?;
-            let k = position(&k, kn, cfg.kv_heads)?
-                .flatten_all()?
-                .to_vec1::<f32>()?;
+            let q = position(&q, qn, cfg.heads)?.flatten_all()?.to_vec1::<f32>()?;
+            let k = position(&k, kn, cfg.kv_heads)?.flatten_all()?.to_vec1::<f32>()?;
             let v = v.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
             let attn = attention(cfg, seqs, li, &q, &k, &v);
             let attn = Tensor::from_vec(attn, (total, q_width), &dev)?;

@@ -71,10 +71,7 @@ impl Kernel {
 
     /// The fastest kernel this CPU runs.
     pub(crate) fn best() -> Kernel {
-        Self::ALL
-            .into_iter()
-            .find(|k| k.available())
-            .unwrap_or(Kernel::Reference)
+        Self::ALL.into_iter().find(|k| k.available()).unwrap_or(Kernel::Reference)
     }
 
     /// The kernel packed matmuls use in this process: [`Kernel::select`]'s, else [`Kernel::best`].
@@ -90,16 +87,8 @@ impl Kernel {
     pub(crate) fn select(kernel: Option<Kernel>) -> Result<(), KernelError> {
         let code = match kernel {
             None => 0,
-            Some(k) if k.available() => Self::ALL
-                .iter()
-                .position(|a| *a == k)
-                .map_or(0, |i| i as u8 + 1),
-            Some(k) => {
-                return Err(KernelError::Unavailable {
-                    kernel: k.name(),
-                    best: Self::best().name(),
-                })
-            }
+            Some(k) if k.available() => Self::ALL.iter().position(|a| *a == k).map_or(0, |i| i as u8 + 1),
+            Some(k) => return Err(KernelError::Unavailable { kernel: k.name(), best: Self::best().name() }),
         };
         SELECTED.store(code, Ordering::Relaxed);
         Ok(())
@@ -109,11 +98,7 @@ impl Kernel {
     pub(crate) fn parse_setting(name: &str) -> Result<Option<Kernel>, KernelError> {
         match name {
             "auto" => Ok(None),
-            other => Self::from_name(other)
-                .map(Some)
-                .ok_or_else(|| KernelError::Unknown {
-                    name: other.to_string(),
-                }),
+            other => Self::from_name(other).map(Some).ok_or_else(|| KernelError::Unknown { name: other.to_string() }),
         }
     }
 
@@ -226,25 +211,13 @@ impl QuantRows {
         self.cols / BLOCK
     }
 
-    fn check(
-        rows: usize,
-        cols: usize,
-        data: &[u8],
-        block_bytes: usize,
-        what: &'static str,
-    ) -> Result<(), PackError> {
+    fn check(rows: usize, cols: usize, data: &[u8], block_bytes: usize, what: &'static str) -> Result<(), PackError> {
         if !cols.is_multiple_of(BLOCK) {
             return Err(PackError::Width { cols });
         }
         let expected = rows * cols / BLOCK * block_bytes;
         if data.len() != expected {
-            return Err(PackError::Size {
-                what,
-                rows,
-                cols,
-                found: data.len(),
-                expected,
-            });
+            return Err(PackError::Size { what, rows, cols, found: data.len(), expected });
         }
         Ok(())
     }
@@ -254,14 +227,7 @@ impl QuantRows {
     pub(crate) fn from_q4_1(data: &[u8], rows: usize, cols: usize) -> Result<Self, PackError> {
         Self::check(rows, cols, data, 20, "Q4_1")?;
         let n = rows * cols / BLOCK;
-        let mut out = Self {
-            rows,
-            cols,
-            bits: 4,
-            scale: Vec::with_capacity(n),
-            min: Vec::with_capacity(n),
-            levels: Vec::with_capacity(rows * cols),
-        };
+        let mut out = Self { rows, cols, bits: 4, scale: Vec::with_capacity(n), min: Vec::with_capacity(n), levels: Vec::with_capacity(rows * cols) };
         for block in data.chunks_exact(20) {
             out.scale.push(f16_at(block, 0));
             out.min.push(f16_at(block, 2));
@@ -321,20 +287,13 @@ impl QuantRows {
         let high = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
         let qs = &bytes[4..20];
         let bit = |j: usize| (((high >> j) & 1) as u8) << 4;
-        self.levels
-            .extend(qs.iter().enumerate().map(|(j, b)| (b & 0x0F) | bit(j)));
-        self.levels
-            .extend(qs.iter().enumerate().map(|(j, b)| (b >> 4) | bit(j + 16)));
+        self.levels.extend(qs.iter().enumerate().map(|(j, b)| (b & 0x0F) | bit(j)));
+        self.levels.extend(qs.iter().enumerate().map(|(j, b)| (b >> 4) | bit(j + 16)));
     }
 
     /// Rows in a GGUF block type whose levels the packed format holds exactly (Q4_0, Q4_1, Q5_0,
     /// Q5_1, Q8_0); `None` for any other type, which is re-quantized from f32 instead.
-    pub(crate) fn from_ggml(
-        dtype: GgmlDType,
-        data: &[u8],
-        rows: usize,
-        cols: usize,
-    ) -> Option<Result<Self, PackError>> {
+    pub(crate) fn from_ggml(dtype: GgmlDType, data: &[u8], rows: usize, cols: usize) -> Option<Result<Self, PackError>> {
         Some(match dtype {
             GgmlDType::Q4_0 => Self::from_q4_0(data, rows, cols),
             GgmlDType::Q4_1 => Self::from_q4_1(data, rows, cols),
@@ -347,14 +306,7 @@ impl QuantRows {
 
     fn with_capacity(rows: usize, cols: usize, bits: u8) -> Self {
         let n = rows * cols / BLOCK;
-        Self {
-            rows,
-            cols,
-            bits,
-            scale: Vec::with_capacity(n),
-            min: Vec::with_capacity(n),
-            levels: Vec::with_capacity(rows * cols),
-        }
+        Self { rows, cols, bits, scale: Vec::with_capacity(n), min: Vec::with_capacity(n), levels: Vec::with_capacity(rows * cols) }
     }
 
     /// From GGUF Q8_0 blocks (`f16 d, 32 signed bytes`), as levels `q + 128` with minimum
@@ -362,20 +314,12 @@ impl QuantRows {
     pub(crate) fn from_q8_0(data: &[u8], rows: usize, cols: usize) -> Result<Self, PackError> {
         Self::check(rows, cols, data, 34, "Q8_0")?;
         let n = rows * cols / BLOCK;
-        let mut out = Self {
-            rows,
-            cols,
-            bits: 8,
-            scale: Vec::with_capacity(n),
-            min: Vec::with_capacity(n),
-            levels: Vec::with_capacity(rows * cols),
-        };
+        let mut out = Self { rows, cols, bits: 8, scale: Vec::with_capacity(n), min: Vec::with_capacity(n), levels: Vec::with_capacity(rows * cols) };
         for block in data.chunks_exact(34) {
             let d = f16_at(block, 0);
             out.scale.push(d);
             out.min.push(-128.0 * d);
-            out.levels
-                .extend(block[2..34].iter().map(|&q| (q as i8 as i16 + 128) as u8));
+            out.levels.extend(block[2..34].iter().map(|&q| (q as i8 as i16 + 128) as u8));
         }
         Ok(out)
     }
@@ -387,23 +331,10 @@ impl QuantRows {
             return Err(PackError::Width { cols });
         }
         if values.len() != rows * cols {
-            return Err(PackError::Size {
-                what: "f32",
-                rows,
-                cols,
-                found: values.len() * 4,
-                expected: rows * cols * 4,
-            });
+            return Err(PackError::Size { what: "f32", rows, cols, found: values.len() * 4, expected: rows * cols * 4 });
         }
         let n = rows * cols / BLOCK;
-        let mut out = Self {
-            rows,
-            cols,
-            bits: 8,
-            scale: Vec::with_capacity(n),
-            min: Vec::with_capacity(n),
-            levels: Vec::with_capacity(rows * cols),
-        };
+        let mut out = Self { rows, cols, bits: 8, scale: Vec::with_capacity(n), min: Vec::with_capacity(n), levels: Vec::with_capacity(rows * cols) };
         for block in values.chunks_exact(BLOCK) {
             let lo = block.iter().copied().fold(f32::INFINITY, f32::min);
             let hi = block.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -412,11 +343,7 @@ impl QuantRows {
             let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
             out.scale.push(scale);
             out.min.push(lo);
-            out.levels.extend(
-                block
-                    .iter()
-                    .map(|&w| ((w - lo) * inv).round().clamp(0.0, 255.0) as u8),
-            );
+            out.levels.extend(block.iter().map(|&w| ((w - lo) * inv).round().clamp(0.0, 255.0) as u8));
         }
         Ok(out)
     }
@@ -440,14 +367,7 @@ impl QuantRows {
         let first = parts.first().ok_or(PackError::Empty)?;
         let cols = first.cols;
         let bits = parts.iter().map(|p| p.bits).max().unwrap_or(8);
-        let mut out = Self {
-            rows: 0,
-            cols,
-            bits,
-            scale: Vec::new(),
-            min: Vec::new(),
-            levels: Vec::new(),
-        };
+        let mut out = Self { rows: 0, cols, bits, scale: Vec::new(), min: Vec::new(), levels: Vec::new() };
         for p in parts {
             if p.cols != cols {
                 return Err(PackError::Mismatch(cols, p.cols));
@@ -498,17 +418,10 @@ impl QuantActs {
     /// symmetrically to its largest magnitude.
     pub(crate) fn new(x: &[f32], rows: usize, cols: usize) -> Self {
         let n = x.len() / BLOCK;
-        let mut out = Self {
-            rows,
-            cols,
-            levels: vec![0; n * BLOCK],
-            scale: vec![0.0; n],
-            sum: vec![0.0; n],
-        };
+        let mut out = Self { rows, cols, levels: vec![0; n * BLOCK], scale: vec![0.0; n], sum: vec![0.0; n] };
         let run = |((x, levels), (scale, sum)): QuantizeRun<'_>| {
             let blocks = x.chunks_exact(BLOCK).zip(levels.chunks_exact_mut(BLOCK));
-            for ((block, levels), (scale, sum)) in blocks.zip(scale.iter_mut().zip(sum.iter_mut()))
-            {
+            for ((block, levels), (scale, sum)) in blocks.zip(scale.iter_mut().zip(sum.iter_mut())) {
                 (*scale, *sum) = quantize_block(block, levels);
             }
             // The scales are kept in f16, as llama.cpp's Q8_1 blocks keep them (the levels used
@@ -519,21 +432,10 @@ impl QuantActs {
         };
         if n >= PARALLEL_QUANTIZE_MIN_BLOCKS {
             let per = PARALLEL_QUANTIZE_MIN_BLOCKS / 4;
-            let inputs = x
-                .par_chunks(per * BLOCK)
-                .zip(out.levels.par_chunks_mut(per * BLOCK));
-            inputs
-                .zip(
-                    out.scale
-                        .par_chunks_mut(per)
-                        .zip(out.sum.par_chunks_mut(per)),
-                )
-                .for_each(run);
+            let inputs = x.par_chunks(per * BLOCK).zip(out.levels.par_chunks_mut(per * BLOCK));
+            inputs.zip(out.scale.par_chunks_mut(per).zip(out.sum.par_chunks_mut(per))).for_each(run);
         } else {
-            run((
-                (x, &mut out.levels[..]),
-                (&mut out.scale[..], &mut out.sum[..]),
-            ));
+            run(((x, &mut out.levels[..]), (&mut out.scale[..], &mut out.sum[..])));
         }
         out
     }
@@ -586,6 +488,7 @@ fn quantize_block(block: &[f32], levels: &mut [i8]) -> (f32, f32) {
     (scale, sum as f32)
 }
 
+
 impl PackedLinear {
     /// Interleaves `rows` for the kernel.
     pub(crate) fn new(rows: &QuantRows) -> Self {
@@ -601,8 +504,7 @@ impl PackedLinear {
                 let at = (g * blocks + b) * LANES + lane;
                 scale[at] = f16::from_f32(rows.scale[r * blocks + b]);
                 min[at] = f16::from_f32(rows.min[r * blocks + b]);
-                let levels =
-                    &rows.levels[r * rows.cols + b * BLOCK..r * rows.cols + (b + 1) * BLOCK];
+                let levels = &rows.levels[r * rows.cols + b * BLOCK..r * rows.cols + (b + 1) * BLOCK];
                 let dst = &mut quants[(g * blocks + b) * bytes..(g * blocks + b + 1) * bytes];
                 for (k, &l) in levels.iter().enumerate() {
                     let (quad, e) = (k / 4, k % 4);
@@ -615,22 +517,11 @@ impl PackedLinear {
                 }
             }
         }
-        Self {
-            rows: rows.rows,
-            cols: rows.cols,
-            bits: rows.bits,
-            scale,
-            min,
-            quants,
-        }
+        Self { rows: rows.rows, cols: rows.cols, bits: rows.bits, scale, min, quants }
     }
 
     fn block_bytes(bits: u8) -> usize {
-        if bits == 4 {
-            LANES * BLOCK / 2
-        } else {
-            LANES * BLOCK
-        }
+        if bits == 4 { LANES * BLOCK / 2 } else { LANES * BLOCK }
     }
 
     /// Output rows.
@@ -665,30 +556,19 @@ impl PackedLinear {
         if t == 0 || groups == 0 {
             return Vec::new();
         }
-        let kernel = if kernel.available() {
-            kernel
-        } else {
-            Kernel::Reference
-        };
+        let kernel = if kernel.available() { kernel } else { Kernel::Reference };
         let threads = rayon::current_num_threads().max(1);
         let work = groups * t * self.cols;
         // Each thread takes a run of groups at a time, small enough that the run's weights stay
         // in its L2 cache while every token tile passes over them.
         let group_bytes = self.blocks() * (Self::block_bytes(self.bits) + 2 * LANES * 2);
         let cache_fit = (CHUNK_BYTES / group_bytes.max(1)).max(1);
-        let chunk = if work < 1 << 16 {
-            groups
-        } else {
-            groups.div_ceil(threads * 4).clamp(1, cache_fit)
-        };
+        let chunk = if work < 1 << 16 { groups } else { groups.div_ceil(threads * 4).clamp(1, cache_fit) };
         let tile = kernel.tokens();
-        let by_block =
-            (kernel == Kernel::Amx && t >= AMX_MIN_TOKENS).then(|| acts.levels_by_block(tile));
+        let by_block = (kernel == Kernel::Amx && t >= AMX_MIN_TOKENS).then(|| acts.levels_by_block(tile));
         let mut y = vec![0f32; t * self.rows];
         // A run's outputs: in every token's row, the run's columns.
-        let mut runs: Vec<Vec<&mut [f32]>> = (0..groups.div_ceil(chunk))
-            .map(|_| Vec::with_capacity(t))
-            .collect();
+        let mut runs: Vec<Vec<&mut [f32]>> = (0..groups.div_ceil(chunk)).map(|_| Vec::with_capacity(t)).collect();
         for row in y.chunks_mut(self.rows) {
             let mut rest = row;
             for run in runs.iter_mut() {
@@ -704,18 +584,11 @@ impl PackedLinear {
             // Token tiles outside, groups inside: one tile configuration per tile size.
             for t0 in (0..t).step_by(tile) {
                 let n = tile.min(t - t0);
-                let tokens = TokenTile {
-                    t0,
-                    n,
-                    by_block: by_block.as_deref(),
-                };
+                let tokens = TokenTile { t0, n, by_block: by_block.as_deref() };
                 for g in g0..(g0 + chunk).min(groups) {
                     self.group_tile(g, acts, &tokens, &mut tile_out[..n * LANES], kernel);
                     let at = (g - g0) * LANES;
-                    for (row, out) in rows[t0..t0 + n]
-                        .iter_mut()
-                        .zip(tile_out.chunks_exact(LANES))
-                    {
+                    for (row, out) in rows[t0..t0 + n].iter_mut().zip(tile_out.chunks_exact(LANES)) {
                         match row.get_mut(at..at + LANES) {
                             Some(dst) => dst.copy_from_slice(out),
                             None => {
@@ -731,14 +604,7 @@ impl PackedLinear {
     }
 
     /// One group of rows against a tile of tokens: `out` is `[token, lane]`.
-    fn group_tile(
-        &self,
-        g: usize,
-        acts: &QuantActs,
-        tokens: &TokenTile<'_>,
-        out: &mut [f32],
-        kernel: Kernel,
-    ) {
+    fn group_tile(&self, g: usize, acts: &QuantActs, tokens: &TokenTile<'_>, out: &mut [f32], kernel: Kernel) {
         let TokenTile { t0, n, by_block } = *tokens;
         let blocks = self.blocks();
         let bytes = Self::block_bytes(self.bits);
@@ -751,22 +617,13 @@ impl PackedLinear {
         };
         let tile = ActsView::all(acts).tokens(t0, n, self.cols);
         match (kernel, by_block) {
-            (Kernel::Amx, Some(levels)) if n >= AMX_MIN_TOKENS => amx::tile(
-                &w,
-                &ActsView {
-                    levels: &levels[t0 * self.cols..(t0 + n) * self.cols],
-                    ..tile
-                },
-                out,
-            ),
+            (Kernel::Amx, Some(levels)) if n >= AMX_MIN_TOKENS => {
+                amx::tile(&w, &ActsView { levels: &levels[t0 * self.cols..(t0 + n) * self.cols], ..tile }, out)
+            }
             (Kernel::Amx | Kernel::Avx512Vnni, _) => {
                 for s in (0..n).step_by(TOKEN_TILE) {
                     let m = TOKEN_TILE.min(n - s);
-                    vnni::tile(
-                        &w,
-                        &tile.tokens(s, m, self.cols),
-                        &mut out[s * LANES..(s + m) * LANES],
-                    );
+                    vnni::tile(&w, &tile.tokens(s, m, self.cols), &mut out[s * LANES..(s + m) * LANES]);
                 }
             }
             (Kernel::Reference, _) => reference::tile(&w, &tile, out),
@@ -803,12 +660,7 @@ struct ActsView<'a> {
 impl<'a> ActsView<'a> {
     /// Every token of `acts`.
     fn all(acts: &'a QuantActs) -> Self {
-        Self {
-            levels: &acts.levels,
-            scale: &acts.scale,
-            sum: &acts.sum,
-            tokens: acts.rows,
-        }
+        Self { levels: &acts.levels, scale: &acts.scale, sum: &acts.sum, tokens: acts.rows }
     }
 
     /// Tokens `from..from + n` of this view, whose rows hold `cols` inputs.
@@ -829,11 +681,7 @@ impl GroupView<'_> {
     /// this before their loops.
     fn assert_holds(&self, a: &ActsView<'_>, max_tokens: usize, out: &[f32]) {
         let cols = self.blocks * BLOCK;
-        let bytes = if self.four_bit {
-            LANES * BLOCK / 2
-        } else {
-            LANES * BLOCK
-        };
+        let bytes = if self.four_bit { LANES * BLOCK / 2 } else { LANES * BLOCK };
         assert!(self.quants.len() >= self.blocks * bytes);
         assert!(self.scale.len() >= self.blocks * LANES && self.min.len() >= self.blocks * LANES);
         assert!(a.tokens <= max_tokens);

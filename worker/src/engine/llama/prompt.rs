@@ -26,23 +26,19 @@ impl PromptEncoder for LlamaPrompts {
         let (text, field) = match &job.input {
             PromptInput::Text(t) => (t.clone(), "prompt"),
             PromptInput::Chat(messages) => {
-                let text = self
-                    .template
-                    .render(messages, true)
-                    .map_err(|e| AdmitError {
-                        field: "messages",
-                        message: format!("cannot be rendered with the chat template: {e}"),
-                    })?;
+                let text = self.template.render(messages, true).map_err(|e| AdmitError {
+                    field: "messages",
+                    message: format!("cannot be rendered with the chat template: {e}"),
+                })?;
                 (text, "messages")
             }
         };
-        let ids =
-            tokenizer::prompt_ids(&self.tokenizer, &self.special, &text, true).map_err(|e| {
-                AdmitError {
-                    field,
-                    message: format!("cannot be tokenized: {e}"),
-                }
-            })?;
+        let ids = tokenizer::prompt_ids(&self.tokenizer, &self.special, &text, true).map_err(
+            |e| AdmitError {
+                field,
+                message: format!("cannot be tokenized: {e}"),
+            },
+        )?;
         if ids.len() == usize::from(self.special.bos.is_some()) {
             return Err(AdmitError {
                 field,

@@ -88,9 +88,7 @@ impl Samples {
 
     /// Forgets job `id`'s group; returns its siblings, for the caller to drop.
     pub(super) fn remove(&mut self, id: SeqId) -> Vec<SeqId> {
-        let Some(group) = self.groups.remove(&id) else {
-            return Vec::new();
-        };
+        let Some(group) = self.groups.remove(&id) else { return Vec::new() };
         for s in &group.siblings {
             self.sibling_of.remove(s);
         }
@@ -108,10 +106,7 @@ impl Samples {
         let mut touched: BTreeSet<SeqId> = BTreeSet::new();
         for mut u in updates {
             if let Some(&(job, place)) = self.sibling_of.get(&u.id) {
-                let group = self
-                    .groups
-                    .get_mut(&job)
-                    .expect("a sibling's group lives as long as it");
+                let group = self.groups.get_mut(&job).expect("a sibling's group lives as long as it");
                 *sibling_tokens.entry(job).or_default() += u.new_tokens;
                 group.tokens[place] += u.new_tokens as u64;
                 group.texts[place].push_str(&u.text);
@@ -140,12 +135,7 @@ impl Samples {
             let at = match out.iter().position(|u| u.id == job) {
                 Some(at) => at,
                 None => {
-                    out.push(SeqUpdate {
-                        id: job,
-                        text: String::new(),
-                        new_tokens: 0,
-                        done: None,
-                    });
+                    out.push(SeqUpdate { id: job, text: String::new(), new_tokens: 0, done: None });
                     out.len() - 1
                 }
             };
@@ -154,11 +144,7 @@ impl Samples {
                 let group = self.groups.remove(&job).expect("checked");
                 let mut done = group.held.expect("complete");
                 done.error = done.error.or(group.error);
-                done.samples = group
-                    .finished
-                    .into_iter()
-                    .map(|c| c.expect("complete"))
-                    .collect();
+                done.samples = group.finished.into_iter().map(|c| c.expect("complete")).collect();
                 out[at].done = Some(done);
             }
         }
@@ -176,13 +162,7 @@ mod tests {
             id,
             text: text.into(),
             new_tokens: 1,
-            done: done.map(|r| SeqDone {
-                finish_reason: Some(r),
-                score: None,
-                logprobs: Default::default(),
-                samples: Vec::new(),
-                error: None,
-            }),
+            done: done.map(|r| SeqDone { finish_reason: Some(r), score: None, logprobs: Default::default(), samples: Vec::new(), error: None }),
         }
     }
 
@@ -192,44 +172,17 @@ mod tests {
         let sib = s.add(7, 2);
         assert_eq!(s.siblings(7), sib.as_slice());
         // Step 1: the job and both siblings draw a token; the job finishes first.
-        let out = s.fold(vec![
-            update(7, "a", Some(FinishReason::Length)),
-            update(sib[0], "b", None),
-            update(sib[1], "c", None),
-        ]);
+        let out = s.fold(vec![update(7, "a", Some(FinishReason::Length)), update(sib[0], "b", None), update(sib[1], "c", None)]);
         assert_eq!(out.len(), 1);
-        assert_eq!(
-            (
-                out[0].id,
-                out[0].text.as_str(),
-                out[0].new_tokens,
-                out[0].done.is_some()
-            ),
-            (7, "a", 3, false)
-        );
+        assert_eq!((out[0].id, out[0].text.as_str(), out[0].new_tokens, out[0].done.is_some()), (7, "a", 3, false));
         // Step 2: only the siblings run (the job's sequence is gone); one finishes.
-        let out = s.fold(vec![
-            update(sib[0], "b", Some(FinishReason::Stop)),
-            update(sib[1], "c", None),
-        ]);
-        assert_eq!(
-            (
-                out[0].id,
-                out[0].text.as_str(),
-                out[0].new_tokens,
-                out[0].done.is_some()
-            ),
-            (7, "", 2, false)
-        );
+        let out = s.fold(vec![update(sib[0], "b", Some(FinishReason::Stop)), update(sib[1], "c", None)]);
+        assert_eq!((out[0].id, out[0].text.as_str(), out[0].new_tokens, out[0].done.is_some()), (7, "", 2, false));
         // Step 3: the last sibling finishes: the job is done, with both others in order.
         let out = s.fold(vec![update(sib[1], "c", Some(FinishReason::Length))]);
         let done = out[0].done.as_ref().expect("done");
         assert_eq!(done.finish_reason, Some(FinishReason::Length));
-        let samples: Vec<(&str, u64)> = done
-            .samples
-            .iter()
-            .map(|c| (c.text.as_str(), c.completion_tokens))
-            .collect();
+        let samples: Vec<(&str, u64)> = done.samples.iter().map(|c| (c.text.as_str(), c.completion_tokens)).collect();
         assert_eq!(samples, vec![("bb", 2), ("ccc", 3)]);
         assert!(s.groups.is_empty() && s.sibling_of.is_empty());
     }

@@ -117,21 +117,9 @@ impl RandomModel {
             Arch::Gpt2 => (2 * self.hidden * self.ffn, 4 * self.hidden),
             _ => (3 * self.hidden * self.ffn, 2 * self.hidden),
         };
-        let head = if self.tied {
-            0
-        } else {
-            self.vocab * self.hidden
-        };
-        let positions = if self.gpt2() {
-            self.context_length * self.hidden
-        } else {
-            0
-        };
-        self.layers * (attn + mlp + norms)
-            + self.vocab * self.hidden
-            + head
-            + self.hidden
-            + positions
+        let head = if self.tied { 0 } else { self.vocab * self.hidden };
+        let positions = if self.gpt2() { self.context_length * self.hidden } else { 0 };
+        self.layers * (attn + mlp + norms) + self.vocab * self.hidden + head + self.hidden + positions
     }
 
     fn gpt2(&self) -> bool {
@@ -146,9 +134,7 @@ impl RandomModel {
     fn tensors(&self) -> Result<Tensors> {
         let dev = Device::Cpu;
         // Projections with std 1/sqrt(fan_in) keep activations of order one through every layer.
-        let proj = |rows: usize, cols: usize| {
-            Tensor::randn(0f32, 1.0 / (cols as f32).sqrt(), (rows, cols), &dev)
-        };
+        let proj = |rows: usize, cols: usize| Tensor::randn(0f32, 1.0 / (cols as f32).sqrt(), (rows, cols), &dev);
         let norm = |n: usize| Tensor::randn(0f32, 0.1, n, &dev)? + 1.0;
         let bias = |n: usize| Tensor::randn(0f32, 0.3, n, &dev);
         let (q, kv) = (self.heads * self.head_dim, self.kv_heads * self.head_dim);
@@ -156,21 +142,12 @@ impl RandomModel {
         // The final norm makes rows of unit size, so the head's std sets the logits' spread.
         let head_std = self.logit_scale / (self.hidden as f32).sqrt();
         let embed_std = if self.tied { head_std } else { 1.0 };
-        t.insert(
-            (Part::TokenEmbd, None, false),
-            Tensor::randn(0f32, embed_std, (self.vocab, self.hidden), &dev)?,
-        );
+        t.insert((Part::TokenEmbd, None, false), Tensor::randn(0f32, embed_std, (self.vocab, self.hidden), &dev)?);
         if !self.tied {
-            t.insert(
-                (Part::Output, None, false),
-                Tensor::randn(0f32, head_std, (self.vocab, self.hidden), &dev)?,
-            );
+            t.insert((Part::Output, None, false), Tensor::randn(0f32, head_std, (self.vocab, self.hidden), &dev)?);
         }
         if self.gpt2() {
-            t.insert(
-                (Part::PositionEmbd, None, false),
-                Tensor::randn(0f32, 0.5, (self.context_length, self.hidden), &dev)?,
-            );
+            t.insert((Part::PositionEmbd, None, false), Tensor::randn(0f32, 0.5, (self.context_length, self.hidden), &dev)?);
         }
         t.insert((Part::OutputNorm, None, false), norm(self.hidden)?);
         if self.gpt2() {
@@ -306,18 +283,10 @@ impl RandomModel {
         let tensors = self.tensors()?;
         let mut hf: HashMap<String, Tensor> = HashMap::new();
         for (&(part, layer, bias), t) in &tensors {
-            let Some((name, transposed)) = file_name(self.arch, Format::Hf, part, layer, bias)
-            else {
-                candle_core::bail!(
-                    "synth: {part:?} has no Hugging Face name for {:?}",
-                    self.arch
-                );
+            let Some((name, transposed)) = file_name(self.arch, Format::Hf, part, layer, bias) else {
+                candle_core::bail!("synth: {part:?} has no Hugging Face name for {:?}", self.arch);
             };
-            let t = if transposed {
-                t.t()?.contiguous()?
-            } else {
-                t.clone()
-            };
+            let t = if transposed { t.t()?.contiguous()? } else { t.clone() };
             hf.insert(name, t.to_dtype(dtype)?);
         }
         candle_core::safetensors::save(&hf, dir.join("model.safetensors"))?;
@@ -328,7 +297,12 @@ impl RandomModel {
     }
 
     /// The GGUF file of `tensors`: llama.cpp's names and metadata keys.
-    fn write_gguf(&self, path: &Path, tensors: &Tensors, qtype: GgmlDType) -> Result<()> {
+    fn write_gguf(
+        &self,
+        path: &Path,
+        tensors: &Tensors,
+        qtype: GgmlDType,
+    ) -> Result<()> {
         use gguf_file::Value as V;
         let a = self.arch.name();
         let key = |k: &str| format!("{a}.{k}");
@@ -366,24 +340,14 @@ impl RandomModel {
                 _ => t.clone(),
             };
             let matrix = t.rank() == 2 && !matches!(part, Part::TokenEmbd | Part::PositionEmbd);
-            let ty = if matrix && t.dim(1)? % qtype.block_size() == 0 {
-                qtype
-            } else {
-                GgmlDType::F32
-            };
+            let ty = if matrix && t.dim(1)? % qtype.block_size() == 0 { qtype } else { GgmlDType::F32 };
             q.push((name, QTensor::quantize(&t, ty)?));
         }
         if self.llama3_rope {
-            let cfg = super::arch::ModelConfig::from_hf(
-                &serde_json::from_value(self.config_json(DType::F32))
-                    .map_err(candle_core::Error::wrap)?,
-            )?;
+            let cfg = super::arch::ModelConfig::from_hf(&serde_json::from_value(self.config_json(DType::F32)).map_err(candle_core::Error::wrap)?)?;
             if let Some(f) = cfg.rope.and_then(|r| r.factors) {
                 let n = f.len();
-                q.push((
-                    "rope_freqs.weight".into(),
-                    QTensor::quantize(&Tensor::from_vec(f, n, &Device::Cpu)?, GgmlDType::F32)?,
-                ));
+                q.push(("rope_freqs.weight".into(), QTensor::quantize(&Tensor::from_vec(f, n, &Device::Cpu)?, GgmlDType::F32)?));
             }
         }
         q.sort_by(|x, y| x.0.cmp(&y.0));

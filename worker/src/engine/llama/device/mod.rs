@@ -39,13 +39,11 @@ use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{bail, DType, Device, Module, Result, Tensor};
 
 use super::arch::{HfConfig, MlpKind, ModelConfig, RopeStyle};
-use super::layout::{
-    self, Format, GgufSource, Linear, Loader, Norm, Part, Raw, SafetensorsSource, TensorSource,
-};
+use super::layout::{self, Format, GgufSource, Linear, Loader, Norm, Part, Raw, SafetensorsSource, TensorSource};
 use super::model::WeightFormat;
 
-use pool::{lock, Pool};
 pub use pool::{SlotCache, SlotInput};
+use pool::{lock, Pool};
 
 /// A norm on the device: RMSNorm, or LayerNorm when it has a bias.
 struct DeviceNorm {
@@ -184,11 +182,7 @@ impl Plan<'_> {
 impl DeviceModel {
     /// An empty cache for a new sequence; its slot is taken at the sequence's first step.
     pub fn new_slot_cache(&self) -> SlotCache {
-        SlotCache {
-            slot: None,
-            len: 0,
-            pool: self.pool.clone(),
-        }
+        SlotCache { slot: None, len: 0, pool: self.pool.clone() }
     }
 }
 
@@ -431,12 +425,8 @@ impl DeviceModel {
             }
             let x = x.reshape((total, heads, 1, d))?;
             match (&tables, cfg.rope.as_ref().map(|r| r.style)) {
-                (Some((cos, sin)), Some(RopeStyle::Interleaved)) => {
-                    candle_nn::rotary_emb::rope_i(&x, cos, sin)
-                }
-                (Some((cos, sin)), Some(RopeStyle::Halves)) => {
-                    candle_nn::rotary_emb::rope(&x, cos, sin)
-                }
+                (Some((cos, sin)), Some(RopeStyle::Interleaved)) => candle_nn::rotary_emb::rope_i(&x, cos, sin),
+                (Some((cos, sin)), Some(RopeStyle::Halves)) => candle_nn::rotary_emb::rope(&x, cos, sin),
                 _ => Ok(x),
             }
         };
@@ -452,10 +442,8 @@ impl DeviceModel {
                 Some((q, k)) => (Some(q), Some(k)),
                 None => (None, None),
             };
-            let q =
-                position(&qkv.narrow(1, 0, q_width)?, qn, cfg.heads)?.reshape((total, q_width))?;
-            let k =
-                position(&qkv.narrow(1, q_width, kv_width)?, kn, kvh)?.reshape((total * kvh, d))?;
+            let q = position(&qkv.narrow(1, 0, q_width)?, qn, cfg.heads)?.reshape((total, q_width))?;
+            let k = position(&qkv.narrow(1, q_width, kv_width)?, kn, kvh)?.reshape((total * kvh, d))?;
             let v = qkv
                 .narrow(1, q_width + kv_width, kv_width)?
                 .contiguous()?
@@ -536,3 +524,4 @@ impl DeviceModel {
             .reshape((g.seqs * n, cfg.heads * d))
     }
 }
+

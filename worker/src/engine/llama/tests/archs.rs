@@ -27,13 +27,7 @@ use crate::engine::llama::synth::RandomModel;
 use crate::engine::llama::{LlamaEngine, LlamaSettings, WeightFormat};
 use crate::engine::Engine;
 
-const ARCHS: [Arch; 5] = [
-    Arch::Llama,
-    Arch::Qwen2,
-    Arch::Qwen3,
-    Arch::Phi3,
-    Arch::Gpt2,
-];
+const ARCHS: [Arch; 5] = [Arch::Llama, Arch::Qwen2, Arch::Qwen3, Arch::Phi3, Arch::Gpt2];
 const FORMATS: [WeightFormat; 4] = [
     WeightFormat::Native,
     WeightFormat::Q8_0,
@@ -57,8 +51,7 @@ fn models() -> Vec<(String, RandomModel)> {
 /// Writes `m` (HF folder and `model.gguf` with projections in `gguf`) into a fresh folder.
 fn write(m: &RandomModel, gguf: GgmlDType) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
-    m.write_both(dir.path(), DType::F32, Some(gguf))
-        .expect("write model");
+    m.write_both(dir.path(), DType::F32, Some(gguf)).expect("write model");
     dir
 }
 
@@ -68,8 +61,7 @@ fn hf_config(dir: &Path) -> HfConfig {
 }
 
 fn cpu_hf(dir: &Path, format: WeightFormat) -> LlamaModel {
-    LlamaModel::from_safetensors(&hf_config(dir), &[dir.join("model.safetensors")], format)
-        .expect("load safetensors")
+    LlamaModel::from_safetensors(&hf_config(dir), &[dir.join("model.safetensors")], format).expect("load safetensors")
 }
 
 fn cpu_gguf(dir: &Path, format: WeightFormat) -> LlamaModel {
@@ -110,22 +102,11 @@ const PROMPT: [u32; 11] = [2, 5, 9, 3, 7, 11, 4, 6, 20, 30, 8];
 fn every_arch_gguf_and_safetensors_of_the_same_weights_give_the_same_logits() {
     for (name, m) in models() {
         let dir = write(&m, GgmlDType::F32);
-        let hf = all_logits(
-            &cpu_hf(dir.path(), WeightFormat::F32),
-            &PROMPT,
-            &[PROMPT.len()],
-        );
-        let gguf = all_logits(
-            &cpu_gguf(dir.path(), WeightFormat::F32),
-            &PROMPT,
-            &[PROMPT.len()],
-        );
+        let hf = all_logits(&cpu_hf(dir.path(), WeightFormat::F32), &PROMPT, &[PROMPT.len()]);
+        let gguf = all_logits(&cpu_gguf(dir.path(), WeightFormat::F32), &PROMPT, &[PROMPT.len()]);
         let diff = max_abs_diff(&hf, &gguf);
         // Same weights, same math: only the order of float operations differs (RoPE pairing).
-        assert!(
-            diff < 1e-3 * scale(&hf),
-            "{name}: GGUF and safetensors logits differ by {diff}"
-        );
+        assert!(diff < 1e-3 * scale(&hf), "{name}: GGUF and safetensors logits differ by {diff}");
     }
 }
 
@@ -136,20 +117,10 @@ fn llama3_rope_scaling_changes_the_logits_and_the_gguf_factors_match_the_config(
     let mut scaled = plain.clone();
     scaled.llama3_rope = true;
     let dir = write(&scaled, GgmlDType::F32);
-    let with = all_logits(
-        &cpu_hf(dir.path(), WeightFormat::F32),
-        &PROMPT,
-        &[PROMPT.len()],
-    );
+    let with = all_logits(&cpu_hf(dir.path(), WeightFormat::F32), &PROMPT, &[PROMPT.len()]);
     let gguf = cpu_gguf(dir.path(), WeightFormat::F32);
     let hf = cpu_hf(dir.path(), WeightFormat::F32);
-    let factors = |m: &LlamaModel| {
-        m.config()
-            .rope
-            .clone()
-            .and_then(|r| r.factors)
-            .expect("factors")
-    };
+    let factors = |m: &LlamaModel| m.config().rope.clone().and_then(|r| r.factors).expect("factors");
     assert_eq!(factors(&gguf), factors(&hf));
     // head dim 16, base 1e5, original context 64: high-frequency pairs keep 1, low ones get 8,
     // the ones between are smoothed.
@@ -158,20 +129,17 @@ fn llama3_rope_scaling_changes_the_logits_and_the_gguf_factors_match_the_config(
     assert_eq!(f[7], 8.0);
     assert!(f.iter().any(|&x| x > 1.0 && x < 8.0), "{f:?}");
     // The same weights without the scaling give other logits: the factors are applied.
-    std::fs::write(dir.path().join("config.json"), {
-        let mut c: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(dir.path().join("config.json")).expect("read"),
-        )
-        .expect("json");
-        c["rope_scaling"] = serde_json::Value::Null;
-        c.to_string()
-    })
+    std::fs::write(
+        dir.path().join("config.json"),
+        {
+            let mut c: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).expect("read")).expect("json");
+            c["rope_scaling"] = serde_json::Value::Null;
+            c.to_string()
+        },
+    )
     .expect("rewrite config");
-    let without = all_logits(
-        &cpu_hf(dir.path(), WeightFormat::F32),
-        &PROMPT,
-        &[PROMPT.len()],
-    );
+    let without = all_logits(&cpu_hf(dir.path(), WeightFormat::F32), &PROMPT, &[PROMPT.len()]);
     assert!(max_abs_diff(&with, &without) > 1e-2 * scale(&with));
 }
 
@@ -183,14 +151,8 @@ fn every_arch_decode_row_is_bitwise_the_same_alone_and_in_a_batch() {
             .iter()
             .map(|&f| (format!("{name} safetensors {f:?}"), cpu_hf(dir.path(), f)))
             .collect();
-        models.push((
-            format!("{name} gguf Q8_0 Native"),
-            cpu_gguf(dir.path(), WeightFormat::Native),
-        ));
-        models.push((
-            format!("{name} gguf Q8_0 Packed"),
-            cpu_gguf(dir.path(), WeightFormat::Packed),
-        ));
+        models.push((format!("{name} gguf Q8_0 Native"), cpu_gguf(dir.path(), WeightFormat::Native)));
+        models.push((format!("{name} gguf Q8_0 Packed"), cpu_gguf(dir.path(), WeightFormat::Packed)));
         for (what, model) in &models {
             let cfg = model.config();
             let decode_row = |others: &[&[u32]]| -> Vec<f32> {
@@ -201,8 +163,7 @@ fn every_arch_decode_row_is_bitwise_the_same_alone_and_in_a_batch() {
                     all_logits: false,
                 }];
                 model.forward(&mut inputs).expect("prefill");
-                let mut other_caches: Vec<KvCache> =
-                    others.iter().map(|_| KvCache::new(cfg, 0)).collect();
+                let mut other_caches: Vec<KvCache> = others.iter().map(|_| KvCache::new(cfg, 0)).collect();
                 let mut inputs: Vec<SeqInput<'_>> = other_caches
                     .iter_mut()
                     .zip(others)
@@ -221,23 +182,13 @@ fn every_arch_decode_row_is_bitwise_the_same_alone_and_in_a_batch() {
                     },
                 );
                 let logits = model.forward(&mut inputs).expect("decode");
-                logits
-                    .get(others.len() / 2)
-                    .and_then(|t| t.to_vec1())
-                    .expect("row")
+                logits.get(others.len() / 2).and_then(|t| t.to_vec1()).expect("row")
             };
             let alone = decode_row(&[]);
             let batched = decode_row(&[&[4], &[8, 9, 10, 11, 12, 13], &[30], &[1, 2]]);
-            assert_eq!(
-                alone, batched,
-                "{what}: a decoding row depends on its batch"
-            );
+            assert_eq!(alone, batched, "{what}: a decoding row depends on its batch");
             let long_prefill: Vec<u32> = (0..200).map(|i| 2 + (i % 10) as u32).collect();
-            assert_eq!(
-                alone,
-                decode_row(&[&long_prefill]),
-                "{what}: a decoding row depends on a long prefill beside it"
-            );
+            assert_eq!(alone, decode_row(&[&long_prefill]), "{what}: a decoding row depends on a long prefill beside it");
         }
     }
 }
@@ -248,23 +199,14 @@ fn every_arch_chunked_prefill_gives_the_whole_prefill_logits() {
         let dir = write(&m, GgmlDType::Q8_0);
         for (what, model) in [
             ("safetensors F32", cpu_hf(dir.path(), WeightFormat::F32)),
-            (
-                "safetensors Packed",
-                cpu_hf(dir.path(), WeightFormat::Packed),
-            ),
-            (
-                "gguf Q8_0 Native",
-                cpu_gguf(dir.path(), WeightFormat::Native),
-            ),
+            ("safetensors Packed", cpu_hf(dir.path(), WeightFormat::Packed)),
+            ("gguf Q8_0 Native", cpu_gguf(dir.path(), WeightFormat::Native)),
         ] {
             let whole = all_logits(&model, &PROMPT, &[PROMPT.len()]);
             for chunks in [&[1usize; 11][..], &[3, 5, 1, 2]] {
                 let chunked = all_logits(&model, &PROMPT, chunks);
                 let diff = max_abs_diff(&whole, &chunked);
-                assert!(
-                    diff < 1e-4 * scale(&whole),
-                    "{name} {what} {chunks:?}: {diff}"
-                );
+                assert!(diff < 1e-4 * scale(&whole), "{name} {what} {chunks:?}: {diff}");
             }
         }
     }
@@ -275,9 +217,7 @@ type Step = (Vec<(usize, Vec<u32>)>, Vec<usize>);
 
 /// Logits of a fixed schedule of steps (joins, chunks, a leave and slot reuse) on `model`.
 fn schedule_logits(model: &Backend) -> Vec<Vec<f32>> {
-    let toks = |start: u32, n: usize| -> Vec<u32> {
-        (0..n as u32).map(|i| (start + i * 7) % 500 + 2).collect()
-    };
+    let toks = |start: u32, n: usize| -> Vec<u32> { (0..n as u32).map(|i| (start + i * 7) % 500 + 2).collect() };
     let steps: Vec<Step> = vec![
         (vec![(0, toks(1, 7)), (1, toks(2, 2))], vec![]),
         (vec![(0, vec![5]), (1, toks(3, 3)), (2, toks(4, 5))], vec![]),
@@ -323,23 +263,18 @@ fn every_arch_device_path_gives_the_cpu_logits() {
         let cfg = hf_config(dir.path());
         let files = [dir.path().join("model.safetensors")];
         let cpu = Backend::Cpu(cpu_hf(dir.path(), WeightFormat::F32));
-        let dev = DeviceModel::from_safetensors(&cfg, &files, WeightFormat::F32, &Device::Cpu)
-            .expect("device model");
+        let dev = DeviceModel::from_safetensors(&cfg, &files, WeightFormat::F32, &Device::Cpu).expect("device model");
         assert_eq!(cpu.config(), dev.config(), "{name}");
         let mut file = std::fs::File::open(dir.path().join("model.gguf")).expect("open");
         let content = gguf_file::Content::read(&mut file).expect("gguf");
-        let dev_gguf = DeviceModel::from_gguf(&content, &mut file, WeightFormat::F32, &Device::Cpu)
-            .expect("device gguf");
+        let dev_gguf = DeviceModel::from_gguf(&content, &mut file, WeightFormat::F32, &Device::Cpu).expect("device gguf");
         let want = schedule_logits(&cpu);
         for (what, dev) in [("safetensors", dev), ("gguf", dev_gguf)] {
             let got = schedule_logits(&Backend::Device(dev));
             for (step, (a, b)) in want.iter().zip(&got).enumerate() {
                 let diff = max_abs_diff(a, b);
                 // The CPU path keeps K/V in f16, the device path here in f32.
-                assert!(
-                    diff < 2e-3 * scale(a),
-                    "{name} {what} step {step}: max |logit diff| {diff}"
-                );
+                assert!(diff < 2e-3 * scale(a), "{name} {what} step {step}: max |logit diff| {diff}");
             }
         }
     }
@@ -357,20 +292,12 @@ fn engine(dir: &Path, format: WeightFormat) -> LlamaEngine {
 
 #[test]
 fn every_arch_engine_samples_and_scores_the_same_alone_and_in_a_batch() {
-    let seeded = job(
-        r#"{"id":"s","prompt":"the quick brown fox jumps over","max_new_tokens":12,"min_new_tokens":12,"temperature":0.9,"top_p":0.95,"seed":7}"#,
-    );
-    let greedy = job(
-        r#"{"id":"g","prompt":"lazy dog and runs far away","max_new_tokens":12,"min_new_tokens":12,"temperature":0}"#,
-    );
-    let score = job(
-        r#"{"id":"c","kind":"score","prompt":"the quick brown fox jumps over the lazy dog and runs far away"}"#,
-    );
+    let seeded = job(r#"{"id":"s","prompt":"the quick brown fox jumps over","max_new_tokens":12,"min_new_tokens":12,"temperature":0.9,"top_p":0.95,"seed":7}"#);
+    let greedy = job(r#"{"id":"g","prompt":"lazy dog and runs far away","max_new_tokens":12,"min_new_tokens":12,"temperature":0}"#);
+    let score = job(r#"{"id":"c","kind":"score","prompt":"the quick brown fox jumps over the lazy dog and runs far away"}"#);
     let others = [
         job(r#"{"id":"o1","prompt":"dog dog fox","max_new_tokens":9,"temperature":1.0,"seed":1}"#),
-        job(
-            r#"{"id":"o2","prompt":"far away the quick brown fox jumps over the lazy dog","max_new_tokens":5,"temperature":0}"#,
-        ),
+        job(r#"{"id":"o2","prompt":"far away the quick brown fox jumps over the lazy dog","max_new_tokens":5,"temperature":0}"#),
     ];
     for (name, m) in models() {
         let dir = write(&m, GgmlDType::F32);
@@ -382,8 +309,7 @@ fn every_arch_engine_samples_and_scores_the_same_alone_and_in_a_batch() {
             let alone = run_to_end(&mut e, 512);
             // Others join first; a small budget chunks every prompt differently.
             for (i, o) in others.iter().enumerate() {
-                e.encode_and_admit(10 + i as u64, o, i as u64)
-                    .expect("admit");
+                e.encode_and_admit(10 + i as u64, o, i as u64).expect("admit");
             }
             e.encode_and_admit(1, &seeded, 7).expect("admit");
             e.encode_and_admit(2, &greedy, 0).expect("admit");
@@ -391,18 +317,9 @@ fn every_arch_engine_samples_and_scores_the_same_alone_and_in_a_batch() {
             let batched = run_to_end(&mut e, 3);
             for id in [1, 2] {
                 assert_eq!(alone[&id].tokens, 12, "{name} {format:?}");
-                assert_eq!(
-                    alone[&id].text, batched[&id].text,
-                    "{name} {format:?}: sequence {id} depends on its batch"
-                );
+                assert_eq!(alone[&id].text, batched[&id].text, "{name} {format:?}: sequence {id} depends on its batch");
             }
-            let s = |o: &super::Outcome| {
-                o.done
-                    .clone()
-                    .and_then(|d| d.score)
-                    .expect("score")
-                    .logprobs
-            };
+            let s = |o: &super::Outcome| o.done.clone().and_then(|d| d.score).expect("score").logprobs;
             let (a, b) = (s(&alone[&3]), s(&batched[&3]));
             assert_eq!(a.len(), 12);
             for (x, y) in a.iter().zip(&b) {
@@ -417,12 +334,9 @@ fn reference_logits(dir: &Path, tokens: &[u32], arch: Arch) -> Vec<f32> {
     use candle_transformers::models::{phi3, qwen2, qwen3};
     let dev = Device::Cpu;
     let text = std::fs::read_to_string(dir.join("config.json")).expect("config");
-    let weights =
-        candle_core::safetensors::load(dir.join("model.safetensors"), &dev).expect("weights");
+    let weights = candle_core::safetensors::load(dir.join("model.safetensors"), &dev).expect("weights");
     let vb = VarBuilder::from_tensors(weights, DType::F32, &dev);
-    let input = Tensor::new(tokens, &dev)
-        .and_then(|t| t.unsqueeze(0))
-        .expect("input");
+    let input = Tensor::new(tokens, &dev).and_then(|t| t.unsqueeze(0)).expect("input");
     let logits = match arch {
         Arch::Qwen2 => {
             let cfg: qwen2::Config = serde_json::from_str(&text).expect("qwen2 config");
@@ -438,120 +352,63 @@ fn reference_logits(dir: &Path, tokens: &[u32], arch: Arch) -> Vec<f32> {
         }
         other => panic!("no candle reference for {other:?}"),
     };
-    logits
-        .and_then(|t| t.flatten_all())
-        .and_then(|t| t.to_vec1())
-        .expect("reference logits")
+    logits.and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1()).expect("reference logits")
 }
 
 #[test]
 fn qwen2_qwen3_and_phi3_match_candle_transformers() {
     for arch in [Arch::Qwen2, Arch::Qwen3, Arch::Phi3] {
         let dir = write(&RandomModel::tiny_of(arch), GgmlDType::F32);
-        let ours = all_logits(
-            &cpu_hf(dir.path(), WeightFormat::F32),
-            &PROMPT,
-            &[PROMPT.len()],
-        );
+        let ours = all_logits(&cpu_hf(dir.path(), WeightFormat::F32), &PROMPT, &[PROMPT.len()]);
         let vocab = ours.len() / PROMPT.len();
         let ours = &ours[ours.len() - vocab..];
         let theirs = reference_logits(dir.path(), &PROMPT, arch);
         let diff = max_abs_diff(ours, &theirs);
         // genq keeps K/V in f16 (candle in f32): the same 5e-3 of the largest logit as the
         // llama check in tests.rs; a wrong bias, norm or split differs by the logits' size.
-        assert!(
-            diff < 5e-3 * scale(&theirs),
-            "{arch:?}: logits differ by {diff}"
-        );
+        assert!(diff < 5e-3 * scale(&theirs), "{arch:?}: logits differ by {diff}");
     }
 }
 
 /// GPT-2's forward pass from its definition, in f64, straight from the safetensors names:
 /// learned positions, pre-LayerNorm blocks, fused c_attn (`[in, out]`), GELU (tanh).
 fn gpt2_reference(dir: &Path, tokens: &[u32]) -> Vec<f32> {
-    let w = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu)
-        .expect("weights");
+    let w = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).expect("weights");
     let get = |n: &str| -> Vec<f64> {
-        w[n].to_dtype(DType::F64)
-            .and_then(|t| t.flatten_all())
-            .and_then(|t| t.to_vec1())
-            .expect(n)
+        w[n].to_dtype(DType::F64).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1()).expect(n)
     };
     let cfg = hf_config(dir);
-    let (h, heads, layers) = (
-        cfg.hidden_size,
-        cfg.num_attention_heads,
-        cfg.num_hidden_layers,
-    );
+    let (h, heads, layers) = (cfg.hidden_size, cfg.num_attention_heads, cfg.num_hidden_layers);
     let ffn = cfg.intermediate_size.unwrap_or(4 * h);
     let d = h / heads;
     let eps = cfg.layer_norm_epsilon.unwrap_or(1e-5);
     let ln = |x: &[f64], g: &[f64], b: &[f64]| -> Vec<f64> {
         let m = x.iter().sum::<f64>() / x.len() as f64;
         let v = x.iter().map(|a| (a - m) * (a - m)).sum::<f64>() / x.len() as f64;
-        x.iter()
-            .zip(g)
-            .zip(b)
-            .map(|((a, g), b)| (a - m) / (v + eps).sqrt() * g + b)
-            .collect()
+        x.iter().zip(g).zip(b).map(|((a, g), b)| (a - m) / (v + eps).sqrt() * g + b).collect()
     };
     // Conv1D: y = x @ W + b with W `[in, out]`.
     let conv = |x: &[f64], wt: &[f64], b: &[f64], out: usize| -> Vec<f64> {
-        (0..out)
-            .map(|j| {
-                b[j] + x
-                    .iter()
-                    .enumerate()
-                    .map(|(i, a)| a * wt[i * out + j])
-                    .sum::<f64>()
-            })
-            .collect()
+        (0..out).map(|j| b[j] + x.iter().enumerate().map(|(i, a)| a * wt[i * out + j]).sum::<f64>()).collect()
     };
     let (wte, wpe) = (get("wte.weight"), get("wpe.weight"));
     let n = tokens.len();
     let mut x: Vec<Vec<f64>> = tokens
         .iter()
         .enumerate()
-        .map(|(p, &t)| {
-            (0..h)
-                .map(|i| wte[t as usize * h + i] + wpe[p * h + i])
-                .collect()
-        })
+        .map(|(p, &t)| (0..h).map(|i| wte[t as usize * h + i] + wpe[p * h + i]).collect())
         .collect();
     for l in 0..layers {
         let p = |s: &str| get(&format!("h.{l}.{s}"));
-        let (g1, b1, wa, ba, wo, bo) = (
-            p("ln_1.weight"),
-            p("ln_1.bias"),
-            p("attn.c_attn.weight"),
-            p("attn.c_attn.bias"),
-            p("attn.c_proj.weight"),
-            p("attn.c_proj.bias"),
-        );
-        let (g2, b2, wf, bf, wp, bp) = (
-            p("ln_2.weight"),
-            p("ln_2.bias"),
-            p("mlp.c_fc.weight"),
-            p("mlp.c_fc.bias"),
-            p("mlp.c_proj.weight"),
-            p("mlp.c_proj.bias"),
-        );
-        let qkv: Vec<Vec<f64>> = x
-            .iter()
-            .map(|r| conv(&ln(r, &g1, &b1), &wa, &ba, 3 * h))
-            .collect();
+        let (g1, b1, wa, ba, wo, bo) = (p("ln_1.weight"), p("ln_1.bias"), p("attn.c_attn.weight"), p("attn.c_attn.bias"), p("attn.c_proj.weight"), p("attn.c_proj.bias"));
+        let (g2, b2, wf, bf, wp, bp) = (p("ln_2.weight"), p("ln_2.bias"), p("mlp.c_fc.weight"), p("mlp.c_fc.bias"), p("mlp.c_proj.weight"), p("mlp.c_proj.bias"));
+        let qkv: Vec<Vec<f64>> = x.iter().map(|r| conv(&ln(r, &g1, &b1), &wa, &ba, 3 * h)).collect();
         let mut attn = vec![vec![0f64; h]; n];
         for t in 0..n {
             for hd in 0..heads {
                 let q = &qkv[t][hd * d..(hd + 1) * d];
                 let scores: Vec<f64> = (0..=t)
-                    .map(|j| {
-                        q.iter()
-                            .zip(&qkv[j][h + hd * d..h + (hd + 1) * d])
-                            .map(|(a, b)| a * b)
-                            .sum::<f64>()
-                            / (d as f64).sqrt()
-                    })
+                    .map(|j| q.iter().zip(&qkv[j][h + hd * d..h + (hd + 1) * d]).map(|(a, b)| a * b).sum::<f64>() / (d as f64).sqrt())
                     .collect();
                 let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
@@ -569,15 +426,7 @@ fn gpt2_reference(dir: &Path, tokens: &[u32]) -> Vec<f32> {
                 x[t][i] += o[i];
             }
             let u = conv(&ln(&x[t], &g2, &b2), &wf, &bf, ffn);
-            let g: Vec<f64> = u
-                .iter()
-                .map(|&v| {
-                    0.5 * v
-                        * (1.0
-                            + ((2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v * v * v))
-                                .tanh())
-                })
-                .collect();
+            let g: Vec<f64> = u.iter().map(|&v| 0.5 * v * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v * v * v)).tanh())).collect();
             let m = conv(&g, &wp, &bp, h);
             for i in 0..h {
                 x[t][i] += m[i];
@@ -586,19 +435,13 @@ fn gpt2_reference(dir: &Path, tokens: &[u32]) -> Vec<f32> {
     }
     let last = ln(&x[n - 1], &get("ln_f.weight"), &get("ln_f.bias"));
     let vocab = cfg.vocab_size;
-    (0..vocab)
-        .map(|v| (0..h).map(|i| last[i] * wte[v * h + i]).sum::<f64>() as f32)
-        .collect()
+    (0..vocab).map(|v| (0..h).map(|i| last[i] * wte[v * h + i]).sum::<f64>() as f32).collect()
 }
 
 #[test]
 fn gpt2_matches_its_definition() {
     let dir = write(&RandomModel::tiny_of(Arch::Gpt2), GgmlDType::F32);
-    let ours = all_logits(
-        &cpu_hf(dir.path(), WeightFormat::F32),
-        &PROMPT,
-        &[PROMPT.len()],
-    );
+    let ours = all_logits(&cpu_hf(dir.path(), WeightFormat::F32), &PROMPT, &[PROMPT.len()]);
     let theirs = gpt2_reference(dir.path(), &PROMPT);
     let ours = &ours[ours.len() - theirs.len()..];
     let diff = max_abs_diff(ours, &theirs);
@@ -616,17 +459,15 @@ fn unknown_architectures_and_tensors_are_refused_naming_them() {
         f(&mut c);
         std::fs::write(&path, c.to_string()).expect("write");
     };
-    let err = |format| {
-        LlamaEngine::load(&LlamaSettings {
-            model_path: dir.path().to_path_buf(),
-            model_name: "x".into(),
-            device: "cpu".into(),
-            weights: format,
-        })
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default()
-    };
+    let err = |format| LlamaEngine::load(&LlamaSettings {
+        model_path: dir.path().to_path_buf(),
+        model_name: "x".into(),
+        device: "cpu".into(),
+        weights: format,
+    })
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
 
     edit(&|c| c["model_type"] = "mamba".into());
     let msg = err(WeightFormat::F32);
@@ -638,18 +479,12 @@ fn unknown_architectures_and_tensors_are_refused_naming_them() {
     // q/k norms: the missing tensor is named.
     edit(&|c| c["model_type"] = "qwen3".into());
     let msg = err(WeightFormat::F32);
-    assert!(
-        msg.contains("model.layers.0.self_attn.q_norm.weight"),
-        "{msg}"
-    );
+    assert!(msg.contains("model.layers.0.self_attn.q_norm.weight"), "{msg}");
     // A tensor the architecture does not use (an expert router) is named.
     std::fs::write(&path, &original).expect("restore");
     let st = dir.path().join("model.safetensors");
     let mut t = candle_core::safetensors::load(&st, &Device::Cpu).expect("load");
-    t.insert(
-        "model.layers.0.mlp.gate.weight".into(),
-        Tensor::zeros((4, 64), DType::F32, &Device::Cpu).expect("zeros"),
-    );
+    t.insert("model.layers.0.mlp.gate.weight".into(), Tensor::zeros((4, 64), DType::F32, &Device::Cpu).expect("zeros"));
     candle_core::safetensors::save(&t, &st).expect("save");
     let msg = err(WeightFormat::Packed);
     assert!(msg.contains("model.layers.0.mlp.gate.weight"), "{msg}");
@@ -657,13 +492,9 @@ fn unknown_architectures_and_tensors_are_refused_naming_them() {
     // GGUF: the architecture comes from general.architecture.
     let mut file = std::fs::File::open(dir.path().join("model.gguf")).expect("open");
     let mut content = gguf_file::Content::read(&mut file).expect("gguf");
-    content.metadata.insert(
-        "general.architecture".into(),
-        gguf_file::Value::String("falcon".into()),
-    );
-    let msg = LlamaModel::from_gguf(&content, &mut file, WeightFormat::F32)
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+    content
+        .metadata
+        .insert("general.architecture".into(), gguf_file::Value::String("falcon".into()));
+    let msg = LlamaModel::from_gguf(&content, &mut file, WeightFormat::F32).err().map(|e| e.to_string()).unwrap_or_default();
     assert!(msg.contains("falcon"), "{msg}");
 }

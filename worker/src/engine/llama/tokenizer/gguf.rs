@@ -77,13 +77,7 @@ pub(super) const EOG_TEXTS: &[&str] = &[
 /// these too (one text per kind is recognised, the first found).
 const FIM_EOG_TEXTS: &[&[&str]] = &[
     &["<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"],
-    &[
-        "<|fim_repo|>",
-        "<|repo_name|>",
-        "<fim-repo>",
-        "<REPO>",
-        "<reponame>",
-    ],
+    &["<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"],
     &["<|file_sep|>"],
 ];
 
@@ -137,8 +131,9 @@ impl GgufTokenizer {
                         .as_str(),
                     None => "default",
                 };
-                let pre = PreTokenizer::named(pre_name)
-                    .ok_or_else(|| TokenizerError::UnsupportedPreTokenizer(pre_name.to_owned()))?;
+                let pre = PreTokenizer::named(pre_name).ok_or_else(|| {
+                    TokenizerError::UnsupportedPreTokenizer(pre_name.to_owned())
+                })?;
                 let bos = if pre.no_bos { None } else { Some(11) };
                 bpe_pre = Some(pre);
                 (bos, Some(11), None)
@@ -157,10 +152,7 @@ impl GgufTokenizer {
         let key_id = |key: &str, default: Option<u32>| -> Option<u32> {
             let default = default.filter(|&d| (d as usize) < n);
             match content.metadata.get(key).and_then(integer) {
-                Some(v) => u32::try_from(v)
-                    .ok()
-                    .filter(|&v| (v as usize) < n)
-                    .or(default),
+                Some(v) => u32::try_from(v).ok().filter(|&v| (v as usize) < n).or(default),
                 None => default,
             }
         };
@@ -203,7 +195,9 @@ impl GgufTokenizer {
         }
 
         let mut specials: Vec<u32> = (0..n)
-            .filter(|&i| tokens[i].attr & (attr::CONTROL | attr::USER_DEFINED | attr::UNKNOWN) != 0)
+            .filter(|&i| {
+                tokens[i].attr & (attr::CONTROL | attr::USER_DEFINED | attr::UNKNOWN) != 0
+            })
             .map(|i| i as u32)
             .collect();
         specials.sort_by_key(|&id| std::cmp::Reverse(tokens[id as usize].text.len()));
@@ -391,11 +385,7 @@ impl GgufTokenizer {
     /// `byte_to_token` throws there).
     pub(super) fn byte_token(&self, byte: u8) -> Option<u32> {
         self.lookup(&format!("<0x{byte:02X}>"))
-            .or_else(|| {
-                std::str::from_utf8(&[byte])
-                    .ok()
-                    .and_then(|s| self.lookup(s))
-            })
+            .or_else(|| std::str::from_utf8(&[byte]).ok().and_then(|s| self.lookup(s)))
             .or(self.unk)
     }
 }
@@ -424,10 +414,7 @@ fn read_tokens(content: &Content) -> Result<Vec<Token>, TokenizerError> {
                 .collect::<Option<Vec<f32>>>()
                 .ok_or_else(|| bad(KEY_SCORES, "holds a non-number"))?;
             if scores.len() < n {
-                return Err(bad(
-                    KEY_SCORES,
-                    &format!("has {} entries for {n} tokens", scores.len()),
-                ));
+                return Err(bad(KEY_SCORES, &format!("has {} entries for {n} tokens", scores.len())));
             }
             Some(scores)
         }
