@@ -161,10 +161,7 @@ fn refuse_unless(neutral: bool, field: &str, what: &str) -> Result<(), ApiError>
     if neutral {
         Ok(())
     } else {
-        Err(ApiError::bad_field(
-            field,
-            format!("is not supported by genq: {what}"),
-        ))
+        Err(ApiError::bad_field(field, format!("is not supported by genq: {what}")))
     }
 }
 
@@ -175,26 +172,11 @@ fn not_on_route(present: bool, field: &str, route: &str) -> Result<(), ApiError>
 impl OpenAiRequest {
     /// Checks the fields genq cannot honour and fills a job's sampling fields.
     fn apply(&self, job: &mut JobRequest, default_max_tokens: Option<u32>) -> Result<(), ApiError> {
-        refuse_unless(
-            self.presence_penalty.unwrap_or(0.0) == 0.0,
-            "presence_penalty",
-            "use `repetition_penalty`",
-        )?;
-        refuse_unless(
-            self.frequency_penalty.unwrap_or(0.0) == 0.0,
-            "frequency_penalty",
-            "use `repetition_penalty`",
-        )?;
-        refuse_unless(
-            self.logit_bias.as_ref().is_none_or(|m| m.is_empty()),
-            "logit_bias",
-            "it must be empty",
-        )?;
+        refuse_unless(self.presence_penalty.unwrap_or(0.0) == 0.0, "presence_penalty", "use `repetition_penalty`")?;
+        refuse_unless(self.frequency_penalty.unwrap_or(0.0) == 0.0, "frequency_penalty", "use `repetition_penalty`")?;
+        refuse_unless(self.logit_bias.as_ref().is_none_or(|m| m.is_empty()), "logit_bias", "it must be empty")?;
         if self.stream_options.is_some() && !self.streaming() {
-            return Err(ApiError::bad_field(
-                "stream_options",
-                "is only allowed with `stream: true`",
-            ));
+            return Err(ApiError::bad_field("stream_options", "is only allowed with `stream: true`"));
         }
         job.model = self.model.clone();
         job.max_new_tokens = self.max_tokens.or(default_max_tokens);
@@ -221,16 +203,10 @@ impl OpenAiRequest {
         let max_n = max_n.min(genq_shared::valid::MAX_SAMPLES);
         let n = self.n.unwrap_or(1);
         if n == 0 || n > max_n {
-            return Err(ApiError::invalid_value(
-                "n",
-                format!("must be 1..={max_n} (gateway.max_n)"),
-            ));
+            return Err(ApiError::invalid_value("n", format!("must be 1..={max_n} (gateway.max_n)")));
         }
         if n > 1 && self.streaming() {
-            return Err(ApiError::bad_field(
-                "n",
-                "is not supported above 1 with `stream: true`",
-            ));
+            return Err(ApiError::bad_field("n", "is not supported above 1 with `stream: true`"));
         }
         Ok(n)
     }
@@ -245,13 +221,7 @@ impl OpenAiRequest {
             None | Some(serde_json::Value::Null) => Ok(None),
             Some(v) => match v.as_u64() {
                 Some(k) if k <= u64::from(logprobs::MAX_TOP) => Ok(Some(k as u32)),
-                _ => Err(ApiError::invalid_value(
-                    "logprobs",
-                    format!(
-                        "must be an integer 0..={} on /v1/completions",
-                        logprobs::MAX_TOP
-                    ),
-                )),
+                _ => Err(ApiError::invalid_value("logprobs", format!("must be an integer 0..={} on /v1/completions", logprobs::MAX_TOP))),
             },
         }
     }
@@ -261,76 +231,44 @@ impl OpenAiRequest {
         let asked = match &self.logprobs {
             None | Some(serde_json::Value::Null) => false,
             Some(serde_json::Value::Bool(b)) => *b,
-            Some(_) => {
-                return Err(ApiError::invalid_value(
-                    "logprobs",
-                    "must be true or false on /v1/chat/completions",
-                ))
-            }
+            Some(_) => return Err(ApiError::invalid_value("logprobs", "must be true or false on /v1/chat/completions")),
         };
         match (asked, self.top_logprobs) {
             (false, None) => Ok(None),
-            (false, Some(_)) => Err(ApiError::bad_field(
-                "top_logprobs",
-                "requires `logprobs: true`",
-            )),
-            (true, Some(k)) if k > logprobs::MAX_TOP => Err(ApiError::invalid_value(
-                "top_logprobs",
-                format!("must be 0..={}", logprobs::MAX_TOP),
-            )),
+            (false, Some(_)) => Err(ApiError::bad_field("top_logprobs", "requires `logprobs: true`")),
+            (true, Some(k)) if k > logprobs::MAX_TOP => Err(ApiError::invalid_value("top_logprobs", format!("must be 0..={}", logprobs::MAX_TOP))),
             (true, k) => Ok(Some(k.unwrap_or(0))),
         }
     }
 
     fn refuse_streamed_logprobs(&self, asked: bool) -> Result<(), ApiError> {
         if self.streaming() && asked {
-            return Err(ApiError::bad_field(
-                "logprobs",
-                "is not supported with `stream: true`",
-            ));
+            return Err(ApiError::bad_field("logprobs", "is not supported with `stream: true`"));
         }
         Ok(())
     }
 
     fn include_usage(&self) -> bool {
-        self.stream_options
-            .as_ref()
-            .is_some_and(|o| o.include_usage)
+        self.stream_options.as_ref().is_some_and(|o| o.include_usage)
     }
 
     /// The job a `/v1/completions` request asks for.
     pub fn completion_job(&self) -> Result<JobRequest, ApiError> {
         const ROUTE: &str = "/v1/completions";
         not_on_route(self.messages.is_some(), "messages", ROUTE)?;
-        not_on_route(
-            self.max_completion_tokens.is_some(),
-            "max_completion_tokens",
-            ROUTE,
-        )?;
+        not_on_route(self.max_completion_tokens.is_some(), "max_completion_tokens", ROUTE)?;
         not_on_route(self.top_logprobs.is_some(), "top_logprobs", ROUTE)?;
         let k = self.completion_logprobs()?;
         self.refuse_streamed_logprobs(k.is_some())?;
         if self.echo() && self.streaming() {
-            return Err(ApiError::bad_field(
-                "echo",
-                "is not supported with `stream: true`",
-            ));
+            return Err(ApiError::bad_field("echo", "is not supported with `stream: true`"));
         }
         refuse_unless(self.best_of.unwrap_or(1) == 1, "best_of", "only best_of=1")?;
-        refuse_unless(
-            self.suffix.is_none(),
-            "suffix",
-            "insertion is not supported",
-        )?;
+        refuse_unless(self.suffix.is_none(), "suffix", "insertion is not supported")?;
         let prompt = match &self.prompt {
             Some(PromptField::One(p)) => p.clone(),
             Some(PromptField::Many(v)) if v.len() == 1 => v[0].clone(),
-            Some(PromptField::Many(_)) => {
-                return Err(ApiError::bad_field(
-                    "prompt",
-                    "must be one string (one prompt per request)",
-                ))
-            }
+            Some(PromptField::Many(_)) => return Err(ApiError::bad_field("prompt", "must be one string (one prompt per request)")),
             None => return Err(ApiError::bad_field("prompt", "is required")),
         };
         let mut job = JobRequest::prompt(prompt);
@@ -341,10 +279,7 @@ impl OpenAiRequest {
         }
         if self.max_tokens == Some(0) {
             if !self.echo() {
-                return Err(ApiError::invalid_value(
-                    "max_tokens",
-                    "must be >= 1 (0 only with `echo: true`, to score the prompt)",
-                ));
+                return Err(ApiError::invalid_value("max_tokens", "must be >= 1 (0 only with `echo: true`, to score the prompt)"));
             }
             // The prompt alone, scored: a score job.
             job.kind = genq_shared::JobKind::Score;
@@ -363,20 +298,13 @@ impl OpenAiRequest {
         not_on_route(self.suffix.is_some(), "suffix", ROUTE)?;
         let k = self.chat_logprobs()?;
         self.refuse_streamed_logprobs(k.is_some())?;
-        let Some(messages_in) = &self.messages else {
-            return Err(ApiError::bad_field("messages", "is required"));
-        };
+        let Some(messages_in) = &self.messages else { return Err(ApiError::bad_field("messages", "is required")) };
         let mut messages = Vec::with_capacity(messages_in.len());
         for m in messages_in {
             let role = match m.role.as_str() {
                 "developer" => "system",
                 r @ ("system" | "user" | "assistant") => r,
-                other => {
-                    return Err(ApiError::invalid_value(
-                        "messages",
-                        format!("role {other:?} is not one of system, developer, user, assistant"),
-                    ))
-                }
+                other => return Err(ApiError::invalid_value("messages", format!("role {other:?} is not one of system, developer, user, assistant"))),
             };
             let content = match &m.content {
                 ContentField::Text(t) => t.clone(),
@@ -385,27 +313,15 @@ impl OpenAiRequest {
                     for p in parts {
                         match (p.kind.as_str(), &p.text) {
                             ("text", Some(t)) => text.push_str(t),
-                            (kind, _) => {
-                                return Err(ApiError::bad_field(
-                                    "messages",
-                                    format!("content part {kind:?} is not supported (text only)"),
-                                ))
-                            }
+                            (kind, _) => return Err(ApiError::bad_field("messages", format!("content part {kind:?} is not supported (text only)"))),
                         }
                     }
                     text
                 }
             };
-            messages.push(ChatMessage {
-                role: role.to_string(),
-                content,
-            });
+            messages.push(ChatMessage { role: role.to_string(), content });
         }
-        let mut job = JobRequest {
-            v: genq_shared::job::WIRE_VERSION,
-            messages: Some(messages),
-            ..JobRequest::default()
-        };
+        let mut job = JobRequest { v: genq_shared::job::WIRE_VERSION, messages: Some(messages), ..JobRequest::default() };
         self.apply(&mut job, None)?;
         job.logprobs = k;
         if self.max_completion_tokens.is_some() {
@@ -448,9 +364,7 @@ impl Route {
 
     /// The route at `path`, if it is one of the two.
     pub fn from_path(path: &str) -> Option<Route> {
-        [Route::Completions, Route::Chat]
-            .into_iter()
-            .find(|r| r.path() == path)
+        [Route::Completions, Route::Chat].into_iter().find(|r| r.path() == path)
     }
 }
 
@@ -465,19 +379,13 @@ struct ChunkWriter {
 
 impl ChunkWriter {
     fn chunk(&self, choices: serde_json::Value) -> serde_json::Value {
-        let object = if self.route == Route::Chat {
-            "chat.completion.chunk"
-        } else {
-            "text_completion"
-        };
+        let object = if self.route == Route::Chat { "chat.completion.chunk" } else { "text_completion" };
         serde_json::json!({ "id": self.id, "object": object, "created": self.created, "model": self.model, "choices": choices })
     }
 
     fn choice(&self, text: Option<&str>, finish: Option<&str>) -> serde_json::Value {
         match self.route {
-            Route::Completions => {
-                serde_json::json!([{ "index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish }])
-            }
+            Route::Completions => serde_json::json!([{ "index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish }]),
             Route::Chat => {
                 let delta = match text {
                     Some(t) => serde_json::json!({ "content": t }),
@@ -499,9 +407,7 @@ impl ChunkWriter {
         match item {
             StreamItem::Text(t) => vec![json_event(&self.chunk(self.choice(Some(&t), None)))],
             StreamItem::Done(r) => {
-                let mut events = vec![json_event(
-                    &self.chunk(self.choice(None, Some(finish_reason(&r)))),
-                )];
+                let mut events = vec![json_event(&self.chunk(self.choice(None, Some(finish_reason(&r)))))];
                 if self.include_usage {
                     let mut last = self.chunk(serde_json::json!([]));
                     last["usage"] = serde_json::to_value(usage(&r)).unwrap_or_default();
@@ -531,24 +437,15 @@ fn with_job_header(mut response: Response, id: &str) -> Response {
     response
 }
 
-async fn answer(
-    gw: Gateway,
-    route: Route,
-    job: JobRequest,
-    common: &OpenAiRequest,
-) -> Result<Response, ApiError> {
-    let model = job
-        .model
-        .clone()
-        .unwrap_or_else(|| gw.default_model().to_string());
+async fn answer(gw: Gateway, route: Route, job: JobRequest, common: &OpenAiRequest) -> Result<Response, ApiError> {
+    let model = job.model.clone().unwrap_or_else(|| gw.default_model().to_string());
     let n = common.choices(gw.settings().gateway.max_n)?;
     if !common.streaming() {
         let prompt = job.prompt.clone().unwrap_or_default();
         let job = with_samples(job, n);
         let result = run_to_end(&gw, job, openai_names).await?;
         let echo = (route == Route::Completions && common.echo()).then_some(prompt.as_str());
-        let body = serde_json::to_string(&full_response(route, &result, n, &model, echo))
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let body = serde_json::to_string(&full_response(route, &result, n, &model, echo)).map_err(|e| ApiError::internal(e.to_string()))?;
         let response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
         return Ok(with_job_header(response, &result.id));
     }
@@ -556,13 +453,7 @@ async fn answer(
     let id = gw.submit(job, openai_names).await?;
     let guard = CancelOnDrop::new(id.clone(), results);
     let items = sse::follow(gw, id.clone(), guard);
-    let mut writer = ChunkWriter {
-        route,
-        id: response_id(route, &id),
-        model,
-        created: now_secs(),
-        include_usage: common.include_usage(),
-    };
+    let mut writer = ChunkWriter { route, id: response_id(route, &id), model, created: now_secs(), include_usage: common.include_usage() };
     let mut opening = writer.opening();
     let response = sse::respond(items, move |item| {
         let mut events: Vec<Event> = opening.take().into_iter().collect();
@@ -573,10 +464,7 @@ async fn answer(
 }
 
 /// `POST /v1/completions`.
-pub async fn completions(
-    State(gw): State<Gateway>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
+pub async fn completions(State(gw): State<Gateway>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let bytes = body_bytes(body, gw.settings().gateway.max_body_bytes)?;
     let req: OpenAiRequest = parse_json(&bytes)?;
     let job = req.completion_job()?;
@@ -584,10 +472,7 @@ pub async fn completions(
 }
 
 /// `POST /v1/chat/completions`.
-pub async fn chat_completions(
-    State(gw): State<Gateway>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
+pub async fn chat_completions(State(gw): State<Gateway>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let bytes = body_bytes(body, gw.settings().gateway.max_body_bytes)?;
     let req: OpenAiRequest = parse_json(&bytes)?;
     let job = req.chat_job()?;
@@ -617,33 +502,19 @@ mod tests {
         assert_eq!(req.choices(8).expect("within the limit"), 3);
         let job = with_samples(req.completion_job().expect("valid"), 3);
         assert_eq!((job.n, job.seed), (Some(3), Some(7)));
-        let scored: OpenAiRequest =
-            parse_json(br#"{"prompt":"x y","echo":true,"max_tokens":0,"logprobs":0,"n":2}"#)
-                .expect("parses");
-        assert_eq!(
-            with_samples(scored.completion_job().expect("valid"), 2).n,
-            None,
-            "a scored prompt runs once"
-        );
+        let scored: OpenAiRequest = parse_json(br#"{"prompt":"x y","echo":true,"max_tokens":0,"logprobs":0,"n":2}"#).expect("parses");
+        assert_eq!(with_samples(scored.completion_job().expect("valid"), 2).n, None, "a scored prompt runs once");
         let e = req.choices(2).expect_err("above gateway.max_n");
-        assert_eq!(
-            (e.status, e.param.as_deref()),
-            (StatusCode::UNPROCESSABLE_ENTITY, Some("n"))
-        );
-        let streamed: OpenAiRequest =
-            parse_json(br#"{"prompt":"x","n":2,"stream":true}"#).expect("parses");
-        assert_eq!(
-            streamed.choices(8).expect_err("streamed").param.as_deref(),
-            Some("n")
-        );
+        assert_eq!((e.status, e.param.as_deref()), (StatusCode::UNPROCESSABLE_ENTITY, Some("n")));
+        let streamed: OpenAiRequest = parse_json(br#"{"prompt":"x","n":2,"stream":true}"#).expect("parses");
+        assert_eq!(streamed.choices(8).expect_err("streamed").param.as_deref(), Some("n"));
         let zero: OpenAiRequest = parse_json(br#"{"prompt":"x","n":0}"#).expect("parses");
         assert!(zero.choices(8).is_err());
     }
 
     #[test]
     fn an_unknown_field_is_refused_naming_it() {
-        let e =
-            parse_json::<OpenAiRequest>(br#"{"messages":[],"temprature":1}"#).expect_err("typo");
+        let e = parse_json::<OpenAiRequest>(br#"{"messages":[],"temprature":1}"#).expect_err("typo");
         assert_eq!(e.param.as_deref(), Some("temprature"), "{e}");
     }
 
@@ -663,23 +534,14 @@ mod tests {
 
     #[test]
     fn a_field_of_the_other_route_is_refused() {
-        let req: OpenAiRequest =
-            parse_json(br#"{"prompt":"x","messages":[{"role":"user","content":"y"}]}"#)
-                .expect("parses");
-        assert_eq!(
-            req.completion_job().expect_err("messages").param.as_deref(),
-            Some("messages")
-        );
-        assert_eq!(
-            req.chat_job().expect_err("prompt").param.as_deref(),
-            Some("prompt")
-        );
+        let req: OpenAiRequest = parse_json(br#"{"prompt":"x","messages":[{"role":"user","content":"y"}]}"#).expect("parses");
+        assert_eq!(req.completion_job().expect_err("messages").param.as_deref(), Some("messages"));
+        assert_eq!(req.chat_job().expect_err("prompt").param.as_deref(), Some("prompt"));
     }
 
     #[test]
     fn a_tool_message_is_422_naming_messages() {
-        let req: OpenAiRequest =
-            parse_json(br#"{"messages":[{"role":"tool","content":"x"}]}"#).expect("parses");
+        let req: OpenAiRequest = parse_json(br#"{"messages":[{"role":"tool","content":"x"}]}"#).expect("parses");
         let e = req.chat_job().expect_err("tool role");
         assert_eq!(e.status, StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(e.param.as_deref(), Some("messages"));
@@ -687,52 +549,22 @@ mod tests {
 
     #[test]
     fn log_prob_requests_become_job_fields() {
-        let job = |body: &[u8]| {
-            parse_json::<OpenAiRequest>(body)
-                .expect("parses")
-                .completion_job()
-        };
+        let job = |body: &[u8]| parse_json::<OpenAiRequest>(body).expect("parses").completion_job();
         let j = job(br#"{"prompt":"a b","logprobs":2}"#).expect("valid");
         assert_eq!((j.logprobs, j.prompt_logprobs), (Some(2), None));
         let j = job(br#"{"prompt":"a b","logprobs":1,"echo":true,"max_tokens":0}"#).expect("valid");
-        assert_eq!(
-            (j.kind, j.logprobs, j.prompt_logprobs, j.max_new_tokens),
-            (genq_shared::JobKind::Score, None, Some(1), None)
-        );
+        assert_eq!((j.kind, j.logprobs, j.prompt_logprobs, j.max_new_tokens), (genq_shared::JobKind::Score, None, Some(1), None));
         let refused = |body: &[u8]| job(body).expect_err("refused").param;
-        assert_eq!(
-            refused(br#"{"prompt":"a","max_tokens":0}"#).as_deref(),
-            Some("max_tokens")
-        );
-        assert_eq!(
-            refused(br#"{"prompt":"a","logprobs":21}"#).as_deref(),
-            Some("logprobs")
-        );
-        assert_eq!(
-            refused(br#"{"prompt":"a","logprobs":true}"#).as_deref(),
-            Some("logprobs")
-        );
-        assert_eq!(
-            refused(br#"{"prompt":"a","logprobs":1,"stream":true}"#).as_deref(),
-            Some("logprobs")
-        );
-        let chat = |body: &[u8]| {
-            parse_json::<OpenAiRequest>(body)
-                .expect("parses")
-                .chat_job()
-        };
+        assert_eq!(refused(br#"{"prompt":"a","max_tokens":0}"#).as_deref(), Some("max_tokens"));
+        assert_eq!(refused(br#"{"prompt":"a","logprobs":21}"#).as_deref(), Some("logprobs"));
+        assert_eq!(refused(br#"{"prompt":"a","logprobs":true}"#).as_deref(), Some("logprobs"));
+        assert_eq!(refused(br#"{"prompt":"a","logprobs":1,"stream":true}"#).as_deref(), Some("logprobs"));
+        let chat = |body: &[u8]| parse_json::<OpenAiRequest>(body).expect("parses").chat_job();
         let msgs = r#""messages":[{"role":"user","content":"hi"}]"#;
-        let j = chat(format!(r#"{{{msgs},"logprobs":true,"top_logprobs":3}}"#).as_bytes())
-            .expect("valid");
+        let j = chat(format!(r#"{{{msgs},"logprobs":true,"top_logprobs":3}}"#).as_bytes()).expect("valid");
         assert_eq!((j.logprobs, j.prompt_logprobs), (Some(3), None));
-        assert_eq!(
-            chat(format!(r#"{{{msgs},"logprobs":false}}"#).as_bytes())
-                .expect("valid")
-                .logprobs,
-            None
-        );
-        let e =
-            chat(format!(r#"{{{msgs},"top_logprobs":3}}"#).as_bytes()).expect_err("needs logprobs");
+        assert_eq!(chat(format!(r#"{{{msgs},"logprobs":false}}"#).as_bytes()).expect("valid").logprobs, None);
+        let e = chat(format!(r#"{{{msgs},"top_logprobs":3}}"#).as_bytes()).expect_err("needs logprobs");
         assert_eq!(e.param.as_deref(), Some("top_logprobs"));
     }
 }

@@ -16,10 +16,7 @@ pub fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<B
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::body_too_large(limit)
         } else {
-            ApiError::bad_body(format!(
-                "cannot read the request body: {}",
-                rejection.body_text()
-            ))
+            ApiError::bad_body(format!("cannot read the request body: {}", rejection.body_text()))
         }
     })
 }
@@ -32,9 +29,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 }
 
 /// A deserialization error as a 400 naming the field at fault.
-fn naming_the_field<T>(
-    parsed: Result<T, serde_path_to_error::Error<serde_json::Error>>,
-) -> Result<T, ApiError> {
+fn naming_the_field<T>(parsed: Result<T, serde_path_to_error::Error<serde_json::Error>>) -> Result<T, ApiError> {
     parsed.map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
@@ -45,11 +40,7 @@ fn naming_the_field<T>(
         // serde names an unknown or missing field in its message, not in the path.
         let named = ["unknown field `", "missing field `"]
             .iter()
-            .find_map(|lead| {
-                text.split_once(lead)
-                    .and_then(|(_, rest)| rest.split_once('`'))
-                    .map(|(f, _)| f.to_string())
-            });
+            .find_map(|lead| text.split_once(lead).and_then(|(_, rest)| rest.split_once('`')).map(|(f, _)| f.to_string()));
         // The path ends at an unknown field, but stops at the parent of a missing one.
         let field = match (named, path.as_str()) {
             (Some(f), ".") => f,

@@ -19,13 +19,7 @@ const POLL: Duration = Duration::from_millis(20);
 
 /// Runs `jobs` as one batch on model `run` (the fleet's private queues and key prefix); prints
 /// nothing, returns the figures line.
-pub async fn run(
-    settings: &Settings,
-    run: &str,
-    jobs: &[JobRequest],
-    worker_pids: Vec<u32>,
-    timeout: Duration,
-) -> anyhow::Result<serde_json::Value> {
+pub async fn run(settings: &Settings, run: &str, jobs: &[JobRequest], worker_pids: Vec<u32>, timeout: Duration) -> anyhow::Result<serde_json::Value> {
     let mut s = settings.clone();
     s.redis.key_prefix = run.to_string();
     s.producer.default_model = run.to_string();
@@ -40,40 +34,18 @@ pub async fn run(
     }
     let cpu = super::procstat::CpuMeter::start(worker_pids);
     let started = Instant::now();
-    let input = put_file(&gw, "batch", "bench.jsonl", file.as_bytes())
-        .await
-        .map_err(api)?;
-    let req = CreateBatch {
-        input_file_id: input.id.clone(),
-        endpoint: "/v1/completions".into(),
-        completion_window: "24h".into(),
-        metadata: None,
-    };
+    let input = put_file(&gw, "batch", "bench.jsonl", file.as_bytes()).await.map_err(api)?;
+    let req = CreateBatch { input_file_id: input.id.clone(), endpoint: "/v1/completions".into(), completion_window: "24h".into(), metadata: None };
     let (mut rec, mut counts) = create_batch(&gw, req).await.map_err(api)?;
     let published = started.elapsed();
     while !matches!(rec.status.as_str(), "completed" | "failed" | "cancelled") {
-        anyhow::ensure!(
-            started.elapsed() < timeout,
-            "batch {} still {} after {timeout:?}",
-            rec.id,
-            rec.status
-        );
+        anyhow::ensure!(started.elapsed() < timeout, "batch {} still {} after {timeout:?}", rec.id, rec.status);
         tokio::time::sleep(POLL).await;
         (rec, counts) = batch_status(&gw, &rec.id).await.map_err(api)?;
     }
     let secs = started.elapsed().as_secs_f64().max(1e-9);
     let cpu_us_per_job = cpu.per_job(jobs.len());
-    forget(
-        &gw,
-        &rec.id,
-        jobs.len(),
-        [
-            Some(input.id),
-            rec.output_file_id.clone(),
-            rec.error_file_id.clone(),
-        ],
-    )
-    .await;
+    forget(&gw, &rec.id, jobs.len(), [Some(input.id), rec.output_file_id.clone(), rec.error_file_id.clone()]).await;
     Ok(json!({
         "system": "genq-batch",
         "jobs": jobs.len(),
@@ -91,21 +63,13 @@ pub async fn run(
 
 /// Deletes the batch's jobs, record, counters and files.
 async fn forget(gw: &Gateway, batch: &str, lines: usize, files: [Option<String>; 3]) {
-    let ids: Vec<String> = (0..lines)
-        .map(|l| genq_gateway::batches::input::job_id(batch, l))
-        .collect();
+    let ids: Vec<String> = (0..lines).map(|l| genq_gateway::batches::input::job_id(batch, l)).collect();
     if let Ok(results) = gw.results().await {
         let _ = results.forget_many(&ids).await;
     }
-    let Ok(mut conn) = gw.records().await else {
-        return;
-    };
+    let Ok(mut conn) = gw.records().await else { return };
     let keys = gw.keys();
-    let mut doomed = vec![
-        keys.openai_batch(batch),
-        keys.batch(batch),
-        keys.batch_members(batch),
-    ];
+    let mut doomed = vec![keys.openai_batch(batch), keys.batch(batch), keys.batch_members(batch)];
     doomed.extend(files.into_iter().flatten().map(|f| keys.file(&f)));
     for key in doomed {
         let _: Result<(), _> = redis::cmd("DEL").arg(key).query_async(&mut conn).await;

@@ -22,8 +22,8 @@ use genq_shared::{JobRequest, JobStatus};
 use genq_worker::bench::{bench_prompt, run_engine_bench, EngineBenchSpec};
 use genq_worker::process::WorkerProcess;
 
-use super::procstat::{self, RssTrace};
 use super::{broker, celery, workers};
+use super::procstat::{self, RssTrace};
 use crate::CommonArgs;
 
 /// Arguments of `genq bench fleet`.
@@ -146,17 +146,9 @@ fn worker_args(args: &FleetBenchArgs, settings: &Settings, run: &str, i: usize) 
     .iter()
     .map(|s| s.to_string())
     .collect();
-    a.extend([
-        "--worker-id".into(),
-        format!("{run}-w{i}"),
-        "--max-batch-size".into(),
-        args.batch.to_string(),
-    ]);
+    a.extend(["--worker-id".into(), format!("{run}-w{i}"), "--max-batch-size".into(), args.batch.to_string()]);
     // Prefill the whole batch in one step, as `genq bench engine` does.
-    a.extend([
-        "--max-prefill-tokens".into(),
-        (args.batch * args.prompt_tokens * 2).max(512).to_string(),
-    ]);
+    a.extend(["--max-prefill-tokens".into(), (args.batch * args.prompt_tokens * 2).max(512).to_string()]);
     if let Some(p) = args.prefetch {
         a.extend(["--prefetch".into(), p.to_string()]);
     }
@@ -170,42 +162,27 @@ fn worker_args(args: &FleetBenchArgs, settings: &Settings, run: &str, i: usize) 
     a
 }
 
-fn start_workers(
-    args: &FleetBenchArgs,
-    settings: &Settings,
-    run: &str,
-) -> anyhow::Result<Vec<WorkerProcess>> {
+fn start_workers(args: &FleetBenchArgs, settings: &Settings, run: &str) -> anyhow::Result<Vec<WorkerProcess>> {
     let started = (0..args.workers.max(1))
         .map(|i| workers::spawn(&worker_args(args, settings, run, i), &format!("{run}-w{i}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
     for w in &started {
-        w.wait_ready(Duration::from_secs(600))
-            .map_err(anyhow::Error::msg)?;
+        w.wait_ready(Duration::from_secs(600)).map_err(anyhow::Error::msg)?;
     }
     Ok(started)
 }
 
-pub async fn run(
-    common: &CommonArgs,
-    args: FleetBenchArgs,
-) -> anyhow::Result<std::process::ExitCode> {
+pub async fn run(common: &CommonArgs, args: FleetBenchArgs) -> anyhow::Result<std::process::ExitCode> {
     if args.vs_llamacpp {
         // Fail before the fleet run, not after it.
-        anyhow::ensure!(
-            args.engine == "llama",
-            "--vs-llamacpp compares the real model: add --engine llama"
-        );
+        anyhow::ensure!(args.engine == "llama", "--vs-llamacpp compares the real model: add --engine llama");
         super::llamacpp_binary()?;
     }
     let settings = common.settings(Overrides::default())?;
     let run = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let results = ResultClient::connect(&settings.redis.url, &run).await?;
-    let producer_settings = ProducerSettings {
-        default_model: run.clone(),
-        ..settings.producer.clone()
-    };
-    let mut producer =
-        Producer::connect(&settings.amqp.url, &producer_settings, &settings.queue).await?;
+    let producer_settings = ProducerSettings { default_model: run.clone(), ..settings.producer.clone() };
+    let mut producer = Producer::connect(&settings.amqp.url, &producer_settings, &settings.queue).await?;
     if !args.no_queued_marks {
         producer = producer.with_results(results.clone());
     }
@@ -221,10 +198,7 @@ pub async fn run(
         backlog_publish = Some(t.elapsed());
     }
     let started_workers = tokio::task::block_in_place(|| start_workers(&args, &settings, &run));
-    let mut workers_ok = started_workers
-        .as_ref()
-        .map(|_| ())
-        .map_err(|e| format!("{e:#}"));
+    let mut workers_ok = started_workers.as_ref().map(|_| ()).map_err(|e| format!("{e:#}"));
     if let Ok(w) = started_workers {
         workers = w;
     }
@@ -233,20 +207,9 @@ pub async fn run(
         anyhow::bail!(e);
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let tracers: Vec<_> = workers
-        .iter()
-        .map(|w| {
-            tokio::spawn(procstat::trace_rss(
-                w.pid(),
-                Duration::from_millis(200),
-                stop_rx.clone(),
-            ))
-        })
-        .collect();
-    let before: Vec<_> = workers
-        .iter()
-        .map(|w| procstat::sample(w.pid()).unwrap_or_default())
-        .collect();
+    let tracers: Vec<_> =
+        workers.iter().map(|w| tokio::spawn(procstat::trace_rss(w.pid(), Duration::from_millis(200), stop_rx.clone()))).collect();
+    let before: Vec<_> = workers.iter().map(|w| procstat::sample(w.pid()).unwrap_or_default()).collect();
     let cpu = procstat::CpuMeter::start(workers.iter().map(|w| w.pid()).collect());
 
     let started = Instant::now();
@@ -285,10 +248,7 @@ pub async fn run(
         tracing::error!(error = %e, refused, "some publishes were refused");
     }
     let (mut collected, read, wall) = reader.await.context("result reader")?;
-    let after: Vec<_> = workers
-        .iter()
-        .map(|w| procstat::sample(w.pid()).unwrap_or_default())
-        .collect();
+    let after: Vec<_> = workers.iter().map(|w| procstat::sample(w.pid()).unwrap_or_default()).collect();
     let cpu_us_per_job = cpu.per_job(args.jobs);
     let _ = stop_tx.send(true);
     let mut traces: Vec<RssTrace> = Vec::new();
@@ -362,62 +322,33 @@ pub async fn run(
     let batch = batch_run.transpose()?;
     if let Some(batch) = &batch {
         println!("{batch}");
-        println!(
-            "{}",
-            json!({"ratio": "batch/fleet", "jobs_per_s": figure(batch, "jobs_per_s") / figure(&fleet, "jobs_per_s")})
-        );
+        println!("{}", json!({"ratio": "batch/fleet", "jobs_per_s": figure(batch, "jobs_per_s") / figure(&fleet, "jobs_per_s")}));
     }
     if args.vs_engine {
         let engine = tokio::task::block_in_place(|| engine_alone(common, &args))?;
         println!("{engine}");
-        let alone = engine["total_generated_tokens_per_s"]
-            .as_f64()
-            .unwrap_or(f64::NAN);
+        let alone = engine["total_generated_tokens_per_s"].as_f64().unwrap_or(f64::NAN);
         let ratio = fleet["generated_tokens_per_s"].as_f64().unwrap_or(0.0) / alone;
-        println!(
-            "{}",
-            json!({"ratio": "fleet/engine", "generated_tokens_per_s": ratio})
-        );
+        println!("{}", json!({"ratio": "fleet/engine", "generated_tokens_per_s": ratio}));
         if let Some(batch) = &batch {
-            println!(
-                "{}",
-                json!({"ratio": "batch/engine", "generated_tokens_per_s": figure(batch, "generated_tokens_per_s") / alone})
-            );
+            println!("{}", json!({"ratio": "batch/engine", "generated_tokens_per_s": figure(batch, "generated_tokens_per_s") / alone}));
         }
     }
     if args.vs_llamacpp {
         let theirs = tokio::task::block_in_place(|| llamacpp_alone(common, &args))?;
         println!("{theirs}");
-        let ratio = fleet["generated_tokens_per_s"].as_f64().unwrap_or(0.0)
-            / theirs["total_generated_tokens_per_s"]
-                .as_f64()
-                .unwrap_or(f64::NAN);
-        println!(
-            "{}",
-            json!({"ratio": "fleet/llama.cpp", "generated_tokens_per_s": ratio})
-        );
+        let ratio = fleet["generated_tokens_per_s"].as_f64().unwrap_or(0.0) / theirs["total_generated_tokens_per_s"].as_f64().unwrap_or(f64::NAN);
+        println!("{}", json!({"ratio": "fleet/llama.cpp", "generated_tokens_per_s": ratio}));
     }
     if args.vs_broker {
         let alone_run = format!("{run}-broker");
         let prefetch = args.prefetch.unwrap_or(settings.worker.prefetch);
-        let alone = broker::run(
-            &settings,
-            &alone_run,
-            make_jobs(&args, &alone_run),
-            prefetch,
-            Duration::from_secs(args.timeout_secs),
-        )
-        .await?;
+        let alone = broker::run(&settings, &alone_run, make_jobs(&args, &alone_run), prefetch, Duration::from_secs(args.timeout_secs)).await?;
         println!("{alone}");
-        println!(
-            "{}",
-            json!({"ratio": "fleet/rabbitmq-alone", "jobs_per_s": figure(&fleet, "jobs_per_s") / figure(&alone, "jobs_per_s")})
-        );
+        println!("{}", json!({"ratio": "fleet/rabbitmq-alone", "jobs_per_s": figure(&fleet, "jobs_per_s") / figure(&alone, "jobs_per_s")}));
     }
     if args.vs_celery {
-        let theirs = tokio::task::block_in_place(|| {
-            celery::run(&settings, args.celery_jobs.unwrap_or(args.jobs))
-        })?;
+        let theirs = tokio::task::block_in_place(|| celery::run(&settings, args.celery_jobs.unwrap_or(args.jobs)))?;
         println!("{theirs}");
         println!(
             "{}",
@@ -429,11 +360,7 @@ pub async fn run(
         );
     }
     let lost = collected.missing + refused + collected.other;
-    Ok(if lost == 0 {
-        std::process::ExitCode::SUCCESS
-    } else {
-        std::process::ExitCode::from(3)
-    })
+    Ok(if lost == 0 { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::from(3) })
 }
 
 /// The engine alone on `args.jobs` jobs in batches of `args.batch`, as `genq bench engine` does.
@@ -463,29 +390,17 @@ fn llamacpp_alone(common: &CommonArgs, args: &FleetBenchArgs) -> anyhow::Result<
     let mut more = Overrides::default();
     more.set("worker.model_path", args.model_path.as_ref());
     let settings = common.settings(more)?;
-    let model = genq_worker::setup::resolve_model_path(&settings.worker.model_path)
-        .context("model not found")?;
+    let model = genq_worker::setup::resolve_model_path(&settings.worker.model_path).context("model not found")?;
     let batch = [args.batch.min(args.jobs.max(1))];
-    let workload = super::LlamacppWorkload {
-        batch_sizes: &batch,
-        prompt_tokens: args.prompt_tokens,
-        new_tokens: args.new_tokens as usize,
-        threads: None,
-    };
-    super::llamacpp_bench(&model, &workload)?
-        .into_iter()
-        .next()
-        .context("llama-batched-bench gave no result")
+    let workload = super::LlamacppWorkload { batch_sizes: &batch, prompt_tokens: args.prompt_tokens, new_tokens: args.new_tokens as usize, threads: None };
+    super::llamacpp_bench(&model, &workload)?.into_iter().next().context("llama-batched-bench gave no result")
 }
 
 /// Deletes the run's job queues (best effort).
 pub(super) async fn delete_queues(channel: &lapin::Channel, run: &str) {
     for p in genq_shared::Priority::ALL {
         let q = genq_shared::topology::queue_name(run, p);
-        if let Err(e) = channel
-            .queue_delete(q.as_str().into(), Default::default())
-            .await
-        {
+        if let Err(e) = channel.queue_delete(q.as_str().into(), Default::default()).await {
             tracing::warn!(error = %e, queue = %q, "could not delete the run's queue");
         }
     }

@@ -41,30 +41,21 @@ fn cpu_ticks(stat: &str) -> Option<u64> {
 }
 
 fn status_kib(status: &str, key: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key)?.split_whitespace().next()?.parse().ok())
+    status.lines().find_map(|l| l.strip_prefix(key)?.split_whitespace().next()?.parse().ok())
 }
 
 /// Processes whose command name (`/proc/<pid>/comm`) is `comm`, e.g. `beam.smp` (RabbitMQ) or
 /// `redis-server`.
 pub fn pids_named(comm: &str) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
-        })
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm))
         .collect()
 }
 
 /// CPU seconds used so far by all of `pids` together.
 pub fn cpu_secs(pids: &[u32]) -> f64 {
-    pids.iter()
-        .filter_map(|&p| sample(p))
-        .map(|s| s.cpu_secs)
-        .sum()
+    pids.iter().filter_map(|&p| sample(p)).map(|s| s.cpu_secs).sum()
 }
 
 /// CPU used by every process on a run's path (the workers, RabbitMQ, Redis, this process)
@@ -97,14 +88,7 @@ impl CpuMeter {
     pub fn per_job(&self, jobs: usize) -> serde_json::Map<String, serde_json::Value> {
         self.groups
             .iter()
-            .map(|(name, pids, before)| {
-                (
-                    (*name).to_string(),
-                    serde_json::json!(
-                        (1e6 * (cpu_secs(pids) - before) / jobs.max(1) as f64).round()
-                    ),
-                )
-            })
+            .map(|(name, pids, before)| ((*name).to_string(), serde_json::json!((1e6 * (cpu_secs(pids) - before) / jobs.max(1) as f64).round())))
             .collect()
     }
 }
@@ -133,11 +117,7 @@ impl RssTrace {
 }
 
 /// Samples `pid`'s RSS every `every` until `stop` is set; returns the trace.
-pub async fn trace_rss(
-    pid: u32,
-    every: Duration,
-    stop: tokio::sync::watch::Receiver<bool>,
-) -> RssTrace {
+pub async fn trace_rss(pid: u32, every: Duration, stop: tokio::sync::watch::Receiver<bool>) -> RssTrace {
     let started = std::time::Instant::now();
     let mut trace = RssTrace::default();
     let mut tick = tokio::time::interval(every);
@@ -147,9 +127,7 @@ pub async fn trace_rss(
             return trace;
         }
         match sample(pid) {
-            Some(s) => trace
-                .points
-                .push((started.elapsed().as_secs_f64(), s.rss_bytes)),
+            Some(s) => trace.points.push((started.elapsed().as_secs_f64(), s.rss_bytes)),
             None => return trace,
         }
     }

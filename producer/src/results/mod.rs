@@ -59,14 +59,8 @@ fn result_of_hash(id: &str, hash: &redis::Value) -> Option<JobResult> {
     use redis::Value;
     let text = value_text;
     let pairs: Vec<(&str, &str)> = match hash {
-        Value::Array(items) => items
-            .chunks_exact(2)
-            .filter_map(|kv| Some((text(&kv[0])?, text(&kv[1])?)))
-            .collect(),
-        Value::Map(items) => items
-            .iter()
-            .filter_map(|(k, v)| Some((text(k)?, text(v)?)))
-            .collect(),
+        Value::Array(items) => items.chunks_exact(2).filter_map(|kv| Some((text(&kv[0])?, text(&kv[1])?))).collect(),
+        Value::Map(items) => items.iter().filter_map(|(k, v)| Some((text(k)?, text(v)?))).collect(),
         _ => Vec::new(),
     };
     (!pairs.is_empty()).then(|| JobResult::from_pairs(id, pairs))
@@ -74,18 +68,9 @@ fn result_of_hash(id: &str, hash: &redis::Value) -> Option<JobResult> {
 
 /// A job's result from an `HMGET` of `fields`; `None` without a status.
 fn result_of_fields(id: &str, fields: &[&str], values: &redis::Value) -> Option<JobResult> {
-    let redis::Value::Array(items) = values else {
-        return None;
-    };
-    let pairs: Vec<(&str, &str)> = fields
-        .iter()
-        .zip(items)
-        .filter_map(|(k, v)| Some((*k, value_text(v)?)))
-        .collect();
-    pairs
-        .iter()
-        .any(|(k, _)| *k == "status")
-        .then(|| JobResult::from_pairs(id, pairs))
+    let redis::Value::Array(items) = values else { return None };
+    let pairs: Vec<(&str, &str)> = fields.iter().zip(items).filter_map(|(k, v)| Some((*k, value_text(v)?))).collect();
+    pairs.iter().any(|(k, _)| *k == "status").then(|| JobResult::from_pairs(id, pairs))
 }
 
 /// Reads results. Cheap to clone.
@@ -126,9 +111,7 @@ impl ResultClient {
     pub async fn connect(url: &str, key_prefix: &str) -> Result<Self, ResultError> {
         let conn = RedisConn::connect(url, Some(Duration::from_secs(10)))
             .await
-            .map_err(|e| {
-                ResultError::Redis(format!("cannot connect to {}: {e}", redact_url(url)))
-            })?;
+            .map_err(|e| ResultError::Redis(format!("cannot connect to {}: {e}", redact_url(url))))?;
         Ok(Self {
             urls: url.to_string(),
             conn,
@@ -160,17 +143,11 @@ impl ResultClient {
         let mut cmd = scripts().cancel.call(&self.conn, &[self.keys.job(id)]);
         cmd.arg(genq_shared::keys::CANCEL_FIELD);
         let answer = scripts::run(&self.conn, &[cmd]).await.map_err(redis_err)?;
-        let answer: Vec<String> = answer
-            .first()
-            .and_then(|v| redis::from_redis_value_ref(v).ok())
-            .unwrap_or_default();
+        let answer: Vec<String> = answer.first().and_then(|v| redis::from_redis_value_ref(v).ok()).unwrap_or_default();
         match answer.first().map(String::as_str) {
             Some("requested") => Ok(CancelOutcome::Requested),
             Some("final") => {
-                let status = answer
-                    .get(1)
-                    .and_then(|s| JobStatus::parse(s))
-                    .unwrap_or(JobStatus::Done);
+                let status = answer.get(1).and_then(|s| JobStatus::parse(s)).unwrap_or(JobStatus::Done);
                 Ok(CancelOutcome::AlreadyFinal(status))
             }
             _ => Err(ResultError::Unknown { id: id.to_string() }),
@@ -194,21 +171,13 @@ impl ResultClient {
             })
             .collect();
         let values = self.conn.query_all(&cmds).await.map_err(redis_err)?;
-        Ok(ids
-            .iter()
-            .zip(&values)
-            .map(|(id, v)| result_of_hash(id, v))
-            .collect())
+        Ok(ids.iter().zip(&values).map(|(id, v)| result_of_hash(id, v)).collect())
     }
 
     /// Like [`ResultClient::get_many`], reading only the hash fields `fields` (less for Redis to
     /// send and for this client to parse when most of the record is not needed); a job whose
     /// `status` is not among them, or has none, reads as `None`.
-    pub async fn get_many_fields(
-        &self,
-        ids: &[String],
-        fields: &[&str],
-    ) -> Result<Vec<Option<JobResult>>, ResultError> {
+    pub async fn get_many_fields(&self, ids: &[String], fields: &[&str]) -> Result<Vec<Option<JobResult>>, ResultError> {
         let cmds: Vec<redis::Cmd> = ids
             .iter()
             .map(|id| {
@@ -218,11 +187,7 @@ impl ResultClient {
             })
             .collect();
         let values = self.conn.query_all(&cmds).await.map_err(redis_err)?;
-        Ok(ids
-            .iter()
-            .zip(&values)
-            .map(|(id, v)| result_of_fields(id, fields, v))
-            .collect())
+        Ok(ids.iter().zip(&values).map(|(id, v)| result_of_fields(id, fields, v)).collect())
     }
 
     /// Deletes the stored results of `ids` (hash, done list, stream), in pipelined chunks.
@@ -232,9 +197,7 @@ impl ResultClient {
                 .iter()
                 .map(|id| {
                     let mut c = redis::cmd("UNLINK");
-                    c.arg(self.keys.job(id))
-                        .arg(self.keys.done(id))
-                        .arg(self.keys.stream(id));
+                    c.arg(self.keys.job(id)).arg(self.keys.done(id)).arg(self.keys.stream(id));
                     c
                 })
                 .collect();
@@ -255,13 +218,7 @@ mod tests {
 
     #[test]
     fn an_hgetall_answer_reads_the_same_in_resp2_and_resp3() {
-        let pairs = [
-            ("status", "done"),
-            ("text", "hi there"),
-            ("completion_tokens", "2"),
-            ("finished_ms", "9"),
-            ("unknown_field", "x"),
-        ];
+        let pairs = [("status", "done"), ("text", "hi there"), ("completion_tokens", "2"), ("finished_ms", "9"), ("unknown_field", "x")];
         let resp2 = Value::Array(pairs.iter().flat_map(|(k, v)| [bulk(k), bulk(v)]).collect());
         let resp3 = Value::Map(pairs.iter().map(|(k, v)| (bulk(k), bulk(v))).collect());
         for answer in [resp2, resp3] {
@@ -272,10 +229,7 @@ mod tests {
             assert_eq!(r.completion_tokens, Some(2));
             assert_eq!(r.finished_ms, Some(9));
         }
-        assert!(
-            result_of_hash("j", &Value::Array(vec![])).is_none(),
-            "an empty hash is no result"
-        );
+        assert!(result_of_hash("j", &Value::Array(vec![])).is_none(), "an empty hash is no result");
         assert!(result_of_hash("j", &Value::Nil).is_none());
     }
 }

@@ -67,15 +67,9 @@ pub struct EngineBenchResult {
 /// A prompt of roughly `tokens` tokens for a BPE vocabulary (~1 token per short word). Prompts
 /// of different `salt`s (below 132) differ from their second word on, so they share no prefix.
 pub fn bench_prompt(tokens: usize, salt: usize) -> String {
-    const WORDS: &[&str] = &[
-        "the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "and", "runs", "far",
-        "away",
-    ];
+    const WORDS: &[&str] = &["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "and", "runs", "far", "away"];
     let stride = 1 + salt / WORDS.len();
-    (0..tokens.max(1))
-        .map(|i| WORDS[(i * stride + salt) % WORDS.len()])
-        .collect::<Vec<_>>()
-        .join(" ")
+    (0..tokens.max(1)).map(|i| WORDS[(i * stride + salt) % WORDS.len()]).collect::<Vec<_>>().join(" ")
 }
 
 /// Peak resident set size of this process in MiB (Linux; 0 elsewhere).
@@ -91,10 +85,7 @@ pub fn peak_rss_mib() -> f64 {
 }
 
 /// Runs `spec` on `engine` to completion.
-pub fn run_engine_bench(
-    engine: &mut dyn Engine,
-    spec: &EngineBenchSpec,
-) -> Result<EngineBenchResult, EngineError> {
+pub fn run_engine_bench(engine: &mut dyn Engine, spec: &EngineBenchSpec) -> Result<EngineBenchResult, EngineError> {
     let mut prompt_total = 0usize;
     let cache_before = engine.prefix_cache();
     let shared = match spec.shared_prefix_tokens {
@@ -112,14 +103,10 @@ pub fn run_engine_bench(
             ..JobRequest::prompt(format!("{shared}{}", bench_prompt(spec.prompt_tokens, i)))
         };
         let job = validate(&req, &Limits::default()).map_err(|e| EngineError(e.to_string()))?;
-        let admitted = engine
-            .encode_and_admit(i as u64 + 1, &job, 0)
-            .map_err(|e| EngineError(e.to_string()))?;
+        let admitted = engine.encode_and_admit(i as u64 + 1, &job, 0).map_err(|e| EngineError(e.to_string()))?;
         prompt_total += admitted.prompt_tokens;
     }
-    let limits = StepLimits {
-        max_prefill_tokens: spec.max_prefill_tokens,
-    };
+    let limits = StepLimits { max_prefill_tokens: spec.max_prefill_tokens };
     let started = Instant::now();
     let mut first_token = vec![false; spec.batch + 1];
     let mut with_token = 0usize;
@@ -154,8 +141,7 @@ pub fn run_engine_bench(
         peak_rss_mib: peak_rss_mib(),
         shared_prefix_tokens: spec.shared_prefix_tokens,
         prefix_hit_tokens: engine.prefix_cache().hit_tokens - cache_before.hit_tokens,
-        prefix_cache_seconds: (engine.prefix_cache().busy_micros - cache_before.busy_micros) as f64
-            / 1e6,
+        prefix_cache_seconds: (engine.prefix_cache().busy_micros - cache_before.busy_micros) as f64 / 1e6,
         constrained: spec.format.is_some(),
     })
 }
@@ -167,33 +153,15 @@ mod tests {
 
     #[test]
     fn bench_prompts_share_no_prefix() {
-        let firsts: std::collections::HashSet<String> = (0..128)
-            .map(|salt| {
-                bench_prompt(8, salt)
-                    .split(' ')
-                    .take(2)
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            })
-            .collect();
-        assert_eq!(
-            firsts.len(),
-            128,
-            "every prompt starts with its own two words"
-        );
+        let firsts: std::collections::HashSet<String> =
+            (0..128).map(|salt| bench_prompt(8, salt).split(' ').take(2).collect::<Vec<_>>().join(" ")).collect();
+        assert_eq!(firsts.len(), 128, "every prompt starts with its own two words");
     }
 
     #[test]
     fn engine_bench_counts_every_generated_token() {
         let mut e = EchoEngine::new("m");
-        let spec = EngineBenchSpec {
-            batch: 4,
-            prompt_tokens: 8,
-            new_tokens: 10,
-            max_prefill_tokens: 512,
-            shared_prefix_tokens: 0,
-            format: None,
-        };
+        let spec = EngineBenchSpec { batch: 4, prompt_tokens: 8, new_tokens: 10, max_prefill_tokens: 512, shared_prefix_tokens: 0, format: None };
         let r = run_engine_bench(&mut e, &spec).expect("bench");
         assert_eq!(r.prompt_tokens, 8.0);
         assert!(r.total_generated_tokens_per_s > 0.0);

@@ -168,21 +168,10 @@ pub trait Engine: Send {
     /// sample's text, `new_tokens` counts the tokens of every sample, and `done` comes once
     /// every sample has finished, with the others in [`SeqDone::samples`]. Sample `i` draws
     /// with seed `seed + i`.
-    fn admit(
-        &mut self,
-        id: SeqId,
-        job: &ValidJob,
-        prompt: Vec<u32>,
-        seed: u64,
-    ) -> Result<Admitted, AdmitError>;
+    fn admit(&mut self, id: SeqId, job: &ValidJob, prompt: Vec<u32>, seed: u64) -> Result<Admitted, AdmitError>;
 
     /// Encodes on the calling thread, then admits (tests and benchmarks).
-    fn encode_and_admit(
-        &mut self,
-        id: SeqId,
-        job: &ValidJob,
-        seed: u64,
-    ) -> Result<Admitted, AdmitError> {
+    fn encode_and_admit(&mut self, id: SeqId, job: &ValidJob, seed: u64) -> Result<Admitted, AdmitError> {
         let prompt = self.encoder().encode(job)?;
         self.admit(id, job, prompt, seed)
     }

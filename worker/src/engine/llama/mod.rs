@@ -29,15 +29,15 @@
 
 pub mod arch;
 mod attention;
-pub mod backend;
 pub mod chat;
 mod constraint;
 pub mod detok;
-pub mod device;
 pub(crate) mod gguf_types;
+pub mod backend;
+pub mod device;
+pub mod llamacpp_src;
 mod layout;
 mod linear;
-pub mod llamacpp_src;
 mod logprobs;
 pub mod model;
 pub(crate) mod packed;
@@ -60,15 +60,14 @@ use genq_shared::job::JobKind;
 use genq_shared::{FinishReason, ValidJob};
 use rayon::prelude::*;
 
-use self::backend::{Backend, DeviceChoice, SeqCache, StepInput};
 use self::chat::ChatTemplate;
 use self::constraint::{Constraint, Grammars};
 use self::detok::Detokenizer;
-use self::logprobs::{log_prob, token_logprob, TokenTexts};
-use self::model::HfConfig;
 pub use self::model::WeightFormat;
-use self::prefix::{block_keys, PrefixCache, BLOCK_TOKENS};
+use self::backend::{Backend, DeviceChoice, SeqCache, StepInput};
+use self::model::HfConfig;
 use self::prompt::LlamaPrompts;
+use self::prefix::{block_keys, PrefixCache, BLOCK_TOKENS};
 use self::sampler::Sampler;
 use self::samples::Samples;
 use self::tokenizer::hf::{json_ids, token_text};
@@ -78,14 +77,13 @@ use super::{
     check_score_length, input_field, AdmitError, Admitted, Engine, EngineError, EngineInfo,
     Logprobs, PrefixStats, PromptEncoder, Score, SeqDone, SeqId, SeqUpdate, StepLimits,
 };
+use self::logprobs::{log_prob, token_logprob, TokenTexts};
 use genq_shared::result::TokenLogprob;
 
 /// Tokens a sequence may not draw now: EOS and end-of-turn tokens until `min_new_tokens` exist.
 fn banned(special: &SpecialIds, seq: &Sequence) -> Vec<u32> {
     if seq.generated < seq.min_new {
-        std::iter::once(special.eos)
-            .chain(special.extra_stops.iter().copied())
-            .collect()
+        std::iter::once(special.eos).chain(special.extra_stops.iter().copied()).collect()
     } else {
         Vec::new()
     }
@@ -213,12 +211,8 @@ impl Sequence {
     /// The log-probs asked for, taken out of the sequence when it finishes.
     fn take_logprobs(&mut self) -> Logprobs {
         Logprobs {
-            prompt: self
-                .prompt_top_logprobs
-                .map(|_| std::mem::take(&mut self.prompt_logprobs)),
-            generated: self
-                .top_logprobs
-                .map(|_| std::mem::take(&mut self.generated_logprobs)),
+            prompt: self.prompt_top_logprobs.map(|_| std::mem::take(&mut self.prompt_logprobs)),
+            generated: self.top_logprobs.map(|_| std::mem::take(&mut self.generated_logprobs)),
         }
     }
 }
@@ -275,9 +269,7 @@ impl LlamaEngine {
             model: settings.model_name.clone(),
             device: device.label(),
             kernel: match (device, settings.weights) {
-                (DeviceChoice::Cpu, WeightFormat::Packed) => {
-                    packed::Kernel::active().name().to_string()
-                }
+                (DeviceChoice::Cpu, WeightFormat::Packed) => packed::Kernel::active().name().to_string(),
                 _ => "candle".to_string(),
             },
             context_length: model.config().context_length,
@@ -330,8 +322,8 @@ impl LlamaEngine {
             Some(t) => t.map_err(|e| LoadError::ChatTemplate(e.to_string()))?,
             None => ChatTemplate::chatml(),
         };
-        let model =
-            Backend::from_gguf(&content, &mut file, format, device).map_err(weights_err(path))?;
+        let model = Backend::from_gguf(&content, &mut file, format, device)
+            .map_err(weights_err(path))?;
         Ok((model, tokenizer, special, template))
     }
 
@@ -402,8 +394,8 @@ impl LlamaEngine {
             }
             None => ChatTemplate::chatml(),
         };
-        let model =
-            Backend::from_safetensors(&config, &files, format, device).map_err(weights_err(dir))?;
+        let model = Backend::from_safetensors(&config, &files, format, device)
+            .map_err(weights_err(dir))?;
         Ok((model, tokenizer, special, template))
     }
 
@@ -432,14 +424,7 @@ impl LlamaEngine {
 
     /// A sequence for `job` (one of its samples), drawing with `seed`; `parked` waits for the
     /// job's own sequence to prefill the prompt.
-    fn new_sequence(
-        &self,
-        job: &ValidJob,
-        prompt: Vec<u32>,
-        seed: u64,
-        max_new: usize,
-        parked: bool,
-    ) -> Sequence {
+    fn new_sequence(&self, job: &ValidJob, prompt: Vec<u32>, seed: u64, max_new: usize, parked: bool) -> Sequence {
         let mut sampler = Sampler::new(&job.sampling, seed);
         for &t in &prompt {
             sampler.observe(t);
@@ -450,11 +435,7 @@ impl LlamaEngine {
         };
         Sequence {
             kind: job.kind,
-            block_keys: if self.prefix.is_some() {
-                block_keys(&prompt)
-            } else {
-                Vec::new()
-            },
+            block_keys: if self.prefix.is_some() { block_keys(&prompt) } else { Vec::new() },
             offered_blocks: 0,
             cache: self.model.new_cache(if parked { 0 } else { positions }),
             detok: Detokenizer::new(&prompt),
@@ -479,11 +460,7 @@ impl LlamaEngine {
     /// Before a prefilling sequence's next chunk: copies the prompt blocks the prefix cache holds
     /// into its cache. True when it should wait this step instead, its next block being computed
     /// by another sequence (it copies that block next step).
-    fn reuse_prefix(
-        prefix: &mut PrefixCache,
-        seq: &mut Sequence,
-        computing: &std::collections::HashSet<u64>,
-    ) -> bool {
+    fn reuse_prefix(prefix: &mut PrefixCache, seq: &mut Sequence, computing: &std::collections::HashSet<u64>) -> bool {
         // Score jobs and prompt log-probs read every prompt row: they compute them all.
         if seq.reads_prompt_rows() {
             return false;
@@ -496,45 +473,28 @@ impl LlamaEngine {
         prefix.keeps_blocks()
             && seq.prefilled % BLOCK_TOKENS == 0
             && (next + 1) * BLOCK_TOKENS < seq.prompt.len()
-            && seq
-                .block_keys
-                .get(next)
-                .is_some_and(|k| computing.contains(k) && !prefix.holds(*k))
+            && seq.block_keys.get(next).is_some_and(|k| computing.contains(k) && !prefix.holds(*k))
     }
 
     /// After a forward: the prompt blocks the step's prefilling sequences completed go to the
     /// prefix cache.
     fn offer_prefixes(&mut self, in_step: &[(SeqId, usize)]) {
-        let Some(prefix) = self.prefix.as_mut() else {
-            return;
-        };
+        let Some(prefix) = self.prefix.as_mut() else { return };
         for (id, _) in in_step {
-            let Some(seq) = self.seqs.get_mut(id) else {
-                continue;
-            };
+            let Some(seq) = self.seqs.get_mut(id) else { continue };
             if seq.pending.is_some() || seq.offered_blocks >= seq.block_keys.len() {
                 continue;
             }
-            seq.offered_blocks =
-                prefix.offer(&seq.prompt, &seq.block_keys, &seq.cache, seq.offered_blocks);
+            seq.offered_blocks = prefix.offer(&seq.prompt, &seq.block_keys, &seq.cache, seq.offered_blocks);
         }
     }
 
     /// Takes one step's logits (`[rows, vocab]`, rows in `in_step` order): samples decoding
     /// sequences, records prompt progress and scores; returns the updates.
-    fn accept_step(
-        &mut self,
-        in_step: Vec<(SeqId, usize)>,
-        logits: &[f32],
-        vocab: usize,
-    ) -> Result<Vec<SeqUpdate>, EngineError> {
+    fn accept_step(&mut self, in_step: Vec<(SeqId, usize)>, logits: &[f32], vocab: usize) -> Result<Vec<SeqUpdate>, EngineError> {
         let uses = self.row_uses(&in_step);
         let picks = self.stateless_picks(&uses, logits, vocab);
-        let row = |r: usize| {
-            logits
-                .get(r * vocab..(r + 1) * vocab)
-                .ok_or_else(|| EngineError("missing logits row".into()))
-        };
+        let row = |r: usize| logits.get(r * vocab..(r + 1) * vocab).ok_or_else(|| EngineError("missing logits row".into()));
         let mut updates = Vec::with_capacity(uses.len());
         for (u, pick) in uses.into_iter().zip(picks) {
             let Some(seq) = self.seqs.get_mut(&u.id) else {
@@ -542,47 +502,25 @@ impl LlamaEngine {
             };
             let mut prompt_done_row = None;
             let update = if seq.pending.is_some() {
-                Self::accept_logits(
-                    &self.prompts.tokenizer,
-                    &self.token_texts,
-                    &self.prompts.special,
-                    u.id,
-                    seq,
-                    row(u.first_row)?,
-                    pick,
-                )?
+                Self::accept_logits(&self.prompts.tokenizer, &self.token_texts, &self.prompts.special, u.id, seq, row(u.first_row)?, pick)?
             } else {
                 let start = seq.prefilled;
                 seq.prefilled += u.tokens;
                 let prompt_done = seq.prefilled == seq.prompt.len();
                 if let (Some(k), 0) = (seq.prompt_top_logprobs, start) {
-                    seq.prompt_logprobs.push(token_logprob(
-                        &self.prompts.tokenizer,
-                        &self.token_texts,
-                        None,
-                        seq.prompt[0],
-                        k,
-                    ));
+                    seq.prompt_logprobs.push(token_logprob(&self.prompts.tokenizer, &self.token_texts, None, seq.prompt[0], k));
                 }
                 if u.all_rows {
                     // Row i scores the prompt token after it; rows in parallel (a long prompt
                     // asking for alternatives would otherwise hold up the step).
-                    let (tokenizer, texts, prompt) =
-                        (&self.prompts.tokenizer, &self.token_texts, &seq.prompt);
+                    let (tokenizer, texts, prompt) = (&self.prompts.tokenizer, &self.token_texts, &seq.prompt);
                     let (score, top) = (seq.kind == JobKind::Score, seq.prompt_top_logprobs);
                     let scored: Vec<(Option<f64>, Option<TokenLogprob>)> = (0..u.tokens)
                         .into_par_iter()
                         .filter_map(|i| {
                             let target = *prompt.get(start + i + 1)?;
                             let row = row(u.first_row + i);
-                            Some(row.map(|row| {
-                                (
-                                    score.then(|| log_prob(row, target)),
-                                    top.map(|k| {
-                                        token_logprob(tokenizer, texts, Some(row), target, k)
-                                    }),
-                                )
-                            }))
+                            Some(row.map(|row| (score.then(|| log_prob(row, target)), top.map(|k| token_logprob(tokenizer, texts, Some(row), target, k)))))
                         })
                         .collect::<Result<_, _>>()?;
                     for (lp, entry) in scored {
@@ -621,15 +559,7 @@ impl LlamaEngine {
                         let row = row(u.sample_row)?;
                         if u.samples {
                             prompt_done_row = Some(row);
-                            Self::accept_logits(
-                                &self.prompts.tokenizer,
-                                &self.token_texts,
-                                &self.prompts.special,
-                                u.id,
-                                seq,
-                                row,
-                                pick,
-                            )?
+                            Self::accept_logits(&self.prompts.tokenizer, &self.token_texts, &self.prompts.special, u.id, seq, row, pick)?
                         } else {
                             SeqUpdate {
                                 id: u.id,
@@ -655,42 +585,22 @@ impl LlamaEngine {
     /// Job `id` has just prefilled its prompt, whose last row is `row`: its parked siblings start
     /// from a copy of its cache and draw their first token from the same row.
     fn start_siblings(&mut self, id: SeqId, row: &[f32]) -> Result<Vec<SeqUpdate>, EngineError> {
-        let parked: Vec<SeqId> = self
-            .samples
-            .siblings(id)
-            .iter()
-            .copied()
-            .filter(|s| self.seqs.get(s).is_some_and(|q| q.parked))
-            .collect();
+        let parked: Vec<SeqId> = self.samples.siblings(id).iter().copied().filter(|s| self.seqs.get(s).is_some_and(|q| q.parked)).collect();
         // One copy of the job's cache per parked sibling (none where caches are not copied).
         let Some(mut copies) = parked
             .iter()
-            .map(|_| {
-                self.seqs
-                    .get(&id)
-                    .and_then(|s| self.model.fork_cache(&s.cache))
-            })
+            .map(|_| self.seqs.get(&id).and_then(|s| self.model.fork_cache(&s.cache)))
             .collect::<Option<Vec<SeqCache>>>()
         else {
             return Ok(Vec::new());
         };
         let mut updates = Vec::with_capacity(parked.len());
         for sid in parked {
-            let Some(sib) = self.seqs.get_mut(&sid) else {
-                continue;
-            };
+            let Some(sib) = self.seqs.get_mut(&sid) else { continue };
             sib.parked = false;
             sib.cache = copies.pop().expect("one copy per parked sibling");
             sib.prefilled = sib.prompt.len();
-            let update = Self::accept_logits(
-                &self.prompts.tokenizer,
-                &self.token_texts,
-                &self.prompts.special,
-                sid,
-                sib,
-                row,
-                None,
-            )?;
+            let update = Self::accept_logits(&self.prompts.tokenizer, &self.token_texts, &self.prompts.special, sid, sib, row, None)?;
             if update.done.is_some() {
                 self.seqs.remove(&sid);
             }
@@ -711,16 +621,8 @@ impl LlamaEngine {
             let decoding = seq.pending.is_some();
             let all_rows = !decoding && seq.reads_prompt_rows();
             let rows = if all_rows { tokens } else { 1 };
-            let samples = decoding
-                || (seq.kind == JobKind::Generate && seq.prefilled + tokens == seq.prompt.len());
-            uses.push(RowUse {
-                id,
-                tokens,
-                first_row,
-                all_rows,
-                sample_row: first_row + rows - 1,
-                samples,
-            });
+            let samples = decoding || (seq.kind == JobKind::Generate && seq.prefilled + tokens == seq.prompt.len());
+            uses.push(RowUse { id, tokens, first_row, all_rows, sample_row: first_row + rows - 1, samples });
             first_row += rows;
         }
         uses
@@ -729,23 +631,14 @@ impl LlamaEngine {
     /// For each of `uses`, the pick its sampler makes without state when it samples
     /// ([`Sampler::stateless_pick`]), found in parallel; `None` where the row is sampled (or
     /// not) in order afterwards.
-    fn stateless_picks(
-        &self,
-        uses: &[RowUse],
-        logits: &[f32],
-        vocab: usize,
-    ) -> Vec<Option<Result<u32, String>>> {
+    fn stateless_picks(&self, uses: &[RowUse], logits: &[f32], vocab: usize) -> Vec<Option<Result<u32, String>>> {
         uses.par_iter()
             .map(|u| {
                 let seq = self.seqs.get(&u.id).filter(|_| u.samples)?;
                 let row = logits.get(u.sample_row * vocab..(u.sample_row + 1) * vocab)?;
                 let banned = banned(&self.prompts.special, seq);
                 match &seq.constraint {
-                    None => Some(
-                        seq.sampler
-                            .stateless_pick(row, &banned)?
-                            .map_err(|e| e.to_string()),
-                    ),
+                    None => Some(seq.sampler.stateless_pick(row, &banned)?.map_err(|e| e.to_string())),
                     // A greedy pick under a format whose mask the forward's side thread computed.
                     Some(c) => {
                         let mask = c.prepared().filter(|_| seq.sampler.is_stateless())?;
@@ -777,13 +670,7 @@ impl LlamaEngine {
             id,
             text: String::new(),
             new_tokens: 0,
-            done: Some(SeqDone {
-                finish_reason: None,
-                score: None,
-                logprobs: seq.take_logprobs(),
-                samples: Vec::new(),
-                error: Some(format!("`format` {e}")),
-            }),
+            done: Some(SeqDone { finish_reason: None, score: None, logprobs: seq.take_logprobs(), samples: Vec::new(), error: Some(format!("`format` {e}")) }),
         };
         let token = match (pick, seq.constraint.as_mut()) {
             (Some(pick), _) => pick.map_err(|e| fail("sampling", &e))?,
@@ -794,24 +681,13 @@ impl LlamaEngine {
                     Err(e) => return Ok(format_failed(seq, e)),
                 }
                 if !row.iter().any(|l| l.is_finite()) {
-                    return Ok(format_failed(
-                        seq,
-                        "allows no token the model can draw here".into(),
-                    ));
+                    return Ok(format_failed(seq, "allows no token the model can draw here".into()));
                 }
                 // `min_new_tokens` holds the end off only while the format allows another token.
-                let more = row
-                    .iter()
-                    .enumerate()
-                    .any(|(i, &l)| l.is_finite() && !banned.contains(&(i as u32)));
-                seq.sampler
-                    .sample(&row, if more { &banned } else { &[] })
-                    .map_err(|e| fail("sampling", &e))?
+                let more = row.iter().enumerate().any(|(i, &l)| l.is_finite() && !banned.contains(&(i as u32)));
+                seq.sampler.sample(&row, if more { &banned } else { &[] }).map_err(|e| fail("sampling", &e))?
             }
-            (None, None) => seq
-                .sampler
-                .sample(logits, &banned)
-                .map_err(|e| fail("sampling", &e))?,
+            (None, None) => seq.sampler.sample(logits, &banned).map_err(|e| fail("sampling", &e))?,
         };
         if let Some(constraint) = seq.constraint.as_mut() {
             if let Err(e) = constraint.accept(token) {
@@ -820,8 +696,7 @@ impl LlamaEngine {
         }
         seq.sampler.observe(token);
         if let Some(k) = seq.top_logprobs {
-            seq.generated_logprobs
-                .push(token_logprob(tokenizer, texts, Some(logits), token, k));
+            seq.generated_logprobs.push(token_logprob(tokenizer, texts, Some(logits), token, k));
         }
         seq.generated += 1;
         let armed = seq.generated >= seq.min_new;
@@ -922,13 +797,7 @@ impl Engine for LlamaEngine {
         // One matcher per sample, all compiled before anything is admitted.
         let mut constraints = Vec::with_capacity(others + 1);
         if let Some(format) = &job.format {
-            let first = self
-                .grammars
-                .compile(format)
-                .map_err(|message| AdmitError {
-                    field: "format",
-                    message,
-                })?;
+            let first = self.grammars.compile(format).map_err(|message| AdmitError { field: "format", message })?;
             constraints.extend((0..others).map(|_| first.deep_clone()));
             constraints.push(first);
         }
@@ -936,30 +805,11 @@ impl Engine for LlamaEngine {
         // The other samples wait for this one's prefill where caches can be copied.
         let parked = others > 0 && self.model.copies_caches();
         for (i, sid) in self.samples.add(id, others).into_iter().enumerate() {
-            let sibling = self.new_sequence(
-                job,
-                prompt.clone(),
-                seed.wrapping_add(i as u64 + 1),
-                max_new,
-                parked,
-            );
-            self.seqs.insert(
-                sid,
-                Sequence {
-                    prompt_top_logprobs: None,
-                    constraint: constraint(),
-                    ..sibling
-                },
-            );
+            let sibling = self.new_sequence(job, prompt.clone(), seed.wrapping_add(i as u64 + 1), max_new, parked);
+            self.seqs.insert(sid, Sequence { prompt_top_logprobs: None, constraint: constraint(), ..sibling });
         }
         let first = self.new_sequence(job, prompt, seed, max_new, false);
-        self.seqs.insert(
-            id,
-            Sequence {
-                constraint: constraint(),
-                ..first
-            },
-        );
+        self.seqs.insert(id, Sequence { constraint: constraint(), ..first });
         Ok(Admitted { prompt_tokens })
     }
 
@@ -975,8 +825,7 @@ impl Engine for LlamaEngine {
         let mut masks_to_compute: Vec<&mut Constraint> = Vec::new();
         // Oldest job first; a job's other samples right after it (where they prefill on their
         // own, on a device, they must not fall behind every newer job).
-        let mut order: Vec<(SeqId, &mut Sequence)> =
-            self.seqs.iter_mut().map(|(&id, s)| (id, s)).collect();
+        let mut order: Vec<(SeqId, &mut Sequence)> = self.seqs.iter_mut().map(|(&id, s)| (id, s)).collect();
         if !self.samples.is_empty() {
             order.sort_by_key(|(id, _)| (self.samples.job_of(*id), *id));
         }
@@ -997,8 +846,7 @@ impl Engine for LlamaEngine {
                         continue;
                     }
                     budget -= n;
-                    let blocks =
-                        seq.prefilled / BLOCK_TOKENS..(seq.prefilled + n).div_ceil(BLOCK_TOKENS);
+                    let blocks = seq.prefilled / BLOCK_TOKENS..(seq.prefilled + n).div_ceil(BLOCK_TOKENS);
                     computing.extend(blocks.filter_map(|b| seq.block_keys.get(b).copied()));
                     &seq.prompt[seq.prefilled..seq.prefilled + n]
                 }
@@ -1053,9 +901,6 @@ impl Engine for LlamaEngine {
     }
 
     fn prefix_cache(&self) -> PrefixStats {
-        self.prefix
-            .as_ref()
-            .map(PrefixCache::stats)
-            .unwrap_or_default()
+        self.prefix.as_ref().map(PrefixCache::stats).unwrap_or_default()
     }
 }

@@ -76,16 +76,7 @@ impl PrefixCache {
     /// per position of `value_bytes` each.
     pub(super) fn new(budget_bytes: usize, layers: usize, row: usize, value_bytes: usize) -> Self {
         let block_bytes = 2 * BLOCK_TOKENS * row * value_bytes * layers;
-        Self {
-            budget_bytes,
-            block_bytes,
-            held_bytes: 0,
-            row,
-            layers,
-            blocks: HashMap::new(),
-            clock: 0,
-            stats: PrefixStats::default(),
-        }
+        Self { budget_bytes, block_bytes, held_bytes: 0, row, layers, blocks: HashMap::new(), clock: 0, stats: PrefixStats::default() }
     }
 
     /// Positions `from..to` of `cache`, every layer (`None` if the device failed to copy them).
@@ -109,15 +100,13 @@ impl PrefixCache {
                 c.append_positions(layers, BLOCK_TOKENS);
                 true
             }
-            (SeqCache::Slot(c), BlockKv::Device(layers)) => {
-                match c.append_positions(layers, BLOCK_TOKENS, self.layers) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "a prompt block could not be copied from the prefix cache");
-                        false
-                    }
+            (SeqCache::Slot(c), BlockKv::Device(layers)) => match c.append_positions(layers, BLOCK_TOKENS, self.layers) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "a prompt block could not be copied from the prefix cache");
+                    false
                 }
-            }
+            },
             _ => false,
         }
     }
@@ -129,10 +118,7 @@ impl PrefixCache {
 
     /// What it did so far.
     pub(super) fn stats(&self) -> PrefixStats {
-        PrefixStats {
-            held_tokens: (self.blocks.len() * BLOCK_TOKENS) as u64,
-            ..self.stats
-        }
+        PrefixStats { held_tokens: (self.blocks.len() * BLOCK_TOKENS) as u64, ..self.stats }
     }
 
     /// Whether block `key` is held.
@@ -158,20 +144,13 @@ impl PrefixCache {
         let usable = ((prompt.len() - 1) / BLOCK_TOKENS).min(keys.len());
         let first = start / BLOCK_TOKENS;
         let mut found = first;
-        while found < usable
-            && self
-                .blocks
-                .get(&keys[found])
-                .is_some_and(|blk| blk.prefix == prompt[..(found + 1) * BLOCK_TOKENS])
-        {
+        while found < usable && self.blocks.get(&keys[found]).is_some_and(|blk| blk.prefix == prompt[..(found + 1) * BLOCK_TOKENS]) {
             found += 1;
         }
         let top = self.stamp(found - first);
         let mut copied = first;
         while copied < found {
-            let Some(block) = self.blocks.get(&keys[copied]) else {
-                break;
-            };
+            let Some(block) = self.blocks.get(&keys[copied]) else { break };
             if !self.copy_in(&block.layers, cache) {
                 break;
             }
@@ -189,26 +168,14 @@ impl PrefixCache {
     /// into the cache (those not held yet copied in, the others marked used), evicting the least
     /// recently used blocks of other prefixes to make room, never this one's (a block is of no
     /// use without those before it). Returns the block to offer from next time.
-    pub(super) fn offer(
-        &mut self,
-        prompt: &[u32],
-        keys: &[u64],
-        cache: &SeqCache,
-        from: usize,
-    ) -> usize {
+    pub(super) fn offer(&mut self, prompt: &[u32], keys: &[u64], cache: &SeqCache, from: usize) -> usize {
         let started = Instant::now();
         let next = self.keep_blocks(prompt, keys, cache, from);
         self.stats.busy_micros += started.elapsed().as_micros() as u64;
         next
     }
 
-    fn keep_blocks(
-        &mut self,
-        prompt: &[u32],
-        keys: &[u64],
-        cache: &SeqCache,
-        from: usize,
-    ) -> usize {
+    fn keep_blocks(&mut self, prompt: &[u32], keys: &[u64], cache: &SeqCache, from: usize) -> usize {
         let whole = (cache.len().min(prompt.len()) / BLOCK_TOKENS).min(keys.len());
         if !self.keeps_blocks() || from >= whole {
             return whole.max(from);
@@ -226,20 +193,9 @@ impl PrefixCache {
             if !self.make_room(self.block_bytes, this_prefix) {
                 break;
             }
-            let Some(layers) = self.copy_out(cache, b * BLOCK_TOKENS, (b + 1) * BLOCK_TOKENS)
-            else {
-                break;
-            };
+            let Some(layers) = self.copy_out(cache, b * BLOCK_TOKENS, (b + 1) * BLOCK_TOKENS) else { break };
             let bytes = self.block_bytes;
-            self.blocks.insert(
-                keys[b],
-                Block {
-                    prefix: prefix.to_vec(),
-                    layers,
-                    bytes,
-                    used: top - b as u64,
-                },
-            );
+            self.blocks.insert(keys[b], Block { prefix: prefix.to_vec(), layers, bytes, used: top - b as u64 });
             self.held_bytes += bytes;
         }
         whole
@@ -257,12 +213,7 @@ impl PrefixCache {
     /// false when they cannot.
     fn make_room(&mut self, bytes: usize, keep_from: u64) -> bool {
         while self.held_bytes + bytes > self.budget_bytes {
-            let Some((&oldest, _)) = self
-                .blocks
-                .iter()
-                .filter(|(_, b)| b.used < keep_from)
-                .min_by_key(|(_, b)| b.used)
-            else {
+            let Some((&oldest, _)) = self.blocks.iter().filter(|(_, b)| b.used < keep_from).min_by_key(|(_, b)| b.used) else {
                 return false;
             };
             if let Some(b) = self.blocks.remove(&oldest) {
@@ -286,15 +237,8 @@ mod tests {
         b[3] = 99;
         let (ka, kb) = (block_keys(&a), block_keys(&b));
         assert_eq!(ka.len(), 3, "whole blocks only");
-        assert!(
-            ka.iter().zip(&kb).all(|(x, y)| x != y),
-            "a change in block 0 changes every later key"
-        );
-        assert_eq!(
-            block_keys(&a[..40]),
-            ka[..2],
-            "a shorter prompt has the same first keys"
-        );
+        assert!(ka.iter().zip(&kb).all(|(x, y)| x != y), "a change in block 0 changes every later key");
+        assert_eq!(block_keys(&a[..40]), ka[..2], "a shorter prompt has the same first keys");
     }
 
     #[test]
@@ -305,32 +249,14 @@ mod tests {
         let keys = block_keys(&prompt);
         let mut cache = SeqCache::Cpu(KvCache::test_filled(2, 1, 64));
         assert_eq!(c.offer(&prompt, &keys, &cache, 0), 4);
-        assert_eq!(
-            c.stats().held_tokens,
-            48,
-            "three blocks fit: {:?}",
-            c.stats()
-        );
-        assert!(
-            c.holds(keys[0]) && c.holds(keys[1]) && !c.holds(keys[3]),
-            "the first blocks stay, the last went"
-        );
+        assert_eq!(c.stats().held_tokens, 48, "three blocks fit: {:?}", c.stats());
+        assert!(c.holds(keys[0]) && c.holds(keys[1]) && !c.holds(keys[3]), "the first blocks stay, the last went");
         // Another prompt whose key for block 0 is forced to match: its tokens differ, so no match.
         let other: Vec<u32> = (100..164).collect();
         let mut empty = SeqCache::Cpu(KvCache::test_filled(2, 1, 0));
-        assert_eq!(
-            c.extend(&other, &keys, &mut empty),
-            0,
-            "same keys, other tokens: nothing copied"
-        );
-        let SeqCache::Cpu(c0) = &mut cache else {
-            unreachable!()
-        };
+        assert_eq!(c.extend(&other, &keys, &mut empty), 0, "same keys, other tokens: nothing copied");
+        let SeqCache::Cpu(c0) = &mut cache else { unreachable!() };
         c0.truncate_for_test(0, 1);
-        assert_eq!(
-            c.extend(&prompt, &keys, &mut cache),
-            48,
-            "its own prompt finds three blocks"
-        );
+        assert_eq!(c.extend(&prompt, &keys, &mut cache), 48, "its own prompt finds three blocks");
     }
 }

@@ -164,31 +164,16 @@ impl SlotCache {
             bail!("positions {from}..{to} of a slot of {}", self.len);
         }
         let pool = lock(&self.pool);
-        let Some(slot) = self.slot else {
-            bail!("positions of a sequence with no slot")
-        };
+        let Some(slot) = self.slot else { bail!("positions of a sequence with no slot") };
         let rows = pool.position_rows(slot, from, to);
-        let index = Tensor::from_vec(
-            rows,
-            ((to - from) * pool.kv_heads, pool.head_dim),
-            &pool.device,
-        )?;
+        let index = Tensor::from_vec(rows, ((to - from) * pool.kv_heads, pool.head_dim), &pool.device)?;
         // A gather always makes new storage: the copy never aliases the pool.
-        pool.k
-            .iter()
-            .zip(&pool.v)
-            .map(|(k, v)| Ok((k.gather(&index, 0)?, v.gather(&index, 0)?)))
-            .collect()
+        pool.k.iter().zip(&pool.v).map(|(k, v)| Ok((k.gather(&index, 0)?, v.gather(&index, 0)?))).collect()
     }
 
     /// Appends `n` positions of every layer, as [`SlotCache::positions`] gave them (of a model
     /// with `layers` layers): they become positions `len..len + n`.
-    pub(crate) fn append_positions(
-        &mut self,
-        blocks: &[(Tensor, Tensor)],
-        n: usize,
-        layers: usize,
-    ) -> Result<()> {
+    pub(crate) fn append_positions(&mut self, blocks: &[(Tensor, Tensor)], n: usize, layers: usize) -> Result<()> {
         if blocks.len() != layers {
             bail!("a block of {} layers for a model of {layers}", blocks.len());
         }

@@ -24,22 +24,11 @@ const SYSTEM: &str = "You are a careful assistant. Answer in one short sentence,
 fn wave(tag: &str) -> Vec<String> {
     let q = |i: usize| format!("{SYSTEM} Question {tag}{i}: what is {i} plus {i}?");
     vec![
-        format!(
-            r#"{{"id":"g","prompt":"{}","max_new_tokens":8,"temperature":0,"logprobs":2}}"#,
-            q(1)
-        ),
-        format!(
-            r#"{{"id":"s","prompt":"{}","max_new_tokens":8,"temperature":0.9,"seed":5}}"#,
-            q(2)
-        ),
+        format!(r#"{{"id":"g","prompt":"{}","max_new_tokens":8,"temperature":0,"logprobs":2}}"#, q(1)),
+        format!(r#"{{"id":"s","prompt":"{}","max_new_tokens":8,"temperature":0.9,"seed":5}}"#, q(2)),
         format!(r#"{{"id":"k","kind":"score","prompt":"{}"}}"#, q(3)),
-        format!(
-            r#"{{"id":"c","messages":[{{"role":"system","content":"{SYSTEM}"}},{{"role":"user","content":"Name a {tag} colour."}}],"max_new_tokens":6,"temperature":0}}"#
-        ),
-        format!(
-            r#"{{"id":"l","prompt":"{}","max_new_tokens":4,"temperature":0,"prompt_logprobs":1}}"#,
-            q(4)
-        ),
+        format!(r#"{{"id":"c","messages":[{{"role":"system","content":"{SYSTEM}"}},{{"role":"user","content":"Name a {tag} colour."}}],"max_new_tokens":6,"temperature":0}}"#),
+        format!(r#"{{"id":"l","prompt":"{}","max_new_tokens":4,"temperature":0,"prompt_logprobs":1}}"#, q(4)),
     ]
 }
 
@@ -55,8 +44,7 @@ fn run_on(e: LlamaEngine, budget: usize) -> (BTreeMap<(usize, usize), Outcome>, 
     let mut all = BTreeMap::new();
     for (w, tag) in ["a", "b"].into_iter().enumerate() {
         for (i, json) in wave(tag).iter().enumerate() {
-            e.encode_and_admit((w * 10 + i) as SeqId, &job(json), 11)
-                .expect("admit");
+            e.encode_and_admit((w * 10 + i) as SeqId, &job(json), 11).expect("admit");
         }
         for (id, out) in run_to_end(&mut e, 64) {
             all.insert((w, id as usize % 10), out);
@@ -66,10 +54,7 @@ fn run_on(e: LlamaEngine, budget: usize) -> (BTreeMap<(usize, usize), Outcome>, 
 }
 
 #[test]
-#[cfg_attr(
-    not(genq_model),
-    ignore = "the default model is missing: scripts/fetch-model.sh"
-)]
+#[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
 fn the_prefix_cache_changes_no_token_and_no_log_prob() {
     let (off, none) = run(0);
     assert_eq!(none, PrefixStats::default(), "no cache, nothing done");
@@ -79,27 +64,15 @@ fn the_prefix_cache_changes_no_token_and_no_log_prob() {
         for (name, got) in [("on", &on[key]), ("tight", &tight[key])] {
             assert_eq!(got.text, want.text, "{name}: text of job {key:?}");
             assert_eq!(got.tokens, want.tokens, "{name}: tokens of job {key:?}");
-            assert_eq!(
-                got.done, want.done,
-                "{name}: log-probs, scores and finish of job {key:?}"
-            );
+            assert_eq!(got.done, want.done, "{name}: log-probs, scores and finish of job {key:?}");
         }
     }
     // Over 100 tokens shared: in the first wave the sampled job copies what the greedy one
     // computed (it waits a step for it); in the second, both and the chat job copy theirs. The
     // score and prompt log-prob jobs read every prompt row, so they compute their own.
-    assert!(
-        stats.hit_tokens >= 4 * 96,
-        "the shared prefix was reused: {stats:?}"
-    );
-    assert!(
-        stats.held_tokens > 0 && stats.evicted_blocks == 0,
-        "{stats:?}"
-    );
-    assert!(
-        squeezed.evicted_blocks > 0,
-        "a budget of a few blocks evicts: {squeezed:?}"
-    );
+    assert!(stats.hit_tokens >= 4 * 96, "the shared prefix was reused: {stats:?}");
+    assert!(stats.held_tokens > 0 && stats.evicted_blocks == 0, "{stats:?}");
+    assert!(squeezed.evicted_blocks > 0, "a budget of a few blocks evicts: {squeezed:?}");
 }
 
 /// The default model on the device path, on the CPU, with its GGUF weights as they are.
@@ -107,18 +80,12 @@ fn smollm2_on_device() -> LlamaEngine {
     let mut e = smollm2(WeightFormat::Native);
     let mut file = std::fs::File::open(gguf_path()).expect("the default model");
     let content = gguf_file::Content::read(&mut file).expect("gguf");
-    e.model = Backend::Device(
-        DeviceModel::from_gguf(&content, &mut file, WeightFormat::Native, &Device::Cpu)
-            .expect("device model"),
-    );
+    e.model = Backend::Device(DeviceModel::from_gguf(&content, &mut file, WeightFormat::Native, &Device::Cpu).expect("device model"));
     e
 }
 
 #[test]
-#[cfg_attr(
-    not(genq_model),
-    ignore = "the default model is missing: scripts/fetch-model.sh"
-)]
+#[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
 fn the_device_path_reuses_prefixes_with_the_same_tokens() {
     let (off, none) = run_on(smollm2_on_device(), 0);
     assert_eq!(none, PrefixStats::default(), "no cache, nothing done");
@@ -126,55 +93,22 @@ fn the_device_path_reuses_prefixes_with_the_same_tokens() {
     let (tight, squeezed) = run_on(smollm2_on_device(), 3 << 20);
     for (key, want) in &off {
         for (name, got) in [("on", &on[key]), ("tight", &tight[key])] {
-            assert_eq!(
-                (&got.text, got.tokens),
-                (&want.text, want.tokens),
-                "{name}: text of job {key:?}"
-            );
-            let (g, w) = (
-                got.done.as_ref().expect("done"),
-                want.done.as_ref().expect("done"),
-            );
-            assert_eq!(
-                g.finish_reason, w.finish_reason,
-                "{name}: finish of job {key:?}"
-            );
+            assert_eq!((&got.text, got.tokens), (&want.text, want.tokens), "{name}: text of job {key:?}");
+            let (g, w) = (got.done.as_ref().expect("done"), want.done.as_ref().expect("done"));
+            assert_eq!(g.finish_reason, w.finish_reason, "{name}: finish of job {key:?}");
             let logprobs = |d: &crate::engine::SeqDone| -> Vec<f64> {
-                let all = d
-                    .logprobs
-                    .prompt
-                    .iter()
-                    .chain(&d.logprobs.generated)
-                    .flatten();
-                all.filter_map(|t| t.logprob)
-                    .chain(d.score.iter().flat_map(|s| s.logprobs.iter().copied()))
-                    .collect()
+                let all = d.logprobs.prompt.iter().chain(&d.logprobs.generated).flatten();
+                all.filter_map(|t| t.logprob).chain(d.score.iter().flat_map(|s| s.logprobs.iter().copied())).collect()
             };
             let (a, b) = (logprobs(g), logprobs(w));
             assert_eq!(a.len(), b.len(), "{name}: log-probs of job {key:?}");
             // The device path's tolerance against the CPU path on these weights (its test: 2.0 on
             // logits); a copied prefix changes only the shape of the step that computes the rest.
-            let worst = a
-                .iter()
-                .zip(&b)
-                .map(|(x, y)| (x - y).abs())
-                .fold(0.0, f64::max);
-            assert!(
-                worst < 0.5,
-                "{name}: job {key:?} log-probs differ by {worst}"
-            );
+            let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+            assert!(worst < 0.5, "{name}: job {key:?} log-probs differ by {worst}");
         }
     }
-    assert!(
-        stats.hit_tokens >= 4 * 96,
-        "the shared prefix was reused on the device path: {stats:?}"
-    );
-    assert!(
-        stats.held_tokens > 0 && stats.evicted_blocks == 0,
-        "{stats:?}"
-    );
-    assert!(
-        squeezed.evicted_blocks > 0,
-        "a budget of a few blocks evicts: {squeezed:?}"
-    );
+    assert!(stats.hit_tokens >= 4 * 96, "the shared prefix was reused on the device path: {stats:?}");
+    assert!(stats.held_tokens > 0 && stats.evicted_blocks == 0, "{stats:?}");
+    assert!(squeezed.evicted_blocks > 0, "a budget of a few blocks evicts: {squeezed:?}");
 }
