@@ -82,7 +82,9 @@ struct EngineBenchArgs {
     #[arg(long, default_value_t = 0)]
     max_prefill_tokens: usize,
     /// Also run llama.cpp's llama-batched-bench on the same model and workload (built by
-    /// scripts/build-llamacpp.sh, or named by GENQ_LLAMA_BATCHED_BENCH).
+    /// scripts/build-llamacpp.sh, or named by GENQ_LLAMA_BATCHED_BENCH). genq's `avx2` and
+    /// `avx-vnni` kernels are compared with its AVX2-only build (`LLAMACPP_AVX2=1
+    /// scripts/build-llamacpp.sh`, or GENQ_LLAMA_BATCHED_BENCH_AVX2), the others with its native one.
     #[arg(long)]
     vs_llamacpp: bool,
     /// Threads for llama.cpp (default: all cores, like candle).
@@ -161,6 +163,12 @@ fn engine_bench(common: &CommonArgs, args: EngineBenchArgs) -> anyhow::Result<Ex
             vec![None, Some(format.clone()), Some(format.clone()), None]
         }
     };
+    if args.vs_llamacpp {
+        // Fail before genq's runs, not after them.
+        for kernel in &kernels {
+            LlamacppBuild::matching(kernel).binary()?;
+        }
+    }
     let mut ours = Vec::new();
     for kernel in kernels {
         for &batch in &args.batch_sizes {
@@ -199,12 +207,23 @@ fn engine_bench(common: &CommonArgs, args: EngineBenchArgs) -> anyhow::Result<Ex
     if args.vs_llamacpp {
         let model = setup::resolve_model_path(&settings.worker.model_path).context("model not found")?;
         let workload = LlamacppWorkload { batch_sizes: &args.batch_sizes, prompt_tokens: args.prompt_tokens, new_tokens: args.new_tokens, threads: args.threads };
-        let theirs = llamacpp_bench(&model, &workload)?;
-        for t in &theirs {
-            println!("{t}");
+        let mut builds = Vec::new();
+        for build in ours.iter().map(|r| LlamacppBuild::matching(&r.kernel)) {
+            if !builds.contains(&build) {
+                builds.push(build);
+            }
+        }
+        let mut theirs = Vec::new();
+        for build in builds {
+            let rows = llamacpp_bench(&model, &workload, build)?;
+            for t in &rows {
+                println!("{t}");
+            }
+            theirs.extend(rows);
         }
         for r in &ours {
-            if let Some(t) = theirs.iter().find(|t| t["batch"] == json!(r.batch)) {
+            let build = json!(LlamacppBuild::matching(&r.kernel).name());
+            if let Some(t) = theirs.iter().find(|t| t["batch"] == json!(r.batch) && t["build"] == build) {
                 println!("{}", ratio_line(r, t));
             }
         }
@@ -217,6 +236,7 @@ fn ratio_line(r: &EngineBenchResult, t: &serde_json::Value) -> serde_json::Value
     json!({
         "ratio": "genq/llama.cpp",
         "kernel": r.kernel,
+        "llamacpp_build": t["build"],
         "batch": r.batch,
         "prefill": r.prefill_tokens_per_s / f("prefill_tokens_per_s"),
         "decode": r.decode_tokens_per_s / f("decode_tokens_per_s"),
@@ -224,12 +244,38 @@ fn ratio_line(r: &EngineBenchResult, t: &serde_json::Value) -> serde_json::Value
     })
 }
 
-fn llamacpp_binary() -> anyhow::Result<std::path::PathBuf> {
-    if let Ok(p) = std::env::var("GENQ_LLAMA_BATCHED_BENCH") {
-        return Ok(p.into());
+/// Which llama.cpp build a genq kernel is compared with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LlamacppBuild {
+    /// Built for this CPU (`scripts/build-llamacpp.sh`).
+    Native,
+    /// AVX2, FMA and F16C only (`LLAMACPP_AVX2=1 scripts/build-llamacpp.sh`).
+    Avx2,
+}
+
+impl LlamacppBuild {
+    /// The build for genq's `kernel`: the AVX2 one for the 256-bit kernels.
+    fn matching(kernel: &str) -> Self {
+        if matches!(kernel, "avx2" | "avx-vnni") { LlamacppBuild::Avx2 } else { LlamacppBuild::Native }
     }
-    setup::resolve_model_path(".cache/llamacpp/bin/llama-batched-bench")
-        .context("llama-batched-bench not found: run scripts/build-llamacpp.sh (or set GENQ_LLAMA_BATCHED_BENCH)")
+
+    fn name(self) -> &'static str {
+        match self {
+            LlamacppBuild::Native => "native",
+            LlamacppBuild::Avx2 => "avx2",
+        }
+    }
+
+    fn binary(self) -> anyhow::Result<std::path::PathBuf> {
+        let (var, file, script) = match self {
+            LlamacppBuild::Native => ("GENQ_LLAMA_BATCHED_BENCH", "llama-batched-bench", "scripts/build-llamacpp.sh"),
+            LlamacppBuild::Avx2 => ("GENQ_LLAMA_BATCHED_BENCH_AVX2", "llama-batched-bench-avx2", "LLAMACPP_AVX2=1 scripts/build-llamacpp.sh"),
+        };
+        if let Ok(p) = std::env::var(var) {
+            return Ok(p.into());
+        }
+        setup::resolve_model_path(&format!(".cache/llamacpp/bin/{file}")).with_context(|| format!("{file} not found: run {script} (or set {var})"))
+    }
 }
 
 /// What llama-batched-bench runs: `batch_sizes` sequences of `prompt_tokens` prompt tokens,
@@ -242,8 +288,8 @@ struct LlamacppWorkload<'a> {
 }
 
 /// Runs llama-batched-bench and reads its table: `| PP | TG | B | N_KV | T_PP s | S_PP t/s | T_TG s | S_TG t/s | T s | S t/s |`.
-fn llamacpp_bench(model: &std::path::Path, args: &LlamacppWorkload) -> anyhow::Result<Vec<serde_json::Value>> {
-    let bin = llamacpp_binary()?;
+fn llamacpp_bench(model: &std::path::Path, args: &LlamacppWorkload, build: LlamacppBuild) -> anyhow::Result<Vec<serde_json::Value>> {
+    let bin = build.binary()?;
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
     let batches: Vec<String> = args.batch_sizes.iter().map(|b| b.to_string()).collect();
     let out = Command::new(&bin)
@@ -264,6 +310,7 @@ fn llamacpp_bench(model: &std::path::Path, args: &LlamacppWorkload) -> anyhow::R
         let (pp, tg, b, t_pp, t_tg, t) = (cells[0], cells[1], cells[2], cells[4], cells[6], cells[8]);
         rows.push(json!({
             "engine": "llama.cpp",
+            "build": build.name(),
             "batch": b as usize,
             "prompt_tokens": pp,
             "new_tokens": tg,

@@ -58,7 +58,7 @@ struct ModelArgs {
     /// Device: cpu, cuda or cuda:N (a build with the `cuda` feature) [worker.device].
     #[arg(long)]
     device: Option<String>,
-    /// Kernel for packed weights: auto, amx, avx512-vnni, reference [worker.cpu_kernel].
+    /// Kernel for packed weights: auto, amx, avx512-vnni, avx-vnni, avx2, reference [worker.cpu_kernel].
     #[arg(long)]
     cpu_kernel: Option<String>,
 }

@@ -110,7 +110,8 @@ pub struct WorkerSettings {
     /// (as stored), `q8_0` (re-quantized at load; SIMD kernels on CPU) or `f32` (dequantized).
     pub weights: String,
     /// The CPU kernel for packed weights: `auto` (the fastest this CPU runs: `amx`, else
-    /// `avx512-vnni`, else `reference`) or one of those names. All give the same numbers.
+    /// `avx512-vnni`, else `avx-vnni`, else `avx2`, else `reference`) or one of those names. All
+    /// give the same numbers.
     pub cpu_kernel: String,
     /// Prompt tokens prefilled per engine step at most, so running sequences keep decoding.
     pub max_prefill_tokens: usize,

@@ -176,7 +176,7 @@ pub async fn run(common: &CommonArgs, args: FleetBenchArgs) -> anyhow::Result<st
     if args.vs_llamacpp {
         // Fail before the fleet run, not after it.
         anyhow::ensure!(args.engine == "llama", "--vs-llamacpp compares the real model: add --engine llama");
-        super::llamacpp_binary()?;
+        super::LlamacppBuild::Native.binary()?;
     }
     let settings = common.settings(Overrides::default())?;
     let run = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
@@ -393,7 +393,7 @@ fn llamacpp_alone(common: &CommonArgs, args: &FleetBenchArgs) -> anyhow::Result<
     let model = genq_worker::setup::resolve_model_path(&settings.worker.model_path).context("model not found")?;
     let batch = [args.batch.min(args.jobs.max(1))];
     let workload = super::LlamacppWorkload { batch_sizes: &batch, prompt_tokens: args.prompt_tokens, new_tokens: args.new_tokens as usize, threads: None };
-    super::llamacpp_bench(&model, &workload)?.into_iter().next().context("llama-batched-bench gave no result")
+    super::llamacpp_bench(&model, &workload, super::LlamacppBuild::Native)?.into_iter().next().context("llama-batched-bench gave no result")
 }
 
 /// Deletes the run's job queues (best effort).

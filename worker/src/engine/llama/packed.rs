@@ -4,17 +4,18 @@
 //! a minimum (`w = scale * level + min`, GGUF's Q4_1 shape; Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0
 //! tensors load exactly, the 5-bit ones as 8-bit levels).
 //! They are interleaved sixteen output rows at a time, the layout AVX-512 VNNI's `vpdpbusd`
-//! reads. Activations are quantized per row to signed 8-bit blocks (scale and level sum per
+//! reads (AVX2's 256-bit kernels read it as two halves of eight rows). Activations are quantized per row to signed 8-bit blocks (scale and level sum per
 //! block). A block's dot product is an exact integer sum, and the blocks are combined in a fixed
 //! order with the same fused multiply-adds whatever the batch, so a row's outputs are bitwise
 //! the same alone or among 63 others, in one step or another.
 //!
-//! [`amx`] (AMX-INT8 tiles, for four tokens and more) and [`vnni`] (AVX-512 VNNI) are the fast
-//! kernels, the crate's only `unsafe`; [`reference`] computes the same numbers in plain Rust, for
-//! other CPUs and for the tests. All three give bitwise the same outputs, so which one runs
-//! never changes a result.
+//! [`amx`] (AMX-INT8 tiles, for four tokens and more), [`vnni`] (AVX-512 VNNI) and [`avx2`]
+//! (AVX-VNNI's 256-bit `vpdpbusd`, or AVX2's `vpmaddubsw`) are the fast kernels, the crate's only
+//! `unsafe`; [`reference`] computes the same numbers in plain Rust, for other CPUs and for the
+//! tests. All of them give bitwise the same outputs, so which one runs never changes a result.
 
 mod amx;
+mod avx2;
 mod vnni;
 
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -52,20 +53,29 @@ pub(crate) enum Kernel {
     Avx512Vnni,
     /// AMX-INT8 tile multiplies for four tokens or more, AVX-512 VNNI below.
     Amx,
+    /// AVX2, FMA and F16C with a 256-bit `vpdpbusd` (AVX-VNNI, or AVX-512 VNNI with VL): eight
+    /// rows against up to four tokens per pass.
+    AvxVnni,
+    /// AVX2, FMA and F16C: `vpmaddubsw` and `vpmaddwd`, eight rows against up to four tokens.
+    Avx2,
 }
 
 impl Kernel {
     /// Every kernel, fastest first.
-    pub(crate) const ALL: [Kernel; 3] = [Kernel::Amx, Kernel::Avx512Vnni, Kernel::Reference];
+    pub(crate) const ALL: [Kernel; 5] = [Kernel::Amx, Kernel::Avx512Vnni, Kernel::AvxVnni, Kernel::Avx2, Kernel::Reference];
 
     /// Whether this CPU (and OS, for AMX's tile state) runs the kernel. Detected once.
     pub(crate) fn available(self) -> bool {
         static VNNI: OnceLock<bool> = OnceLock::new();
         static AMX: OnceLock<bool> = OnceLock::new();
+        static AVX_VNNI: OnceLock<bool> = OnceLock::new();
+        static AVX2: OnceLock<bool> = OnceLock::new();
         match self {
             Kernel::Reference => true,
             Kernel::Avx512Vnni => *VNNI.get_or_init(vnni::available),
             Kernel::Amx => *AMX.get_or_init(amx::available),
+            Kernel::AvxVnni => *AVX_VNNI.get_or_init(|| avx2::available(avx2::Flavor::AvxVnni)),
+            Kernel::Avx2 => *AVX2.get_or_init(|| avx2::available(avx2::Flavor::Avx2)),
         }
     }
 
@@ -102,12 +112,14 @@ impl Kernel {
         }
     }
 
-    /// The name settings and metrics use: `amx`, `avx512-vnni`, `reference`.
+    /// The name settings and metrics use: `amx`, `avx512-vnni`, `avx-vnni`, `avx2`, `reference`.
     pub(crate) fn name(self) -> &'static str {
         match self {
             Kernel::Reference => "reference",
             Kernel::Avx512Vnni => "avx512-vnni",
             Kernel::Amx => "amx",
+            Kernel::AvxVnni => "avx-vnni",
+            Kernel::Avx2 => "avx2",
         }
     }
 
@@ -132,7 +144,7 @@ static SELECTED: AtomicU8 = AtomicU8::new(0);
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum KernelError {
     /// Not a kernel's name.
-    #[error("`worker.cpu_kernel` is {name:?}; expected auto, amx, avx512-vnni or reference")]
+    #[error("`worker.cpu_kernel` is {name:?}; expected auto, amx, avx512-vnni, avx-vnni, avx2 or reference")]
     Unknown {
         /// The name given.
         name: String,
@@ -147,10 +159,10 @@ pub(crate) enum KernelError {
     },
 }
 
-/// True when this CPU runs a fast kernel (AVX-512 VNNI or AMX); otherwise the portable
-/// reference computes the same numbers, much more slowly.
+/// True when this CPU runs a fast kernel (AVX2 at least); otherwise the portable reference
+/// computes the same numbers, much more slowly.
 pub(crate) fn fast_kernel_available() -> bool {
-    Kernel::Avx512Vnni.available()
+    Kernel::best() != Kernel::Reference
 }
 
 /// Quantized weight rows before interleaving: per (row, block) a scale and a minimum, per weight
@@ -620,13 +632,18 @@ impl PackedLinear {
             (Kernel::Amx, Some(levels)) if n >= AMX_MIN_TOKENS => {
                 amx::tile(&w, &ActsView { levels: &levels[t0 * self.cols..(t0 + n) * self.cols], ..tile }, out)
             }
-            (Kernel::Amx | Kernel::Avx512Vnni, _) => {
-                for s in (0..n).step_by(TOKEN_TILE) {
-                    let m = TOKEN_TILE.min(n - s);
-                    vnni::tile(&w, &tile.tokens(s, m, self.cols), &mut out[s * LANES..(s + m) * LANES]);
-                }
-            }
+            (Kernel::Amx | Kernel::Avx512Vnni, _) => self.tiles_of_eight(&w, &tile, out, vnni::tile),
+            (Kernel::AvxVnni, _) => self.tiles_of_eight(&w, &tile, out, |w, a, out| avx2::tile(avx2::Flavor::AvxVnni, w, a, out)),
+            (Kernel::Avx2, _) => self.tiles_of_eight(&w, &tile, out, |w, a, out| avx2::tile(avx2::Flavor::Avx2, w, a, out)),
             (Kernel::Reference, _) => reference::tile(&w, &tile, out),
+        }
+    }
+
+    /// `kernel` (one that takes at most [`TOKEN_TILE`] tokens) over `tile`'s tokens.
+    fn tiles_of_eight(&self, w: &GroupView<'_>, tile: &ActsView<'_>, out: &mut [f32], kernel: impl Fn(&GroupView<'_>, &ActsView<'_>, &mut [f32])) {
+        for s in (0..tile.tokens).step_by(TOKEN_TILE) {
+            let m = TOKEN_TILE.min(tile.tokens - s);
+            kernel(w, &tile.tokens(s, m, self.cols), &mut out[s * LANES..(s + m) * LANES]);
         }
     }
 }

@@ -5,7 +5,7 @@ use candle_core::{Device, Tensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::{Kernel, PackedLinear, QuantActs, QuantRows};
+use super::{Kernel, PackedLinear, QuantActs, QuantRows, BLOCK};
 
 fn random(rng: &mut StdRng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
@@ -99,20 +99,78 @@ fn a_row_is_bitwise_the_same_alone_or_batched() {
     }
 }
 
+/// The kernels this CPU runs besides the reference.
+fn fast_kernels() -> Vec<Kernel> {
+    let fast: Vec<Kernel> = Kernel::ALL.into_iter().filter(|k| *k != Kernel::Reference && k.available()).collect();
+    eprintln!("kernels this CPU runs besides the reference: {fast:?}");
+    fast
+}
+
+/// Every quantization the packed format holds (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 exactly, f32
+/// re-quantized to 8 bits), on one row, on 17 (a padded group, not a multiple of the 256-bit
+/// kernels' eight rows either), 40 and 48 rows, one to four blocks wide.
+fn every_quantization() -> Vec<QuantRows> {
+    let mut rng = StdRng::seed_from_u64(11);
+    let mut out = Vec::new();
+    for (rows, cols) in [(1, 32), (17, 96), (40, 128), (48, 64)] {
+        let w = random(&mut rng, rows * cols);
+        for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q5_1, GgmlDType::Q8_0] {
+            let (q, _) = ggml(&w, rows, cols, dtype);
+            out.push(QuantRows::from_ggml(dtype, &q.data().expect("data"), rows, cols).expect("a packed type").expect("parse"));
+        }
+        out.push(QuantRows::from_f32(&w, rows, cols).expect("f32"));
+    }
+    out
+}
+
 #[test]
 fn every_kernel_matches_the_reference_bitwise() {
     let mut rng = StdRng::seed_from_u64(9);
-    let fast: Vec<Kernel> = Kernel::ALL.into_iter().filter(|k| *k != Kernel::Reference && k.available()).collect();
-    eprintln!("kernels this CPU runs besides the reference: {fast:?}");
-    for (rows, _) in cases() {
+    let fast = fast_kernels();
+    for rows in every_quantization() {
         let packed = PackedLinear::new(&rows);
-        // One token, a partial VNNI tile, AMX's smallest tile, full and partial tiles of both.
-        for t in [1, 3, 4, 5, 8, 13, 16, 17, 40] {
+        // One token, partial 256-bit and VNNI tiles, AMX's smallest tile, full and partial tiles
+        // of each.
+        for t in [1, 2, 3, 4, 5, 7, 8, 9, 13, 16, 17, 40] {
             let x = random(&mut rng, t * rows.cols);
             let acts = QuantActs::new(&x, t, rows.cols);
             let slow = packed.forward_quantized(&acts, Kernel::Reference);
             for &kernel in &fast {
-                assert_eq!(packed.forward_quantized(&acts, kernel), slow, "{kernel:?}, {}-bit, {t} tokens", rows.bits);
+                assert_eq!(packed.forward_quantized(&acts, kernel), slow, "{kernel:?}, {}x{} {}-bit, {t} tokens", rows.rows, rows.cols, rows.bits);
+            }
+        }
+    }
+}
+
+/// Activations of `t` tokens whose levels are `level(token, input)`, with exact level sums.
+fn acts_of_levels(t: usize, cols: usize, level: impl Fn(usize, usize) -> i8) -> QuantActs {
+    let blocks = cols / BLOCK;
+    let levels: Vec<i8> = (0..t * cols).map(|i| level(i / cols, i % cols)).collect();
+    let sum = levels.chunks_exact(BLOCK).map(|b| b.iter().map(|&l| l as i32).sum::<i32>() as f32).collect();
+    let scale = (0..t * blocks).map(|i| 0.5 + i as f32 / 64.0).collect();
+    QuantActs { rows: t, cols, levels, scale, sum }
+}
+
+#[test]
+fn kernels_stay_exact_at_the_extreme_levels() {
+    // The largest products the format allows: 8-bit levels 0, 128 and 255 (centred: -128, 0,
+    // 127) and 4-bit 15 against activations of +-127, where a 16-bit pair sum would saturate if a
+    // kernel let it.
+    let fast = fast_kernels();
+    let (rows, cols) = (24, 64);
+    for bits in [4u8, 8] {
+        let top = if bits == 4 { 15 } else { 255 };
+        let patterns: [&dyn Fn(usize, usize) -> u8; 3] = [&|_, _| top, &|_, _| 0, &|r, k| [0, 128, top][(r + k) % 3]];
+        for pattern in patterns {
+            let n = rows * cols / BLOCK;
+            let levels = (0..rows * cols).map(|i| pattern(i / cols, i % cols)).collect();
+            let q = QuantRows { rows, cols, bits, scale: vec![0.25; n], min: vec![-1.0; n], levels };
+            let packed = PackedLinear::new(&q);
+            for acts in [acts_of_levels(5, cols, |_, _| 127), acts_of_levels(5, cols, |_, _| -127), acts_of_levels(5, cols, |t, k| if (t + k) % 2 == 0 { 127 } else { -127 })] {
+                let slow = packed.forward_quantized(&acts, Kernel::Reference);
+                for &kernel in &fast {
+                    assert_eq!(packed.forward_quantized(&acts, kernel), slow, "{kernel:?}, {bits}-bit extremes");
+                }
             }
         }
     }
@@ -123,7 +181,8 @@ fn kernels_are_named_for_settings() {
     for kernel in Kernel::ALL {
         assert_eq!(Kernel::from_name(kernel.name()), Some(kernel));
     }
-    assert_eq!(Kernel::from_name("avx2"), None);
+    assert_eq!(Kernel::from_name("sse4"), None);
+    assert_eq!(Kernel::parse_setting("avx2").ok(), Some(Some(Kernel::Avx2)));
     assert!(Kernel::best().available());
     assert_eq!(Kernel::parse_setting("auto").ok(), Some(None));
     assert_eq!(Kernel::parse_setting("reference").ok(), Some(Some(Kernel::Reference)));

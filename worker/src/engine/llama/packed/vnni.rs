@@ -8,7 +8,7 @@
 
 use super::{ActsView, GroupView, TOKEN_TILE};
 
-/// True when the CPU has what [`tile`] uses (detected once, by [`super::fast_kernel_available`]).
+/// True when the CPU has what [`tile`] uses (detected once, by [`super::Kernel::available`]).
 pub(super) fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -25,9 +25,9 @@ pub(super) fn available() -> bool {
 /// `out[n * LANES + lane]` = the dot product of token `n` with row `lane` of the group.
 ///
 /// Panics when the slices are shorter than the shapes they claim, or when the CPU lacks the
-/// kernel's features (callers check [`super::fast_kernel_available`] first).
+/// kernel's features (callers check [`super::Kernel::available`] first).
 pub(super) fn tile(w: &GroupView<'_>, a: &ActsView<'_>, out: &mut [f32]) {
-    assert!(super::fast_kernel_available(), "the VNNI kernel needs AVX-512 F, BW and VNNI");
+    assert!(super::Kernel::Avx512Vnni.available(), "the VNNI kernel needs AVX-512 F, BW and VNNI");
     w.assert_holds(a, TOKEN_TILE, out);
     #[cfg(target_arch = "x86_64")]
     // SAFETY: the features were detected above, and every length the kernel reads is asserted.

@@ -1,0 +1,283 @@
+//! The 256-bit kernels, for CPUs without AVX-512 VNNI: AVX2 (`vpmaddubsw`, `vpmaddwd`) and
+//! AVX-VNNI (the 256-bit `vpdpbusd`). A group's sixteen rows are two vectors of eight 32-bit
+//! lanes, taken one half at a time, against up to four tokens per pass.
+//!
+//! `vpmaddubsw` adds its two products into a saturating 16-bit lane, so the AVX2 path keeps every
+//! sum below saturation to stay exact: 4-bit levels (at most 15 x 127) are summed in 16-bit lanes
+//! over a whole block (16 products, at most 30,480) before `vpmaddwd` widens them; 8-bit levels
+//! are centred (`w - 128`, magnitude at most 128) and multiplied by the sign-adjusted activations,
+//! llama.cpp's trick, widened after every multiply, and `128 x` the activations' block sum is added
+//! back. Every integer sum is exact, so each block's dot product equals the reference's, and the
+//! scales are applied with the same fused operations in the same order: the outputs are bitwise
+//! the reference's.
+//!
+//! Like [`super::vnni`], this module holds `unsafe`: calling `#[target_feature]` functions after
+//! checking the CPU has the features, and unaligned vector loads whose bounds are asserted before
+//! the loops.
+#![allow(unsafe_code)]
+
+use super::{ActsView, GroupView, LANES, TOKEN_TILE};
+
+/// Tokens one pass over a half group's weights takes (the registers hold two accumulators each).
+const PASS_TOKENS: usize = 4;
+
+/// Which 256-bit integer dot product a kernel uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Flavor {
+    /// `vpmaddubsw` then `vpmaddwd`.
+    Avx2,
+    /// `vpdpbusd` on 256-bit vectors: AVX-VNNI's VEX encoding, or AVX-512 VNNI's with AVX-512 VL.
+    AvxVnni,
+}
+
+/// True when the CPU has what `flavor`'s kernel uses.
+pub(super) fn available(flavor: Flavor) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        let avx2 = has!("avx2") && has!("fma") && has!("f16c");
+        match flavor {
+            Flavor::Avx2 => avx2,
+            Flavor::AvxVnni => avx2 && (has!("avxvnni") || (has!("avx512vnni") && has!("avx512vl"))),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = flavor;
+        false
+    }
+}
+
+/// `out[n * LANES + lane]` = the dot product of token `n` with row `lane` of the group, by
+/// `flavor`'s kernel, for up to [`TOKEN_TILE`] tokens.
+///
+/// Panics when the slices are shorter than the shapes they claim, or when the CPU lacks the
+/// kernel's features.
+pub(super) fn tile(flavor: Flavor, w: &GroupView<'_>, a: &ActsView<'_>, out: &mut [f32]) {
+    assert!(available(flavor), "the {flavor:?} kernel needs AVX2, FMA and F16C (and a 256-bit VNNI)");
+    w.assert_holds(a, TOKEN_TILE, out);
+    let blocks = w.blocks;
+    for s in (0..a.tokens).step_by(PASS_TOKENS) {
+        let n = PASS_TOKENS.min(a.tokens - s);
+        let part = a.tokens(s, n, blocks * super::BLOCK);
+        let out = &mut out[s * LANES..(s + n) * LANES];
+        for half in 0..2 {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the features were detected above, every length the kernel reads is asserted
+            // (`assert_holds`, for at least the `n` tokens of `part`), and `half` is 0 or 1.
+            unsafe {
+                x86::half_tile(flavor, w, &part, half, out)
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::super::{ActsView, GroupView, BLOCK, LANES};
+    use super::Flavor;
+
+    /// Lanes of one half group (one 256-bit vector of 32-bit lanes).
+    const HALF: usize = LANES / 2;
+
+    /// One half of the group (rows `8 half..8 half + 8`) against `a`'s tokens (at most four).
+    ///
+    /// # Safety
+    /// The CPU has the flavor's features, the views hold what [`super::tile`] asserts, and
+    /// `half < 2`.
+    pub(super) unsafe fn half_tile(flavor: Flavor, w: &GroupView<'_>, a: &ActsView<'_>, half: usize, out: &mut [f32]) {
+        macro_rules! by_shape {
+            ($kernel:ident, $dot:ty) => {
+                match (a.tokens, w.four_bit) {
+                    (1, true) => $kernel::<1, true, $dot>(w, a, half, out),
+                    (2, true) => $kernel::<2, true, $dot>(w, a, half, out),
+                    (3, true) => $kernel::<3, true, $dot>(w, a, half, out),
+                    (4, true) => $kernel::<4, true, $dot>(w, a, half, out),
+                    (1, false) => $kernel::<1, false, $dot>(w, a, half, out),
+                    (2, false) => $kernel::<2, false, $dot>(w, a, half, out),
+                    (3, false) => $kernel::<3, false, $dot>(w, a, half, out),
+                    (4, false) => $kernel::<4, false, $dot>(w, a, half, out),
+                    _ => {}
+                }
+            };
+        }
+        match flavor {
+            Flavor::Avx2 => by_shape!(avx2, Madd),
+            Flavor::AvxVnni if std::arch::is_x86_feature_detected!("avxvnni") => by_shape!(avx_vnni, DpbusdVex),
+            Flavor::AvxVnni => by_shape!(avx512_vl_vnni, DpbusdEvex),
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn avx2<const N: usize, const FOUR: bool, D: Dot>(w: &GroupView<'_>, a: &ActsView<'_>, half: usize, out: &mut [f32]) {
+        body::<N, FOUR, D>(w, a, half, out)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+    unsafe fn avx_vnni<const N: usize, const FOUR: bool, D: Dot>(w: &GroupView<'_>, a: &ActsView<'_>, half: usize, out: &mut [f32]) {
+        body::<N, FOUR, D>(w, a, half, out)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+    unsafe fn avx512_vl_vnni<const N: usize, const FOUR: bool, D: Dot>(w: &GroupView<'_>, a: &ActsView<'_>, half: usize, out: &mut [f32]) {
+        body::<N, FOUR, D>(w, a, half, out)
+    }
+
+    /// A block's integer dot products of one token with eight rows, four inputs per 32-bit lane.
+    /// Inlined into the `#[target_feature]` functions above, which enable what it uses.
+    trait Dot {
+        /// Accumulates 4-bit levels `w` (below 16) times activation levels `x`.
+        unsafe fn four(acc: __m256i, w: __m256i, x: __m256i) -> __m256i;
+        /// What [`Dot::eight`] takes of a vector of 8-bit levels, once for all tokens.
+        unsafe fn prepare(w: __m256i) -> (__m256i, __m256i);
+        /// Accumulates 8-bit levels (as [`Dot::prepare`] left them) times activation levels `x`.
+        unsafe fn eight(acc: __m256i, w: (__m256i, __m256i), x: __m256i) -> __m256i;
+        /// The block's dot products as 32-bit lanes, from the accumulator and the activations'
+        /// level sum.
+        unsafe fn finish<const FOUR: bool>(acc: __m256i, level_sum: i32) -> __m256i;
+    }
+
+    /// AVX2: `vpmaddubsw` pairs, summed exactly (see the module's note on saturation).
+    struct Madd;
+
+    impl Dot for Madd {
+        #[inline(always)]
+        unsafe fn four(acc: __m256i, w: __m256i, x: __m256i) -> __m256i {
+            _mm256_add_epi16(acc, _mm256_maddubs_epi16(w, x))
+        }
+
+        #[inline(always)]
+        unsafe fn prepare(w: __m256i) -> (__m256i, __m256i) {
+            let centred = _mm256_xor_si256(w, _mm256_set1_epi8(i8::MIN));
+            (_mm256_abs_epi8(centred), centred)
+        }
+
+        #[inline(always)]
+        unsafe fn eight(acc: __m256i, (magnitude, centred): (__m256i, __m256i), x: __m256i) -> __m256i {
+            let pairs = _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(x, centred));
+            _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+        }
+
+        #[inline(always)]
+        unsafe fn finish<const FOUR: bool>(acc: __m256i, level_sum: i32) -> __m256i {
+            if FOUR {
+                _mm256_madd_epi16(acc, _mm256_set1_epi16(1))
+            } else {
+                _mm256_add_epi32(acc, _mm256_set1_epi32(level_sum << 7))
+            }
+        }
+    }
+
+    /// AVX-VNNI's `vpdpbusd` (VEX).
+    struct DpbusdVex;
+
+    impl Dot for DpbusdVex {
+        #[inline(always)]
+        unsafe fn four(acc: __m256i, w: __m256i, x: __m256i) -> __m256i {
+            _mm256_dpbusd_avx_epi32(acc, w, x)
+        }
+
+        #[inline(always)]
+        unsafe fn prepare(w: __m256i) -> (__m256i, __m256i) {
+            (w, w)
+        }
+
+        #[inline(always)]
+        unsafe fn eight(acc: __m256i, (w, _): (__m256i, __m256i), x: __m256i) -> __m256i {
+            _mm256_dpbusd_avx_epi32(acc, w, x)
+        }
+
+        #[inline(always)]
+        unsafe fn finish<const FOUR: bool>(acc: __m256i, _level_sum: i32) -> __m256i {
+            acc
+        }
+    }
+
+    /// AVX-512 VNNI's `vpdpbusd` on 256-bit vectors (EVEX, with AVX-512 VL).
+    struct DpbusdEvex;
+
+    impl Dot for DpbusdEvex {
+        #[inline(always)]
+        unsafe fn four(acc: __m256i, w: __m256i, x: __m256i) -> __m256i {
+            _mm256_dpbusd_epi32(acc, w, x)
+        }
+
+        #[inline(always)]
+        unsafe fn prepare(w: __m256i) -> (__m256i, __m256i) {
+            (w, w)
+        }
+
+        #[inline(always)]
+        unsafe fn eight(acc: __m256i, (w, _): (__m256i, __m256i), x: __m256i) -> __m256i {
+            _mm256_dpbusd_epi32(acc, w, x)
+        }
+
+        #[inline(always)]
+        unsafe fn finish<const FOUR: bool>(acc: __m256i, _level_sum: i32) -> __m256i {
+            acc
+        }
+    }
+
+    /// Four activation levels (inputs `at..at + 4` of the levels) broadcast to every lane.
+    #[inline(always)]
+    unsafe fn quad(levels: *const i8, at: usize) -> __m256i {
+        _mm256_set1_epi32(std::ptr::read_unaligned(levels.add(at) as *const i32))
+    }
+
+    /// Eight f16 values (a half group's scales or minimums for one block) as f32.
+    #[inline(always)]
+    unsafe fn halves(values: *const half::f16) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(values as *const __m128i))
+    }
+
+    // Indexed loops over const-sized register arrays: they unroll, and the index is the token.
+    #[allow(clippy::needless_range_loop)]
+    #[inline(always)]
+    unsafe fn body<const N: usize, const FOUR: bool, D: Dot>(w: &GroupView<'_>, a: &ActsView<'_>, half: usize, out: &mut [f32]) {
+        let cols = w.blocks * BLOCK;
+        let bytes = if FOUR { LANES * BLOCK / 2 } else { LANES * BLOCK };
+        let nibble = _mm256_set1_epi8(0x0F);
+        let mut facc = [_mm256_setzero_ps(); N];
+        let q = w.quants.as_ptr().add(half * 32);
+        let lv = a.levels.as_ptr();
+        for b in 0..w.blocks {
+            let mut iacc = [_mm256_setzero_si256(); N];
+            let base = q.add(b * bytes);
+            if FOUR {
+                for v in 0..4 {
+                    let packed = _mm256_loadu_si256(base.add(v * 64) as *const __m256i);
+                    let lo = _mm256_and_si256(packed, nibble);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble);
+                    for n in 0..N {
+                        let row = n * cols + b * BLOCK;
+                        iacc[n] = D::four(iacc[n], lo, quad(lv, row + v * 4));
+                        iacc[n] = D::four(iacc[n], hi, quad(lv, row + 16 + v * 4));
+                    }
+                }
+            } else {
+                for v in 0..8 {
+                    let levels = D::prepare(_mm256_loadu_si256(base.add(v * 64) as *const __m256i));
+                    for n in 0..N {
+                        iacc[n] = D::eight(iacc[n], levels, quad(lv, n * cols + b * BLOCK + v * 4));
+                    }
+                }
+            }
+            let at = b * LANES + half * HALF;
+            let scale = halves(w.scale.as_ptr().add(at));
+            let min = halves(w.min.as_ptr().add(at));
+            for n in 0..N {
+                let at = n * w.blocks + b;
+                let level_sum = *a.sum.get_unchecked(at);
+                let dot = D::finish::<FOUR>(iacc[n], level_sum as i32);
+                let t1 = _mm256_mul_ps(min, _mm256_set1_ps(level_sum));
+                let t2 = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dot), t1);
+                facc[n] = _mm256_fmadd_ps(_mm256_set1_ps(*a.scale.get_unchecked(at)), t2, facc[n]);
+            }
+        }
+        for (n, acc) in facc.iter().enumerate() {
+            _mm256_storeu_ps(out.as_mut_ptr().add(n * LANES + half * HALF), *acc);
+        }
+    }
+}
