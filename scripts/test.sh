@@ -19,3 +19,4 @@ scripts/validate-deploy.sh   # compose, k8s + KEDA schemas, hadolint: no Docker 
 # idna), so building the binaries alone would compile candle, redis and lapin a second time.
 cargo build --workspace --all-targets
 cargo test --workspace "$@"
+scripts/test-avx2-cpu.sh   # the packed kernels again on an emulated CPU without AVX-512

@@ -184,6 +184,14 @@ fn kernels_are_named_for_settings() {
     assert_eq!(Kernel::from_name("sse4"), None);
     assert_eq!(Kernel::parse_setting("avx2").ok(), Some(Some(Kernel::Avx2)));
     assert!(Kernel::best().available());
+    // What `auto` picks on a CPU with AVX2 but no AVX-512 (scripts/test-avx2-cpu.sh runs these
+    // tests on such an emulated CPU).
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && !std::arch::is_x86_feature_detected!("avx512f") {
+        let want = if std::arch::is_x86_feature_detected!("avxvnni") { Kernel::AvxVnni } else { Kernel::Avx2 };
+        assert_eq!(Kernel::best(), want);
+        assert!(super::fast_kernel_available());
+    }
     assert_eq!(Kernel::parse_setting("auto").ok(), Some(None));
     assert_eq!(Kernel::parse_setting("reference").ok(), Some(Some(Kernel::Reference)));
     let err = Kernel::parse_setting("fast").expect_err("unknown");
