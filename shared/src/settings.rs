@@ -104,7 +104,7 @@ pub struct WorkerSettings {
     pub engine: EngineKind,
     /// `cpu`, `cuda` (GPU 0) or `cuda:N`; a GPU needs a build with the `cuda` feature.
     pub device: String,
-    /// How weights are held in memory: `auto` (on a CPU with AVX-512 VNNI `packed`; on other CPUs
+    /// How weights are held in memory: `auto` (on a CPU with AVX2 or better `packed`; on other CPUs
     /// `q8_0` when `max_batch_size` <= 2, else `f32`; on a GPU `native`: GGUF quantized,
     /// safetensors bf16), `packed` (genq's own 4/8-bit kernels), `native`
     /// (as stored), `q8_0` (re-quantized at load; SIMD kernels on CPU) or `f32` (dequantized).

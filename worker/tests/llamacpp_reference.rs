@@ -415,7 +415,7 @@ fn f32_weights_match_llamacpp() {
     check_against_llamacpp(WeightFormat::F32);
 }
 
-/// genq's own kernel (the CPU default where AVX-512 VNNI exists; its portable reference elsewhere).
+/// genq's own kernel (the CPU default where AVX2 or better exists; its portable reference elsewhere).
 #[test]
 #[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
 fn packed_weights_match_llamacpp() {

@@ -28,7 +28,7 @@ pub struct EngineInfo {
     pub model: String,
     /// Device it runs on (`cpu`, `cuda:0`).
     pub device: String,
-    /// What multiplies the weights: a packed CPU kernel (`amx`, `avx512-vnni`, `reference`),
+    /// What multiplies the weights: a packed CPU kernel (`amx`, `avx512-vnni`, `avx-vnni`, `avx2`, `reference`),
     /// `candle` (its own kernels, for the other weight formats and GPUs) or `none` (echo).
     pub kernel: String,
     /// Most tokens (prompt + generated) one sequence may hold.

@@ -13,9 +13,9 @@ use super::packed::{PackedLinear, QuantRows};
 
 /// How the projection weights are held in memory.
 ///
-/// Measured with `genq bench engine` (docs/benchmarks.md): on a CPU with AVX-512 VNNI, `Packed`
-/// (genq's own integer kernel, [`super::packed`]) is fastest at every batch size and smallest;
-/// the worker's `auto` picks it there. Without VNNI, candle's Q4_1 dot product is scalar
+/// Measured with `genq bench engine` (docs/benchmarks.md): on a CPU with AVX2 or better, `Packed`
+/// (genq's own integer kernels, [`super::packed`]) is fastest at every batch size and smallest;
+/// the worker's `auto` picks it there. Without AVX2, candle's Q4_1 dot product is scalar
 /// (slowest everywhere), Q8_0 reads 4x fewer bytes than f32 and wins for a single sequence, and
 /// f32 goes through gemm, which reuses each weight across the rows of a packed step and wins
 /// from a handful of sequences on.
@@ -28,19 +28,20 @@ pub enum WeightFormat {
     /// Everything dequantized to f32 (about 4 bytes per parameter: ~540 MB for SmolLM2-135M).
     F32,
     /// genq's packed integer format: Q4_0 and Q4_1 kept 4-bit, Q5_0, Q5_1 and Q8_0 8-bit,
-    /// exactly; anything else quantized to 8 bits per block of 32. Multiplied by the AVX-512
-    /// VNNI kernel (a portable reference on other CPUs, correct but slow).
+    /// exactly; anything else quantized to 8 bits per block of 32. Multiplied by the fastest
+    /// packed kernel the CPU runs (AMX, AVX-512 VNNI, AVX-VNNI, AVX2; a portable reference on
+    /// other CPUs, correct but slow).
     Packed,
 }
 
 /// Largest batch cap for which [`WeightFormat::for_this_cpu`] picks Q8_0 on a CPU without
-/// AVX-512 VNNI: its SIMD mat-vec is fastest for one or two sequences, f32 matrix products win
+/// AVX2: its SIMD mat-vec is fastest for one or two sequences, f32 matrix products win
 /// from about eight on.
 pub const AUTO_Q8_MAX_BATCH: usize = 2;
 
 impl WeightFormat {
     /// The fastest format on this CPU for a worker running at most `max_batch_size` sequences (the
-    /// `auto` setting): `Packed` with AVX-512 VNNI, else Q8_0 or f32 by the cap. It depends on the
+    /// `auto` setting): `Packed` with AVX2 or better, else Q8_0 or f32 by the cap. It depends on the
     /// cap, never on the step, so a sequence's numbers do not depend on what else runs with it.
     pub fn for_this_cpu(max_batch_size: usize) -> Self {
         if super::packed::fast_kernel_available() {

@@ -7,7 +7,7 @@
 //! - [`model`]: the CPU model and its packed forward pass.
 //! - [`linear`]: CPU projections (formats, fusing, biases) and a batch-invariant matmul.
 //! - [`attention`]: the CPU path's per-sequence KV cache and attention.
-//! - [`packed`]: genq's own quantized matmul (4/8-bit weights, AVX-512 VNNI), the CPU default.
+//! - [`packed`]: genq's own quantized matmul (4/8-bit weights; AMX, AVX-512 VNNI, AVX-VNNI or AVX2), the CPU default.
 //! - [`backend`]: the CPU/device switch (`worker.device`) the engine talks to.
 //! - [`device`]: the device path (slot-pool KV cache, batched attention).
 //! - [`synth`]: random-weight checkpoints of every architecture (GPU checks and tests need no
