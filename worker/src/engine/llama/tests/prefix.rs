@@ -32,13 +32,8 @@ fn wave(tag: &str) -> Vec<String> {
     ]
 }
 
-/// Runs two waves of jobs (the second after the first finished) with a prefix cache of
+/// Runs two waves of jobs (the second after the first finished) on `e` with a prefix cache of
 /// `budget` bytes (none for 0); their outcomes by (wave, job), and what the cache did.
-fn run(budget: usize) -> (BTreeMap<(usize, usize), Outcome>, PrefixStats) {
-    run_on(smollm2(WeightFormat::Packed), budget)
-}
-
-/// [`run`] on engine `e`.
 fn run_on(e: LlamaEngine, budget: usize) -> (BTreeMap<(usize, usize), Outcome>, PrefixStats) {
     let mut e = e.with_prefix_cache(budget);
     let mut all = BTreeMap::new();
@@ -53,18 +48,17 @@ fn run_on(e: LlamaEngine, budget: usize) -> (BTreeMap<(usize, usize), Outcome>, 
     (all, e.prefix_cache())
 }
 
-#[test]
-#[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
-fn the_prefix_cache_changes_no_token_and_no_log_prob() {
-    let (off, none) = run(0);
+/// Runs the waves on engines from `engine` with the cache off, on, and at `tight` bytes; checks
+/// every job with the cache against the same job without it by `same(name, job, got, want)`, and
+/// that the prefix was reused and held, and evicted at `tight`.
+fn check_against_no_cache(engine: impl Fn() -> LlamaEngine, tight: usize, same: impl Fn(&str, (usize, usize), &Outcome, &Outcome)) {
+    let (off, none) = run_on(engine(), 0);
     assert_eq!(none, PrefixStats::default(), "no cache, nothing done");
-    let (on, stats) = run(64 << 20);
-    let (tight, squeezed) = run(600 << 10);
+    let (on, stats) = run_on(engine(), 64 << 20);
+    let (tight_out, squeezed) = run_on(engine(), tight);
     for (key, want) in &off {
-        for (name, got) in [("on", &on[key]), ("tight", &tight[key])] {
-            assert_eq!(got.text, want.text, "{name}: text of job {key:?}");
-            assert_eq!(got.tokens, want.tokens, "{name}: tokens of job {key:?}");
-            assert_eq!(got.done, want.done, "{name}: log-probs, scores and finish of job {key:?}");
+        for (name, got) in [("on", &on[key]), ("tight", &tight_out[key])] {
+            same(name, *key, got, want);
         }
     }
     // Over 100 tokens shared: in the first wave the sampled job copies what the greedy one
@@ -73,6 +67,16 @@ fn the_prefix_cache_changes_no_token_and_no_log_prob() {
     assert!(stats.hit_tokens >= 4 * 96, "the shared prefix was reused: {stats:?}");
     assert!(stats.held_tokens > 0 && stats.evicted_blocks == 0, "{stats:?}");
     assert!(squeezed.evicted_blocks > 0, "a budget of a few blocks evicts: {squeezed:?}");
+}
+
+#[test]
+#[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
+fn the_prefix_cache_changes_no_token_and_no_log_prob() {
+    check_against_no_cache(|| smollm2(WeightFormat::Packed), 600 << 10, |name, key, got, want| {
+        assert_eq!(got.text, want.text, "{name}: text of job {key:?}");
+        assert_eq!(got.tokens, want.tokens, "{name}: tokens of job {key:?}");
+        assert_eq!(got.done, want.done, "{name}: log-probs, scores and finish of job {key:?}");
+    });
 }
 
 /// The default model on the device path, on the CPU, with its GGUF weights as they are.
@@ -87,28 +91,19 @@ fn smollm2_on_device() -> LlamaEngine {
 #[test]
 #[cfg_attr(not(genq_model), ignore = "the default model is missing: scripts/fetch-model.sh")]
 fn the_device_path_reuses_prefixes_with_the_same_tokens() {
-    let (off, none) = run_on(smollm2_on_device(), 0);
-    assert_eq!(none, PrefixStats::default(), "no cache, nothing done");
-    let (on, stats) = run_on(smollm2_on_device(), 64 << 20);
-    let (tight, squeezed) = run_on(smollm2_on_device(), 3 << 20);
-    for (key, want) in &off {
-        for (name, got) in [("on", &on[key]), ("tight", &tight[key])] {
-            assert_eq!((&got.text, got.tokens), (&want.text, want.tokens), "{name}: text of job {key:?}");
-            let (g, w) = (got.done.as_ref().expect("done"), want.done.as_ref().expect("done"));
-            assert_eq!(g.finish_reason, w.finish_reason, "{name}: finish of job {key:?}");
-            let logprobs = |d: &crate::engine::SeqDone| -> Vec<f64> {
-                let all = d.logprobs.prompt.iter().chain(&d.logprobs.generated).flatten();
-                all.filter_map(|t| t.logprob).chain(d.score.iter().flat_map(|s| s.logprobs.iter().copied())).collect()
-            };
-            let (a, b) = (logprobs(g), logprobs(w));
-            assert_eq!(a.len(), b.len(), "{name}: log-probs of job {key:?}");
-            // The device path's tolerance against the CPU path on these weights (its test: 2.0 on
-            // logits); a copied prefix changes only the shape of the step that computes the rest.
-            let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
-            assert!(worst < 0.5, "{name}: job {key:?} log-probs differ by {worst}");
-        }
-    }
-    assert!(stats.hit_tokens >= 4 * 96, "the shared prefix was reused on the device path: {stats:?}");
-    assert!(stats.held_tokens > 0 && stats.evicted_blocks == 0, "{stats:?}");
-    assert!(squeezed.evicted_blocks > 0, "a budget of a few blocks evicts: {squeezed:?}");
+    check_against_no_cache(smollm2_on_device, 3 << 20, |name, key, got, want| {
+        assert_eq!((&got.text, got.tokens), (&want.text, want.tokens), "{name}: text of job {key:?}");
+        let (g, w) = (got.done.as_ref().expect("done"), want.done.as_ref().expect("done"));
+        assert_eq!(g.finish_reason, w.finish_reason, "{name}: finish of job {key:?}");
+        let logprobs = |d: &crate::engine::SeqDone| -> Vec<f64> {
+            let all = d.logprobs.prompt.iter().chain(&d.logprobs.generated).flatten();
+            all.filter_map(|t| t.logprob).chain(d.score.iter().flat_map(|s| s.logprobs.iter().copied())).collect()
+        };
+        let (a, b) = (logprobs(g), logprobs(w));
+        assert_eq!(a.len(), b.len(), "{name}: log-probs of job {key:?}");
+        // The device path's tolerance against the CPU path on these weights (its test: 2.0 on
+        // logits); a copied prefix changes only the shape of the step that computes the rest.
+        let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+        assert!(worst < 0.5, "{name}: job {key:?} log-probs differ by {worst}");
+    });
 }
