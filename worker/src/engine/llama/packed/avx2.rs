@@ -1,7 +1,7 @@
 //! The 256-bit kernels, for CPUs without AVX-512 VNNI: AVX2 (`vpmaddubsw`, `vpmaddwd`) and
 //! AVX-VNNI (the 256-bit `vpdpbusd`). A group's sixteen rows are two vectors of eight 32-bit
-//! lanes. Two tokens take both halves in one pass (each activation broadcast serves both); one
-//! token takes them one after the other, which measured twice as fast alone.
+//! lanes, both taken against up to two tokens per pass (each activation broadcast serves both).
+//! A pass for one token prefetches the weights a few blocks ahead: it reads each of them once.
 //!
 //! `vpmaddubsw` adds its two products into a saturating 16-bit lane, so the AVX2 path keeps every
 //! sum below saturation to stay exact: 4-bit levels (at most 15 x 127) are summed in 16-bit lanes
@@ -81,6 +81,9 @@ mod x86 {
     /// Lanes of one half group (one 256-bit vector of 32-bit lanes).
     const HALF: usize = LANES / 2;
 
+    /// How many blocks ahead a one-token pass prefetches its weights.
+    const PREFETCH_BLOCKS: usize = 4;
+
     /// The group against `a`'s tokens (at most [`super::PASS_TOKENS`]).
     ///
     /// # Safety
@@ -89,16 +92,10 @@ mod x86 {
         macro_rules! by_shape {
             ($kernel:ident, $dot:ty) => {
                 match (a.tokens, w.four_bit) {
-                    (1, true) => {
-                        $kernel::<1, true, $dot, 1>(w, a, 0, out);
-                        $kernel::<1, true, $dot, 1>(w, a, 1, out);
-                    }
-                    (1, false) => {
-                        $kernel::<1, false, $dot, 1>(w, a, 0, out);
-                        $kernel::<1, false, $dot, 1>(w, a, 1, out);
-                    }
-                    (2, true) => $kernel::<2, true, $dot, 2>(w, a, 0, out),
-                    (2, false) => $kernel::<2, false, $dot, 2>(w, a, 0, out),
+                    (1, true) => $kernel::<1, true, $dot>(w, a, out),
+                    (1, false) => $kernel::<1, false, $dot>(w, a, out),
+                    (2, true) => $kernel::<2, true, $dot>(w, a, out),
+                    (2, false) => $kernel::<2, false, $dot>(w, a, out),
                     _ => {}
                 }
             };
@@ -111,18 +108,18 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn avx2<const N: usize, const FOUR: bool, D: Dot, const H: usize>(w: &GroupView<'_>, a: &ActsView<'_>, first: usize, out: &mut [f32]) {
-        body::<N, FOUR, D, H>(w, a, first, out)
+    unsafe fn avx2<const N: usize, const FOUR: bool, D: Dot>(w: &GroupView<'_>, a: &ActsView<'_>, out: &mut [f32]) {
+        body::<N, FOUR, D>(w, a, out)
     }
 
     #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
-    unsafe fn avx_vnni<const N: usize, const FOUR: bool, D: Dot, const H: usize>(w: &GroupView<'_>, a: &ActsView<'_>, first: usize, out: &mut [f32]) {
-        body::<N, FOUR, D, H>(w, a, first, out)
+    unsafe fn avx_vnni<const N: usize, const FOUR: bool, D: Dot>(w: &GroupView<'_>, a: &ActsView<'_>, out: &mut [f32]) {
+        body::<N, FOUR, D>(w, a, out)
     }
 
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
-    unsafe fn avx512_vl_vnni<const N: usize, const FOUR: bool, D: Dot, const H: usize>(w: &GroupView<'_>, a: &ActsView<'_>, first: usize, out: &mut [f32]) {
-        body::<N, FOUR, D, H>(w, a, first, out)
+    unsafe fn avx512_vl_vnni<const N: usize, const FOUR: bool, D: Dot>(w: &GroupView<'_>, a: &ActsView<'_>, out: &mut [f32]) {
+        body::<N, FOUR, D>(w, a, out)
     }
 
     /// A block's integer dot products of one token with eight rows, four inputs per 32-bit lane.
@@ -232,26 +229,32 @@ mod x86 {
         _mm256_cvtph_ps(_mm_loadu_si128(values as *const __m128i))
     }
 
-    /// `N` tokens against `H` halves of the group from half `first` (`first + H <= 2`).
+    /// `N` tokens against both halves of the group.
     // Indexed loops over const-sized register arrays: they unroll, and the indexes are the token
     // and the half.
     #[allow(clippy::needless_range_loop)]
     #[inline(always)]
-    unsafe fn body<const N: usize, const FOUR: bool, D: Dot, const H: usize>(w: &GroupView<'_>, a: &ActsView<'_>, first: usize, out: &mut [f32]) {
+    unsafe fn body<const N: usize, const FOUR: bool, D: Dot>(w: &GroupView<'_>, a: &ActsView<'_>, out: &mut [f32]) {
         let cols = w.blocks * BLOCK;
         let bytes = if FOUR { LANES * BLOCK / 2 } else { LANES * BLOCK };
         let nibble = _mm256_set1_epi8(0x0F);
-        let mut facc = [[_mm256_setzero_ps(); H]; N];
-        let q = w.quants.as_ptr().add(first * 32);
+        let mut facc = [[_mm256_setzero_ps(); 2]; N];
+        let q = w.quants.as_ptr();
         let lv = a.levels.as_ptr();
         for b in 0..w.blocks {
-            let mut iacc = [[_mm256_setzero_si256(); H]; N];
+            let mut iacc = [[_mm256_setzero_si256(); 2]; N];
             let base = q.add(b * bytes);
+            if N == 1 {
+                // One token reads each weight once: ask for the lines a few blocks ahead.
+                for line in (0..bytes).step_by(64) {
+                    _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(PREFETCH_BLOCKS * bytes + line) as *const i8);
+                }
+            }
             if FOUR {
                 for v in 0..4 {
-                    let mut lo = [_mm256_setzero_si256(); H];
-                    let mut hi = [_mm256_setzero_si256(); H];
-                    for h in 0..H {
+                    let mut lo = [_mm256_setzero_si256(); 2];
+                    let mut hi = [_mm256_setzero_si256(); 2];
+                    for h in 0..2 {
                         let packed = _mm256_loadu_si256(base.add(v * 64 + h * 32) as *const __m256i);
                         lo[h] = _mm256_and_si256(packed, nibble);
                         hi[h] = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble);
@@ -259,7 +262,7 @@ mod x86 {
                     for n in 0..N {
                         let row = n * cols + b * BLOCK;
                         let (x_lo, x_hi) = (quad(lv, row + v * 4), quad(lv, row + 16 + v * 4));
-                        for h in 0..H {
+                        for h in 0..2 {
                             iacc[n][h] = D::four(iacc[n][h], lo[h], x_lo);
                             iacc[n][h] = D::four(iacc[n][h], hi[h], x_hi);
                         }
@@ -267,22 +270,22 @@ mod x86 {
                 }
             } else {
                 for v in 0..8 {
-                    let levels: [_; H] = std::array::from_fn(|h| D::prepare(_mm256_loadu_si256(base.add(v * 64 + h * 32) as *const __m256i)));
+                    let levels: [_; 2] = std::array::from_fn(|h| D::prepare(_mm256_loadu_si256(base.add(v * 64 + h * 32) as *const __m256i)));
                     for n in 0..N {
                         let x = quad(lv, n * cols + b * BLOCK + v * 4);
-                        for h in 0..H {
+                        for h in 0..2 {
                             iacc[n][h] = D::eight(iacc[n][h], levels[h], x);
                         }
                     }
                 }
             }
-            let scale: [_; H] = std::array::from_fn(|h| halves(w.scale.as_ptr().add(b * LANES + (first + h) * HALF)));
-            let min: [_; H] = std::array::from_fn(|h| halves(w.min.as_ptr().add(b * LANES + (first + h) * HALF)));
+            let scale: [_; 2] = std::array::from_fn(|h| halves(w.scale.as_ptr().add(b * LANES + h * HALF)));
+            let min: [_; 2] = std::array::from_fn(|h| halves(w.min.as_ptr().add(b * LANES + h * HALF)));
             for n in 0..N {
                 let at = n * w.blocks + b;
                 let level_sum = *a.sum.get_unchecked(at);
                 let (sum, act_scale) = (_mm256_set1_ps(level_sum), _mm256_set1_ps(*a.scale.get_unchecked(at)));
-                for h in 0..H {
+                for h in 0..2 {
                     let dot = D::finish::<FOUR>(iacc[n][h], level_sum as i32);
                     let t1 = _mm256_mul_ps(min[h], sum);
                     let t2 = _mm256_fmadd_ps(scale[h], _mm256_cvtepi32_ps(dot), t1);
@@ -291,8 +294,8 @@ mod x86 {
             }
         }
         for n in 0..N {
-            for h in 0..H {
-                _mm256_storeu_ps(out.as_mut_ptr().add(n * LANES + (first + h) * HALF), facc[n][h]);
+            for h in 0..2 {
+                _mm256_storeu_ps(out.as_mut_ptr().add(n * LANES + h * HALF), facc[n][h]);
             }
         }
     }
