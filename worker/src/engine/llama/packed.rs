@@ -53,10 +53,11 @@ pub(crate) enum Kernel {
     Avx512Vnni,
     /// AMX-INT8 tile multiplies for four tokens or more, AVX-512 VNNI below.
     Amx,
-    /// AVX2, FMA and F16C with a 256-bit `vpdpbusd` (AVX-VNNI, or AVX-512 VNNI with VL): eight
-    /// rows against up to four tokens per pass.
+    /// AVX2, FMA and F16C with a 256-bit `vpdpbusd` (AVX-VNNI, or AVX-512 VNNI with VL): sixteen
+    /// rows as two vectors of eight, against up to four tokens per pass.
     AvxVnni,
-    /// AVX2, FMA and F16C: `vpmaddubsw` and `vpmaddwd`, eight rows against up to four tokens.
+    /// AVX2, FMA and F16C: `vpmaddubsw` and `vpmaddwd`, sixteen rows as two vectors of eight,
+    /// against up to four tokens per pass.
     Avx2,
 }
 

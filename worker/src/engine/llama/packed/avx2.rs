@@ -1,6 +1,6 @@
 //! The 256-bit kernels, for CPUs without AVX-512 VNNI: AVX2 (`vpmaddubsw`, `vpmaddwd`) and
 //! AVX-VNNI (the 256-bit `vpdpbusd`). A group's sixteen rows are two vectors of eight 32-bit
-//! lanes, both taken against up to two tokens per pass (each activation broadcast serves both).
+//! lanes, both taken against up to four tokens per pass (each activation broadcast serves both).
 //! A pass for one token prefetches the weights a few blocks ahead: it reads each of them once.
 //!
 //! `vpmaddubsw` adds its two products into a saturating 16-bit lane, so the AVX2 path keeps every
@@ -19,8 +19,9 @@
 
 use super::{ActsView, GroupView, LANES, TOKEN_TILE};
 
-/// Tokens one pass over the group's weights takes (the registers hold four accumulators each).
-const PASS_TOKENS: usize = 2;
+/// Tokens one pass over the group's weights takes. Four spill a few accumulators to the stack,
+/// and still measured 10-20% faster than two at 32 sequences (each weight unpacked once for four).
+const PASS_TOKENS: usize = 4;
 
 /// Which 256-bit integer dot product a kernel uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +97,10 @@ mod x86 {
                     (1, false) => $kernel::<1, false, $dot>(w, a, out),
                     (2, true) => $kernel::<2, true, $dot>(w, a, out),
                     (2, false) => $kernel::<2, false, $dot>(w, a, out),
+                    (3, true) => $kernel::<3, true, $dot>(w, a, out),
+                    (3, false) => $kernel::<3, false, $dot>(w, a, out),
+                    (4, true) => $kernel::<4, true, $dot>(w, a, out),
+                    (4, false) => $kernel::<4, false, $dot>(w, a, out),
                     _ => {}
                 }
             };
