@@ -250,7 +250,8 @@ mod x86 {
             let mut iacc = [[_mm256_setzero_si256(); 2]; N];
             let base = q.add(b * bytes);
             if N == 1 {
-                // One token reads each weight once: ask for the lines a few blocks ahead.
+                // One token reads each weight once: ask for the lines a few blocks ahead (a
+                // prefetch never faults, so past the group's end it only wastes a request).
                 for line in (0..bytes).step_by(64) {
                     _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(PREFETCH_BLOCKS * bytes + line) as *const i8);
                 }
