@@ -4,10 +4,11 @@
 //! a minimum (`w = scale * level + min`, GGUF's Q4_1 shape; Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0
 //! tensors load exactly, the 5-bit ones as 8-bit levels).
 //! They are interleaved sixteen output rows at a time, the layout AVX-512 VNNI's `vpdpbusd`
-//! reads (AVX2's 256-bit kernels read it as two halves of eight rows). Activations are quantized per row to signed 8-bit blocks (scale and level sum per
-//! block). A block's dot product is an exact integer sum, and the blocks are combined in a fixed
-//! order with the same fused multiply-adds whatever the batch, so a row's outputs are bitwise
-//! the same alone or among 63 others, in one step or another.
+//! reads (AVX2's 256-bit kernels read it as two halves of eight rows). Activations are quantized
+//! per row to signed 8-bit blocks (scale and level sum per block). A block's dot product is an
+//! exact integer sum, and the blocks are combined in a fixed order with the same fused
+//! multiply-adds whatever the batch, so a row's outputs are bitwise the same alone or among 63
+//! others, in one step or another.
 //!
 //! [`amx`] (AMX-INT8 tiles, for four tokens and more), [`vnni`] (AVX-512 VNNI) and [`avx2`]
 //! (AVX-VNNI's 256-bit `vpdpbusd`, or AVX2's `vpmaddubsw`) are the fast kernels, the crate's only

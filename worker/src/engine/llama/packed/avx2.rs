@@ -56,7 +56,11 @@ pub(super) fn available(flavor: Flavor) -> bool {
 /// Panics when the slices are shorter than the shapes they claim, or when the CPU lacks the
 /// kernel's features.
 pub(super) fn tile(flavor: Flavor, w: &GroupView<'_>, a: &ActsView<'_>, out: &mut [f32]) {
-    assert!(available(flavor), "the {flavor:?} kernel needs AVX2, FMA and F16C (and a 256-bit VNNI)");
+    let detected = match flavor {
+        Flavor::Avx2 => super::Kernel::Avx2.available(),
+        Flavor::AvxVnni => super::Kernel::AvxVnni.available(),
+    };
+    assert!(detected, "the {flavor:?} kernel needs AVX2, FMA and F16C (and a 256-bit VNNI)");
     w.assert_holds(a, TOKEN_TILE, out);
     let blocks = w.blocks;
     for s in (0..a.tokens).step_by(PASS_TOKENS) {
@@ -85,6 +89,12 @@ mod x86 {
     /// How many blocks ahead a one-token pass prefetches its weights.
     const PREFETCH_BLOCKS: usize = 4;
 
+    /// Whether the CPU has AVX-VNNI's VEX form of `vpdpbusd` (detected once).
+    fn has_vex_vnni() -> bool {
+        static VEX: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *VEX.get_or_init(|| std::arch::is_x86_feature_detected!("avxvnni"))
+    }
+
     /// The group against `a`'s tokens (at most [`super::PASS_TOKENS`]).
     ///
     /// # Safety
@@ -107,7 +117,7 @@ mod x86 {
         }
         match flavor {
             Flavor::Avx2 => by_shape!(avx2, Madd),
-            Flavor::AvxVnni if std::arch::is_x86_feature_detected!("avxvnni") => by_shape!(avx_vnni, DpbusdVex),
+            Flavor::AvxVnni if has_vex_vnni() => by_shape!(avx_vnni, DpbusdVex),
             Flavor::AvxVnni => by_shape!(avx512_vl_vnni, DpbusdEvex),
         }
     }
@@ -128,17 +138,31 @@ mod x86 {
     }
 
     /// A block's integer dot products of one token with eight rows, four inputs per 32-bit lane.
-    /// Inlined into the `#[target_feature]` functions above, which enable what it uses.
+    /// Inlined into the `#[target_feature]` functions above, which enable what it uses. The
+    /// provided methods are those of an instruction that accumulates any levels exactly in 32-bit
+    /// lanes (`vpdpbusd`): the 8-bit levels as they are, and the accumulator is the dot product.
     trait Dot {
         /// Accumulates 4-bit levels `w` (below 16) times activation levels `x`.
         unsafe fn four(acc: __m256i, w: __m256i, x: __m256i) -> __m256i;
+
         /// What [`Dot::eight`] takes of a vector of 8-bit levels, once for all tokens.
-        unsafe fn prepare(w: __m256i) -> (__m256i, __m256i);
+        #[inline(always)]
+        unsafe fn prepare(w: __m256i) -> (__m256i, __m256i) {
+            (w, w)
+        }
+
         /// Accumulates 8-bit levels (as [`Dot::prepare`] left them) times activation levels `x`.
-        unsafe fn eight(acc: __m256i, w: (__m256i, __m256i), x: __m256i) -> __m256i;
+        #[inline(always)]
+        unsafe fn eight(acc: __m256i, (w, _): (__m256i, __m256i), x: __m256i) -> __m256i {
+            Self::four(acc, w, x)
+        }
+
         /// The block's dot products as 32-bit lanes, from the accumulator and the activations'
         /// level sum.
-        unsafe fn finish<const FOUR: bool>(acc: __m256i, level_sum: i32) -> __m256i;
+        #[inline(always)]
+        unsafe fn finish<const FOUR: bool>(acc: __m256i, _level_sum: i32) -> __m256i {
+            acc
+        }
     }
 
     /// AVX2: `vpmaddubsw` pairs, summed exactly (see the module's note on saturation).
@@ -180,21 +204,6 @@ mod x86 {
         unsafe fn four(acc: __m256i, w: __m256i, x: __m256i) -> __m256i {
             _mm256_dpbusd_avx_epi32(acc, w, x)
         }
-
-        #[inline(always)]
-        unsafe fn prepare(w: __m256i) -> (__m256i, __m256i) {
-            (w, w)
-        }
-
-        #[inline(always)]
-        unsafe fn eight(acc: __m256i, (w, _): (__m256i, __m256i), x: __m256i) -> __m256i {
-            _mm256_dpbusd_avx_epi32(acc, w, x)
-        }
-
-        #[inline(always)]
-        unsafe fn finish<const FOUR: bool>(acc: __m256i, _level_sum: i32) -> __m256i {
-            acc
-        }
     }
 
     /// AVX-512 VNNI's `vpdpbusd` on 256-bit vectors (EVEX, with AVX-512 VL).
@@ -204,21 +213,6 @@ mod x86 {
         #[inline(always)]
         unsafe fn four(acc: __m256i, w: __m256i, x: __m256i) -> __m256i {
             _mm256_dpbusd_epi32(acc, w, x)
-        }
-
-        #[inline(always)]
-        unsafe fn prepare(w: __m256i) -> (__m256i, __m256i) {
-            (w, w)
-        }
-
-        #[inline(always)]
-        unsafe fn eight(acc: __m256i, (w, _): (__m256i, __m256i), x: __m256i) -> __m256i {
-            _mm256_dpbusd_epi32(acc, w, x)
-        }
-
-        #[inline(always)]
-        unsafe fn finish<const FOUR: bool>(acc: __m256i, _level_sum: i32) -> __m256i {
-            acc
         }
     }
 
