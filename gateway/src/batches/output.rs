@@ -95,29 +95,10 @@ pub async fn write_files(gw: &Gateway, rec: &mut BatchRecord, end: &str) -> Resu
         );
     }
     let all = Files::joined(written);
-    if !all.out.is_empty() {
-        rec.output_file_id = Some(
-            put_file(
-                gw,
-                "batch_output",
-                &format!("{}_output.jsonl", rec.id),
-                &all.out,
-            )
-            .await?
-            .id,
-        );
-    }
-    if !all.err.is_empty() {
-        rec.error_file_id = Some(
-            put_file(
-                gw,
-                "batch_output",
-                &format!("{}_error.jsonl", rec.id),
-                &all.err,
-            )
-            .await?
-            .id,
-        );
+    for (content, kind, file_id) in [(&all.out, "output", &mut rec.output_file_id), (&all.err, "error", &mut rec.error_file_id)] {
+        if !content.is_empty() {
+            *file_id = Some(put_file(gw, "batch_output", &format!("{}_{kind}.jsonl", rec.id), content).await?.id);
+        }
     }
     Ok(())
 }
