@@ -32,6 +32,10 @@ pub struct SettingsArgs {
     /// Confirms outstanding at once while publishing [producer.max_in_flight; default 1024].
     #[arg(long, global = true)]
     pub max_in_flight: Option<usize>,
+    /// Most jobs packed into one bulk message when many are published together; 1 sends each
+    /// job as a message of its own [producer.bulk_max_jobs; default 16].
+    #[arg(long, global = true)]
+    pub bulk_max_jobs: Option<usize>,
 }
 
 impl SettingsArgs {
@@ -41,7 +45,8 @@ impl SettingsArgs {
             .set("redis.url", self.redis_url.as_ref())
             .set("redis.key_prefix", self.key_prefix.as_ref())
             .set("producer.default_model", self.model.as_ref())
-            .set("producer.max_in_flight", self.max_in_flight);
+            .set("producer.max_in_flight", self.max_in_flight)
+            .set("producer.bulk_max_jobs", self.bulk_max_jobs);
         o
     }
 

@@ -78,7 +78,7 @@ mod tests {
     #[test]
     fn metrics_show_publishes_and_requests() {
         let m = GatewayMetrics::new().expect("registers");
-        m.producer.record(Err(&genq_producer::PublishError::Nacked), std::time::Duration::from_millis(3));
+        m.producer.record(Err(&genq_producer::PublishError::Nacked), 1, std::time::Duration::from_millis(3));
         m.http_requests.with_label_values(&["/generate", "200"]).inc();
         let text = m.render();
         assert!(text.contains("genq_published_total{outcome=\"nacked\"} 1"), "{text}");

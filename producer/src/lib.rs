@@ -3,12 +3,16 @@
 //! (`genq-shared`) and the protocol (`genq-protocol`) only: no model code, no HTTP server.
 //!
 //! - [`producer`]: publishing, confirms, returned and nacked messages as errors.
+//! - `pack`: packing jobs that route alike into bulk (v2) messages.
+//! - `gather`: jobs submitted one at a time, gathered for `producer.bulk_wait_ms` to share them.
 //! - [`results`]: `get` and `wait` (BLMOVE on the job's done list, never a sleep loop), `cancel`.
 //! - [`metrics`]: Prometheus metrics of publishing (`genq_published_total`, publish latency).
 //! - [`input`]: reading JSONL job files (a line is a job object or a bare prompt string).
 
+mod gather;
 pub mod input;
 pub mod metrics;
+mod pack;
 pub mod producer;
 pub mod results;
 

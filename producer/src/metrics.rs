@@ -72,17 +72,18 @@ impl ProducerMetrics {
         Ok(Self { registry, published, publish_duration, publish_retries })
     }
 
-    /// Counts one publish that ended with `outcome` after `elapsed`.
-    pub fn observe(&self, outcome: PublishOutcome, elapsed: Duration) {
-        self.published.with_label_values(&[outcome.as_str()]).inc();
+    /// Counts the `jobs` of one publish (one message) that ended with `outcome` after `elapsed`.
+    pub fn observe(&self, outcome: PublishOutcome, jobs: u64, elapsed: Duration) {
+        self.published.with_label_values(&[outcome.as_str()]).inc_by(jobs);
         if outcome != PublishOutcome::Error {
             self.publish_duration.observe(elapsed.as_secs_f64());
         }
     }
 
-    /// Counts a publish by its result: ok is `confirmed`; a nack, a return and a broker error
-    /// are `nacked`, `returned` and `error`. Jobs refused before publishing are not counted.
-    pub fn record(&self, result: Result<(), &PublishError>, elapsed: Duration) {
+    /// Counts the `jobs` of one publish by its result: ok is `confirmed`; a nack, a return and a
+    /// broker error are `nacked`, `returned` and `error`. Jobs refused before publishing are not
+    /// counted.
+    pub fn record(&self, result: Result<(), &PublishError>, jobs: u64, elapsed: Duration) {
         let outcome = match result {
             Ok(()) => PublishOutcome::Confirmed,
             Err(PublishError::Nacked) => PublishOutcome::Nacked,
@@ -91,7 +92,7 @@ impl ProducerMetrics {
             // Refused before reaching the broker (invalid, unencodable): not a publish.
             Err(_) => return,
         };
-        self.observe(outcome, elapsed);
+        self.observe(outcome, jobs, elapsed);
     }
 
     /// The registry in Prometheus' text format.
@@ -116,8 +117,8 @@ mod tests {
     #[test]
     fn a_nack_is_counted_with_its_latency() {
         let m = ProducerMetrics::new().expect("metrics");
-        m.observe(PublishOutcome::Nacked, Duration::from_millis(3));
-        m.observe(PublishOutcome::Error, Duration::from_millis(3));
+        m.observe(PublishOutcome::Nacked, 1, Duration::from_millis(3));
+        m.observe(PublishOutcome::Error, 1, Duration::from_millis(3));
         assert_eq!(m.published.with_label_values(&["nacked"]).get(), 1);
         assert_eq!(m.published.with_label_values(&["error"]).get(), 1);
         assert_eq!(m.publish_duration.get_sample_count(), 1, "errors have no broker answer to time");

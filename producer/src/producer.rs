@@ -1,5 +1,7 @@
 //! Publishing jobs: persistent JSON messages to `genq.jobs` with `mandatory=true` and publisher
 //! confirms. A nack (queue full) or a return (no queue for the model) is an error to the caller.
+//! Jobs published together are packed into bulk (v2) messages ([`crate::pack`]); a job published
+//! alone goes as a v1 message.
 
 use std::time::{Duration, Instant};
 
@@ -8,6 +10,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 
+use genq_shared::bulk::{BULK_CONTENT_TYPE, JOB_CONTENT_TYPE};
 use genq_shared::settings::{ProducerSettings, QueueSettings};
 use genq_shared::topology::{self, CREATED_MS_HEADER, JOBS_EXCHANGE};
 use genq_shared::valid::{self, Limits};
@@ -15,10 +18,12 @@ use genq_shared::{now_ms, JobRequest};
 use genq_protocol::backoff::Backoff;
 use genq_protocol::broker::{self, BrokerError};
 
+use crate::gather::Gather;
+use crate::pack::{self, BulkLimits, Message};
 use crate::results::ResultClient;
 
 /// A job was not accepted by the broker.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum PublishError {
     /// The job broke a rule before publishing.
     #[error("invalid job: {0}")]
@@ -51,6 +56,7 @@ pub struct Producer {
     queue: QueueSettings,
     results: Option<ResultClient>,
     metrics: Option<crate::metrics::ProducerMetrics>,
+    gathered: Gather<JobRequest, Result<String, PublishError>>,
 }
 
 /// One connection and its confirm-mode channel.
@@ -70,7 +76,15 @@ impl Producer {
     /// so jobs published before any worker starts are kept.
     pub async fn connect(url: &str, settings: &ProducerSettings, queue: &QueueSettings) -> Result<Self, BrokerError> {
         let link = Self::open(url, settings, queue).await?;
-        Ok(Self { url: url.to_string(), link: std::sync::Mutex::new(link), settings: settings.clone(), queue: queue.clone(), results: None, metrics: None })
+        Ok(Self {
+            url: url.to_string(),
+            link: std::sync::Mutex::new(link),
+            settings: settings.clone(),
+            queue: queue.clone(),
+            results: None,
+            metrics: None,
+            gathered: Gather::default(),
+        })
     }
 
     async fn open(url: &str, settings: &ProducerSettings, queue: &QueueSettings) -> Result<Link, BrokerError> {
@@ -138,20 +152,24 @@ impl Producer {
         Ok(job)
     }
 
-    async fn publish(&self, job: &JobRequest) -> Result<lapin::PublisherConfirm, PublishError> {
-        let body = serde_json::to_vec(job).map_err(|e| PublishError::Encode(e.to_string()))?;
-        let id = job.id.clone().unwrap_or_default();
+    /// Publishes one message: a v1 job (its id as `message_id`) or a bulk body (its own content
+    /// type, and no `message_id`, so a consumer that knows only v1 dead-letters it rather than
+    /// taking it for one job).
+    async fn publish(&self, message: &Message) -> Result<lapin::PublisherConfirm, PublishError> {
         let mut headers = FieldTable::default();
         headers.insert(CREATED_MS_HEADER.into(), AMQPValue::LongLongInt(now_ms() as i64));
-        let props = BasicProperties::default()
-            .with_content_type("application/json".into())
-            .with_delivery_mode(2)
-            .with_message_id(id.as_str().into())
-            .with_headers(headers);
-        let key = topology::routing_key(job.model_name(), job.priority());
+        let props = BasicProperties::default().with_delivery_mode(2).with_headers(headers);
+        let props = if message.is_bulk() {
+            props.with_content_type(BULK_CONTENT_TYPE.into())
+        } else {
+            let id = message.jobs[0].1.id.clone().unwrap_or_default();
+            props.with_content_type(JOB_CONTENT_TYPE.into()).with_message_id(id.as_str().into())
+        };
+        let (model, priority) = message.route();
+        let key = topology::routing_key(model, priority);
         let channel = self.channel().ok_or_else(|| PublishError::Encode("producer state poisoned".into()))?;
         channel
-            .basic_publish(JOBS_EXCHANGE.into(), key.as_str().into(), BasicPublishOptions { mandatory: true, ..Default::default() }, &body, props)
+            .basic_publish(JOBS_EXCHANGE.into(), key.as_str().into(), BasicPublishOptions { mandatory: true, ..Default::default() }, &message.body, props)
             .await
             .map_err(|e| PublishError::Broker(BrokerError::protocol("basic.publish", e)))
     }
@@ -165,15 +183,26 @@ impl Producer {
         }
     }
 
-    /// Publishes one job and waits for the broker's confirm. Returns the job id.
+    /// Publishes one job and waits for the broker's confirm. Returns the job id. With
+    /// `producer.bulk_wait_ms` above 0, jobs submitted within that time of each other (from
+    /// concurrent callers) share bulk messages; with 0 (the default) the job is published at once.
     pub async fn submit(&self, job: JobRequest) -> Result<String, PublishError> {
-        self.submit_many(vec![job], |_| {}).await.pop().unwrap_or_else(|| Err(PublishError::Encode("not published".into())))
+        let wait = Duration::from_millis(self.settings.bulk_wait_ms);
+        let outcome = if wait.is_zero() || self.bulk_limits().max_jobs <= 1 {
+            self.submit_many(vec![job], |_| {}).await.pop()
+        } else {
+            let max = self.bulk_limits().max_jobs;
+            self.gathered.submit(job, max, wait, |jobs| self.submit_many(jobs, |_| {})).await
+        };
+        outcome.unwrap_or_else(|| Err(PublishError::Encode("not published: the publish was abandoned".into())))
     }
 
     /// Publishes many jobs with up to `max_in_flight` confirms outstanding, calling `progress`
-    /// with the count of jobs settled so far. Results are in input order: the id, or why that job
-    /// was not accepted. Jobs whose publish or confirm was lost with the connection are published
-    /// again on a new one, with the same ids, until `producer.retry_secs` runs out.
+    /// with the count of jobs settled so far. Jobs that route alike are packed into bulk messages
+    /// (`producer.bulk_max_jobs`, `producer.bulk_max_bytes`); a message's confirm settles all of
+    /// its jobs. Results are in input order: the id, or why that job was not accepted. Jobs whose
+    /// publish or confirm was lost with the connection are published again on a new one, with the
+    /// same ids, until `producer.retry_secs` runs out.
     pub async fn submit_many(
         &self,
         jobs: Vec<JobRequest>,
@@ -209,17 +238,22 @@ impl Producer {
         out.into_iter().map(|r| r.unwrap_or_else(|| Err(PublishError::Encode("not published".into())))).collect()
     }
 
-    /// Publishes one job and waits for its confirm; the outcome comes back with the job.
-    async fn publish_confirmed(&self, i: usize, job: JobRequest) -> (usize, JobRequest, Result<(), PublishError>) {
+    /// Publishes one message and waits for its confirm; the outcome comes back with the message.
+    async fn publish_confirmed(&self, message: Message) -> (Message, Result<(), PublishError>) {
         let started = Instant::now();
-        let r = match self.publish(&job).await {
-            Ok(confirm) => Self::confirmed(job.model_name(), confirm.await),
+        let r = match self.publish(&message).await {
+            Ok(confirm) => Self::confirmed(message.route().0, confirm.await),
             Err(e) => Err(e),
         };
         if let Some(m) = &self.metrics {
-            m.record(r.as_ref().map(|_| ()), started.elapsed());
+            m.record(r.as_ref().map(|_| ()), message.jobs.len() as u64, started.elapsed());
         }
-        (i, job, r)
+        (message, r)
+    }
+
+    /// How large the bulk messages of this producer may grow.
+    fn bulk_limits(&self) -> BulkLimits {
+        BulkLimits { max_jobs: self.settings.bulk_max_jobs.clamp(1, genq_shared::bulk::MAX_BULK_JOBS), max_bytes: self.settings.bulk_max_bytes }
     }
 
     /// Records a chunk of `(index, id, model)` jobs `queued` in Redis on a task of its own, so the
@@ -248,8 +282,8 @@ impl Producer {
         }
     }
 
-    /// Publishes `todo` once with pipelined publishes and confirms (up to `max_in_flight` jobs
-    /// between the first send and the confirm: the frames of many publishes leave in one write),
+    /// Publishes `todo` once, packed into messages, with pipelined publishes and confirms (up to
+    /// `max_in_flight` messages between the first send and the confirm: the frames of many publishes leave in one write),
     /// storing each outcome in `out`. Each chunk of [`MARK_CHUNK`] jobs is recorded `queued` before
     /// any of it is published (the next chunk's marks are written while this one is published),
     /// so a worker always finds the mark already there, and a mark can never land after a result
@@ -267,19 +301,23 @@ impl Producer {
         let mut in_flight = FuturesOrdered::new();
         let mut lost = Vec::new();
         let mut broken = false;
-        let mut record = |(i, job, r): (usize, JobRequest, Result<(), PublishError>), lost: &mut Vec<(usize, JobRequest)>, broken: &mut bool| {
-            match r {
-                Ok(()) => out[i] = Some(Ok(job.id.clone().unwrap_or_default())),
-                Err(e @ PublishError::Broker(_)) => {
-                    // The channel is gone: publish nothing more into it; retry on the next connection.
-                    *broken = true;
-                    out[i] = Some(Err(e));
-                    lost.push((i, job));
-                    return;
-                }
-                Err(e) => out[i] = Some(Err(e)),
+        let mut record = |(message, r): (Message, Result<(), PublishError>), lost: &mut Vec<(usize, JobRequest)>, broken: &mut bool| {
+            if let Err(PublishError::Broker(_)) = &r {
+                // The channel is gone: publish nothing more into it; retry on the next connection.
+                *broken = true;
             }
-            *settled += 1;
+            for (i, job) in message.jobs {
+                match &r {
+                    Ok(()) => out[i] = Some(Ok(job.id.clone().unwrap_or_default())),
+                    Err(e @ PublishError::Broker(_)) => {
+                        out[i] = Some(Err(e.clone()));
+                        lost.push((i, job));
+                        continue;
+                    }
+                    Err(e) => out[i] = Some(Err(e.clone())),
+                }
+                *settled += 1;
+            }
             progress(*settled);
         };
         let mut chunks: Vec<Vec<(usize, JobRequest)>> = Vec::new();
@@ -297,12 +335,16 @@ impl Producer {
                 marked.extend(marks.await.unwrap_or_default());
             }
             next_marks = rest.peek().and_then(|c| self.spawn_mark_queued(to_mark(c)));
-            for (i, job) in chunk {
+            let (messages, unencodable) = pack::pack(chunk, self.bulk_limits());
+            for (i, job, e) in unencodable {
+                record((Message { jobs: vec![(i, job)], body: Vec::new() }, Err(PublishError::Encode(e))), &mut lost, &mut broken);
+            }
+            for message in messages {
                 if broken {
-                    record((i, job, Err(PublishError::Broker(BrokerError::Closed))), &mut lost, &mut broken);
+                    record((message, Err(PublishError::Broker(BrokerError::Closed))), &mut lost, &mut broken);
                     continue;
                 }
-                in_flight.push_back(self.publish_confirmed(i, job));
+                in_flight.push_back(self.publish_confirmed(message));
                 while in_flight.len() >= max {
                     if let Some(done) = in_flight.next().await {
                         record(done, &mut lost, &mut broken);

@@ -12,7 +12,7 @@ use genq_shared::topology::{self, QueueLimits, DEAD_LETTER_EXCHANGE, DEAD_QUEUE,
 use crate::url::{redact_url, url_list};
 
 /// A broker operation failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BrokerError {
     /// Could not connect; the URL is shown without its password.
     #[error("cannot connect to RabbitMQ at {url}: {source}")]

@@ -3,6 +3,7 @@
 //! that follows it (AMQP, Redis scripts) is `genq-protocol`'s.
 //!
 //! - [`job`]: wire format v1 of a job, exactly as published to RabbitMQ.
+//! - [`bulk`]: wire format v2, one message carrying many jobs.
 //! - [`format`]: a job's output format (JSON Schema, JSON object, regex, Lark grammar).
 //! - [`valid`]: validation of a wire job into a [`valid::ValidJob`], with errors that name the field.
 //! - [`result`]: job statuses, finish reasons and the result record kept in Redis.
@@ -11,6 +12,7 @@
 //! - [`settings`]: configuration structs and their layered loading (defaults < file < env < flags).
 //! - [`metrics`]: Prometheus metric names, declared once.
 
+pub mod bulk;
 pub mod format;
 pub mod job;
 pub mod keys;

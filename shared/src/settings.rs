@@ -195,11 +195,29 @@ pub struct ProducerSettings {
     /// How long publishes that failed on a lost connection are retried (reconnecting, same job
     /// ids) before they are reported as errors, in seconds.
     pub retry_secs: u64,
+    /// Most jobs packed into one bulk (v2) message when many are published together; 1 sends
+    /// every job as a v1 message. Small enough that several workers share a batch file: a
+    /// worker's prefetch counts messages.
+    pub bulk_max_jobs: usize,
+    /// Most bytes of one bulk message's body (at most the workers' `worker.max_body_bytes`); a
+    /// job too large to share goes alone.
+    pub bulk_max_bytes: usize,
+    /// How long a job published on its own (`Producer::submit`) may wait for others to share a
+    /// bulk message with, in milliseconds; 0 publishes it at once.
+    pub bulk_wait_ms: u64,
 }
 
 impl Default for ProducerSettings {
     fn default() -> Self {
-        Self { default_model: DEFAULT_MODEL.into(), max_in_flight: 1024, declare_default_model: true, retry_secs: 30 }
+        Self {
+            default_model: DEFAULT_MODEL.into(),
+            max_in_flight: 1024,
+            declare_default_model: true,
+            retry_secs: 30,
+            bulk_max_jobs: 16,
+            bulk_max_bytes: 256 * 1024,
+            bulk_wait_ms: 0,
+        }
     }
 }
 

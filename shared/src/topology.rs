@@ -10,6 +10,8 @@ pub const DEAD_LETTER_EXCHANGE: &str = "genq.dlx";
 pub const DEAD_QUEUE: &str = "genq.dead";
 /// Header carrying the producer's clock at publish, in Unix milliseconds.
 pub const CREATED_MS_HEADER: &str = "genq-created-ms";
+/// Header a worker sets on a job of a bulk message it dead-letters on its own: why.
+pub const DEAD_REASON_HEADER: &str = "genq-dead-reason";
 
 /// Routing key of a job for `model` at `priority`.
 pub fn routing_key(model: &str, priority: Priority) -> String {

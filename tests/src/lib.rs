@@ -124,12 +124,20 @@ impl Sandbox {
         genq_producer::ResultClient::connect(&self.redis, &self.prefix).await.expect("redis")
     }
 
-    /// A producer for this sandbox (declares this sandbox's queues).
+    /// A producer for this sandbox with the default settings (declares this sandbox's queues):
+    /// jobs published together share bulk messages.
     pub async fn producer(&self) -> genq_producer::Producer {
-        let settings = genq_shared::settings::ProducerSettings {
-            default_model: self.model.clone(),
-            ..genq_shared::settings::ProducerSettings::default()
-        };
+        self.producer_with(genq_shared::settings::ProducerSettings::default()).await
+    }
+
+    /// A producer for this sandbox that publishes every job as a v1 message of its own.
+    pub async fn producer_v1(&self) -> genq_producer::Producer {
+        self.producer_with(genq_shared::settings::ProducerSettings { bulk_max_jobs: 1, ..Default::default() }).await
+    }
+
+    /// A producer for this sandbox with `settings` (its default model set to this sandbox's).
+    pub async fn producer_with(&self, settings: genq_shared::settings::ProducerSettings) -> genq_producer::Producer {
+        let settings = genq_shared::settings::ProducerSettings { default_model: self.model.clone(), ..settings };
         genq_producer::Producer::connect(&self.amqp, &settings, &genq_shared::settings::QueueSettings::default())
             .await
             .expect("producer")
@@ -138,6 +146,12 @@ impl Sandbox {
 
     /// Publishes a raw body to this sandbox's normal queue, as any AMQP client could.
     pub async fn publish_raw(&self, body: &[u8], message_id: Option<&str>) {
+        self.publish_typed(body, None, message_id).await
+    }
+
+    /// Publishes a raw body with a content type (a bulk message has its own) to this sandbox's
+    /// normal queue.
+    pub async fn publish_typed(&self, body: &[u8], content_type: Option<&str>, message_id: Option<&str>) {
         let conn = genq_protocol::broker::connect(&self.amqp, "genq-test").await.expect("amqp");
         let ch = conn.create_channel().await.expect("channel");
         ch.confirm_select(Default::default()).await.expect("confirms");
@@ -147,6 +161,9 @@ impl Sandbox {
         let mut props = BasicProperties::default().with_delivery_mode(2);
         if let Some(id) = message_id {
             props = props.with_message_id(id.into());
+        }
+        if let Some(t) = content_type {
+            props = props.with_content_type(t.into());
         }
         let confirm = ch
             .basic_publish(genq_shared::topology::JOBS_EXCHANGE.into(), self.model.as_str().into(), BasicPublishOptions::default(), body, props)
@@ -185,6 +202,52 @@ impl Sandbox {
             }
         }
         let _ = conn.close(200, "bye".into()).await;
+    }
+}
+
+/// A private queue bound to the dead-letter exchange (a fanout): it sees every message
+/// dead-lettered while it exists, whoever's, so a test can find its own.
+pub struct DeadLetterWatch {
+    connection: lapin::Connection,
+    consumer: lapin::Consumer,
+}
+
+impl DeadLetterWatch {
+    /// Starts watching (declaring the topology of `sb`'s model, which declares the exchange).
+    pub async fn start(sb: &Sandbox) -> Self {
+        use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+        let connection = genq_protocol::broker::connect(&sb.amqp, "genq-test-dead").await.expect("amqp");
+        let ch = connection.create_channel().await.expect("channel");
+        genq_protocol::broker::declare_topology(&ch, &sb.model, genq_shared::settings::QueueSettings::default().limits()).await.expect("topology");
+        let options = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
+        let queue = ch.queue_declare("".into(), options, Default::default()).await.expect("watch queue");
+        ch.queue_bind(queue.name().clone(), genq_shared::topology::DEAD_LETTER_EXCHANGE.into(), "".into(), QueueBindOptions::default(), Default::default())
+            .await
+            .expect("bind to the dead-letter exchange");
+        let options = BasicConsumeOptions { no_ack: true, ..Default::default() };
+        let consumer = ch.basic_consume(queue.name().clone(), "".into(), options, Default::default()).await.expect("consume");
+        Self { connection, consumer }
+    }
+
+    /// The dead letters for which `mine` holds, in arrival order, until `n` are seen or `timeout`
+    /// passes.
+    pub async fn collect(&mut self, n: usize, timeout: std::time::Duration, mine: impl Fn(&lapin::message::Delivery) -> bool) -> Vec<lapin::message::Delivery> {
+        use futures::StreamExt;
+        let mut seen = Vec::new();
+        let until = tokio::time::Instant::now() + timeout;
+        while seen.len() < n {
+            match tokio::time::timeout_at(until, self.consumer.next()).await {
+                Ok(Some(Ok(d))) if mine(&d) => seen.push(d),
+                Ok(Some(Ok(_))) => {}
+                _ => break,
+            }
+        }
+        seen
+    }
+
+    /// Stops watching; the queue goes with the connection.
+    pub async fn stop(self) {
+        let _ = self.connection.close(200, "bye".into()).await;
     }
 }
 

@@ -102,9 +102,18 @@ pub async fn publish_through_nacks(producer: &genq_producer::Producer, mut jobs:
     (ids, nacks)
 }
 
-/// Publishes `jobs` with a producer of `sb`; returns the ids the broker confirmed.
+/// Publishes `jobs` with a producer of `sb` (bulk messages, as by default); returns the ids the
+/// broker confirmed.
 pub async fn publish(sb: &Sandbox, jobs: Vec<JobRequest>) -> Vec<String> {
-    let producer = sb.producer().await;
+    publish_with(sb.producer().await, jobs).await
+}
+
+/// Publishes `jobs` one v1 message each; returns the ids the broker confirmed.
+pub async fn publish_v1(sb: &Sandbox, jobs: Vec<JobRequest>) -> Vec<String> {
+    publish_with(sb.producer_v1().await, jobs).await
+}
+
+async fn publish_with(producer: genq_producer::Producer, jobs: Vec<JobRequest>) -> Vec<String> {
     let ids: Vec<String> = producer.submit_many(jobs, |_| {}).await.into_iter().filter_map(Result::ok).collect();
     producer.close().await;
     ids

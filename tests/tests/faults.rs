@@ -6,15 +6,17 @@
 //! The echo engine stands in for the model here (faults are about the plumbing); its test-only
 //! hooks make each step take a few ms (`GENQ_ECHO_STEP_MS`) so work is in flight when the fault
 //! hits, and abort the process on a poison word (`GENQ_ECHO_CRASH_ON`). Scenarios run one at a
-//! time: two of them restart shared services.
+//! time: two of them restart shared services. Jobs are published as the producer does by
+//! default, packed into bulk (v2) messages; the worker kill and the poison job run with one v1
+//! message per job as well.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use genq_shared::{JobRequest, JobStatus};
 use genq_tests::redis_server::PrivateRedis;
-use genq_tests::tally::{done_ids, jobs, publish, tally, until_done, Tally};
-use genq_tests::{scratch_dir, Sandbox, Worker};
+use genq_tests::tally::{done_ids, jobs, publish, publish_v1, tally, until_done, Tally};
+use genq_tests::{scratch_dir, DeadLetterWatch, Sandbox, Worker};
 
 /// Scenarios restart RabbitMQ or kill workers: never two at once.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -33,15 +35,28 @@ async fn sigkill_mid_batch_twice_loses_nothing() {
     let _serial = SERIAL.lock().await;
     let sb = Sandbox::new("kill");
     let ids = publish(&sb, jobs("k", 600, 20)).await;
+    sigkill_twice(&sb, &ids, "sigkill worker mid-batch (x2), bulk messages").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_mid_batch_twice_loses_nothing_with_one_message_per_job() {
+    let _serial = SERIAL.lock().await;
+    let sb = Sandbox::new("kill-v1");
+    let ids = publish_v1(&sb, jobs("k", 600, 20)).await;
+    sigkill_twice(&sb, &ids, "sigkill worker mid-batch (x2), v1 messages").await;
+}
+
+/// Kills the worker twice while the 600 jobs `ids` run, then lets a third finish them.
+async fn sigkill_twice(sb: &Sandbox, ids: &[String], scenario: &str) {
     for round in 0..2 {
-        let w = echo_worker(&sb, "5", &[]);
-        until_done(&sb, &ids, 100 * (round + 1)).await;
+        let w = echo_worker(sb, "5", &[]);
+        until_done(sb, ids, 100 * (round + 1)).await;
         w.signal("KILL");
         drop(w);
     }
-    let _last = echo_worker(&sb, "1", &[]);
-    let t = tally(&sb, &ids, Duration::from_secs(120)).await;
-    t.print("sigkill worker mid-batch (x2)");
+    let _last = echo_worker(sb, "1", &[]);
+    let t = tally(sb, ids, Duration::from_secs(120)).await;
+    t.print(scenario);
     assert_eq!(t.lost, 0, "{t:?}");
     assert_eq!(t.done, 600, "{t:?}");
     sb.cleanup().await;
@@ -316,25 +331,44 @@ async fn malformed_messages_mixed_into_good_ones_never_stop_the_worker() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_poison_job_is_dead_lettered_while_the_others_flow() {
-    poison_job_is_isolated("poison", &[]).await;
+    poison_job_is_isolated("poison", &[], Packing::Bulk).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_poison_job_published_alone_is_dead_lettered_while_the_others_flow() {
+    poison_job_is_isolated("poison-v1", &[], Packing::OnePerJob).await;
 }
 
 /// Compose and Kubernetes restart a worker under the same name (a kept hostname with PID 1, a pod
 /// name): the restarted worker must still see the job its predecessor died on as a suspect.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_poison_job_is_isolated_when_the_restarted_worker_keeps_its_name() {
-    poison_job_is_isolated("poison-same-id", &["--worker-id", "worker-0"]).await;
+    poison_job_is_isolated("poison-same-id", &["--worker-id", "worker-0"], Packing::Bulk).await;
+}
+
+/// How a scenario's jobs are published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Packing {
+    /// The producer's default: bulk messages of up to 16 jobs.
+    Bulk,
+    /// One v1 message per job.
+    OnePerJob,
 }
 
 /// A job that kills its worker, among 200 good ones, with the worker restarted each time it dies
-/// (as a restart policy does): the others finish, the poison ends `failed` (`poison`), and no job
-/// is left `running`.
-async fn poison_job_is_isolated(name: &str, extra_flags: &[&str]) {
+/// (as a restart policy does): the others finish, the poison ends `failed` (`poison`) and is
+/// dead-lettered alone (out of its bulk message, if it came in one), and no job is left `running`.
+async fn poison_job_is_isolated(name: &str, extra_flags: &[&str], packing: Packing) {
     let _serial = SERIAL.lock().await;
     let sb = Sandbox::new(name);
+    let mut watch = DeadLetterWatch::start(&sb).await;
     let mut all = jobs("p", 200, 5);
-    all.insert(37, JobRequest { id: Some("poison".into()), ..JobRequest::prompt("this one is POISON") });
-    let ids = publish(&sb, all).await;
+    let poison_id = format!("poison-{}", sb.model);
+    all.insert(37, JobRequest { id: Some(poison_id.clone()), ..JobRequest::prompt("this one is POISON") });
+    let ids = match packing {
+        Packing::Bulk => publish(&sb, all).await,
+        Packing::OnePerJob => publish_v1(&sb, all).await,
+    };
     let env = [("GENQ_ECHO_STEP_MS", "2"), ("GENQ_ECHO_CRASH_ON", "POISON")];
     let mut flags = vec!["--engine", "echo", "--max-batch-size", "32", "--prefetch", "64"];
     flags.extend_from_slice(extra_flags);
@@ -358,8 +392,12 @@ async fn poison_job_is_isolated(name: &str, extra_flags: &[&str]) {
     let failed: Vec<_> = results.iter().filter(|r| r.status == Some(JobStatus::Failed)).collect();
     assert_eq!((t.lost, t.done, t.failed), (0, 200, 1), "{t:?} {failed:?}\n{}", worker.log_text());
     assert!(results.iter().all(|r| r.status != Some(JobStatus::Running)), "no job is left running");
-    let poison = sb.results().await.get("poison").await.expect("redis").expect("poison has a result");
+    let poison = sb.results().await.get(&poison_id).await.expect("redis").expect("poison has a result");
     assert_eq!(poison.error_kind.as_deref(), Some("poison"), "{poison:?}");
+    let dead = watch.collect(1, Duration::from_secs(10), |d| d.properties.message_id().as_ref().is_some_and(|m| m.as_str() == poison_id)).await;
+    let body: JobRequest = serde_json::from_slice(&dead.first().expect("the poison job is dead-lettered").data).expect("alone, as a v1 job");
+    assert_eq!(body.id.as_deref(), Some(poison_id.as_str()));
+    watch.stop().await;
     drop(worker);
     sb.cleanup().await;
 }
@@ -376,7 +414,7 @@ async fn a_full_queue_rejects_publishes_and_submit_says_how_many() {
     let out = sb
         .genq()
         .env("GENQ__QUEUE__MAX_LENGTH", "20")
-        .args(["--max-in-flight", "1", "submit"])
+        .args(["--max-in-flight", "1", "--bulk-max-jobs", "1", "submit"])
         .arg(&file)
         .output()
         .expect("genq submit");

@@ -1,7 +1,11 @@
 //! The edge of the worker: turns a raw message body into a decision. A body that is not a job
 //! at all is dead-lettered; a job that breaks a rule fails with an error naming the field; a
-//! valid job runs. Pure logic, no I/O.
+//! valid job runs. A bulk (v2) message is decided job by job, once its envelope and every job's
+//! id are known good; otherwise it is dead-lettered whole. Pure logic, no I/O.
 
+use std::collections::HashSet;
+
+use genq_shared::bulk::{self, BULK_CONTENT_TYPE};
 use genq_shared::result::error_kind;
 use genq_shared::valid::{self, Limits};
 use genq_shared::{JobRequest, ValidJob};
@@ -45,6 +49,63 @@ pub struct IntakeRules {
     pub model: String,
 }
 
+/// One job of a bulk message: what to do with it, its id, and its JSON (to dead-letter it alone).
+#[derive(Debug)]
+pub(crate) struct BulkJob {
+    /// What to do with it: `Fail` or `Run`.
+    pub verdict: Verdict,
+    /// Its id.
+    pub id: String,
+    /// Its JSON, as published.
+    pub json: Vec<u8>,
+}
+
+/// What to do with one message.
+#[derive(Debug)]
+pub(crate) enum Inspected {
+    /// A v1 message (one job), or a message dead-lettered whole.
+    One(Verdict),
+    /// A valid bulk message: one decision per job, in message order.
+    Bulk(Vec<BulkJob>),
+}
+
+/// Decides what to do with a message: a bulk message by its content type, anything else as one
+/// job (its `message_id` used as the id when the body has none).
+pub(crate) fn inspect_message(body: &[u8], content_type: Option<&str>, message_id: Option<&str>, rules: &IntakeRules) -> Inspected {
+    if content_type != Some(BULK_CONTENT_TYPE) {
+        return Inspected::One(inspect(body, message_id, rules));
+    }
+    match inspect_bulk(body, rules) {
+        Ok(jobs) => Inspected::Bulk(jobs),
+        Err(reason) => Inspected::One(Verdict::DeadLetter { reason }),
+    }
+}
+
+/// Reads a bulk message into its jobs, or says why it is not a valid v2 message: the envelope is
+/// wrong, or a job has no usable id (it could not have a result of its own), or two jobs share
+/// an id.
+fn inspect_bulk(body: &[u8], rules: &IntakeRules) -> Result<Vec<BulkJob>, String> {
+    if body.len() > rules.max_body_bytes {
+        return Err(format!("bulk body is {} bytes, over the limit of {}", body.len(), rules.max_body_bytes));
+    }
+    let raw = bulk::parse(body)?;
+    let mut ids = HashSet::with_capacity(raw.len());
+    let mut jobs = Vec::with_capacity(raw.len());
+    for (i, json) in raw.into_iter().enumerate() {
+        let verdict = inspect(json.get().as_bytes(), None, rules);
+        let id = match &verdict {
+            Verdict::DeadLetter { reason } => return Err(format!("job {i} of the bulk message: {reason}")),
+            Verdict::Fail(rejected) => rejected.id.clone(),
+            Verdict::Run(job) => job.id.clone(),
+        };
+        if !ids.insert(id.clone()) {
+            return Err(format!("job {i} of the bulk message: id {id:?} is used twice in the message"));
+        }
+        jobs.push(BulkJob { verdict, id, json: json.get().as_bytes().to_vec() });
+    }
+    Ok(jobs)
+}
+
 /// Decides what to do with `body` (its AMQP `message_id` used as the id when the body has none).
 pub(crate) fn inspect(body: &[u8], message_id: Option<&str>, rules: &IntakeRules) -> Verdict {
     if body.len() > rules.max_body_bytes {
@@ -68,6 +129,9 @@ pub(crate) fn inspect(body: &[u8], message_id: Option<&str>, rules: &IntakeRules
     let Some(object) = value.as_object() else {
         return Verdict::DeadLetter { reason: "body is not a JSON object".into() };
     };
+    if object.contains_key("jobs") {
+        return Verdict::DeadLetter { reason: format!("body looks like a bulk (v2) message, which needs content_type {BULK_CONTENT_TYPE}") };
+    }
     let id = match object.get("id") {
         Some(serde_json::Value::String(s)) => s.clone(),
         Some(_) => return Verdict::DeadLetter { reason: "`id` is not a string".into() },
@@ -156,6 +220,50 @@ mod tests {
         assert!(failed_field(r#"{"id":"a","prompt":"x","temperature":"hot"}"#).contains("temperature"));
         assert!(failed_field(r#"{"id":"a","prompt":"x","top_p":2}"#).contains("top_p"));
         assert!(failed_field(r#"{"id":"a","prompt":"x","model":"other"}"#).contains("model"));
+    }
+
+    fn bulk(body: &str) -> Inspected {
+        inspect_message(body.as_bytes(), Some(BULK_CONTENT_TYPE), None, &rules())
+    }
+
+    fn dead_reason(inspected: Inspected) -> String {
+        match inspected {
+            Inspected::One(Verdict::DeadLetter { reason }) => reason,
+            other => panic!("expected a dead letter, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_bulk_message_is_decided_job_by_job() {
+        let Inspected::Bulk(jobs) = bulk(r#"{"v":2,"jobs":[{"id":"a","prompt":"x"},{"id":"b","prompt":"y","top_p":2},{"id":"c","prompt":"z","model":"other"}]}"#) else {
+            panic!("not read as bulk")
+        };
+        let ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+        assert!(matches!(&jobs[0].verdict, Verdict::Run(job) if job.id == "a"));
+        assert!(matches!(&jobs[1].verdict, Verdict::Fail(r) if r.error.contains("top_p")));
+        assert!(matches!(&jobs[2].verdict, Verdict::Fail(r) if r.error.contains("model")));
+        assert_eq!(jobs[1].json, br#"{"id":"b","prompt":"y","top_p":2}"#);
+    }
+
+    #[test]
+    fn a_bulk_message_that_is_not_valid_v2_is_dead_lettered_whole() {
+        assert!(dead_reason(bulk(r#"{"v":2,"jobs":[{"id":"a","prompt":"x"},{"prompt":"no id"}]}"#)).contains("job 1"));
+        assert!(dead_reason(bulk(r#"{"v":2,"jobs":[{"id":"a","prompt":"x"},{"id":"a","prompt":"y"}]}"#)).contains("used twice"));
+        assert!(dead_reason(bulk(r#"{"v":2,"jobs":[{"id":"a","prompt":"x"},7]}"#)).contains("job 1"));
+        assert!(dead_reason(bulk(r#"{"v":3,"jobs":[{"id":"a","prompt":"x"}]}"#)).contains("`v` is 3"));
+        assert!(dead_reason(bulk(r#"{"id":"a","prompt":"x"}"#)).contains("bulk body"));
+        let big = format!(r#"{{"v":2,"jobs":[{{"id":"a","prompt":"{}"}}]}}"#, "x".repeat(2000));
+        assert!(dead_reason(bulk(&big)).contains("over the limit"));
+    }
+
+    #[test]
+    fn a_bulk_body_without_the_bulk_content_type_is_dead_lettered() {
+        let body = br#"{"v":2,"jobs":[{"id":"a","prompt":"x"}]}"#;
+        for content_type in [None, Some("application/json")] {
+            let reason = dead_reason(inspect_message(body, content_type, Some("m-1"), &rules()));
+            assert!(reason.contains(BULK_CONTENT_TYPE), "{reason}");
+        }
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! `genq bench fleet --vs-broker`: RabbitMQ alone on the fleet's jobs, the ceiling the queue
-//! sets. The same producer library publishes the same jobs (confirms, `mandatory`, the same
-//! properties, quorum queues private to the run) while one bare consumer takes them with the
+//! sets for one message per job. The same producer library publishes the same jobs, each as a v1
+//! message (confirms, `mandatory`, the same properties, quorum queues private to the run) while one bare consumer takes them with the
 //! workers' prefetch and acks every batch of ready deliveries with one `multiple=true` ack: no
 //! Redis, no validation, no engine. Prints one JSON line: publish rate, jobs/s from the first
 //! publish to the last ack, and the CPU RabbitMQ and this process spent per job.
@@ -25,7 +25,8 @@ const ACK_BATCH: usize = 512;
 /// Publishes `jobs` (their model is `run`, whose queues this declares and deletes) while
 /// consuming them with `prefetch` per queue; gives up after `timeout`.
 pub async fn run(settings: &Settings, run: &str, jobs: Vec<JobRequest>, prefetch: u16, timeout: Duration) -> anyhow::Result<serde_json::Value> {
-    let producer_settings = ProducerSettings { default_model: run.to_string(), declare_default_model: true, ..settings.producer.clone() };
+    let producer_settings =
+        ProducerSettings { default_model: run.to_string(), declare_default_model: true, bulk_max_jobs: 1, ..settings.producer.clone() };
     let producer = Producer::connect(&settings.amqp.url, &producer_settings, &settings.queue).await?;
     let connection = genq_protocol::broker::connect(&settings.amqp.url, "genq-bench-broker").await?;
     let channel = connection.create_channel().await?;

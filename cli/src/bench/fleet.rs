@@ -6,7 +6,8 @@
 //! before it exits, with RSS sampled through the run to show whether it stays flat). With
 //! `--vs-engine` the engine alone runs the same jobs in this process afterwards, with
 //! `--vs-llamacpp` llama.cpp's llama-batched-bench runs the same workload, with `--vs-broker`
-//! RabbitMQ alone carries the same jobs (the queue's ceiling), with `--vs-batch` the same jobs
+//! RabbitMQ alone carries the same jobs one message each (the queue's ceiling without bulk
+//! messages), with `--vs-batch` the same jobs
 //! run again as one OpenAI batch on the same workers, and with `--vs-celery` the Celery baseline
 //! runs in the same invocation; each prints its ratio line.
 
@@ -32,6 +33,9 @@ pub struct FleetBenchArgs {
     /// Jobs to publish.
     #[arg(long, default_value_t = 20_000)]
     jobs: usize,
+    /// Jobs per bulk (v2) message [producer.bulk_max_jobs]; 1 publishes one v1 message per job.
+    #[arg(long, default_value_t = 1)]
+    bulk: usize,
     /// `genq-worker` processes to start.
     #[arg(long, default_value_t = 1)]
     workers: usize,
@@ -181,7 +185,7 @@ pub async fn run(common: &CommonArgs, args: FleetBenchArgs) -> anyhow::Result<st
     let settings = common.settings(Overrides::default())?;
     let run = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let results = ResultClient::connect(&settings.redis.url, &run).await?;
-    let producer_settings = ProducerSettings { default_model: run.clone(), ..settings.producer.clone() };
+    let producer_settings = ProducerSettings { default_model: run.clone(), bulk_max_jobs: args.bulk, ..settings.producer.clone() };
     let mut producer = Producer::connect(&settings.amqp.url, &producer_settings, &settings.queue).await?;
     if !args.no_queued_marks {
         producer = producer.with_results(results.clone());
@@ -299,6 +303,7 @@ pub async fn run(common: &CommonArgs, args: FleetBenchArgs) -> anyhow::Result<st
         "engine": args.engine,
         "workers": args.workers,
         "jobs": args.jobs,
+        "bulk": args.bulk,
         "batch": args.batch,
         "new_tokens": args.new_tokens,
         "backlog": args.backlog,

@@ -23,11 +23,11 @@ use tokio::sync::mpsc;
 use genq_shared::{now_ms, JobStatus};
 
 use crate::engine::Engine;
-use crate::intake::{self, IntakeRules, Verdict};
+use crate::intake::{self, Inspected, IntakeRules, Verdict};
 use crate::metrics::WorkerMetrics;
 use crate::scheduler::{self, SchedulerSettings};
 use crate::sink::{JobStart, ResultSink};
-use crate::source::{Delivery, JobSource, Settlement};
+use crate::source::{bulk, Delivery, JobSource, Settle, Settlement};
 
 use admission::{begin_with_retry, Admission, Admit, AdmitOutcome};
 use inflight::{settle, InFlight, Taken, ToWriter, WriterSender};
@@ -63,13 +63,14 @@ pub struct PipelineSettings {
 /// Counts of what the pipeline did, returned when it stops.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PipelineReport {
-    /// Deliveries taken from the source.
+    /// Jobs taken from the source (each job of a bulk message counts; so does a message
+    /// dead-lettered whole).
     pub received: u64,
     /// Final results stored, by status.
     pub finished: HashMap<&'static str, u64>,
     /// Deliveries that were duplicates of an already-final job.
     pub duplicates: u64,
-    /// Bodies dead-lettered.
+    /// Messages dead-lettered whole (not a job, or not a valid bulk message).
     pub dead_lettered: u64,
     /// Deliveries put back for another try.
     pub requeued: u64,
@@ -80,15 +81,33 @@ pub struct PipelineReport {
     pub source_error: Option<String>,
 }
 
-/// A delivery of job `id` for `model`, taken now.
-fn taken_now(settings: &PipelineSettings, id: &str, model: &str, delivery: &Delivery) -> Taken {
+/// Job `id` for `model`, published at `created_ms`, taken now.
+fn taken_now(settings: &PipelineSettings, id: &str, model: &str, created_ms: Option<u64>) -> Taken {
     Taken {
         id: id.to_string(),
         model: model.to_string(),
         worker: settings.worker_id.clone(),
         instance: settings.instance.clone(),
-        created_ms: delivery.created_ms,
+        created_ms,
         started_ms: now_ms(),
+    }
+}
+
+/// The jobs of one delivery, each with what to do with it and its own settler: a v1 message is
+/// one job settled by the delivery; a bulk message is one job per entry, and the delivery is
+/// settled once all of them are.
+fn unpack(delivery: Delivery, rules: &IntakeRules) -> Vec<(Verdict, Box<dyn Settle>)> {
+    let Delivery { body, content_type, message_id, settler, dead_letters, .. } = delivery;
+    match intake::inspect_message(&body, content_type.as_deref(), message_id.as_deref(), rules) {
+        Inspected::One(Verdict::DeadLetter { reason }) => {
+            let reason = format!("{reason} (message_id {message_id:?})");
+            vec![(Verdict::DeadLetter { reason }, settler)]
+        }
+        Inspected::One(verdict) => vec![(verdict, settler)],
+        Inspected::Bulk(jobs) => {
+            let (verdicts, parts): (Vec<Verdict>, Vec<(String, Vec<u8>)>) = jobs.into_iter().map(|j| (j.verdict, (j.id, j.json))).unzip();
+            verdicts.into_iter().zip(bulk::split(settler, parts, dead_letters)).collect()
+        }
     }
 }
 
@@ -164,38 +183,41 @@ where
                 break;
             }
         }
-        report.received += deliveries.len() as u64;
-        // Validate every delivery of the batch; those that will run are begun together below.
+        // Validate every job of the batch; those that will run are begun together below.
         let mut writer_gone = false;
         for delivery in deliveries.drain(..) {
-            if writer_gone {
-                report.requeued += 1;
-                settle(delivery.settler, Settlement::Requeue).await;
-                continue;
-            }
-            match intake::inspect(&delivery.body, delivery.message_id.as_deref(), &settings.rules) {
-                Verdict::DeadLetter { reason } => {
-                    tracing::warn!(reason, message_id = ?delivery.message_id, "message is not a job; dead-lettering it");
-                    metrics.dead_lettered.inc();
-                    report.dead_lettered += 1;
-                    settle(delivery.settler, Settlement::DeadLetter).await;
+            let (created_ms, attempt) = (delivery.created_ms, delivery.attempt);
+            for (verdict, settler) in unpack(delivery, &settings.rules) {
+                report.received += 1;
+                if writer_gone {
+                    report.requeued += 1;
+                    settle(settler, Settlement::Requeue).await;
+                    continue;
                 }
-                Verdict::Fail(rejected) => {
-                    tracing::info!(job = %rejected.id, error = %rejected.error, "job failed validation");
-                    let taken = taken_now(&settings, &rejected.id, &settings.rules.model, &delivery);
-                    let mut job = InFlight::new(delivery.settler, &taken, None, metrics.inflight_deliveries.clone());
-                    job.batch = rejected.batch;
-                    let outcome = scheduler::outcome(JobStatus::Failed, String::new(), Some((rejected.error, rejected.error_kind)));
-                    if let AdmitOutcome::Stopped(job) = admission.finish_unrun(job, outcome).await {
-                        tracing::error!("result writer stopped");
-                        stopped.push(job);
-                        writer_gone = true;
+                match verdict {
+                    Verdict::DeadLetter { reason } => {
+                        tracing::warn!(reason, "message is not a job; dead-lettering it");
+                        metrics.dead_lettered.inc();
+                        report.dead_lettered += 1;
+                        settle(settler, Settlement::DeadLetter).await;
                     }
-                }
-                Verdict::Run(job) => {
-                    let taken = taken_now(&settings, &job.id, &job.model, &delivery);
-                    starts.push(taken.job_start(job.kind.as_str()));
-                    admits.push(Admit { settler: delivery.settler, attempt: delivery.attempt, taken, job });
+                    Verdict::Fail(rejected) => {
+                        tracing::info!(job = %rejected.id, error = %rejected.error, "job failed validation");
+                        let taken = taken_now(&settings, &rejected.id, &settings.rules.model, created_ms);
+                        let mut job = InFlight::new(settler, &taken, None, metrics.inflight_deliveries.clone());
+                        job.batch = rejected.batch;
+                        let outcome = scheduler::outcome(JobStatus::Failed, String::new(), Some((rejected.error, rejected.error_kind)));
+                        if let AdmitOutcome::Stopped(job) = admission.finish_unrun(job, outcome).await {
+                            tracing::error!("result writer stopped");
+                            stopped.push(job);
+                            writer_gone = true;
+                        }
+                    }
+                    Verdict::Run(job) => {
+                        let taken = taken_now(&settings, &job.id, &job.model, created_ms);
+                        starts.push(taken.job_start(job.kind.as_str()));
+                        admits.push(Admit { settler, attempt, taken, job });
+                    }
                 }
             }
         }

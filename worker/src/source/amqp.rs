@@ -1,22 +1,25 @@
 //! RabbitMQ job source: consumes a model's normal, `.high` and `.low` queues on one channel with manual
 //! acks and a prefetch bound, hands out every delivery already arrived in one batch, settles
 //! deliveries through the channel's settling task ([`super::acks`]: acks combined with
-//! `multiple=true` where safe, reject / nack-requeue one by one), and reconnects with backoff
-//! when the connection is lost.
+//! `multiple=true` where safe, reject / nack-requeue one by one), dead-letters single jobs of
+//! bulk messages through a second, confirm-mode channel, and reconnects with backoff when the
+//! connection is lost.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::{self, BoxStream, StreamExt};
 use futures::FutureExt;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, Connection};
+use lapin::{BasicProperties, Channel, Confirmation, Connection};
 
 use genq_shared::job::Priority;
-use genq_shared::topology::{self, QueueLimits, CREATED_MS_HEADER};
+use genq_shared::bulk::JOB_CONTENT_TYPE;
+use genq_shared::topology::{self, QueueLimits, CREATED_MS_HEADER, DEAD_LETTER_EXCHANGE, DEAD_REASON_HEADER};
 
 use super::acks::{spawn_settler, SettlerHandle};
-use super::{Delivery, JobSource, SourceError};
+use super::{DeadLetterJob, Delivery, JobSource, SettleFuture, SourceError};
 use genq_protocol::backoff::Backoff;
 use genq_protocol::broker::{self, BrokerError};
 use crate::metrics::WorkerMetrics;
@@ -43,6 +46,34 @@ struct Link {
     tags: Vec<String>,
     deliveries: BoxStream<'static, Result<lapin::message::Delivery, lapin::Error>>,
     settler: SettlerHandle,
+    dead_letters: Arc<dyn DeadLetterJob>,
+}
+
+/// Publishes single jobs of bulk messages into `genq.dlx`, with confirms, on a channel of its own.
+struct DeadLetterChannel(Channel);
+
+impl DeadLetterJob for DeadLetterChannel {
+    fn dead_letter(&self, id: String, body: Vec<u8>) -> SettleFuture {
+        let channel = self.0.clone();
+        Box::pin(async move {
+            let mut headers = FieldTable::default();
+            headers.insert(DEAD_REASON_HEADER.into(), AMQPValue::LongString("poison".into()));
+            let props = BasicProperties::default()
+                .with_content_type(JOB_CONTENT_TYPE.into())
+                .with_delivery_mode(2)
+                .with_message_id(id.as_str().into())
+                .with_headers(headers);
+            let confirm = channel
+                .basic_publish(DEAD_LETTER_EXCHANGE.into(), "".into(), BasicPublishOptions::default(), &body, props)
+                .await
+                .map_err(|e| SourceError(format!("publish to {DEAD_LETTER_EXCHANGE}: {e}")))?;
+            match confirm.await {
+                Ok(Confirmation::Ack(_)) => Ok(()),
+                Ok(other) => Err(SourceError(format!("{DEAD_LETTER_EXCHANGE} refused the job: {other:?}"))),
+                Err(e) => Err(SourceError(format!("confirm from {DEAD_LETTER_EXCHANGE}: {e}"))),
+            }
+        })
+    }
 }
 
 /// Consumer of one model's job queues. When the connection is lost it reconnects with backoff
@@ -109,7 +140,9 @@ impl AmqpSource {
         }
         let deliveries = stream::select_all(streams).boxed();
         let settler = spawn_settler(channel.clone());
-        Ok(Link { connection, channel, tags, deliveries, settler })
+        let dead = connection.create_channel().await.map_err(|e| BrokerError::protocol("open dead-letter channel", e))?;
+        dead.confirm_select(ConfirmSelectOptions::default()).await.map_err(|e| BrokerError::protocol("confirm.select", e))?;
+        Ok(Link { connection, channel, tags, deliveries, settler, dead_letters: Arc::new(DeadLetterChannel(dead)) })
     }
 
     /// Opens a link, trying again after a failure for which `keep_trying` says so, with waits
@@ -190,7 +223,7 @@ impl JobSource for AmqpSource {
                 continue;
             };
             match link.deliveries.next().await {
-                Some(Ok(d)) => return Ok(Some(to_delivery(&link.settler, d))),
+                Some(Ok(d)) => return Ok(Some(to_delivery(link, d))),
                 Some(Err(e)) => tracing::warn!(error = %e, "lost the RabbitMQ connection; reconnecting"),
                 None => tracing::warn!("RabbitMQ ended the consumers; reconnecting"),
             }
@@ -207,7 +240,7 @@ impl JobSource for AmqpSource {
         let Some(link) = self.link.as_mut() else { return Ok(true) };
         while out.len() < max {
             match link.deliveries.next().now_or_never() {
-                Some(Some(Ok(d))) => out.push(to_delivery(&link.settler, d)),
+                Some(Some(Ok(d))) => out.push(to_delivery(link, d)),
                 // An error or the end shows again on the next `next`, which reconnects.
                 _ => break,
             }
@@ -235,13 +268,15 @@ impl JobSource for AmqpSource {
     }
 }
 
-fn to_delivery(settler: &SettlerHandle, d: lapin::message::Delivery) -> Delivery {
+fn to_delivery(link: &Link, d: lapin::message::Delivery) -> Delivery {
     let headers = d.properties.headers().as_ref();
     Delivery {
+        content_type: d.properties.content_type().as_ref().map(|s| s.to_string()),
+        dead_letters: Some(link.dead_letters.clone()),
         message_id: d.properties.message_id().as_ref().map(|s| s.to_string()),
         created_ms: header_u64(headers, CREATED_MS_HEADER),
         attempt: 1 + header_u64(headers, "x-delivery-count").unwrap_or(0),
         body: d.data,
-        settler: settler.track(d.delivery_tag),
+        settler: link.settler.track(d.delivery_tag),
     }
 }

@@ -14,19 +14,28 @@ pub type SettlementLog = Arc<Mutex<Vec<(u64, Settlement)>>>;
 /// Sends job bodies into a [`MemorySource`]. Dropping every sender ends the source.
 #[derive(Clone)]
 pub struct MemoryQueue {
-    tx: mpsc::Sender<Vec<u8>>,
+    tx: mpsc::Sender<Message>,
 }
 
+/// A body and its content type.
+type Message = (Vec<u8>, Option<String>);
+
 impl MemoryQueue {
-    /// Enqueues one body; waits while the queue is full.
+    /// Enqueues one body (a v1 job); waits while the queue is full.
     pub async fn push(&self, body: Vec<u8>) -> Result<(), SourceError> {
-        self.tx.send(body).await.map_err(|_| SourceError("memory source closed".into()))
+        self.push_typed(body, None).await
+    }
+
+    /// Enqueues one body with a content type (a bulk message has its own); waits while the queue
+    /// is full.
+    pub async fn push_typed(&self, body: Vec<u8>, content_type: Option<&str>) -> Result<(), SourceError> {
+        self.tx.send((body, content_type.map(str::to_string))).await.map_err(|_| SourceError("memory source closed".into()))
     }
 }
 
 /// The consuming side.
 pub struct MemorySource {
-    rx: mpsc::Receiver<Vec<u8>>,
+    rx: mpsc::Receiver<Message>,
     next_seq: u64,
     log: SettlementLog,
 }
@@ -53,11 +62,13 @@ impl Settle for MemorySettler {
 }
 
 impl MemorySource {
-    fn delivery(&mut self, body: Vec<u8>) -> Delivery {
+    fn delivery(&mut self, (body, content_type): Message) -> Delivery {
         let seq = self.next_seq;
         self.next_seq += 1;
         Delivery {
             body,
+            content_type,
+            dead_letters: None,
             message_id: None,
             created_ms: Some(genq_shared::now_ms()),
             attempt: 1,

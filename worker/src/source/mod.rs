@@ -3,10 +3,14 @@
 //! - [`amqp`]: RabbitMQ consumer on a model's two queues, manual acks, `basic_qos(prefetch)`.
 //! - [`memory`]: an in-process queue, for `genq run --embedded` and tests.
 //! - [`acks`]: the AMQP source's settling task (acks combined with `multiple=true` where safe).
+//! - [`bulk`]: a bulk message's delivery split into one settler per job.
 
 pub(crate) mod acks;
 pub mod amqp;
+pub(crate) mod bulk;
 pub mod memory;
+
+use std::sync::Arc;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -37,10 +41,20 @@ pub trait Settle: Send + Sync {
     fn settle(self: Box<Self>, how: Settlement) -> SettleFuture;
 }
 
+/// Publishes one job of a bulk message to the dead-letter exchange on its own (a poison job),
+/// so the rest of its message can be acked.
+pub trait DeadLetterJob: Send + Sync {
+    /// Publishes `body`, the job `id`'s JSON, as a v1 message into `genq.dead`; resolves once the
+    /// broker has confirmed it.
+    fn dead_letter(&self, id: String, body: Vec<u8>) -> SettleFuture;
+}
+
 /// One message taken from a source, not yet settled.
 pub struct Delivery {
     /// The raw body; parsed and validated by the intake.
     pub body: Vec<u8>,
+    /// AMQP `content_type`, when set: it tells a bulk (v2) message from a job (v1).
+    pub content_type: Option<String>,
     /// AMQP `message_id` (the job id), when set.
     pub message_id: Option<String>,
     /// When the producer published it (Unix ms), when known.
@@ -49,6 +63,8 @@ pub struct Delivery {
     pub attempt: u64,
     /// Settles this delivery.
     pub settler: Box<dyn Settle>,
+    /// Dead-letters one job of a bulk message on its own, where the source can.
+    pub dead_letters: Option<Arc<dyn DeadLetterJob>>,
 }
 
 impl std::fmt::Debug for Delivery {
