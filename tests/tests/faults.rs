@@ -119,14 +119,16 @@ async fn rabbitmq_restart_while_publishing_and_consuming_loses_nothing() {
 
 /// RabbitMQ closes the producer's connection (as a broker restart or a network cut does) while
 /// a burst of publishes is unconfirmed: those jobs are published again on a new connection,
-/// counted in `genq_publish_retries_total`, and every job still ends `done` exactly once.
+/// counted in `genq_publish_retries_total`, and every job still ends `done` exactly once. One
+/// message per job, so the burst lasts long enough to be cut (bulk messages re-publish the same
+/// way: the jobs of a lost message are packed again).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_connection_closed_under_unconfirmed_publishes_republishes_them() {
     let _serial = SERIAL.lock().await;
     let sb = Sandbox::new("republish");
     let worker = echo_worker(&sb, "1", &[]);
     let metrics = genq_producer::metrics::ProducerMetrics::new().expect("metrics");
-    let producer = sb.producer().await.with_metrics(metrics.clone());
+    let producer = sb.producer_v1().await.with_metrics(metrics.clone());
     // The producer's connection, found before publishing starts (`rabbitmqctl` takes a second).
     let listing = rabbitmqctl(&["list_connections", "pid", "client_properties", "-q", "--no-table-headers"]);
     let pids: Vec<String> = listing.lines().filter(|l| l.contains("genq-producer")).filter_map(|l| l.split_whitespace().next()).map(str::to_string).collect();

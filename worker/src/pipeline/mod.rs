@@ -229,36 +229,43 @@ where
             starts.clear();
             break;
         }
-        if admits.is_empty() {
-            continue;
-        }
-        // One round trip marks the whole batch running.
-        let begun = tokio::select! {
-            _ = &mut shutdown => {
-                tracing::info!(jobs = admits.len(), "shutdown while Redis is unreachable; requeueing the jobs");
-                for a in admits.drain(..) {
-                    report.requeued += 1;
-                    settle(a.settler, Settlement::Requeue).await;
-                }
-                starts.clear();
-                break;
-            }
-            b = begin_with_retry(&*sink, &starts) => b,
-        };
-        starts.clear();
-        let mut batch = admits.drain(..).zip(begun);
-        for (admit, begun) in batch.by_ref() {
-            match admission.admit(admit, begun).await {
-                AdmitOutcome::Queued => {}
-                AdmitOutcome::Duplicate => report.duplicates += 1,
-                AdmitOutcome::Stopped(job) => {
-                    tracing::error!("engine thread or result writer stopped");
-                    stopped.push(job);
-                    for (rest, _) in batch {
+        // One round trip marks a chunk of the batch running, then its jobs are admitted: the
+        // jobs of bulk messages are begun no faster than the engine thread takes them, so a crash
+        // leaves few jobs begun but never run (each of those is a suspect, run alone, after it).
+        let chunk_jobs = settings.intake_batch_size.max(1);
+        while !admits.is_empty() {
+            let n = admits.len().min(chunk_jobs);
+            let begun = tokio::select! {
+                _ = &mut shutdown => {
+                    tracing::info!(jobs = admits.len(), "shutdown while Redis is unreachable; requeueing the jobs");
+                    for a in admits.drain(..) {
                         report.requeued += 1;
-                        settle(rest.settler, Settlement::Requeue).await;
+                        settle(a.settler, Settlement::Requeue).await;
                     }
+                    starts.clear();
                     break 'intake;
+                }
+                b = begin_with_retry(&*sink, &starts[..n]) => b,
+            };
+            starts.drain(..n);
+            let mut chunk = admits.drain(..n).zip(begun);
+            for (admit, begun) in chunk.by_ref() {
+                match admission.admit(admit, begun).await {
+                    AdmitOutcome::Queued => {}
+                    AdmitOutcome::Duplicate => report.duplicates += 1,
+                    AdmitOutcome::Stopped(job) => {
+                        tracing::error!("engine thread or result writer stopped");
+                        stopped.push(job);
+                        for (rest, _) in chunk {
+                            report.requeued += 1;
+                            settle(rest.settler, Settlement::Requeue).await;
+                        }
+                        for rest in admits.drain(..) {
+                            report.requeued += 1;
+                            settle(rest.settler, Settlement::Requeue).await;
+                        }
+                        break 'intake;
+                    }
                 }
             }
         }
