@@ -94,11 +94,21 @@ async fn rabbitmq_restart_while_publishing_and_consuming_loses_nothing() {
     let all = jobs("r", 1500, 10);
     let (first, second) = all.split_at(500);
     let mut ids = publish(&sb, first.to_vec()).await;
-    // Publish the rest while the broker goes down and comes back: the producer must retry.
+    // Publish the rest in a stream of small bursts while the broker goes down and comes back: the
+    // producer must retry (a burst in bulk messages is one or two publishes).
     let publisher = {
         let sb = sb.clone();
         let rest = second.to_vec();
-        tokio::spawn(async move { publish(&sb, rest).await })
+        tokio::spawn(async move {
+            let producer = sb.producer().await;
+            let mut ids = Vec::new();
+            for burst in rest.chunks(25) {
+                ids.extend(producer.submit_many(burst.to_vec(), |_| {}).await.into_iter().filter_map(Result::ok));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            producer.close().await;
+            ids
+        })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
     rabbitmqctl(&["stop_app"]);
@@ -110,8 +120,8 @@ async fn rabbitmq_restart_while_publishing_and_consuming_loses_nothing() {
     t.print("restart RabbitMQ");
     assert_eq!(t.confirmed, 1500, "every publish is confirmed after retries: {t:?}");
     assert_eq!((t.lost, t.done), (0, 1500), "{t:?}\n{}", worker.log_text());
-    let reconnects = worker.metric("genq_reconnects_total{target=\"amqp\"}").unwrap_or(0.0);
-    assert!(reconnects >= 1.0, "the outage is counted in metrics");
+    let reconnected = || worker.metric("genq_reconnects_total{target=\"amqp\"}").unwrap_or(0.0) >= 1.0;
+    eventually("the outage is counted in metrics", Duration::from_secs(30), reconnected).await;
     assert!(worker.log_text().contains("reconnected to RabbitMQ"), "the outage is visible in the log");
     drop(worker);
     sb.cleanup().await;
