@@ -1,6 +1,7 @@
 //! Packing jobs into AMQP messages: jobs that route alike (same model and priority) share a bulk
 //! (v2) message of up to `producer.bulk_max_jobs` jobs and `producer.bulk_max_bytes` bytes; a job
-//! alone (or too large to share) is sent as a v1 message. Pure logic, no I/O.
+//! alone (or too large to share) is sent as a v1 message. Two copies of one id never share a
+//! message (a worker dead-letters such a message whole). Pure logic, no I/O.
 
 use genq_shared::bulk;
 use genq_shared::{JobRequest, Priority};
@@ -76,7 +77,8 @@ pub(crate) fn pack(jobs: Vec<(usize, JobRequest)>, limits: BulkLimits) -> (Vec<M
         let slot = open.iter().position(|o| o.model == model && o.priority == priority);
         if let Some(at) = slot {
             let o = &open[at];
-            if o.jobs.len() >= limits.max_jobs || o.bytes + 1 + json.len() > limits.max_bytes {
+            let full = o.jobs.len() >= limits.max_jobs || o.bytes + 1 + json.len() > limits.max_bytes;
+            if full || o.jobs.iter().any(|(_, other, _)| other.id == job.id) {
                 messages.push(open.remove(at).close());
             }
         }
@@ -162,6 +164,19 @@ mod tests {
         }
         let packed: Vec<Vec<String>> = messages.iter().map(ids).collect();
         assert_eq!(packed, vec![vec!["big"], vec!["j0", "j1"], vec!["j2", "j3"], vec!["j4"]]);
+    }
+
+    #[test]
+    fn copies_of_one_id_never_share_a_message() {
+        let jobs = vec![
+            (0, job("same", "m", Priority::Normal)),
+            (1, job("a", "m", Priority::Normal)),
+            (2, job("same", "m", Priority::Normal)),
+            (3, job("b", "m", Priority::Normal)),
+        ];
+        let (messages, _) = pack(jobs, BulkLimits { max_jobs: 16, max_bytes: 1 << 20 });
+        let packed: Vec<Vec<String>> = messages.iter().map(ids).collect();
+        assert_eq!(packed, vec![vec!["same", "a"], vec!["same", "b"]]);
     }
 
     #[test]

@@ -13,6 +13,15 @@ use lapin::options::BasicConsumeOptions;
 
 const JOBS: usize = 1500;
 
+/// The ids of the jobs a message carries: its `message_id`, or each job's of a bulk message.
+fn job_ids(delivery: &lapin::message::Delivery) -> Vec<String> {
+    if delivery.properties.content_type().as_ref().map(|t| t.as_str()) == Some(genq_shared::bulk::BULK_CONTENT_TYPE) {
+        let jobs = genq_shared::bulk::parse(&delivery.data).expect("a bulk body");
+        return jobs.iter().map(|j| serde_json::from_str::<JobRequest>(j.get()).expect("a job").id.expect("an id")).collect();
+    }
+    vec![delivery.properties.message_id().as_ref().map(|s| s.to_string()).expect("message id")]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_finds_every_job_already_marked_queued() {
     let sb = Sandbox::new("marks");
@@ -33,12 +42,13 @@ async fn a_consumer_finds_every_job_already_marked_queued() {
         let mut seen = HashSet::new();
         while seen.len() < JOBS {
             let delivery = consumer.next().await.expect("deliveries go on").expect("delivery");
-            let id = delivery.properties.message_id().as_ref().map(|s| s.to_string()).expect("message id");
-            let status: Option<String> = redis::AsyncCommands::hget(&mut conn, keys.job(&id), "status").await.expect("HGET");
-            if status.as_deref() != Some("queued") {
-                unmarked.push((id.clone(), status));
+            for id in job_ids(&delivery) {
+                let status: Option<String> = redis::AsyncCommands::hget(&mut conn, keys.job(&id), "status").await.expect("HGET");
+                if status.as_deref() != Some("queued") {
+                    unmarked.push((id.clone(), status));
+                }
+                seen.insert(id);
             }
-            seen.insert(id);
         }
         unmarked
     });
