@@ -57,6 +57,30 @@ async fn each_job_of_a_bulk_message_runs_or_fails_on_its_own() {
     sb.cleanup().await;
 }
 
+/// A cancel request and a deadline apply to their own job of a bulk message only; the others run.
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_and_deadline_apply_per_job_in_a_bulk_message() {
+    let sb = Sandbox::new("bulk-cancel");
+    let producer = sb.producer().await;
+    let job = |id: &str| JobRequest { id: Some(id.into()), max_new_tokens: Some(3), ..JobRequest::prompt("a b c") };
+    let late = JobRequest { deadline_ms: Some(1), ..job("late") };
+    let published = producer.submit_many(vec![job("first"), late, job("unwanted"), job("last")], |_| {}).await;
+    let ids: Vec<String> = published.into_iter().map(|r| r.expect("published")).collect();
+    producer.close().await;
+    assert_eq!(sb.ready_messages().await, 1, "the four jobs share one message");
+    let results = sb.results().await;
+    assert_eq!(results.cancel("unwanted").await.expect("redis"), genq_producer::CancelOutcome::Requested);
+    let worker = echo_worker(&sb, "0");
+    let t = tally(&sb, &ids, Duration::from_secs(30)).await;
+    assert_eq!(t.lost, 0, "{t:?}");
+    let statuses: Vec<Option<JobStatus>> = results.get_many(&ids).await.expect("redis").into_iter().map(|r| r.and_then(|r| r.status)).collect();
+    assert_eq!(statuses, [JobStatus::Done, JobStatus::Expired, JobStatus::Cancelled, JobStatus::Done].map(Some).to_vec());
+    until_settled(&worker).await;
+    assert_eq!(sb.ready_messages().await, 0);
+    drop(worker);
+    sb.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_message_that_is_not_valid_v2_is_dead_lettered_whole() {
     let sb = Sandbox::new("bulk-invalid");
