@@ -41,7 +41,7 @@ pub struct WorkerMetrics {
     pub waiting_jobs: IntGauge,
     /// Deliveries not yet acked.
     pub inflight_deliveries: IntGauge,
-    /// Bodies dead-lettered because they are not jobs.
+    /// Messages dead-lettered whole: not jobs, or not valid bulk messages.
     pub dead_lettered: IntCounter,
     /// Constant 1 with model, device and version labels.
     pub worker_info: IntGaugeVec,
@@ -133,8 +133,8 @@ impl WorkerMetrics {
             engine_step_seconds: histogram(&registry, names::ENGINE_STEP_SECONDS, "Wall time of one engine step, seconds.", lat)?,
             running_sequences: gauge(&registry, names::RUNNING_SEQUENCES, "Sequences in the running batch.")?,
             waiting_jobs: gauge(&registry, names::WAITING_JOBS, "Jobs waiting for admission.")?,
-            inflight_deliveries: gauge(&registry, names::INFLIGHT_DELIVERIES, "Deliveries received and not yet settled.")?,
-            dead_lettered: counter(&registry, names::DEAD_LETTERED_TOTAL, "Messages dead-lettered because they are not jobs.")?,
+            inflight_deliveries: gauge(&registry, names::INFLIGHT_DELIVERIES, "Jobs received and not yet settled (each job of a bulk message counts).")?,
+            dead_lettered: counter(&registry, names::DEAD_LETTERED_TOTAL, "Messages dead-lettered whole: not jobs, or not valid bulk messages.")?,
             worker_info,
             kv_cache_tokens: gauge(&registry, names::KV_CACHE_TOKENS, "Tokens held in the running sequences' KV caches.")?,
             prefix_hit_tokens: counter(&registry, names::PREFIX_CACHE_HIT_TOKENS_TOTAL, "Prompt tokens copied from the prefix cache instead of computed.")?,
