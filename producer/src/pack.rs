@@ -46,9 +46,13 @@ struct Open {
 }
 
 impl Open {
-    fn close(self) -> Message {
+    fn new(model: &str, priority: Priority) -> Self {
+        Open { model: model.to_string(), priority, jobs: Vec::new(), bytes: bulk::ENVELOPE_BYTES - 1 }
+    }
+
+    fn close(mut self) -> Message {
         let body = if self.jobs.len() == 1 {
-            self.jobs[0].2.clone()
+            std::mem::take(&mut self.jobs[0].2)
         } else {
             bulk::encode_serialized(self.jobs.iter().map(|(_, _, json)| json.as_slice()))
         };
@@ -74,22 +78,19 @@ pub(crate) fn pack(jobs: Vec<(usize, JobRequest)>, limits: BulkLimits) -> (Vec<M
             continue;
         }
         let (model, priority) = (job.model_name(), job.priority());
-        let slot = open.iter().position(|o| o.model == model && o.priority == priority);
-        if let Some(at) = slot {
-            let o = &open[at];
-            let full = o.jobs.len() >= limits.max_jobs || o.bytes + 1 + json.len() > limits.max_bytes;
-            if full || o.jobs.iter().any(|(_, other, _)| other.id == job.id) {
-                messages.push(open.remove(at).close());
-            }
-        }
         let at = match open.iter().position(|o| o.model == model && o.priority == priority) {
             Some(at) => at,
             None => {
-                open.push(Open { model: model.to_string(), priority, jobs: Vec::new(), bytes: bulk::ENVELOPE_BYTES - 1 });
+                open.push(Open::new(model, priority));
                 open.len() - 1
             }
         };
         let o = &mut open[at];
+        let full = o.jobs.len() >= limits.max_jobs || o.bytes + 1 + json.len() > limits.max_bytes;
+        if full || o.jobs.iter().any(|(_, other, _)| other.id == job.id) {
+            let closed = std::mem::replace(o, Open::new(model, priority));
+            messages.push(closed.close());
+        }
         o.bytes += 1 + json.len();
         o.jobs.push((i, job, json));
     }

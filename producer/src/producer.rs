@@ -188,10 +188,10 @@ impl Producer {
     /// concurrent callers) share bulk messages; with 0 (the default) the job is published at once.
     pub async fn submit(&self, job: JobRequest) -> Result<String, PublishError> {
         let wait = Duration::from_millis(self.settings.bulk_wait_ms);
-        let outcome = if wait.is_zero() || self.bulk_limits().max_jobs <= 1 {
+        let max = self.bulk_limits().max_jobs;
+        let outcome = if wait.is_zero() || max <= 1 {
             self.submit_many(vec![job], |_| {}).await.pop()
         } else {
-            let max = self.bulk_limits().max_jobs;
             self.gathered.submit(job, max, wait, |jobs| self.submit_many(jobs, |_| {})).await
         };
         outcome.unwrap_or_else(|| Err(PublishError::Encode("not published: the publish was abandoned".into())))
