@@ -49,15 +49,16 @@ pub struct IntakeRules {
     pub model: String,
 }
 
-/// One job of a bulk message: what to do with it, its id, and its JSON (to dead-letter it alone).
+/// One job of a bulk message: what to do with it, its id, and where its JSON lies in the body (to
+/// dead-letter it alone).
 #[derive(Debug)]
 pub(crate) struct BulkJob {
     /// What to do with it: `Fail` or `Run`.
     pub verdict: Verdict,
     /// Its id.
     pub id: String,
-    /// Its JSON, as published.
-    pub json: Vec<u8>,
+    /// The bytes of the message body that hold its JSON, as published.
+    pub span: std::ops::Range<usize>,
 }
 
 /// What to do with one message.
@@ -101,7 +102,9 @@ fn inspect_bulk(body: &[u8], rules: &IntakeRules) -> Result<Vec<BulkJob>, String
         if !ids.insert(id.clone()) {
             return Err(format!("job {i} of the bulk message: id {id:?} is used twice in the message"));
         }
-        jobs.push(BulkJob { verdict, id, json: json.get().as_bytes().to_vec() });
+        // The raw job borrows from `body`, so its place there is the distance between the two.
+        let start = json.get().as_ptr() as usize - body.as_ptr() as usize;
+        jobs.push(BulkJob { verdict, id, span: start..start + json.get().len() });
     }
     Ok(jobs)
 }
@@ -235,15 +238,14 @@ mod tests {
 
     #[test]
     fn a_bulk_message_is_decided_job_by_job() {
-        let Inspected::Bulk(jobs) = bulk(r#"{"v":2,"jobs":[{"id":"a","prompt":"x"},{"id":"b","prompt":"y","top_p":2},{"id":"c","prompt":"z","model":"other"}]}"#) else {
-            panic!("not read as bulk")
-        };
+        let body = r#"{"v":2,"jobs":[{"id":"a","prompt":"x"},{"id":"b","prompt":"y","top_p":2},{"id":"c","prompt":"z","model":"other"}]}"#;
+        let Inspected::Bulk(jobs) = bulk(body) else { panic!("not read as bulk") };
         let ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
         assert_eq!(ids, ["a", "b", "c"]);
         assert!(matches!(&jobs[0].verdict, Verdict::Run(job) if job.id == "a"));
         assert!(matches!(&jobs[1].verdict, Verdict::Fail(r) if r.error.contains("top_p")));
         assert!(matches!(&jobs[2].verdict, Verdict::Fail(r) if r.error.contains("model")));
-        assert_eq!(jobs[1].json, br#"{"id":"b","prompt":"y","top_p":2}"#);
+        assert_eq!(&body[jobs[1].span.clone()], r#"{"id":"b","prompt":"y","top_p":2}"#);
     }
 
     #[test]

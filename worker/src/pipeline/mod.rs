@@ -105,8 +105,8 @@ fn unpack(delivery: Delivery, rules: &IntakeRules) -> Vec<(Verdict, Box<dyn Sett
         }
         Inspected::One(verdict) => vec![(verdict, settler)],
         Inspected::Bulk(jobs) => {
-            let (verdicts, parts): (Vec<Verdict>, Vec<(String, Vec<u8>)>) = jobs.into_iter().map(|j| (j.verdict, (j.id, j.json))).unzip();
-            verdicts.into_iter().zip(bulk::split(settler, parts, dead_letters)).collect()
+            let (verdicts, parts): (Vec<Verdict>, Vec<_>) = jobs.into_iter().map(|j| (j.verdict, (j.id, j.span))).unzip();
+            verdicts.into_iter().zip(bulk::split(settler, body, parts, dead_letters)).collect()
         }
     }
 }

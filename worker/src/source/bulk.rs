@@ -4,6 +4,7 @@
 //! own where the source can, and counts as acked; where it cannot, the whole message is
 //! dead-lettered once the others are settled.
 
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
 use super::{DeadLetterJob, Settle, SettleFuture, Settlement};
@@ -43,21 +44,23 @@ impl Progress {
 struct Shared {
     progress: Mutex<Progress>,
     dead_letters: Option<Arc<dyn DeadLetterJob>>,
+    /// The message body, which holds each job's JSON.
+    body: Vec<u8>,
 }
 
-/// The settler of one job of a bulk message.
+/// The settler of one job of a bulk message: its id and the bytes of the body that hold its JSON.
 struct Part {
     shared: Arc<Shared>,
     id: String,
-    body: Vec<u8>,
+    span: Range<usize>,
 }
 
 impl Settle for Part {
     fn settle(self: Box<Self>, how: Settlement) -> SettleFuture {
         Box::pin(async move {
-            let Part { shared, id, body } = *self;
+            let Part { shared, id, span } = *self;
             let how = match (how, &shared.dead_letters) {
-                (Settlement::DeadLetter, Some(dead)) => match dead.dead_letter(id.clone(), body).await {
+                (Settlement::DeadLetter, Some(dead)) => match dead.dead_letter(id.clone(), shared.body[span].to_vec()).await {
                     Ok(()) => Settlement::Ack,
                     Err(e) => {
                         tracing::warn!(job = %id, error = %e, "cannot dead-letter a job of a bulk message alone; its whole message is dead-lettered");
@@ -76,11 +79,16 @@ impl Settle for Part {
 }
 
 /// Splits the settler of a bulk message into one settler per job, in the order of `jobs` (each a
-/// job's id and its JSON, kept to dead-letter it alone).
-pub(crate) fn split(message: Box<dyn Settle>, jobs: Vec<(String, Vec<u8>)>, dead_letters: Option<Arc<dyn DeadLetterJob>>) -> Vec<Box<dyn Settle>> {
+/// job's id and the bytes of `body` that hold its JSON, kept to dead-letter it alone).
+pub(crate) fn split(
+    message: Box<dyn Settle>,
+    body: Vec<u8>,
+    jobs: Vec<(String, Range<usize>)>,
+    dead_letters: Option<Arc<dyn DeadLetterJob>>,
+) -> Vec<Box<dyn Settle>> {
     let progress = Progress { left: jobs.len(), requeue: false, dead_letter: false, message: Some(message) };
-    let shared = Arc::new(Shared { progress: Mutex::new(progress), dead_letters });
-    jobs.into_iter().map(|(id, body)| Box::new(Part { shared: shared.clone(), id, body }) as Box<dyn Settle>).collect()
+    let shared = Arc::new(Shared { progress: Mutex::new(progress), dead_letters, body });
+    jobs.into_iter().map(|(id, span)| Box::new(Part { shared: shared.clone(), id, span }) as Box<dyn Settle>).collect()
 }
 
 #[cfg(test)]
@@ -99,22 +107,36 @@ mod tests {
         }
     }
 
-    /// Dead-letters jobs into a list, or fails every time.
+    /// Dead-letters jobs into a list (id and JSON), or fails every time.
     struct Dead {
-        published: Mutex<Vec<String>>,
+        published: Mutex<Vec<(String, Vec<u8>)>>,
         fail: bool,
     }
 
     impl DeadLetterJob for Dead {
-        fn dead_letter(&self, id: String, _body: Vec<u8>) -> SettleFuture {
-            self.published.lock().expect("dead").push(id);
+        fn dead_letter(&self, id: String, body: Vec<u8>) -> SettleFuture {
+            self.published.lock().expect("dead").push((id, body));
             let fail = self.fail;
             Box::pin(async move { if fail { Err(SourceError("broker gone".into())) } else { Ok(()) } })
         }
     }
 
-    fn jobs(n: usize) -> Vec<(String, Vec<u8>)> {
-        (0..n).map(|i| (format!("j{i}"), b"{}".to_vec())).collect()
+    /// A body of `n` jobs `{"id":"j<i>"}` (not a real bulk envelope: only the spans matter here),
+    /// and each job's id and span.
+    fn jobs(n: usize) -> (Vec<u8>, Vec<(String, Range<usize>)>) {
+        let mut body = Vec::new();
+        let mut spans = Vec::new();
+        for i in 0..n {
+            let start = body.len();
+            body.extend_from_slice(format!(r#"{{"id":"j{i}"}}"#).as_bytes());
+            spans.push((format!("j{i}"), start..body.len()));
+        }
+        (body, spans)
+    }
+
+    fn split_jobs(log: &Log, n: usize, dead: Option<Arc<dyn DeadLetterJob>>) -> Vec<Box<dyn Settle>> {
+        let (body, spans) = jobs(n);
+        split(Box::new(log.clone()), body, spans, dead)
     }
 
     async fn settle_all(parts: Vec<Box<dyn Settle>>, hows: &[Settlement], log: &Log) -> Vec<Vec<Settlement>> {
@@ -129,7 +151,7 @@ mod tests {
     #[tokio::test]
     async fn the_message_is_acked_only_after_its_last_job() {
         let log = Log::default();
-        let parts = split(Box::new(log.clone()), jobs(3), None);
+        let parts = split_jobs(&log, 3, None);
         let seen = settle_all(parts, &[Settlement::Ack; 3], &log).await;
         assert_eq!(seen, vec![vec![], vec![], vec![Settlement::Ack]]);
     }
@@ -137,7 +159,7 @@ mod tests {
     #[tokio::test]
     async fn one_requeued_job_requeues_the_message_once_all_are_settled() {
         let log = Log::default();
-        let parts = split(Box::new(log.clone()), jobs(3), None);
+        let parts = split_jobs(&log, 3, None);
         let seen = settle_all(parts, &[Settlement::Ack, Settlement::Requeue, Settlement::Ack], &log).await;
         assert_eq!(seen, vec![vec![], vec![], vec![Settlement::Requeue]]);
     }
@@ -146,21 +168,21 @@ mod tests {
     async fn a_poison_job_is_dead_lettered_alone_and_the_message_acked() {
         let log = Log::default();
         let dead = Arc::new(Dead { published: Mutex::default(), fail: false });
-        let parts = split(Box::new(log.clone()), jobs(3), Some(dead.clone()));
+        let parts = split_jobs(&log, 3, Some(dead.clone()));
         let seen = settle_all(parts, &[Settlement::Ack, Settlement::DeadLetter, Settlement::Ack], &log).await;
         assert_eq!(seen.last(), Some(&vec![Settlement::Ack]));
-        assert_eq!(*dead.published.lock().expect("dead"), vec!["j1".to_string()]);
+        assert_eq!(*dead.published.lock().expect("dead"), vec![("j1".to_string(), br#"{"id":"j1"}"#.to_vec())]);
     }
 
     #[tokio::test]
     async fn without_a_way_to_dead_letter_one_job_the_whole_message_is() {
         let log = Log::default();
         let dead = Arc::new(Dead { published: Mutex::default(), fail: true });
-        let parts = split(Box::new(log.clone()), jobs(2), Some(dead));
+        let parts = split_jobs(&log, 2, Some(dead));
         let seen = settle_all(parts, &[Settlement::DeadLetter, Settlement::Ack], &log).await;
         assert_eq!(seen.last(), Some(&vec![Settlement::DeadLetter]));
         let log = Log::default();
-        let parts = split(Box::new(log.clone()), jobs(2), None);
+        let parts = split_jobs(&log, 2, None);
         let seen = settle_all(parts, &[Settlement::Ack, Settlement::DeadLetter], &log).await;
         assert_eq!(seen.last(), Some(&vec![Settlement::DeadLetter]));
     }
