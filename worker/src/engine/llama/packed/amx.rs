@@ -59,7 +59,7 @@ mod x86 {
     use std::arch::x86_64::*;
     use std::cell::Cell;
 
-    use super::super::{ActsView, GroupView, BLOCK, LANES};
+    use super::super::{ActsView, GroupView, Mins, BLOCK, LANES};
 
     /// CPUID leaf 7: AMX-TILE (EDX bit 24) and AMX-INT8 (EDX bit 25).
     pub(super) fn cpu_has_amx() -> bool {
@@ -262,7 +262,10 @@ mod x86 {
             }
             let dots = sums[slot].0.as_ptr();
             let scale = _mm512_cvtph_ps(_mm256_loadu_si256(w.scale.as_ptr().add(b * LANES) as *const __m256i));
-            let min = _mm512_cvtph_ps(_mm256_loadu_si256(w.min.as_ptr().add(b * LANES) as *const __m256i));
+            let min = match w.min {
+                Mins::Stored(m) => _mm512_cvtph_ps(_mm256_loadu_si256(m.as_ptr().add(b * LANES) as *const __m256i)),
+                Mins::Scaled(o) => _mm512_mul_ps(scale, _mm512_set1_ps(o)),
+            };
             let (sum, act_scale) = (a.sum.as_ptr(), a.scale.as_ptr());
             each_token!(n, {
                 let dot = _mm512_load_si512(dots.add(n * LANES) as *const _);

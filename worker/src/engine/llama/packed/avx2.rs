@@ -80,7 +80,7 @@ pub(super) fn tile(flavor: Flavor, w: &GroupView<'_>, a: &ActsView<'_>, out: &mu
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::super::{ActsView, GroupView, BLOCK, LANES};
+    use super::super::{ActsView, GroupView, Mins, BLOCK, LANES};
     use super::Flavor;
 
     /// Lanes of one half group (one 256-bit vector of 32-bit lanes).
@@ -280,7 +280,10 @@ mod x86 {
                 }
             }
             let scale: [_; 2] = std::array::from_fn(|h| halves(w.scale.as_ptr().add(b * LANES + h * HALF)));
-            let min: [_; 2] = std::array::from_fn(|h| halves(w.min.as_ptr().add(b * LANES + h * HALF)));
+            let min: [_; 2] = std::array::from_fn(|h| match w.min {
+                Mins::Stored(m) => halves(m.as_ptr().add(b * LANES + h * HALF)),
+                Mins::Scaled(o) => _mm256_mul_ps(scale[h], _mm256_set1_ps(o)),
+            });
             for n in 0..N {
                 let at = n * w.blocks + b;
                 let level_sum = *a.sum.get_unchecked(at);

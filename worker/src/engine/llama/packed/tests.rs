@@ -142,6 +142,34 @@ fn every_kernel_matches_the_reference_bitwise() {
     }
 }
 
+#[test]
+fn symmetric_types_compute_their_minimums_to_the_same_bits() {
+    // Q4_0, Q5_0 and Q8_0 blocks keep a minimum that is a fixed multiple of the scale: the packed
+    // form leaves it out, and every kernel computes it, with the outputs of the stored form.
+    let mut rng = StdRng::seed_from_u64(13);
+    let mut kernels = fast_kernels();
+    kernels.push(Kernel::Reference);
+    for rows in every_quantization() {
+        let packed = PackedLinear::new(&rows);
+        let stored = PackedLinear::with_stored_mins(&rows);
+        let symmetric = rows.bits == 8 && rows.min.iter().zip(&rows.scale).all(|(m, s)| *m == -128.0 * s || *m == -16.0 * s)
+            || rows.bits == 4 && rows.min.iter().zip(&rows.scale).all(|(m, s)| *m == -8.0 * s);
+        assert_eq!(packed.computes_mins(), symmetric, "{}x{} {}-bit", rows.rows, rows.cols, rows.bits);
+        assert!(!stored.computes_mins());
+        for t in [1, 3, 8, 13] {
+            let acts = QuantActs::new(&random(&mut rng, t * rows.cols), t, rows.cols);
+            for &kernel in &kernels {
+                let (got, want) = (packed.forward_quantized(&acts, kernel), stored.forward_quantized(&acts, kernel));
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "{kernel:?}, {}x{} {}-bit, {t} tokens", rows.rows, rows.cols, rows.bits);
+            }
+        }
+    }
+    // Each symmetric type is among the cases, and so is each that keeps its minimums.
+    let computed: Vec<bool> = every_quantization().iter().map(|r| PackedLinear::new(r).computes_mins()).collect();
+    assert!(computed.iter().any(|c| *c) && computed.iter().any(|c| !*c));
+}
+
 /// Activations of `t` tokens whose levels are `level(token, input)`, with exact level sums.
 fn acts_of_levels(t: usize, cols: usize, level: impl Fn(usize, usize) -> i8) -> QuantActs {
     let blocks = cols / BLOCK;

@@ -58,7 +58,7 @@ pub(super) fn tile(w: &GroupView<'_>, a: &ActsView<'_>, out: &mut [f32]) {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::super::{ActsView, GroupView, BLOCK, LANES};
+    use super::super::{ActsView, GroupView, Mins, BLOCK, LANES};
 
     /// Four activation levels (inputs `k..k+4` of token `n`) broadcast to every lane.
     #[inline(always)]
@@ -118,7 +118,10 @@ mod x86 {
                 }
             }
             let scale = _mm512_cvtph_ps(_mm256_loadu_si256(w.scale.as_ptr().add(b * LANES) as *const __m256i));
-            let min = _mm512_cvtph_ps(_mm256_loadu_si256(w.min.as_ptr().add(b * LANES) as *const __m256i));
+            let min = match w.min {
+                Mins::Stored(m) => _mm512_cvtph_ps(_mm256_loadu_si256(m.as_ptr().add(b * LANES) as *const __m256i)),
+                Mins::Scaled(o) => _mm512_mul_ps(scale, _mm512_set1_ps(o)),
+            };
             for n in 0..N {
                 let mut dot = iacc[n][0];
                 for s in 1..S {
