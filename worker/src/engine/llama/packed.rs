@@ -553,15 +553,16 @@ impl PackedLinear {
         let groups = rows.rows.div_ceil(LANES);
         let bytes = Self::block_bytes(rows.bits);
         let mut scale = vec![f16::ZERO; groups * blocks * LANES];
-        let mut min = vec![f16::ZERO; if offset.is_some() { 0 } else { groups * blocks * LANES }];
+        let stored = offset.is_none();
+        let mut min = vec![f16::ZERO; if stored { groups * blocks * LANES } else { 0 }];
         let mut quants = vec![0u8; groups * blocks * bytes];
         for r in 0..rows.rows {
             let (g, lane) = (r / LANES, r % LANES);
             for b in 0..blocks {
                 let at = (g * blocks + b) * LANES + lane;
                 scale[at] = f16::from_f32(rows.scale[r * blocks + b]);
-                if let Some(m) = min.get_mut(at) {
-                    *m = f16::from_f32(rows.min[r * blocks + b]);
+                if stored {
+                    min[at] = f16::from_f32(rows.min[r * blocks + b]);
                 }
                 let levels = &rows.levels[r * rows.cols + b * BLOCK..r * rows.cols + (b + 1) * BLOCK];
                 let dst = &mut quants[(g * blocks + b) * bytes..(g * blocks + b + 1) * bytes];
