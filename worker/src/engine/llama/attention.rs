@@ -2,6 +2,8 @@
 //! attention of a packed step's rows against their own sequence's cache, in plain loops with a
 //! fixed order of summation, so a row's numbers never depend on the other rows of the step.
 
+use std::ops::Range;
+
 use half::{f16, slice::HalfFloatSliceExt};
 
 use super::arch::{ModelConfig, MAX_GROUP};
@@ -108,7 +110,7 @@ pub struct SeqInput<'a> {
 }
 
 /// Attention work (multiply-adds) below which one thread does it all: spawning costs more.
-const PARALLEL_ATTENTION_MIN_WORK: usize = 1 << 21;
+const PARALLEL_ATTENTION_MIN_WORK: usize = 1 << 17;
 
 /// Appends each sequence's new keys/values (rows of `k`, `v`) to its cache for `layer`, then
 /// computes causal attention of its new queries against its whole cache. Returns `[T, heads*dim]`.
@@ -139,18 +141,42 @@ pub(super) fn attention(
         let cache = &s.cache.layers[layer];
         rows.extend((0..s.tokens.len()).map(|i| (cache, s.cache.len + i + 1)));
     }
-    let mut out = vec![0f32; q.len()];
     let work: usize = rows.iter().map(|&(_, len)| len).sum::<usize>() * q_row * 2;
-    let threads = if work < PARALLEL_ATTENTION_MIN_WORK {
-        1
-    } else {
-        candle_core::utils::get_num_threads().clamp(1, rows.len())
-    };
-    if threads == 1 {
-        attend_rows(cfg, &rows, q, &mut out);
+    let threads = if work < PARALLEL_ATTENTION_MIN_WORK { 1 } else { candle_core::utils::get_num_threads().max(1) };
+    attend_split(cfg, &rows, q, threads)
+}
+
+/// Attention of `rows` on up to `threads` threads: whole rows per thread, or, with fewer rows
+/// than threads, each row's key/value heads split between them. Every split gives the same bits.
+fn attend_split(cfg: &ModelConfig, rows: &[(&LayerCache, usize)], q: &[f32], threads: usize) -> Vec<f32> {
+    let q_row = cfg.heads * cfg.head_dim;
+    let mut out = vec![0f32; q.len()];
+    if threads <= 1 {
+        attend_rows(cfg, rows, q, &mut out, 0..cfg.kv_heads);
         return out;
     }
+    if rows.len() < threads {
+        // Fewer rows than threads (a decode step of one sequence): each row's key/value heads
+        // are split between the threads instead.
+        let parts = threads.min(cfg.kv_heads);
+        let per_head = q_row / cfg.kv_heads;
+        for (t, row) in out.chunks_exact_mut(q_row).enumerate() {
+            rayon::scope(|scope| {
+                let mut rest: &mut [f32] = row;
+                for p in 0..parts {
+                    let heads = p * cfg.kv_heads / parts..(p + 1) * cfg.kv_heads / parts;
+                    let (mine, tail) = rest.split_at_mut(heads.len() * per_head);
+                    rest = tail;
+                    let (rows, q) = (&rows[t..t + 1], &q[t * q_row..(t + 1) * q_row]);
+                    scope.spawn(move |_| attend_rows(cfg, rows, q, mine, heads));
+                }
+            });
+        }
+        return out;
+    }
+    let threads = threads.min(rows.len());
     // Contiguous runs of rows of about equal work, one per thread.
+    let work: usize = rows.iter().map(|&(_, len)| len * q_row * 2).sum();
     let per_thread = work / threads + 1;
     let mut bounds = vec![0];
     let mut acc = 0;
@@ -171,18 +197,23 @@ pub(super) fn attention(
             rest = tail;
             let rows = &rows[lo..hi];
             let q = &q[lo * q_row..hi * q_row];
-            scope.spawn(move |_| attend_rows(cfg, rows, q, mine));
+            scope.spawn(move |_| attend_rows(cfg, rows, q, mine, 0..cfg.kv_heads));
         }
     });
     out
 }
 
-/// Attention of `rows` (queries `q`, `[rows, heads*dim]`) into `out`, same shape.
-fn attend_rows(cfg: &ModelConfig, rows: &[(&LayerCache, usize)], q: &[f32], out: &mut [f32]) {
+/// Attention of `rows` (queries `q`, `[rows, heads*dim]`) into `out`: for each row, the outputs
+/// of the query heads that share the key/value heads `kv_heads` (all of them: `out` has `q`'s
+/// shape).
+fn attend_rows(cfg: &ModelConfig, rows: &[(&LayerCache, usize)], q: &[f32], out: &mut [f32], kv_heads: Range<usize>) {
     let d = cfg.head_dim;
     let q_row = cfg.heads * d;
-    let kv_row = cfg.kv_heads * d;
+    let full_kv_row = cfg.kv_heads * d;
+    // Keys and values are converted for `kv_heads` only: their rows are this wide.
+    let kv_row = kv_heads.len() * d;
     let group = cfg.heads / cfg.kv_heads;
+    let out_row = kv_heads.len() * group * d;
     let scale = 1.0 / (d as f32).sqrt();
     let mut scores: Vec<f32> = Vec::new();
     // The current sequence's keys and values in f32, converted once for all its rows and heads.
@@ -191,18 +222,22 @@ fn attend_rows(cfg: &ModelConfig, rows: &[(&LayerCache, usize)], q: &[f32], out:
     for (t, &(cache, len)) in rows.iter().enumerate() {
         if !converted.is_some_and(|c| std::ptr::eq(c, cache)) {
             for (dst, src) in [(&mut keys, &cache.k), (&mut values, &cache.v)] {
-                dst.resize(src.len(), 0.0);
-                src.convert_to_f32_slice(dst);
+                let positions = src.len() / full_kv_row;
+                dst.resize(positions * kv_row, 0.0);
+                let wanted = kv_heads.start * d..kv_heads.end * d;
+                for (dst, src) in dst.chunks_exact_mut(kv_row).zip(src.chunks_exact(full_kv_row)) {
+                    src[wanted.clone()].convert_to_f32_slice(dst);
+                }
             }
             converted = Some(cache);
         }
         // The query heads sharing a key/value head go together: each cached row is read once.
-        for g in 0..cfg.kv_heads {
+        for (local, g) in kv_heads.clone().enumerate() {
             let heads = g * group..(g + 1) * group;
             scores.clear();
             scores.resize(group * len, 0.0);
             for j in 0..len {
-                let kh = &keys[j * kv_row + g * d..j * kv_row + (g + 1) * d];
+                let kh = &keys[j * kv_row + local * d..j * kv_row + (local + 1) * d];
                 for (i, head) in heads.clone().enumerate() {
                     let qh = &q[t * q_row + head * d..t * q_row + (head + 1) * d];
                     scores[i * len + j] = dot(qh, kh) * scale;
@@ -218,9 +253,9 @@ fn attend_rows(cfg: &ModelConfig, rows: &[(&LayerCache, usize)], q: &[f32], out:
                 }
                 sums[i] = sum;
             }
-            let o = &mut out[t * q_row + heads.start * d..t * q_row + heads.end * d];
+            let o = &mut out[t * out_row + local * group * d..t * out_row + (local + 1) * group * d];
             for j in 0..len {
-                let vh = &values[j * kv_row + g * d..j * kv_row + (g + 1) * d];
+                let vh = &values[j * kv_row + local * d..j * kv_row + (local + 1) * d];
                 for (i, oh) in o.chunks_exact_mut(d).enumerate() {
                     let p = scores[i * len + j];
                     for (oo, &vv) in oh.iter_mut().zip(vh) {
@@ -256,4 +291,49 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
         }
     }
     (acc[0] + acc[4]) + (acc[1] + acc[5]) + (acc[2] + acc[6]) + (acc[3] + acc[7]) + tail
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+    use crate::engine::llama::arch::HfConfig;
+
+    fn config() -> ModelConfig {
+        let hf: HfConfig = serde_json::from_value(serde_json::json!({
+            "model_type": "llama", "hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 1,
+            "num_attention_heads": 8, "num_key_value_heads": 4, "rms_norm_eps": 1e-5, "vocab_size": 32,
+            "max_position_embeddings": 1024,
+        }))
+        .expect("config");
+        ModelConfig::from_hf(&hf).expect("a valid config")
+    }
+
+    fn cache(rng: &mut StdRng, row: usize, positions: usize) -> LayerCache {
+        let mut values = || (0..positions * row).map(|_| f16::from_f32(rng.random_range(-1.0f32..1.0))).collect();
+        LayerCache { k: values(), v: values() }
+    }
+
+    /// One row alone (a decode step of one sequence) and two rows of two sequences, on more
+    /// threads than rows: the heads are split between the threads, unevenly for three, and every
+    /// output is bitwise what one thread computes.
+    #[test]
+    fn splitting_heads_between_threads_gives_the_same_bits() {
+        let cfg = config();
+        let (q_row, kv_row) = (cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim);
+        let mut rng = StdRng::seed_from_u64(5);
+        let caches = [cache(&mut rng, kv_row, 300), cache(&mut rng, kv_row, 57)];
+        for rows in [vec![(&caches[0], 300)], vec![(&caches[0], 300), (&caches[1], 57)]] {
+            let q: Vec<f32> = (0..rows.len() * q_row).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+            let one = attend_split(&cfg, &rows, &q, 1);
+            assert!(one.iter().all(|v| v.is_finite()) && one.iter().any(|&v| v != 0.0));
+            for threads in [2, 3, 4, 8] {
+                let split = attend_split(&cfg, &rows, &q, threads);
+                let same = one.iter().zip(&split).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{} rows on {threads} threads differ from one thread", rows.len());
+            }
+        }
+    }
 }

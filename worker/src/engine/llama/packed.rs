@@ -19,6 +19,7 @@
 
 mod amx;
 mod avx2;
+mod pages;
 mod vnni;
 
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -27,6 +28,8 @@ use std::sync::OnceLock;
 use candle_core::quantized::GgmlDType;
 use half::{f16, slice::HalfFloatSliceExt};
 use rayon::prelude::*;
+
+use pages::WeightBytes;
 
 /// Inputs per quantization block.
 pub(crate) const BLOCK: usize = 32;
@@ -413,7 +416,7 @@ pub(crate) struct PackedLinear {
     min: Mins<Vec<f16>>,
     /// `[group, block, bytes]`: 8-bit, 8 vectors of `[lane, 4 inputs]`; 4-bit, 4 such vectors,
     /// inputs `4v..4v+4` in the low nibbles and `4v+16..4v+20` in the high ones.
-    quants: Vec<u8>,
+    quants: WeightBytes,
 }
 
 /// What one matmul call reads of the activations: the rows quantized per block.
@@ -555,7 +558,7 @@ impl PackedLinear {
         let mut scale = vec![f16::ZERO; groups * blocks * LANES];
         let stored = offset.is_none();
         let mut min = vec![f16::ZERO; if stored { groups * blocks * LANES } else { 0 }];
-        let mut quants = vec![0u8; groups * blocks * bytes];
+        let mut quants = WeightBytes::zeroed(groups * blocks * bytes);
         for r in 0..rows.rows {
             let (g, lane) = (r / LANES, r % LANES);
             for b in 0..blocks {
