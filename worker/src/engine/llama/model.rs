@@ -14,6 +14,9 @@ use std::path::Path;
 
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{bail, DType, Device, Result, Tensor};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
 use rayon::prelude::*;
 
 use super::attention::attention;
@@ -274,7 +277,19 @@ impl LlamaModel {
         // The whole step runs on one of rayon's threads: each parallel matmul inside it then
         // splits its work from a pool thread, which helps instead of sleeping until the pool is
         // done (121 of them per token, each a wake-up and a context switch when called from outside).
-        let out = rayon::scope(|_| self.forward_inner(seqs));
+        // The other pool threads spin for the step's parallel work instead of sleeping between
+        // matmuls ([`keep_awake`]).
+        let done = AtomicBool::new(false);
+        let out = rayon::scope(|scope| {
+            let stepping = rayon::current_thread_index();
+            for _ in 1..rayon::current_num_threads() {
+                let done = &done;
+                scope.spawn(move |_| keep_awake(done, stepping));
+            }
+            let out = self.forward_inner(seqs);
+            done.store(true, Ordering::Release);
+            out
+        });
         match out {
             Ok(logits) => {
                 for s in seqs.iter_mut() {
@@ -393,5 +408,32 @@ impl LlamaModel {
         let last = self.norm.apply(&last, cfg.eps)?;
         debug_assert!(matches!(cfg.norm, NormKind::Rms) == self.norm.bias.is_none());
         self.lm_head.forward_whole(&last)
+    }
+}
+
+/// How long a kept-awake thread spins without finding work before it goes back to rayon's own
+/// idle loop (and sleep): longer than the serial stretches of a step, and a bound on any wait it
+/// could add (see [`keep_awake`]).
+const KEEP_AWAKE_IDLE: Duration = Duration::from_millis(1);
+
+/// Keeps a pool thread awake until the step is `done`: it takes the step's parallel work as soon as
+/// it appears, instead of sleeping between matmuls and being woken for each (a futex wake-up and a
+/// context switch; a fifth of a small model's one-sequence decode). On the thread running the step
+/// (which may pick this task up while waiting in a join) it returns at once: spinning there would
+/// wait on itself. A thread that picks it up while waiting on a join of its own could not see that
+/// join end while it spins, so it also returns after [`KEEP_AWAKE_IDLE`] without work.
+fn keep_awake(done: &AtomicBool, stepping: Option<usize>) {
+    if rayon::current_thread_index() == stepping {
+        return;
+    }
+    let mut idle_since = Instant::now();
+    while !done.load(Ordering::Acquire) {
+        if rayon::yield_now() == Some(rayon::Yield::Executed) {
+            idle_since = Instant::now();
+        } else if idle_since.elapsed() > KEEP_AWAKE_IDLE {
+            return;
+        } else {
+            std::hint::spin_loop();
+        }
     }
 }
