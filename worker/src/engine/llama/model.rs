@@ -11,12 +11,11 @@
 
 use std::fs::File;
 use std::path::Path;
-
-use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
-use candle_core::{bail, DType, Device, Result, Tensor};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
+use candle_core::{bail, DType, Device, Result, Tensor};
 use rayon::prelude::*;
 
 use super::attention::attention;
