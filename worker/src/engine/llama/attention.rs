@@ -127,7 +127,6 @@ pub(super) fn attention(
     v: &[f32],
 ) -> Vec<f32> {
     let kv_row = cfg.kv_heads * cfg.head_dim;
-    let q_row = cfg.heads * cfg.head_dim;
     let mut start = 0;
     for s in seqs.iter_mut() {
         let n = s.tokens.len();
@@ -141,17 +140,17 @@ pub(super) fn attention(
         let cache = &s.cache.layers[layer];
         rows.extend((0..s.tokens.len()).map(|i| (cache, s.cache.len + i + 1)));
     }
-    let work: usize = rows.iter().map(|&(_, len)| len).sum::<usize>() * q_row * 2;
-    let threads = if work < PARALLEL_ATTENTION_MIN_WORK { 1 } else { candle_core::utils::get_num_threads().max(1) };
-    attend_split(cfg, &rows, q, threads)
+    attend_split(cfg, &rows, q, candle_core::utils::get_num_threads())
 }
 
-/// Attention of `rows` on up to `threads` threads: whole rows per thread, or, with fewer rows
-/// than threads, each row's key/value heads split between them. Every split gives the same bits.
+/// Attention of `rows` on up to `threads` threads (one below [`PARALLEL_ATTENTION_MIN_WORK`]):
+/// whole rows per thread, or, with fewer rows than threads, each row's key/value heads split
+/// between them. Every split gives the same bits.
 fn attend_split(cfg: &ModelConfig, rows: &[(&LayerCache, usize)], q: &[f32], threads: usize) -> Vec<f32> {
     let q_row = cfg.heads * cfg.head_dim;
     let mut out = vec![0f32; q.len()];
-    if threads <= 1 {
+    let work: usize = rows.iter().map(|&(_, len)| len * q_row * 2).sum();
+    if threads <= 1 || work < PARALLEL_ATTENTION_MIN_WORK {
         attend_rows(cfg, rows, q, &mut out, 0..cfg.kv_heads);
         return out;
     }
@@ -161,13 +160,13 @@ fn attend_split(cfg: &ModelConfig, rows: &[(&LayerCache, usize)], q: &[f32], thr
         let parts = threads.min(cfg.kv_heads);
         let per_head = q_row / cfg.kv_heads;
         for (t, row) in out.chunks_exact_mut(q_row).enumerate() {
+            let (rows, q) = (&rows[t..t + 1], &q[t * q_row..(t + 1) * q_row]);
             rayon::scope(|scope| {
                 let mut rest: &mut [f32] = row;
                 for p in 0..parts {
                     let heads = p * cfg.kv_heads / parts..(p + 1) * cfg.kv_heads / parts;
                     let (mine, tail) = rest.split_at_mut(heads.len() * per_head);
                     rest = tail;
-                    let (rows, q) = (&rows[t..t + 1], &q[t * q_row..(t + 1) * q_row]);
                     scope.spawn(move |_| attend_rows(cfg, rows, q, mine, heads));
                 }
             });
@@ -176,7 +175,6 @@ fn attend_split(cfg: &ModelConfig, rows: &[(&LayerCache, usize)], q: &[f32], thr
     }
     let threads = threads.min(rows.len());
     // Contiguous runs of rows of about equal work, one per thread.
-    let work: usize = rows.iter().map(|&(_, len)| len * q_row * 2).sum();
     let per_thread = work / threads + 1;
     let mut bounds = vec![0];
     let mut acc = 0;
