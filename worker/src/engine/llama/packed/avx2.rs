@@ -1,6 +1,6 @@
 //! The 256-bit kernels, for CPUs without AVX-512 VNNI: AVX2 (`vpmaddubsw`, `vpmaddwd`) and
 //! AVX-VNNI (the 256-bit `vpdpbusd`). A group's sixteen rows are two vectors of eight 32-bit
-//! lanes, both taken against up to four tokens per pass (each activation broadcast serves both).
+//! lanes, both taken against up to eight tokens per pass (each activation broadcast serves both).
 //! A pass for one token prefetches the weights a few blocks ahead: it reads each of them once.
 //!
 //! `vpmaddubsw` adds its two products into a saturating 16-bit lane, so the AVX2 path keeps every
@@ -19,9 +19,11 @@
 
 use super::{ActsView, GroupView, LANES, TOKEN_TILE};
 
-/// Tokens one pass over the group's weights takes. Four spill a few accumulators to the stack,
-/// and still measured 10-20% faster than two at 32 sequences (each weight unpacked once for four).
-const PASS_TOKENS: usize = 4;
+/// Tokens one pass over the group's weights takes: a whole token tile, so each weight vector is
+/// unpacked once for all eight. Their integer sums outnumber the sixteen registers and partly
+/// spill to the stack, which costs loads and stores but no arithmetic; the arithmetic units are
+/// what bound this loop.
+const PASS_TOKENS: usize = TOKEN_TILE;
 
 /// Which 256-bit integer dot product a kernel uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +113,14 @@ mod x86 {
                     (3, false) => $kernel::<3, false, $dot>(w, a, out),
                     (4, true) => $kernel::<4, true, $dot>(w, a, out),
                     (4, false) => $kernel::<4, false, $dot>(w, a, out),
+                    (5, true) => $kernel::<5, true, $dot>(w, a, out),
+                    (5, false) => $kernel::<5, false, $dot>(w, a, out),
+                    (6, true) => $kernel::<6, true, $dot>(w, a, out),
+                    (6, false) => $kernel::<6, false, $dot>(w, a, out),
+                    (7, true) => $kernel::<7, true, $dot>(w, a, out),
+                    (7, false) => $kernel::<7, false, $dot>(w, a, out),
+                    (8, true) => $kernel::<8, true, $dot>(w, a, out),
+                    (8, false) => $kernel::<8, false, $dot>(w, a, out),
                     _ => {}
                 }
             };
@@ -237,6 +247,9 @@ mod x86 {
         let cols = w.blocks * BLOCK;
         let bytes = if FOUR { LANES * BLOCK / 2 } else { LANES * BLOCK };
         let nibble = _mm256_set1_epi8(0x0F);
+        // For more than two tokens the float sums stay in memory (L1), read and written once per
+        // block: the compiler would keep them in registers, and the integer sums of the block
+        // would spill in their place.
         let mut facc = [[_mm256_setzero_ps(); 2]; N];
         let q = w.quants.as_ptr();
         let lv = a.levels.as_ptr();
@@ -292,7 +305,12 @@ mod x86 {
                     let dot = D::finish::<FOUR>(iacc[n][h], level_sum as i32);
                     let t1 = _mm256_mul_ps(min[h], sum);
                     let t2 = _mm256_fmadd_ps(scale[h], _mm256_cvtepi32_ps(dot), t1);
-                    facc[n][h] = _mm256_fmadd_ps(act_scale, t2, facc[n][h]);
+                    if N > 2 {
+                        let total = std::ptr::read_volatile(&facc[n][h]);
+                        std::ptr::write_volatile(&mut facc[n][h], _mm256_fmadd_ps(act_scale, t2, total));
+                    } else {
+                        facc[n][h] = _mm256_fmadd_ps(act_scale, t2, facc[n][h]);
+                    }
                 }
             }
         }
