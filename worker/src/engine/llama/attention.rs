@@ -8,6 +8,8 @@ use half::{f16, slice::HalfFloatSliceExt};
 
 use super::arch::{ModelConfig, MAX_GROUP};
 
+mod wide;
+
 /// One sequence's keys and values for every layer, post-RoPE, laid out `[position, kv_head, dim]`,
 /// in f16 (as llama.cpp keeps them: half the memory of f32). Owned by the sequence, so sequences
 /// join and leave the batch freely.
@@ -203,8 +205,18 @@ fn attend_split(cfg: &ModelConfig, rows: &[(&LayerCache, usize)], q: &[f32], thr
 
 /// Attention of `rows` (queries `q`, `[rows, heads*dim]`) into `out`: for each row, the outputs
 /// of the query heads that share the key/value heads `kv_heads` (all of them: `out` has `q`'s
-/// shape).
+/// shape). Compiled for AVX2 where the CPU has it ([`wide`]), with the same bits.
 fn attend_rows(cfg: &ModelConfig, rows: &[(&LayerCache, usize)], q: &[f32], out: &mut [f32], kv_heads: Range<usize>) {
+    if wide::available() {
+        wide::attend_rows(cfg, rows, q, out, kv_heads)
+    } else {
+        attend_rows_body(cfg, rows, q, out, kv_heads)
+    }
+}
+
+/// [`attend_rows`]'s loops, inlined into each of its two compilations.
+#[inline(always)]
+fn attend_rows_body(cfg: &ModelConfig, rows: &[(&LayerCache, usize)], q: &[f32], out: &mut [f32], kv_heads: Range<usize>) {
     let d = cfg.head_dim;
     let q_row = cfg.heads * d;
     let full_kv_row = cfg.kv_heads * d;
@@ -272,7 +284,7 @@ fn attend_rows(cfg: &ModelConfig, rows: &[(&LayerCache, usize)], q: &[f32], out:
 }
 
 /// Dot product with eight independent accumulators (vectorizes; fixed order).
-#[inline]
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let ca = a.chunks_exact(8);
@@ -300,8 +312,13 @@ mod tests {
     use crate::engine::llama::arch::HfConfig;
 
     fn config() -> ModelConfig {
+        config_of_width(256)
+    }
+
+    /// Eight query heads and four key/value heads of `hidden / 8` dimensions each.
+    fn config_of_width(hidden: usize) -> ModelConfig {
         let hf: HfConfig = serde_json::from_value(serde_json::json!({
-            "model_type": "llama", "hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 1,
+            "model_type": "llama", "hidden_size": hidden, "intermediate_size": 512, "num_hidden_layers": 1,
             "num_attention_heads": 8, "num_key_value_heads": 4, "rms_norm_eps": 1e-5, "vocab_size": 32,
             "max_position_embeddings": 1024,
         }))
@@ -331,6 +348,36 @@ mod tests {
                 let split = attend_split(&cfg, &rows, &q, threads);
                 let same = one.iter().zip(&split).all(|(a, b)| a.to_bits() == b.to_bits());
                 assert!(same, "{} rows on {threads} threads differ from one thread", rows.len());
+            }
+        }
+    }
+
+    /// The AVX2 compilation of the loops gives the portable one's bits: for heads of 32
+    /// dimensions and of 20 (a remainder past the eight lanes), all key/value heads and a part of
+    /// them, one row and several rows of two sequences.
+    #[test]
+    fn the_wide_compilation_gives_the_portable_bits() {
+        if !wide::available() {
+            eprintln!("skipped: this CPU has no AVX2");
+            return;
+        }
+        let mut rng = StdRng::seed_from_u64(9);
+        for hidden in [256, 160] {
+            let cfg = config_of_width(hidden);
+            let (q_row, kv_row) = (cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim);
+            let caches = [cache(&mut rng, kv_row, 131), cache(&mut rng, kv_row, 9)];
+            let layouts = [vec![(&caches[0], 131)], vec![(&caches[0], 129), (&caches[0], 130), (&caches[1], 9)]];
+            for rows in layouts {
+                let q: Vec<f32> = (0..rows.len() * q_row).map(|_| rng.random_range(-2.0f32..2.0)).collect();
+                for heads in [0..cfg.kv_heads, 1..3] {
+                    let width = rows.len() * heads.len() * (cfg.heads / cfg.kv_heads) * cfg.head_dim;
+                    let (mut portable, mut wide) = (vec![0f32; width], vec![0f32; width]);
+                    attend_rows_body(&cfg, &rows, &q, &mut portable, heads.clone());
+                    wide::attend_rows(&cfg, &rows, &q, &mut wide, heads.clone());
+                    assert!(portable.iter().all(|v| v.is_finite()) && portable.iter().any(|&v| v != 0.0));
+                    let same = portable.iter().zip(&wide).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "head dim {}, {} rows, heads {heads:?}: the wide loops differ", cfg.head_dim, rows.len());
+                }
             }
         }
     }
