@@ -7,24 +7,20 @@
 #![allow(unsafe_code)]
 
 use std::ops::Range;
-use std::sync::OnceLock;
 
 use super::super::arch::ModelConfig;
 use super::LayerCache;
 
-/// True when the CPU runs AVX2 (detected once).
+/// True when the CPU runs AVX2 (the standard library caches the detection).
 pub(super) fn available() -> bool {
-    static AVX2: OnceLock<bool> = OnceLock::new();
-    *AVX2.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            std::arch::is_x86_feature_detected!("avx2")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
-    })
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// [`super::attend_rows`] on eight-lane vectors. Panics when the CPU lacks AVX2.

@@ -121,7 +121,7 @@ mod x86 {
                     (7, false) => $kernel::<7, false, $dot>(w, a, out),
                     (8, true) => $kernel::<8, true, $dot>(w, a, out),
                     (8, false) => $kernel::<8, false, $dot>(w, a, out),
-                    _ => {}
+                    (n, _) => unreachable!("a pass takes 1 to {} tokens, not {n}", super::PASS_TOKENS),
                 }
             };
         }

@@ -32,7 +32,6 @@ impl WeightBytes {
     }
 
     /// Whether the buffer is a mapping of its own (advised for huge pages), not heap memory.
-    #[cfg(test)]
     pub(crate) fn is_mapped(&self) -> bool {
         matches!(self, Self::Mapped { .. })
     }
@@ -68,7 +67,7 @@ impl Clone for WeightBytes {
 
 impl fmt::Debug for WeightBytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WeightBytes").field("len", &self.len()).field("mapped", &matches!(self, Self::Mapped { .. })).finish()
+        f.debug_struct("WeightBytes").field("len", &self.len()).field("mapped", &self.is_mapped()).finish()
     }
 }
 
