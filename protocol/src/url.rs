@@ -135,18 +135,18 @@ mod tests {
 
     #[test]
     fn an_amqp_url_gives_the_management_api_what_lapin_connects_with() {
-        let e = AmqpEndpoint::parse("amqp://genq:s3cr%40t@rabbitmq:5672/%2f").unwrap();
+        let e = AmqpEndpoint::parse("amqp://genq:s3cr%40t@rabbitmq:5672/%2f").expect("a valid AMQP URL");
         assert_eq!(e, AmqpEndpoint { host: "rabbitmq".into(), user: "genq".into(), password: "s3cr@t".into(), vhost: "/".into() });
-        let e = AmqpEndpoint::parse("amqp://localhost/prod").unwrap();
+        let e = AmqpEndpoint::parse("amqp://localhost/prod").expect("a valid AMQP URL");
         assert_eq!((e.user.as_str(), e.password.as_str(), e.vhost.as_str()), ("guest", "guest", "prod"));
-        let err = AmqpEndpoint::parse("http://u:pw@h/").unwrap_err();
+        let err = AmqpEndpoint::parse("http://u:pw@h/").expect_err("not an AMQP URL");
         assert!(!err.to_string().contains("pw"), "{err}");
     }
 
     #[test]
     fn path_segments_are_encoded_one_by_one() {
-        assert_eq!(join_segments("http://h:15672", &["api", "queues", "/", "genq.jobs"]).unwrap(), "http://h:15672/api/queues/%2F/genq.jobs");
-        assert_eq!(join_segments("http://h:15672/rmq/", &["api", "queues", "a b"]).unwrap(), "http://h:15672/rmq/api/queues/a%20b");
+        assert_eq!(join_segments("http://h:15672", &["api", "queues", "/", "genq.jobs"]).expect("joins"), "http://h:15672/api/queues/%2F/genq.jobs");
+        assert_eq!(join_segments("http://h:15672/rmq/", &["api", "queues", "a b"]).expect("joins"), "http://h:15672/rmq/api/queues/a%20b");
     }
 
     #[test]

@@ -505,8 +505,9 @@ impl Drop for EngineStopped {
 /// the event carried, if any.
 pub(crate) type EmitEvent<R> = Box<dyn FnMut(EngineEvent<R>) -> Result<(), Undelivered<R>> + Send>;
 
-/// An event nobody took, with the reply it carried (none for streamed text).
-pub(crate) struct Undelivered<R>(pub Option<R>);
+/// An event nobody took, with the reply it carried (none for streamed text), boxed: a reply is
+/// large, and this is the rare path.
+pub(crate) struct Undelivered<R>(pub Option<Box<R>>);
 
 impl<R> EngineEvent<R> {
     /// The reply this event carries (none for streamed text).
@@ -529,7 +530,7 @@ fn deliver<R>(emit: &mut EmitEvent<R>, out: &mut Vec<EngineEvent<R>>, undelivere
         }
         if let Err(Undelivered(reply)) = emit(ev) {
             tracing::error!("event channel closed; engine thread stops");
-            undelivered.extend(reply);
+            undelivered.extend(reply.map(|r| *r));
             open = false;
         }
     }
@@ -843,7 +844,7 @@ mod tests {
     async fn without_a_writer_the_engine_thread_hands_back_every_job_exactly_once() {
         // Every event is refused, as when the result writer is gone: the replies of finished jobs
         // come back with the waiting, running and still-queued ones, none lost, none twice.
-        let emit: EmitEvent<Ticket> = Box::new(|ev| Err(Undelivered(ev.into_reply())));
+        let emit: EmitEvent<Ticket> = Box::new(|ev| Err(Undelivered(ev.into_reply().map(Box::new))));
         let runtime = tokio::runtime::Handle::current();
         let (jobs, handle) =
             spawn_engine_thread(Box::new(EchoEngine::new("m")), settings(2), 8, emit, None, runtime, Box::new(|_| true)).expect("thread");

@@ -132,7 +132,7 @@ mod tests {
 
     #[test]
     fn management_api_credentials_come_from_the_amqp_url() {
-        let amqp = AmqpEndpoint::parse("amqp://guest:guest@127.0.0.1:5672/%2f").unwrap();
+        let amqp = AmqpEndpoint::parse("amqp://guest:guest@127.0.0.1:5672/%2f").expect("a valid AMQP URL");
         assert_eq!(default_management_url(&amqp), "http://127.0.0.1:15672");
     }
 }

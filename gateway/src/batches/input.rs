@@ -109,7 +109,7 @@ pub fn read_input(
         }
         input.custom_ids.push(custom_id);
         match outcome {
-            Ok(job) => input.jobs.push((line, job)),
+            Ok(job) => input.jobs.push((line, *job)),
             Err(message) => input.invalid.push((line, message)),
         }
     }
@@ -133,7 +133,7 @@ enum Parsed {
     Line {
         n: usize,
         custom_id: String,
-        outcome: Result<JobRequest, String>,
+        outcome: Result<Box<JobRequest>, String>,
     },
 }
 
@@ -188,7 +188,7 @@ fn parse_run(
             job.priority = job.priority.or(Some(Priority::Low));
             validate(&job, &Limits::default())
                 .map_err(|e| ApiError::from_validation(&e, openai_names).message)?;
-            Ok(job)
+            Ok(Box::new(job))
         });
         out.push(Parsed::Line {
             n,

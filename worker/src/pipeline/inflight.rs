@@ -190,7 +190,7 @@ impl WriterSender {
     /// carried.
     pub(super) fn blocking_send(&self, item: ToWriter) -> Result<(), Undelivered<InFlight>> {
         self.count(&item);
-        self.tx.blocking_send(item).map_err(|e| Undelivered(e.0.into_job()))
+        self.tx.blocking_send(item).map_err(|e| Undelivered(e.0.into_job().map(Box::new)))
     }
 
     /// Items that end a delivery sent so far.

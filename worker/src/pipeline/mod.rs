@@ -280,7 +280,6 @@ where
     }
     // The engine thread finishes its jobs and exits once its job channel is closed; the writer
     // once the engine thread and the intake are gone.
-    drop(admission);
     drop(engine_jobs);
     drop(to_writer);
     let mut writer = writer;

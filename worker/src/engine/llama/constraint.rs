@@ -14,6 +14,9 @@ use serde_json::{json, Value};
 
 use super::tokenizer::{SpecialIds, Tokenizer};
 
+/// Each logits column's token bytes, `None` for a special token.
+type TokenBytes = Vec<Option<Vec<u8>>>;
+
 /// The model's vocabulary as llguidance reads it: each token's bytes, special tokens marked.
 struct VocabEnv {
     trie: TokTrie,
@@ -39,7 +42,7 @@ impl TokenizerEnv for VocabEnv {
 /// nothing.
 pub(crate) struct Grammars {
     /// Each logits column's token bytes (`None`: special) and the end-of-sequence ids.
-    vocab: Arc<(Vec<Option<Vec<u8>>>, Vec<u32>)>,
+    vocab: Arc<(TokenBytes, Vec<u32>)>,
     factory: OnceLock<Result<Arc<ParserFactory>, String>>,
 }
 

@@ -471,7 +471,7 @@ impl LlamaEngine {
         seq.prefilled += prefix.extend(&seq.prompt, &seq.block_keys, &mut seq.cache);
         let next = seq.prefilled / BLOCK_TOKENS;
         prefix.keeps_blocks()
-            && seq.prefilled % BLOCK_TOKENS == 0
+            && seq.prefilled.is_multiple_of(BLOCK_TOKENS)
             && (next + 1) * BLOCK_TOKENS < seq.prompt.len()
             && seq.block_keys.get(next).is_some_and(|k| computing.contains(k) && !prefix.holds(*k))
     }
@@ -737,16 +737,13 @@ impl LlamaEngine {
             id,
             text,
             new_tokens: 1,
-            done: match reason {
-                Some(r) => Some(SeqDone {
-                    finish_reason: Some(r),
-                    score: None,
-                    logprobs: seq.take_logprobs(),
-                    samples: Vec::new(),
-                    error: None,
-                }),
-                None => None,
-            },
+            done: reason.map(|r| SeqDone {
+                finish_reason: Some(r),
+                score: None,
+                logprobs: seq.take_logprobs(),
+                samples: Vec::new(),
+                error: None,
+            }),
         })
     }
 }

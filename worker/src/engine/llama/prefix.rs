@@ -138,7 +138,7 @@ impl PrefixCache {
 
     fn copy_held_blocks(&mut self, prompt: &[u32], keys: &[u64], cache: &mut SeqCache) -> usize {
         let start = cache.len();
-        if start % BLOCK_TOKENS != 0 || prompt.is_empty() {
+        if !start.is_multiple_of(BLOCK_TOKENS) || prompt.is_empty() {
             return 0;
         }
         let usable = ((prompt.len() - 1) / BLOCK_TOKENS).min(keys.len());

@@ -10,7 +10,10 @@ use crate::engine::Engine;
 
 const PROMPT: &str = "The quick brown fox jumps over the lazy dog because";
 
-fn logprobs_of(json: &str, prefill_budget: usize) -> (Option<Vec<TokenLogprob>>, Option<Vec<TokenLogprob>>, Option<Vec<f64>>, String) {
+/// A finished job's prompt log-probs, generated log-probs, score log-probs and text.
+type Logprobs = (Option<Vec<TokenLogprob>>, Option<Vec<TokenLogprob>>, Option<Vec<f64>>, String);
+
+fn logprobs_of(json: &str, prefill_budget: usize) -> Logprobs {
     let mut e = smollm2(WeightFormat::for_this_cpu(64));
     e.encode_and_admit(1, &job(json), 0).expect("admit");
     let out = run_to_end(&mut e, prefill_budget).remove(&1).expect("an outcome");
