@@ -203,6 +203,11 @@ impl<R> Scheduler<R> {
         self.running.len()
     }
 
+    /// Sequences in the running batch: each job counts as many as it has samples (`n`).
+    pub(crate) fn running_sequences(&self) -> usize {
+        self.running.values().map(|r| r.width).sum()
+    }
+
     /// True when nothing is waiting or running.
     pub(crate) fn is_idle(&self) -> bool {
         self.waiting() == 0 && self.running.is_empty()
@@ -237,7 +242,7 @@ impl<R> Scheduler<R> {
         }
         // A job counts as many sequences as it has samples; the first one always fits.
         loop {
-            let width: usize = self.running.values().map(|r| r.width).sum();
+            let width = self.running_sequences();
             let Some(next) = self.waiting.iter_mut().find_map(VecDeque::pop_front) else { break };
             let Some(next) = self.unless_expired(next, events) else { continue };
             if width > 0 && width + next.job.n as usize > self.settings.max_batch_size {
@@ -260,7 +265,7 @@ impl<R> Scheduler<R> {
         let (mut at, mut examined) = (0, 0);
         while at < self.waiting[queue].len() && examined < SHARED_PREFIX_LOOKAHEAD {
             examined += 1;
-            let width: usize = self.running.values().map(|r| r.width).sum();
+            let width = self.running_sequences();
             let candidate = &self.waiting[queue][at];
             if !candidate.prompt.starts_with(prefix) || width + candidate.job.n as usize > self.settings.max_batch_size {
                 at += 1;
@@ -617,7 +622,7 @@ pub(crate) fn spawn_engine_thread<R: Send + 'static>(
             sched.admit(engine.as_mut(), &mut out, solo_gate.as_mut());
             if let Some(m) = &metrics {
                 m.waiting_tokens.sub(i64::try_from(waiting_before.saturating_sub(sched.waiting_tokens())).unwrap_or(0));
-                m.running_sequences.set(sched.running() as i64);
+                m.running_sequences.set(sched.running_sequences() as i64);
                 m.waiting_jobs.set(sched.waiting() as i64);
             }
             sched.step(engine.as_mut(), metrics.as_ref(), &mut out);
@@ -628,7 +633,7 @@ pub(crate) fn spawn_engine_thread<R: Send + 'static>(
             }
             if let Some(m) = &metrics {
                 // After the step, so sequences that just finished no longer count while idle.
-                m.running_sequences.set(sched.running() as i64);
+                m.running_sequences.set(sched.running_sequences() as i64);
                 m.kv_cache_tokens.set(engine.cached_tokens() as i64);
                 let prefix = engine.prefix_cache();
                 m.prefix_cache(last_prefix, prefix);
@@ -710,6 +715,18 @@ mod tests {
         assert_eq!(s.running(), 2, "job 3 joins while job 2 still runs");
         s.step(&mut engine, None, &mut ev);
         assert_eq!(finished(&ev), vec![(1, JobStatus::Done), (3, JobStatus::Done)]);
+    }
+
+    #[test]
+    fn a_job_counts_one_running_sequence_per_sample() {
+        let mut engine = EchoEngine::new("m");
+        let mut s = Scheduler::new(settings(4));
+        s.enqueue(scheduled(1, r#"{"id":"a","prompt":"a","max_new_tokens":2,"n":3,"temperature":1.0}"#));
+        s.enqueue(scheduled(2, r#"{"id":"b","prompt":"b","max_new_tokens":2}"#));
+        s.enqueue(scheduled(3, r#"{"id":"c","prompt":"c","max_new_tokens":2}"#));
+        let mut ev = Vec::new();
+        s.admit(&mut engine, &mut ev, &mut |_| true);
+        assert_eq!((s.running(), s.running_sequences(), s.waiting()), (2, 4, 1), "three samples and one more job fill four sequences");
     }
 
     #[test]
