@@ -91,10 +91,10 @@ mod x86 {
     /// How many blocks ahead a one-token pass prefetches its weights.
     const PREFETCH_BLOCKS: usize = 4;
 
-    /// Whether the CPU has AVX-VNNI's VEX form of `vpdpbusd` (detected once).
+    /// Whether the CPU has AVX-VNNI's VEX form of `vpdpbusd` (the standard library caches the
+    /// detection).
     fn has_vex_vnni() -> bool {
-        static VEX: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *VEX.get_or_init(|| std::arch::is_x86_feature_detected!("avxvnni"))
+        std::arch::is_x86_feature_detected!("avxvnni")
     }
 
     /// The group against `a`'s tokens (at most [`super::PASS_TOKENS`]).
