@@ -60,10 +60,10 @@ pub(crate) enum Kernel {
     /// AMX-INT8 tile multiplies for four tokens or more, AVX-512 VNNI below.
     Amx,
     /// AVX2, FMA and F16C with a 256-bit `vpdpbusd` (AVX-VNNI, or AVX-512 VNNI with VL): sixteen
-    /// rows as two vectors of eight, against up to four tokens per pass.
+    /// rows as two vectors of eight, against up to eight tokens per pass.
     AvxVnni,
     /// AVX2, FMA and F16C: `vpmaddubsw` and `vpmaddwd`, sixteen rows as two vectors of eight,
-    /// against up to four tokens per pass.
+    /// against up to eight tokens per pass.
     Avx2,
 }
 
