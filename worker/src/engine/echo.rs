@@ -29,8 +29,13 @@ struct Words {
 }
 
 impl Words {
-    fn of(input: &PromptInput) -> Self {
-        let mut words = Words { text: String::new(), spans: Vec::new() };
+    /// The words of a prompt of `count` words (see [`Words::count`]).
+    fn of(input: &PromptInput, count: usize) -> Self {
+        let bytes = match input {
+            PromptInput::Text(t) => t.len(),
+            PromptInput::Chat(msgs) => msgs.iter().map(|m| m.content.len()).sum(),
+        };
+        let mut words = Words { text: String::with_capacity(bytes), spans: Vec::with_capacity(count) };
         match input {
             PromptInput::Text(t) => words.extend(t),
             PromptInput::Chat(msgs) => msgs.iter().for_each(|m| words.extend(&m.content)),
@@ -39,6 +44,17 @@ impl Words {
             words.spans.push(0..0);
         }
         words
+    }
+
+    /// How many words [`Words::of`] finds in a prompt (one for a prompt without any), counted
+    /// without copying it.
+    fn count(input: &PromptInput) -> usize {
+        let words = |part: &str| part.split_whitespace().count();
+        let n = match input {
+            PromptInput::Text(t) => words(t),
+            PromptInput::Chat(msgs) => msgs.iter().map(|m| words(&m.content)).sum(),
+        };
+        n.max(1)
     }
 
     fn extend(&mut self, part: &str) {
@@ -80,7 +96,7 @@ struct WordEncoder;
 
 impl PromptEncoder for WordEncoder {
     fn encode(&self, job: &ValidJob) -> Result<Vec<u32>, AdmitError> {
-        Ok((0..Words::of(&job.input).len() as u32).collect())
+        Ok((0..Words::count(&job.input) as u32).collect())
     }
 }
 
@@ -119,8 +135,8 @@ impl Engine for EchoEngine {
     }
 
     fn admit(&mut self, id: SeqId, job: &ValidJob, prompt: Vec<u32>, _seed: u64) -> Result<Admitted, AdmitError> {
-        let words = Words::of(&job.input);
         let prompt_tokens = prompt.len();
+        let words = Words::of(&job.input, prompt_tokens);
         check_score_length(job, prompt_tokens)?;
         for (field, asked) in [("logprobs", job.logprobs.is_some()), ("prompt_logprobs", job.prompt_logprobs.is_some())] {
             if asked {
@@ -250,14 +266,17 @@ mod tests {
 
     #[test]
     fn words_split_like_split_whitespace_across_chat_messages() {
-        let text = Words::of(&PromptInput::Text("  one two\tthree \n".into()));
+        // The words, and how many `Words::count` says there are (the prompt's token count).
+        let words = |input: PromptInput| (Words::of(&input, 0), Words::count(&input));
+        let (text, n) = words(PromptInput::Text("  one two\tthree \n".into()));
         assert_eq!(text.iter().collect::<Vec<_>>(), ["one", "two", "three"]);
+        assert_eq!(n, 3);
         let msg = |c: &str| genq_shared::job::ChatMessage { role: "user".into(), content: c.into() };
-        let chat = Words::of(&PromptInput::Chat(vec![msg("a b"), msg(""), msg(" c")]));
+        let (chat, n) = words(PromptInput::Chat(vec![msg("a b"), msg(""), msg(" c")]));
         assert_eq!(chat.iter().collect::<Vec<_>>(), ["a", "b", "c"]);
-        assert_eq!((chat.len(), chat.get(2)), (3, "c"));
-        let empty = Words::of(&PromptInput::Text("   ".into()));
-        assert_eq!((empty.len(), empty.get(0)), (1, ""), "an empty prompt echoes one empty word");
+        assert_eq!((chat.len(), chat.get(2), n), (3, "c", 3));
+        let (empty, n) = words(PromptInput::Text("   ".into()));
+        assert_eq!((empty.len(), empty.get(0), n), (1, "", 1), "an empty prompt echoes one empty word");
     }
 
     fn run_to_end(engine: &mut EchoEngine) -> BTreeMap<SeqId, (String, Option<SeqDone>)> {

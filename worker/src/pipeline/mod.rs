@@ -232,23 +232,27 @@ where
         // One round trip marks a chunk of the batch running, then its jobs are admitted: the
         // jobs of bulk messages are begun no faster than the engine thread takes them, so a crash
         // leaves few jobs begun but never run (each of those is a suspect, run alone, after it).
+        // Taken from the front in chunks without shifting what is left (a backlog of bulk
+        // messages makes these vectors thousands of jobs long).
         let chunk_jobs = settings.intake_batch_size.max(1);
-        while !admits.is_empty() {
-            let n = admits.len().min(chunk_jobs);
+        let mut pending = admits.drain(..);
+        let mut begun_so_far = 0;
+        while pending.len() > 0 {
+            let n = pending.len().min(chunk_jobs);
             let begun = tokio::select! {
                 _ = &mut shutdown => {
-                    tracing::info!(jobs = admits.len(), "shutdown while Redis is unreachable; requeueing the jobs");
-                    for a in admits.drain(..) {
+                    tracing::info!(jobs = pending.len(), "shutdown while Redis is unreachable; requeueing the jobs");
+                    for a in pending.by_ref() {
                         report.requeued += 1;
                         settle(a.settler, Settlement::Requeue).await;
                     }
                     starts.clear();
                     break 'intake;
                 }
-                b = begin_with_retry(&*sink, &starts[..n]) => b,
+                b = begin_with_retry(&*sink, &starts[begun_so_far..begun_so_far + n]) => b,
             };
-            starts.drain(..n);
-            let mut chunk = admits.drain(..n).zip(begun);
+            begun_so_far += n;
+            let mut chunk = pending.by_ref().take(n).zip(begun);
             for (admit, begun) in chunk.by_ref() {
                 match admission.admit(admit, begun).await {
                     AdmitOutcome::Queued => {}
@@ -260,7 +264,7 @@ where
                             report.requeued += 1;
                             settle(rest.settler, Settlement::Requeue).await;
                         }
-                        for rest in admits.drain(..) {
+                        for rest in pending.by_ref() {
                             report.requeued += 1;
                             settle(rest.settler, Settlement::Requeue).await;
                         }
@@ -269,6 +273,7 @@ where
                 }
             }
         }
+        starts.clear();
     }
     for job in stopped {
         report.requeued += 1;
