@@ -28,18 +28,20 @@ struct Words {
     spans: Vec<std::ops::Range<usize>>,
 }
 
+/// A prompt's text: the whole text, or each chat message's content in turn.
+fn parts(input: &PromptInput) -> impl Iterator<Item = &str> {
+    let (text, messages) = match input {
+        PromptInput::Text(t) => (Some(t.as_str()), &[][..]),
+        PromptInput::Chat(msgs) => (None, msgs.as_slice()),
+    };
+    text.into_iter().chain(messages.iter().map(|m| m.content.as_str()))
+}
+
 impl Words {
     /// The words of a prompt of `count` words (see [`Words::count`]).
     fn of(input: &PromptInput, count: usize) -> Self {
-        let bytes = match input {
-            PromptInput::Text(t) => t.len(),
-            PromptInput::Chat(msgs) => msgs.iter().map(|m| m.content.len()).sum(),
-        };
-        let mut words = Words { text: String::with_capacity(bytes), spans: Vec::with_capacity(count) };
-        match input {
-            PromptInput::Text(t) => words.extend(t),
-            PromptInput::Chat(msgs) => msgs.iter().for_each(|m| words.extend(&m.content)),
-        }
+        let mut words = Words { text: String::with_capacity(input.bytes()), spans: Vec::with_capacity(count) };
+        parts(input).for_each(|part| words.extend(part));
         if words.spans.is_empty() {
             words.spans.push(0..0);
         }
@@ -49,12 +51,7 @@ impl Words {
     /// How many words [`Words::of`] finds in a prompt (one for a prompt without any), counted
     /// without copying it.
     fn count(input: &PromptInput) -> usize {
-        let words = |part: &str| part.split_whitespace().count();
-        let n = match input {
-            PromptInput::Text(t) => words(t),
-            PromptInput::Chat(msgs) => msgs.iter().map(|m| words(&m.content)).sum(),
-        };
-        n.max(1)
+        parts(input).map(|part| part.split_whitespace().count()).sum::<usize>().max(1)
     }
 
     fn extend(&mut self, part: &str) {
