@@ -461,7 +461,7 @@ impl QuantActs {
         out
     }
 
-    /// The levels regrouped for the AMX kernel: per tile of `tile` tokens (starting at
+    /// The levels regrouped for the AMX and 256-bit kernels: per tile of `tile` tokens (starting at
     /// `t0 * cols`, as in [`QuantActs::levels`]), per block, the 32 levels of each of the tile's
     /// tokens in turn, so one block's tile is contiguous.
     pub(crate) fn levels_by_block(&self, tile: usize) -> Vec<i8> {
@@ -515,7 +515,11 @@ fn quantize_block(block: &[f32], levels: &mut [i8]) -> (f32, f32) {
 enum Mins<T> {
     /// As stored, `[block, lane]` (f16).
     Stored(T),
-    /// `offset * scale` in every block: not stored, computed from the scale.
+    /// `offset * scale` in every block: not stored. `min * sum` is then exact (an f16 scale has 11
+    /// significant bits, a level sum at most 12, the offset is a power of two), so
+    /// `scale * dot + min * sum` rounded once is `scale * (dot + offset * sum)` rounded once: the
+    /// kernels add `offset * sum` to the dot product (an exact sum of integers below 2^24) and
+    /// multiply by the scale, one operation fewer, to the same bits.
     Scaled(f32),
 }
 
@@ -633,7 +637,14 @@ impl PackedLinear {
         let cache_fit = (CHUNK_BYTES / group_bytes.max(1)).max(1);
         let chunk = if work < 1 << 16 { groups } else { groups.div_ceil(threads * 4).clamp(1, cache_fit) };
         let tile = kernel.tokens();
-        let by_block = (kernel == Kernel::Amx && t >= AMX_MIN_TOKENS).then(|| acts.levels_by_block(tile));
+        // AMX, and the 256-bit kernels (whose broadcasts then address every token of a block from
+        // one pointer), read the levels by block; for one token that is the order they have.
+        let by_block = match kernel {
+            Kernel::Amx => t >= AMX_MIN_TOKENS,
+            Kernel::Avx2 | Kernel::AvxVnni => t > 1,
+            Kernel::Avx512Vnni | Kernel::Reference => false,
+        }
+        .then(|| acts.levels_by_block(tile));
         let mut y = vec![0f32; t * self.rows];
         // A run's outputs: in every token's row, the run's columns.
         let mut runs: Vec<Vec<&mut [f32]>> = (0..groups.div_ceil(chunk)).map(|_| Vec::with_capacity(t)).collect();
@@ -687,13 +698,19 @@ impl PackedLinear {
             blocks,
         };
         let tile = ActsView::all(acts).tokens(t0, n, self.cols);
-        match (kernel, by_block) {
-            (Kernel::Amx, Some(levels)) if n >= AMX_MIN_TOKENS => {
-                amx::tile(&w, &ActsView { levels: &levels[t0 * self.cols..(t0 + n) * self.cols], ..tile }, out)
+        // The tile's levels by block, where they were laid out so; a single token's are already.
+        let by_block_tile = || match by_block {
+            Some(levels) => ActsView { levels: &levels[t0 * self.cols..(t0 + n) * self.cols], ..tile },
+            None => {
+                assert!(n == 1, "the levels of {n} tokens were not laid out by block");
+                ActsView { ..tile }
             }
+        };
+        match (kernel, by_block) {
+            (Kernel::Amx, Some(_)) if n >= AMX_MIN_TOKENS => amx::tile(&w, &by_block_tile(), out),
             (Kernel::Amx | Kernel::Avx512Vnni, _) => self.tiles_of_eight(&w, &tile, out, vnni::tile),
-            (Kernel::AvxVnni, _) => self.tiles_of_eight(&w, &tile, out, |w, a, out| avx2::tile(avx2::Flavor::AvxVnni, w, a, out)),
-            (Kernel::Avx2, _) => self.tiles_of_eight(&w, &tile, out, |w, a, out| avx2::tile(avx2::Flavor::Avx2, w, a, out)),
+            (Kernel::AvxVnni, _) => avx2::tile(avx2::Flavor::AvxVnni, &w, &by_block_tile(), out),
+            (Kernel::Avx2, _) => avx2::tile(avx2::Flavor::Avx2, &w, &by_block_tile(), out),
             (Kernel::Reference, _) => reference::tile(&w, &tile, out),
         }
     }
@@ -707,8 +724,8 @@ impl PackedLinear {
     }
 }
 
-/// Tokens `t0..t0 + n` of a product, and, when the AMX kernel runs, the levels of all tokens
-/// by block ([`QuantActs::levels_by_block`] for its tile size).
+/// Tokens `t0..t0 + n` of a product, and, for the kernels that read them so (AMX, the 256-bit
+/// ones), the levels of all tokens by block ([`QuantActs::levels_by_block`] for its tile size).
 #[derive(Clone, Copy)]
 struct TokenTile<'a> {
     t0: usize,
@@ -770,8 +787,12 @@ impl GroupView<'_> {
     }
 }
 
-/// The kernel's arithmetic in plain Rust, lane by lane, with the same fused operations in the
-/// same order, so its results are bitwise the kernel's.
+/// The kernels' arithmetic in plain Rust, lane by lane, with the same fused operations in the
+/// same order, so its results are bitwise the kernels'. Per block and row, the integer dot product
+/// `dot` of the levels becomes `scale * dot + min * sum` (`sum`: the activations' level sum), one
+/// fused operation, then is scaled by the activations' block scale into the row's total. (Where
+/// the minimum is a multiple of the scale, the kernels compute the same bits another way: see
+/// [`Mins::Scaled`].)
 mod reference {
     use super::{ActsView, GroupView, Mins, BLOCK, LANES};
 

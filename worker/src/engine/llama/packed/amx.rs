@@ -264,14 +264,16 @@ mod x86 {
             let scale = _mm512_cvtph_ps(_mm256_loadu_si256(w.scale.as_ptr().add(b * LANES) as *const __m256i));
             let min = match w.min {
                 Mins::Stored(m) => _mm512_cvtph_ps(_mm256_loadu_si256(m.as_ptr().add(b * LANES) as *const __m256i)),
-                Mins::Scaled(o) => _mm512_mul_ps(scale, _mm512_set1_ps(o)),
+                Mins::Scaled(_) => _mm512_setzero_ps(),
             };
             let (sum, act_scale) = (a.sum.as_ptr(), a.scale.as_ptr());
             each_token!(n, {
-                let dot = _mm512_load_si512(dots.add(n * LANES) as *const _);
+                let dot = _mm512_cvtepi32_ps(_mm512_load_si512(dots.add(n * LANES) as *const _));
                 let at = n * w.blocks + b;
-                let t1 = _mm512_mul_ps(min, _mm512_set1_ps(*sum.add(at)));
-                let t2 = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(dot), t1);
+                let t2 = match w.min {
+                    Mins::Stored(_) => _mm512_fmadd_ps(scale, dot, _mm512_mul_ps(min, _mm512_set1_ps(*sum.add(at)))),
+                    Mins::Scaled(o) => _mm512_mul_ps(scale, _mm512_add_ps(dot, _mm512_set1_ps(o * *sum.add(at)))),
+                };
                 facc[n] = _mm512_fmadd_ps(_mm512_set1_ps(*act_scale.add(at)), t2, facc[n]);
             });
         }

@@ -9,15 +9,16 @@
 //! are centred (`w - 128`, magnitude at most 128) and multiplied by the sign-adjusted activations,
 //! llama.cpp's trick, widened after every multiply, and `128 x` the activations' block sum is added
 //! back. Every integer sum is exact, so each block's dot product equals the reference's, and the
-//! scales are applied with the same fused operations in the same order: the outputs are bitwise
-//! the reference's.
+//! scales are applied with the same fused operations in the same order (or, for minimums that are
+//! a multiple of the scale, in the form `Mins::Scaled` shows gives the same bits): the outputs are
+//! bitwise the reference's.
 //!
 //! Like [`super::vnni`], this module holds `unsafe`: calling `#[target_feature]` functions after
 //! checking the CPU has the features, and unaligned vector loads whose bounds are asserted before
 //! the loops.
 #![allow(unsafe_code)]
 
-use super::{ActsView, GroupView, LANES, TOKEN_TILE};
+use super::{ActsView, GroupView, TOKEN_TILE};
 
 /// Tokens one pass over the group's weights takes: a whole token tile, so each weight vector is
 /// unpacked once for all eight. Their integer sums outnumber the sixteen registers and partly
@@ -53,7 +54,9 @@ pub(super) fn available(flavor: Flavor) -> bool {
 }
 
 /// `out[n * LANES + lane]` = the dot product of token `n` with row `lane` of the group, by
-/// `flavor`'s kernel, for up to [`TOKEN_TILE`] tokens.
+/// `flavor`'s kernel, for up to [`TOKEN_TILE`] tokens whose levels are laid out by block
+/// ([`super::QuantActs::levels_by_block`]): block `b`'s 32 levels of every token, then block
+/// `b + 1`'s, so that one pointer reaches every token's levels of a block.
 ///
 /// Panics when the slices are shorter than the shapes they claim, or when the CPU lacks the
 /// kernel's features.
@@ -63,18 +66,12 @@ pub(super) fn tile(flavor: Flavor, w: &GroupView<'_>, a: &ActsView<'_>, out: &mu
         Flavor::AvxVnni => super::Kernel::AvxVnni.available(),
     };
     assert!(detected, "the {flavor:?} kernel needs AVX2, FMA and F16C (and a 256-bit VNNI)");
-    w.assert_holds(a, TOKEN_TILE, out);
-    let blocks = w.blocks;
-    for s in (0..a.tokens).step_by(PASS_TOKENS) {
-        let n = PASS_TOKENS.min(a.tokens - s);
-        let part = a.tokens(s, n, blocks * super::BLOCK);
-        let out = &mut out[s * LANES..(s + n) * LANES];
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the features were detected above, and every length the kernel reads is asserted
-        // (`assert_holds`, for at least the `n` tokens of `part`).
-        unsafe {
-            x86::pass(flavor, w, &part, out)
-        }
+    w.assert_holds(a, PASS_TOKENS, out);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the features were detected above, and every length the kernel reads is asserted
+    // (`assert_holds`).
+    unsafe {
+        x86::pass(flavor, w, a, out)
     }
 }
 
@@ -103,48 +100,36 @@ mod x86 {
     /// The CPU has the flavor's features, and the views hold what [`super::tile`] asserts.
     pub(super) unsafe fn pass(flavor: Flavor, w: &GroupView<'_>, a: &ActsView<'_>, out: &mut [f32]) {
         macro_rules! by_shape {
-            ($kernel:ident, $dot:ty) => {
-                match (a.tokens, w.four_bit) {
-                    (1, true) => $kernel::<1, true, $dot>(w, a, out),
-                    (1, false) => $kernel::<1, false, $dot>(w, a, out),
-                    (2, true) => $kernel::<2, true, $dot>(w, a, out),
-                    (2, false) => $kernel::<2, false, $dot>(w, a, out),
-                    (3, true) => $kernel::<3, true, $dot>(w, a, out),
-                    (3, false) => $kernel::<3, false, $dot>(w, a, out),
-                    (4, true) => $kernel::<4, true, $dot>(w, a, out),
-                    (4, false) => $kernel::<4, false, $dot>(w, a, out),
-                    (5, true) => $kernel::<5, true, $dot>(w, a, out),
-                    (5, false) => $kernel::<5, false, $dot>(w, a, out),
-                    (6, true) => $kernel::<6, true, $dot>(w, a, out),
-                    (6, false) => $kernel::<6, false, $dot>(w, a, out),
-                    (7, true) => $kernel::<7, true, $dot>(w, a, out),
-                    (7, false) => $kernel::<7, false, $dot>(w, a, out),
-                    (8, true) => $kernel::<8, true, $dot>(w, a, out),
-                    (8, false) => $kernel::<8, false, $dot>(w, a, out),
-                    (n, _) => unreachable!("a pass takes 1 to {} tokens, not {n}", super::PASS_TOKENS),
+            ($kernel:ident, $dot:ty, $($n:literal)*) => {
+                match (a.tokens, w.four_bit, matches!(w.min, Mins::Scaled(_))) {
+                    $(($n, true, true) => $kernel::<$n, true, true, $dot>(w, a, out),
+                      ($n, true, false) => $kernel::<$n, true, false, $dot>(w, a, out),
+                      ($n, false, true) => $kernel::<$n, false, true, $dot>(w, a, out),
+                      ($n, false, false) => $kernel::<$n, false, false, $dot>(w, a, out),)*
+                    (n, _, _) => unreachable!("a pass takes 1 to {} tokens, not {n}", super::PASS_TOKENS),
                 }
             };
         }
         match flavor {
-            Flavor::Avx2 => by_shape!(avx2, Madd),
-            Flavor::AvxVnni if has_vex_vnni() => by_shape!(avx_vnni, DpbusdVex),
-            Flavor::AvxVnni => by_shape!(avx512_vl_vnni, DpbusdEvex),
+            Flavor::Avx2 => by_shape!(avx2, Madd, 1 2 3 4 5 6 7 8),
+            Flavor::AvxVnni if has_vex_vnni() => by_shape!(avx_vnni, DpbusdVex, 1 2 3 4 5 6 7 8),
+            Flavor::AvxVnni => by_shape!(avx512_vl_vnni, DpbusdEvex, 1 2 3 4 5 6 7 8),
         }
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn avx2<const N: usize, const FOUR: bool, D: Dot>(w: &GroupView<'_>, a: &ActsView<'_>, out: &mut [f32]) {
-        body::<N, FOUR, D>(w, a, out)
+    unsafe fn avx2<const N: usize, const FOUR: bool, const SCALED: bool, D: Dot>(w: &GroupView<'_>, a: &ActsView<'_>, out: &mut [f32]) {
+        body::<N, FOUR, SCALED, D>(w, a, out)
     }
 
     #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
-    unsafe fn avx_vnni<const N: usize, const FOUR: bool, D: Dot>(w: &GroupView<'_>, a: &ActsView<'_>, out: &mut [f32]) {
-        body::<N, FOUR, D>(w, a, out)
+    unsafe fn avx_vnni<const N: usize, const FOUR: bool, const SCALED: bool, D: Dot>(w: &GroupView<'_>, a: &ActsView<'_>, out: &mut [f32]) {
+        body::<N, FOUR, SCALED, D>(w, a, out)
     }
 
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
-    unsafe fn avx512_vl_vnni<const N: usize, const FOUR: bool, D: Dot>(w: &GroupView<'_>, a: &ActsView<'_>, out: &mut [f32]) {
-        body::<N, FOUR, D>(w, a, out)
+    unsafe fn avx512_vl_vnni<const N: usize, const FOUR: bool, const SCALED: bool, D: Dot>(w: &GroupView<'_>, a: &ActsView<'_>, out: &mut [f32]) {
+        body::<N, FOUR, SCALED, D>(w, a, out)
     }
 
     /// A block's integer dot products of one token with eight rows, four inputs per 32-bit lane.
@@ -238,15 +223,19 @@ mod x86 {
         _mm256_cvtph_ps(_mm_loadu_si128(values as *const __m128i))
     }
 
-    /// `N` tokens against both halves of the group.
+    /// `N` tokens against both halves of the group; 4-bit levels when `FOUR`, minimums that are a
+    /// multiple of the scale (added to the integer dot product) when `SCALED`.
     // Indexed loops over const-sized register arrays: they unroll, and the indexes are the token
     // and the half.
     #[allow(clippy::needless_range_loop)]
     #[inline(always)]
-    unsafe fn body<const N: usize, const FOUR: bool, D: Dot>(w: &GroupView<'_>, a: &ActsView<'_>, out: &mut [f32]) {
-        let cols = w.blocks * BLOCK;
+    unsafe fn body<const N: usize, const FOUR: bool, const SCALED: bool, D: Dot>(w: &GroupView<'_>, a: &ActsView<'_>, out: &mut [f32]) {
         let bytes = if FOUR { LANES * BLOCK / 2 } else { LANES * BLOCK };
         let nibble = _mm256_set1_epi8(0x0F);
+        let offset = match w.min {
+            Mins::Scaled(o) => o,
+            Mins::Stored(_) => 0.0,
+        };
         // For more than two tokens the float sums stay in memory (L1), read and written once per
         // block: the compiler would keep them in registers, and the integer sums of the block
         // would spill in their place.
@@ -273,7 +262,7 @@ mod x86 {
                         hi[h] = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble);
                     }
                     for n in 0..N {
-                        let row = n * cols + b * BLOCK;
+                        let row = (b * N + n) * BLOCK;
                         let (x_lo, x_hi) = (quad(lv, row + v * 4), quad(lv, row + 16 + v * 4));
                         for h in 0..2 {
                             iacc[n][h] = D::four(iacc[n][h], lo[h], x_lo);
@@ -285,7 +274,7 @@ mod x86 {
                 for v in 0..8 {
                     let levels: [_; 2] = std::array::from_fn(|h| D::prepare(_mm256_loadu_si256(base.add(v * 64 + h * 32) as *const __m256i)));
                     for n in 0..N {
-                        let x = quad(lv, n * cols + b * BLOCK + v * 4);
+                        let x = quad(lv, (b * N + n) * BLOCK + v * 4);
                         for h in 0..2 {
                             iacc[n][h] = D::eight(iacc[n][h], levels[h], x);
                         }
@@ -294,17 +283,21 @@ mod x86 {
             }
             let scale: [_; 2] = std::array::from_fn(|h| halves(w.scale.as_ptr().add(b * LANES + h * HALF)));
             let min: [_; 2] = std::array::from_fn(|h| match w.min {
-                Mins::Stored(m) => halves(m.as_ptr().add(b * LANES + h * HALF)),
-                Mins::Scaled(o) => _mm256_mul_ps(scale[h], _mm256_set1_ps(o)),
+                Mins::Stored(m) if !SCALED => halves(m.as_ptr().add(b * LANES + h * HALF)),
+                _ => _mm256_setzero_ps(),
             });
             for n in 0..N {
                 let at = n * w.blocks + b;
                 let level_sum = *a.sum.get_unchecked(at);
                 let (sum, act_scale) = (_mm256_set1_ps(level_sum), _mm256_set1_ps(*a.scale.get_unchecked(at)));
+                let offset_sum = _mm256_set1_ps(offset * level_sum);
                 for h in 0..2 {
-                    let dot = D::finish::<FOUR>(iacc[n][h], level_sum as i32);
-                    let t1 = _mm256_mul_ps(min[h], sum);
-                    let t2 = _mm256_fmadd_ps(scale[h], _mm256_cvtepi32_ps(dot), t1);
+                    let dot = _mm256_cvtepi32_ps(D::finish::<FOUR>(iacc[n][h], level_sum as i32));
+                    let t2 = if SCALED {
+                        _mm256_mul_ps(scale[h], _mm256_add_ps(dot, offset_sum))
+                    } else {
+                        _mm256_fmadd_ps(scale[h], dot, _mm256_mul_ps(min[h], sum))
+                    };
                     if N > 2 {
                         let total = std::ptr::read_volatile(&facc[n][h]);
                         std::ptr::write_volatile(&mut facc[n][h], _mm256_fmadd_ps(act_scale, t2, total));

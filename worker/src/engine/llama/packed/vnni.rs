@@ -6,7 +6,7 @@
 //! CPU has the features, and unaligned vector loads whose bounds are asserted before the loops.
 #![allow(unsafe_code)]
 
-use super::{ActsView, GroupView, TOKEN_TILE};
+use super::{ActsView, GroupView, Mins, TOKEN_TILE};
 
 /// True when the CPU has what [`tile`] uses (detected once, by [`super::Kernel::available`]).
 pub(super) fn available() -> bool {
@@ -32,25 +32,18 @@ pub(super) fn tile(w: &GroupView<'_>, a: &ActsView<'_>, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: the features were detected above, and every length the kernel reads is asserted.
     unsafe {
-        match (a.tokens, w.four_bit) {
-            (1, true) => x86::tile::<1, true>(w, a, out),
-            (2, true) => x86::tile::<2, true>(w, a, out),
-            (3, true) => x86::tile::<3, true>(w, a, out),
-            (4, true) => x86::tile::<4, true>(w, a, out),
-            (5, true) => x86::tile::<5, true>(w, a, out),
-            (6, true) => x86::tile::<6, true>(w, a, out),
-            (7, true) => x86::tile::<7, true>(w, a, out),
-            (8, true) => x86::tile::<8, true>(w, a, out),
-            (1, false) => x86::tile::<1, false>(w, a, out),
-            (2, false) => x86::tile::<2, false>(w, a, out),
-            (3, false) => x86::tile::<3, false>(w, a, out),
-            (4, false) => x86::tile::<4, false>(w, a, out),
-            (5, false) => x86::tile::<5, false>(w, a, out),
-            (6, false) => x86::tile::<6, false>(w, a, out),
-            (7, false) => x86::tile::<7, false>(w, a, out),
-            (8, false) => x86::tile::<8, false>(w, a, out),
-            _ => {}
+        macro_rules! by_shape {
+            ($($n:literal)*) => {
+                match (a.tokens, w.four_bit, matches!(w.min, Mins::Scaled(_))) {
+                    $(($n, true, true) => x86::tile::<$n, true, true>(w, a, out),
+                      ($n, true, false) => x86::tile::<$n, true, false>(w, a, out),
+                      ($n, false, true) => x86::tile::<$n, false, true>(w, a, out),
+                      ($n, false, false) => x86::tile::<$n, false, false>(w, a, out),)*
+                    _ => {}
+                }
+            };
         }
+        by_shape!(1 2 3 4 5 6 7 8)
     }
 }
 
@@ -66,7 +59,8 @@ mod x86 {
         _mm512_set1_epi32(std::ptr::read_unaligned(levels.add(at) as *const i32))
     }
 
-    /// `N` tokens against the group; 4-bit levels when `FOUR`.
+    /// `N` tokens against the group; 4-bit levels when `FOUR`, minimums that are a multiple of the
+    /// scale (added to the integer dot product) when `SCALED`.
     ///
     /// Each token's block sum runs in `S` independent integer accumulators (summed exactly at the
     /// block's end): with few tokens, one chain of dependent `vpdpbusd` would wait on latency.
@@ -74,22 +68,26 @@ mod x86 {
     /// # Safety
     /// The CPU has AVX-512 F, BW and VNNI, and the views hold the lengths [`super::tile`] asserts.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub(super) unsafe fn tile<const N: usize, const FOUR: bool>(w: &GroupView<'_>, a: &ActsView<'_>, out: &mut [f32]) {
+    pub(super) unsafe fn tile<const N: usize, const FOUR: bool, const SCALED: bool>(w: &GroupView<'_>, a: &ActsView<'_>, out: &mut [f32]) {
         match N {
-            1 => tile_split::<N, FOUR, 4>(w, a, out),
-            2 => tile_split::<N, FOUR, 4>(w, a, out),
-            3 | 4 => tile_split::<N, FOUR, 2>(w, a, out),
-            _ => tile_split::<N, FOUR, 1>(w, a, out),
+            1 => tile_split::<N, FOUR, SCALED, 4>(w, a, out),
+            2 => tile_split::<N, FOUR, SCALED, 4>(w, a, out),
+            3 | 4 => tile_split::<N, FOUR, SCALED, 2>(w, a, out),
+            _ => tile_split::<N, FOUR, SCALED, 1>(w, a, out),
         }
     }
 
     // Indexed loops over const-sized register arrays: they unroll, and the index is the lane.
     #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn tile_split<const N: usize, const FOUR: bool, const S: usize>(w: &GroupView<'_>, a: &ActsView<'_>, out: &mut [f32]) {
+    unsafe fn tile_split<const N: usize, const FOUR: bool, const SCALED: bool, const S: usize>(w: &GroupView<'_>, a: &ActsView<'_>, out: &mut [f32]) {
         let cols = w.blocks * BLOCK;
         let bytes = if FOUR { LANES * BLOCK / 2 } else { LANES * BLOCK };
         let nibble = _mm512_set1_epi8(0x0F);
+        let offset = match w.min {
+            Mins::Scaled(o) => o,
+            Mins::Stored(_) => 0.0,
+        };
         let mut facc = [_mm512_setzero_ps(); N];
         let q = w.quants.as_ptr();
         let lv = a.levels.as_ptr();
@@ -119,8 +117,8 @@ mod x86 {
             }
             let scale = _mm512_cvtph_ps(_mm256_loadu_si256(w.scale.as_ptr().add(b * LANES) as *const __m256i));
             let min = match w.min {
-                Mins::Stored(m) => _mm512_cvtph_ps(_mm256_loadu_si256(m.as_ptr().add(b * LANES) as *const __m256i)),
-                Mins::Scaled(o) => _mm512_mul_ps(scale, _mm512_set1_ps(o)),
+                Mins::Stored(m) if !SCALED => _mm512_cvtph_ps(_mm256_loadu_si256(m.as_ptr().add(b * LANES) as *const __m256i)),
+                _ => _mm512_setzero_ps(),
             };
             for n in 0..N {
                 let mut dot = iacc[n][0];
@@ -128,8 +126,13 @@ mod x86 {
                     dot = _mm512_add_epi32(dot, iacc[n][s]);
                 }
                 let at = n * w.blocks + b;
-                let t1 = _mm512_mul_ps(min, _mm512_set1_ps(*a.sum.get_unchecked(at)));
-                let t2 = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(dot), t1);
+                let sum = *a.sum.get_unchecked(at);
+                let dot = _mm512_cvtepi32_ps(dot);
+                let t2 = if SCALED {
+                    _mm512_mul_ps(scale, _mm512_add_ps(dot, _mm512_set1_ps(offset * sum)))
+                } else {
+                    _mm512_fmadd_ps(scale, dot, _mm512_mul_ps(min, _mm512_set1_ps(sum)))
+                };
                 facc[n] = _mm512_fmadd_ps(_mm512_set1_ps(*a.scale.get_unchecked(at)), t2, facc[n]);
             }
         }
