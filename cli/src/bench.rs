@@ -109,6 +109,11 @@ struct EngineBenchArgs {
     /// `amx,avx512-vnni`); each result line names its kernel. Default: `--cpu-kernel`'s.
     #[arg(long, value_delimiter = ',')]
     cpu_kernels: Vec<String>,
+    /// Rounds of the whole comparison, one after the other (genq's runs, then llama.cpp's, then
+    /// genq's again...); with `--vs-llamacpp` and more than one, the median of each ratio over the
+    /// rounds follows, which a noisy machine moves less than any single round.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
 }
 
 pub async fn run(common: &CommonArgs, args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -169,6 +174,31 @@ fn engine_bench(common: &CommonArgs, args: EngineBenchArgs) -> anyhow::Result<Ex
             LlamacppBuild::matching(kernel).binary()?;
         }
     }
+    anyhow::ensure!(args.rounds >= 1, "--rounds must be at least 1");
+    let mut ratios = Vec::new();
+    for round in 1..=args.rounds {
+        let ours = genq_runs(&settings.worker, &args, &kernels, &caches, &formats)?;
+        if args.vs_llamacpp {
+            ratios.extend(llamacpp_runs(&settings.worker, &args, &ours, round)?);
+        }
+    }
+    if args.rounds > 1 {
+        for line in median_ratios(&ratios, args.rounds) {
+            println!("{line}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// genq's runs of one round: each kernel, batch size, and prefix-cache or format setting, on a
+/// freshly loaded engine; each result is printed as it comes.
+fn genq_runs(
+    worker: &genq_shared::settings::WorkerSettings,
+    args: &EngineBenchArgs,
+    kernels: &[String],
+    caches: &[usize],
+    formats: &[Option<genq_shared::OutputFormat>],
+) -> anyhow::Result<Vec<EngineBenchResult>> {
     let mut ours = Vec::new();
     for kernel in kernels {
         for &batch in &args.batch_sizes {
@@ -186,7 +216,7 @@ fn engine_bench(common: &CommonArgs, args: EngineBenchArgs) -> anyhow::Result<Ex
                 let (mib, format) = (caches[i % caches.len()], &formats[i % formats.len()]);
                 let spec = EngineBenchSpec { format: format.clone(), ..spec.clone() };
                 // A fresh engine per run, so no run finds what another left in the cache.
-                let mut worker = settings.worker.clone();
+                let mut worker = worker.clone();
                 worker.cpu_kernel = kernel.clone();
                 worker.prefix_cache_mib = mib;
                 let mut engine = setup::build_engine(&worker)?;
@@ -204,37 +234,91 @@ fn engine_bench(common: &CommonArgs, args: EngineBenchArgs) -> anyhow::Result<Ex
             ours.extend(runs);
         }
     }
-    if args.vs_llamacpp {
-        let model = setup::resolve_model_path(&settings.worker.model_path).context("model not found")?;
-        let workload = LlamacppWorkload { batch_sizes: &args.batch_sizes, prompt_tokens: args.prompt_tokens, new_tokens: args.new_tokens, threads: args.threads };
-        let mut builds = Vec::new();
-        for build in ours.iter().map(|r| LlamacppBuild::matching(&r.kernel)) {
-            if !builds.contains(&build) {
-                builds.push(build);
-            }
-        }
-        let mut theirs = Vec::new();
-        for build in builds {
-            let rows = llamacpp_bench(&model, &workload, build)?;
-            for t in &rows {
-                println!("{t}");
-            }
-            theirs.extend(rows);
-        }
-        for r in &ours {
-            let build = json!(LlamacppBuild::matching(&r.kernel).name());
-            if let Some(t) = theirs.iter().find(|t| t["batch"] == json!(r.batch) && t["build"] == build) {
-                println!("{}", ratio_line(r, t));
-            }
-        }
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(ours)
 }
 
-fn ratio_line(r: &EngineBenchResult, t: &serde_json::Value) -> serde_json::Value {
+/// llama.cpp's runs of one round, each build `ours`' kernels are compared with once, then the
+/// ratio of each of `ours` to llama.cpp's result for its batch size and build; all printed, the
+/// ratios also returned.
+fn llamacpp_runs(
+    worker: &genq_shared::settings::WorkerSettings,
+    args: &EngineBenchArgs,
+    ours: &[EngineBenchResult],
+    round: usize,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let model = setup::resolve_model_path(&worker.model_path).context("model not found")?;
+    let workload = LlamacppWorkload { batch_sizes: &args.batch_sizes, prompt_tokens: args.prompt_tokens, new_tokens: args.new_tokens, threads: args.threads };
+    let mut builds = Vec::new();
+    for build in ours.iter().map(|r| LlamacppBuild::matching(&r.kernel)) {
+        if !builds.contains(&build) {
+            builds.push(build);
+        }
+    }
+    let mut theirs = Vec::new();
+    for build in builds {
+        let rows = llamacpp_bench(&model, &workload, build)?;
+        for t in &rows {
+            println!("{t}");
+        }
+        theirs.extend(rows);
+    }
+    let mut ratios = Vec::new();
+    for r in ours {
+        let build = json!(LlamacppBuild::matching(&r.kernel).name());
+        if let Some(t) = theirs.iter().find(|t| t["batch"] == json!(r.batch) && t["build"] == build) {
+            let line = ratio_line(r, t, round);
+            println!("{line}");
+            ratios.push(line);
+        }
+    }
+    Ok(ratios)
+}
+
+/// One line per kernel, build and batch size: the median over the rounds of each ratio in
+/// `ratios` (lines of [`ratio_line`]).
+fn median_ratios(ratios: &[serde_json::Value], rounds: usize) -> Vec<serde_json::Value> {
+    let key = |r: &serde_json::Value| (r["kernel"].clone(), r["llamacpp_build"].clone(), r["batch"].clone());
+    let mut keys: Vec<_> = Vec::new();
+    for r in ratios {
+        if !keys.contains(&key(r)) {
+            keys.push(key(r));
+        }
+    }
+    keys.into_iter()
+        .map(|k| {
+            let same: Vec<&serde_json::Value> = ratios.iter().filter(|r| key(r) == k).collect();
+            let median = |field: &str| median(same.iter().filter_map(|r| r[field].as_f64()).collect());
+            let each: Vec<f64> = same.iter().filter_map(|r| r["decode"].as_f64()).collect();
+            json!({
+                "ratio": "genq/llama.cpp, median of the rounds",
+                "kernel": k.0,
+                "llamacpp_build": k.1,
+                "batch": k.2,
+                "rounds": rounds,
+                "prefill": median("prefill"),
+                "decode": median("decode"),
+                "total_generated": median("total_generated"),
+                "decode_each_round": each,
+            })
+        })
+        .collect()
+}
+
+/// The median of `values` (the mean of the middle two for an even count); NaN for none.
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+fn ratio_line(r: &EngineBenchResult, t: &serde_json::Value, round: usize) -> serde_json::Value {
     let f = |k: &str| t[k].as_f64().unwrap_or(f64::NAN);
     json!({
         "ratio": "genq/llama.cpp",
+        "round": round,
         "kernel": r.kernel,
         "llamacpp_build": t["build"],
         "batch": r.batch,
@@ -325,4 +409,29 @@ fn llamacpp_bench(model: &std::path::Path, args: &LlamacppWorkload, build: Llama
     }
     anyhow::ensure!(!rows.is_empty(), "no result rows in llama-batched-bench output:\n{text}");
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_of_odd_and_even_counts() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert!(median(Vec::new()).is_nan());
+    }
+
+    #[test]
+    fn each_kernel_build_and_batch_gets_the_median_of_its_rounds() {
+        let line = |kernel: &str, batch: usize, decode: f64| {
+            json!({"ratio": "genq/llama.cpp", "kernel": kernel, "llamacpp_build": "avx2", "batch": batch, "prefill": 1.0, "decode": decode, "total_generated": decode})
+        };
+        let ratios = [line("avx2", 32, 1.9), line("avx2", 1, 1.1), line("avx2", 32, 2.3), line("avx2", 1, 0.9), line("avx2", 32, 2.1), line("avx2", 1, 1.4)];
+        let medians = median_ratios(&ratios, 3);
+        assert_eq!(medians.len(), 2, "{medians:?}");
+        assert_eq!((medians[0]["batch"].clone(), medians[0]["decode"].clone()), (json!(32), json!(2.1)));
+        assert_eq!(medians[0]["decode_each_round"], json!([1.9, 2.3, 2.1]));
+        assert_eq!((medians[1]["batch"].clone(), medians[1]["decode"].clone()), (json!(1), json!(1.1)));
+    }
 }
