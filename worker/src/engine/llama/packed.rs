@@ -523,6 +523,16 @@ enum Mins<T> {
     Scaled(f32),
 }
 
+impl<T> Mins<T> {
+    /// The multiple of the scale the minimums are ([`Mins::Scaled`]); 0 where they are stored.
+    fn offset(&self) -> f32 {
+        match self {
+            Mins::Scaled(o) => *o,
+            Mins::Stored(_) => 0.0,
+        }
+    }
+}
+
 /// The multiples of the scale GGUF's symmetric types put in the minimum: Q4_0 (`-8 d`), Q5_0
 /// (`-16 d`) and Q8_0 (`-128 d`).
 const SCALED_MIN_OFFSETS: [f32; 3] = [-8.0, -16.0, -128.0];

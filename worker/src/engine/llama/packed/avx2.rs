@@ -232,10 +232,7 @@ mod x86 {
     unsafe fn body<const N: usize, const FOUR: bool, const SCALED: bool, D: Dot>(w: &GroupView<'_>, a: &ActsView<'_>, out: &mut [f32]) {
         let bytes = if FOUR { LANES * BLOCK / 2 } else { LANES * BLOCK };
         let nibble = _mm256_set1_epi8(0x0F);
-        let offset = match w.min {
-            Mins::Scaled(o) => o,
-            Mins::Stored(_) => 0.0,
-        };
+        let offset = w.min.offset();
         // For more than two tokens the float sums stay in memory (L1), read and written once per
         // block: the compiler would keep them in registers, and the integer sums of the block
         // would spill in their place.

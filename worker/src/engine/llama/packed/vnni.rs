@@ -84,10 +84,7 @@ mod x86 {
         let cols = w.blocks * BLOCK;
         let bytes = if FOUR { LANES * BLOCK / 2 } else { LANES * BLOCK };
         let nibble = _mm512_set1_epi8(0x0F);
-        let offset = match w.min {
-            Mins::Scaled(o) => o,
-            Mins::Stored(_) => 0.0,
-        };
+        let offset = w.min.offset();
         let mut facc = [_mm512_setzero_ps(); N];
         let q = w.quants.as_ptr();
         let lv = a.levels.as_ptr();
