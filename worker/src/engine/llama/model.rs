@@ -69,6 +69,33 @@ pub(super) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> 
     Ok(f(&values))
 }
 
+/// Tensors of at least this many values are added in parallel.
+const PARALLEL_ADD_MIN: usize = 1 << 18;
+
+/// `x + y` for two `[T, width]` tensors: candle's `add`, the same sums, without candle's
+/// element-wise thread pool, which takes tensors from 64K values up (a decode step of 32
+/// sequences of a 2048-wide model) and leaves its worker spinning after each, on a core the
+/// step's matmuls need.
+fn add(x: &Tensor, y: &Tensor) -> Result<Tensor> {
+    let dims = x.dims2()?;
+    if y.dims2()? != dims {
+        bail!("add: shapes {:?} and {:?} differ", x.dims(), y.dims());
+    }
+    let sum = with_f32(x, |a| {
+        with_f32(y, |b| {
+            let mut out = a.to_vec();
+            let row = |(o, b): (&mut [f32], &[f32])| o.iter_mut().zip(b).for_each(|(o, b)| *o += b);
+            if out.len() >= PARALLEL_ADD_MIN {
+                out.par_chunks_mut(dims.1.max(1)).zip(b.par_chunks(dims.1.max(1))).for_each(row);
+            } else {
+                row((&mut out, b));
+            }
+            out
+        })
+    })??;
+    Tensor::from_vec(sum, dims, &Device::Cpu)
+}
+
 /// Rows of at least this many values go through SwiGLU in parallel.
 const PARALLEL_SWIGLU_MIN: usize = 1 << 14;
 
@@ -374,7 +401,7 @@ impl LlamaModel {
         let q_width = cfg.heads * d;
         let mut x = self.embed.embedding(&ids)?;
         if let Some(p) = &self.positions {
-            x = (x + p.index_select(&pos, 0)?)?;
+            x = add(&x, &p.index_select(&pos, 0)?)?;
         }
         for (li, layer) in self.layers.iter().enumerate() {
             let h = layer.attn_norm.apply(&x, cfg.eps)?;
@@ -391,7 +418,7 @@ impl LlamaModel {
             let v = v.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
             let attn = attention(cfg, seqs, li, &q, &k, &v);
             let attn = Tensor::from_vec(attn, (total, q_width), &dev)?;
-            x = (x + layer.o.forward_whole(&attn)?)?;
+            x = add(&x, &layer.o.forward_whole(&attn)?)?;
             let h = layer.ffn_norm.apply(&x, cfg.eps)?;
             let m = match cfg.mlp {
                 MlpKind::GatedSilu => match layer.up.widths() {
@@ -400,7 +427,7 @@ impl LlamaModel {
                 },
                 MlpKind::Gelu => gelu(&layer.up.forward_whole(&h)?)?,
             };
-            x = (x + layer.down.forward_whole(&m)?)?;
+            x = add(&x, &layer.down.forward_whole(&m)?)?;
         }
         let rows = Tensor::new(rows.as_slice(), &dev)?;
         let last = x.index_select(&rows, 0)?;
@@ -434,5 +461,27 @@ fn keep_awake(done: &AtomicBool, stepping: Option<usize>) {
         } else {
             std::hint::spin_loop();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_gives_candles_sums_and_names_mismatched_shapes() {
+        // Below and above the size added in parallel, with values whose sums round.
+        for (rows, width) in [(3, 5), (32, 2048), (40, 8192)] {
+            let n = rows * width;
+            let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin() * 1e3).collect();
+            let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos() / 7.0).collect();
+            let tensor = |v: Vec<f32>| Tensor::from_vec(v, (rows, width), &Device::Cpu).expect("tensor");
+            let (x, y) = (tensor(a), tensor(b));
+            let bits = |t: &Tensor| t.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("values").into_iter().map(f32::to_bits).collect::<Vec<_>>();
+            assert_eq!(bits(&add(&x, &y).expect("add")), bits(&(&x + &y).expect("candle's add")), "{rows}x{width}");
+        }
+        let zeros = |shape: (usize, usize)| Tensor::zeros(shape, DType::F32, &Device::Cpu).expect("zeros");
+        let err = add(&zeros((2, 3)), &zeros((3, 2))).expect_err("shapes differ").to_string();
+        assert!(err.contains("[2, 3]") && err.contains("[3, 2]"), "{err}");
     }
 }

@@ -7,7 +7,7 @@
 //! weights, as in the GGUF file, instead of 20.
 //! They are interleaved sixteen output rows at a time, the layout AVX-512 VNNI's `vpdpbusd`
 //! reads (AVX2's 256-bit kernels read it as two halves of eight rows). Activations are quantized
-//! per row to signed 8-bit blocks (scale and level sum per block). A block's dot product is an
+//! per row to signed 8-bit blocks (a scale and level sums per block). A block's dot product is an
 //! exact integer sum, and the blocks are combined in a fixed order with the same fused
 //! multiply-adds whatever the batch, so a row's outputs are bitwise the same alone or among 63
 //! others, in one step or another.
@@ -432,6 +432,9 @@ pub(crate) struct QuantActs {
     pub scale: Vec<f32>,
     /// `[rows, cols / BLOCK]`: the sum of the block's levels.
     pub sum: Vec<f32>,
+    /// `[rows, cols / BLOCK]`: the sum of the block's levels at inputs `4j` and `4j + 1` (the
+    /// first pair of every four), the inputs `vpmaddubsw`'s even 16-bit lanes take.
+    pub pair_sum: Vec<f32>,
 }
 
 impl QuantActs {
@@ -439,11 +442,13 @@ impl QuantActs {
     /// symmetrically to its largest magnitude.
     pub(crate) fn new(x: &[f32], rows: usize, cols: usize) -> Self {
         let n = x.len() / BLOCK;
-        let mut out = Self { rows, cols, levels: vec![0; n * BLOCK], scale: vec![0.0; n], sum: vec![0.0; n] };
-        let run = |((x, levels), (scale, sum)): QuantizeRun<'_>| {
+        let mut out = Self { rows, cols, levels: vec![0; n * BLOCK], scale: vec![0.0; n], sum: vec![0.0; n], pair_sum: vec![0.0; n] };
+        let run = |((x, levels), (scale, (sum, pair_sum))): QuantizeRun<'_>| {
             let blocks = x.chunks_exact(BLOCK).zip(levels.chunks_exact_mut(BLOCK));
-            for ((block, levels), (scale, sum)) in blocks.zip(scale.iter_mut().zip(sum.iter_mut())) {
-                (*scale, *sum) = quantize_block(block, levels);
+            let sums = sum.iter_mut().zip(pair_sum.iter_mut());
+            for ((block, levels), (scale, (sum, pair_sum))) in blocks.zip(scale.iter_mut().zip(sums)) {
+                *scale = quantize_block(block, levels);
+                (*sum, *pair_sum) = level_sums(levels);
             }
             // The scales are kept in f16, as llama.cpp's Q8_1 blocks keep them (the levels used
             // the exact ones): rounded here in one vectorized pass, not one call per block.
@@ -454,9 +459,11 @@ impl QuantActs {
         if n >= PARALLEL_QUANTIZE_MIN_BLOCKS {
             let per = PARALLEL_QUANTIZE_MIN_BLOCKS / 4;
             let inputs = x.par_chunks(per * BLOCK).zip(out.levels.par_chunks_mut(per * BLOCK));
-            inputs.zip(out.scale.par_chunks_mut(per).zip(out.sum.par_chunks_mut(per))).for_each(run);
+            let sums = out.sum.par_chunks_mut(per).zip(out.pair_sum.par_chunks_mut(per));
+            inputs.zip(out.scale.par_chunks_mut(per).zip(sums)).for_each(run);
         } else {
-            run(((x, &mut out.levels[..]), (&mut out.scale[..], &mut out.sum[..])));
+            let (sum, pair_sum) = (&mut out.sum[..], &mut out.pair_sum[..]);
+            run(((x, &mut out.levels[..]), (&mut out.scale[..], (sum, pair_sum))));
         }
         out
     }
@@ -480,15 +487,26 @@ impl QuantActs {
     }
 }
 
-/// A run of blocks to quantize: inputs and levels, then scales and sums.
-type QuantizeRun<'a> = ((&'a [f32], &'a mut [i8]), (&'a mut [f32], &'a mut [f32]));
+/// A run of blocks to quantize: inputs and levels, then scales and the two level sums.
+type QuantizeRun<'a> = ((&'a [f32], &'a mut [i8]), (&'a mut [f32], (&'a mut [f32], &'a mut [f32])));
 
 /// Blocks from which activations are quantized in parallel (in runs of a quarter of it).
 const PARALLEL_QUANTIZE_MIN_BLOCKS: usize = 512;
 
+/// A block's level sums: of all its levels, and of those at inputs `4j` and `4j + 1`.
+fn level_sums(levels: &[i8]) -> (f32, f32) {
+    let (mut sum, mut pair_sum) = (0i32, 0i32);
+    for quad in levels.chunks_exact(4) {
+        let pair = quad[0] as i32 + quad[1] as i32;
+        pair_sum += pair;
+        sum += pair + quad[2] as i32 + quad[3] as i32;
+    }
+    (sum as f32, pair_sum as f32)
+}
+
 /// Quantizes one block of 32 activations into `levels`, symmetrically to its largest
-/// magnitude; returns the block's scale (before rounding to f16) and the sum of its levels.
-fn quantize_block(block: &[f32], levels: &mut [i8]) -> (f32, f32) {
+/// magnitude; returns the block's scale (before rounding to f16).
+fn quantize_block(block: &[f32], levels: &mut [i8]) -> f32 {
     // Eight running maxima, and rounding by adding 1.5 * 2^23 (ties to even, exact for
     // |v| < 2^22): both vectorize on any x86-64, where `round` is a libm call per value.
     let mut lanes = [0f32; 8];
@@ -500,13 +518,11 @@ fn quantize_block(block: &[f32], levels: &mut [i8]) -> (f32, f32) {
     let amax = lanes.iter().fold(0f32, |m, &v| m.max(v));
     let scale = amax / 127.0;
     let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-    let mut sum = 0i32;
     for (q, &v) in levels.iter_mut().zip(block) {
         let shifted = (v * inv).clamp(-127.0, 127.0) + ROUNDING_SHIFT;
         *q = (shifted.to_bits() as i32 - ROUNDING_SHIFT.to_bits() as i32) as i8;
-        sum += *q as i32;
     }
-    (scale, sum as f32)
+    scale
 }
 
 
@@ -539,10 +555,13 @@ const SCALED_MIN_OFFSETS: [f32; 3] = [-8.0, -16.0, -128.0];
 
 /// The offset `o` for which every block's minimum, as the kernels read it (rounded to f16), is
 /// exactly `o` times its scale as they read it; `None` when no single one fits every block.
+/// 4-bit levels take only an offset of at most 16 in magnitude: the AVX2 kernel sums the offset
+/// levels (`level + o`) in 16-bit lanes, which hold sixteen products of up to `16 * 127`.
 fn scaled_min_offset(rows: &QuantRows) -> Option<f32> {
     let read = |v: f32| f16::from_f32(v).to_f32();
     SCALED_MIN_OFFSETS
         .into_iter()
+        .filter(|o| rows.bits == 8 || o.abs() <= 16.0)
         .find(|&o| rows.scale.iter().zip(&rows.min).all(|(&s, &m)| read(m).to_bits() == (read(s) * o).to_bits()))
 }
 
@@ -655,6 +674,12 @@ impl PackedLinear {
             Kernel::Avx512Vnni | Kernel::Reference => false,
         }
         .then(|| acts.levels_by_block(tile));
+        let offset = self.min.offset() as i32;
+        let start = match kernel {
+            Kernel::Avx2 => avx2::starts(avx2::Flavor::Avx2, self.bits == 4, offset, acts),
+            Kernel::AvxVnni => avx2::starts(avx2::Flavor::AvxVnni, self.bits == 4, offset, acts),
+            Kernel::Amx | Kernel::Avx512Vnni | Kernel::Reference => Vec::new(),
+        };
         let mut y = vec![0f32; t * self.rows];
         // A run's outputs: in every token's row, the run's columns.
         let mut runs: Vec<Vec<&mut [f32]>> = (0..groups.div_ceil(chunk)).map(|_| Vec::with_capacity(t)).collect();
@@ -673,7 +698,7 @@ impl PackedLinear {
             // Token tiles outside, groups inside: one tile configuration per tile size.
             for t0 in (0..t).step_by(tile) {
                 let n = tile.min(t - t0);
-                let tokens = TokenTile { t0, n, by_block: by_block.as_deref() };
+                let tokens = TokenTile { t0, n, by_block: by_block.as_deref(), start: &start };
                 for g in g0..(g0 + chunk).min(groups) {
                     self.group_tile(g, acts, &tokens, &mut tile_out[..n * LANES], kernel);
                     let at = (g - g0) * LANES;
@@ -694,7 +719,7 @@ impl PackedLinear {
 
     /// One group of rows against a tile of tokens: `out` is `[token, lane]`.
     fn group_tile(&self, g: usize, acts: &QuantActs, tokens: &TokenTile<'_>, out: &mut [f32], kernel: Kernel) {
-        let TokenTile { t0, n, by_block } = *tokens;
+        let TokenTile { t0, n, by_block, start } = *tokens;
         let blocks = self.blocks();
         let bytes = Self::block_bytes(self.bits);
         let w = GroupView {
@@ -707,7 +732,7 @@ impl PackedLinear {
             },
             blocks,
         };
-        let tile = ActsView::all(acts).tokens(t0, n, self.cols);
+        let tile = ActsView::all(acts, start).tokens(t0, n, self.cols);
         // The tile's levels by block, where they were laid out so; a single token's are already.
         let by_block_tile = || match by_block {
             Some(levels) => ActsView { levels: &levels[t0 * self.cols..(t0 + n) * self.cols], ..tile },
@@ -735,12 +760,14 @@ impl PackedLinear {
 }
 
 /// Tokens `t0..t0 + n` of a product, and, for the kernels that read them so (AMX, the 256-bit
-/// ones), the levels of all tokens by block ([`QuantActs::levels_by_block`] for its tile size).
+/// ones), the levels of all tokens by block ([`QuantActs::levels_by_block`] for its tile size);
+/// for the 256-bit kernels, every token's block start sums ([`avx2::starts`]).
 #[derive(Clone, Copy)]
 struct TokenTile<'a> {
     t0: usize,
     n: usize,
     by_block: Option<&'a [i8]>,
+    start: &'a [i32],
 }
 
 /// One group's weights, as the kernels read them.
@@ -757,13 +784,16 @@ struct ActsView<'a> {
     levels: &'a [i8],
     scale: &'a [f32],
     sum: &'a [f32],
+    /// `[token, block]`: the integer sums the 256-bit kernels start each block from
+    /// ([`avx2::starts`]); empty for the other kernels.
+    start: &'a [i32],
     tokens: usize,
 }
 
 impl<'a> ActsView<'a> {
-    /// Every token of `acts`.
-    fn all(acts: &'a QuantActs) -> Self {
-        Self { levels: &acts.levels, scale: &acts.scale, sum: &acts.sum, tokens: acts.rows }
+    /// Every token of `acts`, with the 256-bit kernels' `start` sums (or none).
+    fn all(acts: &'a QuantActs, start: &'a [i32]) -> Self {
+        Self { levels: &acts.levels, scale: &acts.scale, sum: &acts.sum, start, tokens: acts.rows }
     }
 
     /// Tokens `from..from + n` of this view, whose rows hold `cols` inputs.
@@ -773,6 +803,7 @@ impl<'a> ActsView<'a> {
             levels: &self.levels[from * cols..(from + n) * cols],
             scale: &self.scale[from * blocks..(from + n) * blocks],
             sum: &self.sum[from * blocks..(from + n) * blocks],
+            start: self.start.get(from * blocks..(from + n) * blocks).unwrap_or_default(),
             tokens: n,
         }
     }

@@ -4,14 +4,18 @@
 //! A pass for one token prefetches the weights a few blocks ahead: it reads each of them once.
 //!
 //! `vpmaddubsw` adds its two products into a saturating 16-bit lane, so the AVX2 path keeps every
-//! sum below saturation to stay exact: 4-bit levels (at most 15 x 127) are summed in 16-bit lanes
-//! over a whole block (16 products, at most 30,480) before `vpmaddwd` widens them; 8-bit levels
-//! are centred (`w - 128`, magnitude at most 128) and multiplied by the sign-adjusted activations,
-//! llama.cpp's trick, widened after every multiply, and `128 x` the activations' block sum is added
-//! back. Every integer sum is exact, so each block's dot product equals the reference's, and the
-//! scales are applied with the same fused operations in the same order (or, for minimums that are
-//! a multiple of the scale, in the form `Mins::Scaled` shows gives the same bits): the outputs are
-//! bitwise the reference's.
+//! sum exact: 4-bit levels (at most 15 x 127 a product, no pair saturates) are summed in 16-bit
+//! lanes over a whole block (16 products, whose total stays within 16 bits) before `vpmaddwd`
+//! widens them; 8-bit levels are centred (`w - 128`, magnitude at most 128) and multiplied by the
+//! sign-adjusted activations, llama.cpp's trick, widened after every multiply, and `128 x` the
+//! activations' block sum is added back.
+//!
+//! Each block's sums start from a value computed per token and block before the loops
+//! ([`starts`]): the minimums' share where they are a multiple of the scale (Q4_0, Q5_0, Q8_0),
+//! and AVX2's `128 x` sum. The epilogue then only scales. Every integer sum is exact, so each
+//! block's dot product equals the reference's, and the scales are applied with the same fused
+//! operations in the same order (or, for minimums that are a multiple of the scale, in the form
+//! `Mins::Scaled` shows gives the same bits): the outputs are bitwise the reference's.
 //!
 //! Like [`super::vnni`], this module holds `unsafe`: calling `#[target_feature]` functions after
 //! checking the CPU has the features, and unaligned vector loads whose bounds are asserted before
@@ -67,11 +71,36 @@ pub(super) fn tile(flavor: Flavor, w: &GroupView<'_>, a: &ActsView<'_>, out: &mu
     };
     assert!(detected, "the {flavor:?} kernel needs AVX2, FMA and F16C (and a 256-bit VNNI)");
     w.assert_holds(a, PASS_TOKENS, out);
+    assert!(a.start.len() >= a.tokens * w.blocks);
     #[cfg(target_arch = "x86_64")]
     // SAFETY: the features were detected above, and every length the kernel reads is asserted
     // (`assert_holds`).
     unsafe {
         x86::pass(flavor, w, a, out)
+    }
+}
+
+/// Per token and block of `acts`, the integer sum `flavor`'s kernel starts the block's dot
+/// products from (`[token, block]`), so that they come out with the minimums' share in them where
+/// the minimums are `offset` times the scale (`offset` 0 where they are stored): `offset` times
+/// the block's level sum, and for AVX2's centred 8-bit levels (`level - 128`) `128` times it more.
+///
+/// AVX2 sums 4-bit levels in 16-bit lanes, two per 32-bit lane: the even one takes inputs `4j`
+/// and `4j + 1` (whose levels sum to [`super::QuantActs::pair_sum`]), the odd one the other two,
+/// and each starts from its own share. A lane then ends at `(level + offset) * x` summed over its
+/// sixteen inputs, at most `16 * 16 * 127` in magnitude for the offsets 4-bit levels take: exact,
+/// whatever the 16-bit additions wrap on the way.
+pub(super) fn starts(flavor: Flavor, four_bit: bool, offset: i32, acts: &super::QuantActs) -> Vec<i32> {
+    let sums = acts.sum.iter().zip(&acts.pair_sum).map(|(&sum, &pair)| (sum as i32, pair as i32));
+    match (flavor, four_bit) {
+        (Flavor::Avx2, true) => sums
+            .map(|(sum, pair)| {
+                let (even, odd) = (offset * pair, offset * (sum - pair));
+                (even as u16 as u32 | (odd as u32) << 16) as i32
+            })
+            .collect(),
+        (Flavor::Avx2, false) => sums.map(|(sum, _)| (offset + 128) * sum).collect(),
+        (Flavor::AvxVnni, _) => sums.map(|(sum, _)| offset * sum).collect(),
     }
 }
 
@@ -152,10 +181,9 @@ mod x86 {
             Self::four(acc, w, x)
         }
 
-        /// The block's dot products as 32-bit lanes, from the accumulator and the activations'
-        /// level sum.
+        /// The block's dot products as 32-bit lanes, from the accumulator.
         #[inline(always)]
-        unsafe fn finish<const FOUR: bool>(acc: __m256i, _level_sum: i32) -> __m256i {
+        unsafe fn finish<const FOUR: bool>(acc: __m256i) -> __m256i {
             acc
         }
     }
@@ -182,11 +210,11 @@ mod x86 {
         }
 
         #[inline(always)]
-        unsafe fn finish<const FOUR: bool>(acc: __m256i, level_sum: i32) -> __m256i {
+        unsafe fn finish<const FOUR: bool>(acc: __m256i) -> __m256i {
             if FOUR {
                 _mm256_madd_epi16(acc, _mm256_set1_epi16(1))
             } else {
-                _mm256_add_epi32(acc, _mm256_set1_epi32(level_sum << 7))
+                acc
             }
         }
     }
@@ -232,7 +260,6 @@ mod x86 {
     unsafe fn body<const N: usize, const FOUR: bool, const SCALED: bool, D: Dot>(w: &GroupView<'_>, a: &ActsView<'_>, out: &mut [f32]) {
         let bytes = if FOUR { LANES * BLOCK / 2 } else { LANES * BLOCK };
         let nibble = _mm256_set1_epi8(0x0F);
-        let offset = w.min.offset();
         // For more than two tokens the float sums stay in memory (L1), read and written once per
         // block: the compiler would keep them in registers, and the integer sums of the block
         // would spill in their place.
@@ -240,7 +267,7 @@ mod x86 {
         let q = w.quants.as_ptr();
         let lv = a.levels.as_ptr();
         for b in 0..w.blocks {
-            let mut iacc = [[_mm256_setzero_si256(); 2]; N];
+            let mut iacc: [[__m256i; 2]; N] = std::array::from_fn(|n| [_mm256_set1_epi32(*a.start.get_unchecked(n * w.blocks + b)); 2]);
             let base = q.add(b * bytes);
             if N == 1 {
                 // One token reads each weight once: ask for the lines a few blocks ahead (a
@@ -285,13 +312,12 @@ mod x86 {
             });
             for n in 0..N {
                 let at = n * w.blocks + b;
-                let level_sum = *a.sum.get_unchecked(at);
-                let (sum, act_scale) = (_mm256_set1_ps(level_sum), _mm256_set1_ps(*a.scale.get_unchecked(at)));
-                let offset_sum = _mm256_set1_ps(offset * level_sum);
+                let (sum, act_scale) = (_mm256_set1_ps(*a.sum.get_unchecked(at)), _mm256_set1_ps(*a.scale.get_unchecked(at)));
                 for h in 0..2 {
-                    let dot = _mm256_cvtepi32_ps(D::finish::<FOUR>(iacc[n][h], level_sum as i32));
+                    // With scaled minimums, `dot + offset * sum`: both exact, as is their sum.
+                    let dot = _mm256_cvtepi32_ps(D::finish::<FOUR>(iacc[n][h]));
                     let t2 = if SCALED {
-                        _mm256_mul_ps(scale[h], _mm256_add_ps(dot, offset_sum))
+                        _mm256_mul_ps(scale[h], dot)
                     } else {
                         _mm256_fmadd_ps(scale[h], dot, _mm256_mul_ps(min[h], sum))
                     };

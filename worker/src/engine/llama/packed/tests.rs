@@ -153,7 +153,7 @@ fn symmetric_types_compute_their_minimums_to_the_same_bits() {
         let packed = PackedLinear::new(&rows);
         let stored = PackedLinear::with_stored_mins(&rows);
         let symmetric = rows.bits == 8 && rows.min.iter().zip(&rows.scale).all(|(m, s)| *m == -128.0 * s || *m == -16.0 * s)
-            || rows.bits == 4 && rows.min.iter().zip(&rows.scale).all(|(m, s)| *m == -8.0 * s);
+            || rows.bits == 4 && rows.min.iter().zip(&rows.scale).all(|(m, s)| *m == -8.0 * s || *m == -16.0 * s);
         assert_eq!(packed.computes_mins(), symmetric, "{}x{} {}-bit", rows.rows, rows.cols, rows.bits);
         assert!(!stored.computes_mins());
         for t in [1, 3, 8, 13] {
@@ -174,30 +174,37 @@ fn symmetric_types_compute_their_minimums_to_the_same_bits() {
 fn acts_of_levels(t: usize, cols: usize, level: impl Fn(usize, usize) -> i8) -> QuantActs {
     let blocks = cols / BLOCK;
     let levels: Vec<i8> = (0..t * cols).map(|i| level(i / cols, i % cols)).collect();
-    let sum = levels.chunks_exact(BLOCK).map(|b| b.iter().map(|&l| l as i32).sum::<i32>() as f32).collect();
+    let sum_of = |keep: fn(usize) -> bool| -> Vec<f32> {
+        let block_sum = |b: &[i8]| b.iter().enumerate().filter(|(k, _)| keep(*k)).map(|(_, &l)| l as i32).sum::<i32>() as f32;
+        levels.chunks_exact(BLOCK).map(block_sum).collect()
+    };
+    let (sum, pair_sum) = (sum_of(|_| true), sum_of(|k| k % 4 < 2));
     let scale = (0..t * blocks).map(|i| 0.5 + i as f32 / 64.0).collect();
-    QuantActs { rows: t, cols, levels, scale, sum }
+    QuantActs { rows: t, cols, levels, scale, sum, pair_sum }
 }
 
 #[test]
 fn kernels_stay_exact_at_the_extreme_levels() {
     // The largest products the format allows: 8-bit levels 0, 128 and 255 (centred: -128, 0,
     // 127) and 4-bit 15 against activations of +-127, where a 16-bit pair sum would saturate if a
-    // kernel let it.
+    // kernel let it; with minimums stored, and computed as each multiple of the scale a kernel
+    // adds to its integer sums (-8, -16, -128, which 4-bit levels store instead).
     let fast = fast_kernels();
     let (rows, cols) = (24, 64);
-    for bits in [4u8, 8] {
+    for (bits, min) in [4u8, 8].into_iter().flat_map(|bits| [-1.0, -2.0, -4.0, -32.0].map(|min| (bits, min))) {
         let top = if bits == 4 { 15 } else { 255 };
         let patterns: [&dyn Fn(usize, usize) -> u8; 3] = [&|_, _| top, &|_, _| 0, &|r, k| [0, 128, top][(r + k) % 3]];
         for pattern in patterns {
             let n = rows * cols / BLOCK;
             let levels = (0..rows * cols).map(|i| pattern(i / cols, i % cols)).collect();
-            let q = QuantRows { rows, cols, bits, scale: vec![0.25; n], min: vec![-1.0; n], levels };
+            let q = QuantRows { rows, cols, bits, scale: vec![0.25; n], min: vec![min; n], levels };
             let packed = PackedLinear::new(&q);
+            let scaled = min != -1.0 && (bits == 8 || min != -32.0);
+            assert_eq!(packed.computes_mins(), scaled, "{bits}-bit levels, minimum {min}");
             for acts in [acts_of_levels(5, cols, |_, _| 127), acts_of_levels(5, cols, |_, _| -127), acts_of_levels(5, cols, |t, k| if (t + k) % 2 == 0 { 127 } else { -127 })] {
                 let slow = packed.forward_quantized(&acts, Kernel::Reference);
                 for &kernel in &fast {
-                    assert_eq!(packed.forward_quantized(&acts, kernel), slow, "{kernel:?}, {bits}-bit extremes");
+                    assert_eq!(packed.forward_quantized(&acts, kernel), slow, "{kernel:?}, {bits}-bit extremes, minimum {min}");
                 }
             }
         }
@@ -250,6 +257,8 @@ fn activations_round_to_nearest_even_within_the_block_scale() {
     assert_eq!(acts.scale, vec![1.0]);
     assert_eq!(acts.levels[..8], [127, 0, 2, -2, 127, -127, 3, 0]);
     assert_eq!(acts.sum, vec![(127 + 2 - 2 + 127 - 127 + 3) as f32]);
+    // Inputs 0, 1, 4 and 5: the first pair of each four.
+    assert_eq!(acts.pair_sum, vec![(127 + 127 - 127) as f32]);
     let zeros = QuantActs::new(&[0f32; 32], 1, 32);
     let packed = PackedLinear::new(&cases()[0].0);
     assert!(packed.forward(&[], 0).is_empty(), "no tokens, no outputs");
