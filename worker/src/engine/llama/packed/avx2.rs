@@ -1,7 +1,8 @@
 //! The 256-bit kernels, for CPUs without AVX-512 VNNI: AVX2 (`vpmaddubsw`, `vpmaddwd`) and
-//! AVX-VNNI (the 256-bit `vpdpbusd`). A group's sixteen rows are two vectors of eight 32-bit
-//! lanes, both taken against up to eight tokens per pass (each activation broadcast serves both).
-//! A pass for one token prefetches the weights a few blocks ahead: it reads each of them once.
+//! AVX-VNNI (the 256-bit `vpdpbusd`). A group's sixteen rows are two halves of eight rows, one
+//! vector of 32-bit lanes each. Several tokens take one half per pass, so that their eight integer
+//! sums stay in registers; one token takes both halves in one pass, and prefetches the weights a
+//! few blocks ahead: it reads each of them once.
 //!
 //! `vpmaddubsw` adds its two products into a saturating 16-bit lane, so the AVX2 path keeps every
 //! sum exact: 4-bit levels (at most 15 x 127 a product, no pair saturates) are summed in 16-bit
@@ -25,9 +26,9 @@
 use super::{ActsView, GroupView, TOKEN_TILE};
 
 /// Tokens one pass over the group's weights takes: a whole token tile, so each weight vector is
-/// unpacked once for all eight. Their integer sums outnumber the sixteen registers and partly
-/// spill to the stack, which costs loads and stores but no arithmetic; the arithmetic units are
-/// what bound this loop.
+/// unpacked once for all eight. Their eight integer sums for one half, the half's weights and two
+/// activation broadcasts fit the sixteen vector registers AVX2 has; both halves' sums would
+/// spill to the stack, a load and a store around every add.
 const PASS_TOKENS: usize = TOKEN_TILE;
 
 /// Which 256-bit integer dot product a kernel uses.
@@ -247,27 +248,46 @@ mod x86 {
 
     /// Eight f16 values (a half group's scales or minimums for one block) as f32.
     #[inline(always)]
-    unsafe fn halves(values: *const half::f16) -> __m256 {
+    unsafe fn f16x8(values: *const half::f16) -> __m256 {
         _mm256_cvtph_ps(_mm_loadu_si128(values as *const __m128i))
     }
 
     /// `N` tokens against both halves of the group; 4-bit levels when `FOUR`, minimums that are a
-    /// multiple of the scale (added to the integer dot product) when `SCALED`.
+    /// multiple of the scale (added to the integer dot product) when `SCALED`. One token takes
+    /// both halves in one pass, which reads each weight once; more tokens take one half per pass,
+    /// so that their integer sums fit the sixteen registers beside the weights and the
+    /// activations (both halves' would spill), at the cost of broadcasting each activation twice.
+    #[inline(always)]
+    unsafe fn body<const N: usize, const FOUR: bool, const SCALED: bool, D: Dot>(w: &GroupView<'_>, a: &ActsView<'_>, out: &mut [f32]) {
+        if N == 1 {
+            halves::<N, 2, FOUR, SCALED, D>(w, a, 0, out);
+        } else {
+            halves::<N, 1, FOUR, SCALED, D>(w, a, 0, out);
+            halves::<N, 1, FOUR, SCALED, D>(w, a, 1, out);
+        }
+    }
+
+    /// `N` tokens against `H` halves of the group from half `h0` on.
     // Indexed loops over const-sized register arrays: they unroll, and the indexes are the token
     // and the half.
     #[allow(clippy::needless_range_loop)]
     #[inline(always)]
-    unsafe fn body<const N: usize, const FOUR: bool, const SCALED: bool, D: Dot>(w: &GroupView<'_>, a: &ActsView<'_>, out: &mut [f32]) {
+    unsafe fn halves<const N: usize, const H: usize, const FOUR: bool, const SCALED: bool, D: Dot>(
+        w: &GroupView<'_>,
+        a: &ActsView<'_>,
+        h0: usize,
+        out: &mut [f32],
+    ) {
         let bytes = if FOUR { LANES * BLOCK / 2 } else { LANES * BLOCK };
         let nibble = _mm256_set1_epi8(0x0F);
         // For more than two tokens the float sums stay in memory (L1), read and written once per
         // block: the compiler would keep them in registers, and the integer sums of the block
         // would spill in their place.
-        let mut facc = [[_mm256_setzero_ps(); 2]; N];
-        let q = w.quants.as_ptr();
+        let mut facc = [[_mm256_setzero_ps(); H]; N];
+        let q = w.quants.as_ptr().add(h0 * 32);
         let lv = a.levels.as_ptr();
         for b in 0..w.blocks {
-            let mut iacc: [[__m256i; 2]; N] = std::array::from_fn(|n| [_mm256_set1_epi32(*a.start.get_unchecked(n * w.blocks + b)); 2]);
+            let mut iacc: [[__m256i; H]; N] = std::array::from_fn(|n| [_mm256_set1_epi32(*a.start.get_unchecked(n * w.blocks + b)); H]);
             let base = q.add(b * bytes);
             if N == 1 {
                 // One token reads each weight once: ask for the lines a few blocks ahead (a
@@ -278,9 +298,9 @@ mod x86 {
             }
             if FOUR {
                 for v in 0..4 {
-                    let mut lo = [_mm256_setzero_si256(); 2];
-                    let mut hi = [_mm256_setzero_si256(); 2];
-                    for h in 0..2 {
+                    let mut lo = [_mm256_setzero_si256(); H];
+                    let mut hi = [_mm256_setzero_si256(); H];
+                    for h in 0..H {
                         let packed = _mm256_loadu_si256(base.add(v * 64 + h * 32) as *const __m256i);
                         lo[h] = _mm256_and_si256(packed, nibble);
                         hi[h] = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble);
@@ -288,7 +308,7 @@ mod x86 {
                     for n in 0..N {
                         let row = (b * N + n) * BLOCK;
                         let (x_lo, x_hi) = (quad(lv, row + v * 4), quad(lv, row + 16 + v * 4));
-                        for h in 0..2 {
+                        for h in 0..H {
                             iacc[n][h] = D::four(iacc[n][h], lo[h], x_lo);
                             iacc[n][h] = D::four(iacc[n][h], hi[h], x_hi);
                         }
@@ -296,24 +316,24 @@ mod x86 {
                 }
             } else {
                 for v in 0..8 {
-                    let levels: [_; 2] = std::array::from_fn(|h| D::prepare(_mm256_loadu_si256(base.add(v * 64 + h * 32) as *const __m256i)));
+                    let levels: [_; H] = std::array::from_fn(|h| D::prepare(_mm256_loadu_si256(base.add(v * 64 + h * 32) as *const __m256i)));
                     for n in 0..N {
                         let x = quad(lv, (b * N + n) * BLOCK + v * 4);
-                        for h in 0..2 {
+                        for h in 0..H {
                             iacc[n][h] = D::eight(iacc[n][h], levels[h], x);
                         }
                     }
                 }
             }
-            let scale: [_; 2] = std::array::from_fn(|h| halves(w.scale.as_ptr().add(b * LANES + h * HALF)));
-            let min: [_; 2] = std::array::from_fn(|h| match w.min {
-                Mins::Stored(m) if !SCALED => halves(m.as_ptr().add(b * LANES + h * HALF)),
+            let scale: [_; H] = std::array::from_fn(|h| f16x8(w.scale.as_ptr().add(b * LANES + (h0 + h) * HALF)));
+            let min: [_; H] = std::array::from_fn(|h| match w.min {
+                Mins::Stored(m) if !SCALED => f16x8(m.as_ptr().add(b * LANES + (h0 + h) * HALF)),
                 _ => _mm256_setzero_ps(),
             });
             for n in 0..N {
                 let at = n * w.blocks + b;
                 let (sum, act_scale) = (_mm256_set1_ps(*a.sum.get_unchecked(at)), _mm256_set1_ps(*a.scale.get_unchecked(at)));
-                for h in 0..2 {
+                for h in 0..H {
                     // With scaled minimums, `dot + offset * sum`: both exact, as is their sum.
                     let dot = _mm256_cvtepi32_ps(D::finish::<FOUR>(iacc[n][h]));
                     let t2 = if SCALED {
@@ -331,8 +351,8 @@ mod x86 {
             }
         }
         for n in 0..N {
-            for h in 0..2 {
-                _mm256_storeu_ps(out.as_mut_ptr().add(n * LANES + h * HALF), facc[n][h]);
+            for h in 0..H {
+                _mm256_storeu_ps(out.as_mut_ptr().add(n * LANES + (h0 + h) * HALF), facc[n][h]);
             }
         }
     }
