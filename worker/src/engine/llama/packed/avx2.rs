@@ -28,7 +28,7 @@ use super::{ActsView, GroupView, TOKEN_TILE};
 /// Tokens one pass over the group's weights takes: a whole token tile, so each weight vector is
 /// unpacked once for all eight. Their eight integer sums for one half, the half's weights and two
 /// activation broadcasts fit the sixteen vector registers AVX2 has; both halves' sums would
-/// spill to the stack, a load and a store around every add.
+/// spill to the stack, with a load and a store around many of the adds.
 const PASS_TOKENS: usize = TOKEN_TILE;
 
 /// Which 256-bit integer dot product a kernel uses.
